@@ -1,0 +1,83 @@
+"""Entry point of the `cui` command: the click group and the one place errors become exit codes.
+
+Exit codes: 0 success, 1 the request failed (bad CVL, refused push, refused start, ...),
+2 usage error (click), 3 could not reach a server or host.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
+
+
+class CuiGroup(click.Group):
+    """A click group that maps every project error to a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the one place errors are mapped
+            code, message = describe_error(exc)
+            if message:
+                click.echo(message, err=True)
+            ctx.exit(code)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """Return (exit code, message) for an exception raised by any layer below the CLI."""
+    from cvl.errors import CvlError
+
+    if isinstance(exc, CvlError):
+        return EXIT_FAILED, exc.render()
+    for module, attr in (("reposerver.errors", "RepositoryError"), ("utility.errors", "UtilityError")):
+        try:
+            cls = getattr(__import__(module, fromlist=[attr]), attr)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(exc, cls):
+            unreachable = getattr(exc, "unreachable", False)
+            return (EXIT_UNREACHABLE if unreachable else EXIT_FAILED), f"error: {exc}"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return EXIT_UNREACHABLE, f"error: cannot connect: {exc}"
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return EXIT_FAILED, f"error: {exc}"
+    raise exc
+
+
+@click.group(cls=CuiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="collective")
+def cli() -> None:
+    """Collective: publish, run and automatically update virtual appliances."""
+
+
+def _register() -> None:
+    """Attach the commands of each area; an area that fails to import is a bug, not hidden."""
+    for name in ("lang", "repo", "utility_cmds"):
+        try:
+            module = __import__(f"cui.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cui.{name}":
+                raise
+            continue
+        register: Callable[[click.Group], None] = module.register
+        register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="cui")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Package placeholder; see README.md architecture."""
