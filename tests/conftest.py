@@ -17,7 +17,6 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GNUPGHOME", str(home / ".gnupg"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Publisher")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "publisher@example.org")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Publisher")
