@@ -1,1 +1,133 @@
-"""Package placeholder; see README.md architecture."""
+"""CVL, the Collective Virtual appliance Language: parse, import, evaluate (README "Contracts").
+
+    import cvl
+    model = cvl.evaluate_file("AcmeGroupware.cvl", overrides={"d.ethernet0.ip": "10.0.1.2"})
+    errors = cvl.check_file("AcmeGroupware.cvl")      # every CvlError, [] if fine
+    model.to_json()
+
+The package does no network or file I/O except reading the file it is asked to evaluate and
+what the resolver it is handed fetches (default: `cvl.resolver.DefaultResolver()`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cvl.diagnostics import Diagnostics
+from cvl.errors import CvlError, CvlErrors
+from cvl.evaluate import evaluate_module
+from cvl.loader import Loader
+from cvl.model import Component, Declared, ImportRecord, Model, Origin
+from cvl.resolver import DefaultResolver, Resolver
+
+__all__ = [
+    "Analysis",
+    "Component",
+    "CvlError",
+    "CvlErrors",
+    "Declared",
+    "ImportRecord",
+    "Model",
+    "Origin",
+    "Resolver",
+    "analyse_file",
+    "analyse_text",
+    "check_file",
+    "evaluate_file",
+    "evaluate_text",
+]
+
+Overrides = Mapping[str, str | Sequence[str]]
+
+
+class Analysis:
+    """Everything one evaluation found: the model (None if any error), errors, warnings."""
+
+    def __init__(self, model: Model | None, errors: list[CvlError], warnings: list[str]) -> None:
+        self.model = model
+        self.errors = errors
+        self.warnings = warnings
+
+
+def _normalise(overrides: Overrides | None) -> dict[str, tuple[str, ...]]:
+    if not overrides:
+        return {}
+    return {k: (v,) if isinstance(v, str) else tuple(v) for k, v in overrides.items()}
+
+
+def analyse_text(
+    text: str,
+    filename: str,
+    resolver: Resolver | None = None,
+    overrides: Overrides | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Analysis:
+    """Parse, import and evaluate CVL `text`, collecting every error instead of raising."""
+    diagnostics = Diagnostics()
+    loader = Loader(resolver if resolver is not None else DefaultResolver(), diagnostics)
+    model = None
+    try:
+        directory = os.path.abspath(base_dir) if base_dir is not None else None
+        module = loader.load_root(text, filename, directory)
+        if module is not None:
+            model = evaluate_module(module, diagnostics, _normalise(overrides), loader.imports,
+                                    loader.warnings)
+    except RecursionError:
+        diagnostics.add(CvlError("the CVL is nested too deeply to evaluate", file=filename))
+    if diagnostics:
+        model = None
+    return Analysis(model, list(diagnostics.errors), list(loader.warnings))
+
+
+def analyse_file(
+    path: str | os.PathLike[str],
+    resolver: Resolver | None = None,
+    overrides: Overrides | None = None,
+) -> Analysis:
+    """`analyse_text` of a file; relative `file:` imports resolve against its directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return Analysis(None, [CvlError(f"cannot read CVL file: {reason}", file=str(path))], [])
+    return analyse_text(text, str(path), resolver, overrides, base_dir=path.parent.resolve())
+
+
+def _model_or_raise(analysis: Analysis) -> Model:
+    if analysis.errors or analysis.model is None:
+        if len(analysis.errors) == 1:
+            raise analysis.errors[0]
+        raise CvlErrors(analysis.errors or [CvlError("evaluation produced no model")])
+    return analysis.model
+
+
+def evaluate_text(
+    text: str,
+    filename: str,
+    resolver: Resolver | None = None,
+    overrides: Overrides | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Model:
+    """Evaluate CVL text; raise `CvlError` (`CvlErrors` if several) on any error."""
+    return _model_or_raise(analyse_text(text, filename, resolver, overrides, base_dir))
+
+
+def evaluate_file(
+    path: str | os.PathLike[str],
+    resolver: Resolver | None = None,
+    overrides: Overrides | None = None,
+) -> Model:
+    """Evaluate a CVL file; raise `CvlError` (`CvlErrors` if several) on any error."""
+    return _model_or_raise(analyse_file(path, resolver, overrides))
+
+
+def check_file(
+    path: str | os.PathLike[str],
+    resolver: Resolver | None = None,
+    overrides: Overrides | None = None,
+) -> list[CvlError]:
+    """Every error in a CVL file and its imports (not just the first); [] if it is fine."""
+    return analyse_file(path, resolver, overrides).errors

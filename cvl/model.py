@@ -1,0 +1,168 @@
+"""The result of evaluating CVL: every component of an appliance with its flattened parameters.
+
+This is what the rest of the system consumes (the utility's allocation, placement and planning,
+`cui eval --json`). `Model.to_json()` is the contract written down in README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("van", "vm", "interface")
+
+UTILITY_ASSIGNED_INTERFACE_PARAMS = frozenset({"mac", "ip", "subnet", "netmask"})
+"""Interface parameters the Collective Utility assigns when it starts an appliance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The import a type came from: which repository version its `vm` file and disks live in."""
+
+    name: str
+    url: str
+    cvl: str
+    version: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "url": self.url, "cvl": self.cvl, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRecord:
+    """One import resolved during evaluation (transitively, each repository version once)."""
+
+    name: str
+    url: str
+    cvl: str
+    version: str
+    pinned: bool
+    requested: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "cvl": self.cvl,
+            "version": self.version,
+            "pinned": self.pinned,
+            "requested": self.requested,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """A declared parameter: its attributes and where it was declared."""
+
+    name: str
+    required: bool
+    sensitive: bool
+    owner: str
+    file: str
+    line: int
+    col: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One node of the appliance tree: the root (path ""), a VM or VAN component, an interface."""
+
+    path: str
+    name: str
+    type: str
+    kind: str
+    params: dict[str, tuple[str, ...]]
+    declared: dict[str, Declared]
+    pending: tuple[str, ...]
+    origin: Origin | None
+    children: tuple[str, ...] = field(default=())
+
+    def param(self, name: str) -> tuple[str, ...] | None:
+        """The value of parameter `name`, or None if it has none (unset or pending)."""
+        return self.params.get(name)
+
+    def first(self, name: str, default: str | None = None) -> str | None:
+        """The first string of parameter `name` (most parameters hold exactly one)."""
+        value = self.params.get(name)
+        return value[0] if value else default
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(n for n, d in self.declared.items() if d.required)
+
+    @property
+    def sensitive(self) -> tuple[str, ...]:
+        return tuple(n for n, d in self.declared.items() if d.sensitive)
+
+    def child_path(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "kind": self.kind,
+            "params": {k: list(v) for k, v in self.params.items()},
+            "sensitive": list(self.sensitive),
+            "required": list(self.required),
+            "origin": self.origin.to_json() if self.origin else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """An evaluated appliance: components by path (pre-order), pending parameters, imports."""
+
+    appliance: str
+    file: str
+    base_dir: str | None
+    components: dict[str, Component]
+    pending: tuple[str, ...]
+    imports: tuple[ImportRecord, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def root(self) -> Component:
+        return self.components[""]
+
+    def component(self, path: str) -> Component:
+        """The component at `path` (`""`, `d`, `d.ethernet0`); KeyError if there is none."""
+        return self.components[path]
+
+    def children(self, path: str = "") -> list[Component]:
+        """The direct components of the component at `path`, in declaration order."""
+        return [self.components[p] for p in self.components[path].children]
+
+    def interfaces(self, path: str) -> list[Component]:
+        """The interfaces of the VM at `path`, in declaration order (`ethernet0` first)."""
+        return [c for c in self.children(path) if c.kind == "interface"]
+
+    def vms(self) -> list[Component]:
+        """Every VM appliance in the tree (pre-order), including the root if it is one."""
+        return [c for c in self.components.values() if c.kind == "vm"]
+
+    def vans(self) -> list[Component]:
+        """Every VAN appliance in the tree (pre-order), including the root if it is one."""
+        return [c for c in self.components.values() if c.kind == "van"]
+
+    def value(self, dotted: str) -> tuple[str, ...] | None:
+        """The value of a parameter by full path (`d.domain`, `domain`), None if unset/pending."""
+        path, _, name = dotted.rpartition(".")
+        component = self.components.get(path)
+        return component.param(name) if component else None
+
+    def walk(self) -> Iterator[Component]:
+        return iter(self.components.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The README contract: appliance, components{PATH: ...}, pending, imports."""
+        return {
+            "appliance": self.appliance,
+            "components": {path: c.to_json() for path, c in self.components.items()},
+            "pending": list(self.pending),
+            "imports": [record.to_json() for record in self.imports],
+        }
