@@ -1,0 +1,118 @@
+"""Publish events: a JSON message per new version, POSTed to every subscriber, HMAC-signed.
+
+`announce` never blocks the push and never fails it: it hands the events and the subscribers'
+secrets (through a pipe, never a file) to a detached `python -m reposerver.events` process,
+which POSTs each event with `X-Collective-Signature: sha256=<HMAC-SHA256 of the body>`, retries
+with exponential backoff, and appends one JSON line per attempt to the repository's
+`logs/deliveries.log`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from reposerver.repo_config import Subscriber
+
+SIGNATURE_HEADER = "X-Collective-Signature"
+DEFAULT_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def event(repository_url: str, number: int, commit: str, signer: str | None) -> dict[str, object]:
+    """The event announcing version `number` (the README's contract)."""
+    return {"repository": repository_url, "version": number, "tag": f"v{number}",
+            "commit": commit, "signer": signer}
+
+
+def signature(body: bytes, secret: bytes) -> str:
+    """The header value that proves `body` came from a holder of `secret`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def announce(
+    events: Sequence[dict[str, object]],
+    subscribers: Iterable[Subscriber],
+    log_path: Path,
+    delays: Sequence[float] = DEFAULT_DELAYS,
+) -> subprocess.Popen[bytes] | None:
+    """Start background delivery of `events` to `subscribers`; return the process (or None)."""
+    targets = []
+    for sub in subscribers:
+        try:
+            secret = sub.resolve_secret().decode()
+        except Exception as exc:  # noqa: BLE001 - a misconfigured subscriber must not fail a push
+            _log(log_path, {"url": sub.url, "error": str(exc)})
+            continue
+        targets.append({"url": sub.url, "secret": secret})
+    if not events or not targets:
+        return None
+    payload = json.dumps({"events": list(events), "targets": targets, "delays": list(delays),
+                          "log": str(log_path)}).encode()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reposerver.events"], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(payload)
+    proc.stdin.close()
+    return proc
+
+
+def _log(log_path: Path, record: dict[str, object]) -> None:
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def deliver(url: str, secret: bytes, body: bytes, delays: Sequence[float], log_path: Path) -> bool:
+    """POST `body` to `url` until a 2xx answer or the retries run out; log every attempt."""
+    import requests
+
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(body, secret)}
+    version = json.loads(body).get("version")
+    for attempt in range(len(delays) + 1):
+        try:
+            status: object = requests.post(url, data=body, headers=headers, timeout=10).status_code
+        except requests.RequestException as exc:
+            status = f"{type(exc).__name__}"
+        ok = isinstance(status, int) and 200 <= status < 300
+        _log(log_path, {"url": url, "version": version, "attempt": attempt + 1, "status": status,
+                        "delivered": ok})
+        if ok:
+            return True
+        if attempt < len(delays):
+            time.sleep(delays[attempt])
+    return False
+
+
+def _deliver_in_order(target: dict[str, str], payload: dict[str, object]) -> None:
+    events = payload["events"]
+    assert isinstance(events, list)
+    for item in events:
+        body = json.dumps(item, sort_keys=True).encode()
+        delays = payload["delays"]
+        assert isinstance(delays, list)
+        deliver(target["url"], target["secret"].encode(), body, delays, Path(str(payload["log"])))
+
+
+def _main() -> None:
+    import threading
+
+    payload = json.loads(sys.stdin.buffer.read())
+    threads = [threading.Thread(target=_deliver_in_order, args=(t, payload))
+               for t in payload["targets"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,74 @@
+"""Server configuration: where repositories live, who may write, who hears about new versions.
+
+`create_app(config)` takes a dict; without one, the JSON file named by
+`COLLECTIVE_REPOSERVER_CONFIG` is read, and `COLLECTIVE_REPOSERVER_ROOT` overrides `root`.
+Keys: `root` (directory of repositories), `users` ({name: {"token_sha256": HEX}}: tokens are
+kept only as sha256 digests; make one with `cui token`), `read_protected` (reads need
+credentials too), `subscribers` (like a repository's), `public_url` (base URL in events),
+`max_upload_bytes`, `delivery_delays` (seconds between retries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reposerver.errors import BadRequest
+from reposerver.events import DEFAULT_DELAYS
+from reposerver.repo_config import Subscriber, parse_subscribers
+
+CONFIG_ENV = "COLLECTIVE_REPOSERVER_CONFIG"
+ROOT_ENV = "COLLECTIVE_REPOSERVER_ROOT"
+DEFAULT_MAX_UPLOAD = 64 << 30
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Validated server configuration."""
+
+    root: Path
+    users: dict[str, str] = field(default_factory=dict)
+    read_protected: bool = False
+    subscribers: tuple[Subscriber, ...] = ()
+    public_url: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    delivery_delays: tuple[float, ...] = DEFAULT_DELAYS
+
+
+def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
+    """Build settings from `config`, or from the environment when `config` is None."""
+    where = "server config"
+    if config is None:
+        config = {}
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            where = path
+            try:
+                config = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise BadRequest(f"{path}: cannot read server config: {exc}") from None
+        if os.environ.get(ROOT_ENV):
+            config = {**config, "root": os.environ[ROOT_ENV]}
+    if not isinstance(config, dict) or not config.get("root"):
+        raise BadRequest(f"{where}: 'root' (the directory of repositories) is required")
+    root = Path(config["root"])
+    if not root.is_dir():
+        raise BadRequest(f"{where}: root {root} is not a directory")
+    users = {}
+    for name, entry in (config.get("users") or {}).items():
+        digest = entry.get("token_sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise BadRequest(f"{where}: users.{name} needs 'token_sha256' (64 hex digits)")
+        users[str(name)] = digest.lower()
+    return ServerSettings(
+        root=root,
+        users=users,
+        read_protected=bool(config.get("read_protected", False)),
+        subscribers=parse_subscribers(config.get("subscribers", []), where),
+        public_url=config.get("public_url"),
+        max_upload_bytes=int(config.get("max_upload_bytes", DEFAULT_MAX_UPLOAD)),
+        delivery_delays=tuple(float(d) for d in config.get("delivery_delays", DEFAULT_DELAYS)),
+    )

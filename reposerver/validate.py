@@ -1,0 +1,81 @@
+"""The one place a version's CVL file is checked and read for what the repository needs.
+
+Publishing and every push call `describe_appliance`: the CVL must evaluate (imports resolved
+through the resolver handed in), and its locally defined VM appliances name the domain XML
+files (`vm`) and the data disks (`datadisks`, map strings like `device=vdb&size=100mb`) that
+decide which disks are program disks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reposerver.errors import InvalidAppliance
+
+_MISSING = re.compile(r"required parameter (\S+) has no value")
+
+
+@dataclass(frozen=True)
+class ApplianceSpec:
+    """What a repository needs to know about an appliance's CVL file."""
+
+    appliance: str
+    vm_files: tuple[str, ...]
+    data_devices: frozenset[str]
+
+
+def describe_appliance(
+    text: str, filename: str, resolver: Any = None, base_dir: Path | None = None
+) -> ApplianceSpec:
+    """Evaluate CVL `text` and return its VM files and data-disk devices.
+
+    Raises:
+        InvalidAppliance: the CVL does not check; the message holds every error, rendered.
+    """
+    import cvl
+    from cvl.errors import CvlError, CvlMissingError
+    from cvl.maps import decode
+
+    if resolver is None:
+        from reposerver.client import make_resolver
+
+        resolver = make_resolver()
+    placeholders: dict[str, str] = {}
+    for _ in range(3):
+        analysis = cvl.analyse_text(text, filename, resolver=resolver, overrides=placeholders,
+                                    base_dir=base_dir)
+        missing = [e for e in analysis.errors if isinstance(e, CvlMissingError)]
+        if analysis.model is not None or len(missing) != len(analysis.errors):
+            break
+        # A published appliance is a definition: its users set its "required" parameters.
+        # Evaluate it with placeholders for exactly those (and nothing else) to read vm/datadisks.
+        for error in missing:
+            match = _MISSING.search(error.message)
+            if match is None:
+                break
+            placeholders[match.group(1)] = "placeholder"
+    if analysis.model is None:
+        errors = [e for e in analysis.errors if not isinstance(e, CvlMissingError)] or analysis.errors
+        rendered = "\n".join(e.render() for e in errors) or "evaluation produced no model"
+        raise InvalidAppliance(f"{filename} does not check:\n{rendered}")
+    model = analysis.model
+    data = model.to_json()
+    vm_files: list[str] = []
+    devices: set[str] = set()
+    for component in data["components"].values():
+        if component.get("kind") != "vm" or component.get("origin") is not None:
+            continue
+        params = component.get("params", {})
+        for vm in params.get("vm", []):
+            if vm not in vm_files:
+                vm_files.append(vm)
+        for value in params.get("datadisks", []):
+            try:
+                pairs = decode(value)
+            except CvlError as exc:
+                raise InvalidAppliance(f"{filename}: datadisks value {value!r}: {exc}") from None
+            devices.update(v for k, v in pairs if k == "device")
+    return ApplianceSpec(str(data.get("appliance", "")), tuple(vm_files), frozenset(devices))

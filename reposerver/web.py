@@ -1,0 +1,296 @@
+"""HTTP transport only: routes, status codes, headers. The work happens in the modules below.
+
+Every name in a URL goes through `reposerver.names` before it reaches a repository; every
+`RepositoryError` becomes a 4xx/5xx with a JSON body `{"error": ..., "message": ...}` (the
+second key is what git-lfs prints). `GitDispatcher` sends `/NAME.git/...` (except the LFS API)
+to dulwich after authentication, dropping `HTTP_TRANSFER_ENCODING` when the server already
+de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, send_file
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_range_header
+
+from reposerver import auth, errors
+from reposerver.names import (
+    git_repository_name,
+    object_id,
+    repository_name,
+    version_number,
+)
+from reposerver.repository import Repository, list_repositories, open_repository
+from reposerver.settings import ServerSettings
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+LFS_JSON = "application/vnd.git-lfs+json"
+_GIT_PATH = re.compile(r"/([^/]*)\.git(/.*)?\Z")
+_STATUS: list[tuple[type[errors.RepositoryError], int]] = [
+    (errors.NotFound, 404),
+    (errors.PayloadTooLarge, 413),
+    (errors.RangeNotSatisfiable, 416),
+    (errors.BadRequest, 400),
+    (errors.Unauthorized, 401),
+    (errors.IntegrityError, 422),
+    (errors.PushRefused, 409),
+    (errors.Unreachable, 502),
+]
+
+bp = Blueprint("reposerver", __name__)
+
+
+def status_of(exc: errors.RepositoryError) -> int:
+    """The HTTP status for an error of the repository layer."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def settings() -> ServerSettings:
+    """The settings of the running app."""
+    return current_app.config["COLLECTIVE_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def _repository(name: str) -> Repository:
+    return open_repository(settings().root, repository_name(name))
+
+
+def _require(write: bool) -> str | None:
+    cfg = settings()
+    if not write and not cfg.read_protected:
+        return None
+    user = auth.authenticated_user(request.headers.get("Authorization"), cfg.users)
+    if user is None:
+        raise errors.Unauthorized("credentials required: HTTP basic with a user and token")
+    return user
+
+
+@bp.before_app_request
+def _read_protection() -> None:
+    _require(write=False)
+
+
+def _error_response(status: int, message: str) -> Response:
+    response = jsonify({"error": message, "message": message})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="collective"'
+        response.headers["LFS-Authenticate"] = 'Basic realm="collective"'
+    if request.path.startswith(f"/{request.path.split('/')[1]}/") and "/info/lfs/" in request.path:
+        response.content_type = LFS_JSON
+    return response
+
+
+@bp.app_errorhandler(errors.RepositoryError)
+def _repository_error(exc: errors.RepositoryError) -> Response:
+    return _error_response(status_of(exc), str(exc))
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    return _error_response(exc.code or 500, exc.description or exc.name)
+
+
+@bp.get("/")
+def index() -> Response:
+    """Every repository with its latest version."""
+    return jsonify([{"name": r.name, "latest": r.latest()} for r in list_repositories(settings().root)])
+
+
+@bp.get("/<name>/")
+def repository_index(name: str) -> Response:
+    """A repository: name, latest, and every version."""
+    repo = _repository(name)
+    response = jsonify({"name": repo.name, "latest": repo.latest(),
+                        "versions": [v.to_json() for v in repo.versions()]})
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _immutable(response: Response, etag: str) -> Response:
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = IMMUTABLE
+    return response.make_conditional(request)
+
+
+def _check_range() -> None:
+    header = request.headers.get("Range")
+    if header is not None and parse_range_header(header) is None:
+        raise errors.BadRequest(f"malformed Range header {header!r}: expected bytes=START-END")
+
+
+def _object_response(repo: Repository, oid: str) -> Response:
+    _check_range()
+    path = repo.store.verified_path(object_id(oid))
+    response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=oid,
+                         max_age=31536000)
+    response.headers["Cache-Control"] = IMMUTABLE
+    return response
+
+
+@bp.get("/<name>/versions/<version>/<path:file>")
+def version_file(name: str, version: str, file: str) -> Response:
+    """A file of a version (`tag`: the raw tag object; `disks.json`: the disk chains)."""
+    repo = _repository(name)
+    number = version_number(version)
+    if file == "tag":
+        tag = repo.tag(number)
+        response = Response(tag.as_raw_string(), mimetype="application/octet-stream")
+        return _immutable(response, tag.id.decode())
+    if file == "disks.json":
+        tag = repo.tag(number)
+        response = Response(json.dumps(repo.disks(number), indent=1), mimetype="application/json")
+        return _immutable(response, "disks-" + tag.id.decode())
+    entry = repo.file(number, file)
+    if entry.pointer is not None:
+        return _object_response(repo, entry.pointer.oid)
+    response = Response(entry.data, mimetype="application/octet-stream")
+    return _immutable(response, entry.blob_id)
+
+
+@bp.get("/<name>/latest/<path:file>")
+def latest_file(name: str, file: str) -> Response:
+    """Redirect to the same file of the latest version."""
+    repo = _repository(name)
+    latest = repo.latest()
+    if latest == 0:
+        raise errors.NotFound(f"{repo.name} has no versions yet")
+    if file not in ("tag", "disks.json"):
+        repo.file(latest, file)
+    response = redirect(f"/{repo.name}/versions/{latest}/{file}", code=302)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.route("/<name>/objects/sha256/<oid>", methods=["GET", "HEAD"])
+def stored_object(name: str, oid: str) -> Response:
+    """A content-addressed object, with Range and ETag."""
+    return _object_response(_repository(name), oid)
+
+
+def _lfs_repository(name: str) -> Repository:
+    return open_repository(settings().root, git_repository_name(f"/{name}.git"))
+
+
+def _lfs_objects(body: Any) -> tuple[str, list[tuple[str, int]]]:
+    if not isinstance(body, dict) or body.get("operation") not in ("upload", "download"):
+        raise errors.BadRequest("LFS batch: expected JSON with operation 'upload' or 'download'")
+    items = body.get("objects")
+    if not isinstance(items, list) or not 0 < len(items) <= 1000:
+        raise errors.BadRequest("LFS batch: 'objects' must be a list of 1 to 1000 objects")
+    result = []
+    for i, item in enumerate(items):
+        size = item.get("size") if isinstance(item, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise errors.BadRequest(f"LFS batch: objects[{i}].size must be a non-negative integer")
+        result.append((object_id(str(item.get("oid"))), size))
+    return str(body["operation"]), result
+
+
+@bp.post("/<name>.git/info/lfs/objects/batch")
+def lfs_batch(name: str) -> Response:
+    """The Git LFS batch API (basic transfer)."""
+    repo = _lfs_repository(name)
+    operation, objects = _lfs_objects(request.get_json(silent=True, force=True))
+    if operation == "upload":
+        _require(write=True)
+    href = f"{request.host_url.rstrip('/')}/{repo.name}.git/info/lfs/objects/"
+    header = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
+    answer = []
+    for oid, size in objects:
+        item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+        present = repo.store.has(oid, size)
+        if operation == "download":
+            if present:
+                item["actions"] = {"download": {"href": href + oid, "header": header}}
+            else:
+                item["error"] = {"code": 404, "message": f"object sha256:{oid} not found"}
+        elif size > settings().max_upload_bytes:
+            item["error"] = {"code": 422, "message": f"object larger than {settings().max_upload_bytes} bytes"}
+        elif not present:
+            item["actions"] = {"upload": {"href": href + oid, "header": header}}
+        answer.append(item)
+    response = jsonify({"transfer": "basic", "objects": answer})
+    response.content_type = LFS_JSON
+    return response
+
+
+@bp.put("/<name>.git/info/lfs/objects/<oid>")
+def lfs_upload(name: str, oid: str) -> Response:
+    """Store an uploaded LFS object after checking its hash (and size limit)."""
+    _require(write=True)
+    repo = _lfs_repository(name)
+    object_id(oid)
+    limit = settings().max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"upload of {request.content_length} bytes exceeds {limit}")
+    repo.store.put_stream(request.stream, expected_oid=oid, expected_size=request.content_length,
+                          max_size=limit)
+    return Response(status=200)
+
+
+@bp.get("/<name>.git/info/lfs/objects/<oid>")
+def lfs_download(name: str, oid: str) -> Response:
+    """Download an LFS object (the batch API's download href)."""
+    return _object_response(_lfs_repository(name), oid)
+
+
+class GitDispatcher:
+    """WSGI middleware: `/NAME.git/...` to dulwich (after auth), everything else to Flask."""
+
+    def __init__(self, flask_wsgi: Callable[..., Iterable[bytes]], git_wsgi: Callable[..., Iterable[bytes]],
+                 cfg: ServerSettings) -> None:
+        self.flask_wsgi = flask_wsgi
+        self.git_wsgi = git_wsgi
+        self.settings = cfg
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        match = _GIT_PATH.match(path)
+        if not match or (match.group(2) or "").startswith("/info/lfs/"):
+            return self.flask_wsgi(environ, start_response)
+        try:
+            name = git_repository_name(f"/{match.group(1)}.git")
+            open_repository(self.settings.root, name)
+        except errors.RepositoryError as exc:
+            return _plain(start_response, status_of(exc), str(exc))
+        write = "git-receive-pack" in path or "service=git-receive-pack" in environ.get("QUERY_STRING", "")
+        if write or self.settings.read_protected:
+            user = auth.authenticated_user(environ.get("HTTP_AUTHORIZATION"), self.settings.users)
+            if user is None:
+                return _plain(start_response, 401, "credentials required to push: HTTP basic with a user and token",
+                              [("WWW-Authenticate", 'Basic realm="collective"')])
+        if environ.get("wsgi.input_terminated"):
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return self.git_wsgi(environ, start_response)
+
+
+def _plain(start_response: Callable[..., Any], status: int, message: str,
+           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    from http import HTTPStatus
+
+    body = (message + "\n").encode()
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                    *(headers or [])])
+    return [body]
+
+
+def build_app(cfg: ServerSettings) -> Flask:
+    """The Flask app with the git dispatcher in front of it."""
+    from reposerver.git_http import git_application
+
+    app = Flask("reposerver")
+    app.config["COLLECTIVE_SETTINGS"] = cfg
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.register_blueprint(bp)
+    app.wsgi_app = GitDispatcher(app.wsgi_app, git_application(cfg), cfg)  # type: ignore[method-assign]
+    return app
