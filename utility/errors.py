@@ -45,6 +45,54 @@ class HostUnreachable(UtilityError):
 
 
 class GuestChannelError(UtilityError):
-    """The guest channel failed: the appliance did not say HELLO or READY in time, or said FAILED."""
+    """The guest channel failed: no HELLO or READY in time, or the appliance said FAILED."""
 
     http_status = 504
+
+
+class CheckFailed(UtilityError):
+    """One or more pre-start checks failed; every problem is listed, nothing was started.
+
+    Attributes:
+        problems: one human-readable line per failed check, each naming what and where.
+    """
+
+    http_status = 422
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            "refused before anything started:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+class PlacementError(UtilityError):
+    """No host has room (memory or VM count) for a VM; names the VM and what it needs."""
+
+    http_status = 409
+
+
+class PoolExhausted(Conflict):
+    """A VLAN, public IP or subnet address pool has no free entry left."""
+
+
+class ApplianceError(UtilityError):
+    """An appliance's files (domain XML, disks) are missing or malformed; names the file."""
+
+    http_status = 422
+
+
+class DiskError(UtilityError):
+    """qemu-img failed or a disk file is unusable; names the file and qemu-img's message."""
+
+    http_status = 500
+
+
+class StartFailed(UtilityError):
+    """A start failed part-way; the VAP was rolled back to stopped and the error says where."""
+
+    http_status = 500
+
+
+class AgentError(UtilityError):
+    """The user agent could not open, decrypt or update its encrypted cache."""

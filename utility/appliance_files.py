@@ -1,0 +1,97 @@
+"""Where a VM appliance's files come from: its repository version, or the CVL file's directory.
+
+The README contract: files a VM appliance names (`vm`, disks) resolve against its origin's
+repository version, or against the CVL file's directory when the origin is null. This module is
+the adapter over `reposerver.client`; everything above it sees `ApplianceFiles`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from utility.errors import ApplianceError
+from utility.model_view import Origin
+
+
+class ApplianceFiles(Protocol):
+    """Read access to one appliance version's files."""
+
+    label: str
+
+    def read(self, name: str) -> bytes:
+        """The bytes of file `name`; raises ApplianceError when it does not exist."""
+        ...
+
+    def local_path(self, name: str, cache_dir: Path) -> Path:
+        """A local file with the content of `name` (a program disk: a usable qcow2 chain)."""
+        ...
+
+
+class DirectoryFiles:
+    """Files of a plain directory: a wholly local appliance or an unversioned file: import."""
+
+    def __init__(self, directory: Path, label: str) -> None:
+        self.directory = directory
+        self.label = label
+
+    def _path(self, name: str) -> Path:
+        path = (self.directory / name).resolve()
+        if not path.is_relative_to(self.directory.resolve()):
+            raise ApplianceError(f"{self.label}: {name!r} points outside {self.directory}")
+        if not path.is_file():
+            raise ApplianceError(f"{self.label}: file {name!r} not found in {self.directory}")
+        return path
+
+    def read(self, name: str) -> bytes:
+        return self._path(name).read_bytes()
+
+    def local_path(self, name: str, cache_dir: Path) -> Path:
+        return self._path(name)
+
+
+class RepositoryFiles:
+    """Files of one version of a repository, read through `reposerver.client`."""
+
+    def __init__(self, origin: Origin) -> None:
+        from reposerver.client import open_repository
+
+        self.origin = origin
+        self.label = f"{origin.name or origin.url} v{origin.version}"
+        self.repository = open_repository(origin.url)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return bytes(self.repository.read_file(int(self.origin.version), name))
+        except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
+            raise ApplianceError(f"{self.label}: cannot read {name!r}: {exc}") from exc
+
+    def local_path(self, name: str, cache_dir: Path) -> Path:
+        version = int(self.origin.version)
+        try:
+            names = {d["name"] for d in self.repository.disks(version)}
+            if name in names:
+                return Path(self.repository.fetch_disk(version, name, cache_dir / "objects"))
+        except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
+            raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
+        target = cache_dir / "files" / self.origin.url.replace("/", "_") / str(version) / name
+        if not target.exists():
+            data = self.read(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        return target
+
+
+def files_for(origin: Origin | None, cvl_dir: Path) -> ApplianceFiles:
+    """The files of a component: its origin's repository version, or the CVL file's directory."""
+    if origin is None:
+        return DirectoryFiles(cvl_dir, f"local appliance in {cvl_dir}")
+    parsed = urlparse(origin.url)
+    if parsed.scheme == "file":
+        directory = Path(unquote(parsed.path))
+        if (directory / origin.cvl).is_file():
+            return DirectoryFiles(directory, f"{origin.name or origin.url} (unversioned)")
+    return RepositoryFiles(origin)

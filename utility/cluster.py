@@ -1,0 +1,560 @@
+"""The cluster manager: administration, start, stop, status and reconciliation.
+
+It ties the pure parts (checks, placement, addressing, planner) to the edges (SQLite store,
+libvirt hosts, qemu-img, guest channel). Callers are identified by a `Caller`; authorisation is
+decided here (administrators manage hosts, pools and the blacklist and see every VAP; a user
+sees and controls only their own VAPs), and turned into HTTP statuses only in `api`.
+
+Start is crash-safe: allocations and the VAP record (status `starting`) are committed in one
+transaction before any host is touched; domains and networks are named from the VAP id. If the
+daemon dies mid-start, `reconcile` on the next start-up finds the `starting` VAP, destroys
+whatever of it exists, and releases its allocations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utility import addresses, allocation, cvl_adapter
+from utility.addresses import PUBLIC
+from utility.allocation import Prepared, Settings
+from utility.desired_state import VapState
+from utility.errors import (
+    CheckFailed,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PlacementError,
+    PoolExhausted,
+    StartFailed,
+    UtilityError,
+)
+from utility.executor import Executor, Timeouts
+from utility.libvirt_host import HostPool, LibvirtHost, probe_default_uri
+from utility.model_view import ModelView
+from utility.placement import HostRoom, place
+from utility.planner import Action, Op, start_plan, stop_plan
+from utility.sizes import format_size
+from utility.state import ACTIVE, HostRow, Store, VapRow
+
+EMBEDDED_HOST = "local"
+EMBEDDED_MAX_VMS = 16
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a token's name and role ("admin" or "user")."""
+
+    name: str
+    role: str
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+class ClusterManager:
+    """One cluster manager over a state directory.
+
+    Args:
+        state_dir: holds the SQLite database, the object cache and guest sockets.
+        settings: naming, addressing base and placement policy.
+        timeouts: readiness and clean-shutdown timeouts.
+        default_uri: the embedded default host's URI; probed (`qemu:///system` or
+            `test:///default`) when None.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: Settings | None = None,
+        timeouts: Timeouts | None = None,
+        default_uri: str | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = Store(state_dir)
+        self.settings = settings or Settings()
+        self.timeouts = timeouts or Timeouts()
+        self.default_uri = default_uri
+        self.pool = HostPool()
+        self.cache_dir = state_dir / "cache"
+        self.run_dir = state_dir / "run"
+        self.run_dir.mkdir(exist_ok=True, mode=0o700)
+        self._alloc_lock = threading.Lock()
+        self._vap_locks: dict[str, threading.Lock] = {}
+        self.unowned: list[dict[str, str]] = []
+
+    def close(self) -> None:
+        """Close every host connection."""
+        self.pool.close()
+
+    # -- hosts ----------------------------------------------------------------------------------
+
+    def host(self, name: str) -> LibvirtHost:
+        """The libvirt wrapper of registered host `name`."""
+        for row in self.store.hosts():
+            if row.name == name:
+                return self.pool.get(row.name, row.uri)
+        raise NotFound(f"no host named {name}")
+
+    def add_host(self, caller: Caller, name: str, uri: str, memory: int, max_vms: int) -> HostRow:
+        """Register a host (administrators only); its libvirt connection is checked first."""
+        _admin(caller, "add hosts")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise UtilityError(f"host name {name!r}: use letters, digits, '-' and '_'")
+        if memory <= 0 or max_vms <= 0:
+            raise UtilityError("host memory and max VMs must be positive")
+        self.pool.get(name, uri).connection()
+        row = HostRow(name, uri, memory, max_vms)
+        self.store.add_host(row)
+        return row
+
+    def remove_host(self, caller: Caller, name: str) -> None:
+        """Forget a host (administrators only); refused while it runs VMs."""
+        _admin(caller, "remove hosts")
+        self.store.remove_host(name)
+        self.pool.drop(name)
+
+    def hosts(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every host with its capacity and use."""
+        usage = self.store.usage()
+        return [
+            {
+                "name": h.name, "uri": h.uri, "memory": h.memory, "max_vms": h.max_vms,
+                "used_memory": usage.get(h.name, (0, 0))[0], "vms": usage.get(h.name, (0, 0))[1],
+                "embedded": h.embedded,
+            }
+            for h in self.store.hosts()
+        ]
+
+    def _ensure_default_host(self) -> list[str]:
+        """With no host registered, register the embedded local host; say which in one line."""
+        if self.store.hosts():
+            return []
+        uri, reason = (self.default_uri, f"embedded default host {self.default_uri}") \
+            if self.default_uri else probe_default_uri()
+        host = self.pool.get(EMBEDDED_HOST, uri)
+        memory = host.memory()
+        try:
+            self.store.add_host(HostRow(EMBEDDED_HOST, uri, memory, EMBEDDED_MAX_VMS, True))
+        except UtilityError:
+            return []
+        return [f"no host registered: using {reason}"]
+
+    # -- pools and blacklist --------------------------------------------------------------------
+
+    def add_vlans(self, caller: Caller, spec: str) -> int:
+        """Add a VLAN range such as "100-163" (administrators only)."""
+        _admin(caller, "change the VLAN pool")
+        return self.store.add_vlans([int(v) for v in addresses.parse_range(spec)])
+
+    def add_public_ips(self, caller: Caller, spec: str) -> int:
+        """Add a public IP range such as "192.0.2.10-192.0.2.20" (administrators only)."""
+        _admin(caller, "change the public IP pool")
+        items = addresses.parse_range(spec)
+        if any("." not in i for i in items):
+            raise UtilityError(f"{spec!r} is not an IP address range")
+        return self.store.add_public_ips(items)
+
+    def pools(self, caller: Caller) -> dict[str, Any]:
+        """Both pools (administrators only)."""
+        _admin(caller, "see the pools")
+        return self.store.pools()
+
+    def blacklist_add(self, caller: Caller, url: str, version: str) -> None:
+        """Blacklist a repository version or "all" (administrators only)."""
+        _admin(caller, "change the blacklist")
+        if version != "all" and not version.isdigit():
+            raise UtilityError(f"blacklist version {version!r}: a version number or 'all'")
+        self.store.blacklist_add(url, version)
+
+    def blacklist_remove(self, caller: Caller, url: str, version: str) -> None:
+        """Remove a blacklist entry (administrators only)."""
+        _admin(caller, "change the blacklist")
+        self.store.blacklist_remove(url, version)
+
+    def blacklist(self, caller: Caller) -> list[dict[str, str]]:
+        """The blacklist."""
+        return [{"url": u, "version": v} for u, v in self.store.blacklist()]
+
+    def violations(self, caller: Caller) -> list[dict[str, Any]]:
+        """Active VAPs that run a blacklisted version (they are not stopped)."""
+        _admin(caller, "list blacklist violations")
+        banned = set(self.store.blacklist())
+        found = []
+        for vap in self.store.vaps(ACTIVE):
+            for vm in vap.state.vms if vap.state else ():
+                origin = vm.origin or {}
+                url, version = origin.get("url", "").rstrip("/"), origin.get("version", "")
+                if (url, version) in banned or (url, "all") in banned:
+                    found.append({"cvl": vap.cvl_path, "owner": vap.owner, "component": vm.path,
+                                  "url": url, "version": version})
+        return found
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(
+        self, caller: Caller, cvl_path: str, secrets: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Start the VAP a CVL file describes; see the module docstring for the steps.
+
+        Args:
+            caller: who starts it (becomes the owner).
+            cvl_path: absolute path of the user's CVL file.
+            secrets: sensitive parameter values (override keys like `l.rootpw`), held only in
+                memory and passed only to the VMs.
+
+        Raises:
+            CheckFailed: every pre-start problem, before anything ran.
+            StartFailed: a later step failed; the VAP was rolled back to stopped.
+        """
+        path = Path(cvl_path).resolve()
+        secrets = dict(secrets or {})
+        with self._lock_for(str(path)):
+            notes = self._ensure_default_host()
+            model = cvl_adapter.evaluate(path, secrets)
+            prepared, problems = allocation.prepare(model, path.parent)
+            problems += allocation.static_problems(model, self.store.blacklist())
+            with self.store.transaction() as db:
+                problems += self._allocate(db, model, prepared, vap_id=None)[2]
+            if problems:
+                raise CheckFailed(problems)
+            bases = self._fetch_bases(prepared)
+            with self._alloc_lock, self.store.transaction() as db:
+                vap_id = self.store.new_vap(db, str(path), caller.name)
+                placement, addressing, problems = self._allocate(db, model, prepared, vap_id)
+                if problems:
+                    raise CheckFailed(problems)
+            try:
+                return self._bring_up(caller, vap_id, path, model, prepared, placement,
+                                      addressing, bases, secrets, notes)
+            except BaseException as exc:
+                self._roll_back(vap_id, f"start failed: {exc}")
+                if isinstance(exc, UtilityError) and not isinstance(exc, CheckFailed):
+                    raise StartFailed(
+                        f"start of {path} failed and was rolled back (VAP stopped, addresses "
+                        f"released, data disks kept): {exc}") from exc
+                raise
+
+    def _bring_up(self, caller: Caller, vap_id: int, path: Path, model: ModelView,
+                  prepared: Mapping[str, Prepared], placement: Mapping[str, str],
+                  addressing: addresses.Addressing, bases: Mapping[tuple[str, str], str],
+                  secrets: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
+        names = allocation.component_names(model)
+        overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
+        final = cvl_adapter.evaluate(path, overrides)
+        _same_versions(model, final)
+        state = allocation.build_state(
+            vap_id=vap_id, cvl_path=path, model=final, prepared=prepared,
+            addressing=addressing, placement=placement, bases=bases, secrets=secrets,
+            settings=self.settings, run_dir=self.run_dir)
+        self.store.set_vap(vap_id, state=state)
+        outcome = self._executor(vap_id).run(start_plan(state))
+        if not outcome.ok:
+            raise UtilityError(outcome.error or "start failed")
+        self.store.set_vap(vap_id, status="running")
+        self.store.event(vap_id, "start", f"{caller.name} started {path}")
+        return {"id": vap_id, "notes": notes, **self.vap_status(vap_id)}
+
+    def _allocate(
+        self, db: sqlite3.Connection, model: ModelView, prepared: Mapping[str, Prepared],
+        vap_id: int | None,
+    ) -> tuple[dict[str, str], addresses.Addressing, list[str]]:
+        """Placement and addresses; with a `vap_id`, reserve them in `db` too."""
+        problems: list[str] = []
+        usage = self.store.usage(db)
+        rooms = [HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
+                 for h in self.store.hosts()]
+        placement: dict[str, str] = {}
+        try:
+            placement = place(allocation.demands(prepared), rooms, self.settings.placement)
+        except PlacementError as exc:
+            problems.append(str(exc))
+        free_vlans = [r[0] for r in db.execute(
+            "SELECT vlan FROM vlans WHERE vap_id IS NULL ORDER BY vlan")]
+        free_ips = [r[0] for r in db.execute(
+            "SELECT ip FROM public_ips WHERE vap_id IS NULL ORDER BY ip")]
+        free_ips.sort(key=lambda ip: tuple(int(p) for p in ip.split(".")))
+        macs = [r[0] for r in db.execute("SELECT address FROM addresses WHERE kind='mac'")]
+        addressing = addresses.Addressing({}, {})
+        try:
+            addressing = addresses.assign(model, free_vlans, free_ips, macs,
+                                          self.settings.address_base)
+        except PoolExhausted as exc:
+            problems.append(str(exc))
+        if vap_id is None or problems:
+            return placement, addressing, problems
+        for segment, vlan in addressing.vlans.items():
+            _claim(db.execute(
+                "UPDATE vlans SET vap_id=?, segment=? WHERE vlan=? AND vap_id IS NULL",
+                (vap_id, segment, vlan)), f"VLAN {vlan}")
+        for iface in addressing.interfaces.values():
+            for address, kind in ((iface.mac, "mac"), (iface.ip, "ip")):
+                db.execute("INSERT INTO addresses VALUES (?,?,?,?)",
+                           (address, kind, vap_id, iface.path))
+            if iface.segment == PUBLIC:
+                _claim(db.execute(
+                    "UPDATE public_ips SET vap_id=?, iface=? WHERE ip=? AND vap_id IS NULL",
+                    (vap_id, iface.path, iface.ip)), f"public IP {iface.ip}")
+        for vm_path, host in placement.items():
+            db.execute("INSERT INTO vms (vap_id, path, host, domain, memory, state) "
+                       "VALUES (?,?,?,?,?, 'pending')",
+                       (vap_id, vm_path, host, f"{self.settings.prefix}-{vap_id}-{vm_path}",
+                        prepared[vm_path].spec.memory))
+        return placement, addressing, []
+
+    def _fetch_bases(self, prepared: Mapping[str, Prepared]) -> dict[tuple[str, str], str]:
+        """Local paths of each program disk's top image and of direct-boot kernels."""
+        bases: dict[tuple[str, str], str] = {}
+        data_targets = {p: {d for d, _ in prep.data_disks} for p, prep in prepared.items()}
+        for vm_path, prep in prepared.items():
+            for disk in prep.spec.disks:
+                if disk.target not in data_targets[vm_path]:
+                    bases[(vm_path, disk.target)] = str(
+                        prep.files.local_path(disk.source, self.cache_dir))
+            for key in ("kernel", "initrd"):
+                name = getattr(prep.spec, key)
+                if name:
+                    bases[(vm_path, f"os:{key}")] = str(prep.files.local_path(name, self.cache_dir))
+        return bases
+
+    def _executor(self, vap_id: int) -> Executor:
+        def report(action: Action, phase: str) -> None:
+            if action.vm is None:
+                return
+            if action.op in (Op.START, Op.UPDATE):
+                if phase == "begin":
+                    self.store.set_vm(vap_id, action.vm.path, "booting")
+                else:
+                    self.store.set_vm(vap_id, action.vm.path, "running", started=time.time(),
+                                      boot=True)
+            elif action.op in (Op.STOP, Op.REMOVE) and phase == "done":
+                self.store.set_vm(vap_id, action.vm.path, "stopped")
+
+        return Executor(self.host, vap_id, self.timeouts,
+                        self.state_dir / "attic", report=report)
+
+    def _roll_back(self, vap_id: int, error: str) -> list[str]:
+        """Stop whatever of a VAP exists, release its allocations, mark it failed."""
+        vap = self.store.vap(vap_id)
+        notes: list[str] = []
+        if vap.state is not None:
+            outcome = self._executor(vap_id).run(stop_plan(vap.state), keep_going=True)
+            notes = ([outcome.error] if outcome.error else []) + outcome.notes
+        for row in self.store.vms(vap_id):
+            try:
+                self.host(row.host).destroy_domain(row.domain)
+            except UtilityError as exc:
+                notes.append(str(exc))
+        held = [r[0] for r in self.store.read().execute(
+            "SELECT vlan FROM vlans WHERE vap_id=?", (vap_id,))]
+        for name in [f"{self.settings.prefix}-v{v}" for v in held] + \
+                [f"{self.settings.prefix}-x{vap_id}"]:
+            for host in self.store.hosts():
+                try:
+                    self.pool.get(host.name, host.uri).remove_network(name)
+                except UtilityError as exc:
+                    notes.append(str(exc))
+        with self.store.transaction() as db:
+            self.store.release(db, vap_id)
+            self.store.set_vap(vap_id, status="failed", error=error, db=db)
+        self.store.event(vap_id, "rollback", error)
+        return notes
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self, caller: Caller, cvl_path: str, component: str | None = None,
+             stop_timeout: float | None = None) -> dict[str, Any]:
+        """Stop a VAP in reverse boot order, or only `component` (a dotted path) and its parts.
+
+        Returns:
+            {"stopped": [paths], "warnings": [...]}; a warning names each running component
+            that requires a stopped one.
+        """
+        path = str(Path(cvl_path).resolve())
+        with self._lock_for(path):
+            vap = self._active(caller, path)
+            state = vap.state
+            if state is None:
+                raise NotFound(f"{path} has no recorded state")
+            timeouts = dataclasses.replace(self.timeouts, stop=stop_timeout) \
+                if stop_timeout is not None else self.timeouts
+            warnings: list[str] = []
+            if component:
+                target = state.without(component)
+                gone = {vm.path for vm in state.vms} - {vm.path for vm in target.vms}
+                if not gone:
+                    raise NotFound(f"{path}: no running component {component!r}")
+                for vm in target.vms:
+                    for need in vm.needs:
+                        if need in gone:
+                            warnings.append(f"warning: {vm.path} requires {need} "
+                                            f"({', '.join(vm.requires)}), which is being stopped")
+            else:
+                gone = {vm.path for vm in state.vms}
+                self.store.set_vap(vap.id, status="stopping")
+            executor = self._executor(vap.id)
+            executor.timeouts = timeouts
+            outcome = executor.run(stop_plan(state, component), keep_going=True)
+            if component:
+                self.store.set_vap(vap.id, state=state.without(component))
+            else:
+                with self.store.transaction() as db:
+                    self.store.release(db, vap.id)
+                    self.store.set_vap(vap.id, status="stopped", db=db,
+                                       error=outcome.error)
+            self.store.event(vap.id, "stop",
+                             f"{caller.name} stopped {component or 'all'} of {path}")
+            problems = ([outcome.error] if outcome.error else []) + outcome.notes
+            return {"stopped": sorted(gone), "warnings": warnings, "problems": problems}
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
+        if cvl_path is not None:
+            path = str(Path(cvl_path).resolve())
+            vap = self.store.vap_by_path(path)
+            if vap is None:
+                raise NotFound(f"{path} was never started")
+            _owner(caller, vap, "see")
+            return [self.vap_status(vap.id)]
+        return [self.vap_status(v.id) for v in self.store.vaps()
+                if caller.admin or v.owner == caller.name]
+
+    def vap_status(self, vap_id: int) -> dict[str, Any]:
+        """One VAP's status: per component path, type, version, host, interfaces, state, uptime."""
+        vap = self.store.vap(vap_id)
+        rows = {r.path: r for r in self.store.vms(vap_id)}
+        now = time.time()
+        components = []
+        state = vap.state
+        for vm in state.vms if state else ():
+            row = rows.get(vm.path)
+            running = row is not None and row.state == "running"
+            components.append({
+                "path": vm.path, "type": vm.type,
+                "version": (vm.origin or {}).get("version"),
+                "repository": (vm.origin or {}).get("url"),
+                "host": vm.host, "domain": vm.domain,
+                "memory": vm.memory,
+                "interfaces": [{"name": i.name, "ip": i.ip, "mac": i.mac, "network": i.network,
+                                "netmask": i.netmask} for i in vm.interfaces],
+                "state": row.state if row else "stopped",
+                "boot_seq": row.boot_seq if row else None,
+                "uptime": round(now - row.started, 3) if running and row and row.started else None,
+                "params": {k: list(v) for k, v in vm.masked().params},
+            })
+        for path, row in rows.items():
+            if state is None or state.vm(path) is None:
+                components.append({"path": path, "host": row.host, "domain": row.domain,
+                                   "state": row.state, "boot_seq": row.boot_seq,
+                                   "interfaces": [], "uptime": None})
+        boot_order = [r.path for r in sorted(rows.values(), key=lambda r: r.boot_seq or 0)
+                      if r.boot_seq is not None]
+        return {
+            "id": vap.id, "cvl": vap.cvl_path, "owner": vap.owner, "status": vap.status,
+            "error": vap.error, "appliance": state.appliance if state else None,
+            "vlans": dict(state.vlans) if state and vap.status in ACTIVE else {},
+            "networks": [dataclasses.asdict(n) for n in state.networks] if state else [],
+            "boot_order": boot_order, "components": components,
+        }
+
+    # -- reconciliation -------------------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, Any]:
+        """Bring the recorded state in line with what the hosts report (run at daemon start).
+
+        - a VAP caught mid-start/stop/update is rolled back to stopped, allocations released;
+        - a running VAP's VM whose domain is gone or not running is marked `dead`;
+        - a domain on a host that no active VAP owns is reported, never killed.
+        """
+        report: dict[str, Any] = {"rolled_back": [], "dead": [], "unowned": [], "unreachable": []}
+        for vap in self.store.vaps(("starting", "stopping", "updating")):
+            self._roll_back(vap.id, f"interrupted: the cluster manager stopped during "
+                                    f"{vap.status}; rolled back")
+            report["rolled_back"].append(vap.cvl_path)
+        owned: set[tuple[str, str]] = set()
+        for vap in self.store.vaps(("running",)):
+            for row in self.store.vms(vap.id):
+                owned.add((row.host, row.domain))
+                if row.state != "running":
+                    continue
+                try:
+                    info = self.host(row.host).domain(row.domain)
+                except UtilityError:
+                    continue
+                if info is None or not info.running:
+                    self.store.set_vm(vap.id, row.path, "dead")
+                    self.store.event(vap.id, "dead", f"{row.path}: domain {row.domain} on "
+                                                     f"{row.host} is gone")
+                    report["dead"].append(f"{vap.cvl_path}:{row.path}")
+        for host in self.store.hosts():
+            try:
+                domains = self.pool.get(host.name, host.uri).domains()
+            except UtilityError as exc:
+                report["unreachable"].append(str(exc))
+                continue
+            for info in domains:
+                if (host.name, info.name) not in owned:
+                    report["unowned"].append({"host": host.name, "domain": info.name})
+        self.unowned = report["unowned"]
+        return report
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _lock_for(self, path: str) -> threading.Lock:
+        with self._alloc_lock:
+            return self._vap_locks.setdefault(path, threading.Lock())
+
+    def _active(self, caller: Caller, path: str) -> VapRow:
+        vap = self.store.vap_by_path(path)
+        if vap is None or vap.status not in ACTIVE:
+            raise NotFound(f"{path} is not running")
+        _owner(caller, vap, "control")
+        return vap
+
+
+def _claim(cursor: sqlite3.Cursor, what: str) -> None:
+    """A pool entry must move from free to held exactly once (another start may have won it)."""
+    if cursor.rowcount != 1:
+        raise Conflict(f"{what} was taken by a concurrent start; start again")
+
+
+def _admin(caller: Caller, what: str) -> None:
+    if not caller.admin:
+        raise Forbidden(f"only administrators may {what} ({caller.name} is a user)")
+
+
+def _owner(caller: Caller, vap: VapRow, what: str) -> None:
+    if not caller.admin and vap.owner != caller.name:
+        raise Forbidden(f"{caller.name} may not {what} {vap.cvl_path}: it belongs to another user")
+
+
+def _same_versions(first: ModelView, second: ModelView) -> None:
+    """The address-filled evaluation must use the exact versions the checks saw."""
+    def versions(m: ModelView) -> dict[str, str]:
+        return {str(i.get("url")): str(i.get("version")) for i in m.imports}
+
+    a, b = versions(first), versions(second)
+    if a != b:
+        changed = ", ".join(f"{u} {a.get(u)} -> {b.get(u)}" for u in sorted(set(a) | set(b))
+                            if a.get(u) != b.get(u))
+        raise UtilityError(f"a repository published a new version during the start ({changed}); "
+                           "start again")
+
+
+def describe_host(row: HostRow) -> str:
+    """One line about a host for people."""
+    return f"{row.name} {row.uri} {format_size(row.memory)} max {row.max_vms} VMs"
+
+
+__all__ = ["Caller", "ClusterManager", "VapState"]

@@ -1,0 +1,42 @@
+"""The one place the utility calls the CVL part (README contract); wiring changes happen here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from utility.model_view import ModelView
+
+
+def _resolver():  # type: ignore[no-untyped-def]
+    """The repository-aware resolver (file: repository directories by version, http:)."""
+    from reposerver.client import make_resolver
+
+    return make_resolver()
+
+
+def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None) -> ModelView:
+    """Evaluate a CVL file with its imports and return the model view.
+
+    Raises:
+        cvl.errors.CvlError: the file does not parse, import or evaluate (rendered at the edge).
+    """
+    import cvl
+
+    model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(), overrides=dict(overrides or {}))
+    return ModelView.from_json(model.to_json())
+
+
+def check(cvl_path: Path, overrides: Mapping[str, str] | None = None) -> list[str]:
+    """Every CVL error of the file, rendered; [] when it is fine."""
+    import cvl
+
+    errors = cvl.check_file(str(cvl_path), resolver=_resolver(), overrides=dict(overrides or {}))
+    return [e.render() if hasattr(e, "render") else str(e) for e in errors]
+
+
+def decode_map(text: str) -> list[tuple[str, str]]:
+    """Decode a CVL map string (`device=vdb&size=100mb`) into its pairs."""
+    from cvl.maps import decode
+
+    return decode(text)

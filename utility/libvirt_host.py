@@ -1,0 +1,339 @@
+"""The one libvirt wrapper: a connection per host URI, reconnects, feature probes, operations.
+
+libvirtd is the host manager (paper: one host manager per computer): `qemu:///system` locally,
+`qemu+ssh://HOST/system` for a cluster, `test:` URIs for simulated hosts. Domains and networks
+the utility creates are transient, so a host reboot leaves nothing behind; the cluster manager's
+SQLite state is the record of what should run.
+
+Test driver note: `test:///default` is one shared instance per process; `test:///PATH.xml` gives
+each connection a private instance. Connections stay open for the daemon's lifetime, so a
+test host's domains live exactly as long as the daemon (a SIGKILL takes them along). Test
+domains have no guest: readiness is immediate there (see `executor`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import libvirt
+
+from utility.errors import HostUnreachable, UtilityError
+
+T = TypeVar("T")
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+
+_GONE = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK}
+_CONNECTION = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
+               libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """A domain as a host reports it."""
+
+    name: str
+    running: bool
+    xml: str
+
+
+class LibvirtHost:
+    """One host manager: a libvirt URI with a lazily opened, re-opened connection.
+
+    Args:
+        name: the host's registered name (used in every error message).
+        uri: the libvirt connection URI.
+    """
+
+    def __init__(self, name: str, uri: str) -> None:
+        self.name = name
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def connection(self) -> libvirt.virConnect:
+        """The open connection, opening or re-opening it as needed.
+
+        Raises:
+            HostUnreachable: libvirt cannot connect; names the host and URI.
+        """
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise HostUnreachable(
+                    f"host {self.name}: cannot connect to {self.uri}: {exc.get_error_message()}"
+                ) from None
+            return self._conn
+
+    def close(self) -> None:
+        """Close the connection (a test: host's private instance ends with it)."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+
+    def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """Run `fn` on the connection, reconnecting once if the connection broke."""
+        for attempt in (1, 2):
+            conn = self.connection()
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                code = exc.get_error_code()
+                alive = False
+                try:
+                    alive = bool(conn.isAlive())
+                except libvirt.libvirtError:
+                    alive = False
+                if attempt == 1 and code in _CONNECTION and not alive:
+                    with self._lock:
+                        self._conn = None
+                    continue
+                raise UtilityError(f"host {self.name}: {what}: {exc.get_error_message()}") from None
+        raise HostUnreachable(f"host {self.name}: {what}: connection lost")  # pragma: no cover
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    @property
+    def is_test(self) -> bool:
+        """True for libvirt's test driver: no real guest runs, readiness is immediate."""
+        return self.uri.startswith("test:")
+
+    def domain_type(self) -> str:
+        """`kvm` only when the capabilities offer it and $COLLECTIVE_KVM=1, else `qemu` (TCG).
+
+        KVM guests hung at boot on this project's reference machine, so TCG is the default.
+        """
+        if self.is_test:
+            return "qemu"
+        caps = self._call("read capabilities", lambda c: c.getCapabilities())
+        if "type='kvm'" in caps and os.environ.get("COLLECTIVE_KVM") == "1":
+            return "kvm"
+        return "qemu"
+
+    def supports_vlan(self) -> bool:
+        """Whether networks on this host may carry a VLAN tag.
+
+        libvirt tags only Open vSwitch (and hostdev) networks; plain Linux bridges cannot, and the
+        reference hosts have no 8021q either, so the VLAN only drives addressing and naming.
+        """
+        return False
+
+    def memory(self) -> int:
+        """The host's physical memory in bytes."""
+        info = self._call("read node info", lambda c: c.getInfo())
+        return int(info[1]) * (1 << 20)
+
+    def usable_for_qemu(self) -> bool:
+        """Whether this URI connects and can run qemu (TCG at least) domains."""
+        try:
+            caps = self._call("read capabilities", lambda c: c.getCapabilities())
+        except UtilityError:
+            return False
+        return "type='qemu'" in caps
+
+    # -- domains --------------------------------------------------------------------------------
+
+    def create_domain(self, xml: str) -> None:
+        """Start a transient domain from XML."""
+        self._call("start domain", lambda c: c.createXML(xml, 0))
+
+    def domain(self, name: str) -> DomainInfo | None:
+        """The domain called `name`, or None."""
+
+        def look(c: libvirt.virConnect) -> DomainInfo | None:
+            try:
+                dom = c.lookupByName(name)
+                state = dom.state()[0]
+                return DomainInfo(name, state == libvirt.VIR_DOMAIN_RUNNING, dom.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    return None
+                raise
+
+        return self._call(f"look up domain {name}", look)
+
+    def domains(self) -> list[DomainInfo]:
+        """Every domain the host knows, running or defined."""
+
+        def listing(c: libvirt.virConnect) -> list[DomainInfo]:
+            out = []
+            for dom in c.listAllDomains(0):
+                try:
+                    state = dom.state()[0]
+                    out.append(DomainInfo(dom.name(), state == libvirt.VIR_DOMAIN_RUNNING,
+                                          dom.XMLDesc(0)))
+                except libvirt.libvirtError:
+                    continue  # vanished while listing
+            return out
+
+        return self._call("list domains", listing)
+
+    def destroy_domain(self, name: str) -> bool:
+        """Force a domain off and forget it; False if it did not exist."""
+
+        def kill(c: libvirt.virConnect) -> bool:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    return False
+                raise
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _GONE:
+                    raise
+            return True
+
+        return self._call(f"destroy domain {name}", kill)
+
+    def shutdown_domain(self, name: str, timeout: float, poll: float = 0.2) -> str:
+        """Ask the guest to shut down; force it off after `timeout` seconds.
+
+        Returns:
+            "absent", "clean" (it went down in time) or "forced".
+        """
+
+        def request(c: libvirt.virConnect) -> bool:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    return False
+                raise
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _GONE:
+                    raise
+            return True
+
+        if not self._call(f"shut down domain {name}", request):
+            return "absent"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.domain(name)
+            if info is None or not info.running:
+                if info is not None:
+                    self.destroy_domain(name)
+                return "clean"
+            time.sleep(poll)
+        self.destroy_domain(name)
+        return "forced"
+
+    # -- networks -------------------------------------------------------------------------------
+
+    def ensure_network(self, name: str, xml: str) -> bool:
+        """Start a transient network unless one of that name is active; True if created."""
+
+        def up(c: libvirt.virConnect) -> bool:
+            try:
+                net = c.networkLookupByName(name)
+                if net.isActive():
+                    return False
+                net.create()
+                return True
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _GONE:
+                    raise
+            c.networkCreateXML(xml)
+            return True
+
+        return self._call(f"start network {name}", up)
+
+    def remove_network(self, name: str) -> bool:
+        """Stop (and forget) a network; False if it did not exist."""
+
+        def down(c: libvirt.virConnect) -> bool:
+            try:
+                net = c.networkLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    return False
+                raise
+            if net.isActive():
+                net.destroy()
+            try:
+                if net.isPersistent():
+                    net.undefine()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _GONE:
+                    raise
+            return True
+
+        return self._call(f"stop network {name}", down)
+
+    def networks(self) -> list[str]:
+        """Names of the host's active networks."""
+        return self._call("list networks", lambda c: [n.name() for n in c.listAllNetworks(0)
+                                                       if n.isActive()])
+
+
+class HostPool:
+    """The open `LibvirtHost` of every registered host, keyed by name; one per daemon."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, LibvirtHost] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, uri: str) -> LibvirtHost:
+        """The wrapper for host `name`, replaced if its URI changed."""
+        with self._lock:
+            host = self._hosts.get(name)
+            if host is None or host.uri != uri:
+                if host is not None:
+                    host.close()
+                host = LibvirtHost(name, uri)
+                self._hosts[name] = host
+            return host
+
+    def drop(self, name: str) -> None:
+        """Close and forget host `name`."""
+        with self._lock:
+            host = self._hosts.pop(name, None)
+        if host is not None:
+            host.close()
+
+    def close(self) -> None:
+        """Close every connection."""
+        with self._lock:
+            hosts, self._hosts = list(self._hosts.values()), {}
+        for host in hosts:
+            host.close()
+
+
+def probe_default_uri() -> tuple[str, str]:
+    """The embedded default host's URI and a one-line reason.
+
+    `qemu:///system` when libvirtd answers and offers qemu domains, else `test:///default`.
+    """
+    probe = LibvirtHost("local", "qemu:///system")
+    try:
+        if probe.usable_for_qemu():
+            kind = probe.domain_type()
+            return "qemu:///system", f"local libvirtd (qemu:///system, domain type {kind})"
+    finally:
+        probe.close()
+    return "test:///default", "libvirtd/qemu not usable here: simulated host test:///default"
