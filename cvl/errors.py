@@ -79,12 +79,25 @@ class CvlError(Exception):
         where = f"{self.file}:{self.line}:{self.col}" if self.line > 0 else self.file
         lines = [f"{where}: error: {self.message}"]
         if self.source_line is not None and self.line > 0:
-            text = self.source_line.rstrip("\r\n")
-            prefix = "".join(ch if ch == "\t" else " " for ch in text[: max(self.col - 1, 0)])
+            text, caret = _window(self.source_line.rstrip("\r\n"), max(self.col - 1, 0))
+            prefix = "".join(ch if ch == "\t" else " " for ch in text[:caret])
             lines.append(f"    {text}")
             lines.append(f"    {prefix}^")
         lines.extend(f"  imported from {site}" for site in reversed(self.chain))
         return "\n".join(lines)
+
+
+def _window(text: str, caret: int, width: int = 160) -> tuple[str, int]:
+    """At most `width` characters of `text` around index `caret` (long generated lines)."""
+    if len(text) <= width:
+        return text, caret
+    start = max(0, min(caret - width // 2, len(text) - width))
+    shown = text[start : start + width]
+    if start > 0:
+        shown, caret = "..." + shown, caret - start + 3
+    if start + width < len(text):
+        shown += "..."
+    return shown, caret
 
 
 class CvlSyntaxError(CvlError):

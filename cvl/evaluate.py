@@ -279,6 +279,8 @@ class Evaluator:
                 return None
             if dep.pending:
                 return _PENDING
+            if dep.value is None and dep.declared.required:
+                return None  # the missing required parameter is the error; do not cascade
             return dep.value or ()
         pairs: list[tuple[str, str]] = []
         for pair in item.pairs:
@@ -372,7 +374,10 @@ def evaluate_module(
     objects = module.program.objects
     if not objects:
         diagnostics.add(module.error(
-            CvlDeclarationError, "this file declares no appliance object", None))
+            CvlDeclarationError,
+            "this file declares no appliance object (e.g. Mine extends VMAppliance { ... })",
+            Str(value="", line=1, col=1),
+        ))
         return None
     root_decl = objects[-1]
     root_type = module.objects.get(root_decl.name.text)
@@ -381,6 +386,8 @@ def evaluate_module(
     evaluator = Evaluator(diagnostics)
     kind = evaluator.layouts.kind(root_type)
     if kind not in ("vm", "van"):
+        if evaluator.layouts.broken(root_type):
+            return None
         diagnostics.add(module.error(
             CvlDeclarationError,
             f"{root_type.name} is not an appliance: it must extend VMAppliance or VANAppliance "

@@ -50,6 +50,12 @@ class Layouts:
         self.diagnostics = diagnostics
         self._layouts: dict[int, Layout] = {}
         self._chains: dict[int, list[TypeDef]] = {}
+        self._broken: set[int] = set()
+
+    def broken(self, typedef: TypeDef) -> bool:
+        """True if `typedef`'s extends chain stopped at an error (already reported)."""
+        self.chain(typedef)
+        return id(typedef) in self._broken
 
     def chain(self, typedef: TypeDef) -> list[TypeDef]:
         """Base object first, `typedef` last; stops (after reporting) at an unknown or cyclic parent."""
@@ -69,11 +75,13 @@ class Layouts:
                         "imported or predefined",
                         parent_name,
                     ))
+                self._broken.add(id(typedef))
                 break
             if id(parent) in seen:
                 names = " extends ".join(t.name for t in [*chain, parent])
                 self.diagnostics.add(current.module.error(
                     CvlCycleError, f"inheritance cycle: {names}", parent_name))
+                self._broken.add(id(typedef))
                 break
             seen.add(id(parent))
             chain.append(parent)
@@ -181,6 +189,8 @@ class Layouts:
                 ))
             return
         comp_kind = self.kind(comp_type)
+        if comp_kind is None and self.broken(comp_type):
+            return
         if comp_kind is None:
             self.diagnostics.add(module.error(
                 CvlDeclarationError,
@@ -190,7 +200,7 @@ class Layouts:
             ))
             return
         allowed = ALLOWED_COMPONENTS.get(layout.kind or "", ())
-        if comp_kind not in allowed:
+        if comp_kind not in allowed and not (layout.kind is None and self.broken(layout.typedef)):
             if comp_kind == "interface":
                 rule = "only VMAppliances may have Interface components"
             else:
