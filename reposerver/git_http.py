@@ -63,8 +63,10 @@ class RepositoryBackend(Backend):
         super().__init__()
         self.settings = settings
 
-    def open_repository(self, path: str) -> Any:
+    def open_repository(self, path: str | bytes) -> Any:
         """Open `/NAME.git` as a dulwich repo carrying our repository and hooks."""
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", errors="replace")
         try:
             repository = open_repository(Path(self.settings.root), git_repository_name(path))
         except RepositoryError as exc:

@@ -14,7 +14,7 @@ from reposerver.errors import BadRequest
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_PATH_PART = re.compile(r"[A-Za-z0-9_+@=,-][A-Za-z0-9._+@=,-]{0,254}")
+_PATH_PART = re.compile(r"[A-Za-z0-9._+@=,-]{1,255}")
 _VERSION_TAG = re.compile(rb"refs/tags/v([1-9][0-9]{0,8})")
 
 

@@ -122,6 +122,11 @@ def publish(
         stored.append(StoredDisk(name, oid, parent, 0 if oid == parent else size,
                                  image.stat().st_size))
         files[name] = lfs_pointer.Pointer(oid, size).encode()
+    if images:
+        # So that `git clone` with git-lfs checks the disks out as images, not pointer text.
+        files[".gitattributes"] = "".join(
+            f"/{name} filter=lfs diff=lfs merge=lfs -text\n" for name in sorted(images)
+        ).encode()
     git = repository.git
     entries = []
     for name, data in sorted(files.items()):
