@@ -1,0 +1,368 @@
+"""The Collective Utility's commands: the daemon, administration, start/stop/status, the agent.
+
+    cui utility serve --state DIR [--listen HOST:PORT]     the cluster manager daemon
+    cui utility token add NAME [--role user|admin]          a bearer token (printed once)
+    cui host add NAME --uri URI --memory SIZE --max-vms N | host list | host remove NAME
+    cui vlan add 100-163 | cui publicip add A-B
+    cui blacklist add URL VERSION|all | list | remove | violations
+    cui start FILE.cvl | cui stop FILE.cvl [COMP] | cui status [FILE.cvl] [--json]
+    cui agent set KEY --cvl FILE.cvl | agent list | agent forget KEY --cvl FILE.cvl
+
+Every client command takes `--utility URL` (default `$COLLECTIVE_UTILITY`, else the local
+daemon's socket) and `--token` (default `$COLLECTIVE_TOKEN`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from utility import agent
+from utility.client import UtilityClient, default_state_dir
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --utility and --token, and pass a ready `UtilityClient` as `client`."""
+
+    @click.option("--utility", "utility_url", metavar="URL", default=None,
+                  help="Cluster manager: unix:///PATH or http://HOST:PORT "
+                       "(default $COLLECTIVE_UTILITY, else the local daemon's socket).")
+    @click.option("--token", default=None, help="Bearer token (default $COLLECTIVE_TOKEN).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, utility_url: str | None, token: str | None, **kwargs: Any) -> Any:
+        return fn(*args, client=UtilityClient(utility_url, token), **kwargs)
+
+    return wrapper
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """Print `data` as JSON for tools or through `render` for people."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        render(data)
+
+
+# -- daemon ---------------------------------------------------------------------------------------
+
+
+@click.group("utility")
+def utility_group() -> None:
+    """The cluster manager daemon and its tokens."""
+
+
+@utility_group.command("serve")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="State directory (default $COLLECTIVE_STATE, "
+                   "else ~/.local/state/collective/utility).")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Serve on TCP (bearer token required); default the Unix socket in --state.")
+@click.option("--placement", type=click.Choice(["spread", "pack"]), default="spread",
+              show_default=True, help="Placement policy (see utility/placement.py).")
+@click.option("--prefix", default="col", show_default=True,
+              help="Prefix of domain, network and bridge names (1-6 characters).")
+@click.option("--address-base", default="10.0.0.0/8", show_default=True,
+              help="The /8 that VAN subnets 10.A.B.0/24 come from.")
+@click.option("--default-host", default=None, metavar="URI",
+              help="URI of the embedded host used when none is registered (default: probe).")
+@click.option("--stop-timeout", type=float, default=180.0, show_default=True,
+              help="Seconds a clean shutdown may take before the VM is forced off.")
+@click.option("--ready-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds a VM may take to signal READY before the start fails.")
+def serve_command(state_dir: str | None, listen: str | None, placement: str, prefix: str,
+                  address_base: str, default_host: str | None, stop_timeout: float,
+                  ready_timeout: float) -> None:
+    """Run the cluster manager until SIGTERM."""
+    from utility.allocation import Settings
+    from utility.api import serve
+    from utility.cluster import ClusterManager
+    from utility.executor import Timeouts
+
+    settings = Settings(prefix=prefix, address_base=address_base, placement=placement)
+    timeouts = Timeouts(ready=ready_timeout, stop=stop_timeout)
+    serve(
+        Path(state_dir) if state_dir else default_state_dir(),
+        listen,
+        lambda d: ClusterManager(d, settings, timeouts, default_host),
+    )
+
+
+@utility_group.group("token")
+def token_group() -> None:
+    """API tokens (administrators only)."""
+
+
+@token_group.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@client_options
+def token_add(name: str, role: str, client: UtilityClient) -> None:
+    """Create a token for NAME and print it (it is stored only as a hash)."""
+    click.echo(client.add_token(name, role)["token"])
+
+
+# -- administration -------------------------------------------------------------------------------
+
+
+@click.group("host")
+def host_group() -> None:
+    """Hosts (libvirt connection URIs) the utility runs VMs on."""
+
+
+@host_group.command("add")
+@click.argument("name")
+@click.option("--uri", required=True, help="libvirt URI: qemu:///system, qemu+ssh://H/system, "
+                                           "test:///PATH.xml")
+@click.option("--memory", required=True, help="Memory the utility may use, e.g. 16G.")
+@click.option("--max-vms", type=int, required=True, help="Most VMs at once.")
+@client_options
+def host_add(name: str, uri: str, memory: str, max_vms: int, client: UtilityClient) -> None:
+    """Register a host."""
+    row = client.add_host(name, uri, memory, max_vms)
+    click.echo(f"added host {row['name']} ({row['uri']})")
+
+
+@host_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def host_list(as_json: bool, client: UtilityClient) -> None:
+    """Hosts with capacity and use."""
+    from utility.sizes import format_size
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        click.echo(f"{'NAME':12} {'URI':40} {'MEMORY':>16} {'VMS':>8}")
+        for r in rows:
+            mem = f"{format_size(r['used_memory'])}/{format_size(r['memory'])}"
+            vms = f"{r['vms']}/{r['max_vms']}"
+            tag = " (embedded default)" if r["embedded"] else ""
+            click.echo(f"{r['name']:12} {r['uri']:40} {mem:>16} {vms:>8}{tag}")
+
+    emit(client.hosts(), as_json, render)
+
+
+@host_group.command("remove")
+@click.argument("name")
+@client_options
+def host_remove(name: str, client: UtilityClient) -> None:
+    """Forget a host (refused while it runs VMs)."""
+    client.remove_host(name)
+    click.echo(f"removed host {name}")
+
+
+@click.group("vlan")
+def vlan_group() -> None:
+    """The VLAN pool."""
+
+
+@vlan_group.command("add")
+@click.argument("spec", metavar="FIRST-LAST")
+@client_options
+def vlan_add(spec: str, client: UtilityClient) -> None:
+    """Add VLAN tags, e.g. 100-163."""
+    click.echo(f"added {client.add_vlans(spec)['added']} VLAN(s)")
+
+
+@click.group("publicip")
+def publicip_group() -> None:
+    """The public IP pool."""
+
+
+@publicip_group.command("add")
+@click.argument("spec", metavar="FIRST-LAST")
+@client_options
+def publicip_add(spec: str, client: UtilityClient) -> None:
+    """Add public IPs, e.g. 192.0.2.10-192.0.2.20."""
+    click.echo(f"added {client.add_public_ips(spec)['added']} public IP(s)")
+
+
+@click.group("blacklist")
+def blacklist_group() -> None:
+    """Repository versions the utility refuses to start."""
+
+
+@blacklist_group.command("add")
+@click.argument("url")
+@click.argument("version", metavar="VERSION|all")
+@client_options
+def blacklist_add(url: str, version: str, client: UtilityClient) -> None:
+    """Blacklist VERSION (or all versions) of the repository at URL."""
+    client.blacklist_add(url, version)
+    click.echo(f"blacklisted {url} {version}")
+
+
+@blacklist_group.command("remove")
+@click.argument("url")
+@click.argument("version", metavar="VERSION|all")
+@client_options
+def blacklist_remove(url: str, version: str, client: UtilityClient) -> None:
+    """Remove a blacklist entry."""
+    client.blacklist_remove(url, version)
+    click.echo(f"removed {url} {version} from the blacklist")
+
+
+@blacklist_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def blacklist_list(as_json: bool, client: UtilityClient) -> None:
+    """The blacklist."""
+    emit(client.blacklist(), as_json,
+         lambda rows: [click.echo(f"{r['url']} {r['version']}") for r in rows])
+
+
+@blacklist_group.command("violations")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
+    """Running appliances that use a blacklisted version (they are not stopped)."""
+    emit(client.violations(), as_json, lambda rows: [
+        click.echo(f"{r['cvl']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}")
+        for r in rows] or click.echo("no violations"))
+
+
+# -- start / stop / status ------------------------------------------------------------------------
+
+
+def _secrets_for(cvl_path: Path) -> dict[str, str]:
+    """Values of the VAP's sensitive parameters that have none, through the user agent."""
+    import cvl
+    from cvl.errors import CvlError
+
+    try:
+        from reposerver.client import make_resolver
+
+        model = cvl.evaluate_file(str(cvl_path), resolver=make_resolver())
+    except CvlError:
+        return {}  # the daemon evaluates again and reports the error
+    keys = agent.missing_sensitive(model.to_json())
+    if not keys:
+        return {}
+    password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
+        "agent password", hide_input=True, err=True)
+    cache = agent.AgentCache(agent.default_path(), password)
+    return agent.obtain(cache, cvl_path, keys, _ask)
+
+
+def _ask(param: str) -> str:
+    if sys.stdin.isatty():
+        return str(click.prompt(f"value of sensitive parameter {param}", hide_input=True,
+                                err=True))
+    line = sys.stdin.readline()
+    return line.rstrip("\n")
+
+
+@click.command("start")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
+    """Start the appliance FILE.cvl describes."""
+    path = Path(file).resolve()
+    began = time.monotonic()
+    result = client.start(str(path), _secrets_for(path))
+    for note in result.get("notes", []):
+        click.echo(note, err=True)
+    emit(result, as_json, lambda r: (
+        click.echo(f"started {r['cvl']} in {time.monotonic() - began:.2f} s "
+                   f"(boot order: {', '.join(r['boot_order'])})"),
+        _render_status([r])))
+
+
+@click.command("stop")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("component", required=False)
+@click.option("--timeout", type=float, default=None,
+              help="Seconds for a clean shutdown before forcing (default: the daemon's, 180).")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def stop_command(file: str, component: str | None, timeout: float | None, as_json: bool,
+                 client: UtilityClient) -> None:
+    """Stop the appliance (or only COMPONENT, a dotted path such as g.f)."""
+    result = client.stop(str(Path(file).resolve()), component, timeout)
+    for warning in result["warnings"]:
+        click.echo(warning, err=True)
+    for problem in result.get("problems", []):
+        click.echo(f"problem: {problem}", err=True)
+    emit(result, as_json, lambda r: click.echo(f"stopped {', '.join(r['stopped'])}"))
+
+
+def _render_status(vaps: list[dict[str, Any]]) -> None:
+    for vap in vaps:
+        click.echo(f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
+                   + (f"  error: {vap['error']}" if vap.get("error") else ""))
+        click.echo(f"  {'PATH':10} {'TYPE':12} {'VERSION':>8} {'HOST':10} {'STATE':8} "
+                   f"{'UPTIME':>8}  INTERFACES")
+        for c in vap["components"]:
+            ifaces = ", ".join(f"{i['name']} {i['ip']} {i['mac']}" for i in c["interfaces"])
+            up = f"{c['uptime']:.0f}s" if c.get("uptime") is not None else "-"
+            click.echo(f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
+                       f"{c['host']:10} {c['state']:8} {up:>8}  {ifaces}")
+
+
+@click.command("status")
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def status_command(file: str | None, as_json: bool, client: UtilityClient) -> None:
+    """Status of your appliances (all of them for administrators), or of FILE.cvl."""
+    result = client.status(str(Path(file).resolve()) if file else None)
+    emit(result, as_json, _render_status)
+
+
+# -- agent ----------------------------------------------------------------------------------------
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """The user agent's encrypted cache of sensitive parameter values."""
+
+
+def _open_cache() -> agent.AgentCache:
+    password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
+        "agent password", hide_input=True, err=True)
+    return agent.AgentCache(agent.default_path(), password)
+
+
+@agent_group.command("set")
+@click.argument("key")
+@click.option("--cvl", "cvl_file", required=True, type=click.Path(dir_okay=False))
+def agent_set(key: str, cvl_file: str) -> None:
+    """Cache the value of sensitive parameter KEY (e.g. l.rootpw) of FILE.cvl."""
+    cache = _open_cache()
+    cache.set(agent.cache_key(Path(cvl_file), key), _ask(key))
+    cache.save()
+    click.echo(f"cached {key}")
+
+
+@agent_group.command("list")
+def agent_list() -> None:
+    """The cached keys (never the values)."""
+    for key in _open_cache().keys():
+        click.echo(key)
+
+
+@agent_group.command("forget")
+@click.argument("key")
+@click.option("--cvl", "cvl_file", required=True, type=click.Path(dir_okay=False))
+def agent_forget(key: str, cvl_file: str) -> None:
+    """Drop a cached value."""
+    cache = _open_cache()
+    if cache.forget(agent.cache_key(Path(cvl_file), key)):
+        cache.save()
+        click.echo(f"forgot {key}")
+    else:
+        click.echo(f"{key} was not cached")
+
+
+def register(cli: click.Group) -> None:
+    """Attach the utility's commands to `cui`."""
+    for command in (utility_group, host_group, vlan_group, publicip_group, blacklist_group,
+                    start_command, stop_command, status_command, agent_group):
+        cli.add_command(command)

@@ -1,0 +1,257 @@
+"""The cluster manager's HTTP API (Flask app factory) and the daemon that serves it.
+
+Transport only: each route authenticates, calls one `ClusterManager` method, returns JSON.
+This is the one place `UtilityError`s (and CVL errors) become HTTP statuses; every refusal is a
+JSON 401/403/404/409/422, never a 500.
+
+Authentication: `Authorization: Bearer TOKEN`; tokens are created with `cui utility token add`
+and stored as SHA-256 digests. Over the daemon's Unix socket (directory 0700, socket 0600, so
+only its owner can connect) a request without a token acts as the local administrator; on TCP
+every request needs a valid token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as token_source
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
+from utility.cluster import Caller, ClusterManager
+from utility.errors import CheckFailed, Unauthorized, UtilityError
+from utility.sizes import parse_size
+
+LOCAL_ADMIN = Caller("local", "admin")
+SOCKET_NAME = "utility.sock"
+
+
+def create_app(manager: ClusterManager, *, require_token: bool = True) -> Flask:
+    """The API application over `manager`.
+
+    Args:
+        manager: the cluster manager it serves.
+        require_token: True on TCP; False on the owner-only Unix socket.
+    """
+    app = Flask("utility")
+    app.config["MANAGER"] = manager
+
+    @app.before_request
+    def authenticate() -> None:
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthorized("malformed Authorization header: use 'Bearer TOKEN'")
+            who = manager.store.who(token.strip())
+            if who is None:
+                raise Unauthorized("invalid token")
+            g.caller = Caller(*who)
+        elif require_token:
+            raise Unauthorized("this API needs a bearer token (cui --token or $COLLECTIVE_TOKEN)")
+        else:
+            g.caller = LOCAL_ADMIN
+
+    @app.errorhandler(UtilityError)
+    def utility_error(exc: UtilityError) -> Any:
+        body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+        if isinstance(exc, CheckFailed):
+            body["problems"] = exc.problems
+        return jsonify(body), exc.http_status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        return jsonify({"error": exc.description, "kind": type(exc).__name__}), exc.code
+
+    @app.errorhandler(Exception)
+    def other_error(exc: Exception) -> Any:
+        from cvl.errors import CvlError
+
+        if isinstance(exc, CvlError):
+            text = exc.render() if hasattr(exc, "render") else str(exc)
+            return jsonify({"error": text, "kind": "CvlError"}), 422
+        app.logger.exception("unexpected error")
+        return jsonify({"error": f"internal error: {type(exc).__name__}: {exc}",
+                        "kind": "InternalError"}), 500
+
+    def caller() -> Caller:
+        return g.caller  # type: ignore[no-any-return]
+
+    def body() -> dict[str, Any]:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise UtilityError("request body must be a JSON object")
+        return data
+
+    def field(data: dict[str, Any], name: str, kind: type = str) -> Any:
+        value = data.get(name)
+        if not isinstance(value, kind):
+            raise UtilityError(f"field {name!r} is missing or not a {kind.__name__}")
+        return value
+
+    @app.get("/v1/whoami")
+    def whoami() -> Any:
+        return jsonify({"name": caller().name, "role": caller().role})
+
+    @app.get("/v1/hosts")
+    def hosts() -> Any:
+        return jsonify(manager.hosts(caller()))
+
+    @app.post("/v1/hosts")
+    def add_host() -> Any:
+        data = body()
+        memory = data.get("memory")
+        memory = parse_size(memory, "memory") if isinstance(memory, str) else memory
+        if not isinstance(memory, int):
+            raise UtilityError("field 'memory' is missing (e.g. \"4G\")")
+        row = manager.add_host(caller(), field(data, "name"), field(data, "uri"), memory,
+                               field(data, "max_vms", int))
+        return jsonify({"name": row.name, "uri": row.uri, "memory": row.memory,
+                        "max_vms": row.max_vms}), 201
+
+    @app.delete("/v1/hosts/<name>")
+    def remove_host(name: str) -> Any:
+        manager.remove_host(caller(), name)
+        return jsonify({"removed": name})
+
+    @app.post("/v1/vlans")
+    def add_vlans() -> Any:
+        return jsonify({"added": manager.add_vlans(caller(), field(body(), "range"))})
+
+    @app.post("/v1/publicips")
+    def add_public_ips() -> Any:
+        return jsonify({"added": manager.add_public_ips(caller(), field(body(), "range"))})
+
+    @app.get("/v1/pools")
+    def pools() -> Any:
+        return jsonify(manager.pools(caller()))
+
+    @app.get("/v1/blacklist")
+    def blacklist() -> Any:
+        return jsonify(manager.blacklist(caller()))
+
+    @app.post("/v1/blacklist")
+    def blacklist_add() -> Any:
+        data = body()
+        manager.blacklist_add(caller(), field(data, "url"), str(field(data, "version")))
+        return jsonify({"blacklisted": data}), 201
+
+    @app.post("/v1/blacklist/remove")
+    def blacklist_remove() -> Any:
+        data = body()
+        manager.blacklist_remove(caller(), field(data, "url"), str(field(data, "version")))
+        return jsonify({"removed": data})
+
+    @app.get("/v1/blacklist/violations")
+    def violations() -> Any:
+        return jsonify(manager.violations(caller()))
+
+    @app.post("/v1/vaps/start")
+    def start() -> Any:
+        data = body()
+        secrets = data.get("secrets") or {}
+        if not isinstance(secrets, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()
+        ):
+            raise UtilityError("field 'secrets' must map parameter keys to strings")
+        return jsonify(manager.start(caller(), field(data, "cvl"), secrets))
+
+    @app.post("/v1/vaps/stop")
+    def stop() -> Any:
+        data = body()
+        timeout = data.get("timeout")
+        if timeout is not None and not isinstance(timeout, int | float):
+            raise UtilityError("field 'timeout' must be a number of seconds")
+        return jsonify(manager.stop(caller(), field(data, "cvl"), data.get("component"),
+                                    timeout))
+
+    @app.get("/v1/vaps")
+    def status() -> Any:
+        return jsonify(manager.status(caller(), request.args.get("cvl")))
+
+    @app.get("/v1/reconcile")
+    def reconcile_report() -> Any:
+        if not caller().admin:
+            from utility.errors import Forbidden
+
+            raise Forbidden("only administrators see reconciliation reports")
+        return jsonify({"unowned": manager.unowned})
+
+    @app.post("/v1/tokens")
+    def add_token() -> Any:
+        data = body()
+        if not caller().admin:
+            from utility.errors import Forbidden
+
+            raise Forbidden("only administrators may create tokens")
+        role = data.get("role", "user")
+        if role not in ("admin", "user"):
+            raise UtilityError("role must be 'admin' or 'user'")
+        token = token_source.token_urlsafe(32)
+        manager.store.add_token(field(data, "name"), role, token)
+        return jsonify({"name": data["name"], "role": role, "token": token}), 201
+
+    return app
+
+
+def serve(
+    state_dir: Path,
+    listen: str | None,
+    manager_factory: Callable[[Path], ClusterManager] = ClusterManager,
+    announce: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
+
+    Args:
+        state_dir: the state directory (created 0700).
+        listen: None for the Unix socket `state_dir/utility.sock`; `HOST:PORT` for TCP.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    manager = manager_factory(state_dir)
+    report = manager.reconcile()
+    for path in report["rolled_back"]:
+        announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")
+    for item in report["dead"]:
+        announce(f"reconcile: {item} is no longer running (marked dead)")
+    for item in report["unowned"]:
+        announce(f"reconcile: domain {item['domain']} on {item['host']} belongs to no VAP "
+                 "(left running)")
+    if listen is None:
+        sock = state_dir / SOCKET_NAME
+        sock.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            server = make_server(f"unix://{sock}", 0, create_app(manager, require_token=False),
+                                 threaded=True)
+        finally:
+            os.umask(old)
+        os.chmod(sock, 0o600)
+        where = f"unix://{sock}"
+    else:
+        host, _, port = listen.rpartition(":")
+        if not port.isdigit():
+            raise UtilityError(f"--listen {listen!r}: expected HOST:PORT")
+        server = make_server(host or "127.0.0.1", int(port),
+                             create_app(manager, require_token=True), threaded=True)
+        where = f"http://{host or '127.0.0.1'}:{server.server_port}"
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    announce(f"cluster manager listening on {where} (state {state_dir})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        manager.close()
+        sys.stdout.flush()

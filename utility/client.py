@@ -1,0 +1,164 @@
+"""What `cui` uses to talk to the cluster manager: HTTP over its Unix socket or TCP.
+
+The address is `--utility URL`, else `$COLLECTIVE_UTILITY`, else the default daemon's socket
+`unix://<default state dir>/utility.sock`. HTTP error answers become the same `UtilityError`
+subclasses the daemon raised, so `cui.main` maps them to exit codes in one place.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from utility.errors import (
+    CheckFailed,
+    Conflict,
+    Forbidden,
+    HostUnreachable,
+    NotFound,
+    Unauthorized,
+    UtilityError,
+)
+
+_BY_STATUS: dict[int, type[UtilityError]] = {
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 503: HostUnreachable,
+}
+
+
+def default_state_dir() -> Path:
+    """`$COLLECTIVE_STATE`, else `~/.local/state/collective/utility`."""
+    env = os.environ.get("COLLECTIVE_STATE")
+    return Path(env) if env else Path.home() / ".local" / "state" / "collective" / "utility"
+
+
+def default_url() -> str:
+    """`$COLLECTIVE_UTILITY`, else the default daemon's Unix socket."""
+    return os.environ.get("COLLECTIVE_UTILITY") or f"unix://{default_state_dir() / 'utility.sock'}"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """http.client over a Unix stream socket."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+class UtilityClient:
+    """A client of the cluster manager API.
+
+    Args:
+        url: `unix:///path/utility.sock` or `http://host:port`; default as described above.
+        token: bearer token (`$COLLECTIVE_TOKEN` when None).
+        timeout: seconds per request; None waits as long as a start takes.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 timeout: float | None = None) -> None:
+        self.url = url or default_url()
+        self.token = token if token is not None else os.environ.get("COLLECTIVE_TOKEN")
+        self.timeout = timeout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            return _UnixConnection(parts.path, self.timeout)
+        if parts.scheme == "http":
+            return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                              timeout=self.timeout)
+        raise UtilityError(f"utility URL {self.url!r}: use unix:///PATH or http://HOST:PORT")
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Send one request; return the decoded JSON answer or raise the matching error."""
+        headers = {"Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            raise HostUnreachable(
+                f"cannot reach the cluster manager at {self.url}: {exc} "
+                "(start it with `cui utility serve`)") from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = {"error": raw.decode(errors="replace")[:300]}
+        if response.status >= 400:
+            message = (data or {}).get("error", f"HTTP {response.status}")
+            if response.status == 422 and "problems" in (data or {}):
+                raise CheckFailed(data["problems"])
+            raise _BY_STATUS.get(response.status, UtilityError)(message)
+        return data
+
+    # -- one method per route ---------------------------------------------------------------
+
+    def whoami(self) -> Any:
+        return self.request("GET", "/v1/whoami")
+
+    def hosts(self) -> Any:
+        return self.request("GET", "/v1/hosts")
+
+    def add_host(self, name: str, uri: str, memory: str, max_vms: int) -> Any:
+        return self.request("POST", "/v1/hosts",
+                            {"name": name, "uri": uri, "memory": memory, "max_vms": max_vms})
+
+    def remove_host(self, name: str) -> Any:
+        return self.request("DELETE", f"/v1/hosts/{quote(name, safe='')}")
+
+    def add_vlans(self, spec: str) -> Any:
+        return self.request("POST", "/v1/vlans", {"range": spec})
+
+    def add_public_ips(self, spec: str) -> Any:
+        return self.request("POST", "/v1/publicips", {"range": spec})
+
+    def pools(self) -> Any:
+        return self.request("GET", "/v1/pools")
+
+    def blacklist(self) -> Any:
+        return self.request("GET", "/v1/blacklist")
+
+    def blacklist_add(self, url: str, version: str) -> Any:
+        return self.request("POST", "/v1/blacklist", {"url": url, "version": version})
+
+    def blacklist_remove(self, url: str, version: str) -> Any:
+        return self.request("POST", "/v1/blacklist/remove", {"url": url, "version": version})
+
+    def violations(self) -> Any:
+        return self.request("GET", "/v1/blacklist/violations")
+
+    def start(self, cvl: str, secrets: dict[str, str] | None = None) -> Any:
+        return self.request("POST", "/v1/vaps/start", {"cvl": cvl, "secrets": secrets or {}})
+
+    def stop(self, cvl: str, component: str | None = None, timeout: float | None = None) -> Any:
+        return self.request("POST", "/v1/vaps/stop",
+                            {"cvl": cvl, "component": component, "timeout": timeout})
+
+    def status(self, cvl: str | None = None) -> Any:
+        query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
+        return self.request("GET", f"/v1/vaps{query}")
+
+    def add_token(self, name: str, role: str) -> Any:
+        return self.request("POST", "/v1/tokens", {"name": name, "role": role})
+
+    def unowned(self) -> Any:
+        return self.request("GET", "/v1/reconcile")
