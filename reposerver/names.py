@@ -75,6 +75,21 @@ def file_path(text: str) -> str:
     return text
 
 
+def request_path(path: str) -> str:
+    """Refuse a URL path with `.`/`..` segments, empty segments, backslashes or NUL.
+
+    Applied to every request before routing (WSGI servers have already decoded `%2e%2e` and
+    `%2f`), so no route ever sees a path that could climb out of the server root.
+    """
+    parts = path.split("/")[1:]
+    if parts and parts[-1] == "":
+        parts.pop()
+    for part in parts:
+        if part in ("", ".", "..") or "\\" in part or "\x00" in part:
+            raise BadRequest(f"invalid request path {path!r}: '.', '..' and empty segments are not allowed")
+    return path
+
+
 def version_of_ref(ref: bytes) -> int | None:
     """The N of `refs/tags/vN`, or None for any other ref."""
     match = _VERSION_TAG.fullmatch(ref)

@@ -23,6 +23,7 @@ from reposerver.names import (
     git_repository_name,
     object_id,
     repository_name,
+    request_path,
     version_number,
 )
 from reposerver.repository import Repository, list_repositories, open_repository
@@ -122,7 +123,10 @@ def _immutable(response: Response, etag: str) -> Response:
 
 def _check_range() -> None:
     header = request.headers.get("Range")
-    if header is not None and parse_range_header(header) is None:
+    if header is None:
+        return
+    parsed = parse_range_header(header)
+    if parsed is None or parsed.units != "bytes":
         raise errors.BadRequest(f"malformed Range header {header!r}: expected bytes=START-END")
 
 
@@ -253,6 +257,10 @@ class GitDispatcher:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        try:
+            request_path(path)
+        except errors.BadRequest as exc:
+            return _plain(start_response, 400, str(exc))
         match = _GIT_PATH.match(path)
         if not match or (match.group(2) or "").startswith("/info/lfs/"):
             return self.flask_wsgi(environ, start_response)

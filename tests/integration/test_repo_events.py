@@ -1,0 +1,85 @@
+"""Publish events: each new version reaches a live subscriber once, HMAC-signed; a dead one harms nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from reposerver import repo_config
+from reposerver.publish import publish
+from reposerver.repository import Repository
+from reposerver.testing import free_port, running_server, sample_appliance
+
+pytestmark = pytest.mark.slow
+SECRET = "s3cret-for-tests"
+
+
+class Receiver:
+    """A test HTTP endpoint recording every POST."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(tmp_path: Path, monkeypatch) -> None:
+    receiver = Receiver()
+    dead = f"http://127.0.0.1:{free_port()}/nobody"
+    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    repo = Repository.create(tmp_path / "root" / "DNS", repo_config.RepoConfig(subscribers=(
+        repo_config.Subscriber(url=receiver.url, secret_env="TEST_HOOK_SECRET"),)))
+    cvl = sample_appliance(tmp_path / "app")
+    publish(repo.path, cvl)  # a local publish announces too
+    extra = {"subscribers": [{"url": dead, "secret": "x"}], "delivery_delays": [0.2, 0.2]}
+    with running_server(repo.path.parent, extra=extra) as server:
+        work = tmp_path / "work"
+        subprocess.run(["git", "clone", "-q", server.url + "/DNS.git", str(work)], check=True)
+        (work / "DNS.cvl").write_text((work / "DNS.cvl").read_text() + "/* v2 */\n")
+        subprocess.run(["git", "commit", "-q", "-am", "v2"], cwd=work, check=True)
+        subprocess.run(["git", "tag", "-a", "v2", "-m", "v2"], cwd=work, check=True)
+        start = time.monotonic()
+        subprocess.run(["git", "-c", "lfs.locksverify=false", "push", "-q", server.push_url("DNS"),
+                        "main", "v2"], cwd=work, check=True, capture_output=True)
+        assert time.monotonic() - start < 10, "a dead subscriber must not slow the push"
+        receiver.wait_for(2)
+        time.sleep(1.5)  # give duplicates (there must be none) and the dead one's retries time
+    events = [json.loads(body) for _, body in receiver.received]
+    assert sorted(e["version"] for e in events) == [1, 2]
+    for headers, body in receiver.received:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Collective-Signature"], expected)
+    by_version = {e["version"]: e for e in events}
+    assert by_version[2]["repository"] == f"{server.url}/DNS"
+    assert by_version[2]["tag"] == "v2" and by_version[2]["signer"] is None
+    assert by_version[2]["commit"] == repo.version(2).commit
+    log = [json.loads(line) for line in (repo.path / "logs" / "deliveries.log").read_text().splitlines()]
+    assert any(r["url"] == dead and r["delivered"] is False for r in log)
+    assert sum(1 for r in log if r["url"] == receiver.url and r["delivered"]) == 2
+    receiver.server.shutdown()
