@@ -11,6 +11,7 @@ what the resolver it is handed fetches (default: `cvl.resolver.DefaultResolver()
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,6 +69,10 @@ def analyse_text(
     diagnostics = Diagnostics()
     loader = Loader(resolver if resolver is not None else DefaultResolver(), diagnostics)
     model = None
+    # Evaluation allocates many small objects that all stay alive until it ends; pausing the
+    # cyclic garbage collector meanwhile makes large appliances ~40% faster (bench_cvl).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         directory = os.path.abspath(base_dir) if base_dir is not None else None
         module = loader.load_root(text, filename, directory)
@@ -76,6 +81,9 @@ def analyse_text(
                                     loader.warnings)
     except RecursionError:
         diagnostics.add(CvlError("the CVL is nested too deeply to evaluate", file=filename))
+    finally:
+        if collecting:
+            gc.enable()
     if diagnostics:
         model = None
     return Analysis(model, list(diagnostics.errors), list(loader.warnings))
