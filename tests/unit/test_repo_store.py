@@ -1,0 +1,103 @@
+"""The object store (verified writes and reads), qcow2 header safety checks, signature splitting, settings."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from pathlib import Path
+
+import pytest
+
+from reposerver.disks import read_header
+from reposerver.errors import BadRequest, IntegrityError, NotFound, PayloadTooLarge
+from reposerver.objects import ObjectStore, backing_reference
+from reposerver.settings import load_settings
+from reposerver.signatures import split_signature
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_put_and_verified_read(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = b"disk bytes" * 1000
+    oid, size = store.put_stream(io.BytesIO(data))
+    assert oid == hashlib.sha256(data).hexdigest() and size == len(data)
+    assert store.path(oid) == tmp_path / "objects" / oid[:2] / oid[2:4] / oid
+    assert store.verified_path(oid).read_bytes() == data
+    assert store.has(oid, size) and not store.has(oid, size + 1)
+    assert store.put_stream(io.BytesIO(data), expected_oid=oid) == (oid, size)
+
+
+def test_mismatched_or_oversized_writes_leave_nothing(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    with pytest.raises(IntegrityError, match="expected sha256"):
+        store.put_stream(io.BytesIO(b"abc"), expected_oid="0" * 64)
+    with pytest.raises(IntegrityError, match="expected 4"):
+        store.put_stream(io.BytesIO(b"abc"), expected_size=4)
+    with pytest.raises(PayloadTooLarge):
+        store.put_stream(io.BytesIO(b"x" * 100), max_size=10)
+    assert files(tmp_path) == []
+
+
+def test_corruption_is_detected_on_read(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    oid, _ = store.put_stream(io.BytesIO(b"original"))
+    path = store.path(oid)
+    path.chmod(0o644)
+    path.write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="corrupt"):
+        store.verified_path(oid)
+    with pytest.raises(NotFound):
+        store.verified_path("1" * 64)
+
+
+def qcow2_header(backing: bytes = b"", incompatible: int = 0) -> bytes:
+    header = bytearray(512)
+    header[0:4] = b"QFI\xfb"
+    offset = 200 if backing else 0
+    struct.pack_into(">IQIIQ", header, 4, 3, offset, len(backing), 16, 1 << 30)
+    struct.pack_into(">Q", header, 72, incompatible)
+    if backing:
+        header[200:200 + len(backing)] = backing
+    return bytes(header)
+
+
+def test_header_accepts_only_content_addressed_backing(tmp_path: Path) -> None:
+    image = tmp_path / "img"
+    parent = "ab" + "cd" + "e" * 60
+    image.write_bytes(qcow2_header(backing_reference(parent).encode()))
+    header = read_header(image)
+    assert header.format == "qcow2" and header.parent == parent and header.virtual_size == 1 << 30
+    for bad in [b"/etc/shadow", b"../../ab/cd/" + b"f" * 64, b"../../../ab/cd/" + parent.encode(),
+                b"json:{}", b"nbd://host/x"]:
+        image.write_bytes(qcow2_header(bad))
+        with pytest.raises(IntegrityError, match="not a content-addressed reference"):
+            read_header(image)
+    image.write_bytes(qcow2_header(incompatible=1 << 2))
+    with pytest.raises(IntegrityError, match="external data file"):
+        read_header(image)
+    image.write_bytes(b"raw bytes")
+    assert read_header(image).format == "raw"
+
+
+def test_signature_split() -> None:
+    payload = b"object abc\ntype commit\ntag v1\ntagger x <y> 1 +0000\n\nmsg\n"
+    pgp = b"-----BEGIN PGP SIGNATURE-----\nxyz\n-----END PGP SIGNATURE-----\n"
+    ssh = b"-----BEGIN SSH SIGNATURE-----\nxyz\n-----END SSH SIGNATURE-----\n"
+    assert split_signature(payload) == (payload, None, None)
+    assert split_signature(payload + pgp) == (payload, pgp, "gpg")
+    assert split_signature(payload + ssh) == (payload, ssh, "ssh")
+
+
+def test_settings_validation(tmp_path: Path) -> None:
+    with pytest.raises(BadRequest, match="'root'"):
+        load_settings({})
+    with pytest.raises(BadRequest, match="not a directory"):
+        load_settings({"root": str(tmp_path / "missing")})
+    with pytest.raises(BadRequest, match="token_sha256"):
+        load_settings({"root": str(tmp_path), "users": {"a": {"token": "clear"}}})
+    cfg = load_settings({"root": str(tmp_path), "users": {"a": {"token_sha256": "A" * 64}}})
+    assert cfg.users == {"a": "a" * 64} and not cfg.read_protected
