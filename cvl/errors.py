@@ -125,7 +125,14 @@ class CvlMapError(CvlError):
 
 
 class CvlMissingError(CvlError):
-    """A "required" parameter has no value and nothing (not even the utility) will give it one."""
+    """A "required" parameter has no value and nothing (not even the utility) will give it one.
+
+    `path` is the parameter's full path (`domain`, `d.domain`).
+    """
+
+    def __init__(self, message: str, *, path: str = "", **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.path = path
 
 
 class CvlOverrideError(CvlError):

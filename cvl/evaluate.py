@@ -302,13 +302,15 @@ class Evaluator:
                 if slot.errored:
                     continue
                 d = slot.declared
-                self.diagnostics.add(root_module.error(
+                error = root_module.error(
                     CvlMissingError,
                     f"required parameter {slot.path} has no value: {d.owner} declares it "
                     f'"required" at {d.where}; your CVL must set it, e.g. in {root.typedef.name}: '
                     f'{slot.path} = "...";',
                     at,
-                ))
+                )
+                error.path = slot.path  # type: ignore[attr-defined]
+                self.diagnostics.add(error)
 
     def model(self, root_module: Module, imports: list, warnings: list[str]) -> Model:
         components: dict[str, Component] = {}

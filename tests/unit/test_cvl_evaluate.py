@@ -166,7 +166,7 @@ def test_missing_required_names_path_declaration_and_what_to_do():
     )
     error = one_error(text, CvlMissingError)
     assert (error.file, error.line, error.col) == ("t.cvl", 2, 1)
-    assert "d.domain" in error.message
+    assert "d.domain" in error.message and error.path == "d.domain"
     assert "t.cvl:1:40" in error.message  # where it was declared
     assert "must set it" in error.message and 'd.domain = "...";' in error.message
     assert error.source_line == text.splitlines()[1]
