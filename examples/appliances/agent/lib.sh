@@ -1,0 +1,111 @@
+# Collective guest agent: functions shared by the agent and by appliance hooks.
+# Hooks are sourced in a subshell with this file loaded, so they can call every function here.
+# busybox ash; no bashisms.
+
+AGENT_VERSION=1
+RUN=/run/collective                 # tmpfs: parameters and state live in RAM only
+PARAMS=$RUN/params                  # one file per parameter, one value per line
+SVC=$RUN/svc                        # pid files of the service's processes
+APPLIANCE=/appliance                # the appliance's own files: info, hooks/, templates/
+DATA=/data                          # the data disk's mount point (when the appliance has one)
+
+# Wall-clock seconds with microseconds (busybox date has no %N; adjtimex does).
+stamp() {
+    adjtimex 2>/dev/null | awk '/time.tv_sec/ {s = $2} /time.tv_usec/ {u = $2}
+                              END {printf "%d.%06d", s, u}'
+}
+
+# log EVENT [DETAILS...]: one console line per boot milestone, for people and for tests.
+log() {
+    echo "collective-agent $(stamp) $*" > /dev/console
+}
+
+# info KEY: a value from the image's /appliance/info (KEY=VALUE lines written at build time).
+info() {
+    sed -n "s/^$1=//p" "$APPLIANCE/info" | head -n 1
+}
+
+# param NAME: the first value of parameter NAME ("" when unset).
+param() {
+    [ -f "$PARAMS/$1" ] && head -n 1 "$PARAMS/$1"
+    return 0
+}
+
+# param_all NAME: every value of parameter NAME, one per line.
+param_all() {
+    [ -f "$PARAMS/$1" ] && cat "$PARAMS/$1"
+    return 0
+}
+
+# has_param NAME: true when NAME has at least one value.
+has_param() {
+    [ -f "$PARAMS/$1" ]
+}
+
+# require_param NAME...: fail (exit 1 from the hook) naming the first missing parameter.
+require_param() {
+    for _p in "$@"; do
+        has_param "$_p" || { echo "required parameter $_p is not set" >&2; exit 1; }
+    done
+}
+
+# map_get MAPSTRING KEY: the first value of KEY in a CVL map string (for map-valued parameters
+# such as dnshosts entries "name=l&ip=10.0.1.3").
+map_get() {
+    printf '%s\n' "$1" | awk -v key="$2" -f /agent/mapdecode.awk | head -n 1
+}
+
+# render TEMPLATE OUT: copy TEMPLATE to OUT replacing each {{name}} by the first value of
+# parameter name. An unset parameter is an error that names it. OUT is replaced atomically.
+render() {
+    awk -v dir="$PARAMS" '
+        {
+            line = $0; out = ""
+            while ((s = index(line, "{{")) > 0) {
+                rest = substr(line, s + 2); e = index(rest, "}}")
+                if (e == 0) break
+                name = substr(rest, 1, e - 1)
+                f = dir "/" name; v = ""
+                if ((getline v < f) <= 0) {
+                    print FILENAME ":" NR ": parameter " name " is not set" > "/dev/stderr"; exit 1
+                }
+                close(f)
+                out = out substr(line, 1, s - 1) v
+                line = substr(rest, e + 2)
+            }
+            print out line
+        }' "$1" > "$2.tmp" && mv "$2.tmp" "$2"
+}
+
+# daemon NAME COMMAND...: start a foreground-mode service process in the background and
+# remember its pid, so the agent can stop exactly the service (and nothing else) on resend.
+daemon() {
+    _name=$1; shift
+    mkdir -p "$SVC"
+    "$@" > /dev/console 2>&1 < /dev/null &
+    echo $! > "$SVC/$_name.pid"
+}
+
+# stop_daemons: TERM every process started with `daemon`, KILL what is left after 5 s.
+stop_daemons() {
+    for _f in "$SVC"/*.pid; do
+        [ -f "$_f" ] || continue
+        _pid=$(cat "$_f")
+        kill "$_pid" 2>/dev/null
+        _i=0
+        while kill -0 "$_pid" 2>/dev/null && [ $_i -lt 50 ]; do sleep 0.1; _i=$((_i + 1)); done
+        kill -9 "$_pid" 2>/dev/null
+        rm -f "$_f"
+    done
+}
+
+# prefix_of NETMASK: the prefix length of a dotted netmask (255.255.255.0 -> 24).
+prefix_of() {
+    ipcalc -p 0.0.0.0 "$1" | sed -n 's/^PREFIX=//p'
+}
+
+# port_number PARAM DEFAULT: the number of a "53/udp"-style port parameter, DEFAULT when unset.
+port_number() {
+    _port=$(param "$1"); _port=${_port%%/*}
+    echo "${_port:-$2}"
+}
