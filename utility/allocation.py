@@ -189,8 +189,9 @@ def build_state(
     for vm in model.vms():
         prep = prepared[vm.path]
         host = placement[vm.path]
-        vm_dir = cvl_dir / vm.path
-        domain = f"{settings.prefix}-{vap_id}-{vm.path}"
+        slug = vm.path or "root"  # a CVL file whose root is itself a VM appliance
+        vm_dir = cvl_dir / slug
+        domain = f"{settings.prefix}-{vap_id}-{slug}"
         socket = vm_dir / "guest.sock"
         if len(str(socket)) > SOCKET_PATH_MAX:
             socket = run_dir / f"{domain}.sock"

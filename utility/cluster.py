@@ -220,9 +220,12 @@ class ClusterManager:
         secrets = dict(secrets or {})
         with self._lock_for(str(path)):
             notes = self._ensure_default_host()
-            model = cvl_adapter.evaluate(path, secrets)
-            prepared, problems = allocation.prepare(model, path.parent)
-            problems += allocation.static_problems(model, self.store.blacklist())
+            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets)
+            if checked is None:
+                raise CheckFailed(problems)
+            model = checked
+            prepared, more = allocation.prepare(model, path.parent)
+            problems += more + allocation.static_problems(model, self.store.blacklist())
             with self.store.transaction() as db:
                 problems += self._allocate(db, model, prepared, vap_id=None)[2]
             if problems:
@@ -307,7 +310,8 @@ class ClusterManager:
         for vm_path, host in placement.items():
             db.execute("INSERT INTO vms (vap_id, path, host, domain, memory, state) "
                        "VALUES (?,?,?,?,?, 'pending')",
-                       (vap_id, vm_path, host, f"{self.settings.prefix}-{vap_id}-{vm_path}",
+                       (vap_id, vm_path, host,
+                        f"{self.settings.prefix}-{vap_id}-{vm_path or 'root'}",
                         prepared[vm_path].spec.memory))
         return placement, addressing, []
 

@@ -1,0 +1,113 @@
+"""The user agent's encrypted cache, and the grep test: sensitive values never reach a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from utility import agent
+from utility.cluster import Caller, ClusterManager
+from utility.errors import AgentError, CheckFailed
+from utility.simulation import publisher_domain_xml, simulated_host_uri
+
+SECRET = "Xyzzy-S3cret-4711"
+
+
+def test_values_round_trip_and_the_file_holds_no_clear_text(tmp_path: Path) -> None:
+    path = tmp_path / "agent.enc"
+    cache = agent.AgentCache(path, "pw")
+    cache.set("/a.cvl#rootpw", SECRET)
+    cache.save()
+    raw = path.read_bytes()
+    assert SECRET.encode() not in raw and b"rootpw" not in raw
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(raw)["kdf"]["name"] == "scrypt"
+    assert agent.AgentCache(path, "pw").get("/a.cvl#rootpw") == SECRET
+
+
+def test_wrong_password_and_tampering_are_detected(tmp_path: Path) -> None:
+    path = tmp_path / "agent.enc"
+    cache = agent.AgentCache(path, "right")
+    cache.set("k", "v")
+    cache.save()
+    with pytest.raises(AgentError, match="wrong password, or the file was altered"):
+        agent.AgentCache(path, "wrong")
+    blob = json.loads(path.read_bytes())
+    data = bytearray(__import__("base64").b64decode(blob["data"]))
+    data[0] ^= 1
+    blob["data"] = __import__("base64").b64encode(bytes(data)).decode()
+    path.write_text(json.dumps(blob))
+    with pytest.raises(AgentError, match="altered"):
+        agent.AgentCache(path, "right")
+    path.write_text("garbage")
+    with pytest.raises(AgentError, match="not an agent cache file"):
+        agent.AgentCache(path, "right")
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=4))
+def test_any_values_survive_encryption(tmp_path_factory: pytest.TempPathFactory,
+                                       values: dict[str, str]) -> None:
+    path = tmp_path_factory.mktemp("agent") / "c.enc"
+    cache = agent.AgentCache(path, "pw")
+    for k, v in values.items():
+        cache.set(k, v)
+    cache.save()
+    again = agent.AgentCache(path, "pw")
+    assert {k: again.get(k) for k in values} == values
+
+
+def test_obtain_uses_cache_then_environment_then_asks_and_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cvl = tmp_path / "S.cvl"
+    cache = agent.AgentCache(tmp_path / "agent.enc", "pw")
+    monkeypatch.setenv("COLLECTIVE_SECRET_L_ROOTPW", "from-env")
+    asked: list[str] = []
+    got = agent.obtain(cache, cvl, ["l.rootpw", "password"], lambda k: asked.append(k) or "typed")
+    assert got == {"l.rootpw": "from-env", "password": "typed"} and asked == ["password"]
+    monkeypatch.delenv("COLLECTIVE_SECRET_L_ROOTPW")
+    again = agent.AgentCache(tmp_path / "agent.enc", "pw")
+    assert agent.obtain(again, cvl, ["l.rootpw", "password"], lambda k: "never") == got
+    with pytest.raises(AgentError, match="no value given for sensitive parameter x"):
+        agent.obtain(again, cvl, ["x"], lambda k: "")
+
+
+def test_missing_sensitive_lists_only_unset_ones() -> None:
+    model = {"components": {
+        "": {"sensitive": ["password", "rootpw"], "params": {"rootpw": ["x"]}},
+        "l": {"sensitive": ["key"], "params": {}},
+    }}
+    assert agent.missing_sensitive(model) == ["password", "l.key"]
+
+
+def test_grep_sensitive_value_reaches_no_file_under_state_or_disk_dirs(tmp_path: Path) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "s.vmx").write_text(publisher_domain_xml("secret", 64))
+    __import__("utility.simulation", fromlist=["base_image"]).base_image(apps / "system.qcow2")
+    cvl = apps / "Secret.cvl"
+    cvl.write_text('Secret extends VMAppliance {\n  var "required" "sensitive" rootpw;\n'
+                   '  var greeting;\n  greeting = rootpw;\n  vm = "s.vmx";\n'
+                   '  datadisks = { device => "vdb", size => "1mb" };\n}\n')
+    manager = ClusterManager(tmp_path / "state")
+    admin = Caller("root", "admin")
+    manager.add_host(admin, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)
+    manager.add_vlans(admin, "100-101")
+    manager.add_public_ips(admin, "192.0.2.1-192.0.2.2")
+    with pytest.raises(CheckFailed, match="required parameter rootpw has no value"):
+        manager.start(admin, str(cvl))
+    result = manager.start(admin, str(cvl), {"rootpw": SECRET})
+    params = result["components"][0]["params"]
+    assert params["rootpw"] == ["********"] and params["greeting"] == ["********"]
+    manager.stop(admin, str(cvl))
+    manager.start(admin, str(cvl), {"rootpw": SECRET})
+    manager.close()
+    files = [p for d in (tmp_path / "state", apps) for p in d.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".qcow2" for p in files) and any("sqlite" in p.name for p in files)
+    leaks = [p for p in files if SECRET.encode() in p.read_bytes()]
+    assert leaks == []
