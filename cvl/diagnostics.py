@@ -6,7 +6,10 @@ from cvl.errors import CvlError, CvlErrors
 
 
 class Diagnostics:
-    """An ordered, de-duplicated list of errors (a type used 10,000 times reports its error once)."""
+    """An ordered, de-duplicated list of errors.
+
+    De-duplicated because a type used 10,000 times must report its error once.
+    """
 
     def __init__(self) -> None:
         self.errors: list[CvlError] = []

@@ -252,7 +252,8 @@ class Evaluator:
         if slot.assign is None or slot.scope is None:
             if slot.name == "name":
                 slot.value = (slot.inst.name,)
-            elif slot.inst.layout.kind == "interface" and slot.name in UTILITY_ASSIGNED_INTERFACE_PARAMS:
+            elif (slot.inst.layout.kind == "interface"
+                  and slot.name in UTILITY_ASSIGNED_INTERFACE_PARAMS):
                 slot.pending = True
             return
         out: list[str] = []
@@ -287,7 +288,8 @@ class Evaluator:
             result = self._item(pair.value, scope)
             if result is None or result is _PENDING:
                 return result
-            pairs.extend((pair.key, value) for value in result)  # type: ignore[union-attr]
+            assert isinstance(result, tuple)
+            pairs.extend((pair.key, value) for value in result)
         return (maps.encode(pairs),)
 
     # -- results --------------------------------------------------------------------------------
@@ -330,6 +332,8 @@ class Evaluator:
                 pending=waiting,
                 origin=self._origin(inst, origins),
                 children=tuple(child.path for child in inst.children.values()),
+                interfaces=tuple(child.path for child in inst.children.values()
+                                 if child.layout.kind == "interface"),
             )
         return Model(
             appliance=self.instances[0].typedef.name,

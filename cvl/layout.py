@@ -58,7 +58,7 @@ class Layouts:
         return id(typedef) in self._broken
 
     def chain(self, typedef: TypeDef) -> list[TypeDef]:
-        """Base object first, `typedef` last; stops (after reporting) at an unknown or cyclic parent."""
+        """Base object first, `typedef` last; stops (reported) at an unknown or cyclic parent."""
         if id(typedef) in self._chains:
             return self._chains[id(typedef)]
         chain = [typedef]

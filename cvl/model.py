@@ -81,6 +81,8 @@ class Component:
     pending: tuple[str, ...]
     origin: Origin | None
     children: tuple[str, ...] = field(default=())
+    interfaces: tuple[str, ...] = field(default=())
+    """Paths of this VM's Interface components, in declaration order (`ethernet0` first)."""
 
     def param(self, name: str) -> tuple[str, ...] | None:
         """The value of parameter `name`, or None if it has none (unset or pending)."""

@@ -66,7 +66,8 @@ def file_url_path(url: str, base_dir: str | None) -> str:
     if not rest.startswith("/"):
         if base_dir is None:
             raise CvlImportError(
-                f"relative file URL {url!r} in a file that has no directory (fetched over http?)"
+                f"relative file URL {url!r} in a file that has no directory (fetched over "
+                "http, or evaluated from text without base_dir): use an absolute file: URL"
             )
         rest = os.path.join(base_dir, rest)
     return os.path.normpath(rest)

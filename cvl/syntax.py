@@ -226,7 +226,7 @@ class _ToAst(Transformer[Token, Any]):
                         default=0)
         if depth > MAX_DEPTH:
             raise CvlMapError(f"maps nested deeper than {MAX_DEPTH} levels",
-                              **_pos(brace))
+                              line=brace.line or 0, col=brace.column or 0)
         return MapLit(pairs=tuple(pairs), depth=depth, **_pos(brace))
 
     def pair(self, children: list[Any]) -> Pair:
@@ -278,9 +278,10 @@ def _end_position(text: str) -> tuple[int, int]:
 def _describe(exc: UnexpectedInput, text: str) -> tuple[str, int, int]:
     """Message and position for one of lark's parse errors."""
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
+        at = exc.pos_in_stream or 0
+        char = text[at] if 0 <= at < len(text) else "?"
         what = "unterminated string" if char == '"' else f"unexpected character {char!r}"
-        if text.startswith("/*", exc.pos_in_stream):
+        if text.startswith("/*", at):
             what = "unterminated comment"
         return what + _expected(exc.allowed or set()), exc.line, exc.column
     if isinstance(exc, UnexpectedToken):
@@ -300,7 +301,7 @@ def parse(text: str, file: str = "<cvl>") -> Program:
     """Parse CVL source text into a `Program`; raise `CvlSyntaxError` (or `CvlMapError`)."""
     lines = tuple(text.split("\n"))
     try:
-        stmts = _parser().parse(text)
+        stmts: tuple[TopStmt, ...] = _parser().parse(text)  # type: ignore[assignment]
     except UnexpectedInput as exc:
         message, line, col = _describe(exc, text)
         raise CvlSyntaxError(message, file=file, line=line, col=col,

@@ -39,7 +39,8 @@ def generated_van(count: int) -> str:
         "Big extends VANAppliance {",
     ]
     lines += [f"  Node c{i};" for i in range(count)]
-    lines += [f'  c{i}.role = "r{i % 7}"; c{i}.peer = {{ name => c{i - 1}.name, port => c{i - 1}.port }};'
+    lines += [f'  c{i}.role = "r{i % 7}";'
+              f" c{i}.peer = {{ name => c{i - 1}.name, port => c{i - 1}.port }};"
               for i in range(1, count)]
     lines += ['  c0.role = "first";', '  vanIF = "c0.ethernet0";', "}"]
     return "\n".join(lines) + "\n"

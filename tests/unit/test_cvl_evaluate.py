@@ -83,7 +83,8 @@ def test_references_resolve_against_final_values_across_components():
     # Groupware's d.domain = domain; the user (a subclass) sets domain afterwards.
     model = ev(
         'D extends VMAppliance { var "required" domain; vm = "d.vmx"; }\n'
-        'G extends VANAppliance { var "required" domain; D d; d.domain = domain; vanIF = "d.ethernet0"; }\n'
+        'G extends VANAppliance { var "required" domain; D d; d.domain = domain;'
+        ' vanIF = "d.ethernet0"; }\n'
         'Acme extends G { domain = "acme.org"; }\n'
     )
     assert model.value("d.domain") == ("acme.org",)
@@ -122,7 +123,8 @@ def test_name_defaults_to_component_name_and_root_object_name():
 
 
 def test_name_can_be_assigned():
-    model = ev(VM + 'V extends VANAppliance { VM1 web; web.name = "www"; vanIF = "web.ethernet0"; }')
+    model = ev(VM + 'V extends VANAppliance { VM1 web; web.name = "www";'
+               ' vanIF = "web.ethernet0"; }')
     assert model.value("web.name") == ("www",)
 
 
@@ -175,7 +177,8 @@ def test_missing_required_names_path_declaration_and_what_to_do():
 def test_missing_required_does_not_cascade_to_assignments_from_it():
     text = (
         'D extends VMAppliance { var "required" domain; vm = "d.vmx"; }\n'
-        'G extends VANAppliance { var "required" domain; D d; d.domain = domain; vanIF = "d.ethernet0"; }\n'
+        'G extends VANAppliance { var "required" domain; D d; d.domain = domain;'
+        ' vanIF = "d.ethernet0"; }\n'
     )
     error = one_error(text, CvlMissingError)
     assert "parameter domain " in error.message
@@ -233,7 +236,8 @@ def test_redeclaring_an_inherited_parameter_is_an_error():
 
 
 def test_component_with_same_name_as_parameter_is_an_error():
-    error = one_error('A extends VMAppliance { var e; Interface e; vm = "a"; }', CvlDeclarationError)
+    error = one_error('A extends VMAppliance { var e; Interface e; vm = "a"; }',
+                      CvlDeclarationError)
     assert (error.line, error.col) == (1, 42)
 
 
@@ -356,6 +360,8 @@ def test_model_accessors_and_json_shape():
     assert [c.path for c in model.vms()] == ["g.a", "b"]
     assert [c.path for c in model.vans()] == ["", "g"]
     assert [c.path for c in model.interfaces("g.a")] == ["g.a.ethernet0"]
+    assert model.component("g.a").interfaces == ("g.a.ethernet0",)
+    assert model.component("g").interfaces == ()
     assert list(model.components) == ["", "g", "g.a", "g.a.ethernet0", "b", "b.ethernet0"]
     assert model.component("g.a").first("vm") == "a.vmx"
     data = model.to_json()

@@ -19,8 +19,10 @@ TOKENS = ["{", "}", ";", ",", "=>", "=", '"', ".", "extends", "var", "import", "
 
 mutation = st.one_of(
     st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 20)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000), st.sampled_from(TOKENS) | st.text(max_size=3)),
-    st.tuples(st.just("replace"), st.integers(0, 10_000), st.sampled_from(TOKENS) | st.characters()),
+    st.tuples(st.just("insert"), st.integers(0, 10_000),
+              st.sampled_from(TOKENS) | st.text(max_size=3)),
+    st.tuples(st.just("replace"), st.integers(0, 10_000),
+              st.sampled_from(TOKENS) | st.characters()),
 )
 
 

@@ -52,7 +52,8 @@ def test_relative_file_imports_nest_and_resolve_against_the_importing_file(tmp_p
 
 def test_absolute_file_urls(tmp_path):
     write(tmp_path / "DNS" / "DNS.cvl", DNS)
-    for url in (f"file://{tmp_path}/DNS", f"file:{tmp_path}/DNS", f"file://localhost{tmp_path}/DNS/"):
+    urls = (f"file://{tmp_path}/DNS", f"file:{tmp_path}/DNS", f"file://localhost{tmp_path}/DNS/")
+    for url in urls:
         user = write(tmp_path / "u.cvl", f'import {{ url => "{url}", cvl => "DNS.cvl" }} DNS;\n'
                                          'U extends DNS { domain = "x"; }')
         assert cvl.evaluate_file(user).root.origin.url == f"file://{tmp_path}/DNS"
@@ -116,7 +117,8 @@ def test_bad_import_specifications(tmp_path, spec, fragment):
 
 
 def test_errors_in_imported_files_show_the_import_chain(tmp_path):
-    write(tmp_path / "DNS" / "DNS.cvl", 'DNS extends VMAppliance {\n  vm = "v";\n  colour = "red";\n}')
+    write(tmp_path / "DNS" / "DNS.cvl",
+          'DNS extends VMAppliance {\n  vm = "v";\n  colour = "red";\n}')
     write(tmp_path / "Net" / "Net.cvl", '\nimport { url => "file:../DNS", cvl => "DNS.cvl" } DNS;\n'
                                         'Net extends VANAppliance { DNS d; vanIF = "x"; }')
     user = write(tmp_path / "u.cvl", 'import { url => "file:Net", cvl => "Net.cvl" } Net;\n'
@@ -132,7 +134,8 @@ def test_errors_in_imported_files_show_the_import_chain(tmp_path):
 
 def test_syntax_error_in_imported_file_has_chain(tmp_path):
     write(tmp_path / "D" / "D.cvl", "D extends VMAppliance { vm = ; }")
-    user = write(tmp_path / "u.cvl", 'import { url => "file:D", cvl => "D.cvl" } D;\nU extends D {}')
+    user = write(tmp_path / "u.cvl",
+                 'import { url => "file:D", cvl => "D.cvl" } D;\nU extends D {}')
     (error,) = analyse(user).errors
     assert error.line == 1 and error.col == 30
     assert error.render().endswith(f"imported from {user}:1:1")
@@ -143,7 +146,8 @@ def test_import_cycle_is_reported_with_its_chain(tmp_path):
                                     'A extends VMAppliance { vm = "a"; }')
     write(tmp_path / "B" / "B.cvl", 'import { url => "file:../A", cvl => "A.cvl" } A;\n'
                                     'B extends VMAppliance { vm = "b"; }')
-    user = write(tmp_path / "u.cvl", 'import { url => "file:A", cvl => "A.cvl" } A;\nU extends A {}')
+    user = write(tmp_path / "u.cvl",
+                 'import { url => "file:A", cvl => "A.cvl" } A;\nU extends A {}')
     errors = analyse(user).errors
     assert len(errors) == 1
     assert "import cycle" in errors[0].message
@@ -278,7 +282,8 @@ def test_relative_file_import_inside_http_file_is_an_error(tmp_path):
     class Resolver:
         def fetch(self, url, name, version, base_dir):
             if url.startswith("http"):
-                return 'import { url => "file:x", cvl => "x.cvl" } X;\nD extends VMAppliance {}', "1"
+                text = 'import { url => "file:x", cvl => "x.cvl" } X;\nD extends VMAppliance {}'
+                return text, "1"
             raise AssertionError("must not be reached")
 
     user = write(tmp_path / "u.cvl", 'import { url => "http://h.example/D", cvl => "D.cvl" } D;\n'

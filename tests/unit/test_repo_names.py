@@ -22,7 +22,9 @@ from reposerver.names import (
     version_of_ref,
 )
 
-path_text = st.lists(st.sampled_from(list("ab./\\%\x00-_") + ["..", "/..", "../"]), max_size=15).map("".join)
+path_text = st.lists(
+    st.sampled_from(list("ab./\\%\x00-_") + ["..", "/..", "../"]), max_size=15
+).map("".join)
 
 
 @given(path_text)
@@ -63,8 +65,17 @@ def test_bad_version_numbers(text: str) -> None:
         version_number(text)
 
 
-@pytest.mark.parametrize("ref", [b"refs/tags/v0", b"refs/tags/v01", b"refs/tags/V1", b"refs/heads/v1",
-                                 b"refs/tags/v1x", b"refs/tags/v"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        b"refs/tags/v0",
+        b"refs/tags/v01",
+        b"refs/tags/V1",
+        b"refs/heads/v1",
+        b"refs/tags/v1x",
+        b"refs/tags/v",
+    ],
+)
 def test_refs_that_are_not_versions(ref: bytes) -> None:
     assert version_of_ref(ref) is None
 
@@ -106,13 +117,18 @@ def test_lfs_pointer_parser_never_crashes(data: bytes) -> None:
         assert str(exc).startswith("x")
 
 
-@pytest.mark.parametrize("data", [
-    b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n",
-    b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize -1\n",
-    b"version https://git-lfs.github.com/spec/v1\noid md5:" + b"a" * 64 + b"\nsize 1\n",
-    b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 1\nsize 2\n",
-    b"version https://example.org/v9\noid sha256:" + b"a" * 64 + b"\nsize 1\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n",
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize -1\n",
+        b"version https://git-lfs.github.com/spec/v1\noid md5:" + b"a" * 64 + b"\nsize 1\n",
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:"
+        + b"a" * 64
+        + b"\nsize 1\nsize 2\n",
+        b"version https://example.org/v9\noid sha256:" + b"a" * 64 + b"\nsize 1\n",
+    ],
+)
 def test_malformed_pointers(data: bytes) -> None:
     with pytest.raises(IntegrityError):
         lfs_pointer.parse(data)
@@ -127,5 +143,11 @@ def test_basic_auth_against_token_digests() -> None:
     assert authenticated_user(_basic("alice", "t1"), users) == "alice"
     assert authenticated_user(_basic("alice", "t2"), users) is None
     assert authenticated_user(_basic("bob", "t1"), users) is None
-    for header in [None, "", "Bearer t1", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode()]:
+    for header in [
+        None,
+        "",
+        "Bearer t1",
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"nocolon").decode(),
+    ]:
         assert authenticated_user(header, users) is None

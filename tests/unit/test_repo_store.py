@@ -1,4 +1,4 @@
-"""The object store (verified writes and reads), qcow2 header safety checks, signature splitting, settings."""
+"""Object store (verified writes and reads), qcow2 header safety, signature splitting, settings."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def qcow2_header(backing: bytes = b"", incompatible: int = 0) -> bytes:
     struct.pack_into(">IQIIQ", header, 4, 3, offset, len(backing), 16, 1 << 30)
     struct.pack_into(">Q", header, 72, incompatible)
     if backing:
-        header[200:200 + len(backing)] = backing
+        header[200 : 200 + len(backing)] = backing
     return bytes(header)
 
 
@@ -71,8 +71,13 @@ def test_header_accepts_only_content_addressed_backing(tmp_path: Path) -> None:
     image.write_bytes(qcow2_header(backing_reference(parent).encode()))
     header = read_header(image)
     assert header.format == "qcow2" and header.parent == parent and header.virtual_size == 1 << 30
-    for bad in [b"/etc/shadow", b"../../ab/cd/" + b"f" * 64, b"../../../ab/cd/" + parent.encode(),
-                b"json:{}", b"nbd://host/x"]:
+    for bad in [
+        b"/etc/shadow",
+        b"../../ab/cd/" + b"f" * 64,
+        b"../../../ab/cd/" + parent.encode(),
+        b"json:{}",
+        b"nbd://host/x",
+    ]:
         image.write_bytes(qcow2_header(bad))
         with pytest.raises(IntegrityError, match="not a content-addressed reference"):
             read_header(image)
