@@ -97,7 +97,7 @@ def analyse_file(
     """`analyse_text` of a file; relative `file:` imports resolve against its directory."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return Analysis(None, [CvlError(f"cannot read CVL file: {reason}", file=str(path))], [])

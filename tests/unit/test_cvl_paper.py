@@ -128,6 +128,15 @@ def test_syntax_error_and_bad_set_and_missing_file(tmp_path):
     assert result.exit_code == 1 and "expected PATH=VALUE" in result.stderr
     result = run("check", str(tmp_path / "missing.cvl"))
     assert result.exit_code == 1 and "cannot read CVL file" in result.stderr
+    latin = tmp_path / "latin.cvl"
+    latin.write_bytes(b'A extends VMAppliance { vm = "caf\xe9"; }')
+    result = run("check", str(latin))
+    assert result.exit_code == 1 and f"{latin}: error: cannot read CVL file" in result.stderr
+    crlf = tmp_path / "crlf.cvl"
+    crlf.write_bytes(b'\xef\xbb\xbfA extends VMAppliance {\r\n  vm = @;\r\n}\r\n')
+    result = run("check", str(crlf))
+    assert f"{crlf}:2:8: error: unexpected character '@'" in result.stderr
+    assert "\n      vm = @;\n           ^\n" in result.stderr
 
 
 def test_eval_table_masks_sensitive_values(tmp_path):
