@@ -1,4 +1,4 @@
-"""`cui` commands for appliance repositories: create, publish, serve, versions, trust, subscribe, token."""
+"""`cui` commands for appliance repositories: create, publish, serve, versions, trust, token."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def _human(n: int) -> str:
 
 @click.command("create")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--require-signed", is_flag=True, help="Accept only versions with trusted signed tags.")
+@click.option(
+    "--require-signed", is_flag=True, help="Accept only versions with trusted signed tags."
+)
 def create_cmd(path: Path, require_signed: bool) -> None:
     """Create an empty appliance repository at PATH."""
     from reposerver.repo_config import RepoConfig
@@ -33,35 +35,56 @@ def create_cmd(path: Path, require_signed: bool) -> None:
 @click.option("--sign", "key", help="GPG key id, or path of an SSH private key, to sign the tag.")
 @click.option("-m", "--message", help="Tag and commit message.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def publish_cmd(path: Path, cvl_file: Path, key: str | None, message: str | None, as_json: bool) -> None:
+def publish_cmd(
+    path: Path, cvl_file: Path, key: str | None, message: str | None, as_json: bool
+) -> None:
     """Publish CVL_FILE (with its domain XML and program disks) as the next version of PATH."""
     from reposerver.publish import publish
 
     result = publish(path, cvl_file, sign=key, message=message)
     if as_json:
-        click.echo(json.dumps({
-            "version": result.version, "commit": result.commit, "signed": result.signed,
-            "stored_bytes": result.stored_bytes, "image_bytes": result.image_bytes,
-            "disks": [d.__dict__ for d in result.disks]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "version": result.version,
+                    "commit": result.commit,
+                    "signed": result.signed,
+                    "stored_bytes": result.stored_bytes,
+                    "image_bytes": result.image_bytes,
+                    "disks": [d.__dict__ for d in result.disks],
+                },
+                indent=2,
+            )
+        )
         return
-    click.echo(f"published v{result.version} ({'signed' if result.signed else 'unsigned'}) "
-               f"commit {result.commit[:12]}")
+    click.echo(
+        f"published v{result.version} ({'signed' if result.signed else 'unsigned'}) "
+        f"commit {result.commit[:12]}"
+    )
     for disk in result.disks:
         how = f"overlay on {disk.parent[:12]}" if disk.parent else "base image"
-        click.echo(f"  {disk.name}: stored {_human(disk.stored_bytes)} of a "
-                   f"{_human(disk.image_bytes)} image ({how}, sha256 {disk.sha256[:12]})")
-    click.echo(f"stored {_human(result.stored_bytes)} new bytes; a full copy would take "
-               f"{_human(result.image_bytes)}")
+        click.echo(
+            f"  {disk.name}: stored {_human(disk.stored_bytes)} of a "
+            f"{_human(disk.image_bytes)} image ({how}, sha256 {disk.sha256[:12]})"
+        )
+    click.echo(
+        f"stored {_human(result.stored_bytes)} new bytes; a full copy would take "
+        f"{_human(result.image_bytes)}"
+    )
 
 
 @click.command("serve")
 @click.argument("root", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Server config JSON (users, subscribers, read protection).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Server config JSON (users, subscribers, read protection).",
+)
 def serve_cmd(root: Path, host: str, port: int, config_file: Path | None) -> None:
-    """Serve every repository under ROOT over HTTP (development server; use gunicorn in production)."""
+    """Serve every repository under ROOT over HTTP (development server; production: gunicorn)."""
     from reposerver import create_app
 
     config = json.loads(config_file.read_text()) if config_file else {}
@@ -87,11 +110,16 @@ def versions_cmd(url: str, as_json: bool) -> None:
 
 @click.command("trust")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--gpg-key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Armored GPG public key file to trust.")
+@click.option(
+    "--gpg-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Armored GPG public key file to trust.",
+)
 @click.option("--ssh-signer", help="An allowed_signers line: 'PRINCIPAL KEYTYPE KEY'.")
 @click.option("--require-signed/--allow-unsigned", default=None)
-def trust_cmd(path: Path, gpg_key: Path | None, ssh_signer: str | None, require_signed: bool | None) -> None:
+def trust_cmd(
+    path: Path, gpg_key: Path | None, ssh_signer: str | None, require_signed: bool | None
+) -> None:
     """Change the trust policy of the repository at PATH."""
     from reposerver.trust import add_gpg_key, add_ssh_signer, set_require_signed
 

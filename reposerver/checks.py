@@ -96,7 +96,9 @@ def check_updates(
         tag = f"v{number}"
         if update.old != ZERO or number in existing:
             action = "deleted" if update.new == ZERO else "moved or pushed again"
-            raise ImmutableVersion(f"{tag} already exists and cannot be {action}: versions are immutable")
+            raise ImmutableVersion(
+                f"{tag} already exists and cannot be {action}: versions are immutable"
+            )
         if update.new == ZERO:
             raise ImmutableVersion(f"{tag}: versions are immutable and cannot be deleted")
         if number != expected:
@@ -133,7 +135,9 @@ def _check_version(
     check_tree(repository, objects, commit.tree, name, resolver)
     status = signatures.verify(repository.path, tag.as_raw_string())
     if repository.config.require_signed and status.signer is None:
-        raise SignatureRefused(f"{name}: this repository requires signed versions: {status.problem}")
+        raise SignatureRefused(
+            f"{name}: this repository requires signed versions: {status.problem}"
+        )
     return AcceptedVersion(number, tag.id.decode(), commit.id.decode(), status.signer)
 
 
@@ -158,14 +162,20 @@ def check_tree(
     for vm in spec.vm_files:
         vm_path = _inside(vm, "", f"{name}:{cvl_name}: vm")
         if vm_path not in files:
-            raise InvalidAppliance(f"{name}: {cvl_name} names vm {vm!r}, which is not in the version")
+            raise InvalidAppliance(
+                f"{name}: {cvl_name} names vm {vm!r}, which is not in the version"
+            )
         xml = objects[files[vm_path]].as_raw_string()
         for disk in domain_xml.program_disks(xml, spec.data_devices, f"{name}:{vm_path}"):
             where = f"{name}:{vm_path}: disk {disk.target}"
             disk_path = _inside(disk.source, posixpath.dirname(vm_path), where)
             if disk_path not in files:
-                raise InvalidAppliance(f"{where}: program disk {disk.source!r} is not in the version")
-            _check_disk(repository, objects[files[disk_path]].as_raw_string(), f"{where} ({disk_path})")
+                raise InvalidAppliance(
+                    f"{where}: program disk {disk.source!r} is not in the version"
+                )
+            _check_disk(
+                repository, objects[files[disk_path]].as_raw_string(), f"{where} ({disk_path})"
+            )
 
 
 def _inside(path: str, base: str, where: str) -> str:
@@ -180,11 +190,14 @@ def _inside(path: str, base: str, where: str) -> str:
 
 def _check_disk(repository: Repository, data: bytes, where: str) -> None:
     if not lfs_pointer.looks_like_pointer(data):
-        raise InvalidAppliance(f"{where}: a program disk must be a Git LFS pointer (git lfs track it)")
+        raise InvalidAppliance(
+            f"{where}: a program disk must be a Git LFS pointer (git lfs track it)"
+        )
     pointer = lfs_pointer.parse(data, where)
     if not repository.store.has(pointer.oid, pointer.size):
         raise InvalidAppliance(
-            f"{where}: LFS object sha256:{pointer.oid} ({pointer.size} bytes) is not on the server; "
+            f"{where}: LFS object sha256:{pointer.oid} ({pointer.size} bytes) "
+            "is not on the server; "
             "push it with git lfs push or cui publish"
         )
     try:

@@ -40,7 +40,9 @@ class Reader(Protocol):
     def tag(self, version: int) -> bytes: ...
     def commit(self, version: int) -> str: ...
     def disks(self, version: int) -> list[dict[str, Any]]: ...
-    def fetch_object(self, sha256: str, cache_dir: Path, progress: Progress | None = None) -> Path: ...
+    def fetch_object(
+        self, sha256: str, cache_dir: Path, progress: Progress | None = None
+    ) -> Path: ...
 
 
 class _DiskFetching:
@@ -52,8 +54,9 @@ class _DiskFetching:
     def fetch_object(self, sha256: str, cache_dir: Path, progress: Progress | None = None) -> Path:
         raise NotImplementedError
 
-    def fetch_disk(self, version: int, name: str, cache_dir: Path,
-                   progress: Progress | None = None) -> Path:
+    def fetch_disk(
+        self, version: int, name: str, cache_dir: Path, progress: Progress | None = None
+    ) -> Path:
         """Fetch every object of disk `name` of `version`; return the top object's path."""
         for disk in self.disks(version):
             if disk["name"] == name:
@@ -104,7 +107,9 @@ class LocalRepository(_DiskFetching):
 class HttpRepository(_DiskFetching):
     """A repository served by `reposerver` at `base` (`http://HOST/NAME`)."""
 
-    def __init__(self, base: str, timeout: float = 30.0, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, base: str, timeout: float = 30.0, auth: tuple[str, str] | None = None
+    ) -> None:
         import requests
 
         self.base = base.rstrip("/")
@@ -178,7 +183,9 @@ class HttpRepository(_DiskFetching):
                 digest.update(chunk)
         if digest.hexdigest() != sha256:
             partial.unlink()
-            raise IntegrityError(f"download of sha256:{sha256} from {self.base} is corrupt; removed")
+            raise IntegrityError(
+                f"download of sha256:{sha256} from {self.base} is corrupt; removed"
+            )
         with open(partial, "rb") as f:
             cache.put_stream(f, expected_oid=sha256)
         partial.unlink()
@@ -192,7 +199,9 @@ def _message(response: Any) -> str:
         return response.text[:200]
 
 
-def open_repository(url: str, auth: tuple[str, str] | None = None) -> LocalRepository | HttpRepository:
+def open_repository(
+    url: str, auth: tuple[str, str] | None = None
+) -> LocalRepository | HttpRepository:
     """A reader for the repository at `url` (`http(s)://HOST/NAME`, `file:///DIR` or a path)."""
     parts = urlsplit(url)
     if parts.scheme in ("http", "https"):

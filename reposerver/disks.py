@@ -63,7 +63,9 @@ def read_header(path: Path, where: str = "image") -> ImageHeader:
         if version >= 3 and len(head) >= 80:
             (incompatible,) = struct.unpack(">Q", head[72:80])
             if incompatible & _INCOMPAT_DATA_FILE:
-                raise IntegrityError(f"{where}: qcow2 images with an external data file are refused")
+                raise IntegrityError(
+                    f"{where}: qcow2 images with an external data file are refused"
+                )
         parent = None
         if backing_offset:
             if backing_size > 1023:
@@ -145,13 +147,29 @@ def store_delta(store: ObjectStore, image: Path, parent: str) -> str:
     with store.workspace() as scratch:
         out = scratch / "delta.qcow2"
         _qemu_img(
-            "create", "-q", "-f", "qcow2", "-o", f"cluster_size={OVERLAY_CLUSTER_SIZE}",
-            "-b", str(image.resolve()), "-F", fmt, str(out),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"cluster_size={OVERLAY_CLUSTER_SIZE}",
+            "-b",
+            str(image.resolve()),
+            "-F",
+            fmt,
+            str(out),
         )
         parent_fmt = read_header(parent_path).format
         _qemu_img("rebase", "-f", "qcow2", "-b", str(parent_path), "-F", parent_fmt, str(out))
         _qemu_img(
-            "rebase", "-u", "-f", "qcow2", "-b", backing_reference(parent), "-F", parent_fmt,
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            backing_reference(parent),
+            "-F",
+            parent_fmt,
             str(out),
         )
         if not same_content(image, fmt, out):

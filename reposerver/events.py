@@ -26,8 +26,13 @@ DEFAULT_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 def event(repository_url: str, number: int, commit: str, signer: str | None) -> dict[str, object]:
     """The event announcing version `number` (the README's contract)."""
-    return {"repository": repository_url, "version": number, "tag": f"v{number}",
-            "commit": commit, "signer": signer}
+    return {
+        "repository": repository_url,
+        "version": number,
+        "tag": f"v{number}",
+        "commit": commit,
+        "signer": signer,
+    }
 
 
 def signature(body: bytes, secret: bytes) -> str:
@@ -52,11 +57,15 @@ def announce(
         targets.append({"url": sub.url, "secret": secret})
     if not events or not targets:
         return None
-    payload = json.dumps({"events": list(events), "targets": targets, "delays": list(delays),
-                          "log": str(log_path)}).encode()
+    payload = json.dumps(
+        {"events": list(events), "targets": targets, "delays": list(delays), "log": str(log_path)}
+    ).encode()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reposerver.events"], stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "reposerver.events"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     assert proc.stdin is not None
     proc.stdin.write(payload)
@@ -83,8 +92,16 @@ def deliver(url: str, secret: bytes, body: bytes, delays: Sequence[float], log_p
         except requests.RequestException as exc:
             status = f"{type(exc).__name__}"
         ok = isinstance(status, int) and 200 <= status < 300
-        _log(log_path, {"url": url, "version": version, "attempt": attempt + 1, "status": status,
-                        "delivered": ok})
+        _log(
+            log_path,
+            {
+                "url": url,
+                "version": version,
+                "attempt": attempt + 1,
+                "status": status,
+                "delivered": ok,
+            },
+        )
         if ok:
             return True
         if attempt < len(delays):
@@ -106,8 +123,9 @@ def _main() -> None:
     import threading
 
     payload = json.loads(sys.stdin.buffer.read())
-    threads = [threading.Thread(target=_deliver_in_order, args=(t, payload))
-               for t in payload["targets"]]
+    threads = [
+        threading.Thread(target=_deliver_in_order, args=(t, payload)) for t in payload["targets"]
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

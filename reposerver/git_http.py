@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dulwich.errors import ApplyDeltaError, ChecksumMismatch, NotGitRepository, ObjectFormatException
+from dulwich.errors import (
+    ApplyDeltaError,
+    ChecksumMismatch,
+    NotGitRepository,
+    ObjectFormatException,
+)
 from dulwich.hooks import Hook
 from dulwich.server import DEFAULT_HANDLERS, Backend, ReceivePackHandler
 from dulwich.web import GunzipFilter, HTTPGitApplication
@@ -30,8 +35,15 @@ from reposerver.repository import open_repository
 from reposerver.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-_UNPACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, AssertionError, socket.error,
-                  zlib.error, ObjectFormatException)
+_UNPACK_ERRORS = (
+    OSError,
+    ChecksumMismatch,
+    ApplyDeltaError,
+    AssertionError,
+    socket.error,
+    zlib.error,
+    ObjectFormatException,
+)
 
 
 def one_line(message: str, limit: int = 900) -> bytes:
@@ -50,8 +62,13 @@ class AnnounceHook(Hook):
     def execute(self, client_refs: list[tuple[bytes, bytes, bytes]]) -> None:  # type: ignore[override]
         updates = [RefUpdate(ref, old, new) for old, new, ref in client_refs]
         try:
-            announce_refs(self.repository, updates, self.settings.public_url,
-                          self.settings.subscribers, self.settings.delivery_delays)
+            announce_refs(
+                self.repository,
+                updates,
+                self.settings.public_url,
+                self.settings.subscribers,
+                self.settings.delivery_delays,
+            )
         except Exception:  # noqa: BLE001 - announcing must never fail an accepted push
             log.exception("announcing versions of %s failed", self.repository.name)
 
@@ -84,7 +101,8 @@ class CheckedReceivePackHandler(ReceivePackHandler):
         if any(new != ZERO for _, new, _ in refs):
             try:
                 self.repo.object_store.add_thin_pack(  # type: ignore[attr-defined]
-                    self.proto.read, getattr(self.proto, "recv", None),
+                    self.proto.read,
+                    getattr(self.proto, "recv", None),
                     max_input_size=self._receive_max_input_size(),
                 )
             except _UNPACK_ERRORS as exc:

@@ -38,7 +38,9 @@ def _objects(repository: Repository, environ: Mapping[str, str]) -> Any:
     return OverlayObjectStore([DiskObjectStore(quarantine), repository.git.object_store])
 
 
-def pre_receive(git_dir: Path, lines: Iterable[str], environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
+def pre_receive(
+    git_dir: Path, lines: Iterable[str], environ: Mapping[str, str] = os.environ
+) -> tuple[int, str]:
     """Check a whole push; return (exit status, message for the pusher)."""
     try:
         repository = Repository(git_dir)

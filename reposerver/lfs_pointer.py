@@ -58,4 +58,4 @@ def parse(data: bytes, where: str = "pointer") -> Pointer:
         raise IntegrityError(f"{where}: pointer oid must be 'sha256:' and 64 hex digits")
     if not re.fullmatch(rb"0|[1-9][0-9]{0,18}", size):
         raise IntegrityError(f"{where}: pointer size must be a non-negative integer")
-    return Pointer(oid=oid[len(b"sha256:"):].decode(), size=int(size))
+    return Pointer(oid=oid[len(b"sha256:") :].decode(), size=int(size))

@@ -86,7 +86,9 @@ def request_path(path: str) -> str:
         parts.pop()
     for part in parts:
         if part in ("", ".", "..") or "\\" in part or "\x00" in part:
-            raise BadRequest(f"invalid request path {path!r}: '.', '..' and empty segments are not allowed")
+            raise BadRequest(
+                f"invalid request path {path!r}: '.', '..' and empty segments are not allowed"
+            )
     return path
 
 

@@ -75,7 +75,9 @@ def _version_path(path: str, base: str, where: str) -> str:
     try:
         return file_path(posixpath.normpath(posixpath.join(base, path)))
     except BadRequest:
-        raise InvalidAppliance(f"{where}: {path!r} points outside the appliance directory") from None
+        raise InvalidAppliance(
+            f"{where}: {path!r} points outside the appliance directory"
+        ) from None
 
 
 def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dict[str, Path]]:
@@ -116,11 +118,15 @@ def publish(
     stored: list[StoredDisk] = []
     for name, image in sorted(images.items()):
         parent = _previous_disk(repository, previous, name)
-        oid = disks.store_delta(repository.store, image, parent) if parent else \
-            disks.store_base(repository.store, image)
+        oid = (
+            disks.store_delta(repository.store, image, parent)
+            if parent
+            else disks.store_base(repository.store, image)
+        )
         size = repository.store.size(oid)
-        stored.append(StoredDisk(name, oid, parent, 0 if oid == parent else size,
-                                 image.stat().st_size))
+        stored.append(
+            StoredDisk(name, oid, parent, 0 if oid == parent else size, image.stat().st_size)
+        )
         files[name] = lfs_pointer.Pointer(oid, size).encode()
     if images:
         # So that `git clone` with git-lfs checks the disks out as images, not pointer text.

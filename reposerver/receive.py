@@ -37,7 +37,8 @@ def announce_refs(
         if number is None or update.new == ZERO:
             continue
         info = repository.version(number)
-        found.append(events.event(repository_url(repository, public_url), number, info.commit,
-                                  info.signer))
+        found.append(
+            events.event(repository_url(repository, public_url), number, info.commit, info.signer)
+        )
     subscribers = list(repository.config.subscribers) + list(extra_subscribers)
     return events.announce(found, subscribers, repository.path / "logs" / "deliveries.log", delays)

@@ -31,7 +31,9 @@ class Subscriber:
         if self.secret_env:
             value = os.environ.get(self.secret_env)
             if value is None:
-                raise BadRequest(f"subscriber {self.url}: environment variable {self.secret_env} unset")
+                raise BadRequest(
+                    f"subscriber {self.url}: environment variable {self.secret_env} unset"
+                )
             return value.encode()
         return (self.secret or "").encode()
 
@@ -62,7 +64,9 @@ def parse_subscribers(items: object, where: str) -> tuple[Subscriber, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             raise BadRequest(f"{where}: subscribers[{i}] needs a 'url' string")
         result.append(
-            Subscriber(url=item["url"], secret_env=item.get("secret_env"), secret=item.get("secret"))
+            Subscriber(
+                url=item["url"], secret_env=item.get("secret_env"), secret=item.get("secret")
+            )
         )
     return tuple(result)
 

@@ -50,8 +50,13 @@ class VersionInfo:
     def to_json(self) -> dict[str, object]:
         """The version as it appears in `GET /NAME/`."""
         return {
-            "number": self.number, "tag": self.tag, "commit": self.commit,
-            "signed": self.signed, "signer": self.signer, "date": self.date, "files": self.files,
+            "number": self.number,
+            "tag": self.tag,
+            "commit": self.commit,
+            "signed": self.signed,
+            "signer": self.signer,
+            "date": self.date,
+            "files": self.files,
         }
 
 
@@ -67,7 +72,10 @@ class FileEntry:
 
 def hook_script(module: str) -> str:
     """The text of an installed git hook: exec this interpreter on a `hooks.` module."""
-    return f"#!/bin/sh\n# Installed by cui create: checks live in reposerver/.\nexec {sys.executable} -m {module} \"$@\"\n"
+    return (
+        "#!/bin/sh\n# Installed by cui create: the checks live in reposerver/.\n"
+        f'exec {sys.executable} -m {module} "$@"\n'
+    )
 
 
 class Repository:
@@ -76,7 +84,9 @@ class Repository:
     def __init__(self, path: Path) -> None:
         self.path = Path(path).resolve()
         if not (self.path / repo_config.CONFIG_FILE).exists():
-            raise NotFound(f"{self.path} is not an appliance repository (no {repo_config.CONFIG_FILE})")
+            raise NotFound(
+                f"{self.path} is not an appliance repository (no {repo_config.CONFIG_FILE})"
+            )
         try:
             self.git = Repo(str(self.path))
         except NotGitRepository:
@@ -148,7 +158,9 @@ class Repository:
         try:
             sha = self.git.refs[version_ref(number)]
         except KeyError:
-            raise NotFound(f"{self.name}: version {number} does not exist (latest is {self.latest()})") from None
+            raise NotFound(
+                f"{self.name}: version {number} does not exist (latest is {self.latest()})"
+            ) from None
         obj = self.git[sha]
         if not isinstance(obj, Tag):
             raise NotFound(f"{self.name}: v{number} is not an annotated tag")
@@ -195,9 +207,14 @@ class Repository:
         tag = self.tag(number)
         status = self.signature(number)
         return VersionInfo(
-            number=number, tag=f"v{number}", tag_id=tag.id.decode(),
-            commit=tag.object[1].decode(), signed=status.signed, signer=status.signer,
-            date=tag.tag_time, files=sorted(self.files(number)),
+            number=number,
+            tag=f"v{number}",
+            tag_id=tag.id.decode(),
+            commit=tag.object[1].decode(),
+            signed=status.signed,
+            signer=status.signer,
+            date=tag.tag_time,
+            files=sorted(self.files(number)),
         )
 
     def versions(self) -> list[VersionInfo]:
@@ -213,13 +230,15 @@ class Repository:
                 continue
             ids = chain(self.store, entry.pointer.oid)
             top = self.store.verified_path(entry.pointer.oid)
-            result.append({
-                "name": name,
-                "sha256": entry.pointer.oid,
-                "size": entry.pointer.size,
-                "format": read_header(top).format,
-                "chain": [{"sha256": oid, "size": self.store.size(oid)} for oid in ids],
-            })
+            result.append(
+                {
+                    "name": name,
+                    "sha256": entry.pointer.oid,
+                    "size": entry.pointer.size,
+                    "format": read_header(top).format,
+                    "chain": [{"sha256": oid, "size": self.store.size(oid)} for oid in ids],
+                }
+            )
         return result
 
 

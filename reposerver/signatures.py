@@ -53,10 +53,14 @@ def _verify_gpg(repo_path: Path, payload: bytes, signature: bytes) -> str:
         data.write_bytes(payload)
         result = subprocess.run(
             [*base, "--status-fd", "1", "--verify", str(sig), str(data)],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
-    status = {line.split()[1]: line.split()[2:] for line in result.stdout.splitlines()
-              if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    status = {
+        line.split()[1]: line.split()[2:]
+        for line in result.stdout.splitlines()
+        if line.startswith("[GNUPG:] ") and len(line.split()) > 1
+    }
     if result.returncode != 0 or "VALIDSIG" not in status or "GOODSIG" not in status:
         if "NO_PUBKEY" in status or "ERRSIG" in status:
             raise SignatureRefused("tag is signed by a GPG key the repository does not trust")
@@ -78,16 +82,29 @@ def _verify_ssh(repo_path: Path, payload: bytes, signature: bytes) -> str:
         sig.write_bytes(signature)
         found = subprocess.run(
             ["ssh-keygen", "-Y", "find-principals", "-s", str(sig), "-f", str(signers)],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         principals = found.stdout.split()
         if found.returncode != 0 or not principals:
             raise SignatureRefused("tag is signed by an SSH key the repository does not trust")
         principal = principals[0]
         result = subprocess.run(
-            ["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", principal, "-n", "git",
-             "-s", str(sig)],
-            input=payload, capture_output=True,
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(signers),
+                "-I",
+                principal,
+                "-n",
+                "git",
+                "-s",
+                str(sig),
+            ],
+            input=payload,
+            capture_output=True,
         )
     if result.returncode != 0:
         raise SignatureRefused("tag's SSH signature does not verify")
@@ -101,7 +118,9 @@ def verify(repo_path: Path, raw_tag: bytes) -> SignatureStatus:
     """
     payload, signature, kind = split_signature(raw_tag)
     if signature is None:
-        return SignatureStatus(False, None, "tag is not signed (use git tag -s, or cui publish --sign)")
+        return SignatureStatus(
+            False, None, "tag is not signed (use git tag -s, or cui publish --sign)"
+        )
     try:
         check = _verify_gpg if kind == "gpg" else _verify_ssh
         return SignatureStatus(True, check(Path(repo_path), payload, signature))

@@ -22,15 +22,26 @@ def sign_payload(payload: bytes, key: str) -> bytes:
             data = Path(tmp) / "tag"
             data.write_bytes(payload)
             result = subprocess.run(
-                ["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(Path(key).expanduser()),
-                 str(data)], capture_output=True, text=True,
+                [
+                    "ssh-keygen",
+                    "-Y",
+                    "sign",
+                    "-n",
+                    "git",
+                    "-f",
+                    str(Path(key).expanduser()),
+                    str(data),
+                ],
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
                 raise ToolFailed(f"ssh-keygen could not sign with {key}: {result.stderr.strip()}")
             return (Path(tmp) / "tag.sig").read_bytes()
     result = subprocess.run(
         ["gpg", "--batch", "--no-tty", "--armor", "--detach-sign", "-u", key],
-        input=payload, capture_output=True,
+        input=payload,
+        capture_output=True,
     )
     if result.returncode != 0:
         raise ToolFailed(f"gpg could not sign with key {key}: {result.stderr.decode().strip()}")

@@ -52,8 +52,9 @@ XML_TEMPLATE = """<domain type='qemu'>
 """
 
 
-def sample_appliance(directory: Path, name: str = "DNS", size: str = "16M",
-                     fill: int = 0x11, fill_bytes: str = "1M") -> Path:
+def sample_appliance(
+    directory: Path, name: str = "DNS", size: str = "16M", fill: int = 0x11, fill_bytes: str = "1M"
+) -> Path:
     """Write a VM appliance into `directory`; return its CVL file."""
     directory.mkdir(parents=True, exist_ok=True)
     cvl = directory / f"{name}.cvl"
@@ -68,8 +69,11 @@ def sample_appliance(directory: Path, name: str = "DNS", size: str = "16M",
 
 def write_pattern(image: Path, byte: int, offset: int | str, length: int | str) -> None:
     """Write `length` bytes of `byte` at `offset` into a qcow2 image (via qemu-io)."""
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {byte} {offset} {length}", str(image)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {byte} {offset} {length}", str(image)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def free_port() -> int:
@@ -94,21 +98,43 @@ class Server:
 
 
 @contextmanager
-def running_server(root: Path, workers: int = 4, extra: dict[str, object] | None = None) -> Iterator[Server]:
+def running_server(
+    root: Path, workers: int = 4, extra: dict[str, object] | None = None
+) -> Iterator[Server]:
     """Run gunicorn serving `root` on a free port until the block ends."""
     port = free_port()
     token = "test-token-" + os.urandom(8).hex()
-    config = {"root": str(root), "users": {"publisher": {"token_sha256": token_digest(token)}},
-              "public_url": f"http://127.0.0.1:{port}", **(extra or {})}
+    config = {
+        "root": str(root),
+        "users": {"publisher": {"token_sha256": token_digest(token)}},
+        "public_url": f"http://127.0.0.1:{port}",
+        **(extra or {}),
+    }
     with tempfile.TemporaryDirectory(prefix="cv-srv-") as tmp:
         config_file = Path(tmp) / "server.json"
         config_file.write_text(json.dumps(config))
         env = {**os.environ, "COLLECTIVE_REPOSERVER_CONFIG": str(config_file)}
         log = open(Path(tmp) / "gunicorn.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "4",
-             "-b", f"127.0.0.1:{port}", "--timeout", "300", "reposerver:create_app()"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-w",
+                str(workers),
+                "-k",
+                "gthread",
+                "--threads",
+                "4",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "300",
+                "reposerver:create_app()",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -120,8 +146,9 @@ def running_server(root: Path, workers: int = 4, extra: dict[str, object] | None
                 except requests.RequestException:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         log.flush()
-                        raise RuntimeError("gunicorn did not start:\n"
-                                           + (Path(tmp) / "gunicorn.log").read_text()) from None
+                        raise RuntimeError(
+                            "gunicorn did not start:\n" + (Path(tmp) / "gunicorn.log").read_text()
+                        ) from None
                     time.sleep(0.1)
             yield Server(url, "publisher", token, Path(root))
         finally:

@@ -45,8 +45,9 @@ def describe_appliance(
         resolver = make_resolver()
     placeholders: dict[str, str] = {}
     for _ in range(3):
-        analysis = cvl.analyse_text(text, filename, resolver=resolver, overrides=placeholders,
-                                    base_dir=base_dir)
+        analysis = cvl.analyse_text(
+            text, filename, resolver=resolver, overrides=placeholders, base_dir=base_dir
+        )
         missing = [e for e in analysis.errors if isinstance(e, CvlMissingError)]
         if analysis.model is not None or len(missing) != len(analysis.errors):
             break
@@ -58,7 +59,9 @@ def describe_appliance(
                 break
             placeholders[match.group(1)] = "placeholder"
     if analysis.model is None:
-        errors = [e for e in analysis.errors if not isinstance(e, CvlMissingError)] or analysis.errors
+        errors = [
+            e for e in analysis.errors if not isinstance(e, CvlMissingError)
+        ] or analysis.errors
         rendered = "\n".join(e.render() for e in errors) or "evaluation produced no model"
         raise InvalidAppliance(f"{filename} does not check:\n{rendered}")
     model = analysis.model

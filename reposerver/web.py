@@ -102,15 +102,22 @@ def _http_error(exc: HTTPException) -> Response:
 @bp.get("/")
 def index() -> Response:
     """Every repository with its latest version."""
-    return jsonify([{"name": r.name, "latest": r.latest()} for r in list_repositories(settings().root)])
+    return jsonify(
+        [{"name": r.name, "latest": r.latest()} for r in list_repositories(settings().root)]
+    )
 
 
 @bp.get("/<name>/")
 def repository_index(name: str) -> Response:
     """A repository: name, latest, and every version."""
     repo = _repository(name)
-    response = jsonify({"name": repo.name, "latest": repo.latest(),
-                        "versions": [v.to_json() for v in repo.versions()]})
+    response = jsonify(
+        {
+            "name": repo.name,
+            "latest": repo.latest(),
+            "versions": [v.to_json() for v in repo.versions()],
+        }
+    )
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -133,8 +140,9 @@ def _check_range() -> None:
 def _object_response(repo: Repository, oid: str) -> Response:
     _check_range()
     path = repo.store.verified_path(object_id(oid))
-    response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=oid,
-                         max_age=31536000)
+    response = send_file(
+        path, mimetype="application/octet-stream", conditional=True, etag=oid, max_age=31536000
+    )
     response.headers["Cache-Control"] = IMMUTABLE
     return response
 
@@ -206,7 +214,11 @@ def lfs_batch(name: str) -> Response:
     if operation == "upload":
         _require(write=True)
     href = f"{request.host_url.rstrip('/')}/{repo.name}.git/info/lfs/objects/"
-    header = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
+    header = (
+        {"Authorization": request.headers["Authorization"]}
+        if "Authorization" in request.headers
+        else {}
+    )
     answer = []
     for oid, size in objects:
         item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
@@ -217,7 +229,10 @@ def lfs_batch(name: str) -> Response:
             else:
                 item["error"] = {"code": 404, "message": f"object sha256:{oid} not found"}
         elif size > settings().max_upload_bytes:
-            item["error"] = {"code": 422, "message": f"object larger than {settings().max_upload_bytes} bytes"}
+            item["error"] = {
+                "code": 422,
+                "message": f"object larger than {settings().max_upload_bytes} bytes",
+            }
         elif not present:
             item["actions"] = {"upload": {"href": href + oid, "header": header}}
         answer.append(item)
@@ -235,8 +250,9 @@ def lfs_upload(name: str, oid: str) -> Response:
     limit = settings().max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLarge(f"upload of {request.content_length} bytes exceeds {limit}")
-    repo.store.put_stream(request.stream, expected_oid=oid, expected_size=request.content_length,
-                          max_size=limit)
+    repo.store.put_stream(
+        request.stream, expected_oid=oid, expected_size=request.content_length, max_size=limit
+    )
     return Response(status=200)
 
 
@@ -249,13 +265,19 @@ def lfs_download(name: str, oid: str) -> Response:
 class GitDispatcher:
     """WSGI middleware: `/NAME.git/...` to dulwich (after auth), everything else to Flask."""
 
-    def __init__(self, flask_wsgi: Callable[..., Iterable[bytes]], git_wsgi: Callable[..., Iterable[bytes]],
-                 cfg: ServerSettings) -> None:
+    def __init__(
+        self,
+        flask_wsgi: Callable[..., Iterable[bytes]],
+        git_wsgi: Callable[..., Iterable[bytes]],
+        cfg: ServerSettings,
+    ) -> None:
         self.flask_wsgi = flask_wsgi
         self.git_wsgi = git_wsgi
         self.settings = cfg
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         try:
             request_path(path)
@@ -269,25 +291,40 @@ class GitDispatcher:
             open_repository(self.settings.root, name)
         except errors.RepositoryError as exc:
             return _plain(start_response, status_of(exc), str(exc))
-        write = "git-receive-pack" in path or "service=git-receive-pack" in environ.get("QUERY_STRING", "")
+        write = "git-receive-pack" in path or "service=git-receive-pack" in environ.get(
+            "QUERY_STRING", ""
+        )
         if write or self.settings.read_protected:
             user = auth.authenticated_user(environ.get("HTTP_AUTHORIZATION"), self.settings.users)
             if user is None:
-                return _plain(start_response, 401, "credentials required to push: HTTP basic with a user and token",
-                              [("WWW-Authenticate", 'Basic realm="collective"')])
+                return _plain(
+                    start_response,
+                    401,
+                    "credentials required to push: HTTP basic with a user and token",
+                    [("WWW-Authenticate", 'Basic realm="collective"')],
+                )
         if environ.get("wsgi.input_terminated"):
             environ.pop("HTTP_TRANSFER_ENCODING", None)
         return self.git_wsgi(environ, start_response)
 
 
-def _plain(start_response: Callable[..., Any], status: int, message: str,
-           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+def _plain(
+    start_response: Callable[..., Any],
+    status: int,
+    message: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
     from http import HTTPStatus
 
     body = (message + "\n").encode()
-    start_response(f"{status} {HTTPStatus(status).phrase}",
-                   [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-                    *(headers or [])])
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            *(headers or []),
+        ],
+    )
     return [body]
 
 

@@ -43,8 +43,11 @@ def _change_blocks(image: Path, fraction: float, seed: int = 7) -> int:
     for i, block in enumerate(chosen):
         args += ["-c", f"write -P {0x20 + i % 200} {block * BLOCK} {BLOCK}"]
     for start in range(0, len(args), 4000):
-        subprocess.run(["qemu-io", "-f", "qcow2", *args[start:start + 4000], str(image)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", *args[start : start + 4000], str(image)],
+            check=True,
+            capture_output=True,
+        )
     return len(chosen) * BLOCK
 
 
@@ -64,11 +67,16 @@ def _delta_rows(tmp: Path) -> Iterable[Row]:
     full = image.stat().st_size
     goal = 1.2 * changed + MiB
     stored = result.stored_bytes
-    yield Row("repo: delta v2 stored, 1 GiB disk, 1% of 4 KiB blocks changed", stored, "B",
-              baseline=full, baseline_label="full-image copy (Vagrant box / plain Git LFS)",
-              goal=f"<= 1.2 x {changed / MiB:.2f} MiB changed + 1 MiB = {goal / MiB:.2f} MiB "
-                   f"({'met' if stored <= goal else 'NOT met'})",
-              note=f"publish took {publish_seconds:.1f} s")
+    yield Row(
+        "repo: delta v2 stored, 1 GiB disk, 1% of 4 KiB blocks changed",
+        stored,
+        "B",
+        baseline=full,
+        baseline_label="full-image copy (Vagrant box / plain Git LFS)",
+        goal=f"<= 1.2 x {changed / MiB:.2f} MiB changed + 1 MiB = {goal / MiB:.2f} MiB "
+        f"({'met' if stored <= goal else 'NOT met'})",
+        note=f"publish took {publish_seconds:.1f} s",
+    )
     # Transfer: a client that has v1 in its cache fetches v2's chain.
     cache = tmp / "cache"
     base = repo.disks(1)[0]["sha256"]
@@ -86,10 +94,15 @@ def _delta_rows(tmp: Path) -> Iterable[Row]:
         after = sum(p.stat().st_size for p in (cache / "objects").rglob("*") if p.is_file())
         check = subprocess.run(["qemu-img", "compare", str(image), str(top)], capture_output=True)
     transferred = after - before
-    yield Row("repo: delta v2 transferred to a host holding v1", transferred, "B",
-              baseline=full, baseline_label="full-image download",
-              goal=f"<= {goal / MiB:.2f} MiB ({'met' if transferred <= goal else 'NOT met'})",
-              note="cached chain " + ("equals the image" if check.returncode == 0 else "DIFFERS"))
+    yield Row(
+        "repo: delta v2 transferred to a host holding v1",
+        transferred,
+        "B",
+        baseline=full,
+        baseline_label="full-image download",
+        goal=f"<= {goal / MiB:.2f} MiB ({'met' if transferred <= goal else 'NOT met'})",
+        note="cached chain " + ("equals the image" if check.returncode == 0 else "DIFFERS"),
+    )
 
 
 def _nginx(root: Path, port: int, tmp: Path) -> subprocess.Popen[bytes]:
@@ -131,6 +144,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
 def _curl(url: str) -> Callable[[], None]:
     def run() -> None:
         subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
+
     return run
 
 
@@ -155,9 +169,14 @@ def _download_rows(tmp: Path) -> Iterable[Row]:
         nginx.terminate()
         nginx.wait(10)
     ours_mbs, theirs_mbs = size / ours / MiB, size / theirs / MiB
-    yield Row("repo: 256 MiB object download, gunicorn (MiB/s)", ours_mbs, "MiB/s",
-              baseline=theirs_mbs, baseline_label="nginx, same file, loopback, curl",
-              goal=f">= 80% of nginx ({'met' if ours_mbs >= 0.8 * theirs_mbs else 'NOT met'})")
+    yield Row(
+        "repo: 256 MiB object download, gunicorn (MiB/s)",
+        ours_mbs,
+        "MiB/s",
+        baseline=theirs_mbs,
+        baseline_label="nginx, same file, loopback, curl",
+        goal=f">= 80% of nginx ({'met' if ours_mbs >= 0.8 * theirs_mbs else 'NOT met'})",
+    )
 
 
 def _clone_rows(tmp: Path) -> Iterable[Row]:
@@ -175,16 +194,23 @@ def _clone_rows(tmp: Path) -> Iterable[Row]:
         def run() -> None:
             counter[0] += 1
             target = tmp / f"clone{counter[0]}"
-            subprocess.run(["git", "clone", "-q", url, str(target)], check=True, env=env,
-                           capture_output=True)
+            subprocess.run(
+                ["git", "clone", "-q", url, str(target)], check=True, env=env, capture_output=True
+            )
             shutil.rmtree(target)
+
         return run
 
     with running_server(repo.path.parent, workers=2) as server:
         ours = median_time(clone(f"{server.url}/Hundred.git"), repeat=5)
     local = median_time(clone(f"file://{repo.path}"), repeat=5)
-    yield Row("repo: git clone over HTTP, 100 versions", ours, "s", baseline=local,
-              baseline_label="stock git clone --no-local (file://), same repository")
+    yield Row(
+        "repo: git clone over HTTP, 100 versions",
+        ours,
+        "s",
+        baseline=local,
+        baseline_label="stock git clone --no-local (file://), same repository",
+    )
 
 
 def rows(only: Callable[[str], bool]) -> Iterable[Row]:

@@ -19,10 +19,16 @@ from reposerver.testing import Server, running_server, sample_appliance, write_p
 pytestmark = pytest.mark.slow
 
 
-def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})})
+def git(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -80,11 +86,17 @@ def test_clone_push_new_version_appears_in_json(served, tmp_path: Path) -> None:
 
 
 REFUSALS = {
-    "same version again": (["tag", "-f", "-a", "v1", "-m", "again"], ["push", "--force", "origin", "v1"],
-                           "versions are immutable"),
+    "same version again": (
+        ["tag", "-f", "-a", "v1", "-m", "again"],
+        ["push", "--force", "origin", "v1"],
+        "versions are immutable",
+    ),
     "tag deletion": (None, ["push", "origin", ":refs/tags/v1"], "versions are immutable"),
-    "skipped number": (["tag", "-a", "v3", "-m", "skip"], ["push", "origin", "main", "v3"],
-                       "next version of this repository is v2"),
+    "skipped number": (
+        ["tag", "-a", "v3", "-m", "skip"],
+        ["push", "origin", "main", "v3"],
+        "next version of this repository is v2",
+    ),
     "lightweight tag": (["tag", "v2"], ["push", "origin", "main", "v2"], "lightweight tag"),
     "other ref": (None, ["push", "origin", "HEAD:refs/notes/x"], "only refs/heads/*"),
 }
@@ -137,8 +149,9 @@ def test_missing_lfs_object_refused(served, tmp_path: Path) -> None:
     work = clone(server, tmp_path / "work")
     new_version(work, "v2")
     before = state(server, repo)
-    result = git("push", "origin", "main", "v2", cwd=work, check=False,
-                 env={"GIT_LFS_SKIP_PUSH": "1"})
+    result = git(
+        "push", "origin", "main", "v2", cwd=work, check=False, env={"GIT_LFS_SKIP_PUSH": "1"}
+    )
     assert result.returncode != 0 and "is not on the server" in result.stderr
     assert state(server, repo) == before
 
@@ -151,8 +164,10 @@ def test_push_larger_than_one_mib_through_gunicorn(served, tmp_path: Path) -> No
     new_version(work, "v2")
     result = git("push", "origin", "main", "v2", cwd=work, env={"GIT_TRACE_CURL_NO_DATA": "1"})
     assert result.returncode == 0
-    assert requests.get(server.url + "/DNS/latest/payload.bin").content == \
-        (work / "payload.bin").read_bytes()
+    assert (
+        requests.get(server.url + "/DNS/latest/payload.bin").content
+        == (work / "payload.bin").read_bytes()
+    )
 
 
 def test_eight_concurrent_pushers_exactly_one_wins(served, tmp_path: Path) -> None:

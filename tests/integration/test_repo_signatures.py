@@ -18,9 +18,17 @@ from reposerver.trust import add_gpg_key, add_ssh_signer, set_require_signed
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str, cwd: Path | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, **kw)
+def run(
+    *args: str, cwd: Path | None = None, check: bool = True, **kw
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        **kw,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -31,19 +39,35 @@ def gpg_keys():
     """Two fresh GPG signing keys (no passphrase) in the test's own GNUPGHOME."""
     fingerprints = []
     for name in ("Trusted Publisher", "Stranger"):
-        run("gpg", "--batch", "--gen-key", input=(
-            "%no-protection\nKey-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\n"
-            f"Name-Real: {name}\nName-Email: {name.split()[0].lower()}@example.org\n"
-            "Expire-Date: 0\n%commit\n"))
-        listing = run("gpg", "--batch", "--with-colons", "--list-secret-keys", f"{name.split()[0].lower()}@example.org").stdout
-        fingerprints.append(next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr")))
+        run(
+            "gpg",
+            "--batch",
+            "--gen-key",
+            input=(
+                "%no-protection\nKey-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\n"
+                f"Name-Real: {name}\nName-Email: {name.split()[0].lower()}@example.org\n"
+                "Expire-Date: 0\n%commit\n"
+            ),
+        )
+        listing = run(
+            "gpg",
+            "--batch",
+            "--with-colons",
+            "--list-secret-keys",
+            f"{name.split()[0].lower()}@example.org",
+        ).stdout
+        fingerprints.append(
+            next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+        )
     yield fingerprints
     subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True)
 
 
 def ssh_key(path: Path, comment: str) -> str:
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path))
-    kind, key, *_ = (path.with_suffix(".pub") if path.suffix else Path(str(path) + ".pub")).read_text().split()
+    kind, key, *_ = (
+        (path.with_suffix(".pub") if path.suffix else Path(str(path) + ".pub")).read_text().split()
+    )
     return f"{comment} {kind} {key}"
 
 
@@ -54,7 +78,9 @@ def signed_repo(tmp_path: Path) -> tuple[Repository, Path]:
     return repo, sample_appliance(tmp_path / "app")
 
 
-def test_gpg_signed_versions_verify_and_untrusted_or_unsigned_are_refused(signed_repo, gpg_keys, tmp_path):
+def test_gpg_signed_versions_verify_and_untrusted_or_unsigned_are_refused(
+    signed_repo, gpg_keys, tmp_path
+):
     repo, cvl = signed_repo
     trusted, stranger = gpg_keys
     add_gpg_key(repo.path, run("gpg", "--armor", "--export", trusted).stdout)
@@ -97,7 +123,9 @@ def test_ssh_signed_versions_verify_and_untrusted_is_refused(signed_repo, tmp_pa
     publish(repo.path, cvl, sign=str(trusted_key))
     assert repo.version(1).signer == "publisher@example.org (ssh)"
     signers = repo.path / "trust" / "allowed_signers"
-    verified = run("git", "-c", f"gpg.ssh.allowedSignersFile={signers}", "tag", "-v", "v1", cwd=repo.path)
+    verified = run(
+        "git", "-c", f"gpg.ssh.allowedSignersFile={signers}", "tag", "-v", "v1", cwd=repo.path
+    )
     assert 'Good "git" signature for publisher@example.org' in verified.stderr
 
     # git's own ssh signing (gpg.format=ssh) through a push.
@@ -107,8 +135,19 @@ def test_ssh_signed_versions_verify_and_untrusted_is_refused(signed_repo, tmp_pa
         run("git", "config", "lfs.locksverify", "false", cwd=work)
         (work / "DNS.cvl").write_text((work / "DNS.cvl").read_text() + "/* v2 */\n")
         run("git", "commit", "-q", "-am", "v2", cwd=work)
-        run("git", "-c", "gpg.format=ssh", "-c", f"user.signingkey={trusted_key}", "tag", "-s",
-            "-m", "v2", "v2", cwd=work)
+        run(
+            "git",
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            f"user.signingkey={trusted_key}",
+            "tag",
+            "-s",
+            "-m",
+            "v2",
+            "v2",
+            cwd=work,
+        )
         run("git", "push", server.push_url("DNS"), "main", "v2", cwd=work)
     assert repo.version(2).signer == "publisher@example.org (ssh)"
 

@@ -1,4 +1,4 @@
-"""Every HTTP route: answers, caching headers, Range, auth, and bad input (4xx, never 500, nothing written)."""
+"""Every HTTP route: answers, caching, Range, auth; bad input is a 4xx and writes nothing."""
 
 from __future__ import annotations
 
@@ -28,14 +28,20 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     publish(repo.path, cvl)
     write_pattern(tmp / "app" / "root.qcow2", 0x55, "4M", "128k")
     publish(repo.path, cvl)
-    config = {"root": str(tmp / "root"), "users": {"publisher": {"token_sha256": token_digest(TOKEN)}},
-              "max_upload_bytes": 1 << 20}
+    config = {
+        "root": str(tmp / "root"),
+        "users": {"publisher": {"token_sha256": token_digest(TOKEN)}},
+        "max_upload_bytes": 1 << 20,
+    }
     return create_app(config).test_client(), repo, config
 
 
 def snapshot(repo: Repository) -> list[str]:
-    return sorted(str(p.relative_to(repo.path)) for p in repo.path.rglob("*")
-                  if p.is_file() and "logs" not in p.parts)
+    return sorted(
+        str(p.relative_to(repo.path))
+        for p in repo.path.rglob("*")
+        if p.is_file() and "logs" not in p.parts
+    )
 
 
 def test_index_and_repository_json(served) -> None:
@@ -135,12 +141,18 @@ def test_malformed_range_is_400(served, header: str) -> None:
 def test_unsatisfiable_range_is_416(served) -> None:
     client, repo, _ = served
     oid = repo.disks(1)[0]["sha256"]
-    assert client.get(f"/DNS/objects/sha256/{oid}", headers={"Range": "bytes=999999999-"}).status_code == 416
+    assert (
+        client.get(f"/DNS/objects/sha256/{oid}", headers={"Range": "bytes=999999999-"}).status_code
+        == 416
+    )
 
 
 def _batch(client, operation: str, oid: str, size: int, headers: dict[str, str] | None = None):
-    return client.post("/DNS.git/info/lfs/objects/batch", headers=headers or {},
-                       json={"operation": operation, "objects": [{"oid": oid, "size": size}]})
+    return client.post(
+        "/DNS.git/info/lfs/objects/batch",
+        headers=headers or {},
+        json={"operation": operation, "objects": [{"oid": oid, "size": size}]},
+    )
 
 
 def test_lfs_upload_verified_and_writes_need_credentials(served) -> None:
@@ -161,19 +173,35 @@ def test_lfs_upload_verified_and_writes_need_credentials(served) -> None:
     assert client.put(path, data=data, headers=AUTH).status_code == 200
     assert repo.store.has(oid, len(data))
     download = _batch(client, "download", oid, len(data))
-    assert client.get(download.json["objects"][0]["actions"]["download"]["href"].split("localhost", 1)[1]).data == data
+    assert (
+        client.get(
+            download.json["objects"][0]["actions"]["download"]["href"].split("localhost", 1)[1]
+        ).data
+        == data
+    )
     assert "actions" not in _batch(client, "upload", oid, len(data), AUTH).json["objects"][0]
 
 
 def test_lfs_bad_input(served) -> None:
     client, repo, config = served
     before = snapshot(repo)
-    streamed = client.put(f"/DNS.git/info/lfs/objects/{'a' * 64}", headers=AUTH,
-                          data=b"x" * (config["max_upload_bytes"] + 10))
+    streamed = client.put(
+        f"/DNS.git/info/lfs/objects/{'a' * 64}",
+        headers=AUTH,
+        data=b"x" * (config["max_upload_bytes"] + 10),
+    )
     assert streamed.status_code == 413
-    assert client.put("/DNS.git/info/lfs/objects/NOTHEX", data=b"x", headers=AUTH).status_code == 400
-    assert client.post("/DNS.git/info/lfs/objects/batch", data=b"{not json", headers=AUTH).status_code == 400
-    assert client.post("/DNS.git/info/lfs/objects/batch", json={"operation": "steal"}).status_code == 400
+    assert (
+        client.put("/DNS.git/info/lfs/objects/NOTHEX", data=b"x", headers=AUTH).status_code == 400
+    )
+    assert (
+        client.post("/DNS.git/info/lfs/objects/batch", data=b"{not json", headers=AUTH).status_code
+        == 400
+    )
+    assert (
+        client.post("/DNS.git/info/lfs/objects/batch", json={"operation": "steal"}).status_code
+        == 400
+    )
     assert _batch(client, "download", "g" * 64, 1).status_code == 400
     assert _batch(client, "download", "a" * 64, -1).status_code == 400
     missing = _batch(client, "download", "a" * 64, 1).json["objects"][0]
@@ -186,8 +214,13 @@ def test_push_needs_credentials(served) -> None:
     client, _, _ = served
     r = client.get("/DNS.git/info/refs?service=git-receive-pack")
     assert r.status_code == 401 and "Basic" in r.headers["WWW-Authenticate"]
-    assert client.get("/DNS.git/info/refs?service=git-receive-pack", headers=BAD_AUTH).status_code == 401
-    assert client.get("/DNS.git/info/refs?service=git-receive-pack", headers=AUTH).status_code == 200
+    assert (
+        client.get("/DNS.git/info/refs?service=git-receive-pack", headers=BAD_AUTH).status_code
+        == 401
+    )
+    assert (
+        client.get("/DNS.git/info/refs?service=git-receive-pack", headers=AUTH).status_code == 200
+    )
     assert client.get("/DNS.git/info/refs?service=git-upload-pack").status_code == 200
 
 
