@@ -292,6 +292,30 @@ class Evaluator:
             pairs.extend((pair.key, value) for value in result)
         return (maps.encode(pairs),)
 
+    def check_van_interfaces(self) -> None:
+        """`vanIF` must name one interface inside the appliance (`ethernet0`, `f.ethernet1`)."""
+        for inst in self.instances:
+            slot = inst.slots.get("vanIF")
+            if slot is None or slot.value is None or inst.layout.kind not in ("vm", "van"):
+                continue
+            problem = None
+            if len(slot.value) != 1:
+                problem = f"has {len(slot.value)} values; it names exactly one interface"
+            else:
+                target: _Instance | None = inst
+                for part in slot.value[0].split("."):
+                    target = target.children.get(part) if target is not None else None
+                if target is None or target.layout.kind != "interface":
+                    problem = (f"is {slot.value[0]!r}, which is not an interface of "
+                               f"{inst.describe()} (e.g. ethernet0, or f.ethernet1 in a VAN)")
+            if problem is None:
+                continue
+            message = f"{slot.path} {problem}"
+            if slot.override is not None:
+                self.diagnostics.add(CvlOverrideError(message, file=f"--set {slot.path}"))
+            elif slot.module is not None and slot.assign is not None:
+                self.diagnostics.add(slot.module.error(CvlAssignmentError, message, slot.assign))
+
     # -- results --------------------------------------------------------------------------------
 
     def check_required(self, root_module: Module, root: _Instance) -> None:
@@ -406,6 +430,8 @@ def evaluate_module(
     evaluator.check_references()
     evaluator.apply_overrides(root, overrides or {})
     evaluator.evaluate_all()
+    if not diagnostics:  # a late consistency check; after other errors it would only cascade
+        evaluator.check_van_interfaces()
     evaluator.check_required(module, root)
     if diagnostics:
         return None

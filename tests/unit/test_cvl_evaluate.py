@@ -280,6 +280,27 @@ def test_a_van_cannot_contain_itself():
     assert any(isinstance(e, CvlCycleError) and "contains itself" in e.message for e in found)
 
 
+@pytest.mark.parametrize(
+    ("van_if", "fragment"),
+    [('"nope"', "'nope', which is not an interface"),
+     ('"a"', "'a', which is not an interface"),
+     ('"a.ethernet0", "a.ethernet0"', "has 2 values")],
+)
+def test_van_interface_must_name_one_interface(van_if, fragment):
+    error = one_error(VM + f"V extends VANAppliance {{ VM1 a;\n vanIF = {van_if}; }}",
+                      CvlAssignmentError)
+    assert fragment in error.message and error.message.startswith("vanIF ")
+    assert (error.line, error.col) == (3, 2)
+
+
+def test_van_interface_may_be_nested_and_checked_in_overrides():
+    model = ev(VM + 'W extends VANAppliance { VM1 a; vanIF = "a.ethernet0"; }\n'
+               'V extends VANAppliance { W g; vanIF = "g.a.ethernet0"; }')
+    assert model.value("vanIF") == ("g.a.ethernet0",)
+    error = one_error(VM, CvlOverrideError, overrides={"vanIF": "ethernet9"})
+    assert error.render().startswith("--set vanIF: error: vanIF is 'ethernet9'")
+
+
 def test_reference_cycle_is_an_error_naming_the_cycle():
     error = one_error('A extends VMAppliance { var x, y, z; vm = "v";\n x = y; y = z; z = x; }',
                       CvlCycleError)
