@@ -241,6 +241,11 @@ _TERMINAL_NAMES = {"ITEM": "a name", "STRING": "a quoted string", "$END": "end o
 
 @cache
 def _parser() -> Lark:
+    """The LALR parser with the transformer inlined (no parse tree, no recursion).
+
+    No `propagate_positions`: lark cannot hand rule positions (`meta`) to an inline transformer,
+    so every node takes its position from a token it keeps (a name, string, `{`, `var`, `import`).
+    """
     return Lark.open(
         "cvl.lark",
         rel_to=__file__,
