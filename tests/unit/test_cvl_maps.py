@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cvl.errors import CvlMapError
@@ -38,11 +38,13 @@ def test_malformed_map_strings_are_errors(bad):
 pairs = st.lists(st.tuples(st.text(), st.text()), max_size=8)
 
 
+@settings(deadline=None)  # shared 2-core CI machine: no per-example deadline
 @given(pairs)
 def test_decode_inverts_encode(items):
     assert decode(encode(items)) == items
 
 
+@settings(deadline=None)  # shared 2-core CI machine: no per-example deadline
 @given(pairs)
 def test_encoded_keys_and_values_use_only_alphanumerics_and_escapes(items):
     text = encode(items)
@@ -52,6 +54,7 @@ def test_encoded_keys_and_values_use_only_alphanumerics_and_escapes(items):
             assert re.fullmatch(r"(?:[A-Za-z0-9]|%[0-9A-F]{2})*", piece)
 
 
+@settings(deadline=None)  # shared 2-core CI machine: no per-example deadline
 @given(st.text())
 def test_escape_leaves_exactly_alphanumerics(value):
     escaped = escape(value)
@@ -60,6 +63,7 @@ def test_escape_leaves_exactly_alphanumerics(value):
     assert unescape(escaped) == value
 
 
+@settings(deadline=None)  # shared 2-core CI machine: no per-example deadline
 @given(st.recursive(st.text(max_size=5), lambda inner: st.lists(
     st.tuples(st.text(max_size=3), inner), max_size=3).map(encode), max_leaves=10))
 def test_nested_maps_round_trip_level_by_level(value):
