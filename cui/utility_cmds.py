@@ -232,16 +232,16 @@ def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
 
 def _secrets_for(cvl_path: Path) -> dict[str, str]:
     """Values of the VAP's sensitive parameters that have none, through the user agent."""
-    import cvl
-    from cvl.errors import CvlError
+    from utility.cvl_adapter import PLACEHOLDER, evaluate_for_checks
 
-    try:
-        from reposerver.client import make_resolver
-
-        model = cvl.evaluate_file(str(cvl_path), resolver=make_resolver())
-    except CvlError:
-        return {}  # the daemon evaluates again and reports the error
-    keys = agent.missing_sensitive(model.to_json())
+    model, _ = evaluate_for_checks(cvl_path)
+    if model is None:
+        return {}  # the daemon evaluates again and reports every CVL error
+    keys = agent.missing_sensitive({"components": {
+        path: {"sensitive": sorted(c.sensitive),
+               "params": {k: v for k, v in c.params.items() if v != (PLACEHOLDER,)}}
+        for path, c in model.components.items()
+    }})
     if not keys:
         return {}
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(

@@ -351,7 +351,9 @@ class ClusterManager:
         vap = self.store.vap(vap_id)
         notes: list[str] = []
         if vap.state is not None:
-            outcome = self._executor(vap_id).run(stop_plan(vap.state), keep_going=True)
+            executor = self._executor(vap_id)
+            executor.timeouts = dataclasses.replace(self.timeouts, stop=0.0)  # force: it never ran
+            outcome = executor.run(stop_plan(vap.state), keep_going=True)
             notes = ([outcome.error] if outcome.error else []) + outcome.notes
         for row in self.store.vms(vap_id):
             try:
