@@ -4,8 +4,9 @@
 `names.git_repository_name` instead of `FileSystemBackend`'s `os.path.join`, which discards
 its root for an absolute prefix. `CheckedReceivePackHandler` replaces dulwich's per-ref
 hooks: dulwich runs pre-receive before the pack is unpacked, so our checks run after the pack
-is in the object store, over the whole push at once (all-or-nothing), inside the repository
-lock together with the ref writes, so concurrent pushers of the same `vN` cannot both win.
+is received into a quarantine (`reposerver.quarantine`), over the whole push at once
+(all-or-nothing), inside the repository lock together with the ref writes, so concurrent
+pushers of the same `vN` cannot both win and a refused push leaves no objects behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import socket
 import zlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from dulwich.web import GunzipFilter, HTTPGitApplication
 from reposerver.checks import ZERO, RefUpdate, check_updates
 from reposerver.errors import RepositoryError
 from reposerver.names import git_repository_name
+from reposerver.quarantine import Quarantine
 from reposerver.receive import announce_refs
 from reposerver.repository import open_repository
 from reposerver.settings import ServerSettings
@@ -44,6 +47,11 @@ _UNPACK_ERRORS = (
     zlib.error,
     ObjectFormatException,
 )
+
+
+request_base_url: ContextVar[str | None] = ContextVar("request_base_url", default=None)
+"""The server's base URL as the current push request reached it (events name it when the
+config has no `public_url`); set by `web.GitDispatcher` in the thread that runs the push."""
 
 
 def one_line(message: str, limit: int = 900) -> bytes:
@@ -65,7 +73,7 @@ class AnnounceHook(Hook):
             announce_refs(
                 self.repository,
                 updates,
-                self.settings.public_url,
+                self.settings.public_url or request_base_url.get(),
                 self.settings.subscribers,
                 self.settings.delivery_delays,
             )
@@ -97,35 +105,47 @@ class RepositoryBackend(Backend):
 class CheckedReceivePackHandler(ReceivePackHandler):
     """Receive-pack that checks the whole push under the repository lock before any ref moves."""
 
-    def _apply_pack(self, refs: list[tuple[bytes, bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
-        if any(new != ZERO for _, new, _ in refs):
-            try:
-                self.repo.object_store.add_thin_pack(  # type: ignore[attr-defined]
-                    self.proto.read,
-                    getattr(self.proto, "recv", None),
-                    max_input_size=self._receive_max_input_size(),
-                )
-            except _UNPACK_ERRORS as exc:
-                yield (b"unpack", one_line(str(exc)) or b"unpack failed")
-                return
-        yield (b"unpack", b"ok")
+    def _apply_pack(  # type: ignore[override]
+        self, refs: list[tuple[bytes, bytes, bytes]]
+    ) -> Iterator[tuple[bytes, bytes]]:
         repository = self.repo.collective  # type: ignore[attr-defined]
-        updates = [RefUpdate(ref, old, new) for old, new, ref in refs]
-        with repository.lock():
-            try:
-                check_updates(repository, updates)
-            except RepositoryError as exc:
-                message = one_line(str(exc))
+        quarantine = None
+        try:
+            if any(new != ZERO for _, new, _ in refs):
+                quarantine = Quarantine(repository.path / "objects")
+                try:
+                    quarantine.store.add_thin_pack(
+                        self.proto.read,
+                        getattr(self.proto, "recv", None),
+                        max_input_size=self._receive_max_input_size(),
+                    )
+                except _UNPACK_ERRORS as exc:
+                    yield (b"unpack", one_line(str(exc)) or b"unpack failed")
+                    return
+            yield (b"unpack", b"ok")
+            updates = [RefUpdate(ref, old, new) for old, new, ref in refs]
+            main = self.repo.object_store
+            with repository.lock():
+                try:
+                    objects = quarantine.overlay(main) if quarantine else main
+                    check_updates(repository, updates, objects=objects)
+                except RepositoryError as exc:
+                    message = one_line(str(exc))
+                    for update in updates:
+                        yield (update.ref, message)
+                    return
+                except Exception as exc:  # noqa: BLE001 - report, never crash the protocol
+                    log.exception("checking a push to %s failed", repository.name)
+                    for update in updates:
+                        yield (update.ref, one_line(f"internal error while checking: {exc}"))
+                    return
+                if quarantine:
+                    quarantine.migrate()
                 for update in updates:
-                    yield (update.ref, message)
-                return
-            except Exception as exc:  # noqa: BLE001 - report, never crash the protocol
-                log.exception("checking a push to %s failed", repository.name)
-                for update in updates:
-                    yield (update.ref, one_line(f"internal error while checking: {exc}"))
-                return
-            for update in updates:
-                yield (update.ref, self._write(update))
+                    yield (update.ref, self._write(update))
+        finally:
+            if quarantine:
+                quarantine.discard()
 
     def _write(self, update: RefUpdate) -> bytes:
         refs = self.repo.refs

@@ -14,11 +14,12 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, send_file
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 
 from reposerver import auth, errors
+from reposerver.git_http import git_application, request_base_url
 from reposerver.names import (
     git_repository_name,
     object_id,
@@ -59,8 +60,19 @@ def settings() -> ServerSettings:
     return current_app.config["COLLECTIVE_SETTINGS"]  # type: ignore[no-any-return]
 
 
+def _opened(repo: Repository) -> Repository:
+    g.setdefault("repositories", []).append(repo)
+    return repo
+
+
+@bp.teardown_app_request
+def _close_repositories(_exc: BaseException | None) -> None:
+    for repo in g.pop("repositories", []):
+        repo.git.close()
+
+
 def _repository(name: str) -> Repository:
-    return open_repository(settings().root, repository_name(name))
+    return _opened(open_repository(settings().root, repository_name(name)))
 
 
 def _require(write: bool) -> str | None:
@@ -103,7 +115,10 @@ def _http_error(exc: HTTPException) -> Response:
 def index() -> Response:
     """Every repository with its latest version."""
     return jsonify(
-        [{"name": r.name, "latest": r.latest()} for r in list_repositories(settings().root)]
+        [
+            {"name": r.name, "latest": r.latest()}
+            for r in map(_opened, list_repositories(settings().root))
+        ]
     )
 
 
@@ -188,7 +203,7 @@ def stored_object(name: str, oid: str) -> Response:
 
 
 def _lfs_repository(name: str) -> Repository:
-    return open_repository(settings().root, git_repository_name(f"/{name}.git"))
+    return _opened(open_repository(settings().root, git_repository_name(f"/{name}.git")))
 
 
 def _lfs_objects(body: Any) -> tuple[str, list[tuple[str, int]]]:
@@ -288,7 +303,7 @@ class GitDispatcher:
             return self.flask_wsgi(environ, start_response)
         try:
             name = git_repository_name(f"/{match.group(1)}.git")
-            open_repository(self.settings.root, name)
+            open_repository(self.settings.root, name).git.close()
         except errors.RepositoryError as exc:
             return _plain(start_response, status_of(exc), str(exc))
         write = "git-receive-pack" in path or "service=git-receive-pack" in environ.get(
@@ -305,6 +320,10 @@ class GitDispatcher:
                 )
         if environ.get("wsgi.input_terminated"):
             environ.pop("HTTP_TRANSFER_ENCODING", None)
+        host = environ.get("HTTP_HOST") or "{}:{}".format(
+            environ.get("SERVER_NAME"), environ.get("SERVER_PORT")
+        )
+        request_base_url.set(f"{environ.get('wsgi.url_scheme', 'http')}://{host}")
         return self.git_wsgi(environ, start_response)
 
 
@@ -330,8 +349,6 @@ def _plain(
 
 def build_app(cfg: ServerSettings) -> Flask:
     """The Flask app with the git dispatcher in front of it."""
-    from reposerver.git_http import git_application
-
     app = Flask("reposerver")
     app.config["COLLECTIVE_SETTINGS"] = cfg
     app.url_map.merge_slashes = False

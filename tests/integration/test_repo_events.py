@@ -63,7 +63,11 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     )
     cvl = sample_appliance(tmp_path / "app")
     publish(repo.path, cvl)  # a local publish announces too
-    extra = {"subscribers": [{"url": dead, "secret": "x"}], "delivery_delays": [0.2, 0.2]}
+    extra = {
+        "subscribers": [{"url": dead, "secret": "x"}],
+        "delivery_delays": [0.2, 0.2],
+        "public_url": None,  # events then name the URL the push came in on
+    }
     with running_server(repo.path.parent, extra=extra) as server:
         work = tmp_path / "work"
         subprocess.run(["git", "clone", "-q", server.url + "/DNS.git", str(work)], check=True)

@@ -51,10 +51,12 @@ def clone(server: Server, where: Path) -> Path:
     return where
 
 
-def state(server: Server, repo: Repository) -> tuple[str, str]:
+def state(server: Server, repo: Repository) -> tuple[str, str, list[str]]:
+    """What a refused push must not change: refs, the JSON index, the git object store."""
     refs = git("ls-remote", server.url + "/DNS.git").stdout
     index = requests.get(server.url + "/DNS/").text
-    return refs, index
+    objects = sorted(str(p.relative_to(repo.path)) for p in (repo.path / "objects").rglob("*"))
+    return refs, index, objects
 
 
 def new_version(work: Path, tag: str, change: int = 0x22, annotated: bool = True) -> None:
