@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 from cvl.errors import CvlImportError
 
 UNVERSIONED = "unversioned"
+MAX_CVL_BYTES = 4 << 20
+"""Largest CVL file an http import accepts (a server cannot make the client read without end)."""
 
 RepoReader = Callable[[Path, str, "str | None"], tuple[str, str]]
 """`(repository_dir, cvl_name, version_or_None) -> (text, resolved_version)`."""
@@ -133,7 +135,9 @@ class HttpResolver:
         base = url.rstrip("/")
         target = f"{base}/versions/{version}/{cvl}" if version else f"{base}/latest/{cvl}"
         try:
-            response = self.session.get(target, timeout=self.timeout, allow_redirects=True)  # type: ignore[attr-defined]
+            response = self.session.get(  # type: ignore[attr-defined]
+                target, timeout=self.timeout, allow_redirects=True, stream=True)
+            body = self._read_capped(response, target)
         except requests.RequestException as exc:
             raise CvlImportError(f"cannot reach {target}: {exc}", unreachable=True) from None
         if response.status_code == 404:
@@ -152,10 +156,21 @@ class HttpResolver:
                 )
             resolved = unquote(number)
         try:
-            text = response.content.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise CvlImportError(f"{target} is not UTF-8 text") from None
         return text, resolved
+
+    @staticmethod
+    def _read_capped(response: object, target: str) -> bytes:
+        chunks, size = [], 0
+        for chunk in response.iter_content(65536):  # type: ignore[attr-defined]
+            size += len(chunk)
+            if size > MAX_CVL_BYTES:
+                response.close()  # type: ignore[attr-defined]
+                raise CvlImportError(f"{target} is larger than {MAX_CVL_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 class DefaultResolver:

@@ -263,8 +263,12 @@ def test_http_pinned_and_latest_versions(server, tmp_path):
     assert len(server.hits) == 3
 
 
-def test_http_errors(server, tmp_path):
+def test_http_errors(server, tmp_path, monkeypatch):
     http = HttpResolver(timeout=5)
+    monkeypatch.setattr("cvl.resolver.MAX_CVL_BYTES", 20)
+    with pytest.raises(CvlImportError, match="larger than 20 bytes"):
+        http.fetch(f"{server.url}/DNS", "DNS.cvl", "3", None)
+    monkeypatch.undo()
     with pytest.raises(CvlImportError, match="has no version 7 of DNS.cvl .HTTP 404"):
         http.fetch(f"{server.url}/DNS", "DNS.cvl", "7", None)
     with pytest.raises(CvlImportError, match="did not redirect"):
