@@ -246,6 +246,10 @@ def build_state(
         }
         if prep.spec.cmdline:
             os["cmdline"] = prep.spec.cmdline
+        if prep.spec.machine:
+            os["machine"] = prep.spec.machine
+        if prep.spec.acpi:
+            os["acpi"] = "on"
         vms.append(
             Vm(
                 path=vm.path,

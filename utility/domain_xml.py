@@ -92,10 +92,11 @@ class DirectBoot:
     initrd: str = ""
     cmdline: str = ""
     arch: str = "x86_64"
+    machine: str | None = None
 
     def element(self) -> ET.Element:
         return el("os", {}, [
-            el("type", {"arch": self.arch}, text="hvm"),
+            el("type", {"arch": self.arch, "machine": self.machine}, text="hvm"),
             el("kernel", text=self.kernel) if self.kernel else None,
             el("initrd", text=self.initrd) if self.initrd else None,
             el("cmdline", text=self.cmdline) if self.cmdline else None,
@@ -129,6 +130,7 @@ class DomainXml:
     disks: tuple[DiskDevice, ...] = ()
     interfaces: tuple[InterfaceDevice, ...] = ()
     serials: tuple[UnixSerial | FileSerial, ...] = field(default_factory=tuple)
+    acpi: bool = False
 
     def element(self) -> ET.Element:
         devices = [d.element() for d in self.disks]
@@ -140,6 +142,7 @@ class DomainXml:
             el("memory", {"unit": "KiB"}, text=self.memory_kib),
             el("vcpu", text=self.vcpus),
             self.boot.element(),
+            el("features", {}, [el("acpi")]) if self.acpi else None,
             el("on_poweroff", text="destroy"),
             el("on_reboot", text="restart"),
             el("on_crash", text="destroy"),
@@ -162,7 +165,9 @@ def from_vm(vm: Vm, vap_id: int, domain_type: str) -> DomainXml:
             kernel=vm.os.get("kernel", ""),
             initrd=vm.os.get("initrd", ""),
             cmdline=vm.os.get("cmdline", ""),
+            machine=vm.os.get("machine") or None,
         ),
+        acpi=vm.os.get("acpi") == "on",
         owner=OwnerMetadata(vap_id=vap_id, path=vm.path),
         disks=tuple(DiskDevice(path=d.path, target=d.target) for d in vm.disks),
         interfaces=tuple(InterfaceDevice(mac=i.mac, network=i.network) for i in vm.interfaces),

@@ -34,6 +34,8 @@ class VmSpec:
     initrd: str
     cmdline: str
     disks: tuple[ProgramDisk, ...]
+    machine: str = ""
+    acpi: bool = False
 
 
 def parse_vm_spec(data: bytes, where: str) -> VmSpec:
@@ -76,4 +78,7 @@ def parse_vm_spec(data: bytes, where: str) -> VmSpec:
         initrd=(root.findtext("os/initrd") or "").strip(),
         cmdline=(root.findtext("os/cmdline") or "").strip(),
         disks=tuple(disks),
+        machine=(root.find("os/type").get("machine", "") if root.find("os/type") is not None
+                 else ""),
+        acpi=root.find("features/acpi") is not None,
     )

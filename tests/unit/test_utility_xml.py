@@ -43,7 +43,7 @@ def sample_vm() -> Vm:
                               "col-x7", "<public>")),
         params=(("name", ("g-f",)),), sensitive=(), provides=(), requires=(), needs=(),
         os={"kernel": "/cache/vmlinuz", "initrd": "/cache/initrd.img",
-            "cmdline": "console=ttyS0 quiet"},
+            "cmdline": "console=ttyS0 quiet", "machine": "pc", "acpi": "on"},
     )
 
 
@@ -52,6 +52,8 @@ def test_domain_xml_matches_golden_file() -> None:
     golden("domain-firewall.xml", text)
     root = ET.fromstring(text)
     assert root.get("type") == "qemu"
+    assert root.find("os/type").get("machine") == "pc"  # type: ignore[union-attr]
+    assert root.find("features/acpi") is not None  # clean shutdown needs the ACPI button
     serial1 = root.find("devices/serial/target[@port='1']/..")
     assert serial1 is not None and serial1.get("type") == "unix"
     assert serial1.find("source").get("path") == "/srv/acme/g.f/guest.sock"  # type: ignore[union-attr]
@@ -88,9 +90,11 @@ def test_foreign_domains_have_no_owner() -> None:
 
 def test_publisher_xml_is_read_and_bad_files_name_themselves() -> None:
     spec = parse_vm_spec(b"<domain><memory unit='MiB'>128</memory><vcpu>2</vcpu>"
+                         b"<os><type machine='pc'>hvm</type></os><features><acpi/></features>"
                          b"<devices><disk><source file='sys.qcow2'/><target dev='vda'/></disk>"
                          b"</devices></domain>", "DNS v3: dns.vmx")
     assert spec.memory == 128 << 20 and spec.vcpus == 2 and spec.disks[0].source == "sys.qcow2"
+    assert spec.machine == "pc" and spec.acpi
     with pytest.raises(ApplianceError, match="DNS v3: dns.vmx: <memory>"):
         parse_vm_spec(b"<domain/>", "DNS v3: dns.vmx")
     with pytest.raises(ApplianceError, match="x.vmx: not valid domain XML"):
