@@ -109,3 +109,8 @@ port_number() {
     _port=$(param "$1"); _port=${_port%%/*}
     echo "${_port:-$2}"
 }
+
+# iface ethernetN: the guest network device configured for ethernetN (eth0 when not configured).
+iface() {
+    cat "$RUN/if/$1" 2>/dev/null || echo "eth${1#ethernet}"
+}
