@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dulwich.objects import Commit, Tag
-from dulwich.refs import check_ref_format
+from dulwich.refs import Ref, check_ref_format
 
 from reposerver import domain_xml, lfs_pointer, signatures
 from reposerver.disks import chain
@@ -84,7 +84,7 @@ def check_updates(
         number = version_of_ref(update.ref)
         if number is not None:
             version_updates.append((number, update))
-        elif update.ref.startswith(b"refs/heads/") and check_ref_format(update.ref):
+        elif update.ref.startswith(b"refs/heads/") and check_ref_format(Ref(update.ref)):
             if update.new != ZERO and not isinstance(_get(objects, update.new), Commit):
                 raise PushRefused(f"{update.ref.decode()}: branches must point at commits")
         else:

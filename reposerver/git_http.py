@@ -26,6 +26,8 @@ from dulwich.errors import (
     ObjectFormatException,
 )
 from dulwich.hooks import Hook
+from dulwich.objects import ObjectID
+from dulwich.refs import Ref
 from dulwich.server import DEFAULT_HANDLERS, Backend, ReceivePackHandler
 from dulwich.web import GunzipFilter, HTTPGitApplication
 
@@ -151,9 +153,9 @@ class CheckedReceivePackHandler(ReceivePackHandler):
         refs = self.repo.refs
         try:
             if update.new == ZERO:
-                ok = refs.remove_if_equals(update.ref, update.old)
+                ok = refs.remove_if_equals(Ref(update.ref), ObjectID(update.old))
             else:
-                ok = refs.set_if_equals(update.ref, update.old, update.new)
+                ok = refs.set_if_equals(Ref(update.ref), ObjectID(update.old), ObjectID(update.new))
         except _UNPACK_ERRORS as exc:
             return one_line(f"failed to write: {exc}")
         return b"ok" if ok else b"failed to update ref (changed meanwhile)"
@@ -161,6 +163,6 @@ class CheckedReceivePackHandler(ReceivePackHandler):
 
 def git_application(settings: ServerSettings) -> Any:
     """The dulwich smart-HTTP WSGI application for every repository under the root."""
-    handlers = dict(DEFAULT_HANDLERS)
+    handlers: dict[bytes, Any] = dict(DEFAULT_HANDLERS)
     handlers[b"git-receive-pack"] = CheckedReceivePackHandler
     return GunzipFilter(HTTPGitApplication(RepositoryBackend(settings), handlers=handlers))

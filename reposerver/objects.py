@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from reposerver.errors import IntegrityError, NotFound, PayloadTooLarge
 from reposerver.names import object_id
@@ -117,7 +117,7 @@ class ObjectStore:
 
     def put_stream(
         self,
-        stream: BinaryIO,
+        stream: IO[bytes],
         expected_oid: str | None = None,
         expected_size: int | None = None,
         max_size: int | None = None,

@@ -18,6 +18,7 @@ from typing import Any
 
 from dulwich.index import commit_tree
 from dulwich.objects import Blob, Commit, Tag
+from dulwich.refs import Ref
 
 from reposerver import disks, domain_xml, lfs_pointer
 from reposerver.checks import ZERO, RefUpdate, check_updates
@@ -145,7 +146,7 @@ def publish(
         number = repository.latest() + 1
         if number != previous + 1:
             raise ImmutableVersion(f"v{previous + 1} was published meanwhile; publish again")
-        main = git.refs.as_dict(b"refs/heads").get(b"main")
+        main = git.refs.as_dict(Ref(b"refs/heads")).get(Ref(b"main"))
         commit = Commit()
         commit.tree = tree_id
         commit.parents = [main] if main else []
@@ -166,9 +167,9 @@ def publish(
         git.object_store.add_object(tag)
         update = RefUpdate(version_ref(number), ZERO, tag.id)
         check_updates(repository, [update], resolver=resolver)
-        if not git.refs.add_if_new(version_ref(number), tag.id):
+        if not git.refs.add_if_new(Ref(version_ref(number)), tag.id):
             raise ImmutableVersion(f"v{number} already exists: versions are immutable")
-        git.refs.set_if_equals(MAIN, main, commit.id)
+        git.refs.set_if_equals(Ref(MAIN), main, commit.id)
     announce_refs(repository, [update], public_url=None)
     return PublishResult(number, commit.id.decode(), tag.id.decode(), bool(sign), stored)
 

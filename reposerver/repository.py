@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dulwich.errors import NotGitRepository
 from dulwich.objects import Blob, Commit, Tag, Tree
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from reposerver import lfs_pointer, repo_config, signatures
@@ -101,7 +102,7 @@ class Repository:
             raise BadRequest(f"{path} already exists and is not an empty directory")
         path.mkdir(parents=True, exist_ok=True)
         git = Repo.init_bare(str(path))
-        git.refs.set_symbolic_ref(b"HEAD", b"refs/heads/main")
+        git.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/main"))
         cfg = git.get_config()
         cfg.set((b"receive",), b"fsckObjects", True)
         cfg.set((b"core",), b"logAllRefUpdates", False)
@@ -143,10 +144,10 @@ class Repository:
     def version_tags(self) -> dict[int, bytes]:
         """Version number to tag-object id, for every `refs/tags/vN`."""
         result = {}
-        for ref, sha in self.git.refs.as_dict(b"refs/tags").items():
+        for ref, sha in self.git.refs.as_dict(Ref(b"refs/tags")).items():
             number = version_of_ref(b"refs/tags/" + ref)
             if number is not None:
-                result[number] = sha
+                result[number] = bytes(sha)
         return result
 
     def latest(self) -> int:
@@ -156,7 +157,7 @@ class Repository:
     def tag(self, number: int) -> Tag:
         """The annotated tag object of version `number`."""
         try:
-            sha = self.git.refs[version_ref(number)]
+            sha = self.git.refs[Ref(version_ref(number))]
         except KeyError:
             raise NotFound(
                 f"{self.name}: version {number} does not exist (latest is {self.latest()})"

@@ -38,11 +38,11 @@ def sign_payload(payload: bytes, key: str) -> bytes:
             if result.returncode != 0:
                 raise ToolFailed(f"ssh-keygen could not sign with {key}: {result.stderr.strip()}")
             return (Path(tmp) / "tag.sig").read_bytes()
-    result = subprocess.run(
+    signed = subprocess.run(
         ["gpg", "--batch", "--no-tty", "--armor", "--detach-sign", "-u", key],
         input=payload,
         capture_output=True,
     )
-    if result.returncode != 0:
-        raise ToolFailed(f"gpg could not sign with key {key}: {result.stderr.decode().strip()}")
-    return result.stdout
+    if signed.returncode != 0:
+        raise ToolFailed(f"gpg could not sign with key {key}: {signed.stderr.decode().strip()}")
+    return signed.stdout

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from reposerver import auth, errors
 from reposerver.git_http import git_application, request_base_url
@@ -140,7 +141,8 @@ def repository_index(name: str) -> Response:
 def _immutable(response: Response, etag: str) -> Response:
     response.set_etag(etag)
     response.headers["Cache-Control"] = IMMUTABLE
-    return response.make_conditional(request)
+    response.make_conditional(request)
+    return response
 
 
 def _check_range() -> None:
@@ -183,7 +185,7 @@ def version_file(name: str, version: str, file: str) -> Response:
 
 
 @bp.get("/<name>/latest/<path:file>")
-def latest_file(name: str, file: str) -> Response:
+def latest_file(name: str, file: str) -> WerkzeugResponse:
     """Redirect to the same file of the latest version."""
     repo = _repository(name)
     latest = repo.latest()
