@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NoReturn
 
 import click
 
@@ -16,6 +17,7 @@ from cvl.errors import CvlOverrideError
 from cvl.resolver import DefaultResolver, Resolver
 
 EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
 MASK = "******"
 
 
@@ -51,6 +53,16 @@ def _warn(analysis: cvl.Analysis) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def _fail(file: str, errors: Sequence[cvl.CvlError]) -> NoReturn:
+    """Print every error and a count; exit 3 if an import server was unreachable, else 1."""
+    for error in errors:
+        click.echo(error.render(), err=True)
+    count = len(errors)
+    click.echo(f"{file}: {count} error{'s' if count != 1 else ''}", err=True)
+    unreachable = any(getattr(error, "unreachable", False) for error in errors)
+    raise click.exceptions.Exit(EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
+
+
 _SET_HELP = "Supply or override a parameter, e.g. d.ethernet0.ip=10.0.1.2 (repeatable)."
 
 
@@ -62,11 +74,7 @@ def check_command(file: str, sets: tuple[str, ...]) -> None:
     analysis = _analyse(file, sets)
     _warn(analysis)
     if analysis.errors:
-        for error in analysis.errors:
-            click.echo(error.render(), err=True)
-        count = len(analysis.errors)
-        click.echo(f"{file}: {count} error{'s' if count != 1 else ''}", err=True)
-        raise click.exceptions.Exit(EXIT_FAILED)
+        _fail(file, analysis.errors)
     model = analysis.model
     assert model is not None
     vms, vans = len(model.vms()), len(model.vans())
@@ -87,8 +95,7 @@ def eval_command(file: str, sets: tuple[str, ...], as_json: bool) -> None:
     analysis = _analyse(file, sets)
     _warn(analysis)
     if analysis.errors or analysis.model is None:
-        errors = analysis.errors or [cvl.CvlError("evaluation produced no model", file=file)]
-        raise errors[0] if len(errors) == 1 else cvl.CvlErrors(errors)
+        _fail(file, analysis.errors or [cvl.CvlError("evaluation produced no model", file=file)])
     if as_json:
         click.echo(json.dumps(analysis.model.to_json(), indent=2))
     else:

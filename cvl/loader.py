@@ -241,8 +241,10 @@ class Loader:
             try:
                 self._fetched[key] = self.resolver.fetch(url, cvl, requested, module.base_dir)
             except CvlError as exc:
-                self.diagnostics.add(module.error(type(exc), f"cannot import {name}: {exc.message}",
-                                                  stmt))
+                error = exc.located(module.file, stmt.line, stmt.col,
+                                    module.program.source_line(stmt.line), module.chain)
+                error.message = f"cannot import {name}: {exc.message}"
+                self.diagnostics.add(error)
                 return None
             except Exception as exc:  # noqa: BLE001 - a pluggable resolver's own failure
                 self.diagnostics.add(module.error(

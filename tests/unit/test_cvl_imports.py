@@ -280,6 +280,18 @@ def test_http_errors(server, tmp_path, monkeypatch):
                                      'U extends VMAppliance { vm = "x"; }')
     (error,) = analyse(user).errors
     assert (error.line, error.col) == (1, 1) and "cannot import N" in error.message
+    assert error.render().splitlines()[1].startswith("    import {")
+    dead = write(tmp_path / "d.cvl", f'import {{ url => "http://127.0.0.1:{free_port()}/D",'
+                                     ' cvl => "D.cvl" } D;\nU extends VMAppliance { vm = "x"; }')
+    (error,) = analyse(dead).errors
+    assert isinstance(error, CvlImportError) and error.unreachable
+    from click.testing import CliRunner
+
+    from cui.main import cli
+
+    for command in ("check", "eval"):
+        result = CliRunner().invoke(cli, [command, str(dead)])
+        assert result.exit_code == 3 and "cannot reach" in result.stderr
 
 
 def test_relative_file_import_inside_http_file_is_an_error(tmp_path):
