@@ -166,9 +166,16 @@ def check_tree(
                 f"{name}: {cvl_name} names vm {vm!r}, which is not in the version"
             )
         xml = objects[files[vm_path]].as_raw_string()
-        for disk in domain_xml.program_disks(xml, spec.data_devices, f"{name}:{vm_path}"):
+        for disk in domain_xml.disks(xml, f"{name}:{vm_path}"):
             where = f"{name}:{vm_path}: disk {disk.target}"
             disk_path = _inside(disk.source, posixpath.dirname(vm_path), where)
+            if disk.target in spec.data_devices:
+                if disk_path in files:
+                    raise InvalidAppliance(
+                        f"{where}: {disk.source!r} is a data disk; data disks are never stored "
+                        "in a repository (remove it from the commit)"
+                    )
+                continue
             if disk_path not in files:
                 raise InvalidAppliance(
                     f"{where}: program disk {disk.source!r} is not in the version"

@@ -209,3 +209,70 @@ def test_eight_concurrent_pushers_exactly_one_wins(served, tmp_path: Path) -> No
         for disk in fresh.disks(number):
             assert [c["sha256"] for c in disk["chain"]] == chain(fresh.store, disk["sha256"])
     assert json.loads(requests.get(server.url + "/").text) == [{"name": "DNS", "latest": 2}]
+
+
+def test_data_disk_in_a_push_is_refused(served, tmp_path: Path) -> None:
+    server, repo = served
+    work = clone(server, tmp_path / "work")
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(work / "data.qcow2"), "1M"], check=True
+    )
+    git("add", "data.qcow2", cwd=work)
+    git("commit", "-q", "-m", "with data disk", cwd=work)
+    git("tag", "-a", "v2", "-m", "v2", cwd=work)
+    before = state(server, repo)
+    result = git("push", "origin", "main", "v2", cwd=work, check=False)
+    assert result.returncode != 0 and "data disks are never stored" in result.stderr
+    assert state(server, repo) == before
+
+
+def test_cui_serve_development_server(tmp_path: Path) -> None:
+    """`cui serve` (werkzeug) serves the same app: JSON, clone, and a chunked >1 MiB push."""
+    import sys
+    import time
+
+    from reposerver.auth import token_digest
+    from reposerver.testing import free_port
+
+    root = tmp_path / "root"
+    repo = Repository.create(root / "DNS")
+    publish(repo.path, sample_appliance(tmp_path / "app"))
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps({"users": {"dev": {"token_sha256": token_digest("devtoken")}}}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cui.main",
+            "serve",
+            str(root),
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                assert requests.get(url + "/", timeout=2).json() == [{"name": "DNS", "latest": 1}]
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        work = tmp_path / "work"
+        git("clone", "-q", url + "/DNS.git", str(work))
+        git("config", "lfs.locksverify", "false", cwd=work)
+        (work / "payload.bin").write_bytes(os.urandom(2 << 20))
+        git("add", "payload.bin", cwd=work)
+        git("commit", "-q", "-m", "v2", cwd=work)
+        git("tag", "-a", "v2", "-m", "v2", cwd=work)
+        push_url = f"http://dev:devtoken@127.0.0.1:{port}/DNS.git"
+        git("push", push_url, "main", "v2", cwd=work)
+        assert requests.get(url + "/DNS/").json()["latest"] == 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
