@@ -108,6 +108,7 @@ class GuestChannel:
         self._recent: deque[str] = deque(maxlen=5)
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
+        self._eof = threading.Event()
         self._sock = self._connect(connect_timeout)
         self._reader = threading.Thread(target=self._read_loop, name=f"guest-channel {socket_path}",
                                         daemon=True)
@@ -150,6 +151,7 @@ class GuestChannel:
                     self._received(buf[:200] + b"... (line too long, dropped)")
                     buf = b""
         finally:
+            self._eof.set()
             self._messages.put(_CLOSED)
 
     def _received(self, raw: bytes) -> None:
@@ -164,6 +166,8 @@ class GuestChannel:
 
     def _send_params(self, params: Mapping[str, Sequence[str]]) -> None:
         line = params_line(params)
+        if self._eof.is_set():
+            raise GuestChannelError(f"guest channel {self.socket_path} is closed (did the VM stop?)")
         with self._send_lock:
             try:
                 self._sock.sendall(line)
