@@ -67,7 +67,10 @@ def ensure_data_disk(disk: Disk) -> bool:
 def prepare(vm: Vm) -> None:
     """Make the VM's directory, fresh program overlays, and missing data disks."""
     vm_dir = Path(vm.vm_dir)
-    vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    # traversable but not listable by others: qemu runs as its own user on real hosts and
+    # reaches the disks (libvirt chowns them while the VM runs) and the guest socket by path
+    vm_dir.chmod(0o711)
     for disk in vm.disks:
         if disk.role == "program":
             make_overlay(disk)

@@ -79,7 +79,7 @@ class Action:
         vm = self.vm
         version = (vm.origin or {}).get("version")
         label = f"{vm.type} v{version}" if version else vm.type
-        text = f"{self.symbol} {vm.path} ({label}) on {vm.host}"
+        text = f"{self.symbol} {vm.path or '(root)'} ({label}) on {vm.host}"
         if self.op is Op.UPDATE and self.old is not None:
             old_version = (self.old.origin or {}).get("version")
             text += f" (from v{old_version})" if old_version != version else " (reconfigured)"
