@@ -197,3 +197,28 @@ def test_checks_refuse_unsafe_disk_reference(two_versions, tmp_path: Path) -> No
 
     with pytest.raises(InvalidAppliance, match="not a content-addressed reference"):
         checks._check_disk(repo, Pointer(oid, size).encode(), "v3:dns.xml: disk vda")
+
+
+VAN = """CVL = "0.8";
+import {{ url => "{url}", cvl => "DNS.cvl", version => "{version}" }} DNS;
+Svc extends VANAppliance {{
+  var "required" domain;
+  DNS d;
+  d.domain = domain;
+  vanIF = "d.ethernet0";
+}}
+"""
+
+
+def test_van_importing_a_repository_version_publishes_cvl_only(two_versions, tmp_path) -> None:
+    dns, _ = two_versions
+    van = Repository.create(tmp_path / "root" / "Svc")
+    source = tmp_path / "svc" / "Svc.cvl"
+    source.parent.mkdir()
+    source.write_text(VAN.format(url=dns.path.as_uri(), version="9"))
+    with pytest.raises(InvalidAppliance, match="Svc.cvl does not check"):
+        publish(van.path, source)
+    source.write_text(VAN.format(url=dns.path.as_uri(), version="2"))
+    result = publish(van.path, source)
+    assert result.version == 1 and result.disks == []
+    assert sorted(van.files(1)) == ["Svc.cvl"]
