@@ -32,7 +32,7 @@ from reposerver.objects import ObjectStore
 HOOKS = {"pre-receive": "hooks.pre_receive", "post-receive": "hooks.post_receive"}
 LOCK_FILE = "collective.lock"
 
-_signature_memo: dict[tuple[str, bytes], signatures.SignatureStatus] = {}
+_signature_memo: dict[tuple[str, bytes, str], signatures.SignatureStatus] = {}
 
 
 @dataclass(frozen=True)
@@ -198,10 +198,23 @@ class Repository:
     def signature(self, number: int) -> signatures.SignatureStatus:
         """Signature status of version `number`, verified against the trusted keys (memoised)."""
         tag = self.tag(number)
-        key = (str(self.path), tag.id)
+        key = (str(self.path), tag.id, self._trust_stamp())
         if key not in _signature_memo:
             _signature_memo[key] = signatures.verify(self.path, tag.as_raw_string())
         return _signature_memo[key]
+
+    def _trust_stamp(self) -> str:
+        """Changes whenever the trusted keys change, so memoised verdicts are not stale."""
+        parts = []
+        for path in (
+            repo_config.gpg_key_dir(self.path),
+            repo_config.allowed_signers_file(self.path),
+        ):
+            try:
+                parts.append(str(path.stat().st_mtime_ns))
+            except FileNotFoundError:
+                parts.append("-")
+        return ":".join(parts)
 
     def version(self, number: int) -> VersionInfo:
         """Everything the index says about version `number`."""

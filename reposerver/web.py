@@ -230,7 +230,8 @@ def lfs_batch(name: str) -> Response:
     operation, objects = _lfs_objects(request.get_json(silent=True, force=True))
     if operation == "upload":
         _require(write=True)
-    href = f"{request.host_url.rstrip('/')}/{repo.name}.git/info/lfs/objects/"
+    base = settings().public_url or request.host_url
+    href = f"{base.rstrip('/')}/{repo.name}.git/info/lfs/objects/"
     header = (
         {"Authorization": request.headers["Authorization"]}
         if "Authorization" in request.headers
