@@ -106,6 +106,8 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
         json.loads(line)
         for line in (repo.path / "logs" / "deliveries.log").read_text().splitlines()
     ]
-    assert any(r["url"] == dead and r["delivered"] is False for r in log)
+    dead_attempts = [r for r in log if r["url"] == dead]
+    assert [r["attempt"] for r in dead_attempts] == [1, 2, 3], "retried per delivery_delays"
+    assert not any(r["delivered"] for r in dead_attempts)
     assert sum(1 for r in log if r["url"] == receiver.url and r["delivered"]) == 2
     receiver.server.shutdown()

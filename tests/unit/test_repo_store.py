@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from reposerver import repo_config
 from reposerver.disks import read_header
 from reposerver.errors import BadRequest, IntegrityError, NotFound, PayloadTooLarge
+from reposerver.events import signature
 from reposerver.objects import ObjectStore, backing_reference
+from reposerver.repo_config import Subscriber
 from reposerver.settings import load_settings
 from reposerver.signatures import split_signature
 
@@ -106,3 +112,34 @@ def test_settings_validation(tmp_path: Path) -> None:
         load_settings({"root": str(tmp_path), "users": {"a": {"token": "clear"}}})
     cfg = load_settings({"root": str(tmp_path), "users": {"a": {"token_sha256": "A" * 64}}})
     assert cfg.users == {"a": "a" * 64} and not cfg.read_protected
+
+
+@given(st.binary(min_size=0, max_size=600))
+def test_header_parser_on_arbitrary_qcow2_bytes(tmp_path_factory, data: bytes) -> None:
+    image = tmp_path_factory.mktemp("h") / "img"
+    image.write_bytes(b"QFI\xfb" + data)
+    try:
+        header = read_header(image)
+    except IntegrityError:
+        return
+    assert header.format == "qcow2"
+    assert header.parent is None or len(header.parent) == 64
+
+
+def test_event_signature_and_subscriber_secrets(monkeypatch) -> None:
+    body = b'{"version": 1}'
+    assert signature(body, b"k") == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    monkeypatch.setenv("HOOK_SECRET", "from-env")
+    assert Subscriber("http://x", secret_env="HOOK_SECRET").resolve_secret() == b"from-env"
+    monkeypatch.delenv("HOOK_SECRET")
+    with pytest.raises(BadRequest, match="HOOK_SECRET unset"):
+        Subscriber("http://x", secret_env="HOOK_SECRET").resolve_secret()
+
+
+def test_repo_config_errors_say_where(tmp_path: Path) -> None:
+    (tmp_path / "collective.json").write_text('{"subscribers": [{"nourl": 1}]}')
+    with pytest.raises(BadRequest, match=r"subscribers\[0\] needs a 'url'"):
+        repo_config.load(tmp_path)
+    (tmp_path / "collective.json").write_text("{broken")
+    with pytest.raises(BadRequest, match=r"collective.json:1:2: invalid JSON"):
+        repo_config.load(tmp_path)
