@@ -6,6 +6,7 @@
     cui vlan add 100-163 | cui publicip add A-B
     cui blacklist add URL VERSION|all | list | remove | violations
     cui start FILE.cvl | cui stop FILE.cvl [COMP] | cui status [FILE.cvl] [--json]
+    cui update FILE.cvl [COMP] [--dry-run] [--json]
     cui agent set KEY --cvl FILE.cvl | agent list | agent forget KEY --cvl FILE.cvl
 
 Every client command takes `--utility URL` (default `$COLLECTIVE_UTILITY`, else the local
@@ -293,6 +294,37 @@ def stop_command(file: str, component: str | None, timeout: float | None, as_jso
     emit(result, as_json, lambda r: click.echo(f"stopped {', '.join(r['stopped'])}"))
 
 
+@click.command("update")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("component", required=False)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def update_command(file: str, component: str | None, dry_run: bool, as_json: bool,
+                   client: UtilityClient) -> None:
+    """Update a running appliance to what FILE.cvl now says (only COMPONENT if given).
+
+    The plan is printed first: + start, - remove (data to the attic), ~ new version,
+    ↻ resend changed parameters (sensitive values never shown).
+    """
+    path = Path(file).resolve()
+    result = client.update(str(path), component, dry_run, _secrets_for(path))
+
+    def render(r: dict[str, Any]) -> None:
+        if not r["lines"]:
+            click.echo("nothing to do: the appliance already matches its CVL")
+            return
+        click.echo("plan:" if r["applied"] else "plan (dry run, nothing changed):")
+        for line in r["lines"]:
+            click.echo(f"  {line}")
+        if r["applied"]:
+            click.echo("update failed: " + r["error"] if r["error"] else "applied")
+
+    emit(result, as_json, render)
+    if result.get("error"):
+        raise SystemExit(1)
+
+
 def _render_status(vaps: list[dict[str, Any]]) -> None:
     for vap in vaps:
         click.echo(f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
@@ -364,5 +396,5 @@ def agent_forget(key: str, cvl_file: str) -> None:
 def register(cli: click.Group) -> None:
     """Attach the utility's commands to `cui`."""
     for command in (utility_group, host_group, vlan_group, publicip_group, blacklist_group,
-                    start_command, stop_command, status_command, agent_group):
+                    start_command, stop_command, update_command, status_command, agent_group):
         cli.add_command(command)

@@ -142,6 +142,8 @@ def assign(
     taken_macs: Iterable[str],
     base: str = "10.0.0.0/8",
     rng: random.Random | None = None,
+    keep: Addressing | None = None,
+    taken_ips: Iterable[str] = (),
 ) -> Addressing:
     """Assign VLANs, IPs and MACs to every VAN and interface of `model`.
 
@@ -152,48 +154,63 @@ def assign(
         taken_macs: MACs any running VAP holds.
         base: the /8 the VAN subnets come from.
         rng: source of MAC randomness (tests pass a seeded one).
+        keep: what the VAP holds already (an update): VANs keep their VLAN and interfaces
+            still on the same segment keep MAC and IP; only what is new is allocated.
+        taken_ips: IPs still held (an update's removed interfaces until it is applied).
 
     Raises:
         PoolExhausted: not enough VLANs, public IPs, or addresses in one VAN's /24.
     """
     rng = rng or random.SystemRandom()
+    kept_vlans = dict(keep.vlans) if keep else {}
     vans = [c.path for c in model.vans()]
-    if len(vans) > len(free_vlans):
+    new_vans = [v for v in vans if v not in kept_vlans]
+    if len(new_vans) > len(free_vlans):
         raise PoolExhausted(
-            f"VLAN pool exhausted: {len(vans)} VAN(s) need a VLAN, {len(free_vlans)} free "
+            f"VLAN pool exhausted: {len(new_vans)} VAN(s) need a VLAN, {len(free_vlans)} free "
             "(add more with `cui vlan add`)"
         )
-    vlans = dict(zip(vans, free_vlans, strict=False))
+    vlans = {v: kept_vlans[v] for v in vans if v in kept_vlans}
+    vlans.update(zip(new_vans, free_vlans, strict=False))
     subnets = {van: subnet_for_vlan(vlan, base) for van, vlan in vlans.items()}
-    next_host = {van: 2 for van in vans}
     public = list(free_public_ips)
     macs = set(taken_macs)
     result: dict[str, InterfaceAddress] = {}
+    pending: list[tuple[str, str]] = []
     for vm in model.vms():
         for iface in model.interfaces(vm.path):
             segment = segment_of(model, iface.path)
-            if segment == PUBLIC:
-                if not public:
-                    raise PoolExhausted(
-                        f"public IP pool exhausted: {iface.path} leaves the VAP and needs one "
-                        "(add more with `cui publicip add`)"
-                    )
-                ip = ipaddress.IPv4Address(public.pop(0))
-                network = ipaddress.IPv4Network(f"{ip}/24", strict=False)
+            old = keep.interfaces.get(iface.path) if keep else None
+            if old is not None and old.segment == segment:
+                result[iface.path] = old
             else:
-                network = subnets[segment]
-                if next_host[segment] > 254:
-                    raise PoolExhausted(f"VAN {segment or '(root)'}: more than 253 interfaces")
-                ip = network.network_address + next_host[segment]
-                next_host[segment] += 1
-            result[iface.path] = InterfaceAddress(
-                path=iface.path,
-                segment=segment,
-                mac=new_mac(rng, macs),
-                ip=str(ip),
-                subnet=str(network.network_address),
-                netmask=NETMASK,
-            )
+                pending.append((iface.path, segment))
+    held = set(taken_ips)
+    used = {seg: {a.ip for a in result.values() if a.segment == seg} | held for seg in vans}
+    for path, segment in pending:
+        if segment == PUBLIC:
+            if not public:
+                raise PoolExhausted(
+                    f"public IP pool exhausted: {path} leaves the VAP and needs one "
+                    "(add more with `cui publicip add`)"
+                )
+            ip = ipaddress.IPv4Address(public.pop(0))
+            network = ipaddress.IPv4Network(f"{ip}/24", strict=False)
+        else:
+            network = subnets[segment]
+            free = (network.network_address + n for n in range(2, 255))
+            ip = next((a for a in free if str(a) not in used[segment]), None)  # type: ignore[assignment]
+            if ip is None:
+                raise PoolExhausted(f"VAN {segment or '(root)'}: more than 253 interfaces")
+            used[segment].add(str(ip))
+        result[path] = InterfaceAddress(
+            path=path,
+            segment=segment,
+            mac=new_mac(rng, macs),
+            ip=str(ip),
+            subnet=str(network.network_address),
+            netmask=NETMASK,
+        )
     return Addressing(vlans=vlans, interfaces=result)
 
 

@@ -171,6 +171,15 @@ def create_app(manager: ClusterManager, *, require_token: bool = True) -> Flask:
         return jsonify(manager.stop(caller(), field(data, "cvl"), data.get("component"),
                                     timeout))
 
+    @app.post("/v1/vaps/update")
+    def update() -> Any:
+        data = body()
+        secrets = data.get("secrets") or {}
+        if not isinstance(secrets, dict):
+            raise UtilityError("field 'secrets' must map parameter keys to strings")
+        return jsonify(manager.update(caller(), field(data, "cvl"), data.get("component"),
+                                      dry_run=bool(data.get("dry_run")), secrets=secrets))
+
     @app.get("/v1/vaps")
     def status() -> Any:
         return jsonify(manager.status(caller(), request.args.get("cvl")))

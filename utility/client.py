@@ -153,6 +153,11 @@ class UtilityClient:
         return self.request("POST", "/v1/vaps/stop",
                             {"cvl": cvl, "component": component, "timeout": timeout})
 
+    def update(self, cvl: str, component: str | None = None, dry_run: bool = False,
+               secrets: dict[str, str] | None = None) -> Any:
+        return self.request("POST", "/v1/vaps/update", {
+            "cvl": cvl, "component": component, "dry_run": dry_run, "secrets": secrets or {}})
+
     def status(self, cvl: str | None = None) -> Any:
         query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
         return self.request("GET", f"/v1/vaps{query}")

@@ -14,6 +14,7 @@ whatever of it exists, and releases its allocations.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import sqlite3
 import threading
 import time
@@ -40,7 +41,7 @@ from utility.executor import Executor, Timeouts
 from utility.libvirt_host import HostPool, LibvirtHost, probe_default_uri
 from utility.model_view import ModelView
 from utility.placement import HostRoom, place
-from utility.planner import Action, Op, start_plan, stop_plan
+from utility.planner import Action, Op, diff, start_plan, stop_plan
 from utility.sizes import format_size
 from utility.state import ACTIVE, HostRow, Store, VapRow
 
@@ -269,9 +270,13 @@ class ClusterManager:
 
     def _allocate(
         self, db: sqlite3.Connection, model: ModelView, prepared: Mapping[str, Prepared],
-        vap_id: int | None,
+        vap_id: int | None, keep: addresses.Addressing | None = None,
     ) -> tuple[dict[str, str], addresses.Addressing, list[str]]:
-        """Placement and addresses; with a `vap_id`, reserve them in `db` too."""
+        """Placement of `prepared` and addresses of `model`; with a `vap_id`, reserve them too.
+
+        With `keep` (an update) only VMs in `prepared` are placed and only what `keep` lacks is
+        allocated (see `_reserve`).
+        """
         problems: list[str] = []
         usage = self.store.usage(db)
         rooms = [HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
@@ -287,19 +292,35 @@ class ClusterManager:
             "SELECT ip FROM public_ips WHERE vap_id IS NULL ORDER BY ip")]
         free_ips.sort(key=lambda ip: tuple(int(p) for p in ip.split(".")))
         macs = [r[0] for r in db.execute("SELECT address FROM addresses WHERE kind='mac'")]
+        ips = [r[0] for r in db.execute("SELECT address FROM addresses WHERE kind='ip'")]
         addressing = addresses.Addressing({}, {})
         try:
             addressing = addresses.assign(model, free_vlans, free_ips, macs,
-                                          self.settings.address_base)
+                                          self.settings.address_base, keep=keep, taken_ips=ips)
         except PoolExhausted as exc:
             problems.append(str(exc))
         if vap_id is None or problems:
             return placement, addressing, problems
+        self._reserve(db, vap_id, placement, addressing, prepared, keep)
+        return placement, addressing, []
+
+    def _reserve(
+        self, db: sqlite3.Connection, vap_id: int, placement: Mapping[str, str],
+        addressing: addresses.Addressing, prepared: Mapping[str, Prepared],
+        keep: addresses.Addressing | None,
+    ) -> None:
+        """Record a VAP's allocations in `db`; what `keep` holds is already recorded."""
+        kept_vlans = set(keep.vlans.values()) if keep else set()
+        kept_ifaces = set(keep.interfaces.values()) if keep else set()
         for segment, vlan in addressing.vlans.items():
+            if vlan in kept_vlans:
+                continue
             _claim(db.execute(
                 "UPDATE vlans SET vap_id=?, segment=? WHERE vlan=? AND vap_id IS NULL",
                 (vap_id, segment, vlan)), f"VLAN {vlan}")
         for iface in addressing.interfaces.values():
+            if iface in kept_ifaces:
+                continue
             for address, kind in ((iface.mac, "mac"), (iface.ip, "ip")):
                 db.execute("INSERT INTO addresses VALUES (?,?,?,?)",
                            (address, kind, vap_id, iface.path))
@@ -313,7 +334,6 @@ class ClusterManager:
                        (vap_id, vm_path, host,
                         f"{self.settings.prefix}-{vap_id}-{vm_path or 'root'}",
                         prepared[vm_path].spec.memory))
-        return placement, addressing, []
 
     def _fetch_bases(self, prepared: Mapping[str, Prepared]) -> dict[tuple[str, str], str]:
         """Local paths of each program disk's top image and of direct-boot kernels."""
@@ -330,7 +350,7 @@ class ClusterManager:
                     bases[(vm_path, f"os:{key}")] = str(prep.files.local_path(name, self.cache_dir))
         return bases
 
-    def _executor(self, vap_id: int) -> Executor:
+    def _executor(self, vap_id: int, attic: Path | None = None) -> Executor:
         def report(action: Action, phase: str) -> None:
             if action.vm is None:
                 return
@@ -344,7 +364,7 @@ class ClusterManager:
                 self.store.set_vm(vap_id, action.vm.path, "stopped")
 
         return Executor(self.host, vap_id, self.timeouts,
-                        self.state_dir / "attic", report=report)
+                        attic or self.state_dir / "attic", report=report)
 
     def _roll_back(self, vap_id: int, error: str) -> list[str]:
         """Stop whatever of a VAP exists, release its allocations, mark it failed."""
@@ -421,6 +441,105 @@ class ClusterManager:
                              f"{caller.name} stopped {component or 'all'} of {path}")
             problems = ([outcome.error] if outcome.error else []) + outcome.notes
             return {"stopped": sorted(gone), "warnings": warnings, "problems": problems}
+
+    # -- update (issue 5: the diff between two states) -----------------------------------------
+
+    def update(
+        self, caller: Caller, cvl_path: str, component: str | None = None, *,
+        dry_run: bool = False, secrets: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Re-evaluate a running VAP's CVL, diff against what runs, print and apply the plan.
+
+        Existing components keep their host, MACs, IPs and VLANs; new ones are allocated like a
+        start; removed ones are stopped and their directory moved to `<CVL dir>/.attic/`.
+        Dependents are not restarted when a provider is updated (no cascade): a provider's
+        update is a short outage they must tolerate, and a dependent whose own parameters change
+        gets them resent (after the provider is back). `dry_run` changes nothing.
+
+        Returns:
+            {"plan": [...], "lines": [...], "applied": bool, "error": str | None}
+        """
+        path = Path(cvl_path).resolve()
+        secrets = dict(secrets or {})
+        with self._lock_for(str(path)):
+            vap = self._active(caller, str(path))
+            current = vap.state
+            if current is None:
+                raise NotFound(f"{path} has no recorded state")
+            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets)
+            if checked is None:
+                raise CheckFailed(problems)
+            model = checked
+            prepared, more = allocation.prepare(model, path.parent)
+            problems += more + allocation.static_problems(model, self.store.blacklist())
+            keep = _addressing_of(current)
+            recorded = {row.path for row in self.store.vms(vap.id)}
+            fresh = {p: prep for p, prep in prepared.items()
+                     if current.vm(p) is None and p not in recorded}
+            with self._alloc_lock, self.store.transaction() as db:
+                placed, addressing, more = self._allocate(db, model, fresh, None, keep)
+                problems += more
+                if problems:
+                    raise CheckFailed(problems)
+                placement = {**{vm.path: vm.host for vm in current.vms if vm.path in prepared},
+                             **placed}
+                # VMs stopped on request (not in the current state) keep their host too
+                for row in self.store.vms(vap.id):
+                    placement.setdefault(row.path, row.host)
+                bases = self._fetch_bases(prepared)
+                names = allocation.component_names(model)
+                overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
+                final = cvl_adapter.evaluate(path, overrides)
+                desired = allocation.build_state(
+                    vap_id=vap.id, cvl_path=path, model=final, prepared=prepared,
+                    addressing=addressing, placement=placement, bases=bases, secrets=secrets,
+                    settings=self.settings, run_dir=self.run_dir)
+                if component:
+                    desired = _merge(current, desired, component)
+                plan = diff(current, desired, vanished=Op.REMOVE)
+                if dry_run or not plan:
+                    return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False,
+                            "error": None}
+                self._reserve(db, vap.id, placed, addressing, fresh, keep)
+                self.store.set_vap(vap.id, status="updating", db=db)
+            outcome = self._executor(vap.id, path.parent / ".attic").run(plan)
+            after = _state_after(current, desired, plan, set(outcome.done))
+            removed = {a.vm.path for a in plan.actions
+                       if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done}
+            self._settle(vap.id, after, {vm.path for vm in desired.vms} - removed, removed)
+            self.store.set_vap(vap.id, status="running", state=after, error=outcome.error)
+            self.store.event(vap.id, "update",
+                             f"{caller.name}: " + "; ".join(plan.lines())
+                             + (f" -- failed: {outcome.error}" if outcome.error else ""))
+            return {"plan": plan.to_json(), "lines": plan.lines(), "applied": True,
+                    "error": outcome.error}
+
+    def _settle(self, vap_id: int, state: VapState, members: set[str],
+                removed: set[str]) -> None:
+        """Release what a VAP no longer uses after an update; drop removed VMs' records.
+
+        `members` are the VMs the CVL still has (running or stopped on request); addresses of
+        any other VM, VLANs of VANs no interface uses, and removed VMs' records are released.
+        """
+        with self.store.transaction() as db:
+            stopped = {r[0] for r in db.execute(
+                "SELECT path FROM vms WHERE vap_id=? AND state='stopped'", (vap_id,))}
+            keep = (members | stopped) - removed
+            for address, iface in db.execute("SELECT address, path FROM addresses WHERE vap_id=?",
+                                             (vap_id,)).fetchall():
+                if iface.rpartition(".")[0] not in keep:
+                    db.execute("DELETE FROM addresses WHERE address=?", (address,))
+                    db.execute("UPDATE public_ips SET vap_id=NULL, iface=NULL WHERE ip=?",
+                               (address,))
+            used_vlans = set(state.vlans.values())
+            for (vlan,) in db.execute("SELECT vlan FROM vlans WHERE vap_id=?",
+                                      (vap_id,)).fetchall():
+                if vlan not in used_vlans:
+                    db.execute("UPDATE vlans SET vap_id=NULL, segment=NULL WHERE vlan=?", (vlan,))
+            for (vm_path,) in db.execute("SELECT path FROM vms WHERE vap_id=?",
+                                         (vap_id,)).fetchall():
+                if vm_path not in keep:
+                    db.execute("DELETE FROM vms WHERE vap_id=? AND path=?", (vap_id, vm_path))
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -556,6 +675,60 @@ def _same_versions(first: ModelView, second: ModelView) -> None:
                             if a.get(u) != b.get(u))
         raise UtilityError(f"a repository published a new version during the start ({changed}); "
                            "start again")
+
+
+def _addressing_of(state: VapState) -> addresses.Addressing:
+    """The addresses a running VAP holds, in the form `addresses.assign(keep=...)` takes."""
+    interfaces = {}
+    for vm in state.vms:
+        for i in vm.interfaces:
+            path = f"{vm.path}.{i.name}" if vm.path else i.name
+            net = ipaddress.IPv4Network(f"{i.ip}/{i.netmask}", strict=False)
+            interfaces[path] = addresses.InterfaceAddress(
+                path=path, segment=i.segment, mac=i.mac, ip=i.ip,
+                subnet=str(net.network_address), netmask=i.netmask)
+    return addresses.Addressing(vlans=dict(state.vlans), interfaces=interfaces)
+
+
+def _merge(current: VapState, desired: VapState, component: str) -> VapState:
+    """`desired` for the VMs at or under `component`, `current` for every other VM."""
+    def inside(p: str) -> bool:
+        return p == component or p.startswith(component + ".")
+
+    vms = [vm for vm in current.vms if not inside(vm.path)]
+    vms += [vm for vm in desired.vms if inside(vm.path)]
+    if not any(inside(vm.path) for vm in [*current.vms, *desired.vms]):
+        raise NotFound(f"no component {component!r} in {current.cvl_path}")
+    return _with_networks(dataclasses.replace(current, vms=tuple(sorted(vms, key=_path_key))),
+                          [*current.networks, *desired.networks])
+
+
+def _path_key(vm: Any) -> str:
+    return str(vm.path)
+
+
+def _with_networks(state: VapState, candidates: list[Any]) -> VapState:
+    """`state` with exactly the networks its VMs use, taken from `candidates`."""
+    used = {(i.network, vm.host) for vm in state.vms for i in vm.interfaces}
+    nets = {(n.name, n.host): n for n in candidates if (n.name, n.host) in used}
+    return dataclasses.replace(state, networks=tuple(nets[k] for k in sorted(nets)))
+
+
+def _state_after(current: VapState, desired: VapState, plan: Any, done: set[str]) -> VapState:
+    """What runs after a (possibly partly failed) plan: current, changed by completed actions."""
+    vms = {vm.path: vm for vm in current.vms}
+    for action in plan.actions:
+        if action.vm is None or action.key not in done:
+            continue
+        if action.op in (Op.START, Op.UPDATE, Op.RESEND):
+            vms[action.vm.path] = action.vm
+        elif action.op in (Op.STOP, Op.REMOVE):
+            vms.pop(action.vm.path, None)
+    segments = {i.segment for vm in vms.values() for i in vm.interfaces}
+    vlans = {seg: tag for seg, tag in {**dict(current.vlans), **dict(desired.vlans)}.items()
+             if seg in segments or seg in desired.vlans}
+    base = dataclasses.replace(desired, vms=tuple(vms[p] for p in sorted(vms)), vlans=vlans)
+    return _with_networks(base, [*current.networks, *desired.networks])
 
 
 def describe_host(row: HostRow) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +26,44 @@ def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None) -> Mode
 
     model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(), overrides=dict(overrides or {}))
     return ModelView.from_json(model.to_json())
+
+
+_MISSING = re.compile(r"required parameter (\S+) has no value")
+PLACEHOLDER = "<missing>"
+
+
+def evaluate_for_checks(
+    cvl_path: Path, overrides: Mapping[str, str] | None = None
+) -> tuple[ModelView | None, list[str]]:
+    """Evaluate for the pre-start checks: the model and the CVL problems, all of them.
+
+    When the only CVL errors are required parameters without a value, the file is evaluated
+    again with a placeholder for each, so the other checks (requires, blacklist, placement) can
+    still run and every problem is reported together. Any other CVL error leaves no model.
+    """
+    import cvl
+    from cvl.errors import CvlMissingError
+
+    analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver(),
+                                overrides=dict(overrides or {}))
+    if analysis.model is not None:
+        return ModelView.from_json(analysis.model.to_json()), []
+    problems = [_render(e) for e in analysis.errors]
+    missing = [e for e in analysis.errors if isinstance(e, CvlMissingError)]
+    if len(missing) != len(analysis.errors):
+        return None, problems
+    keys = {m.group(1) for e in missing if (m := _MISSING.search(str(e)))}
+    if len(keys) != len(missing):
+        return None, problems
+    filled = {**dict(overrides or {}), **dict.fromkeys(keys, PLACEHOLDER)}
+    again = cvl.analyse_file(str(cvl_path), resolver=_resolver(), overrides=filled)
+    model = ModelView.from_json(again.model.to_json()) if again.model is not None else None
+    return model, problems
+
+
+def _render(error: object) -> str:
+    text = error.render() if hasattr(error, "render") else str(error)  # type: ignore[attr-defined]
+    return str(text).splitlines()[0]
 
 
 def check(cvl_path: Path, overrides: Mapping[str, str] | None = None) -> list[str]:

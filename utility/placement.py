@@ -111,7 +111,7 @@ def _refusal(
         return "no host registered to place " + ", ".join(d.path for d in misfits)
     open_hosts = [n for n in free if slots[n] > 0]
     if open_hosts:
-        best = max(open_hosts, key=lambda n: (free[n], n))
+        best = min(open_hosts, key=lambda n: (-free[n], n))
         room = f"the most free memory is {format_size(max(free[best], 0))} on host {best}"
     else:
         room = "every host runs its maximum number of VMs"

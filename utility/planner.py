@@ -202,7 +202,9 @@ def diff(
         needs += [vm_key(p) for p in vm.needs if p in booting]
         actions.append(_with_needs(action, needs))
     for path in sorted(p for p, a in ops.items() if a.op is Op.RESEND):
-        actions.append(ops[path])
+        # new parameters may point at a provider being (re)started: resend after it is ready
+        actions.append(_with_needs(ops[path], [vm_key(p) for p in want[path].needs
+                                               if p in booting]))
     for path in _halt_order(now, halting):
         dependents = [vm_key(p) for p, vm in now.items() if path in vm.needs and p in halting]
         actions.append(_with_needs(ops[path], dependents))

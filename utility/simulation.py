@@ -17,7 +17,7 @@ from utility.xml_nodes import el, render
 VM_FILES = {"DNS": "dns.vmx", "OpenLDAP": "ldap.vmx", "Firewall": "fw.vmx"}
 
 
-def test_host_uri(directory: Path, name: str, memory_mib: int = 4096, cpus: int = 2) -> str:
+def simulated_host_uri(directory: Path, name: str, memory_mib: int = 4096, cpus: int = 2) -> str:
     """Write a test-driver node description and return its private-instance URI."""
     node = el("node", {}, [
         el("cpu", {}, [el("nodes", text=1), el("sockets", text=1), el("cores", text=cpus),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flask.testing import FlaskClient
 
 from tests.conftest import REPO_ROOT
 from utility.api import create_app

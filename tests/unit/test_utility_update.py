@@ -1,0 +1,124 @@
+"""`update` is the diff between the running state and the re-evaluated CVL (issue 5's planner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from utility.cluster import Caller, ClusterManager
+from utility.errors import NotFound
+from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+
+ADMIN = Caller("root", "admin")
+APPS = {  # name: CVL body
+    "DNS": 'var "required" domain; provides = "DNS";',
+    "DNS2": 'var "required" domain; provides = "DNS";',
+    "LDAP": 'var "required" domain; var motd; requires = "DNS";',
+    "Web": "",
+    "Mail": 'requires = "DNS";',
+}
+
+
+def write_apps(root: Path) -> None:
+    for name, body in APPS.items():
+        d = root / name
+        d.mkdir(parents=True)
+        base_image(d / "system.qcow2")
+        (d / "x.vmx").write_text(publisher_domain_xml(name.lower(), 64))
+        kind = "DNS" if name == "DNS2" else name
+        (d / f"{kind}.cvl").write_text(
+            f'{kind} extends VMAppliance {{ {body} vm = "x.vmx"; '
+            'datadisks = { device => "vdb", size => "1mb" }; }\n')
+
+
+def office(dns_dir: str = "DNS", motd: str = "hello", with_web: bool = True,
+           with_mail: bool = False) -> str:
+    imports = [f'import {{ url => "file:{dns_dir}", cvl => "DNS.cvl" }} DNS;',
+               'import { url => "file:LDAP", cvl => "LDAP.cvl" } LDAP;',
+               'import { url => "file:Web", cvl => "Web.cvl" } Web;',
+               'import { url => "file:Mail", cvl => "Mail.cvl" } Mail;']
+    parts = ["DNS d;", "LDAP l;", 'd.domain = "acme.org";', 'l.domain = "acme.org";',
+             f'l.motd = "{motd}";', 'vanIF = "d.ethernet0";']
+    if with_web:
+        parts.append("Web w;")
+    if with_mail:
+        parts.append("Mail m;")
+    return "\n".join(imports) + "\nOffice extends VANAppliance {\n  " + "\n  ".join(parts) + "\n}\n"
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    write_apps(tmp_path / "vap")
+    cvl = tmp_path / "vap" / "Office.cvl"
+    cvl.write_text(office())
+    manager = ClusterManager(tmp_path / "state")
+    manager.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "h1"), 2 << 30, 16)
+    manager.add_vlans(ADMIN, "100-101")
+    manager.add_public_ips(ADMIN, "192.0.2.1-192.0.2.4")
+    manager.start(ADMIN, str(cvl))
+    yield manager, cvl
+    manager.close()
+
+
+def domain_ids(manager: ClusterManager) -> dict[str, int]:
+    conn = manager.host("h1").connection()
+    return {d.name(): d.ID() for d in conn.listAllDomains()}
+
+
+def test_nothing_changed_means_an_empty_plan(setup) -> None:  # type: ignore[no-untyped-def]
+    manager, cvl = setup
+    assert manager.update(ADMIN, str(cvl), dry_run=True)["lines"] == []
+    assert manager.update(ADMIN, str(cvl))["applied"] is False
+
+
+def test_dry_run_shows_exactly_the_four_actions_and_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+    manager, cvl = setup
+    before = (domain_ids(manager), manager.store.all_addresses(),
+              manager.status(ADMIN, str(cvl)))
+    cvl.write_text(office(dns_dir="DNS2", motd="welcome", with_web=False, with_mail=True))
+    result = manager.update(ADMIN, str(cvl), dry_run=True)
+    symbols = sorted((a["symbol"], a["path"], tuple(a["changed"])) for a in result["plan"])
+    assert symbols == [("+", "m", ()), ("-", "w", ()), ("~", "d", ()), ("↻", "l", ("motd",))]
+    assert result["applied"] is False
+    after = (domain_ids(manager), manager.store.all_addresses(), manager.status(ADMIN, str(cvl)))
+    assert after[:2] == before[:2]
+    assert [c["state"] for c in after[2][0]["components"]] == ["running"] * 3
+
+
+def test_applying_touches_only_the_affected_vms_and_keeps_data(setup) -> None:  # type: ignore[no-untyped-def]
+    manager, cvl = setup
+    ids = domain_ids(manager)
+    status = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
+    data = cvl.parent / "d" / "data-vdb.qcow2"
+    data_bytes = data.read_bytes()
+    cvl.write_text(office(dns_dir="DNS2", motd="welcome", with_web=False, with_mail=True))
+    result = manager.update(ADMIN, str(cvl))
+    assert result["applied"] and result["error"] is None
+    after = domain_ids(manager)
+    assert after["col-1-l"] == ids["col-1-l"]  # resent, not restarted
+    assert after["col-1-d"] != ids["col-1-d"]  # new version: restarted
+    assert "col-1-w" not in after and "col-1-m" in after
+    assert data.read_bytes() == data_bytes
+    attic = list((cvl.parent / ".attic").iterdir())
+    assert len(attic) == 1 and attic[0].name.startswith("w-")
+    assert (attic[0] / "data-vdb.qcow2").is_file() and not (cvl.parent / "w").exists()
+    now = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
+    assert now["l"]["interfaces"] == status["l"]["interfaces"]  # addresses are kept
+    assert now["d"]["interfaces"] == status["d"]["interfaces"]
+    assert now["d"]["repository"].endswith("/DNS2") and now["l"]["params"]["motd"] == ["welcome"]
+    held = manager.store.all_addresses()
+    assert {p for _, _, _, p in held} == {"d.ethernet0", "l.ethernet0", "m.ethernet0"}
+    assert len({a for a, *_ in held}) == len(held) == 6
+    assert manager.update(ADMIN, str(cvl), dry_run=True)["lines"] == []  # converged
+    manager.stop(ADMIN, str(cvl))
+    assert manager.store.all_addresses() == [] and domain_ids(manager) == {}
+
+
+def test_update_of_one_component_leaves_the_others_alone(setup) -> None:  # type: ignore[no-untyped-def]
+    manager, cvl = setup
+    cvl.write_text(office(dns_dir="DNS2", motd="welcome"))
+    result = manager.update(ADMIN, str(cvl), "l", dry_run=True)
+    assert [(a["symbol"], a["path"]) for a in result["plan"]] == [("↻", "l")]
+    with pytest.raises(NotFound, match="no component 'zz'"):
+        manager.update(ADMIN, str(cvl), "zz", dry_run=True)
