@@ -142,30 +142,32 @@ def publish(
         entries.append((name.encode(), blob.id, 0o100644))
     tree_id = commit_tree(git.object_store, entries)
     now = int(time.time())
+    number = previous + 1
+    text = (message or f"Version {number}").rstrip("\n").encode() + b"\n"
+    main = git.refs.as_dict(Ref(b"refs/heads")).get(Ref(b"main"))
+    commit = Commit()
+    commit.tree = tree_id
+    commit.parents = [main] if main else []
+    commit.author = commit.committer = _identity()
+    commit.author_time = commit.commit_time = now
+    commit.author_timezone = commit.commit_timezone = 0
+    commit.message = text
+    git.object_store.add_object(commit)
+    tag = Tag()
+    tag.object = (Commit, commit.id)
+    tag.name = f"v{number}".encode()
+    tag.tagger = _identity()
+    tag.tag_time = now
+    tag.tag_timezone = 0
+    tag.message = text
+    if sign:
+        # Signing may wait for a passphrase, so it happens before the lock is taken.
+        tag.signature = sign_payload(tag.as_raw_string(), sign)
+    git.object_store.add_object(tag)
+    update = RefUpdate(version_ref(number), ZERO, tag.id)
     with repository.lock():
-        number = repository.latest() + 1
-        if number != previous + 1:
-            raise ImmutableVersion(f"v{previous + 1} was published meanwhile; publish again")
-        main = git.refs.as_dict(Ref(b"refs/heads")).get(Ref(b"main"))
-        commit = Commit()
-        commit.tree = tree_id
-        commit.parents = [main] if main else []
-        commit.author = commit.committer = _identity()
-        commit.author_time = commit.commit_time = now
-        commit.author_timezone = commit.commit_timezone = 0
-        commit.message = (message or f"Version {number}\n").encode()
-        git.object_store.add_object(commit)
-        tag = Tag()
-        tag.object = (Commit, commit.id)
-        tag.name = f"v{number}".encode()
-        tag.tagger = _identity()
-        tag.tag_time = now
-        tag.tag_timezone = 0
-        tag.message = (message or f"Version {number}\n").encode()
-        if sign:
-            tag.signature = sign_payload(tag.as_raw_string(), sign)
-        git.object_store.add_object(tag)
-        update = RefUpdate(version_ref(number), ZERO, tag.id)
+        if repository.latest() != previous:
+            raise ImmutableVersion(f"v{number} was published meanwhile; publish again")
         check_updates(repository, [update], resolver=resolver)
         if not git.refs.add_if_new(Ref(version_ref(number)), tag.id):
             raise ImmutableVersion(f"v{number} already exists: versions are immutable")

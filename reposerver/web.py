@@ -97,7 +97,7 @@ def _error_response(status: int, message: str) -> Response:
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="collective"'
         response.headers["LFS-Authenticate"] = 'Basic realm="collective"'
-    if request.path.startswith(f"/{request.path.split('/')[1]}/") and "/info/lfs/" in request.path:
+    if "/info/lfs/" in request.path:
         response.content_type = LFS_JSON
     return response
 
