@@ -78,9 +78,15 @@ def utility_group() -> None:
               help="Seconds a clean shutdown may take before the VM is forced off.")
 @click.option("--ready-timeout", type=float, default=300.0, show_default=True,
               help="Seconds a VM may take to signal READY before the start fails.")
+@click.option("--events-secret-env", default="COLLECTIVE_EVENTS_SECRET", show_default=True,
+              help="Environment variable holding the publish events' shared HMAC secret "
+                   "(events are refused when it is unset).")
+@click.option("--poll-interval", type=float, default=None,
+              help="Also poll unpinned imports' repositories every this many seconds.")
 def serve_command(state_dir: str | None, listen: str | None, placement: str, prefix: str,
                   address_base: str, default_host: str | None, stop_timeout: float,
-                  ready_timeout: float) -> None:
+                  ready_timeout: float, events_secret_env: str,
+                  poll_interval: float | None) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.allocation import Settings
     from utility.api import serve
@@ -89,10 +95,13 @@ def serve_command(state_dir: str | None, listen: str | None, placement: str, pre
 
     settings = Settings(prefix=prefix, address_base=address_base, placement=placement)
     timeouts = Timeouts(ready=ready_timeout, stop=stop_timeout)
+    secret = os.environ.get(events_secret_env)
     serve(
         Path(state_dir) if state_dir else default_state_dir(),
         listen,
         lambda d: ClusterManager(d, settings, timeouts, default_host),
+        events_secret=secret.encode() if secret else None,
+        poll_interval=poll_interval,
     )
 
 
@@ -104,9 +113,22 @@ def token_group() -> None:
 @token_group.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="Write into this state directory directly (bootstrap a TCP-only daemon's "
+                   "first administrator) instead of asking the daemon.")
 @client_options
-def token_add(name: str, role: str, client: UtilityClient) -> None:
+def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
+    if state_dir:
+        import secrets as token_source
+
+        from utility.state import Store
+
+        token = token_source.token_urlsafe(32)
+        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        Store(Path(state_dir)).add_token(name, role, token)
+        click.echo(token)
+        return
     click.echo(client.add_token(name, role)["token"])
 
 
@@ -325,6 +347,25 @@ def update_command(file: str, component: str | None, dry_run: bool, as_json: boo
         raise SystemExit(1)
 
 
+@click.command("history")
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def history_command(file: str | None, as_json: bool, client: UtilityClient) -> None:
+    """Every update: when, trigger (push, poll, user), from and to versions, result."""
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        for h in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h["at"])))
+            moves = ", ".join(f"{p or '(root)'} {a or '-'}->{b or '-'}"
+                              for p, (a, b) in h["versions"].items()) or "no version change"
+            click.echo(f"{when} {h['trigger']:5} {h['cvl_path']}: {moves}: {h['result']}")
+            for line in h["actions"]:
+                click.echo(f"    {line}")
+
+    emit(client.history(str(Path(file).resolve()) if file else None), as_json, render)
+
+
 def _render_status(vaps: list[dict[str, Any]]) -> None:
     for vap in vaps:
         click.echo(f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
@@ -396,5 +437,6 @@ def agent_forget(key: str, cvl_file: str) -> None:
 def register(cli: click.Group) -> None:
     """Attach the utility's commands to `cui`."""
     for command in (utility_group, host_group, vlan_group, publicip_group, blacklist_group,
-                    start_command, stop_command, update_command, status_command, agent_group):
+                    start_command, stop_command, update_command, status_command,
+                    history_command, agent_group):
         cli.add_command(command)

@@ -16,6 +16,7 @@ import os
 import secrets as token_source
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,29 @@ LOCAL_ADMIN = Caller("local", "admin")
 SOCKET_NAME = "utility.sock"
 
 
-def create_app(manager: ClusterManager, *, require_token: bool = True) -> Flask:
+EVENTS_PATH = "/v1/events/publish"
+
+
+def create_app(manager: ClusterManager, *, require_token: bool = True,
+               events_secret: bytes | None = None) -> Flask:
     """The API application over `manager`.
 
     Args:
         manager: the cluster manager it serves.
         require_token: True on TCP; False on the owner-only Unix socket.
+        events_secret: the shared secret of publish events (HMAC-SHA256); None disables them.
     """
+    from utility.autoupdate import AutoUpdater, verify_event
+
     app = Flask("utility")
     app.config["MANAGER"] = manager
+    updater = AutoUpdater(manager)
+    app.config["AUTO_UPDATER"] = updater
 
     @app.before_request
     def authenticate() -> None:
+        if request.path == EVENTS_PATH:
+            return  # authenticated by the event's HMAC signature instead
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, token = header.partition(" ")
@@ -180,6 +192,20 @@ def create_app(manager: ClusterManager, *, require_token: bool = True) -> Flask:
         return jsonify(manager.update(caller(), field(data, "cvl"), data.get("component"),
                                       dry_run=bool(data.get("dry_run")), secrets=secrets))
 
+    @app.post(EVENTS_PATH)
+    def publish_event() -> Any:
+        if events_secret is None:
+            from utility.errors import Forbidden
+
+            raise Forbidden("publish events are disabled (start the daemon with a secret)")
+        event = verify_event(request.get_data(), request.headers.get("X-Collective-Signature"),
+                             events_secret)
+        return jsonify({"scheduled": updater.on_event(event)}), 202
+
+    @app.get("/v1/history")
+    def history() -> Any:
+        return jsonify(manager.history(caller(), request.args.get("cvl")))
+
     @app.get("/v1/vaps")
     def status() -> Any:
         return jsonify(manager.status(caller(), request.args.get("cvl")))
@@ -214,6 +240,8 @@ def serve(
     listen: str | None,
     manager_factory: Callable[[Path], ClusterManager] = ClusterManager,
     announce: Callable[[str], None] = lambda line: print(line, flush=True),
+    events_secret: bytes | None = None,
+    poll_interval: float | None = None,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
 
@@ -237,8 +265,8 @@ def serve(
         sock.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            server = make_server(f"unix://{sock}", 0, create_app(manager, require_token=False),
-                                 threaded=True)
+            app = create_app(manager, require_token=False, events_secret=events_secret)
+            server = make_server(f"unix://{sock}", 0, app, threaded=True)
         finally:
             os.umask(old)
         os.chmod(sock, 0o600)
@@ -247,13 +275,17 @@ def serve(
         host, _, port = listen.rpartition(":")
         if not port.isdigit():
             raise UtilityError(f"--listen {listen!r}: expected HOST:PORT")
-        server = make_server(host or "127.0.0.1", int(port),
-                             create_app(manager, require_token=True), threaded=True)
+        app = create_app(manager, require_token=True, events_secret=events_secret)
+        server = make_server(host or "127.0.0.1", int(port), app, threaded=True)
         where = f"http://{host or '127.0.0.1'}:{server.server_port}"
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    stopping = threading.Event()
+    if poll_interval:
+        threading.Thread(target=app.config["AUTO_UPDATER"].poll_forever,
+                         args=(poll_interval, stopping), daemon=True).start()
     signal.signal(signal.SIGTERM, stop)
     announce(f"cluster manager listening on {where} (state {state_dir})")
     try:
@@ -261,6 +293,7 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
+        stopping.set()
         server.server_close()
         manager.close()
         sys.stdout.flush()

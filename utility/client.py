@@ -158,6 +158,10 @@ class UtilityClient:
         return self.request("POST", "/v1/vaps/update", {
             "cvl": cvl, "component": component, "dry_run": dry_run, "secrets": secrets or {}})
 
+    def history(self, cvl: str | None = None) -> Any:
+        query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
+        return self.request("GET", f"/v1/history{query}")
+
     def status(self, cvl: str | None = None) -> Any:
         query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
         return self.request("GET", f"/v1/vaps{query}")

@@ -92,6 +92,7 @@ class ClusterManager:
         self._alloc_lock = threading.Lock()
         self._vap_locks: dict[str, threading.Lock] = {}
         self.unowned: list[dict[str, str]] = []
+        self._secrets: dict[str, dict[str, str]] = {}  # in memory only, for automatic updates
 
     def close(self) -> None:
         """Close every host connection."""
@@ -238,6 +239,7 @@ class ClusterManager:
                 if problems:
                     raise CheckFailed(problems)
             try:
+                self._secrets[str(path)] = secrets
                 return self._bring_up(caller, vap_id, path, model, prepared, placement,
                                       addressing, bases, secrets, notes)
             except BaseException as exc:
@@ -447,6 +449,7 @@ class ClusterManager:
     def update(
         self, caller: Caller, cvl_path: str, component: str | None = None, *,
         dry_run: bool = False, secrets: Mapping[str, str] | None = None,
+        trigger: str = "user",
     ) -> dict[str, Any]:
         """Re-evaluate a running VAP's CVL, diff against what runs, print and apply the plan.
 
@@ -460,7 +463,7 @@ class ClusterManager:
             {"plan": [...], "lines": [...], "applied": bool, "error": str | None}
         """
         path = Path(cvl_path).resolve()
-        secrets = dict(secrets or {})
+        secrets = {**self._secrets.get(str(path), {}), **dict(secrets or {})}
         with self._lock_for(str(path)):
             vap = self._active(caller, str(path))
             current = vap.state
@@ -502,17 +505,28 @@ class ClusterManager:
                             "error": None}
                 self._reserve(db, vap.id, placed, addressing, fresh, keep)
                 self.store.set_vap(vap.id, status="updating", db=db)
+            self._secrets[str(path)] = secrets
             outcome = self._executor(vap.id, path.parent / ".attic").run(plan)
             after = _state_after(current, desired, plan, set(outcome.done))
             removed = {a.vm.path for a in plan.actions
                        if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done}
             self._settle(vap.id, after, {vm.path for vm in desired.vms} - removed, removed)
             self.store.set_vap(vap.id, status="running", state=after, error=outcome.error)
-            self.store.event(vap.id, "update",
-                             f"{caller.name}: " + "; ".join(plan.lines())
-                             + (f" -- failed: {outcome.error}" if outcome.error else ""))
+            self.record_history(str(path), trigger, plan.lines(), _version_changes(plan),
+                                f"failed: {outcome.error}" if outcome.error else "applied")
             return {"plan": plan.to_json(), "lines": plan.lines(), "applied": True,
                     "error": outcome.error}
+
+    def record_history(self, cvl_path: str, trigger: str, actions: list[str],
+                       versions: dict[str, list[str | None]], result: str) -> None:
+        """Append to the update history (`cui history`)."""
+        self.store.add_history(str(Path(cvl_path).resolve()), trigger, actions, versions, result)
+
+    def history(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """The update history of the caller's VAPs (every VAP for administrators)."""
+        path = str(Path(cvl_path).resolve()) if cvl_path else None
+        mine = {v.cvl_path for v in self.store.vaps() if caller.admin or v.owner == caller.name}
+        return [h for h in self.store.history(path) if h["cvl_path"] in mine]
 
     def _settle(self, vap_id: int, state: VapState, members: set[str],
                 removed: set[str]) -> None:
@@ -576,6 +590,7 @@ class ClusterManager:
                 "state": row.state if row else "stopped",
                 "boot_seq": row.boot_seq if row else None,
                 "uptime": round(now - row.started, 3) if running and row and row.started else None,
+                "started": row.started if running and row else None,
                 "params": {k: list(v) for k, v in vm.masked().params},
             })
         for path, row in rows.items():
@@ -712,6 +727,24 @@ def _with_networks(state: VapState, candidates: list[Any]) -> VapState:
     used = {(i.network, vm.host) for vm in state.vms for i in vm.interfaces}
     nets = {(n.name, n.host): n for n in candidates if (n.name, n.host) in used}
     return dataclasses.replace(state, networks=tuple(nets[k] for k in sorted(nets)))
+
+
+def _version_changes(plan: Any) -> dict[str, list[str | None]]:
+    """component path -> [from version, to version] for every version change in a plan."""
+    changes: dict[str, list[str | None]] = {}
+    for a in plan.actions:
+        if a.vm is None:
+            continue
+        new = (a.vm.origin or {}).get("version")
+        if a.op is Op.UPDATE and a.old is not None:
+            old = (a.old.origin or {}).get("version")
+            if old != new:
+                changes[a.vm.path] = [old, new]
+        elif a.op is Op.START:
+            changes[a.vm.path] = [None, new]
+        elif a.op is Op.REMOVE:
+            changes[a.vm.path] = [new, None]
+    return changes
 
 
 def _state_after(current: VapState, desired: VapState, plan: Any, done: set[str]) -> VapState:

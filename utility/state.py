@@ -9,6 +9,7 @@ values are never passed in: `VapState` is stored masked.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS vms (
   PRIMARY KEY (vap_id, path));
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   vap_id INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+  cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
+  result TEXT NOT NULL);
 """
 
 ACTIVE = ("starting", "running", "stopping", "updating")
@@ -327,6 +331,21 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT INTO events (at, vap_id, kind, text) VALUES (?,?,?,?)",
                        (time.time(), vap_id, kind, text))
+
+    def add_history(self, cvl_path: str, trigger: str, actions: list[str],
+                    versions: dict[str, list[str | None]], result: str) -> None:
+        """Record one update: when, why, what, from and to which versions, and how it ended."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
+                       "VALUES (?,?,?,?,?,?)", (time.time(), cvl_path, trigger,
+                                                json.dumps(actions), json.dumps(versions), result))
+
+    def history(self, cvl_path: str | None = None) -> list[dict[str, object]]:
+        """Every recorded update, oldest first (of one CVL file if given)."""
+        sql = "SELECT * FROM history" + (" WHERE cvl_path=?" if cvl_path else "")
+        rows = self.read().execute(sql + " ORDER BY id", (cvl_path,) if cvl_path else ())
+        return [{**dict(r), "actions": json.loads(r["actions"]),
+                 "versions": json.loads(r["versions"])} for r in rows]
 
     def events(self, vap_id: int | None = None) -> list[dict[str, object]]:
         """The event log, oldest first."""

@@ -1,0 +1,127 @@
+"""Automatic update on publish, end to end: a repository with the utility as subscriber,
+the utility daemon on TCP with a bearer token, simulated hosts.
+
+Publishing DNS v2 (the repository's own publish; it announces to subscribers like a push does)
+leads, with no other action, to DNS running v2: the other component untouched, DNS's data disk
+the same file with the same bytes, history showing the push. A forged event changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from reposerver.publish import publish
+from reposerver.repo_config import RepoConfig, Subscriber
+from reposerver.repository import Repository
+from reposerver.testing import sample_appliance, write_pattern
+from tests.conftest import REPO_ROOT, free_port
+from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+
+CUI = [sys.executable, "-m", "cui.main"]
+
+
+def cui(*args: str, env: dict[str, str]) -> str:
+    done = subprocess.run([*CUI, *args], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, **env}, timeout=120)
+    assert done.returncode == 0, f"cui {args}: {done.stderr}"
+    return done.stdout
+
+
+def post_event(url: str, body: bytes, signature: str) -> int:
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-Collective-Signature": signature})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> None:
+    port = free_port()
+    events_url = f"http://127.0.0.1:{port}/v1/events/publish"
+    shared = secrets.token_hex(16)
+    dns_repo = Repository.create(tmp_path / "repos" / "DNS",
+                                 RepoConfig(subscribers=(Subscriber(events_url, secret=shared),)))
+    src = tmp_path / "src"
+    dns_cvl = sample_appliance(src, "DNS")
+    publish(dns_repo.path, dns_cvl)
+    ldap = tmp_path / "ldap"
+    ldap.mkdir()
+    (ldap / "LDAP.cvl").write_text('LDAP extends VMAppliance { vm = "l.vmx"; requires = "DNS"; }')
+    (ldap / "l.vmx").write_text(publisher_domain_xml("ldap", 64))
+    base_image(ldap / "system.qcow2")
+    user = tmp_path / "user"
+    user.mkdir()
+    cvl = user / "Office.cvl"
+    cvl.write_text(
+        f'import {{ url => "file:{dns_repo.path}", cvl => "DNS.cvl" }} DNS;\n'
+        f'import {{ url => "file:{ldap}", cvl => "LDAP.cvl" }} LDAP;\n'
+        'Office extends VANAppliance {\n  DNS d;\n  LDAP l;\n  d.domain = "acme.org";\n'
+        '  vanIF = "l.ethernet0";\n}\n')
+
+    state = tmp_path / "state"
+    token = subprocess.run([*CUI, "utility", "token", "add", "admin", "--role", "admin",
+                            "--state", str(state)], capture_output=True, text=True,
+                           check=True, cwd=REPO_ROOT).stdout.strip()
+    env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token}
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state), "--listen",
+                               f"127.0.0.1:{port}"], cwd=REPO_ROOT, stdout=log,
+                              stderr=subprocess.STDOUT,
+                              env={**os.environ, "COLLECTIVE_EVENTS_SECRET": shared})
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in (tmp_path / "daemon.log").read_text():
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory", "2G",
+            "--max-vms", "8", env=env)
+        cui("vlan", "add", "100-101", env=env)
+        cui("publicip", "add", "192.0.2.1-192.0.2.2", env=env)
+        cui("start", str(cvl), env=env)
+
+        def status() -> dict[str, dict]:
+            vap = json.loads(cui("status", str(cvl), "--json", env=env))[0]
+            return {c["path"]: c for c in vap["components"]}
+
+        before = status()
+        assert before["d"]["version"] == "1"
+        data = user / "d" / "data-vdb.qcow2"
+        data_stat, data_bytes = data.stat().st_ino, hashlib.sha256(data.read_bytes()).digest()
+
+        forged = json.dumps({"repository": dns_repo.path.as_uri(), "version": 2, "tag": "v2",
+                             "commit": "0" * 40, "signer": None}).encode()
+        assert post_event(events_url, forged, "sha256=" + "0" * 64) == 401
+        assert post_event(events_url, forged, "") == 401
+        time.sleep(0.5)
+        assert status()["d"]["version"] == "1"
+
+        write_pattern(src / "root.qcow2", 0x42, "2M", "64k")
+        publish(dns_repo.path, dns_cvl)
+        published = time.monotonic()
+        while status()["d"]["version"] != "2":
+            assert time.monotonic() - published < 5, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.2)
+        after = status()
+        assert after["l"]["started"] == before["l"]["started"]  # untouched
+        assert after["d"]["started"] != before["d"]["started"]
+        assert after["d"]["interfaces"] == before["d"]["interfaces"]
+        assert data.stat().st_ino == data_stat
+        assert hashlib.sha256(data.read_bytes()).digest() == data_bytes
+        history = json.loads(cui("history", str(cvl), "--json", env=env))
+        assert [(h["trigger"], h["versions"], h["result"]) for h in history] == [
+            ("push", {"d": ["1", "2"]}, "applied")]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
