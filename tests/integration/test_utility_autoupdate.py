@@ -9,7 +9,6 @@ the same file with the same bytes, history showing the push. A forged event chan
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import secrets
