@@ -142,7 +142,42 @@ def token_cmd() -> None:
     click.echo(f"token:        {token}\ntoken_sha256: {token_digest(token)}")
 
 
+@click.command("delta")
+@click.argument("parent", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+def delta_cmd(parent: Path, image: Path, out: Path) -> None:
+    """Write OUT: IMAGE as an overlay over PARENT (a disk object of the previous version).
+
+    For publishers who push with git: PARENT is the previous version's disk as git-lfs checked
+    it out (byte-identical to the stored object); commit OUT in its place and push. The server
+    stores only the changed clusters and checks that PARENT's object is in the repository.
+    """
+    import os
+    import tempfile
+
+    from reposerver.disks import write_delta
+    from reposerver.objects import hash_file
+
+    parent_id, _ = hash_file(parent)
+    fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=".cui-delta-")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        write_delta(image, parent, parent_id, Path(tmp))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    click.echo(
+        f"wrote {out}: {_human(out.stat().st_size)} over sha256:{parent_id[:12]} "
+        f"(the full image is {_human(image.stat().st_size)})"
+    )
+
+
 def register(cli: click.Group) -> None:
     """Attach the repository commands to the `cui` group."""
-    for command in (create_cmd, publish_cmd, serve_cmd, versions_cmd, trust_cmd, token_cmd):
+    for command in (
+        create_cmd, publish_cmd, serve_cmd, versions_cmd, trust_cmd, token_cmd, delta_cmd
+    ):  # fmt: skip
         cli.add_command(command)

@@ -116,9 +116,12 @@ def image_format(path: Path) -> str:
     return str(info["format"])
 
 
-def same_content(a: Path, a_format: str, b: Path) -> bool:
-    """True when image `a` and stored qcow2/raw object `b` have identical guest-visible data."""
-    b_format = read_header(b).format
+def same_content(a: Path, a_format: str, b: Path, b_format: str | None = None) -> bool:
+    """True when images `a` and `b` have identical guest-visible data.
+
+    `b_format` defaults to what `b`'s header says (for a stored object, checked as untrusted).
+    """
+    b_format = b_format or read_header(b).format
     result = _qemu_img("compare", "-f", a_format, "-F", b_format, str(a), str(b))
     return result.returncode == 0
 
@@ -135,6 +138,32 @@ def store_base(store: ObjectStore, image: Path) -> str:
         return store.put_file(out)[0]
 
 
+def write_delta(image: Path, parent_path: Path, parent: str, out: Path) -> None:
+    """Write to `out` an overlay of `image` over the object `parent` (found at `parent_path`).
+
+    The overlay holds only the clusters where `image` differs from the parent's data; its
+    backing-file name is the content-addressed reference to `parent`, so it resolves once `out`
+    is stored in (or copied into) a Git LFS object layout that holds the parent.
+
+    Raises:
+        IntegrityError: the overlay does not reproduce `image` (checked before the backing name
+            is rewritten, while it still points at `parent_path`).
+    """
+    fmt = image_format(image).replace("+backing", "")
+    parent_path = parent_path.resolve()
+    parent_fmt = read_header(parent_path).format
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-o", f"cluster_size={OVERLAY_CLUSTER_SIZE}",
+        "-b", str(image.resolve()), "-F", fmt, str(out),
+    )  # fmt: skip
+    _qemu_img("rebase", "-f", "qcow2", "-b", str(parent_path), "-F", parent_fmt, str(out))
+    if not same_content(image, fmt, out, "qcow2"):
+        raise IntegrityError(f"{image}: the overlay does not reproduce the image")
+    _qemu_img(
+        "rebase", "-u", "-f", "qcow2", "-b", backing_reference(parent), "-F", parent_fmt, str(out)
+    )  # fmt: skip
+
+
 def store_delta(store: ObjectStore, image: Path, parent: str) -> str:
     """Store `image` as an overlay of object `parent` holding only differing clusters.
 
@@ -146,34 +175,7 @@ def store_delta(store: ObjectStore, image: Path, parent: str) -> str:
         return parent
     with store.workspace() as scratch:
         out = scratch / "delta.qcow2"
-        _qemu_img(
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            f"cluster_size={OVERLAY_CLUSTER_SIZE}",
-            "-b",
-            str(image.resolve()),
-            "-F",
-            fmt,
-            str(out),
-        )
-        parent_fmt = read_header(parent_path).format
-        _qemu_img("rebase", "-f", "qcow2", "-b", str(parent_path), "-F", parent_fmt, str(out))
-        _qemu_img(
-            "rebase",
-            "-u",
-            "-f",
-            "qcow2",
-            "-b",
-            backing_reference(parent),
-            "-F",
-            parent_fmt,
-            str(out),
-        )
-        if not same_content(image, fmt, out):
-            raise IntegrityError(f"{image}: the stored overlay does not reproduce the image")
+        write_delta(image, parent_path, parent, out)
         return store.put_file(out)[0]
 
 

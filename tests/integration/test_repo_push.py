@@ -276,3 +276,33 @@ def test_cui_serve_development_server(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_git_publisher_pushes_a_delta_made_with_cui_delta(served, tmp_path: Path) -> None:
+    """With `cui delta`, a version published by git push is stored as changed clusters only."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cui.main import cli
+    from reposerver.client import open_repository
+
+    server, repo = served
+    work = clone(server, tmp_path / "work")
+    image = tmp_path / "publisher-image.qcow2"
+    shutil.copy(work / "root.qcow2", image)
+    write_pattern(image, 0x99, "2M", "64k")
+    made = CliRunner().invoke(
+        cli, ["delta", str(work / "root.qcow2"), str(image), str(work / "root.qcow2")]
+    )
+    assert made.exit_code == 0, made.output
+    git("commit", "-q", "-am", "v2 as a delta", cwd=work)
+    git("tag", "-a", "v2", "-m", "v2", cwd=work)
+    git("push", "origin", "main", "v2", cwd=work)
+    chain_v1 = requests.get(server.url + "/DNS/versions/1/disks.json").json()[0]["chain"]
+    disk = requests.get(server.url + "/DNS/versions/2/disks.json").json()[0]
+    assert [c["sha256"] for c in disk["chain"][:-1]] == [c["sha256"] for c in chain_v1]
+    assert disk["chain"][-1]["size"] < 300 * 1024, "only the changed clusters were pushed"
+    top = open_repository(server.url + "/DNS").fetch_disk(2, "root.qcow2", tmp_path / "cache")
+    same = subprocess.run(["qemu-img", "compare", str(image), str(top)], capture_output=True)
+    assert same.returncode == 0
