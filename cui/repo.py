@@ -149,9 +149,12 @@ def token_cmd() -> None:
 def delta_cmd(parent: Path, image: Path, out: Path) -> None:
     """Write OUT: IMAGE as an overlay over PARENT (a disk object of the previous version).
 
-    For publishers who push with git: PARENT is the previous version's disk as git-lfs checked
-    it out (byte-identical to the stored object); commit OUT in its place and push. The server
-    stores only the changed clusters and checks that PARENT's object is in the repository.
+    For publishers who push with git: PARENT is the previous version's disk object as git-lfs
+    checked it out (byte-identical to the stored object); commit OUT in its place and push. The
+    server stores only the changed clusters and checks that PARENT's object is in the repository.
+    When the previous version is itself an overlay, its backing chain must resolve: run
+    `git lfs fetch --all` and give PARENT as its path under `.git/lfs/objects/` (the same
+    `ab/cd/<sha256>` layout the references use).
     """
     import os
     import tempfile

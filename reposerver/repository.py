@@ -26,7 +26,7 @@ from dulwich.repo import Repo
 from reposerver import lfs_pointer, repo_config, signatures
 from reposerver.disks import chain, read_header
 from reposerver.errors import BadRequest, NotFound
-from reposerver.names import file_path, version_of_ref, version_ref
+from reposerver.names import file_path, repository_name, version_of_ref, version_ref
 from reposerver.objects import ObjectStore
 
 HOOKS = {"pre-receive": "hooks.pre_receive", "post-receive": "hooks.post_receive"}
@@ -283,9 +283,17 @@ def list_repositories(root: Path) -> list[Repository]:
     """Every repository directly under `root`, by name."""
     result = []
     for child in sorted(Path(root).iterdir()):
-        if (child / repo_config.CONFIG_FILE).exists():
+        if _valid_name(child.name) and (child / repo_config.CONFIG_FILE).exists():
             try:
                 result.append(Repository(child))
             except NotFound:
                 continue
     return result
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        repository_name(name)
+    except BadRequest:
+        return False
+    return True

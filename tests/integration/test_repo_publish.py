@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def test_failed_publish_leaves_nothing_visible(two_versions, tmp_path: Path, mon
 
 
 def test_local_git_push_is_checked_by_installed_hooks(two_versions, tmp_path: Path) -> None:
-    repo, _ = two_versions
+    repo, image = two_versions
     work = tmp_path / "work"
     git("clone", "-q", str(repo.path), str(work), cwd=tmp_path)
     before = repo.git.get_refs()
@@ -145,11 +146,15 @@ def test_local_git_push_is_checked_by_installed_hooks(two_versions, tmp_path: Pa
     git("tag", "-d", "v3", cwd=work)
     assert Repository(repo.path).git.get_refs() == before
     (work / "DNS.cvl").write_text((work / "DNS.cvl").read_text() + "/* v3 */\n")
+    shutil.copy(image, work / "root.qcow2")  # git-lfs stores it in repo/lfs/objects directly
+    write_pattern(work / "root.qcow2", 0x79, "7M", "64k")
     git("commit", "-q", "-am", "v3", cwd=work)
     git("tag", "-a", "v3", "-m", "v3", cwd=work)
     accepted = git("push", "origin", "main", "v3", cwd=work)
     assert "accepted version v3" in accepted.stderr
     assert Repository(repo.path).latest() == 3
+    top = open_repository(str(repo.path)).fetch_disk(3, "root.qcow2", tmp_path / "cache")
+    assert identical(work / "root.qcow2", top)
 
 
 def test_cli_create_publish_versions(tmp_path: Path) -> None:
