@@ -178,9 +178,26 @@ def delta_cmd(parent: Path, image: Path, out: Path) -> None:
     )
 
 
+@click.command("subscribe")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("url")
+@click.option(
+    "--secret-env",
+    required=True,
+    help="Environment variable holding the HMAC secret (the secret itself never goes to disk).",
+)
+def subscribe_cmd(path: Path, url: str, secret_env: str) -> None:
+    """Send an HMAC-signed event to URL whenever the repository at PATH gets a new version."""
+    from reposerver.trust import add_subscriber
+
+    add_subscriber(path, url, secret_env)
+    click.echo(f"{url} will receive publish events (secret from ${secret_env})")
+
+
 def register(cli: click.Group) -> None:
     """Attach the repository commands to the `cui` group."""
     for command in (
-        create_cmd, publish_cmd, serve_cmd, versions_cmd, trust_cmd, token_cmd, delta_cmd
+        create_cmd, publish_cmd, serve_cmd, versions_cmd, trust_cmd, token_cmd, delta_cmd,
+        subscribe_cmd,
     ):  # fmt: skip
         cli.add_command(command)

@@ -1,4 +1,4 @@
-"""Changing a repository's trust policy: trusted GPG keys, SSH signers, require-signed."""
+"""Changing a repository's settings: trusted GPG keys, SSH signers, require-signed, subscribers."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ def set_require_signed(repo_path: Path, required: bool) -> None:
     """Turn the require-signed policy on or off."""
     config = repo_config.load(repo_path)
     repo_config.save(repo_path, dataclasses.replace(config, require_signed=required))
+
+
+def add_subscriber(repo_path: Path, url: str, secret_env: str) -> None:
+    """Add a subscriber whose HMAC secret is read from environment variable `secret_env`."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise BadRequest(f"subscriber URL {url!r} must be http:// or https://")
+    if not secret_env.replace("_", "").isalnum():
+        raise BadRequest(f"{secret_env!r} is not an environment variable name")
+    config = repo_config.load(repo_path)
+    subscriber = repo_config.Subscriber(url=url, secret_env=secret_env)
+    subscribers = tuple(s for s in config.subscribers if s.url != url) + (subscriber,)
+    repo_config.save(repo_path, dataclasses.replace(config, subscribers=subscribers))
