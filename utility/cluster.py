@@ -37,7 +37,7 @@ from utility.errors import (
     StartFailed,
     UtilityError,
 )
-from utility.executor import Executor, Timeouts
+from utility.executor import Executor, RolledBack, Timeouts
 from utility.libvirt_host import HostPool, LibvirtHost, probe_default_uri
 from utility.model_view import ModelView
 from utility.placement import HostRoom, place
@@ -500,11 +500,21 @@ class ClusterManager:
                 if component:
                     desired = _merge(current, desired, component)
                 plan = diff(current, desired, vanished=Op.REMOVE)
-                if dry_run or not plan:
-                    return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False,
-                            "error": None}
-                self._reserve(db, vap.id, placed, addressing, fresh, keep)
-                self.store.set_vap(vap.id, status="updating", db=db)
+                retried = _retried_failures(plan, self.store.failed_versions(str(path)))
+                skip = None
+                if retried and trigger != "user":
+                    skip = (f"skipped: {', '.join(retried)} failed before; waiting for a newer "
+                            "version (a manual cui update can force it)")
+                proceed = bool(plan) and not dry_run and skip is None
+                if proceed:
+                    self._reserve(db, vap.id, placed, addressing, fresh, keep)
+                    self.store.set_vap(vap.id, status="updating", db=db)
+            if not proceed:
+                if skip:
+                    self.record_history(str(path), trigger, plan.lines(),
+                                        _version_changes(plan), skip)
+                return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False,
+                        "error": skip}
             self._secrets[str(path)] = secrets
             outcome = self._executor(vap.id, path.parent / ".attic").run(plan)
             after = _state_after(current, desired, plan, set(outcome.done))
@@ -512,6 +522,11 @@ class ClusterManager:
                        if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done}
             self._settle(vap.id, after, {vm.path for vm in desired.vms} - removed, removed)
             self.store.set_vap(vap.id, status="running", state=after, error=outcome.error)
+            if isinstance(outcome.exception, RolledBack):
+                failed = next(a for a in plan.actions if a.key == outcome.failed)
+                origin = (failed.vm.origin if failed.vm else None) or {}
+                self.store.mark_failed(str(path), str(origin.get("url")),
+                                       str(origin.get("version")))
             self.record_history(str(path), trigger, plan.lines(), _version_changes(plan),
                                 f"failed: {outcome.error}" if outcome.error else "applied")
             return {"plan": plan.to_json(), "lines": plan.lines(), "applied": True,
@@ -727,6 +742,18 @@ def _with_networks(state: VapState, candidates: list[Any]) -> VapState:
     used = {(i.network, vm.host) for vm in state.vms for i in vm.interfaces}
     nets = {(n.name, n.host): n for n in candidates if (n.name, n.host) in used}
     return dataclasses.replace(state, networks=tuple(nets[k] for k in sorted(nets)))
+
+
+def _retried_failures(plan: Any, failed: set[tuple[str, str]]) -> list[str]:
+    """Versions in `plan` that already failed to become ready in this VAP."""
+    found = []
+    for a in plan.actions:
+        if a.op is Op.UPDATE and a.vm is not None:
+            origin = a.vm.origin or {}
+            key = (str(origin.get("url")), str(origin.get("version")))
+            if key in failed:
+                found.append(f"{a.vm.path} v{key[1]}")
+    return found
 
 
 def _version_changes(plan: Any) -> dict[str, list[str | None]]:

@@ -94,3 +94,38 @@ def move_to_attic(vm: Vm, attic: Path) -> Path | None:
     target = attic / f"{vm.path}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6}"
     shutil.move(str(source), str(target))
     return target
+
+
+BACKUP_SUFFIX = ".pre-update"
+
+
+def snapshot_data(vm: Vm) -> list[str]:
+    """Keep a copy of each data disk before an update (the VM must be stopped); return them.
+
+    A sparse copy rather than an internal qcow2 snapshot: a snapshot would rewrite the data
+    disk's metadata even when the update succeeds, and the promise is that a successful update
+    leaves the data disk the same file with the same bytes. The copy costs the disk's allocated
+    size, once per update, and is deleted when the new version is ready.
+    """
+    taken = []
+    for disk in vm.disks:
+        if disk.role == "data" and Path(disk.path).exists():
+            backup = disk.path + BACKUP_SUFFIX
+            tmp = backup + ".tmp"
+            subprocess.run(["cp", "--sparse=always", "--preserve=mode,timestamps", disk.path, tmp],
+                           check=True, capture_output=True)
+            os.replace(tmp, backup)
+            taken.append(disk.path)
+    return taken
+
+
+def restore_data(paths: list[str]) -> None:
+    """Put back the data disks copied by `snapshot_data` (atomic rename each)."""
+    for path in paths:
+        os.replace(path + BACKUP_SUFFIX, path)
+
+
+def drop_snapshots(paths: list[str]) -> None:
+    """Delete the pre-update copies after a successful update."""
+    for path in paths:
+        Path(path + BACKUP_SUFFIX).unlink(missing_ok=True)

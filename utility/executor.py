@@ -38,6 +38,7 @@ class Outcome:
     done: list[str] = field(default_factory=list)
     failed: str | None = None
     error: str | None = None
+    exception: BaseException | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -47,6 +48,10 @@ class Outcome:
 
 Reporter = Callable[[Action, str], None]
 """Called with (action, "begin" | "done") from worker threads."""
+
+
+class RolledBack(UtilityError):
+    """An updated VM never became ready; the previous version runs again, data restored."""
 
 
 class Executor:
@@ -104,6 +109,7 @@ class Executor:
                     message = f"{action.describe()}: {exc}"
                     if outcome.ok:
                         outcome.failed, outcome.error = action.key, message
+                        outcome.exception = exc
                     else:
                         outcome.notes.append(message)
         return outcome
@@ -172,9 +178,22 @@ class Executor:
         disks.move_to_attic(action.vm, self.attic)
 
     def _update(self, action: Action) -> None:
+        """Stop, snapshot data disks, boot the new version; if it never becomes ready, roll back:
+        the old version's program overlays, the data disks as they were, and the old VM again."""
         assert action.vm is not None and action.old is not None
         self.halt(action.old)
-        self.boot(action.vm)
+        snapshots = disks.snapshot_data(action.old)
+        try:
+            self.boot(action.vm)
+        except UtilityError as exc:
+            self.halt(action.vm)
+            disks.restore_data(snapshots)
+            self.boot(action.old)
+            self.report(Action(op=Op.START, key=action.key, vm=action.old), "done")
+            old = (action.old.origin or {}).get("version")
+            raise RolledBack(f"{exc}; rolled back to {'v' + old if old else 'the previous image'}"
+                             f" with its data disks as before the update") from None
+        disks.drop_snapshots(snapshots)
 
     def _resend(self, action: Action) -> None:
         vm = action.vm

@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS vms (
   PRIMARY KEY (vap_id, path));
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   vap_id INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failed_versions (cvl_path TEXT NOT NULL, url TEXT NOT NULL,
+  version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (cvl_path, url, version));
 CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
@@ -339,6 +341,17 @@ class Store:
             db.execute("INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
                        "VALUES (?,?,?,?,?,?)", (time.time(), cvl_path, trigger,
                                                 json.dumps(actions), json.dumps(versions), result))
+
+    def mark_failed(self, cvl_path: str, url: str, version: str) -> None:
+        """Remember that `version` of `url` never became ready in this VAP (no automatic retry)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO failed_versions VALUES (?,?,?,?)",
+                       (cvl_path, url, version, time.time()))
+
+    def failed_versions(self, cvl_path: str) -> set[tuple[str, str]]:
+        """(url, version) pairs that failed in this VAP."""
+        return {(r[0], r[1]) for r in self.read().execute(
+            "SELECT url, version FROM failed_versions WHERE cvl_path=?", (cvl_path,))}
 
     def history(self, cvl_path: str | None = None) -> list[dict[str, object]]:
         """Every recorded update, oldest first (of one CVL file if given)."""

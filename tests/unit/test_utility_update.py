@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from utility.cluster import Caller, ClusterManager
-from utility.errors import NotFound
+from utility.errors import NotFound, UtilityError
 from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
 
 ADMIN = Caller("root", "admin")
@@ -122,3 +122,45 @@ def test_update_of_one_component_leaves_the_others_alone(setup) -> None:  # type
     assert [(a["symbol"], a["path"]) for a in result["plan"]] == [("↻", "l")]
     with pytest.raises(NotFound, match="no component 'zz'"):
         manager.update(ADMIN, str(cvl), "zz", dry_run=True)
+
+
+def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
+    setup, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """Test hosts have no guest, so the new version's readiness failure is injected."""
+    import subprocess
+
+    from utility.executor import Executor
+
+    manager, cvl = setup
+    data = cvl.parent / "d" / "data-vdb.qcow2"
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(data)], check=True,
+                   capture_output=True)
+    before = data.read_bytes()
+    real_boot = Executor.boot
+
+    def boot(self: Executor, vm) -> None:  # type: ignore[no-untyped-def]
+        if (vm.origin or {}).get("url", "").endswith("/DNS2"):
+            # the new version scribbles on its data disk, then never says READY
+            subprocess.run(["qemu-io", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
+                           check=True, capture_output=True)
+            raise UtilityError("d on host h1 did not become ready: no READY in 240 s")
+        real_boot(self, vm)
+
+    monkeypatch.setattr(Executor, "boot", boot)
+    cvl.write_text(office(dns_dir="DNS2"))
+    result = manager.update(ADMIN, str(cvl))
+    assert "rolled back" in result["error"]
+    now = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
+    assert now["d"]["repository"].endswith("/DNS") and now["d"]["state"] == "running"
+    assert data.read_bytes() == before  # the bytes from before the update, 0x5a pattern
+    assert not data.with_name(data.name + ".pre-update").exists()
+    history = manager.history(ADMIN, str(cvl))
+    assert history[-1]["trigger"] == "user" and history[-1]["result"].startswith("failed:")
+    # an automatic update does not try that version again; a manual one may
+    skipped = manager.update(ADMIN, str(cvl), trigger="push")
+    assert skipped["applied"] is False and "failed before" in skipped["error"]
+    monkeypatch.setattr(Executor, "boot", real_boot)
+    forced = manager.update(ADMIN, str(cvl))
+    assert forced["error"] is None
+    assert manager.status(ADMIN, str(cvl))[0]["components"][0]["repository"].endswith("/DNS2")
