@@ -33,6 +33,7 @@ from reposerver.settings import ServerSettings
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 LFS_JSON = "application/vnd.git-lfs+json"
+MAX_BATCH_BODY = 1 << 20
 _GIT_PATH = re.compile(r"/([^/]*)\.git(/.*)?\Z")
 _STATUS: list[tuple[type[errors.RepositoryError], int]] = [
     (errors.NotFound, 404),
@@ -227,6 +228,7 @@ def _lfs_objects(body: Any) -> tuple[str, list[tuple[str, int]]]:
 def lfs_batch(name: str) -> Response:
     """The Git LFS batch API (basic transfer)."""
     repo = _lfs_repository(name)
+    request.max_content_length = MAX_BATCH_BODY
     operation, objects = _lfs_objects(request.get_json(silent=True, force=True))
     if operation == "upload":
         _require(write=True)

@@ -202,6 +202,8 @@ def test_lfs_bad_input(served) -> None:
         client.post("/DNS.git/info/lfs/objects/batch", json={"operation": "steal"}).status_code
         == 400
     )
+    huge = b'{"operation": "download", "objects": [' + b" " * (2 << 20) + b"]}"
+    assert client.post("/DNS.git/info/lfs/objects/batch", data=huge).status_code == 413
     assert _batch(client, "download", "g" * 64, 1).status_code == 400
     assert _batch(client, "download", "a" * 64, -1).status_code == 400
     missing = _batch(client, "download", "a" * 64, 1).json["objects"][0]
