@@ -132,6 +132,42 @@ def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient
     click.echo(client.add_token(name, role)["token"])
 
 
+@utility_group.group("trust")
+def trust_group() -> None:
+    """Which versions the utility runs: require-signed and trusted keys (global or per URL)."""
+
+
+@trust_group.command("require-signed")
+@click.argument("url", required=False)
+@click.option("--off", is_flag=True, help="Stop requiring signatures.")
+@client_options
+def trust_require(url: str | None, off: bool, client: UtilityClient) -> None:
+    """Require signed versions for the repository at URL (every repository without URL)."""
+    client.set_trust(url, not off)
+    click.echo(f"{'no longer requiring' if off else 'requiring'} signed versions for "
+               f"{url or 'every repository'}")
+
+
+@trust_group.command("add-key")
+@click.argument("key_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", default=None, help="Trust the key only for this repository.")
+@client_options
+def trust_add_key(key_file: str, url: str | None, client: UtilityClient) -> None:
+    """Trust an armored GPG public key or an SSH allowed_signers line (KEY_FILE)."""
+    kind = client.trust_key(url, Path(key_file).read_text())["trusted"]
+    click.echo(f"trusted {kind} key for {url or 'every repository'}")
+
+
+@trust_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def trust_list(as_json: bool, client: UtilityClient) -> None:
+    """The trust policy."""
+    emit(client.trust(), as_json, lambda rows: [click.echo(
+        f"{r['url'] or '(global)'}: require-signed {'on' if r['require_signed'] else 'off'}, "
+        f"{r['keys']} key(s)") for r in rows])
+
+
 # -- administration -------------------------------------------------------------------------------
 
 

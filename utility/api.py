@@ -160,6 +160,22 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         manager.blacklist_remove(caller(), field(data, "url"), str(field(data, "version")))
         return jsonify({"removed": data})
 
+    @app.get("/v1/trust")
+    def trust() -> Any:
+        return jsonify(manager.trust.describe())
+
+    @app.post("/v1/trust")
+    def set_trust() -> Any:
+        data = body()
+        manager.set_trust(caller(), data.get("url"), bool(data.get("require_signed")))
+        return jsonify(manager.trust.describe())
+
+    @app.post("/v1/trust/keys")
+    def trust_key() -> Any:
+        data = body()
+        kind = manager.trust_key(caller(), data.get("url"), field(data, "key"))
+        return jsonify({"trusted": kind}), 201
+
     @app.get("/v1/blacklist/violations")
     def violations() -> Any:
         return jsonify(manager.violations(caller()))

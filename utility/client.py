@@ -143,6 +143,15 @@ class UtilityClient:
     def blacklist_remove(self, url: str, version: str) -> Any:
         return self.request("POST", "/v1/blacklist/remove", {"url": url, "version": version})
 
+    def trust(self) -> Any:
+        return self.request("GET", "/v1/trust")
+
+    def set_trust(self, url: str | None, require_signed: bool) -> Any:
+        return self.request("POST", "/v1/trust", {"url": url, "require_signed": require_signed})
+
+    def trust_key(self, url: str | None, key: str) -> Any:
+        return self.request("POST", "/v1/trust/keys", {"url": url, "key": key})
+
     def violations(self) -> Any:
         return self.request("GET", "/v1/blacklist/violations")
 

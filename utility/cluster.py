@@ -44,6 +44,7 @@ from utility.placement import HostRoom, place
 from utility.planner import Action, Op, diff, start_plan, stop_plan
 from utility.sizes import format_size
 from utility.state import ACTIVE, HostRow, Store, VapRow
+from utility.trust_policy import TrustPolicy
 
 EMBEDDED_HOST = "local"
 EMBEDDED_MAX_VMS = 16
@@ -93,6 +94,7 @@ class ClusterManager:
         self._vap_locks: dict[str, threading.Lock] = {}
         self.unowned: list[dict[str, str]] = []
         self._secrets: dict[str, dict[str, str]] = {}  # in memory only, for automatic updates
+        self.trust = TrustPolicy(state_dir)
 
     def close(self) -> None:
         """Close every host connection."""
@@ -183,6 +185,16 @@ class ClusterManager:
         _admin(caller, "change the blacklist")
         self.store.blacklist_remove(url, version)
 
+    def set_trust(self, caller: Caller, url: str | None, require_signed: bool) -> None:
+        """Set `require-signed` globally or for one repository URL (administrators only)."""
+        _admin(caller, "change the trust policy")
+        self.trust.set_require_signed(url, require_signed)
+
+    def trust_key(self, caller: Caller, url: str | None, key: str) -> str:
+        """Trust a signing key globally or for one URL (administrators only)."""
+        _admin(caller, "change the trust policy")
+        return self.trust.add_key(url, key)
+
     def blacklist(self, caller: Caller) -> list[dict[str, str]]:
         """The blacklist."""
         return [{"url": u, "version": v} for u, v in self.store.blacklist()]
@@ -228,6 +240,7 @@ class ClusterManager:
             model = checked
             prepared, more = allocation.prepare(model, path.parent)
             problems += more + allocation.static_problems(model, self.store.blacklist())
+            problems += self.trust.problems(_versions_of(model))
             with self.store.transaction() as db:
                 problems += self._allocate(db, model, prepared, vap_id=None)[2]
             if problems:
@@ -475,6 +488,7 @@ class ClusterManager:
             model = checked
             prepared, more = allocation.prepare(model, path.parent)
             problems += more + allocation.static_problems(model, self.store.blacklist())
+            problems += self.trust.problems(_versions_of(model))
             keep = _addressing_of(current)
             recorded = {row.path for row in self.store.vms(vap.id)}
             fresh = {p: prep for p, prep in prepared.items()
@@ -742,6 +756,13 @@ def _with_networks(state: VapState, candidates: list[Any]) -> VapState:
     used = {(i.network, vm.host) for vm in state.vms for i in vm.interfaces}
     nets = {(n.name, n.host): n for n in candidates if (n.name, n.host) in used}
     return dataclasses.replace(state, networks=tuple(nets[k] for k in sorted(nets)))
+
+
+def _versions_of(model: ModelView) -> list[tuple[str, str]]:
+    """(repository URL, version) of every import and component origin of a model."""
+    pairs = [(c.origin.url, c.origin.version) for c in model.components.values() if c.origin]
+    pairs += [(str(i["url"]), str(i.get("version"))) for i in model.imports if i.get("url")]
+    return pairs
 
 
 def _retried_failures(plan: Any, failed: set[tuple[str, str]]) -> list[str]:
