@@ -101,3 +101,14 @@ def test_dependencies_unprovided_cycle_and_waves() -> None:
     _, problems = boot_needs({"a": Services(("A",), ("B",)), "b": Services(("B",), ("A",))})
     assert problems == ["dependency cycle: a -> b -> a"]
     assert find_cycle({"a": ["a"]}) == ["a", "a"]
+
+
+def test_a_dependent_is_not_restarted_with_its_provider_but_resent_after_it() -> None:
+    now = state(vm("d"), vm("l", needs=("d",)), vm("w", needs=("l",)))
+    want = state(vm("d", version="2"), vm("l", needs=("d",), domain=("acme.com",)),
+                 vm("w", needs=("l",)))
+    plan = diff(now, want)
+    ops = {a.key: a for a in plan.actions}
+    assert set(ops) == {"vm:d", "vm:l"}  # w is not touched at all
+    assert ops["vm:d"].op is Op.UPDATE and ops["vm:l"].op is Op.RESEND
+    assert ops["vm:l"].needs == ("vm:d",)

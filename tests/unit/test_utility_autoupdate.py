@@ -1,0 +1,85 @@
+"""Publish events: only correctly signed events are accepted; which VAPs an event affects."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import REPO_ROOT
+from utility.api import create_app
+from utility.autoupdate import AutoUpdater, verify_event
+from utility.cluster import Caller, ClusterManager
+from utility.errors import Unauthorized, UtilityError
+from utility.simulation import paper_tree, simulated_host_uri
+
+SECRET = b"shared-secret"
+
+
+def sign(body: bytes, secret: bytes = SECRET) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def event(url: str = "http://repo/DNS", version: int = 2) -> bytes:
+    return json.dumps({"repository": url, "version": version, "tag": f"v{version}",
+                       "commit": "a" * 40, "signer": None}).encode()
+
+
+@given(st.text(min_size=1, max_size=80), st.integers(1, 10**6))
+def test_any_correctly_signed_event_verifies(url: str, version: int) -> None:
+    body = event(url, version)
+    assert verify_event(body, sign(body), SECRET)["version"] == version
+
+
+@given(st.binary(min_size=1, max_size=200), st.integers(0, 255))
+def test_any_changed_byte_or_wrong_secret_is_refused(body: bytes, flip: int) -> None:
+    good = sign(body)
+    tampered = bytes([body[0] ^ (flip or 1)]) + body[1:]
+    with pytest.raises(Unauthorized):
+        verify_event(tampered, good, SECRET)
+    with pytest.raises(Unauthorized):
+        verify_event(body, sign(body, b"other"), SECRET)
+
+
+def test_missing_signature_and_bad_json_are_refused() -> None:
+    with pytest.raises(Unauthorized, match="without X-Collective-Signature"):
+        verify_event(event(), None, SECRET)
+    with pytest.raises(UtilityError, match="not valid"):
+        verify_event(b"[]", sign(b"[]"), SECRET)
+
+
+def test_events_endpoint_needs_no_token_but_a_valid_signature(tmp_path: Path) -> None:
+    manager = ClusterManager(tmp_path / "state")
+    tcp = create_app(manager, require_token=True, events_secret=SECRET).test_client()
+    body = event()
+    headers = {"X-Collective-Signature": sign(body), "Content-Type": "application/json"}
+    assert tcp.post("/v1/events/publish", data=body, headers=headers).status_code == 202
+    forged = {**headers, "X-Collective-Signature": sign(body, b"guess")}
+    answer = tcp.post("/v1/events/publish", data=body, headers=forged)
+    assert answer.status_code == 401 and "does not match" in answer.get_json()["error"]
+    off = create_app(manager, require_token=True).test_client()
+    assert off.post("/v1/events/publish", data=body, headers=headers).status_code == 403
+    manager.close()
+
+
+def test_only_unpinned_importers_are_affected(tmp_path: Path) -> None:
+    manager = ClusterManager(tmp_path / "state")
+    admin = Caller("root", "admin")
+    manager.add_host(admin, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 8)
+    manager.add_vlans(admin, "100-101")
+    manager.add_public_ips(admin, "192.0.2.1-192.0.2.2")
+    acme = paper_tree(REPO_ROOT / "examples" / "paper", tmp_path / "acme")
+    manager.start(admin, str(acme))
+    updater = AutoUpdater(manager)
+    base = acme.parent.as_uri()
+    # Groupware pins DNS v3 and Firewall v5; OpenLDAP and Groupware itself track latest
+    assert updater.affected(f"{base}/DNS") == []
+    assert updater.affected(f"{base}/Firewall/") == []
+    assert updater.affected(f"{base}/OpenLDAP") == [(str(acme), "l")]
+    assert updater.affected(f"{base}/Groupware") == [(str(acme), None)]
+    manager.close()
