@@ -105,6 +105,17 @@ def serve_command(state_dir: str | None, listen: str | None, placement: str, pre
     )
 
 
+@utility_group.command("unowned")
+@client_options
+def unowned_command(client: UtilityClient) -> None:
+    """Domains on the hosts that no VAP owns (found at start-up; reported, never killed)."""
+    rows = client.unowned()["unowned"]
+    for r in rows:
+        click.echo(f"{r['host']}: {r['domain']}")
+    if not rows:
+        click.echo("no unowned domains")
+
+
 @utility_group.group("token")
 def token_group() -> None:
     """API tokens (administrators only)."""
