@@ -38,6 +38,7 @@ pytestmark = pytest.mark.vm
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-appliances"
+ARTIFACTS = ROOT / "artifacts"
 BOOT_TIMEOUT = 180.0  # TCG on a shared 2-core machine; a quiet boot is about 15 s
 
 
@@ -62,8 +63,9 @@ def workdir() -> Iterator[Path]:
 def images(workdir: Path) -> dict[str, Path]:
     """Build (or take from the cache) the images these tests boot; source dir -> output dir."""
     out = workdir / "images"
-    proc = subprocess.run([str(BUILD), str(out), "--json", "--only", "Web", "--only", "DNS",
-                           "--only", "DNS-v2"], capture_output=True, text=True, timeout=900)
+    wanted = ["Web", "DNS", "DNS-v2", "LDAP", "DHCP", "Firewall"]
+    cmd = [str(BUILD), str(out), "--json", *(arg for name in wanted for arg in ("--only", name))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     return {row["appliance"]: Path(row["dir"]) for row in rows}
@@ -82,10 +84,10 @@ class Network:
 
     name: str
     prefix: str  # "10.251.N"
+    bridge: str
 
 
-@pytest.fixture
-def network(conn: libvirt.virConnect) -> Iterator[Network]:
+def _create_network(conn: libvirt.virConnect) -> tuple[Network, libvirt.virNetwork]:
     used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
     for _ in range(50):
         prefix = f"10.251.{random.randrange(1, 255)}"
@@ -99,13 +101,34 @@ def network(conn: libvirt.virConnect) -> Iterator[Network]:
     ET.SubElement(root, "dns", enable="no")
     ET.SubElement(root, "ip", address=f"{prefix}.1", netmask="255.255.255.0")
     net = conn.networkCreateXML(ET.tostring(root, encoding="unicode"))
+    return Network(name, prefix, f"cgb{tag}"), net
+
+
+@pytest.fixture
+def network(conn: libvirt.virConnect) -> Iterator[Network]:
+    made, net = _create_network(conn)
     try:
-        yield Network(name, prefix)
+        yield made
     finally:
         net.destroy()
 
 
-@dataclass
+@pytest.fixture
+def outside(conn: libvirt.virConnect) -> Iterator[Network]:
+    """A second isolated network: the "outside" of a firewall."""
+    made, net = _create_network(conn)
+    try:
+        yield made
+    finally:
+        net.destroy()
+
+
+def random_mac() -> str:
+    """A random MAC in qemu's locally administered 52:54:00 range."""
+    return "52:54:00:{:02x}:{:02x}:{:02x}".format(*secrets.token_bytes(3))
+
+
+@dataclass(eq=False)
 class Guest:
     """One appliance VM: an overlay over the image's program disk, an optional data disk."""
 
@@ -114,7 +137,8 @@ class Guest:
     home: Path
     name: str = field(default_factory=lambda: f"cg-{secrets.token_hex(4)}")
     network: Network | None = None
-    mac: str = field(default_factory=lambda: "52:54:00:%02x:%02x:%02x" % tuple(secrets.token_bytes(3)))
+    mac: str = field(default_factory=lambda: random_mac())
+    more_nics: list[tuple[Network, str]] = field(default_factory=list)  # ethernet1, …
     data_disk: Path | None = None
     domain: libvirt.virDomain | None = None
     channel: GuestChannel | None = None
@@ -147,12 +171,14 @@ class Guest:
                 source.set("file", str(self.data_disk))  # type: ignore[union-attr]
             else:
                 devices.remove(disk)
-        for iface in devices.findall("interface"):
-            if self.network is None:
+        wiring = ([(self.network, self.mac)] if self.network else []) + self.more_nics
+        for index, iface in enumerate(devices.findall("interface")):
+            if index >= len(wiring):
                 devices.remove(iface)
                 continue
-            iface.find("source").set("network", self.network.name)  # type: ignore[union-attr]
-            ET.SubElement(iface, "mac", address=self.mac)
+            net, mac = wiring[index]
+            iface.find("source").set("network", net.name)  # type: ignore[union-attr]
+            ET.SubElement(iface, "mac", address=mac)
         for old in devices.findall("serial") + devices.findall("console"):
             devices.remove(old)
         console = ET.SubElement(devices, "serial", type="file")
@@ -219,8 +245,12 @@ def guests(conn: libvirt.virConnect, workdir: Path) -> Iterator[list[Guest]]:
     """Guests a test starts; every one is destroyed afterwards, passed or failed."""
     made: list[Guest] = []
     yield made
+    keep = ARTIFACTS / "guest-consoles"
+    keep.mkdir(parents=True, exist_ok=True)
     for guest in made:
         guest.destroy()
+        if guest.console_path.exists():  # kept for whoever reads a failure
+            shutil.copyfile(guest.console_path, keep / f"{guest.name}.log")
 
 
 def new_guest(guests: list[Guest], conn: libvirt.virConnect, image_dir: Path, workdir: Path,
@@ -322,3 +352,104 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     assert dig(f"{p}.2", "appliance.acme.test", "TXT") == ['"collective DNS 2"']
     assert dig(f"{p}.2", "kept.acme.test") == ["192.0.2.7"]
     assert dig(f"{p}.2", "web.acme.test") == [f"{p}.3"]
+
+
+@pytest.fixture
+def netns_on(network: Network) -> Iterator[tuple[str, str, str]]:
+    """A network namespace whose veth is plugged into `network`'s bridge: (netns, ifname, mac)."""
+    tag = secrets.token_hex(3)
+    ns, host_end, ns_end = f"cgns{tag}", f"cgh{tag}", f"cgn{tag}"
+    mac = random_mac()
+    steps = [["ip", "netns", "add", ns],
+             ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end],
+             ["ip", "link", "set", ns_end, "netns", ns],
+             ["ip", "-n", ns, "link", "set", ns_end, "address", mac],
+             ["ip", "-n", ns, "link", "set", ns_end, "up"],
+             ["ip", "link", "set", host_end, "master", network.bridge],
+             ["ip", "link", "set", host_end, "up"]]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        yield ns, ns_end, mac
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def tcp_connects(host: str, port: int, timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
+        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path, guests: list[Guest],
+        network: Network, outside: Network, netns_on: tuple[str, str, str]) -> None:
+    p, o = network.prefix, outside.prefix
+    mask = ["255.255.255.0"]
+    data = workdir / f"ldap-{secrets.token_hex(3)}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(data), "100M"], check=True)
+    ldap = new_guest(guests, conn, images["LDAP"], workdir, network=network, data_disk=data)
+    web = new_guest(guests, conn, images["Web"], workdir, network=network)
+    dhcp = new_guest(guests, conn, images["DHCP"], workdir, network=network)
+    fw_out_mac = random_mac()
+    fw = new_guest(guests, conn, images["Firewall"], workdir, network=network,
+                   more_nics=[(outside, fw_out_mac)])
+    ns, ns_if, ns_mac = netns_on
+    for guest in (ldap, web, dhcp, fw):
+        guest.start()
+    secret = "pa55 w0rd & more"
+    params = {
+        ldap: {"domain": ["acme.test"], "rootdnpass": [secret],
+               "datadisks": [encode([("device", "vdb"), ("size", "100mb")])],
+               "ethernet0.ip": [f"{p}.4"], "ethernet0.netmask": mask, "ethernet0.mac": [ldap.mac],
+               "defaultroute": [f"{p}.254"]},
+        web: {"domain": ["acme.test"], "ethernet0.ip": [f"{p}.3"], "ethernet0.netmask": mask,
+              "ethernet0.mac": [web.mac], "defaultroute": [f"{p}.254"]},
+        dhcp: {"domain": ["acme.test"], "ethernet0.ip": [f"{p}.5"], "ethernet0.netmask": mask,
+               "ethernet0.mac": [dhcp.mac], "router": [f"{p}.254"], "dns": [f"{p}.2"],
+               "dhcphosts": [encode([("name", "client"), ("mac", ns_mac), ("ip", f"{p}.50")])]},
+        fw: {"ethernet0.ip": [f"{p}.254"], "ethernet0.netmask": mask, "ethernet0.mac": [fw.mac],
+             "ethernet1.ip": [f"{o}.2"], "ethernet1.netmask": mask, "ethernet1.mac": [fw_out_mac],
+             "services": [encode([("port", "80/tcp"), ("ip", f"{p}.3")]),
+                          encode([("port", "389/tcp"), ("ip", f"{p}.4")])]},
+    }
+    for guest, values in params.items():
+        assert guest.channel is not None
+        guest.channel.deliver(values, timeout=BOOT_TIMEOUT)
+
+    # LDAP: root DN from the domain, base entries seeded on the fresh data disk, bind works.
+    assert ldap.event_details("status")[-1] == "suffix=dc=acme,dc=test rootdn=cn=admin,dc=acme,dc=test"
+    search = subprocess.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{p}.4", "-D",
+                             "cn=admin,dc=acme,dc=test", "-w", secret, "-b", "dc=acme,dc=test",
+                             "(objectClass=organizationalUnit)", "ou"],
+                            capture_output=True, text=True, timeout=30)
+    assert search.returncode == 0, search.stderr
+    assert "ou: people" in search.stdout and "ou: groups" in search.stdout
+    wrong = subprocess.run(["ldapsearch", "-x", "-H", f"ldap://{p}.4", "-D",
+                            "cn=admin,dc=acme,dc=test", "-w", "wrong", "-b", "dc=acme,dc=test"],
+                           capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 49  # invalid credentials
+    assert secret not in ldap.console()
+
+    # DHCP: a real client in a namespace on the VAN gets its fixed lease.
+    lease = subprocess.run(["ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", ns_if, "-n", "-q",
+                            "-t", "5", "-T", "2", "-s", "/bin/true"],
+                           capture_output=True, text=True, timeout=60)
+    assert f"lease of {p}.50 obtained" in lease.stdout + lease.stderr, lease.stderr
+
+    # Firewall, from outside: the services are forwarded to the VAN (DNAT), nothing else is.
+    page = urllib.request.urlopen(f"http://{o}.2/", timeout=20).read().decode()
+    assert "acme.test groupware" in page
+    through = subprocess.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{o}.2", "-b",
+                              "dc=acme,dc=test", "(ou=people)", "dn"],
+                             capture_output=True, text=True, timeout=30)
+    assert "dn: ou=people,dc=acme,dc=test" in through.stdout, through.stderr
+    assert tcp_connects(f"{p}.4", 389)  # LDAP itself is up on the VAN...
+    assert not tcp_connects(f"{o}.2", 22)  # ...but only the listed services pass the firewall
+    assert not tcp_connects(f"{o}.2", 8053)
+    assert fw.event_details("status")[-1] == "services=2 forward=1"
