@@ -8,15 +8,11 @@ decide which disks are program disks.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reposerver.errors import InvalidAppliance
-
-_MISSING = re.compile(r"required parameter (\S+) has no value")
-
 
 @dataclass(frozen=True)
 class ApplianceSpec:
@@ -53,11 +49,10 @@ def describe_appliance(
             break
         # A published appliance is a definition: its users set its "required" parameters.
         # Evaluate it with placeholders for exactly those (and nothing else) to read vm/datadisks.
-        for error in missing:
-            match = _MISSING.search(error.message)
-            if match is None:
-                break
-            placeholders[match.group(1)] = "placeholder"
+        unnamed = [e for e in missing if not e.path]
+        if unnamed:
+            break
+        placeholders.update({e.path: "placeholder" for e in missing})
     if analysis.model is None:
         errors = [
             e for e in analysis.errors if not isinstance(e, CvlMissingError)
