@@ -1,9 +1,10 @@
 """Automatic update on publish, end to end: a repository with the utility as subscriber,
 the utility daemon on TCP with a bearer token, simulated hosts.
 
-Publishing DNS v2 (the repository's own publish; it announces to subscribers like a push does)
-leads, with no other action, to DNS running v2: the other component untouched, DNS's data disk
-the same file with the same bytes, history showing the push. A forged event changes nothing.
+Publishing DNS v2 leads, with no other action, to DNS running v2: the other component
+untouched, DNS's data disk the same file with the same bytes, history showing the push. A forged
+event changes nothing. Shown twice: with the repository's own publish (local repository), and
+with a stock `git push` (git-lfs) to the repository server under gunicorn.
 """
 
 from __future__ import annotations
@@ -124,3 +125,69 @@ def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> No
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_git_push_to_the_server_updates_the_running_appliance(tmp_path: Path) -> None:
+    from reposerver.testing import running_server
+
+    def git(*args: str, cwd: Path) -> None:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        assert done.returncode == 0, done.stderr
+
+    port = free_port()
+    shared = secrets.token_hex(16)
+    root = tmp_path / "root"
+    root.mkdir()
+    repo = Repository.create(root / "DNS", RepoConfig(subscribers=(
+        Subscriber(f"http://127.0.0.1:{port}/v1/events/publish", secret=shared),)))
+    publish(repo.path, sample_appliance(tmp_path / "app", "DNS"))
+    with running_server(root, workers=2) as server:
+        user = tmp_path / "user"
+        user.mkdir()
+        cvl = user / "MyDNS.cvl"
+        cvl.write_text(f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
+                       'MyDNS extends DNS { domain = "acme.org"; }\n')
+        state = tmp_path / "state"
+        token = subprocess.run([*CUI, "utility", "token", "add", "admin", "--role", "admin",
+                                "--state", str(state)], capture_output=True, text=True,
+                               check=True, cwd=REPO_ROOT).stdout.strip()
+        env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token}
+        log = (tmp_path / "daemon.log").open("w")
+        daemon = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state), "--listen",
+                                   f"127.0.0.1:{port}"], cwd=REPO_ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT,
+                                  env={**os.environ, "COLLECTIVE_EVENTS_SECRET": shared})
+        try:
+            deadline = time.monotonic() + 30
+            while "listening on" not in (tmp_path / "daemon.log").read_text():
+                assert daemon.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory",
+                "2G", "--max-vms", "8", env=env)
+            cui("vlan", "add", "100-101", env=env)
+            cui("publicip", "add", "192.0.2.1-192.0.2.2", env=env)
+            cui("start", str(cvl), env=env)
+
+            def version() -> str:
+                vap = json.loads(cui("status", str(cvl), "--json", env=env))[0]
+                return str(vap["components"][0]["version"])
+
+            assert version() == "1"
+            work = tmp_path / "work"
+            git("clone", "-q", server.url + "/DNS.git", str(work), cwd=tmp_path)
+            git("config", "lfs.locksverify", "false", cwd=work)
+            git("remote", "set-url", "--push", "origin", server.push_url("DNS"), cwd=work)
+            write_pattern(work / "root.qcow2", 0x22, "2M", "64k")
+            git("commit", "-q", "-am", "v2", cwd=work)
+            git("tag", "-a", "v2", "-m", "version 2", cwd=work)
+            git("push", "-q", "origin", "main", "v2", cwd=work)
+            pushed = time.monotonic()
+            while version() != "2":
+                assert time.monotonic() - pushed < 5, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.2)
+            history = json.loads(cui("history", str(cvl), "--json", env=env))
+            assert [(h["trigger"], h["versions"]) for h in history] == [("push", {"": ["1", "2"]})]
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
