@@ -12,7 +12,8 @@ from typing import Any
 
 def create_app(config: dict[str, Any] | None = None) -> Any:
     """Build the WSGI application serving every repository under the configured root."""
+    from reposerver.pages import init_app as init_pages
     from reposerver.settings import load_settings
     from reposerver.web import build_app
 
-    return build_app(load_settings(config))
+    return init_pages(build_app(load_settings(config)))

@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 
 from utility.cluster import Caller, ClusterManager
 from utility.errors import CheckFailed, Unauthorized, UtilityError
+from utility.pages import init_app as init_pages
 from utility.sizes import parse_size
 
 LOCAL_ADMIN = Caller("local", "admin")
@@ -248,6 +249,7 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         manager.store.add_token(field(data, "name"), role, token)
         return jsonify({"name": data["name"], "role": role, "token": token}), 201
 
+    init_pages(app)
     return app
 
 
