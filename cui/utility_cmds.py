@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,13 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+def echo_lines(lines: Iterable[str]) -> None:
+    """Print each line."""
+    for line in lines:
+        click.echo(line)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], object]) -> None:
     """Print `data` as JSON for tools or through `render` for people."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -174,9 +180,9 @@ def trust_add_key(key_file: str, url: str | None, client: UtilityClient) -> None
 @client_options
 def trust_list(as_json: bool, client: UtilityClient) -> None:
     """The trust policy."""
-    emit(client.trust(), as_json, lambda rows: [click.echo(
+    emit(client.trust(), as_json, lambda rows: echo_lines(
         f"{r['url'] or '(global)'}: require-signed {'on' if r['require_signed'] else 'off'}, "
-        f"{r['keys']} key(s)") for r in rows])
+        f"{r['keys']} key(s)" for r in rows))
 
 
 # -- administration -------------------------------------------------------------------------------
@@ -284,7 +290,7 @@ def blacklist_remove(url: str, version: str, client: UtilityClient) -> None:
 def blacklist_list(as_json: bool, client: UtilityClient) -> None:
     """The blacklist."""
     emit(client.blacklist(), as_json,
-         lambda rows: [click.echo(f"{r['url']} {r['version']}") for r in rows])
+         lambda rows: echo_lines(f"{r['url']} {r['version']}" for r in rows))
 
 
 @blacklist_group.command("violations")
@@ -292,9 +298,9 @@ def blacklist_list(as_json: bool, client: UtilityClient) -> None:
 @client_options
 def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
     """Running appliances that use a blacklisted version (they are not stopped)."""
-    emit(client.violations(), as_json, lambda rows: [
-        click.echo(f"{r['cvl']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}")
-        for r in rows] or click.echo("no violations"))
+    emit(client.violations(), as_json, lambda rows: echo_lines(
+        [f"{r['cvl']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}"
+         for r in rows] or ["no violations"]))
 
 
 # -- start / stop / status ------------------------------------------------------------------------
@@ -339,10 +345,12 @@ def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
     result = client.start(str(path), _secrets_for(path))
     for note in result.get("notes", []):
         click.echo(note, err=True)
-    emit(result, as_json, lambda r: (
+    def render(r: dict[str, Any]) -> None:
         click.echo(f"started {r['cvl']} in {time.monotonic() - began:.2f} s "
-                   f"(boot order: {', '.join(r['boot_order'])})"),
-        _render_status([r])))
+                   f"(boot order: {', '.join(r['boot_order'])})")
+        _render_status([r])
+
+    emit(result, as_json, render)
 
 
 @click.command("stop")

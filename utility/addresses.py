@@ -96,10 +96,10 @@ def parse_range(text: str) -> list[str]:
 def segment_of(model: ModelView, iface_path: str) -> str:
     """The segment (a VAN path, or PUBLIC) interface `iface_path` is attached to."""
     vm_path = parent_path(iface_path)
-    rel = leaf_name(iface_path)
-    holder = vm_path
     if vm_path is None or model.components[vm_path].kind != "vm":
         raise UtilityError(f"interface {iface_path!r} does not belong to a VM appliance")
+    rel = leaf_name(iface_path)
+    holder: str = vm_path
     van = model.enclosing_van(vm_path) if vm_path else None
     if van is None:
         return PUBLIC  # the root itself is a VM: all its interfaces face the outside

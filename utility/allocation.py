@@ -123,11 +123,11 @@ def static_problems(
     pairs = [(o.url, o.version) for o in origins]
     pairs += [(str(i["url"]), str(i.get("version"))) for i in model.imports if i.get("url")]
     for url, version in pairs:
-        key = (url.rstrip("/"), version)
-        if key in seen:
+        entry = (url.rstrip("/"), version)
+        if entry in seen:
             continue
-        seen.add(key)
-        if key in banned or (key[0], "all") in banned:
+        seen.add(entry)
+        if entry in banned or (entry[0], "all") in banned:
             problems.append(f"{url} version {version} is blacklisted by the administrator")
     return problems
 

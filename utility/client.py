@@ -105,8 +105,8 @@ class UtilityClient:
             data = {"error": raw.decode(errors="replace")[:300]}
         if response.status >= 400:
             message = (data or {}).get("error", f"HTTP {response.status}")
-            if response.status == 422 and "problems" in (data or {}):
-                raise CheckFailed(data["problems"])
+            if response.status == 422 and isinstance(data, dict) and "problems" in data:
+                raise CheckFailed(list(data["problems"]))
             raise _BY_STATUS.get(response.status, UtilityError)(message)
         return data
 

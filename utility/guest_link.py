@@ -6,6 +6,7 @@ Kept to two functions so the executor does not depend on the channel's construct
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from utility.errors import GuestChannelError
 
@@ -15,7 +16,7 @@ def _channel(socket_path: str):  # type: ignore[no-untyped-def]
         from utility.channel import GuestChannel
     except ImportError as exc:
         raise GuestChannelError(f"guest channel unavailable: {exc}") from None
-    return GuestChannel(socket_path)
+    return GuestChannel(Path(socket_path))
 
 
 def deliver(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:

@@ -274,7 +274,8 @@ class Store:
     def set_vap(self, vap_id: int, *, status: str | None = None, state: VapState | None = None,
                 error: str | None = None, db: sqlite3.Connection | None = None) -> None:
         """Update a VAP's status, stored (masked) state, and error."""
-        sets, args = ["updated=?"], [time.time()]
+        sets: list[str] = ["updated=?"]
+        args: list[object] = [time.time()]
         if status is not None:
             sets.append("status=?")
             args.append(status)

@@ -78,7 +78,12 @@ def parse_vm_spec(data: bytes, where: str) -> VmSpec:
         initrd=(root.findtext("os/initrd") or "").strip(),
         cmdline=(root.findtext("os/cmdline") or "").strip(),
         disks=tuple(disks),
-        machine=(root.find("os/type").get("machine", "") if root.find("os/type") is not None
-                 else ""),
+        machine=_machine(root),
         acpi=root.find("features/acpi") is not None,
     )
+
+
+def _machine(root: ET.Element) -> str:
+    """The machine type the publisher asked for (`<os><type machine=...>`), or ""."""
+    os_type = root.find("os/type")
+    return os_type.get("machine", "") if os_type is not None else ""

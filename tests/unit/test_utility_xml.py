@@ -25,9 +25,10 @@ GOLDEN = Path(__file__).parent / "golden" / "utility"
 
 def golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if os.environ.get("COLLECTIVE_REGENERATE_GOLDEN") == "1" or not path.exists():
+    if os.environ.get("COLLECTIVE_REGENERATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with COLLECTIVE_REGENERATE_GOLDEN=1"
     assert text == path.read_text(), f"{name} differs from its golden file"
 
 
