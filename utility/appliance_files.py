@@ -7,12 +7,14 @@ the adapter over `reposerver.client`; everything above it sees `ApplianceFiles`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from utility.errors import ApplianceError
 from utility.model_view import Origin
+from utility.sizes import format_size
 
 
 class ApplianceFiles(Protocol):
@@ -51,6 +53,30 @@ class DirectoryFiles:
         return self._path(name)
 
 
+class FetchProgress:
+    """Progress of one object download, on the daemon's stderr: a bar on a terminal, else a line
+    at each quarter (objects already in the cache are not downloaded and print nothing)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        quarter = min(4, done * 4 // total)
+        if sys.stderr.isatty():
+            bar = "#" * (done * 30 // total)
+            sys.stderr.write(f"\rfetching {self.label} [{bar:<30}] {format_size(done)}"
+                             f"/{format_size(total)}")
+            if done >= total:
+                sys.stderr.write("\n")
+        elif quarter != self.shown:
+            sys.stderr.write(f"fetching {self.label}: {quarter * 25}% of {format_size(total)}\n")
+        self.shown = quarter
+        sys.stderr.flush()
+
+
 class RepositoryFiles:
     """Files of one version of a repository, read through `reposerver.client`."""
 
@@ -72,7 +98,8 @@ class RepositoryFiles:
         try:
             names = {d["name"] for d in self.repository.disks(version)}
             if name in names:
-                return Path(self.repository.fetch_disk(version, name, cache_dir / "objects"))
+                return Path(self.repository.fetch_disk(version, name, cache_dir / "objects",
+                                                       FetchProgress(f"{self.label} {name}")))
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
             raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
         target = cache_dir / "files" / self.origin.url.replace("/", "_") / str(version) / name
