@@ -89,10 +89,12 @@ def utility_group() -> None:
                    "(events are refused when it is unset).")
 @click.option("--poll-interval", type=float, default=None,
               help="Also poll unpinned imports' repositories every this many seconds.")
+@click.option("--user-root", type=click.Path(file_okay=False), default=None,
+              help="Users (not administrators) may only start CVL files under this directory.")
 def serve_command(state_dir: str | None, listen: str | None, placement: str, prefix: str,
                   address_base: str, default_host: str | None, stop_timeout: float,
                   ready_timeout: float, events_secret_env: str,
-                  poll_interval: float | None) -> None:
+                  poll_interval: float | None, user_root: str | None) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.allocation import Settings
     from utility.api import serve
@@ -105,7 +107,8 @@ def serve_command(state_dir: str | None, listen: str | None, placement: str, pre
     serve(
         Path(state_dir) if state_dir else default_state_dir(),
         listen,
-        lambda d: ClusterManager(d, settings, timeouts, default_host),
+        lambda d: ClusterManager(d, settings, timeouts, default_host,
+                                 Path(user_root) if user_root else None),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
     )

@@ -71,6 +71,8 @@ class ClusterManager:
         timeouts: readiness and clean-shutdown timeouts.
         default_uri: the embedded default host's URI; probed (`qemu:///system` or
             `test:///default`) when None.
+        user_root: when set, users (not administrators) may only start CVL files under it; the
+            daemon reads their CVL and writes disks next to it with its own privileges.
     """
 
     def __init__(
@@ -79,8 +81,10 @@ class ClusterManager:
         settings: Settings | None = None,
         timeouts: Timeouts | None = None,
         default_uri: str | None = None,
+        user_root: Path | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.user_root = user_root.resolve() if user_root else None
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(state_dir)
         self.settings = settings or Settings()
@@ -231,6 +235,7 @@ class ClusterManager:
             StartFailed: a later step failed; the VAP was rolled back to stopped.
         """
         path = Path(cvl_path).resolve()
+        self._may_use(caller, path)
         secrets = dict(secrets or {})
         with self._lock_for(str(path)):
             notes = self._ensure_default_host()
@@ -476,6 +481,7 @@ class ClusterManager:
             {"plan": [...], "lines": [...], "applied": bool, "error": str | None}
         """
         path = Path(cvl_path).resolve()
+        self._may_use(caller, path)
         secrets = {**self._secrets.get(str(path), {}), **dict(secrets or {})}
         with self._lock_for(str(path)):
             vap = self._active(caller, str(path))
@@ -679,6 +685,12 @@ class ClusterManager:
         return report
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _may_use(self, caller: Caller, path: Path) -> None:
+        """Users may only run CVL files under the configured user root (if any)."""
+        if caller.admin or self.user_root is None or path.is_relative_to(self.user_root):
+            return
+        raise Forbidden(f"{caller.name} may only start CVL files under {self.user_root}")
 
     def _lock_for(self, path: str) -> threading.Lock:
         with self._alloc_lock:

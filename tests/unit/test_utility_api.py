@@ -118,3 +118,13 @@ def test_check_failures_list_every_problem(setup) -> None:  # type: ignore[no-un
     answer = tcp.post("/v1/vaps/start", json={"cvl": str(acme)}, headers=admin)
     assert answer.status_code == 422
     assert len(answer.get_json()["problems"]) == 2
+
+
+def test_users_may_be_confined_to_a_directory_of_cvl_files(tmp_path: Path) -> None:
+    from utility.cluster import Caller
+    from utility.errors import Forbidden
+
+    manager = ClusterManager(tmp_path / "state", user_root=tmp_path / "users")
+    with pytest.raises(Forbidden, match="only start CVL files under"):
+        manager.start(Caller("alice", "user"), "/etc/x.cvl")
+    manager.close()
