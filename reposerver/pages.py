@@ -1,13 +1,626 @@
-"""HTML pages of the repository server (work in progress)."""
+"""HTML pages of the repository server, for publishers and users who look rather than query.
+
+The pages live in the same app as the JSON API and answer at the same URLs: `GET /` and
+`GET /NAME/` return HTML when the client prefers `text/html` (browsers do), JSON otherwise, so
+`requests`, `curl` and `reposerver.client` see exactly what they saw before (both answers say
+`Vary: Accept`). `GET /NAME/?version=N` shows version N instead of the latest;
+`GET /NAME/diff/A/B` compares two versions (HTML for browsers, JSON otherwise). Repository names
+cannot start with `-`, so the style sheet and script under `/-/static/` never shadow one.
+
+Everything shown is read through the existing layers: versions, files and disk chains from
+`Repository` (objects hash-checked on read), signature verdicts from `Repository.signature`
+(our own check against the repository's trusted keys, never the tag's say-so), declared
+parameters from the CVL evaluator. Templates autoescape; a sensitive parameter's value is never
+rendered; every page carries a Content-Security-Policy that allows no inline script or style.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+import difflib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
 
-bp = Blueprint("repository_pages", __name__, template_folder="templates")
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
+from lark import Lark
+from lark.exceptions import UnexpectedCharacters
+
+from reposerver import errors
+from reposerver.disks import read_header
+from reposerver.names import repository_name, version_number
+from reposerver.repository import Repository, list_repositories, open_repository
+
+bp = Blueprint(
+    "repository_pages",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/-/static",
+)
+
+CSP = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+REQUIRED_PLACEHOLDER = "REQUIREDxVALUExSETxBYxTHExUSER"
+"""Stands in for a required parameter while a published definition is evaluated; alphanumeric,
+so it survives map encoding and any value derived from it can be recognised."""
+MASK = "********"
+EVALUATION_TTL = 60.0
+MAX_LEX_ERRORS = 200
+
+_TOKEN_CLASS = {
+    "IMPORT": "kw",
+    "VAR": "kw",
+    "EXTENDS": "kw",
+    "STRING": "str",
+    "COMMENT": "com",
+    "LINE_COMMENT": "com",
+    "ITEM": "name",
+}
+
+
+# -- content negotiation --------------------------------------------------------------------
+
+
+def wants_html() -> bool:
+    """True when the client prefers HTML to JSON (a browser); `*/*` and no header mean JSON."""
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"]
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    response = Response(render_template(template, **context), status=status,
+                        mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-cache"
+    response.vary.add("Accept")
+    return response
+
+
+def _error_page(exc: errors.RepositoryError) -> Response:
+    from reposerver.web import status_of
+
+    status = status_of(exc)
+    response = _page("error.html", status=status, status_code=status, message=str(exc))
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="collective"'
+    return response
+
+
+def _negotiated(json_view: Callable[..., Any], html_view: Callable[..., Response]) -> Callable:
+    """A view answering with `html_view` for browsers and the original `json_view` otherwise."""
+
+    def view(**kwargs: Any) -> Any:
+        if not wants_html():
+            response = json_view(**kwargs)
+            if isinstance(response, Response):
+                response.vary.add("Accept")
+            return response
+        try:
+            return html_view(**kwargs)
+        except errors.RepositoryError as exc:
+            return _error_page(exc)
+
+    view.__name__ = json_view.__name__
+    view.__doc__ = json_view.__doc__
+    return view
 
 
 def init_app(app: Flask) -> Flask:
-    """Register the repository pages on the server's app; returns the app."""
+    """Register the pages on the server's app (HTML beside the JSON of `/` and `/NAME/`)."""
     app.register_blueprint(bp)
+    app.view_functions["reposerver.index"] = _negotiated(
+        app.view_functions["reposerver.index"], index_page
+    )
+    app.view_functions["reposerver.repository_index"] = _negotiated(
+        app.view_functions["reposerver.repository_index"], repository_page
+    )
     return app
+
+
+@bp.errorhandler(errors.RepositoryError)
+def _diff_error(exc: errors.RepositoryError) -> Any:
+    if wants_html():
+        return _error_page(exc)
+    from reposerver.web import status_of
+
+    response = jsonify({"error": str(exc), "message": str(exc)})
+    response.status_code = status_of(exc)
+    return response
+
+
+# -- what the pages read --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One version as the pages show it: when, and whose signature we verified (if any)."""
+
+    number: int
+    date: datetime
+    signed: bool
+    signer: str | None
+    problem: str | None
+    message: str
+
+    @property
+    def verified(self) -> bool:
+        """True only when our own check found a trusted key's valid signature."""
+        return self.signer is not None
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """A parameter the appliance declares, with its default as the evaluator computed it."""
+
+    name: str
+    required: bool
+    sensitive: bool
+    default: str | None
+    where: str
+
+    def shown(self) -> str:
+        """The default as a page may show it: never a sensitive value."""
+        if self.sensitive and self.default is not None:
+            return "(sensitive: not shown)"
+        return self.default if self.default is not None else ""
+
+
+@dataclass(frozen=True)
+class ComponentRow:
+    """A component of the appliance: path, type, kind and where its type came from."""
+
+    path: str
+    type: str
+    kind: str
+    origin: str
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What evaluating a version's CVL found: appliance name, parameters, components, errors."""
+
+    appliance: str | None
+    params: tuple[ParamRow, ...]
+    components: tuple[ComponentRow, ...]
+    errors: tuple[str, ...]
+    sensitive: frozenset[str] = frozenset()
+    """Names declared sensitive anywhere in the appliance (their literals are masked)."""
+
+
+@dataclass(frozen=True)
+class DiskRow:
+    """A program disk of a version: virtual size, stored chain, and what this version added."""
+
+    name: str
+    format: str
+    virtual_size: int | None
+    chain_length: int
+    stored_bytes: int
+    added_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DiffLine:
+    """One line of a unified CVL diff: kind is `same`, `add`, `del` or `gap`."""
+
+    kind: str
+    old: int | None
+    new: int | None
+    text: str
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    """How one declared parameter differs between two versions."""
+
+    name: str
+    kind: str  # "added" | "removed" | "changed"
+    old: ParamRow | None
+    new: ParamRow | None
+
+    def details(self) -> list[str]:
+        """What changed, in words (values only when neither side is sensitive)."""
+        old, new = self.old, self.new
+        if old is None or new is None:
+            return []
+        found = []
+        if old.required != new.required:
+            found.append("now required" if new.required else "no longer required")
+        if old.sensitive != new.sensitive:
+            found.append("now sensitive" if new.sensitive else "no longer sensitive")
+        if old.default != new.default:
+            found.append("default changed")
+        return found
+
+
+def version_rows(repo: Repository) -> list[VersionRow]:
+    """Every version, newest first, with our verdict on its signature."""
+    rows = []
+    for number in sorted(repo.version_tags(), reverse=True):
+        tag = repo.tag(number)
+        status = repo.signature(number)
+        rows.append(
+            VersionRow(
+                number=number,
+                date=datetime.fromtimestamp(tag.tag_time, UTC),
+                signed=status.signed,
+                signer=status.signer,
+                problem=status.problem,
+                message=tag.message.decode("utf-8", errors="replace").strip(),
+            )
+        )
+    return rows
+
+
+def cvl_file(repo: Repository, number: int) -> tuple[str, str]:
+    """(name, text) of the one top-level `.cvl` file of version `number`."""
+    names = sorted(n for n in repo.files(number) if "/" not in n and n.endswith(".cvl"))
+    if not names:
+        raise errors.NotFound(f"{repo.name}: version {number} has no CVL file")
+    data = repo.file(number, names[0]).data
+    return names[0], data.decode("utf-8", errors="replace")
+
+
+@cache
+def _lexer() -> Lark:
+    import cvl.syntax
+
+    return Lark.open("cvl.lark", rel_to=cvl.syntax.__file__, parser="lalr", lexer="basic")
+
+
+def _tokens(text: str) -> Iterator[tuple[str, str]]:
+    """(css class, text) covering `text` exactly, from the CVL grammar's own terminals."""
+    pos, bad = 0, 0
+    while pos < len(text):
+        try:
+            for token in _lexer().lex(text[pos:], dont_ignore=True):
+                kind = _TOKEN_CLASS.get(token.type, "ws" if token.type.startswith("__IGNORE")
+                                        else "punct")
+                yield kind, str(token)
+            return
+        except UnexpectedCharacters as exc:
+            at = pos + (exc.pos_in_stream or 0)
+            bad += 1
+            if bad > MAX_LEX_ERRORS:
+                yield "err", text[at:]
+                return
+            yield "err", text[at]
+            pos = at + 1
+
+
+def mask_sensitive(text: str, sensitive: frozenset[str]) -> str:
+    """`text` with every string assigned to a parameter named in `sensitive` replaced by MASK.
+
+    A publisher should not put a secret in a published CVL file, but if one does, the pages do
+    not repeat it (the target's last name decides, so `l.rootpw = "..."` is masked too).
+    """
+    if not sensitive:
+        return text
+    out: list[str] = []
+    target: list[str] = []
+    masking = False
+    for kind, piece in _tokens(text):
+        if kind == "str" and masking:
+            out.append(f'"{MASK}"')
+            continue
+        out.append(piece)
+        if kind in ("ws", "com"):
+            continue
+        if kind == "name" and not masking:
+            target = [piece] if not target or target[-1] != "." else [*target, piece]
+        elif piece == "." and target:
+            target.append(".")
+        elif piece == "=" and target:
+            masking = target[-1] in sensitive
+            target = []
+        elif piece == ";":
+            masking, target = False, []
+        elif not masking:
+            target = []
+    return "".join(out)
+
+
+def highlight(text: str) -> list[list[tuple[str, str]]]:
+    """The CVL text as lines of (css class, text) pieces, for a template to escape and wrap."""
+    lines: list[list[tuple[str, str]]] = [[]]
+    for kind, piece in _tokens(text):
+        parts = piece.split("\n")
+        for i, part in enumerate(parts):
+            if i:
+                lines.append([])
+            if part:
+                lines[-1].append((kind, part))
+    if lines and not lines[-1] and text.endswith("\n"):
+        lines.pop()
+    return lines
+
+
+def _show(values: Sequence[str]) -> str:
+    if any(REQUIRED_PLACEHOLDER in v for v in values):
+        return "(from a required parameter)"
+    return ", ".join(f'"{v}"' for v in values)
+
+
+_evaluations: dict[tuple[str, str, str], tuple[float, Declaration]] = {}
+_evaluations_lock = threading.Lock()
+
+
+def declaration(repo: Repository, number: int) -> Declaration:
+    """Evaluate version `number`'s CVL as a definition (required parameters left to the user).
+
+    Imports resolve like the push checks resolve them. Results are kept for a minute: the text
+    of a version never changes, but an unpinned import's latest version can.
+    """
+    name, text = cvl_file(repo, number)
+    key = (str(repo.path), repo.tag(number).id.decode(), name)
+    now = time.monotonic()
+    with _evaluations_lock:
+        hit = _evaluations.get(key)
+        if hit and now - hit[0] < EVALUATION_TTL:
+            return hit[1]
+    result = _evaluate(text, name)
+    with _evaluations_lock:
+        _evaluations[key] = (now, result)
+    return result
+
+
+def _evaluate(text: str, filename: str) -> Declaration:
+    import cvl
+    from cvl.errors import CvlMissingError
+    from reposerver.client import make_resolver
+
+    resolver = make_resolver()
+    placeholders: dict[str, str] = {}
+    analysis = cvl.analyse_text(text, filename, resolver=resolver)
+    for _ in range(3):
+        missing = [e for e in analysis.errors if isinstance(e, CvlMissingError) and e.path]
+        if analysis.model is not None or not missing or len(missing) != len(analysis.errors):
+            break
+        placeholders.update({e.path: REQUIRED_PLACEHOLDER for e in missing})
+        analysis = cvl.analyse_text(text, filename, resolver=resolver, overrides=placeholders)
+    model = analysis.model
+    if model is None:
+        return Declaration(None, (), (), tuple(e.render() for e in analysis.errors))
+    root = model.root
+    params = []
+    for pname, declared in sorted(root.declared.items()):
+        value = root.param(pname)
+        default = None
+        if value is not None and pname not in placeholders:
+            default = _show(value)
+        params.append(ParamRow(pname, declared.required, declared.sensitive, default,
+                               f"{declared.owner} ({declared.file.rpartition('/')[2]}:"
+                               f"{declared.line})"))
+    components = tuple(
+        ComponentRow(
+            c.path or "(root)",
+            c.type,
+            c.kind,
+            f"{c.origin.url} v{c.origin.version}" if c.origin else "defined here",
+        )
+        for c in model.walk()
+        if c.kind != "interface"
+    )
+    sensitive = frozenset(n for c in model.walk() for n in c.sensitive)
+    return Declaration(model.appliance, tuple(params), components, (), sensitive)
+
+
+def disk_rows(repo: Repository, number: int) -> list[DiskRow]:
+    """Program disks of version `number`; `added_bytes` counts objects no earlier version had."""
+    earlier: set[str] = set()
+    for previous in sorted(repo.version_tags()):
+        if previous >= number:
+            break
+        for disk in repo.disks(previous):
+            earlier.update(str(link["sha256"]) for link in disk["chain"])  # type: ignore[attr-defined]
+    rows = []
+    for disk in repo.disks(number):
+        chain: list[dict[str, Any]] = disk["chain"]  # type: ignore[assignment]
+        top = str(disk["sha256"])
+        header = read_header(repo.store.verified_path(top))
+        rows.append(
+            DiskRow(
+                name=str(disk["name"]),
+                format=str(disk["format"]),
+                virtual_size=header.virtual_size,
+                chain_length=len(chain),
+                stored_bytes=sum(int(link["size"]) for link in chain),
+                added_bytes=sum(int(link["size"]) for link in chain
+                                if link["sha256"] not in earlier),
+                sha256=top,
+            )
+        )
+    return rows
+
+
+def cvl_diff(old: str, new: str, context: int = 3) -> list[DiffLine]:
+    """A unified diff of two CVL texts as numbered lines, hunks separated by `gap` lines."""
+    a, b = old.splitlines(), new.splitlines()
+    lines: list[DiffLine] = []
+    for group in difflib.SequenceMatcher(None, a, b, autojunk=False).get_grouped_opcodes(context):
+        if lines:
+            lines.append(DiffLine("gap", None, None, "…"))
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                lines += [DiffLine("same", i1 + k + 1, j1 + k + 1, a[i1 + k])
+                          for k in range(i2 - i1)]
+                continue
+            lines += [DiffLine("del", i + 1, None, a[i]) for i in range(i1, i2)]
+            lines += [DiffLine("add", None, j + 1, b[j]) for j in range(j1, j2)]
+    return lines
+
+
+def param_diff(old: Sequence[ParamRow], new: Sequence[ParamRow]) -> list[ParamChange]:
+    """Declared parameters added, removed, or changed (flags or default) from `old` to `new`."""
+    before = {p.name: p for p in old}
+    after = {p.name: p for p in new}
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        a, b = before.get(name), after.get(name)
+        if a is None:
+            changes.append(ParamChange(name, "added", None, b))
+        elif b is None:
+            changes.append(ParamChange(name, "removed", a, None))
+        elif a != b and (a.required, a.sensitive, a.default) != (b.required, b.sensitive,
+                                                                 b.default):
+            changes.append(ParamChange(name, "changed", a, b))
+    return changes
+
+
+def _param_json(row: ParamRow | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"required": row.required, "sensitive": row.sensitive,
+            "default": None if row.sensitive else row.default}
+
+
+def base_url() -> str:
+    """This server's public base URL (configured `public_url`, else the request's host)."""
+    from reposerver.web import settings
+
+    return (settings().public_url or request.host_url).rstrip("/")
+
+
+def import_snippet(url: str, cvl_name: str, appliance: str, version: int | None) -> str:
+    """The CVL `import` block for this repository, pinned to `version` or tracking the latest."""
+    lines = ["import {", f'    url => "{url}",', f'    cvl => "{cvl_name}",']
+    if version is not None:
+        lines.append(f'    version => "{version}",')
+    lines.append(f"}} {appliance};")
+    return "\n".join(lines)
+
+
+# -- views ----------------------------------------------------------------------------------
+
+
+def _root() -> Any:
+    from reposerver.web import settings
+
+    return settings().root
+
+
+def index_page() -> Response:
+    """Every repository: name, latest version, its date, and whether its signature verified."""
+    entries = []
+    for repo in list_repositories(_root()):
+        try:
+            latest = repo.latest()
+            row = version_rows(repo)[0] if latest else None
+            entries.append({"name": repo.name, "latest": latest, "row": row})
+        finally:
+            repo.git.close()
+    return _page("repo_index.html", entries=entries, title="Appliance repositories")
+
+
+def repository_page(name: str) -> Response:
+    """A repository: versions, the chosen version's CVL, parameters, disks and snippets."""
+    repo = open_repository(_root(), repository_name(name))
+    try:
+        versions = version_rows(repo)
+        if not versions:
+            return _page("repository.html", repo=repo.name, versions=[], title=repo.name)
+        wanted = request.args.get("version")
+        number = version_number(wanted) if wanted else versions[0].number
+        current = next((v for v in versions if v.number == number), None)
+        if current is None:
+            raise errors.NotFound(f"{repo.name}: version {number} does not exist")
+        cvl_name, text = cvl_file(repo, number)
+        declared = declaration(repo, number)
+        url = f"{base_url()}/{repo.name}"
+        appliance = declared.appliance or cvl_name.removesuffix(".cvl")
+        previous = next((v.number for v in versions if v.number < number), None)
+        return _page(
+            "repository.html",
+            title=f"{repo.name} v{number}",
+            repo=repo.name,
+            versions=versions,
+            current=current,
+            latest=versions[0].number,
+            previous=previous,
+            cvl_name=cvl_name,
+            cvl_lines=highlight(mask_sensitive(text, declared.sensitive)),
+            declared=declared,
+            disks=disk_rows(repo, number),
+            clone=f"git clone {url}.git",
+            import_pinned=import_snippet(url, cvl_name, appliance, number),
+            import_latest=import_snippet(url, cvl_name, appliance, None),
+        )
+    finally:
+        repo.git.close()
+
+
+@bp.get("/<name>/diff")
+def diff_choice(name: str) -> Any:
+    """The compare form's target: redirect to `/NAME/diff/FROM/TO`."""
+    from flask import redirect
+
+    old = version_number(request.args.get("from", ""))
+    new = version_number(request.args.get("to", ""))
+    return redirect(f"/{repository_name(name)}/diff/{old}/{new}", code=303)
+
+
+@bp.get("/<name>/diff/<old>/<new>")
+def diff_page(name: str, old: str, new: str) -> Response:
+    """What changed between two versions: the CVL text and the declared parameters."""
+    repo = open_repository(_root(), repository_name(name))
+    try:
+        a, b = version_number(old), version_number(new)
+        a_name, a_text = cvl_file(repo, a)
+        b_name, b_text = cvl_file(repo, b)
+        a_decl, b_decl = declaration(repo, a), declaration(repo, b)
+        lines = cvl_diff(mask_sensitive(a_text, a_decl.sensitive | b_decl.sensitive),
+                         mask_sensitive(b_text, a_decl.sensitive | b_decl.sensitive))
+        params = param_diff(a_decl.params, b_decl.params)
+        if not wants_html():
+            response = jsonify({
+                "repository": repo.name, "from": a, "to": b,
+                "cvl": [{"kind": d.kind, "old": d.old, "new": d.new, "text": d.text}
+                        for d in lines],
+                "parameters": [{"name": c.name, "change": c.kind, "from": _param_json(c.old),
+                                "to": _param_json(c.new)} for c in params],
+            })
+            response.vary.add("Accept")
+            return response
+        return _page(
+            "diff.html",
+            title=f"{repo.name}: v{a} → v{b}",
+            repo=repo.name,
+            old=a,
+            new=b,
+            old_name=a_name,
+            new_name=b_name,
+            lines=lines,
+            params=params,
+            errors=a_decl.errors + b_decl.errors,
+            versions=[v.number for v in version_rows(repo)],
+        )
+    finally:
+        repo.git.close()
+
+
+@bp.app_template_filter("size")
+def format_bytes(value: int | None) -> str:
+    """Bytes for people: 1536 -> '1.5 KiB'."""
+    if value is None:
+        return "?"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
+@bp.app_template_filter("utc")
+def format_time(value: datetime) -> str:
+    """A UTC timestamp for people."""
+    return value.strftime("%Y-%m-%d %H:%M UTC")
