@@ -167,12 +167,14 @@ class GuestChannel:
     def _send_params(self, params: Mapping[str, Sequence[str]]) -> None:
         line = params_line(params)
         if self._eof.is_set():
-            raise GuestChannelError(f"guest channel {self.socket_path} is closed (did the VM stop?)")
+            raise GuestChannelError(
+                f"guest channel {self.socket_path} is closed (did the VM stop?)")
         with self._send_lock:
             try:
                 self._sock.sendall(line)
             except OSError as exc:
-                raise GuestChannelError(f"cannot send parameters to {self.socket_path}: {exc}") from exc
+                raise GuestChannelError(
+                    f"cannot send parameters to {self.socket_path}: {exc}") from exc
         self.transcript.append((time.monotonic(), f"> PARAMS ({len(line)} bytes)"))
 
     # -- protocol

@@ -261,7 +261,8 @@ def new_guest(guests: list[Guest], conn: libvirt.virConnect, image_dir: Path, wo
 
 
 def test_boots_takes_parameters_and_reconfigures_without_reboot(
-        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path, guests: list[Guest]) -> None:
+        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path,
+        guests: list[Guest]) -> None:
     guest = new_guest(guests, conn, images["Web"], workdir)
     guest.start()
     assert guest.channel is not None
@@ -423,7 +424,8 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
         guest.channel.deliver(values, timeout=BOOT_TIMEOUT)
 
     # LDAP: root DN from the domain, base entries seeded on the fresh data disk, bind works.
-    assert ldap.event_details("status")[-1] == "suffix=dc=acme,dc=test rootdn=cn=admin,dc=acme,dc=test"
+    assert ldap.event_details("status")[-1] == \
+        "suffix=dc=acme,dc=test rootdn=cn=admin,dc=acme,dc=test"
     search = subprocess.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{p}.4", "-D",
                              "cn=admin,dc=acme,dc=test", "-w", secret, "-b", "dc=acme,dc=test",
                              "(objectClass=organizationalUnit)", "ou"],

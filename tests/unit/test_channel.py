@@ -87,15 +87,20 @@ def _agent_decode(text: str, workdir: Path) -> dict[str, list[str]]:
     return result
 
 
-@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox (the guest's awk) not installed")
+NO_BUSYBOX = pytest.mark.skipif(shutil.which("busybox") is None,
+                                reason="busybox (the guest's awk) is not installed")
+
+
+@NO_BUSYBOX
 @settings(max_examples=60, deadline=None)
 @given(param_sets)
-def test_the_guest_agent_decodes_exactly_what_the_host_encodes(params: dict[str, list[str]]) -> None:
+def test_the_guest_agent_decodes_exactly_what_the_host_encodes(
+        params: dict[str, list[str]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         assert _agent_decode(encode_params(params), Path(tmp)) == params
 
 
-@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox (the guest's awk) not installed")
+@NO_BUSYBOX
 @pytest.mark.parametrize("text, message", [
     ("a=%zz", "bad escape at byte 1"),
     ("a=b&c", "pair 2 has no '='"),
@@ -103,8 +108,10 @@ def test_the_guest_agent_decodes_exactly_what_the_host_encodes(params: dict[str,
     ("a%2Fb=c", "key 'a/b' is not a parameter name"),
     ("a=x%0Ay", "value of a contains a newline"),
 ])
-def test_the_guest_agent_rejects_malformed_maps_saying_why(text: str, message: str, tmp_path: Path) -> None:
-    proc = subprocess.run(["busybox", "awk", "-v", f"dir={tmp_path}", "-f", str(AGENT / "mapdecode.awk")],
+def test_the_guest_agent_rejects_malformed_maps_saying_why(text: str, message: str,
+                                                          tmp_path: Path) -> None:
+    decoder = str(AGENT / "mapdecode.awk")
+    proc = subprocess.run(["busybox", "awk", "-v", f"dir={tmp_path}", "-f", decoder],
                           input=text.encode(), capture_output=True)
     assert proc.returncode == 2
     assert message in proc.stderr.decode()
