@@ -51,6 +51,21 @@ class Analysis:
         self.errors = errors
         self.warnings = warnings
 
+    def missing_placeholders(self, value: str) -> dict[str, str] | None:
+        """Overrides giving `value` to each required parameter left without one, or None.
+
+        A published appliance is a definition: its users set its "required" parameters later.
+        Callers that must read such a definition (a repository validating a push, the utility
+        running every pre-start check at once) evaluate again with these placeholders. None when
+        any error is of another kind, so a real mistake is never papered over.
+        """
+        from cvl.errors import CvlMissingError
+
+        missing = [e for e in self.errors if isinstance(e, CvlMissingError) and e.path]
+        if not missing or len(missing) != len(self.errors):
+            return None
+        return {e.path: value for e in missing}
+
 
 def _normalise(overrides: Overrides | None) -> dict[str, tuple[str, ...]]:
     if not overrides:

@@ -14,6 +14,7 @@ from typing import Any
 
 from reposerver.errors import InvalidAppliance
 
+
 @dataclass(frozen=True)
 class ApplianceSpec:
     """What a repository needs to know about an appliance's CVL file."""
@@ -39,20 +40,12 @@ def describe_appliance(
         from reposerver.client import make_resolver
 
         resolver = make_resolver()
-    placeholders: dict[str, str] = {}
-    for _ in range(3):
+    analysis = cvl.analyse_text(text, filename, resolver=resolver, base_dir=base_dir)
+    placeholders = analysis.missing_placeholders("placeholder")
+    if placeholders is not None:
         analysis = cvl.analyse_text(
             text, filename, resolver=resolver, overrides=placeholders, base_dir=base_dir
         )
-        missing = [e for e in analysis.errors if isinstance(e, CvlMissingError)]
-        if analysis.model is not None or len(missing) != len(analysis.errors):
-            break
-        # A published appliance is a definition: its users set its "required" parameters.
-        # Evaluate it with placeholders for exactly those (and nothing else) to read vm/datadisks.
-        unnamed = [e for e in missing if not e.path]
-        if unnamed:
-            break
-        placeholders.update({e.path: "placeholder" for e in missing})
     if analysis.model is None:
         errors = [
             e for e in analysis.errors if not isinstance(e, CvlMissingError)

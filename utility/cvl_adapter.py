@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,7 +27,6 @@ def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None) -> Mode
     return ModelView.from_json(model.to_json())
 
 
-_MISSING = re.compile(r"required parameter (\S+) has no value")
 PLACEHOLDER = "<missing>"
 
 
@@ -42,20 +40,15 @@ def evaluate_for_checks(
     still run and every problem is reported together. Any other CVL error leaves no model.
     """
     import cvl
-    from cvl.errors import CvlMissingError
-
     analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver(),
                                 overrides=dict(overrides or {}))
     if analysis.model is not None:
         return ModelView.from_json(analysis.model.to_json()), []
     problems = [_render(e) for e in analysis.errors]
-    missing = [e for e in analysis.errors if isinstance(e, CvlMissingError)]
-    if len(missing) != len(analysis.errors):
+    placeholders = analysis.missing_placeholders(PLACEHOLDER)
+    if placeholders is None:
         return None, problems
-    keys = {m.group(1) for e in missing if (m := _MISSING.search(str(e)))}
-    if len(keys) != len(missing):
-        return None, problems
-    filled = {**dict(overrides or {}), **dict.fromkeys(keys, PLACEHOLDER)}
+    filled = {**dict(overrides or {}), **placeholders}
     again = cvl.analyse_file(str(cvl_path), resolver=_resolver(), overrides=filled)
     model = ModelView.from_json(again.model.to_json()) if again.model is not None else None
     return model, problems

@@ -165,3 +165,15 @@ def test_real_console_script():
                           text=True, check=False, timeout=60)
     assert done.returncode == 1
     assert f"{PAPER}/DNS/DNS.cvl:3:1: error: required parameter domain" in done.stderr
+
+
+def test_missing_placeholders_fill_only_unset_required_parameters(tmp_path):
+    analysis = cvl.analyse_file(PAPER / "DNS/DNS.cvl")
+    assert analysis.model is None
+    assert analysis.missing_placeholders("X") == {"domain": "X", "dnshosts": "X"}
+    again = cvl.analyse_file(PAPER / "DNS/DNS.cvl", overrides={"domain": "X", "dnshosts": "X"})
+    assert again.errors == [] and again.model is not None
+    bad = tmp_path / "bad.cvl"
+    bad.write_text('A extends VMAppliance {\n  var "required" x;\n  nope = "1";\n}\n')
+    # another kind of error is never papered over with placeholders
+    assert cvl.analyse_file(bad).missing_placeholders("X") is None
