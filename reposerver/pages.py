@@ -17,6 +17,7 @@ rendered; every page carries a Content-Security-Policy that allows no inline scr
 from __future__ import annotations
 
 import difflib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,6 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from lark import Lark
-from lark.exceptions import UnexpectedCharacters
 
 from reposerver import errors
 from reposerver.disks import read_header
@@ -51,7 +51,6 @@ REQUIRED_PLACEHOLDER = "REQUIREDxVALUExSETxBYxTHExUSER"
 so it survives map encoding and any value derived from it can be recognised."""
 MASK = "********"
 EVALUATION_TTL = 60.0
-MAX_LEX_ERRORS = 200
 
 _TOKEN_CLASS = {
     "IMPORT": "kw",
@@ -277,24 +276,40 @@ def _lexer() -> Lark:
     return Lark.open("cvl.lark", rel_to=cvl.syntax.__file__, parser="lalr", lexer="basic")
 
 
+@cache
+def _token_pattern() -> re.Pattern[str]:
+    """One regular expression with a named group per terminal of the CVL grammar.
+
+    Literal terminals come first, longest first (`=>` before `=`), keywords only as whole words
+    (so `imports` is a name); then the grammar's regular terminals; any other character is an
+    error token, so every input is covered in one linear pass and nothing can fail.
+    """
+    terminals = _lexer().terminals
+    literals = sorted((t for t in terminals if t.pattern.type == "str"),
+                      key=lambda t: -len(t.pattern.value))
+    parts = []
+    for terminal in literals:
+        text = re.escape(terminal.pattern.value)
+        if terminal.pattern.value[-1:].isalnum():
+            text += r"(?![A-Za-z0-9_])"
+        parts.append(f"(?P<{terminal.name}>{text})")
+    parts += [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals
+              if t.pattern.type == "re"]
+    parts.append("(?P<ERROR>.)")
+    return re.compile("|".join(parts), re.DOTALL)
+
+
 def _tokens(text: str) -> Iterator[tuple[str, str]]:
     """(css class, text) covering `text` exactly, from the CVL grammar's own terminals."""
-    pos, bad = 0, 0
-    while pos < len(text):
-        try:
-            for token in _lexer().lex(text[pos:], dont_ignore=True):
-                kind = _TOKEN_CLASS.get(token.type, "ws" if token.type.startswith("__IGNORE")
-                                        else "punct")
-                yield kind, str(token)
-            return
-        except UnexpectedCharacters as exc:
-            at = pos + (exc.pos_in_stream or 0)
-            bad += 1
-            if bad > MAX_LEX_ERRORS:
-                yield "err", text[at:]
-                return
-            yield "err", text[at]
-            pos = at + 1
+    for match in _token_pattern().finditer(text):
+        name = match.lastgroup or "ERROR"
+        if name == "ERROR":
+            kind = "err"
+        elif name.startswith("__IGNORE"):
+            kind = "ws"
+        else:
+            kind = _TOKEN_CLASS.get(name, "punct")
+        yield kind, match.group()
 
 
 def mask_sensitive(text: str, sensitive: frozenset[str]) -> str:
