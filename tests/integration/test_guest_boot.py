@@ -63,7 +63,7 @@ def workdir() -> Iterator[Path]:
 def images(workdir: Path) -> dict[str, Path]:
     """Build (or take from the cache) the images these tests boot; source dir -> output dir."""
     out = workdir / "images"
-    wanted = ["Web", "DNS", "DNS-v2", "LDAP", "DHCP", "Firewall"]
+    wanted = ["Web", "DNS", "DNS-v2", "DNS-bad", "LDAP", "DHCP", "Firewall"]
     cmd = [str(BUILD), str(out), "--json", *(arg for name in wanted for arg in ("--only", name))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -455,3 +455,50 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
     assert not tcp_connects(f"{o}.2", 22)  # ...but only the listed services pass the firewall
     assert not tcp_connects(f"{o}.2", 8053)
     assert fw.event_details("status")[-1] == "services=2 forward=1"
+
+
+def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
+        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path,
+        guests: list[Guest]) -> None:
+    tag = secrets.token_hex(3)
+    # A disk holding something that is not a filesystem: never formatted over, FAILED instead.
+    junk_raw = workdir / f"junk-{tag}.raw"
+    junk_raw.write_bytes(secrets.token_bytes(1 << 20) + bytes(9 << 20))
+    junk = workdir / f"junk-{tag}.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(junk_raw), str(junk)], check=True)
+    # A filesystem written by a later release (data format 9): v1 must not touch it.
+    later = workdir / f"later-{tag}"
+    (later / ".collective").mkdir(parents=True)
+    (later / ".collective" / "format").write_text("9\n")
+    later_raw = workdir / f"later-{tag}.raw"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(later), str(later_raw), "16M"],
+                   check=True)
+    later_disk = workdir / f"later-{tag}.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(later_raw), str(later_disk)],
+                   check=True)
+    fresh = workdir / f"fresh-{tag}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(fresh), "100M"], check=True)
+
+    on_junk = new_guest(guests, conn, images["DNS"], workdir, data_disk=junk)
+    on_later = new_guest(guests, conn, images["DNS"], workdir, data_disk=later_disk)
+    bad = new_guest(guests, conn, images["DNS-bad"], workdir, data_disk=fresh)
+    params = {"domain": ["acme.test"], "dnshosts": [encode([("name", "d"), ("ip", "10.0.0.2")])],
+              "datadisks": [encode([("device", "vdb"), ("size", "100mb")])]}
+    for guest in (on_junk, on_later, bad):
+        guest.start()
+    assert on_junk.channel is not None and on_later.channel is not None
+    assert bad.channel is not None
+    with pytest.raises(GuestChannelError, match="vdb is neither all-zero nor a filesystem"):
+        on_junk.channel.deliver(params, timeout=BOOT_TIMEOUT)
+    with pytest.raises(GuestChannelError, match="data format 9 on vdb is newer than this image"):
+        on_later.channel.deliver(params, timeout=BOOT_TIMEOUT)
+    # The bad release boots, takes its parameters, starts its service and then stays silent
+    # (what the utility's readiness timeout and rollback are for).
+    with pytest.raises(GuestChannelError, match="no READY from the guest"):
+        bad.channel.deliver(params, timeout=75)
+    events = [e for _, e, _ in bad.events()]
+    assert "service-started" in events and "ready" not in events and "failed" not in events
+    raw = junk_raw.read_bytes()[: 1 << 20]
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(junk), str(junk_raw)],
+                   check=True)  # -U: the VM still has it open
+    assert junk_raw.read_bytes()[: 1 << 20] == raw, "the unknown disk must be left untouched"
