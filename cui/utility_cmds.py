@@ -2,6 +2,7 @@
 
     cui utility serve --state DIR [--listen HOST:PORT]     the cluster manager daemon
     cui utility token add NAME [--role user|admin]          a bearer token (printed once)
+    cui utility subscribe URL | unsubscribe URL | subscriptions   publish events of a repository
     cui host add NAME --uri URI --memory SIZE --max-vms N | host list | host remove NAME
     cui vlan add 100-163 | cui publicip add A-B
     cui blacklist add URL VERSION|all | list | remove | violations
@@ -123,6 +124,67 @@ def unowned_command(client: UtilityClient) -> None:
         click.echo(f"{r['host']}: {r['domain']}")
     if not rows:
         click.echo("no unowned domains")
+
+
+def _repository_auth(user: str | None, token_env: str) -> tuple[str, str] | None:
+    token = os.environ.get(token_env)
+    if user is None:
+        return None
+    if not token:
+        raise click.UsageError(f"--user {user} needs the repository token in ${token_env}")
+    return user, token
+
+
+repository_credentials = [
+    click.option("--user", "repo_user", default=None,
+                 help="User on the repository server (write credentials, HTTP basic)."),
+    click.option("--token-env", default="COLLECTIVE_REPO_TOKEN", show_default=True,
+                 help="Environment variable holding that user's token (never an argument)."),
+]
+
+
+def _with_repository_credentials(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(repository_credentials):
+        fn = option(fn)
+    return fn
+
+
+@utility_group.command("subscribe")
+@click.argument("url")
+@click.option("--events-url", default=None, metavar="URL",
+              help="Where the repository server reaches this daemon's events endpoint "
+                   "(default: the daemon's own TCP address + /v1/events/publish).")
+@_with_repository_credentials
+@client_options
+def subscribe_command(url: str, events_url: str | None, repo_user: str | None, token_env: str,
+                      client: UtilityClient) -> None:
+    """Register the utility with the repository at URL: its new versions are announced here.
+
+    The daemon generates the shared HMAC secret, gives it to the server and keeps it in its
+    state directory (0600); it is never printed.
+    """
+    result = client.subscribe(url, events_url, _repository_auth(repo_user, token_env))
+    click.echo(f"subscribed to {result['repository']}: events go to {result['events_url']}")
+
+
+@utility_group.command("unsubscribe")
+@click.argument("url")
+@_with_repository_credentials
+@client_options
+def unsubscribe_command(url: str, repo_user: str | None, token_env: str,
+                        client: UtilityClient) -> None:
+    """Stop publish events from the repository at URL and forget its secret."""
+    result = client.unsubscribe(url, _repository_auth(repo_user, token_env))
+    click.echo(f"unsubscribed from {result['repository']}")
+
+
+@utility_group.command("subscriptions")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def subscriptions_command(as_json: bool, client: UtilityClient) -> None:
+    """Repositories that send this utility publish events."""
+    emit(client.subscriptions(), as_json, lambda rows: echo_lines(
+        [f"{r['repository']} -> {r['events_url']}" for r in rows] or ["no subscriptions"]))
 
 
 @utility_group.group("token")

@@ -39,6 +39,7 @@ class Reader(Protocol):
     def read_file(self, version: int, name: str) -> bytes: ...
     def tag(self, version: int) -> bytes: ...
     def commit(self, version: int) -> str: ...
+    def git_object(self, sha1: str) -> bytes: ...
     def disks(self, version: int) -> list[dict[str, Any]]: ...
     def fetch_object(
         self, sha256: str, cache_dir: Path, progress: Progress | None = None
@@ -90,6 +91,15 @@ class LocalRepository(_DiskFetching):
 
     def commit(self, version: int) -> str:
         return self.repository.commit(version).id.decode()
+
+    def git_object(self, sha1: str) -> bytes:
+        """A git object as `TYPE SIZE\\0BODY` (its SHA-1 is its name; callers check it)."""
+        try:
+            obj = self.repository.git.object_store[sha1.encode()]
+        except (KeyError, ValueError):
+            raise NotFound(f"{self.repository.name} has no git object {sha1}") from None
+        body = obj.as_raw_string()
+        return bytes(obj.type_name + b" " + str(len(body)).encode() + b"\0" + body)
 
     def disks(self, version: int) -> list[dict[str, Any]]:
         return self.repository.disks(version)
@@ -153,6 +163,10 @@ class HttpRepository(_DiskFetching):
             if v["number"] == version:
                 return str(v["commit"])
         raise NotFound(f"{self.base} has no version {version}")
+
+    def git_object(self, sha1: str) -> bytes:
+        """A git object as `TYPE SIZE\\0BODY` (`GET /NAME/git-objects/SHA1`; callers check it)."""
+        return bytes(self._get(f"git-objects/{sha1}").content)
 
     def disks(self, version: int) -> list[dict[str, Any]]:
         return list(self._get(f"versions/{int(version)}/disks.json").json())

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from reposerver import auth, errors
+from reposerver import auth, errors, repo_config
 from reposerver.git_http import git_application, request_base_url
 from reposerver.names import (
     git_repository_name,
@@ -203,6 +203,71 @@ def latest_file(name: str, file: str) -> WerkzeugResponse:
 def stored_object(name: str, oid: str) -> Response:
     """A content-addressed object, with Range and ETag."""
     return _object_response(_repository(name), oid)
+
+
+_SHA1 = re.compile(r"[0-9a-f]{40}\Z")
+
+
+@bp.get("/<name>/git-objects/<sha1>")
+def git_object(name: str, sha1: str) -> Response:
+    """A git object in its canonical form `TYPE SIZE\\0BODY`, whose SHA-1 is its name.
+
+    With the raw tag (`versions/N/tag`), this lets a client walk tag -> commit -> tree -> blob
+    and check every hash itself, trusting nothing the server says about them.
+    """
+    repo = _repository(name)
+    if not _SHA1.match(sha1):
+        raise errors.BadRequest(f"{sha1!r} is not a git object id (40 lowercase hex digits)")
+    try:
+        obj = repo.git.object_store[sha1.encode()]
+    except KeyError:
+        raise errors.NotFound(f"{repo.name} has no git object {sha1}") from None
+    body = obj.as_raw_string()
+    raw = obj.type_name + b" " + str(len(body)).encode() + b"\0" + body
+    response = Response(raw, mimetype="application/x-git-object")
+    return _immutable(response, sha1)
+
+
+def _subscriber_request(name: str) -> tuple[Repository, str, dict[str, Any]]:
+    user = _require(write=True)
+    assert user is not None
+    repo = _repository(name)
+    data = request.get_json(silent=True) if request.method != "GET" else {}
+    if not isinstance(data, dict):
+        raise errors.BadRequest("expected a JSON object body")
+    return repo, user, data
+
+
+@bp.route("/<name>/subscribers", methods=["GET", "POST", "DELETE"])
+def subscribers(name: str) -> Response | tuple[Response, int]:
+    """Subscribers of publish events (write credentials required for every method).
+
+    GET lists their URLs; POST `{"url": U, "secret": S?}` adds or replaces one and answers its
+    HMAC secret (generated when not given) once; DELETE `{"url": U}` removes one.
+    """
+    repo, user, data = _subscriber_request(name)
+    if request.method == "GET":
+        return jsonify([{"url": s.url} for s in repo.config.subscribers])
+    url = data.get("url")
+    if not isinstance(url, str):
+        raise errors.BadRequest("field 'url' (the subscriber's events URL) is missing")
+    with repo.lock():
+        if request.method == "DELETE":
+            if not repo_config.unsubscribe(repo.path, url):
+                raise errors.NotFound(f"{url} is not a subscriber of {repo.name}")
+            current_app.logger.info("%s removed subscriber %s of %s", user, url, repo.name)
+            return jsonify({"removed": url})
+        secret = data.get("secret")
+        if secret is not None and not isinstance(secret, str):
+            raise errors.BadRequest("field 'secret' must be a string")
+        _, value = repo_config.subscribe(repo.path, url, secret)
+    current_app.logger.info("%s subscribed %s to %s", user, url, repo.name)
+    answer = {"repository": repo.name, "url": url}
+    if secret is None:
+        answer["secret"] = value
+    response = jsonify(answer)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
 
 
 def _lfs_repository(name: str) -> Repository:

@@ -38,20 +38,24 @@ EVENTS_PATH = "/v1/events/publish"
 
 
 def create_app(manager: ClusterManager, *, require_token: bool = True,
-               events_secret: bytes | None = None) -> Flask:
+               events_secret: bytes | None = None, events_url: str | None = None) -> Flask:
     """The API application over `manager`.
 
     Args:
         manager: the cluster manager it serves.
         require_token: True on TCP; False on the owner-only Unix socket.
-        events_secret: the shared secret of publish events (HMAC-SHA256); None disables them.
+        events_secret: the global shared secret of publish events (HMAC-SHA256), used for
+            repositories without a subscription of their own; None: only subscribed ones.
+        events_url: this daemon's publish-events URL as repository servers reach it (the
+            default of `cui utility subscribe`); None on the Unix socket.
     """
-    from utility.autoupdate import AutoUpdater, verify_event
+    from utility.autoupdate import AutoUpdater, event_secret, verify_event
 
     app = Flask("utility")
     app.config["MANAGER"] = manager
     updater = AutoUpdater(manager)
     app.config["AUTO_UPDATER"] = updater
+    app.config["EVENTS_URL"] = events_url
 
     @app.before_request
     def authenticate() -> None:
@@ -211,13 +215,49 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
 
     @app.post(EVENTS_PATH)
     def publish_event() -> Any:
-        if events_secret is None:
+        raw = request.get_data()
+        secret = event_secret(raw, manager.subscriptions, events_secret)
+        if secret is None:
             from utility.errors import Forbidden
 
-            raise Forbidden("publish events are disabled (start the daemon with a secret)")
-        event = verify_event(request.get_data(), request.headers.get("X-Collective-Signature"),
-                             events_secret)
+            raise Forbidden("publish event from a repository this utility is not subscribed "
+                            "to, and no global events secret: ignored")
+        event = verify_event(raw, request.headers.get("X-Collective-Signature"), secret)
         return jsonify({"scheduled": updater.on_event(event)}), 202
+
+    def repository_auth(data: dict[str, Any]) -> tuple[str, str] | None:
+        user, token = data.get("user"), data.get("token")
+        if user is None and token is None:
+            return None
+        if not isinstance(user, str) or not isinstance(token, str):
+            raise UtilityError("fields 'user' and 'token' (repository server credentials) "
+                               "must both be strings")
+        return user, token
+
+    @app.get("/v1/subscriptions")
+    def subscriptions() -> Any:
+        if not caller().admin:
+            from utility.errors import Forbidden
+
+            raise Forbidden("only administrators see subscriptions")
+        return jsonify(manager.subscriptions.list())
+
+    @app.post("/v1/subscriptions")
+    def subscribe() -> Any:
+        data = body()
+        target = data.get("events_url") or app.config["EVENTS_URL"]
+        if not isinstance(target, str):
+            raise UtilityError("this daemon listens on a Unix socket that repository servers "
+                               "cannot reach: give events_url (cui utility subscribe "
+                               "--events-url http://HOST:PORT/v1/events/publish)")
+        return jsonify(manager.subscribe(caller(), field(data, "repository"), target,
+                                         repository_auth(data))), 201
+
+    @app.post("/v1/subscriptions/remove")
+    def unsubscribe() -> Any:
+        data = body()
+        return jsonify(manager.unsubscribe(caller(), field(data, "repository"),
+                                           repository_auth(data)))
 
     @app.get("/v1/history")
     def history() -> Any:
@@ -296,6 +336,7 @@ def serve(
         app = create_app(manager, require_token=True, events_secret=events_secret)
         server = make_server(host or "127.0.0.1", int(port), app, threaded=True)
         where = f"http://{host or '127.0.0.1'}:{server.server_port}"
+        app.config["EVENTS_URL"] = where + EVENTS_PATH
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

@@ -175,6 +175,22 @@ class UtilityClient:
         query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
         return self.request("GET", f"/v1/vaps{query}")
 
+    def subscriptions(self) -> Any:
+        return self.request("GET", "/v1/subscriptions")
+
+    def subscribe(self, repository: str, events_url: str | None,
+                  auth: tuple[str, str] | None) -> Any:
+        body: dict[str, Any] = {"repository": repository, "events_url": events_url}
+        if auth:
+            body.update(user=auth[0], token=auth[1])
+        return self.request("POST", "/v1/subscriptions", body)
+
+    def unsubscribe(self, repository: str, auth: tuple[str, str] | None) -> Any:
+        body: dict[str, Any] = {"repository": repository}
+        if auth:
+            body.update(user=auth[0], token=auth[1])
+        return self.request("POST", "/v1/subscriptions/remove", body)
+
     def add_token(self, name: str, role: str) -> Any:
         return self.request("POST", "/v1/tokens", {"name": name, "role": role})
 

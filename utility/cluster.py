@@ -44,6 +44,7 @@ from utility.placement import HostRoom, place
 from utility.planner import Action, Op, diff, start_plan, stop_plan
 from utility.sizes import format_size
 from utility.state import ACTIVE, HostRow, Store, VapRow
+from utility.subscriptions import Subscriptions
 from utility.trust_policy import TrustPolicy
 
 EMBEDDED_HOST = "local"
@@ -99,6 +100,7 @@ class ClusterManager:
         self.unowned: list[dict[str, str]] = []
         self._secrets: dict[str, dict[str, str]] = {}  # in memory only, for automatic updates
         self.trust = TrustPolicy(state_dir)
+        self.subscriptions = Subscriptions(state_dir)
 
     def close(self) -> None:
         """Close every host connection."""
@@ -198,6 +200,18 @@ class ClusterManager:
         """Trust a signing key globally or for one URL (administrators only)."""
         _admin(caller, "change the trust policy")
         return self.trust.add_key(url, key)
+
+    def subscribe(self, caller: Caller, repository: str, events_url: str,
+                  auth: tuple[str, str] | None) -> dict[str, Any]:
+        """Register for publish events of `repository` (administrators only)."""
+        _admin(caller, "subscribe to repositories")
+        return self.subscriptions.subscribe(repository, events_url, auth)
+
+    def unsubscribe(self, caller: Caller, repository: str,
+                    auth: tuple[str, str] | None) -> dict[str, Any]:
+        """Stop publish events of `repository` (administrators only)."""
+        _admin(caller, "unsubscribe from repositories")
+        return self.subscriptions.unsubscribe(repository, auth)
 
     def blacklist(self, caller: Caller) -> list[dict[str, str]]:
         """The blacklist."""
