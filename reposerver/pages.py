@@ -50,6 +50,7 @@ REQUIRED_PLACEHOLDER = "REQUIREDxVALUExSETxBYxTHExUSER"
 """Stands in for a required parameter while a published definition is evaluated; alphanumeric,
 so it survives map encoding and any value derived from it can be recognised."""
 MASK = "********"
+PENDING = "(assigned by the utility at start)"
 EVALUATION_TTL = 60.0
 
 _TOKEN_CLASS = {
@@ -412,6 +413,8 @@ def _evaluate(text: str, filename: str) -> Declaration:
         default = None
         if value is not None and pname not in placeholders:
             default = _show(value)
+        elif value is None and pname in root.pending:
+            default = PENDING
         params.append(ParamRow(pname, declared.required, declared.sensitive, default,
                                f"{declared.owner} ({declared.file.rpartition('/')[2]}:"
                                f"{declared.line})"))

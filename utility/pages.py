@@ -539,6 +539,14 @@ def _vap_ids(manager: ClusterManager) -> dict[str, int]:
     return {v.cvl_path: v.id for v in manager.store.vaps()}
 
 
+@bp.get("")
+def bare_prefix() -> Response:
+    """`/ui` without the slash: to the overview (Flask's own redirect would become JSON here)."""
+    from flask import redirect, url_for
+
+    return redirect(url_for("utility_pages.overview"), code=308)  # type: ignore[return-value]
+
+
 @bp.get("/")
 def overview() -> Response:
     """Hosts with memory and VM slots in use, pools in use, VAPs, recent updates."""

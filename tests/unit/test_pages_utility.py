@@ -204,3 +204,49 @@ def test_picture_layout_keeps_boxes_apart_and_links_on_their_buses(
         assert box.x < link.x < box.x + box.w and link.y1 in (box.y, box.y + box.h)
     [arrow] = picture.arrows
     assert (arrow.source, arrow.target, arrow.label) == ("l", "d", "requires DNS")
+
+
+def _iface(name: str, ip: str, network: str) -> dict[str, str]:
+    return {"name": name, "ip": ip, "netmask": "255.255.255.0", "network": network,
+            "mac": "02:00:00:00:00:01"}
+
+
+def test_picture_of_nested_vans_stacks_segments_outside_in() -> None:
+    status = {
+        "appliance": "Outer",
+        "networks": [{"name": "x1", "segment": "<public>", "vlan": None},
+                     {"name": "v100", "segment": "", "vlan": 100},
+                     {"name": "v101", "segment": "g", "vlan": 101}],
+        "components": [
+            {"path": "w", "type": "Web", "state": "running", "host": "h",
+             "interfaces": [_iface("ethernet0", "10.0.100.4", "v100")]},
+            {"path": "g.a", "type": "App", "state": "dead", "host": "h",
+             "interfaces": [_iface("ethernet0", "10.0.101.3", "v101")]},
+            {"path": "f", "type": "Firewall", "state": "running", "host": "h",
+             "interfaces": [_iface("ethernet0", "10.0.100.2", "v100"),
+                            _iface("ethernet1", "192.0.2.1", "x1")]},
+            {"path": "g.gw", "type": "Router", "state": "running", "host": "h",
+             "interfaces": [_iface("ethernet0", "10.0.101.2", "v101"),
+                            _iface("ethernet1", "10.0.100.3", "v100")]},
+        ],
+    }
+    picture = network_picture(status, {"g.a": (("w",), ("HTTP",))}, {})
+    public, van, sub = picture.buses
+    assert [b.segment for b in picture.buses] == ["<public>", "", "g"]
+    assert sub.label == ("VAN g", "VLAN 101 · 10.0.101.0/24")
+    boxes = {b.path: b for b in picture.boxes}
+    assert {p: b.role for p, b in boxes.items()} == {
+        "f": "firewall", "g.gw": "gateway", "w": "vm", "g.a": "vm"}
+    assert public.y < boxes["f"].y < van.y < boxes["g.gw"].y == boxes["w"].y < sub.y \
+        < boxes["g.a"].y
+    gateway_links = {link.name: link for link in picture.links if link.path == "g.gw"}
+    assert gateway_links["ethernet1"].y2 == van.y and gateway_links["ethernet0"].y2 == sub.y
+    [arrow] = picture.arrows
+    assert (arrow.source, arrow.target, arrow.label) == ("g.a", "w", "requires HTTP")
+    assert arrow.d.startswith(f"M {boxes['g.a'].cx - 20} {boxes['g.a'].y} L")
+
+
+def test_bare_prefix_redirects_to_the_overview(manager: ClusterManager) -> None:
+    client = create_app(manager, require_token=False).test_client()
+    answer = client.get("/ui", headers=BROWSER)
+    assert answer.status_code == 308 and answer.headers["Location"].endswith("/ui/")
