@@ -593,7 +593,8 @@ def vap_page(vap_id: int) -> Response:
         notes[vm.path] = version_note(vm.origin, imports, blacklist, failed, latest_version)
         dependencies[vm.path] = (vm.needs, vm.requires)
     picture = network_picture(status, dependencies, notes) if status["components"] else None
-    events = [{**e, "at": _when(float(str(e["at"])))} for e in manager.store.events(record.id)][-12:]
+    events = [{**e, "at": _when(float(str(e["at"])))}
+              for e in manager.store.events(record.id)][-12:]
     return _page(
         "vap.html",
         title=Path(record.cvl_path).name,
