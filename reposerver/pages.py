@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
@@ -242,23 +243,23 @@ class ParamChange:
         return found
 
 
+def version_row(repo: Repository, number: int) -> VersionRow:
+    """One version with our verdict on its signature."""
+    tag = repo.tag(number)
+    status = repo.signature(number)
+    return VersionRow(
+        number=number,
+        date=datetime.fromtimestamp(tag.tag_time, UTC),
+        signed=status.signed,
+        signer=status.signer,
+        problem=status.problem,
+        message=tag.message.decode("utf-8", errors="replace").strip(),
+    )
+
+
 def version_rows(repo: Repository) -> list[VersionRow]:
     """Every version, newest first, with our verdict on its signature."""
-    rows = []
-    for number in sorted(repo.version_tags(), reverse=True):
-        tag = repo.tag(number)
-        status = repo.signature(number)
-        rows.append(
-            VersionRow(
-                number=number,
-                date=datetime.fromtimestamp(tag.tag_time, UTC),
-                signed=status.signed,
-                signer=status.signer,
-                problem=status.problem,
-                message=tag.message.decode("utf-8", errors="replace").strip(),
-            )
-        )
-    return rows
+    return [version_row(repo, n) for n in sorted(repo.version_tags(), reverse=True)]
 
 
 def cvl_file(repo: Repository, number: int) -> tuple[str, str]:
@@ -383,18 +384,53 @@ def declaration(repo: Repository, number: int) -> Declaration:
         hit = _evaluations.get(key)
         if hit and now - hit[0] < EVALUATION_TTL:
             return hit[1]
-    result = _evaluate(text, name)
+    result = _evaluate(text, name, _OwnRepositoriesFirst(base_url(), Path(_root())))
     with _evaluations_lock:
         _evaluations[key] = (now, result)
     return result
 
 
-def _evaluate(text: str, filename: str) -> Declaration:
+class _OwnRepositoriesFirst:
+    """A CVL resolver that reads imports of this server's own repositories from disk.
+
+    A page that evaluates `import { url => "http://THIS-SERVER/DNS" ... }` would otherwise ask
+    this very server over HTTP while serving the page, which with one sync worker waits for
+    itself. Any other URL goes to the resolver the push checks use.
+    """
+
+    def __init__(self, base: str, root: Path) -> None:
+        from reposerver.client import make_resolver
+
+        self.base = base.rstrip("/") + "/"
+        self.root = root
+        self.fallback = make_resolver()
+
+    def fetch(
+        self, url: str, cvl: str, version: str | None, base_dir: str | None
+    ) -> tuple[str, str]:
+        """`(text, resolved version)` of `cvl` in the repository at `url`."""
+        name = url.rstrip("/")[len(self.base):] if url.startswith(self.base) else ""
+        if name.endswith(".git"):
+            name = name[: -len(".git")]
+        if name and "/" not in name and _valid_repository_name(name):
+            from reposerver.client import read_cvl
+
+            return read_cvl(self.root / name, cvl, version)
+        return self.fallback.fetch(url, cvl, version, base_dir)  # type: ignore[no-any-return]
+
+
+def _valid_repository_name(name: str) -> bool:
+    try:
+        repository_name(name)
+    except errors.BadRequest:
+        return False
+    return True
+
+
+def _evaluate(text: str, filename: str, resolver: Any) -> Declaration:
     import cvl
     from cvl.errors import CvlMissingError
-    from reposerver.client import make_resolver
 
-    resolver = make_resolver()
     placeholders: dict[str, str] = {}
     analysis = cvl.analyse_text(text, filename, resolver=resolver)
     for _ in range(3):
@@ -532,7 +568,7 @@ def index_page() -> Response:
     for repo in list_repositories(_root()):
         try:
             latest = repo.latest()
-            row = version_rows(repo)[0] if latest else None
+            row = version_row(repo, latest) if latest else None
             entries.append({"name": repo.name, "latest": latest, "row": row})
         finally:
             repo.git.close()

@@ -254,3 +254,29 @@ def test_parameter_diff_reports_flags_and_defaults() -> None:
     [secret] = param_diff([row("p", sensitive=True, default='"x"')],
                           [row("p", sensitive=True, default='"y"')])
     assert secret.new is not None and secret.new.shown() == "(sensitive: not shown)"
+
+
+def test_imports_of_this_servers_own_repositories_are_read_from_disk(root: Path,
+                                                                     tmp_path: Path) -> None:
+    """No HTTP to itself: the test client's host (http://localhost) has no server behind it."""
+    from reposerver.client import read_cvl
+
+    class Local:
+        def fetch(self, url: str, cvl: str, version: str | None,
+                  base_dir: str | None) -> tuple[str, str]:
+            assert url == "http://localhost/Web"
+            return read_cvl(root / "Web", cvl, version)
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "Web").symlink_to(root / "Web")
+    derived = Repository.create(own / "Shop")
+    source = tmp_path / "Shop.cvl"
+    source.write_text('import { url => "http://localhost/Web", cvl => "Web.cvl" } Web;\n'
+                      'Shop extends Web { port = "81"; }\n')
+    publish(derived.path, source, resolver=Local())
+    client = create_app({"root": str(own)}).test_client()
+    page = text_of(client.get("/Shop/", headers=BROWSER).get_data(as_text=True))
+    params = " ".join(page.split("Parameters of")[1].split())
+    assert 'port "81" Web (Web.cvl:6)' in params
+    assert "email required you set it Web (Web.cvl:7)" in params
