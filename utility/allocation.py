@@ -8,7 +8,7 @@ addressing under its allocation lock, re-evaluation with the address overrides, 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from utility.desired_state import Disk, Interface, Network, VapState, Vm
 from utility.errors import ApplianceError, UtilityError
 from utility.model_view import ModelView, leaf_name
 from utility.placement import VmDemand
+from utility.signed_release import SignedRelease
 from utility.sizes import parse_size
 from utility.vm_spec import VmSpec, parse_vm_spec
 
@@ -51,8 +52,15 @@ class Prepared:
     data_disks: tuple[tuple[str, int], ...]
 
 
-def prepare(model: ModelView, cvl_dir: Path) -> tuple[dict[str, Prepared], list[str]]:
-    """Read each VM appliance's domain XML and data disk list; collect problems, not raise."""
+def prepare(
+    model: ModelView, cvl_dir: Path,
+    releases: Callable[[str, str], SignedRelease | None] | None = None,
+) -> tuple[dict[str, Prepared], list[str]]:
+    """Read each VM appliance's domain XML and data disk list; collect problems, not raise.
+
+    `releases(url, version)` gives the verified signed release a repository version's files
+    are checked against (None where trust policy requires no signature).
+    """
     prepared: dict[str, Prepared] = {}
     problems: list[str] = []
     for vm in model.vms():
@@ -60,7 +68,9 @@ def prepare(model: ModelView, cvl_dir: Path) -> tuple[dict[str, Prepared], list[
         if vm_file is None:
             continue  # reported as a missing required parameter
         try:
-            files = files_for(vm.origin, cvl_dir)
+            release = releases(vm.origin.url, vm.origin.version) \
+                if releases and vm.origin else None
+            files = files_for(vm.origin, cvl_dir, release)
             spec = parse_vm_spec(files.read(vm_file), f"{files.label}: {vm_file}")
             data = tuple(_data_disks(vm.path, vm.value("datadisks")))
             program = {d.target for d in spec.disks}

@@ -8,13 +8,18 @@ the adapter over `reposerver.client`; everything above it sees `ApplianceFiles`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from utility.errors import ApplianceError
 from utility.model_view import Origin
+from utility.signed_release import SignedRelease
 from utility.sizes import format_size
+
+Progress = Callable[[int, int], None]
+"""`progress(bytes_done, bytes_total)` while an object downloads."""
 
 
 class ApplianceFiles(Protocol):
@@ -26,8 +31,9 @@ class ApplianceFiles(Protocol):
         """The bytes of file `name`; raises ApplianceError when it does not exist."""
         ...
 
-    def local_path(self, name: str, cache_dir: Path) -> Path:
-        """A local file with the content of `name` (a program disk: a usable qcow2 chain)."""
+    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+        """A local file with the content of `name` (a program disk: a usable qcow2 chain);
+        `progress` hears about each download."""
         ...
 
 
@@ -49,7 +55,7 @@ class DirectoryFiles:
     def read(self, name: str) -> bytes:
         return self._path(name).read_bytes()
 
-    def local_path(self, name: str, cache_dir: Path) -> Path:
+    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
         return self._path(name)
 
 
@@ -78,30 +84,52 @@ class FetchProgress:
 
 
 class RepositoryFiles:
-    """Files of one version of a repository, read through `reposerver.client`."""
+    """Files of one version of a repository, read through `reposerver.client`.
 
-    def __init__(self, origin: Origin) -> None:
+    With a `release` (the version's signed tag verified, `utility.signed_release`), every file
+    read and every disk chain fetched is checked against the signed commit's tree first.
+    """
+
+    def __init__(self, origin: Origin, release: SignedRelease | None = None) -> None:
         from reposerver.client import open_repository
 
         self.origin = origin
+        self.release = release
         self.label = f"{origin.name or origin.url} v{origin.version}"
         self.repository = open_repository(origin.url)
 
     def read(self, name: str) -> bytes:
         try:
-            return bytes(self.repository.read_file(int(self.origin.version), name))
+            data = bytes(self.repository.read_file(int(self.origin.version), name))
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
             raise ApplianceError(f"{self.label}: cannot read {name!r}: {exc}") from exc
+        if self.release is not None:
+            self.release.check_file(name, data)
+        return data
 
-    def local_path(self, name: str, cache_dir: Path) -> Path:
+    def local_path(self, name: str, cache_dir: Path,
+                   progress: Progress | None = None) -> Path:
         version = int(self.origin.version)
         try:
-            names = {d["name"] for d in self.repository.disks(version)}
-            if name in names:
-                return Path(self.repository.fetch_disk(version, name, cache_dir / "objects",
-                                                       FetchProgress(f"{self.label} {name}")))
+            found = [d for d in self.repository.disks(version) if d["name"] == name]
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
-            raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
+            raise ApplianceError(f"{self.label}: cannot list disks: {exc}") from exc
+        if found:
+            disk = found[0]
+            if self.release is not None:
+                self.release.check_disk(name, str(disk["sha256"]))
+            if not disk["chain"] or disk["chain"][-1]["sha256"] != disk["sha256"]:
+                raise ApplianceError(f"{self.label}: disk {name!r}: its chain does not end in "
+                                     f"its top object sha256:{str(disk['sha256'])[:12]}")
+            report = progress or FetchProgress(f"{self.label} {name}")
+            try:
+                path = Path()
+                for link in disk["chain"]:
+                    path = Path(self.repository.fetch_object(link["sha256"], cache_dir / "objects",
+                                                             report))
+                return path
+            except Exception as exc:  # noqa: BLE001 - the repository's errors become ours
+                raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
         target = cache_dir / "files" / self.origin.url.replace("/", "_") / str(version) / name
         if not target.exists():
             data = self.read(name)
@@ -109,11 +137,15 @@ class RepositoryFiles:
             tmp = target.with_name(f".{target.name}.part")
             tmp.write_bytes(data)
             tmp.replace(target)
+        elif self.release is not None:
+            self.release.check_file(name, target.read_bytes())  # the cache is checked too
         return target
 
 
-def files_for(origin: Origin | None, cvl_dir: Path) -> ApplianceFiles:
-    """The files of a component: its origin's repository version, or the CVL file's directory."""
+def files_for(origin: Origin | None, cvl_dir: Path,
+              release: SignedRelease | None = None) -> ApplianceFiles:
+    """The files of a component: its origin's repository version, or the CVL file's directory
+    (`release`: the verified signed version its files are checked against)."""
     if origin is None:
         return DirectoryFiles(cvl_dir, f"local appliance in {cvl_dir}")
     parsed = urlparse(origin.url)
@@ -121,4 +153,4 @@ def files_for(origin: Origin | None, cvl_dir: Path) -> ApplianceFiles:
         directory = Path(unquote(parsed.path))
         if (directory / origin.cvl).is_file():
             return DirectoryFiles(directory, f"{origin.name or origin.url} (unversioned)")
-    return RepositoryFiles(origin)
+    return RepositoryFiles(origin, release)

@@ -35,6 +35,7 @@ from utility.errors import (
     PlacementError,
     PoolExhausted,
     StartFailed,
+    TrustRefused,
     UtilityError,
 )
 from utility.executor import Executor, RolledBack, Timeouts
@@ -45,7 +46,7 @@ from utility.planner import Action, Op, diff, start_plan, stop_plan
 from utility.sizes import format_size
 from utility.state import ACTIVE, HostRow, Store, VapRow
 from utility.subscriptions import Subscriptions
-from utility.trust_policy import TrustPolicy
+from utility.trust_policy import TrustPolicy, TrustSession
 
 EMBEDDED_HOST = "local"
 EMBEDDED_MAX_VMS = 16
@@ -253,13 +254,15 @@ class ClusterManager:
         secrets = dict(secrets or {})
         with self._lock_for(str(path)):
             notes = self._ensure_default_host()
-            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets)
+            trust = self.trust.session()
+            fetched: list[cvl_adapter.Fetched] = []
+            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
             if checked is None:
                 raise CheckFailed(problems)
             model = checked
-            prepared, more = allocation.prepare(model, path.parent)
+            problems += trust.problems(_versions_of(model)) + trust.cvl_problems(fetched)
+            prepared, more = allocation.prepare(model, path.parent, trust.release_for)
             problems += more + allocation.static_problems(model, self.store.blacklist())
-            problems += self.trust.problems(_versions_of(model))
             with self.store.transaction() as db:
                 problems += self._allocate(db, model, prepared, vap_id=None)[2]
             if problems:
@@ -273,7 +276,7 @@ class ClusterManager:
             try:
                 self._secrets[str(path)] = secrets
                 return self._bring_up(caller, vap_id, path, model, prepared, placement,
-                                      addressing, bases, secrets, notes)
+                                      addressing, bases, secrets, notes, trust)
             except BaseException as exc:
                 self._roll_back(vap_id, f"start failed: {exc}")
                 if isinstance(exc, UtilityError) and not isinstance(exc, CheckFailed):
@@ -285,10 +288,11 @@ class ClusterManager:
     def _bring_up(self, caller: Caller, vap_id: int, path: Path, model: ModelView,
                   prepared: Mapping[str, Prepared], placement: Mapping[str, str],
                   addressing: addresses.Addressing, bases: Mapping[tuple[str, str], str],
-                  secrets: Mapping[str, str], notes: list[str]) -> dict[str, Any]:
+                  secrets: Mapping[str, str], notes: list[str],
+                  trust: TrustSession) -> dict[str, Any]:
         names = allocation.component_names(model)
         overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
-        final = cvl_adapter.evaluate(path, overrides)
+        final = _final_evaluation(path, overrides, trust)
         _same_versions(model, final)
         state = allocation.build_state(
             vap_id=vap_id, cvl_path=path, model=final, prepared=prepared,
@@ -502,13 +506,15 @@ class ClusterManager:
             current = vap.state
             if current is None:
                 raise NotFound(f"{path} has no recorded state")
-            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets)
+            trust = self.trust.session()
+            fetched: list[cvl_adapter.Fetched] = []
+            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
             if checked is None:
                 raise CheckFailed(problems)
             model = checked
-            prepared, more = allocation.prepare(model, path.parent)
+            problems += trust.problems(_versions_of(model)) + trust.cvl_problems(fetched)
+            prepared, more = allocation.prepare(model, path.parent, trust.release_for)
             problems += more + allocation.static_problems(model, self.store.blacklist())
-            problems += self.trust.problems(_versions_of(model))
             keep = _addressing_of(current)
             recorded = {row.path for row in self.store.vms(vap.id)}
             fresh = {p: prep for p, prep in prepared.items()
@@ -526,7 +532,7 @@ class ClusterManager:
                 bases = self._fetch_bases(prepared)
                 names = allocation.component_names(model)
                 overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
-                final = cvl_adapter.evaluate(path, overrides)
+                final = _final_evaluation(path, overrides, trust)
                 desired = allocation.build_state(
                     vap_id=vap.id, cvl_path=path, model=final, prepared=prepared,
                     addressing=addressing, placement=placement, bases=bases, secrets=secrets,
@@ -732,6 +738,16 @@ def _admin(caller: Caller, what: str) -> None:
 def _owner(caller: Caller, vap: VapRow, what: str) -> None:
     if not caller.admin and vap.owner != caller.name:
         raise Forbidden(f"{caller.name} may not {what} {vap.cvl_path}: it belongs to another user")
+
+
+def _final_evaluation(path: Path, overrides: Mapping[str, str], trust: TrustSession) -> ModelView:
+    """The address-filled evaluation; imported CVL texts are fetched again, so checked again."""
+    fetched: list[cvl_adapter.Fetched] = []
+    final = cvl_adapter.evaluate(path, overrides, fetched)
+    problems = trust.cvl_problems(fetched)
+    if problems:
+        raise TrustRefused("; ".join(problems))
+    return final
 
 
 def _same_versions(first: ModelView, second: ModelView) -> None:

@@ -4,26 +4,52 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from utility.model_view import ModelView
 
+Fetched = tuple[str, str, str, str]
+"""An imported CVL text as the evaluator received it: (absolute url, cvl file, version, text)."""
 
-def _resolver():  # type: ignore[no-untyped-def]
+
+class _Recording:
+    """A resolver that remembers every text it hands the evaluator (for the trust checks)."""
+
+    def __init__(self, inner: Any, record: list[Fetched]) -> None:
+        self.inner = inner
+        self.record = record
+
+    def fetch(self, url: str, cvl: str, version: str | None,
+              base_dir: str | None) -> tuple[str, str]:
+        from cvl.resolver import canonical_url
+
+        text, resolved = self.inner.fetch(url, cvl, version, base_dir)
+        self.record.append((canonical_url(url, base_dir), cvl, str(resolved), text))
+        return text, resolved
+
+
+def _resolver(record: list[Fetched] | None = None):  # type: ignore[no-untyped-def]
     """The repository-aware resolver (file: repository directories by version, http:)."""
     from reposerver.client import make_resolver
 
-    return make_resolver()
+    inner = make_resolver()
+    return inner if record is None else _Recording(inner, record)
 
 
-def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None) -> ModelView:
+def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None,
+             record: list[Fetched] | None = None) -> ModelView:
     """Evaluate a CVL file with its imports and return the model view.
+
+    Args:
+        record: when given, every imported CVL text fetched is appended to it.
 
     Raises:
         cvl.errors.CvlError: the file does not parse, import or evaluate (rendered at the edge).
     """
     import cvl
 
-    model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(), overrides=dict(overrides or {}))
+    model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(record),
+                              overrides=dict(overrides or {}))
     return ModelView.from_json(model.to_json())
 
 
@@ -31,7 +57,8 @@ PLACEHOLDER = "<missing>"
 
 
 def evaluate_for_checks(
-    cvl_path: Path, overrides: Mapping[str, str] | None = None
+    cvl_path: Path, overrides: Mapping[str, str] | None = None,
+    record: list[Fetched] | None = None,
 ) -> tuple[ModelView | None, list[str]]:
     """Evaluate for the pre-start checks: the model and the CVL problems, all of them.
 
@@ -40,7 +67,7 @@ def evaluate_for_checks(
     still run and every problem is reported together. Any other CVL error leaves no model.
     """
     import cvl
-    analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver(),
+    analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver(record),
                                 overrides=dict(overrides or {}))
     if analysis.model is not None:
         return ModelView.from_json(analysis.model.to_json()), []
@@ -49,7 +76,7 @@ def evaluate_for_checks(
     if placeholders is None:
         return None, problems
     filled = {**dict(overrides or {}), **placeholders}
-    again = cvl.analyse_file(str(cvl_path), resolver=_resolver(), overrides=filled)
+    again = cvl.analyse_file(str(cvl_path), resolver=_resolver(record), overrides=filled)
     model = ModelView.from_json(again.model.to_json()) if again.model is not None else None
     return model, problems
 

@@ -96,3 +96,9 @@ class StartFailed(UtilityError):
 
 class AgentError(UtilityError):
     """The user agent could not open, decrypt or update its encrypted cache."""
+
+
+class TrustRefused(UtilityError):
+    """Trust policy refuses a version, or a file does not match the version's signed tag."""
+
+    http_status = 422

@@ -5,13 +5,11 @@ Policy is global and per repository URL (a URL's own policy replaces the global 
 (`GET /NAME/versions/N/tag`), checks that it is the tag `vN`, and verifies its signature itself
 against the policy's trusted keys (armored GPG public keys, SSH allowed_signers lines), using
 the same verification code as the repository server but with the utility's own key store; it
-never relies on the server's "signed" JSON.
+never relies on the server's "signed" JSON. It then walks the signed commit's tree itself and
+checks every file it uses against it (`utility.signed_release`).
 
 Keys live in `<state>/trust/<scope>/trust/gpg/*.asc` and `.../trust/allowed_signers` (the layout
 `reposerver.signatures.verify` reads), scope `global` or a hash of the URL.
-
-Known gap: the tag's `object` line is compared with the commit the server names for the version;
-the files read from the server are not yet re-hashed against that commit's git tree.
 """
 
 from __future__ import annotations
@@ -19,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from utility.errors import UtilityError
+from utility.errors import TrustRefused, UtilityError
+from utility.signed_release import SignedRelease
 
 GLOBAL = "global"
 
@@ -90,35 +88,82 @@ class TrustPolicy:
                 return path.parent if json.loads(path.read_text())["require_signed"] else None
         return None
 
+    def session(self) -> TrustSession:
+        """A fresh per-operation view: releases verified once, files checked on every read."""
+        return TrustSession(self)
+
     def problems(self, versions: Iterable[tuple[str, str]]) -> list[str]:
         """One line per (url, version) that policy refuses, saying why; [] if all may run."""
-        from reposerver.client import open_repository
-        from reposerver.signatures import verify
+        return self.session().problems(versions)
 
+
+class TrustSession:
+    """The trust decisions of one start or update.
+
+    `release(url, version)` verifies a version's signed tag, commit and tree once (see
+    `utility.signed_release`); the files the operation then reads are checked against it by
+    `RepositoryFiles`, and the CVL texts the evaluator fetched by `cvl_problems`.
+    """
+
+    def __init__(self, policy: TrustPolicy) -> None:
+        self.policy = policy
+        self._releases: dict[tuple[str, str], SignedRelease | None] = {}
+        self._refused: dict[tuple[str, str], str] = {}
+
+    def release(self, url: str, version: str) -> SignedRelease | None:
+        """The verified release, or None when policy does not require signatures for `url`.
+
+        Raises:
+            TrustRefused: policy requires a signature and the version does not check out.
+        """
+        from reposerver.client import open_repository
+
+        key = (url.rstrip("/"), str(version))
+        if key in self._refused:
+            raise TrustRefused(self._refused[key])
+        if key not in self._releases:
+            scope = self.policy._effective(url)
+            try:
+                if scope is None:
+                    self._releases[key] = None
+                elif not str(version).isdigit():
+                    raise TrustRefused(f"{url} is unversioned; policy requires a signed version")
+                else:
+                    self._releases[key] = SignedRelease.open(open_repository(url), url,
+                                                             int(version), scope)
+            except TrustRefused as exc:
+                self._refused[key] = str(exc)
+                raise
+        return self._releases[key]
+
+    def release_for(self, url: str, version: str) -> SignedRelease | None:
+        """Like `release`, but None for a refused version too: its refusal is what `problems`
+        reports, and every caller checks `problems` before anything runs."""
+        try:
+            return self.release(url, version)
+        except TrustRefused:
+            return None
+
+    def problems(self, versions: Iterable[tuple[str, str]]) -> list[str]:
+        """One line per (url, version) that policy refuses, saying why; [] if all may run."""
         problems = []
         for url, version in sorted(set(versions)):
-            scope = self._effective(url)
-            if scope is None:
-                continue
-            if not version.isdigit():
-                problems.append(f"{url} is unversioned; policy requires a signed version")
-                continue
             try:
-                repository = open_repository(url)
-                raw = bytes(repository.tag(int(version)))
-                commit = str(repository.commit(int(version)))
-            except Exception as exc:  # noqa: BLE001
-                problems.append(f"{url} v{version}: cannot read its tag to verify it: {exc}")
-                continue
-            name = re.search(rb"^tag (\S+)$", raw, re.MULTILINE)
-            target = re.search(rb"^object ([0-9a-f]{40})$", raw, re.MULTILINE)
-            if not name or name.group(1).decode() != f"v{version}":
-                problems.append(f"{url} v{version}: the tag is not v{version}")
-                continue
-            if not target or target.group(1).decode() != commit:
-                problems.append(f"{url} v{version}: the tag does not name the version's commit")
-                continue
-            status = verify(scope, raw)
-            if status.signer is None:
-                problems.append(f"{url} v{version} refused by trust policy: {status.problem}")
+                self.release(url, version)
+            except TrustRefused as exc:
+                problems.append(str(exc))
+        return problems
+
+    def cvl_problems(self, fetched: Iterable[tuple[str, str, str, str]]) -> list[str]:
+        """Each fetched (url, cvl file, version, text) of a signed-only repository must be that
+        file of the signed commit; one line per mismatch."""
+        problems = []
+        for url, cvl, version, text in fetched:
+            try:
+                release = self.release(url, version)
+                if release is not None:
+                    release.check_file(cvl, text.encode("utf-8"))
+            except TrustRefused as exc:
+                if str(exc) not in problems:
+                    problems.append(str(exc))
         return problems
