@@ -280,3 +280,22 @@ def test_imports_of_this_servers_own_repositories_are_read_from_disk(root: Path,
     params = " ".join(page.split("Parameters of")[1].split())
     assert 'port "81" Web (Web.cvl:6)' in params
     assert "email required you set it Web (Web.cvl:7)" in params
+
+
+def test_a_signature_by_an_untrusted_key_is_shown_as_not_verified(tmp_path: Path) -> None:
+    import subprocess
+
+    root = tmp_path / "repos"
+    repo = Repository.create(root / "Signed")
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    cvl = sample_appliance(tmp_path / "src", "Web", size="4M", fill_bytes="64k")
+    publish(repo.path, cvl, sign=str(key))
+    client = create_app({"root": str(root)}).test_client()
+    page = " ".join(text_of(client.get("/Signed/", headers=BROWSER).get_data(as_text=True))
+                    .split())
+    assert "✘ signature not verified tag is SSH-signed but the repository trusts no SSH " \
+        "keys" in page
+    assert "✔ verified" not in page
+    index = " ".join(text_of(client.get("/", headers=BROWSER).get_data(as_text=True)).split())
+    assert "Signed v1" in index and "signature not verified" in index
