@@ -250,3 +250,21 @@ def test_bare_prefix_redirects_to_the_overview(manager: ClusterManager) -> None:
     client = create_app(manager, require_token=False).test_client()
     answer = client.get("/ui", headers=BROWSER)
     assert answer.status_code == 308 and answer.headers["Location"].endswith("/ui/")
+
+
+def test_latest_version_asks_the_repository_and_remembers(tmp_path: Path) -> None:
+    from reposerver.publish import publish
+    from reposerver.repository import Repository
+    from reposerver.testing import sample_appliance
+    from utility import pages
+
+    repo = Repository.create(tmp_path / "DNS")
+    publish(repo.path, sample_appliance(tmp_path / "src", "DNS", size="4M", fill_bytes="64k"))
+    url = repo.path.as_uri()
+    assert pages.latest_version(url) == 1
+    publish(repo.path, tmp_path / "src" / "DNS.cvl")
+    assert pages.latest_version(url) == 1  # remembered for LATEST_TTL seconds
+    pages._latest.clear()
+    assert pages.latest_version(url) == 2
+    assert pages.latest_version((tmp_path / "missing").as_uri()) is None
+    assert pages.latest_version("http://127.0.0.1:9/nothing-listens-here") is None
