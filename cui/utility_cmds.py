@@ -399,15 +399,67 @@ def _ask(param: str) -> str:
     return line.rstrip("\n")
 
 
+class DiskProgress:
+    """Shows disk downloads on stderr while the daemon fetches them: rich progress bars on a
+    terminal, otherwise one line per quarter of each download (logs stay short)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bars: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.quarters: dict[str, int] = {}
+
+    def __enter__(self) -> DiskProgress:
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bars = Progress(TextColumn("fetching {task.description}"), BarColumn(),
+                                 DownloadColumn(), TransferSpeedColumn(), console=self.console)
+            self.bars.start()
+        return self
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if self.bars is not None:
+            if label not in self.tasks:
+                self.tasks[label] = self.bars.add_task(label, total=total)
+            self.bars.update(self.tasks[label], completed=done, total=total)
+            return
+        from utility.sizes import format_size
+
+        quarter = min(4, done * 4 // total) if total > 0 else 4
+        if self.quarters.get(label) != quarter:
+            self.quarters[label] = quarter
+            self.console.print(f"fetching {label}: {quarter * 25}% of {format_size(total)}",
+                               highlight=False, soft_wrap=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+
 @click.command("start")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result as JSON (and no progress).")
 @client_options
 def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
-    """Start the appliance FILE.cvl describes."""
+    """Start the appliance FILE.cvl describes (disk downloads shown with progress bars)."""
     path = Path(file).resolve()
     began = time.monotonic()
-    result = client.start(str(path), _secrets_for(path))
+    secrets = _secrets_for(path)
+    if as_json:
+        result = client.start(str(path), secrets)
+    else:
+        with DiskProgress() as progress:
+            result = client.start(str(path), secrets, progress)
     for note in result.get("notes", []):
         click.echo(note, err=True)
     def render(r: dict[str, Any]) -> None:
@@ -450,7 +502,12 @@ def update_command(file: str, component: str | None, dry_run: bool, as_json: boo
     ↻ resend changed parameters (sensitive values never shown).
     """
     path = Path(file).resolve()
-    result = client.update(str(path), component, dry_run, _secrets_for(path))
+    secrets = _secrets_for(path)
+    if as_json:
+        result = client.update(str(path), component, dry_run, secrets)
+    else:
+        with DiskProgress() as progress:
+            result = client.update(str(path), component, dry_run, secrets, progress)
 
     def render(r: dict[str, Any]) -> None:
         if not r["lines"]:

@@ -8,24 +8,32 @@ Authentication: `Authorization: Bearer TOKEN`; tokens are created with `cui util
 and stored as SHA-256 digests. Over the daemon's Unix socket (directory 0700, socket 0600, so
 only its owner can connect) a request without a token acts as the local administrator; on TCP
 every request needs a valid token.
+
+Progress: `POST /v1/vaps/start` and `/v1/vaps/update` with `Accept: application/x-ndjson`
+answer a stream of JSON lines instead: `{"progress": {"label", "done", "total"}}` while disk
+objects download, then `{"result": ...}` or `{"error", "kind", "status", "problems"?}` (the
+HTTP status is already 200 by then, so the error's status travels in the line).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import secrets as token_source
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from utility.cluster import Caller, ClusterManager
+from utility.cluster import Caller, ClusterManager, FetchReport
 from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.pages import init_app as init_pages
 from utility.sizes import parse_size
@@ -35,6 +43,9 @@ SOCKET_NAME = "utility.sock"
 
 
 EVENTS_PATH = "/v1/events/publish"
+NDJSON = "application/x-ndjson"
+PROGRESS_INTERVAL = 0.1
+"""Seconds between progress lines of one download (the last one always comes)."""
 
 
 def create_app(manager: ClusterManager, *, require_token: bool = True,
@@ -75,27 +86,62 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         else:
             g.caller = LOCAL_ADMIN
 
-    @app.errorhandler(UtilityError)
-    def utility_error(exc: UtilityError) -> Any:
-        body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
-        if isinstance(exc, CheckFailed):
-            body["problems"] = exc.problems
-        return jsonify(body), exc.http_status
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
-        return jsonify({"error": exc.description, "kind": type(exc).__name__}), exc.code
-
-    @app.errorhandler(Exception)
-    def other_error(exc: Exception) -> Any:
+    def error_answer(exc: Exception) -> tuple[dict[str, Any], int]:
+        """The JSON body and HTTP status of any error (the one conversion of this edge)."""
         from cvl.errors import CvlError
 
+        if isinstance(exc, UtilityError):
+            body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+            if isinstance(exc, CheckFailed):
+                body["problems"] = exc.problems
+            return body, exc.http_status
+        if isinstance(exc, HTTPException):
+            return {"error": exc.description, "kind": type(exc).__name__}, exc.code or 500
         if isinstance(exc, CvlError):
             text = exc.render() if hasattr(exc, "render") else str(exc)
-            return jsonify({"error": text, "kind": "CvlError"}), 422
+            return {"error": text, "kind": "CvlError"}, 422
         app.logger.exception("unexpected error")
-        return jsonify({"error": f"internal error: {type(exc).__name__}: {exc}",
-                        "kind": "InternalError"}), 500
+        return {"error": f"internal error: {type(exc).__name__}: {exc}",
+                "kind": "InternalError"}, 500
+
+    @app.errorhandler(Exception)
+    def any_error(exc: Exception) -> Any:
+        body, status = error_answer(exc)
+        return jsonify(body), status
+
+    def streamed(work: Callable[[FetchReport], Any]) -> Response:
+        """Run `work` in a thread and answer NDJSON: progress lines, then one result or error
+        line (`{"progress": {...}}`, `{"result": ...}`, `{"error", "kind", "status", ...}`).
+        The work finishes even if the client goes away."""
+        lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        last: dict[str, float] = {}
+
+        def report(label: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - last.get(label, 0.0) < PROGRESS_INTERVAL:
+                return
+            last[label] = now
+            lines.put({"progress": {"label": label, "done": done, "total": total}})
+
+        def run() -> None:
+            try:
+                lines.put({"result": work(report)})
+            except Exception as exc:  # noqa: BLE001 - converted like the error handlers do
+                body, status = error_answer(exc)
+                lines.put({**body, "status": status})
+            finally:
+                lines.put(None)
+
+        threading.Thread(target=run, daemon=True, name="streamed request").start()
+
+        def generate() -> Iterator[str]:
+            while (item := lines.get()) is not None:
+                yield json.dumps(item) + "\n"
+
+        return Response(generate(), mimetype=NDJSON)
+
+    def wants_stream() -> bool:
+        return NDJSON in request.headers.get("Accept", "")
 
     def caller() -> Caller:
         return g.caller  # type: ignore[no-any-return]
@@ -193,7 +239,10 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
             isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()
         ):
             raise UtilityError("field 'secrets' must map parameter keys to strings")
-        return jsonify(manager.start(caller(), field(data, "cvl"), secrets))
+        who, cvl = caller(), field(data, "cvl")
+        if wants_stream():
+            return streamed(lambda report: manager.start(who, cvl, secrets, report))
+        return jsonify(manager.start(who, cvl, secrets))
 
     @app.post("/v1/vaps/stop")
     def stop() -> Any:
@@ -210,8 +259,12 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         secrets = data.get("secrets") or {}
         if not isinstance(secrets, dict):
             raise UtilityError("field 'secrets' must map parameter keys to strings")
-        return jsonify(manager.update(caller(), field(data, "cvl"), data.get("component"),
-                                      dry_run=bool(data.get("dry_run")), secrets=secrets))
+        who, cvl, component = caller(), field(data, "cvl"), data.get("component")
+        dry_run = bool(data.get("dry_run"))
+        if wants_stream():
+            return streamed(lambda report: manager.update(
+                who, cvl, component, dry_run=dry_run, secrets=secrets, progress=report))
+        return jsonify(manager.update(who, cvl, component, dry_run=dry_run, secrets=secrets))
 
     @app.post(EVENTS_PATH)
     def publish_event() -> Any:

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -28,6 +29,18 @@ from utility.errors import (
 _BY_STATUS: dict[int, type[UtilityError]] = {
     401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 503: HostUnreachable,
 }
+
+
+NDJSON = "application/x-ndjson"
+
+
+def _error(status: int, data: Any) -> UtilityError:
+    """The error an answer with HTTP `status` and JSON `data` stands for."""
+    message = (data or {}).get("error", f"HTTP {status}") if isinstance(data, dict) \
+        else f"HTTP {status}"
+    if status == 422 and isinstance(data, dict) and "problems" in data:
+        return CheckFailed(list(data["problems"]))
+    return _BY_STATUS.get(status, UtilityError)(message)
 
 
 def default_state_dir() -> Path:
@@ -79,24 +92,29 @@ class UtilityClient:
                                               timeout=self.timeout)
         raise UtilityError(f"utility URL {self.url!r}: use unix:///PATH or http://HOST:PORT")
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Send one request; return the decoded JSON answer or raise the matching error."""
-        headers = {"Accept": "application/json"}
-        payload = None
+    def _headers(self, body: dict[str, Any] | None, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
         if body is not None:
-            payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _unreachable(self, exc: OSError) -> HostUnreachable:
+        return HostUnreachable(f"cannot reach the cluster manager at {self.url}: {exc} "
+                               "(start it with `cui utility serve`)")
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Send one request; return the decoded JSON answer or raise the matching error."""
+        payload = json.dumps(body).encode() if body is not None else None
         conn = self._connection()
         try:
-            conn.request(method, path, body=payload, headers=headers)
+            conn.request(method, path, body=payload,
+                         headers=self._headers(body, "application/json"))
             response = conn.getresponse()
             raw = response.read()
         except OSError as exc:
-            raise HostUnreachable(
-                f"cannot reach the cluster manager at {self.url}: {exc} "
-                "(start it with `cui utility serve`)") from None
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
         try:
@@ -104,11 +122,42 @@ class UtilityClient:
         except ValueError:
             data = {"error": raw.decode(errors="replace")[:300]}
         if response.status >= 400:
-            message = (data or {}).get("error", f"HTTP {response.status}")
-            if response.status == 422 and isinstance(data, dict) and "problems" in data:
-                raise CheckFailed(list(data["problems"]))
-            raise _BY_STATUS.get(response.status, UtilityError)(message)
+            raise _error(response.status, data)
         return data
+
+    def streamed(self, path: str, body: dict[str, Any],
+                 progress: Callable[[str, int, int], None]) -> Any:
+        """POST asking for NDJSON progress: call `progress(label, done, total)` for each
+        progress line, return the final result or raise its error (see `utility.api`)."""
+        conn = self._connection()
+        try:
+            conn.request("POST", path, body=json.dumps(body).encode(),
+                         headers=self._headers(body, NDJSON))
+            response = conn.getresponse()
+            if response.status >= 400 or NDJSON not in (response.getheader("Content-Type") or ""):
+                raw = response.read()
+                try:
+                    data = json.loads(raw) if raw else None
+                except ValueError:
+                    data = {"error": raw.decode(errors="replace")[:300]}
+                if response.status >= 400:
+                    raise _error(response.status, data)
+                return data
+            while line := response.readline():
+                item = json.loads(line)
+                if "progress" in item:
+                    p = item["progress"]
+                    progress(str(p["label"]), int(p["done"]), int(p["total"]))
+                elif "result" in item:
+                    return item["result"]
+                else:
+                    raise _error(int(item.get("status", 500)), item)
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            conn.close()
+        raise UtilityError(f"the cluster manager at {self.url} ended the answer without a "
+                           "result (did it stop?)")
 
     # -- one method per route ---------------------------------------------------------------
 
@@ -155,17 +204,24 @@ class UtilityClient:
     def violations(self) -> Any:
         return self.request("GET", "/v1/blacklist/violations")
 
-    def start(self, cvl: str, secrets: dict[str, str] | None = None) -> Any:
-        return self.request("POST", "/v1/vaps/start", {"cvl": cvl, "secrets": secrets or {}})
+    def start(self, cvl: str, secrets: dict[str, str] | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> Any:
+        body = {"cvl": cvl, "secrets": secrets or {}}
+        if progress is not None:
+            return self.streamed("/v1/vaps/start", body, progress)
+        return self.request("POST", "/v1/vaps/start", body)
 
     def stop(self, cvl: str, component: str | None = None, timeout: float | None = None) -> Any:
         return self.request("POST", "/v1/vaps/stop",
                             {"cvl": cvl, "component": component, "timeout": timeout})
 
     def update(self, cvl: str, component: str | None = None, dry_run: bool = False,
-               secrets: dict[str, str] | None = None) -> Any:
-        return self.request("POST", "/v1/vaps/update", {
-            "cvl": cvl, "component": component, "dry_run": dry_run, "secrets": secrets or {}})
+               secrets: dict[str, str] | None = None,
+               progress: Callable[[str, int, int], None] | None = None) -> Any:
+        body = {"cvl": cvl, "component": component, "dry_run": dry_run, "secrets": secrets or {}}
+        if progress is not None:
+            return self.streamed("/v1/vaps/update", body, progress)
+        return self.request("POST", "/v1/vaps/update", body)
 
     def history(self, cvl: str | None = None) -> Any:
         query = f"?cvl={quote(cvl, safe='')}" if cvl else ""

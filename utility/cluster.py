@@ -14,11 +14,12 @@ whatever of it exists, and releases its allocations.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ from utility.sizes import format_size
 from utility.state import ACTIVE, HostRow, Store, VapRow
 from utility.subscriptions import Subscriptions
 from utility.trust_policy import TrustPolicy, TrustSession
+
+FetchReport = Callable[[str, int, int], None]
+"""`report(label, bytes done, bytes total)` while a disk's objects download."""
 
 EMBEDDED_HOST = "local"
 EMBEDDED_MAX_VMS = 16
@@ -235,7 +239,8 @@ class ClusterManager:
     # -- start ----------------------------------------------------------------------------------
 
     def start(
-        self, caller: Caller, cvl_path: str, secrets: Mapping[str, str] | None = None
+        self, caller: Caller, cvl_path: str, secrets: Mapping[str, str] | None = None,
+        progress: FetchReport | None = None,
     ) -> dict[str, Any]:
         """Start the VAP a CVL file describes; see the module docstring for the steps.
 
@@ -244,6 +249,8 @@ class ClusterManager:
             cvl_path: absolute path of the user's CVL file.
             secrets: sensitive parameter values (override keys like `l.rootpw`), held only in
                 memory and passed only to the VMs.
+            progress: told `(label, bytes done, bytes total)` while disk objects download
+                (None: a line on the daemon's stderr).
 
         Raises:
             CheckFailed: every pre-start problem, before anything ran.
@@ -267,7 +274,7 @@ class ClusterManager:
                 problems += self._allocate(db, model, prepared, vap_id=None)[2]
             if problems:
                 raise CheckFailed(problems)
-            bases = self._fetch_bases(prepared)
+            bases = self._fetch_bases(prepared, progress)
             with self._alloc_lock, self.store.transaction() as db:
                 vap_id = self.store.new_vap(db, str(path), caller.name)
                 placement, addressing, problems = self._allocate(db, model, prepared, vap_id)
@@ -373,15 +380,18 @@ class ClusterManager:
                         f"{self.settings.prefix}-{vap_id}-{vm_path or 'root'}",
                         prepared[vm_path].spec.memory))
 
-    def _fetch_bases(self, prepared: Mapping[str, Prepared]) -> dict[tuple[str, str], str]:
+    def _fetch_bases(self, prepared: Mapping[str, Prepared],
+                     progress: FetchReport | None = None) -> dict[tuple[str, str], str]:
         """Local paths of each program disk's top image and of direct-boot kernels."""
         bases: dict[tuple[str, str], str] = {}
         data_targets = {p: {d for d, _ in prep.data_disks} for p, prep in prepared.items()}
         for vm_path, prep in prepared.items():
             for disk in prep.spec.disks:
                 if disk.target not in data_targets[vm_path]:
+                    label = f"{vm_path or '(root)'} {disk.source} ({prep.files.label})"
+                    report = functools.partial(progress, label) if progress else None
                     bases[(vm_path, disk.target)] = str(
-                        prep.files.local_path(disk.source, self.cache_dir))
+                        prep.files.local_path(disk.source, self.cache_dir, report))
             for key in ("kernel", "initrd"):
                 name = getattr(prep.spec, key)
                 if name:
@@ -485,7 +495,7 @@ class ClusterManager:
     def update(
         self, caller: Caller, cvl_path: str, component: str | None = None, *,
         dry_run: bool = False, secrets: Mapping[str, str] | None = None,
-        trigger: str = "user",
+        trigger: str = "user", progress: FetchReport | None = None,
     ) -> dict[str, Any]:
         """Re-evaluate a running VAP's CVL, diff against what runs, print and apply the plan.
 
@@ -529,7 +539,7 @@ class ClusterManager:
                 # VMs stopped on request (not in the current state) keep their host too
                 for row in self.store.vms(vap.id):
                     placement.setdefault(row.path, row.host)
-                bases = self._fetch_bases(prepared)
+                bases = self._fetch_bases(prepared, progress)
                 names = allocation.component_names(model)
                 overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
                 final = _final_evaluation(path, overrides, trust)

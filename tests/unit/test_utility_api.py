@@ -128,3 +128,22 @@ def test_users_may_be_confined_to_a_directory_of_cvl_files(tmp_path: Path) -> No
     with pytest.raises(Forbidden, match="only start CVL files under"):
         manager.start(Caller("alice", "user"), "/etc/x.cvl")
     manager.close()
+
+
+def test_streamed_start_answers_ndjson_with_the_result_or_the_error_in_band(setup) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    tcp, tokens, tmp_path = setup
+    alice = {**auth(tokens["alice"]), "Accept": "application/x-ndjson"}
+    acme = paper_tree(PAPER, tmp_path / "acme")
+    answer = tcp.post("/v1/vaps/start", json={"cvl": str(acme)}, headers=alice)
+    assert answer.status_code == 200 and answer.mimetype == "application/x-ndjson"
+    lines = [json.loads(line) for line in answer.get_data(as_text=True).splitlines()]
+    assert lines[-1]["result"]["status"] == "running"  # local disks: nothing to download
+    assert all("progress" in line for line in lines[:-1])
+    again = tcp.post("/v1/vaps/start", json={"cvl": str(acme)}, headers=alice)
+    (error,) = [json.loads(line) for line in again.get_data(as_text=True).splitlines()]
+    assert error["status"] == 409 and error["kind"] == "Conflict"
+    assert "already running" in error["error"]
+    plain = tcp.post("/v1/vaps/start", json={"cvl": str(acme)}, headers=auth(tokens["alice"]))
+    assert plain.status_code == 409 and plain.mimetype == "application/json"
