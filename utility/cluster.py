@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utility import addresses, allocation, cvl_adapter
+from utility import addresses, allocation, cvl_adapter, disks
 from utility.addresses import PUBLIC
 from utility.allocation import Prepared, Settings
 from utility.desired_state import VapState
@@ -41,7 +41,7 @@ from utility.errors import (
 )
 from utility.executor import Executor, RolledBack, Timeouts
 from utility.libvirt_host import HostPool, LibvirtHost, probe_default_uri
-from utility.model_view import ModelView
+from utility.model_view import ModelView, join_path
 from utility.placement import HostRoom, place
 from utility.planner import Action, Op, diff, start_plan, stop_plan
 from utility.sizes import format_size
@@ -323,12 +323,9 @@ class ClusterManager:
         allocated (see `_reserve`).
         """
         problems: list[str] = []
-        usage = self.store.usage(db)
-        rooms = [HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
-                 for h in self.store.hosts()]
         placement: dict[str, str] = {}
         try:
-            placement = place(allocation.demands(prepared), rooms, self.settings.placement)
+            placement = self._place(db, prepared)
         except PlacementError as exc:
             problems.append(str(exc))
         free_vlans = [r[0] for r in db.execute(
@@ -348,6 +345,13 @@ class ClusterManager:
             return placement, addressing, problems
         self._reserve(db, vap_id, placement, addressing, prepared, keep)
         return placement, addressing, []
+
+    def _place(self, db: sqlite3.Connection, prepared: Mapping[str, Prepared]) -> dict[str, str]:
+        """Hosts for the VMs in `prepared`, given what `db` says is in use (PlacementError)."""
+        usage = self.store.usage(db)
+        rooms = [HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
+                 for h in self.store.hosts()]
+        return place(allocation.demands(prepared), rooms, self.settings.placement)
 
     def _reserve(
         self, db: sqlite3.Connection, vap_id: int, placement: Mapping[str, str],
@@ -525,40 +529,53 @@ class ClusterManager:
             problems += trust.problems(_versions_of(model)) + trust.cvl_problems(fetched)
             prepared, more = allocation.prepare(model, path.parent, trust.release_for)
             problems += more + allocation.static_problems(model, self.store.blacklist())
-            keep = _addressing_of(current)
-            recorded = {row.path for row in self.store.vms(vap.id)}
+            rows = self.store.vms(vap.id)
+            keep = self._held_addressing(vap.id, model, current, rows)
+            recorded = {row.path for row in rows}
             fresh = {p: prep for p, prep in prepared.items()
                      if current.vm(p) is None and p not in recorded}
+            # 1. what the pools would give (a short write transaction, nothing reserved yet)
             with self._alloc_lock, self.store.transaction() as db:
                 placed, addressing, more = self._allocate(db, model, fresh, None, keep)
-                problems += more
-                if problems:
-                    raise CheckFailed(problems)
-                placement = {**{vm.path: vm.host for vm in current.vms if vm.path in prepared},
-                             **placed}
-                # VMs stopped on request (not in the current state) keep their host too
-                for row in self.store.vms(vap.id):
-                    placement.setdefault(row.path, row.host)
-                bases = self._fetch_bases(prepared, progress)
-                names = allocation.component_names(model)
-                overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
-                final = _final_evaluation(path, overrides, trust)
-                desired = allocation.build_state(
-                    vap_id=vap.id, cvl_path=path, model=final, prepared=prepared,
-                    addressing=addressing, placement=placement, bases=bases, secrets=secrets,
-                    settings=self.settings, run_dir=self.run_dir)
-                if component:
-                    desired = _merge(current, desired, component)
-                plan = diff(current, desired, vanished=Op.REMOVE)
-                retried = _retried_failures(plan, self.store.failed_versions(str(path)))
-                skip = None
-                if retried and trigger != "user":
-                    skip = (f"skipped: {', '.join(retried)} failed before; waiting for a newer "
-                            "version (a manual cui update can force it)")
-                proceed = bool(plan) and not dry_run and skip is None
-                if proceed:
-                    self._reserve(db, vap.id, placed, addressing, fresh, keep)
+            problems += more
+            if problems:
+                raise CheckFailed(problems)
+            # 2. downloads and the address-filled evaluation, holding no state lock
+            placement = {**{vm.path: vm.host for vm in current.vms if vm.path in prepared},
+                         **placed}
+            for row in rows:  # VMs stopped on request (not in the current state) keep their host
+                placement.setdefault(row.path, row.host)
+            bases = self._fetch_bases(prepared, progress)
+            names = allocation.component_names(model)
+            overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
+            final = _final_evaluation(path, overrides, trust)
+            desired = allocation.build_state(
+                vap_id=vap.id, cvl_path=path, model=final, prepared=prepared,
+                addressing=addressing, placement=placement, bases=bases, secrets=secrets,
+                settings=self.settings, run_dir=self.run_dir)
+            if component:
+                desired = _merge(current, desired, component)
+            plan = diff(current, desired, vanished=Op.REMOVE)
+            retried = _retried_failures(plan, self.store.failed_versions(str(path)))
+            skip = None
+            if retried and trigger != "user":
+                skip = (f"skipped: {', '.join(retried)} failed before; waiting for a newer "
+                        "version (a manual cui update can force it)")
+            proceed = bool(plan) and not dry_run and skip is None
+            # 3. reserve exactly what was planned with, or refuse if a concurrent start took it
+            if proceed:
+                taken = Conflict(f"{path}: another VAP took addresses or host room while "
+                                 "this update was prepared; run it again")
+                with self._alloc_lock, self.store.transaction() as db:
+                    try:
+                        if fresh and self._place(db, fresh) != placed:
+                            raise taken
+                        self._reserve(db, vap.id, placed, addressing, fresh, keep)
+                    except (PlacementError, sqlite3.IntegrityError):
+                        raise taken from None
                     self.store.set_vap(vap.id, status="updating", db=db)
+            if not proceed and not dry_run:
+                self._settle(vap.id, current, {vm.path for vm in model.vms()}, set(), path)
             if not proceed:
                 if skip:
                     self.record_history(str(path), trigger, plan.lines(),
@@ -570,7 +587,7 @@ class ClusterManager:
             after = _state_after(current, desired, plan, set(outcome.done))
             removed = {a.vm.path for a in plan.actions
                        if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done}
-            self._settle(vap.id, after, {vm.path for vm in desired.vms} - removed, removed)
+            self._settle(vap.id, after, {vm.path for vm in model.vms()}, removed, path)
             self.store.set_vap(vap.id, status="running", state=after, error=outcome.error)
             if isinstance(outcome.exception, RolledBack):
                 failed = next(a for a in plan.actions if a.key == outcome.failed)
@@ -594,19 +611,27 @@ class ClusterManager:
         return [h for h in self.store.history(path) if h["cvl_path"] in mine]
 
     def _settle(self, vap_id: int, state: VapState, members: set[str],
-                removed: set[str]) -> None:
-        """Release what a VAP no longer uses after an update; drop removed VMs' records.
+                removed: set[str], cvl_path: Path) -> None:
+        """Release what a VAP no longer uses after an update; drop stale VM records.
 
-        `members` are the VMs the CVL still has (running or stopped on request); addresses of
-        any other VM, VLANs of VANs no interface uses, and removed VMs' records are released.
+        The rule: a VM running after the update holds exactly the MACs and IPs its state shows;
+        a VM stopped on request (`cui stop FILE COMP`) that the CVL still has (`members`) keeps
+        its record, host, MACs and IPs, and the update that restarts it reuses them; every other
+        address, VM record and unused VLAN of the VAP is released, including those of a
+        component removed from the CVL while it was stopped, whose directory (data disks
+        included) then goes to the attic like any removed component's.
         """
+        running = {vm.path for vm in state.vms}
+        in_use = {join_path(vm.path, i.name): {i.mac, i.ip} for vm in state.vms
+                  for i in vm.interfaces}
+        kept_stopped = (members - removed) - running
         with self.store.transaction() as db:
-            stopped = {r[0] for r in db.execute(
-                "SELECT path FROM vms WHERE vap_id=? AND state='stopped'", (vap_id,))}
-            keep = (members | stopped) - removed
             for address, iface in db.execute("SELECT address, path FROM addresses WHERE vap_id=?",
                                              (vap_id,)).fetchall():
-                if iface.rpartition(".")[0] not in keep:
+                vm_path = iface.rpartition(".")[0]
+                held = address in in_use.get(iface, ()) if vm_path in running \
+                    else vm_path in kept_stopped
+                if not held:
                     db.execute("DELETE FROM addresses WHERE address=?", (address,))
                     db.execute("UPDATE public_ips SET vap_id=NULL, iface=NULL WHERE ip=?",
                                (address,))
@@ -615,10 +640,54 @@ class ClusterManager:
                                       (vap_id,)).fetchall():
                 if vlan not in used_vlans:
                     db.execute("UPDATE vlans SET vap_id=NULL, segment=NULL WHERE vlan=?", (vlan,))
+            stale = []
             for (vm_path,) in db.execute("SELECT path FROM vms WHERE vap_id=?",
                                          (vap_id,)).fetchall():
-                if vm_path not in keep:
+                if vm_path not in running | kept_stopped:
                     db.execute("DELETE FROM vms WHERE vap_id=? AND path=?", (vap_id, vm_path))
+                    if vm_path not in members and vm_path not in removed:
+                        stale.append(vm_path)
+        for vm_path in stale:
+            moved = disks.move_directory_to_attic(cvl_path.parent / (vm_path or "root"),
+                                                  vm_path or "root", cvl_path.parent / ".attic")
+            self.store.event(vap_id, "remove", f"{vm_path} (stopped) is no longer in the CVL: "
+                                               f"record released, directory to {moved}")
+
+    def _held_addressing(self, vap_id: int, model: ModelView, current: VapState,
+                         rows: list[Any]) -> addresses.Addressing:
+        """What the VAP holds: the running VMs' addresses, plus those of VMs stopped on request
+        whose interface is still on the same segment (so a restart keeps its MAC and IP)."""
+        keep = _addressing_of(current)
+        stopped = {r.path for r in rows if current.vm(r.path) is None}
+        if not stopped:
+            return keep
+        held: dict[str, dict[str, str]] = {}
+        for address, kind, holder, iface in self.store.all_addresses():
+            if holder == vap_id:
+                held.setdefault(iface, {})[kind] = address
+        public = {r["ip"] for r in self.store.pools()["public_ips"] if r["vap_id"] == vap_id}
+        interfaces = dict(keep.interfaces)
+        for vm in model.vms():
+            if vm.path not in stopped:
+                continue
+            for iface in model.interfaces(vm.path):
+                got = held.get(iface.path, {})
+                mac, ip = got.get("mac"), got.get("ip")
+                if mac is None or ip is None:
+                    continue
+                segment = addresses.segment_of(model, iface.path)
+                if segment == addresses.PUBLIC:
+                    ok, net = ip in public, ipaddress.IPv4Network(f"{ip}/24", strict=False)
+                else:
+                    vlan = keep.vlans.get(segment)
+                    net = addresses.subnet_for_vlan(vlan, self.settings.address_base) \
+                        if vlan is not None else ipaddress.IPv4Network("0.0.0.0/32")
+                    ok = vlan is not None and ipaddress.IPv4Address(ip) in net
+                if ok:
+                    interfaces[iface.path] = addresses.InterfaceAddress(
+                        path=iface.path, segment=segment, mac=mac, ip=ip,
+                        subnet=str(net.network_address), netmask=addresses.NETMASK)
+        return addresses.Addressing(vlans=dict(keep.vlans), interfaces=interfaces)
 
     # -- status ---------------------------------------------------------------------------------
 

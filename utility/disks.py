@@ -87,11 +87,15 @@ def discard_overlays(vm: Vm) -> None:
 
 def move_to_attic(vm: Vm, attic: Path) -> Path | None:
     """Move a removed VM's directory (data disks included) to `attic/<path>-<timestamp>`."""
-    source = Path(vm.vm_dir)
+    return move_directory_to_attic(Path(vm.vm_dir), vm.path, attic)
+
+
+def move_directory_to_attic(source: Path, path: str, attic: Path) -> Path | None:
+    """Move component `path`'s directory `source` to `attic/<path>-<timestamp>` (if it exists)."""
     if not source.exists():
         return None
     attic.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = attic / f"{vm.path}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6}"
+    target = attic / f"{path}-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6}"
     shutil.move(str(source), str(target))
     return target
 

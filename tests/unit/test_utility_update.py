@@ -164,3 +164,39 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
     forced = manager.update(ADMIN, str(cvl))
     assert forced["error"] is None
     assert manager.status(ADMIN, str(cvl))[0]["components"][0]["repository"].endswith("/DNS2")
+
+
+def addresses_of(manager: ClusterManager, prefix: str) -> set[str]:
+    return {a for a, _, _, path in manager.store.all_addresses() if path.startswith(prefix)}
+
+
+def test_a_component_stopped_on_request_keeps_its_addresses_and_restarts_with_them(setup) -> None:  # type: ignore[no-untyped-def]
+    manager, cvl = setup
+    before = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
+    held = addresses_of(manager, "w.")
+    assert len(held) == 2  # w.ethernet0: a MAC and an IP
+    manager.stop(ADMIN, str(cvl), "w")
+    assert addresses_of(manager, "w.") == held  # kept while stopped
+    rows = {r.path: r.state for r in manager.store.vms(manager.store.vap_by_path(str(cvl)).id)}
+    assert rows["w"] == "stopped"
+    result = manager.update(ADMIN, str(cvl))
+    assert [line.split(" (")[0] for line in result["lines"]] == ["+ w"]
+    after = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
+    assert after["w"]["state"] == "running"
+    assert after["w"]["interfaces"] == before["w"]["interfaces"]  # same MAC and IP
+    assert addresses_of(manager, "w.") == held
+
+
+def test_a_component_removed_from_the_cvl_while_stopped_is_cleaned_by_the_next_update(setup) -> None:  # type: ignore[no-untyped-def]
+    manager, cvl = setup
+    vap_id = manager.store.vap_by_path(str(cvl)).id
+    manager.stop(ADMIN, str(cvl), "w")
+    cvl.write_text(office(with_web=False))
+    manager.update(ADMIN, str(cvl))
+    assert addresses_of(manager, "w.") == set()
+    assert "w" not in {r.path for r in manager.store.vms(vap_id)}
+    assert {c["path"] for c in manager.status(ADMIN, str(cvl))[0]["components"]} == {"d", "l"}
+    everything = manager.store.all_addresses()
+    assert len({a for a, *_ in everything}) == len(everything) == 4  # d and l: MAC + IP each
+    assert not (cvl.parent / "w").exists()
+    assert [p.name.split("-")[0] for p in (cvl.parent / ".attic").iterdir()] == ["w"]
