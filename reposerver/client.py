@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from dulwich.objects import ObjectID
+
 from reposerver.errors import BadRequest, IntegrityError, NotFound, RepositoryError, Unreachable
 from reposerver.names import object_id
 from reposerver.objects import CHUNK, ObjectStore
@@ -95,7 +97,7 @@ class LocalRepository(_DiskFetching):
     def git_object(self, sha1: str) -> bytes:
         """A git object as `TYPE SIZE\\0BODY` (its SHA-1 is its name; callers check it)."""
         try:
-            obj = self.repository.git.object_store[sha1.encode()]
+            obj = self.repository.git.object_store[ObjectID(sha1.encode())]
         except (KeyError, ValueError):
             raise NotFound(f"{self.repository.name} has no git object {sha1}") from None
         body = obj.as_raw_string()

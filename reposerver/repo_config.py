@@ -148,7 +148,9 @@ def subscribe(repo_path: Path, url: str, secret: str | None = None) -> tuple[Sub
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BadRequest(f"subscriber URL {url!r} must be http:// or https://")
-    if secret is not None and (len(secret) < 16 or not secret.isprintable() or secret != secret.strip()):
+    if secret is not None and (
+        len(secret) < 16 or not secret.isprintable() or secret != secret.strip()
+    ):
         raise BadRequest("a given subscriber secret needs 16 or more printable characters")
     value = secret if secret is not None else secret_source.token_urlsafe(32)
     config = load(repo_path)
@@ -168,7 +170,8 @@ def unsubscribe(repo_path: Path, url: str) -> bool:
     old = [s for s in config.subscribers if s.url == url]
     if not old:
         return False
-    save(repo_path, replace(config, subscribers=tuple(s for s in config.subscribers if s.url != url)))
+    kept = tuple(s for s in config.subscribers if s.url != url)
+    save(repo_path, replace(config, subscribers=kept))
     _drop_secret_files(old)
     return True
 

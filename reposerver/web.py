@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dulwich.objects import ObjectID
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
@@ -219,7 +220,7 @@ def git_object(name: str, sha1: str) -> Response:
     if not _SHA1.match(sha1):
         raise errors.BadRequest(f"{sha1!r} is not a git object id (40 lowercase hex digits)")
     try:
-        obj = repo.git.object_store[sha1.encode()]
+        obj = repo.git.object_store[ObjectID(sha1.encode())]
     except KeyError:
         raise errors.NotFound(f"{repo.name} has no git object {sha1}") from None
     body = obj.as_raw_string()

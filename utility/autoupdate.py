@@ -116,6 +116,9 @@ class AutoUpdater:
         with self._lock:
             self._pending.discard(target)
         path, component = target
+        self.manager.store.event(None, "auto-update",
+                                 f"{trigger} update of {path}{':' + component if component else ''}"
+                                 " starting")
         try:
             self.manager.update(SYSTEM, path, component, trigger=trigger)
         except UtilityError as exc:

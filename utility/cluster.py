@@ -662,9 +662,9 @@ class ClusterManager:
         if not stopped:
             return keep
         held: dict[str, dict[str, str]] = {}
-        for address, kind, holder, iface in self.store.all_addresses():
+        for address, kind, holder, iface_path in self.store.all_addresses():
             if holder == vap_id:
-                held.setdefault(iface, {})[kind] = address
+                held.setdefault(iface_path, {})[kind] = address
         public = {r["ip"] for r in self.store.pools()["public_ips"] if r["vap_id"] == vap_id}
         interfaces = dict(keep.interfaces)
         for vm in model.vms():

@@ -6,6 +6,9 @@
   disks, resources and networks (published figure); our goal is under 0.5 s.
 - placement of 10,000 VMs onto 1,000 hosts (goal under 2 s), against a naive placement that
   scans every host for every VM, measured in the same run.
+
+Updates on a real publish (a stock `git push` through gunicorn to the daemon) are measured in
+`bench_update.py`.
 """
 
 from __future__ import annotations
@@ -73,107 +76,6 @@ def start_times(repeat: int = 7) -> list[float]:
         return samples
 
 
-def update_one_component() -> tuple[float, int]:
-    """Median control-plane time of updating one component of the 6-VM VAN to a new version
-    (its import moved to another directory: a new image), and how many VMs were restarted."""
-    with tempfile.TemporaryDirectory() as tmp:
-        where = Path(tmp)
-        manager = ClusterManager(where / "state")
-        manager.add_host(ADMIN, "h0", simulated_host_uri(where, "h0"), 8 << 30, 16)
-        manager.add_vlans(ADMIN, "100-163")
-        manager.add_public_ips(ADMIN, "192.0.2.10-192.0.2.20")
-        cvl = groupware_like(where / "vap")
-        manager.start(ADMIN, str(cvl))
-        conn = manager.host("h0").connection()
-        samples, restarted = [], 0
-        for run in range(6):
-            image = where / "vap" / ("system.qcow2" if run % 2 else "system2.qcow2")
-            if not image.exists():
-                base_image(image)
-            (where / "vap" / "m.vmx").write_text(
-                publisher_domain_xml("m", 128, disk=image.name))
-            ids = {d.name(): d.ID() for d in conn.listAllDomains()}
-            began = time.perf_counter()
-            result = manager.update(ADMIN, str(cvl))
-            samples.append(time.perf_counter() - began)
-            assert result["error"] is None, result
-            after = {d.name(): d.ID() for d in conn.listAllDomains()}
-            restarted = sum(1 for n, i in ids.items() if after.get(n) != i)
-        manager.close()
-        return statistics.median(samples), restarted
-
-
-def push_to_update(repeat: int = 3) -> list[float]:
-    """Seconds from a publish returning to the automatic update of a running VAP starting.
-
-    The publish announces to its subscribers exactly as a `git push` does (the same
-    `announce_refs` path, a detached sender process); the utility's API is served by a real
-    HTTP server on a free port.
-    """
-    import socket
-    import threading
-
-    from werkzeug.serving import WSGIRequestHandler, make_server
-
-    class Quiet(WSGIRequestHandler):
-        def log_request(self, *args: object, **kwargs: object) -> None:
-            return None
-
-    from reposerver.publish import publish
-    from reposerver.repo_config import RepoConfig, Subscriber
-    from reposerver.repository import Repository
-    from reposerver.testing import sample_appliance, write_pattern
-    from utility.api import create_app
-
-    with tempfile.TemporaryDirectory() as tmp:
-        where = Path(tmp)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        secret = "bench-secret"
-        repo = Repository.create(where / "DNS", RepoConfig(subscribers=(
-            Subscriber(f"http://127.0.0.1:{port}/v1/events/publish", secret=secret),)))
-        src = sample_appliance(where / "src", "DNS")
-        publish(repo.path, src)
-        cvl = where / "user" / "My.cvl"
-        cvl.parent.mkdir()
-        cvl.write_text(f'import {{ url => "file:{repo.path}", cvl => "DNS.cvl" }} DNS;\n'
-                       'My extends DNS { domain = "acme.org"; }\n')
-        manager = ClusterManager(where / "state")
-        manager.add_host(ADMIN, "h0", simulated_host_uri(where, "h0"), 8 << 30, 16)
-        manager.add_vlans(ADMIN, "100-101")
-        manager.add_public_ips(ADMIN, "192.0.2.10-192.0.2.20")
-        manager.start(ADMIN, str(cvl))
-        started: list[float] = []
-        real_update = manager.update
-
-        def timed_update(*args, **kwargs):  # type: ignore[no-untyped-def]
-            started.append(time.perf_counter())
-            return real_update(*args, **kwargs)
-
-        manager.update = timed_update  # type: ignore[method-assign]
-        app = create_app(manager, require_token=True, events_secret=secret.encode())
-        server = make_server("127.0.0.1", port, app, threaded=True, request_handler=Quiet)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        samples = []
-        try:
-            for n in range(repeat):
-                write_pattern(where / "src" / "root.qcow2", 0x30 + n, 0, "64k")
-                publish(repo.path, src)
-                returned = time.perf_counter()
-                deadline = returned + 20
-                while len(started) <= n and time.perf_counter() < deadline:
-                    time.sleep(0.005)
-                if len(started) <= n:
-                    raise RuntimeError("no automatic update within 20 s of the publish")
-                samples.append(started[n] - returned)
-                app.config["AUTO_UPDATER"].wait()
-        finally:
-            server.shutdown()
-            manager.close()
-        return samples
-
-
 def naive_place(demands: list[VmDemand], hosts: list[HostRoom]) -> dict[str, str]:
     """Most-free-memory placement by scanning every host for every VM (the obvious way)."""
     free = {h.name: h.memory for h in hosts}
@@ -196,18 +98,6 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
         yield Row(name, statistics.median(samples), "s", PAPER_START_SECONDS,
                   "paper's cluster manager (published, 1.1 min)", "goal < 0.5 s",
                   f"median of {len(samples)}, guest boot excluded")
-    name = "utility: update one component of a 6-VM VAN"
-    if only(name):
-        seconds, restarted = update_one_component()
-        yield Row(name + ": VMs restarted", restarted, "VMs", 6, "restart everything",
-                  "goal exactly 1")
-        yield Row(name + ": control plane", seconds, "s", None, "", "goal < 0.5 s",
-                  "guest boot excluded")
-    name = "utility: publish returning -> automatic update starting"
-    if only(name):
-        samples = push_to_update()
-        yield Row(name, statistics.median(samples), "s", None, "", "goal < 2 s",
-                  f"median of {len(samples)}; includes the 0.2 s burst coalescing")
     name = "utility: place 10,000 VMs on 1,000 hosts (spread)"
     if only(name):
         hosts = [HostRoom(f"h{i:04}", 16 << 30, 16) for i in range(1000)]

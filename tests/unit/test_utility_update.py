@@ -187,7 +187,7 @@ def test_a_component_stopped_on_request_keeps_its_addresses_and_restarts_with_th
     assert addresses_of(manager, "w.") == held
 
 
-def test_a_component_removed_from_the_cvl_while_stopped_is_cleaned_by_the_next_update(setup) -> None:  # type: ignore[no-untyped-def]
+def test_a_component_removed_from_the_cvl_while_stopped_is_cleaned_next_update(setup) -> None:  # type: ignore[no-untyped-def]
     manager, cvl = setup
     vap_id = manager.store.vap_by_path(str(cvl)).id
     manager.stop(ADMIN, str(cvl), "w")
