@@ -283,7 +283,7 @@ class ClusterManager:
             try:
                 self._secrets[str(path)] = secrets
                 return self._bring_up(caller, vap_id, path, model, prepared, placement,
-                                      addressing, bases, secrets, notes, trust)
+                                      addressing, bases, secrets, notes, trust, fetched)
             except BaseException as exc:
                 self._roll_back(vap_id, f"start failed: {exc}")
                 if isinstance(exc, UtilityError) and not isinstance(exc, CheckFailed):
@@ -296,10 +296,10 @@ class ClusterManager:
                   prepared: Mapping[str, Prepared], placement: Mapping[str, str],
                   addressing: addresses.Addressing, bases: Mapping[tuple[str, str], str],
                   secrets: Mapping[str, str], notes: list[str],
-                  trust: TrustSession) -> dict[str, Any]:
+                  trust: TrustSession, fetched: list[cvl_adapter.Fetched]) -> dict[str, Any]:
         names = allocation.component_names(model)
         overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
-        final = _final_evaluation(path, overrides, trust)
+        final = _final_evaluation(path, overrides, trust, fetched)
         _same_versions(model, final)
         state = allocation.build_state(
             vap_id=vap_id, cvl_path=path, model=final, prepared=prepared,
@@ -548,7 +548,7 @@ class ClusterManager:
             bases = self._fetch_bases(prepared, progress)
             names = allocation.component_names(model)
             overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
-            final = _final_evaluation(path, overrides, trust)
+            final = _final_evaluation(path, overrides, trust, fetched)
             desired = allocation.build_state(
                 vap_id=vap.id, cvl_path=path, model=final, prepared=prepared,
                 addressing=addressing, placement=placement, bases=bases, secrets=secrets,
@@ -819,10 +819,12 @@ def _owner(caller: Caller, vap: VapRow, what: str) -> None:
         raise Forbidden(f"{caller.name} may not {what} {vap.cvl_path}: it belongs to another user")
 
 
-def _final_evaluation(path: Path, overrides: Mapping[str, str], trust: TrustSession) -> ModelView:
-    """The address-filled evaluation; imported CVL texts are fetched again, so checked again."""
+def _final_evaluation(path: Path, overrides: Mapping[str, str], trust: TrustSession,
+                      checked: list[cvl_adapter.Fetched]) -> ModelView:
+    """The address-filled evaluation, on the imported texts the checks already saw (`checked`);
+    anything it must fetch anew is checked like them."""
     fetched: list[cvl_adapter.Fetched] = []
-    final = cvl_adapter.evaluate(path, overrides, fetched)
+    final = cvl_adapter.evaluate(path, overrides, fetched, replay=checked)
     problems = trust.cvl_problems(fetched)
     if problems:
         raise TrustRefused("; ".join(problems))

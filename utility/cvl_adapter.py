@@ -13,42 +13,54 @@ Fetched = tuple[str, str, str, str]
 
 
 class _Recording:
-    """A resolver that remembers every text it hands the evaluator (for the trust checks)."""
+    """A resolver that remembers every text it hands the evaluator (for the trust checks), and
+    answers again from `replay` what an earlier evaluation of the same operation fetched."""
 
-    def __init__(self, inner: Any, record: list[Fetched]) -> None:
+    def __init__(self, inner: Any, record: list[Fetched], replay: list[Fetched]) -> None:
         self.inner = inner
         self.record = record
+        self.replay = replay
 
     def fetch(self, url: str, cvl: str, version: str | None,
               base_dir: str | None) -> tuple[str, str]:
         from cvl.resolver import canonical_url
 
+        where = canonical_url(url, base_dir)
+        for seen_url, seen_cvl, seen_version, text in self.replay:
+            if (seen_url, seen_cvl) == (where, cvl) and version in (None, seen_version):
+                return text, seen_version
         text, resolved = self.inner.fetch(url, cvl, version, base_dir)
-        self.record.append((canonical_url(url, base_dir), cvl, str(resolved), text))
+        self.record.append((where, cvl, str(resolved), text))
         return text, resolved
 
 
-def _resolver(record: list[Fetched] | None = None):  # type: ignore[no-untyped-def]
+def _resolver(record: list[Fetched] | None = None,
+              replay: list[Fetched] | None = None):  # type: ignore[no-untyped-def]
     """The repository-aware resolver (file: repository directories by version, http:)."""
     from reposerver.client import make_resolver
 
     inner = make_resolver()
-    return inner if record is None else _Recording(inner, record)
+    if record is None and not replay:
+        return inner
+    return _Recording(inner, record if record is not None else [], list(replay or []))
 
 
 def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None,
-             record: list[Fetched] | None = None) -> ModelView:
+             record: list[Fetched] | None = None,
+             replay: list[Fetched] | None = None) -> ModelView:
     """Evaluate a CVL file with its imports and return the model view.
 
     Args:
         record: when given, every imported CVL text fetched is appended to it.
+        replay: texts an earlier evaluation fetched (and the trust checks saw): imports they
+            cover are answered from them, so both evaluations see the same versions and bytes.
 
     Raises:
         cvl.errors.CvlError: the file does not parse, import or evaluate (rendered at the edge).
     """
     import cvl
 
-    model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(record),
+    model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(record, replay),
                               overrides=dict(overrides or {}))
     return ModelView.from_json(model.to_json())
 
