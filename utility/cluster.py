@@ -277,6 +277,7 @@ class ClusterManager:
             bases = self._fetch_bases(prepared, progress)
             with self._alloc_lock, self.store.transaction() as db:
                 vap_id = self.store.new_vap(db, str(path), caller.name)
+                self.store.set_secret_keys(vap_id, [k for k, v in secrets.items() if v], db)
                 placement, addressing, problems = self._allocate(db, model, prepared, vap_id)
                 if problems:
                     raise CheckFailed(problems)
@@ -520,6 +521,9 @@ class ClusterManager:
             current = vap.state
             if current is None:
                 raise NotFound(f"{path} has no recorded state")
+            lost = sorted(self.store.secret_keys(vap.id) - {k for k, v in secrets.items() if v})
+            if lost and trigger != "user":
+                return self._needs_user(vap.id, path, trigger, lost)
             trust = self.trust.session()
             fetched: list[cvl_adapter.Fetched] = []
             checked, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
@@ -576,6 +580,11 @@ class ClusterManager:
                     self.store.set_vap(vap.id, status="updating", db=db)
             if not proceed and not dry_run:
                 self._settle(vap.id, current, {vm.path for vm in model.vms()}, set(), path)
+                if trigger == "user":  # the user's values are what automatic updates use next
+                    self._secrets[str(path)] = secrets
+                    self.store.set_secret_keys(vap.id, [k for k, v in secrets.items() if v])
+                    if (vap.error or "").startswith("waiting for its user"):
+                        self.store.set_vap(vap.id, status="running")
             if not proceed:
                 if skip:
                     self.record_history(str(path), trigger, plan.lines(),
@@ -583,6 +592,7 @@ class ClusterManager:
                 return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False,
                         "error": skip}
             self._secrets[str(path)] = secrets
+            self.store.set_secret_keys(vap.id, [k for k, v in secrets.items() if v])
             outcome = self._executor(vap.id, path.parent / ".attic").run(plan)
             after = _state_after(current, desired, plan, set(outcome.done))
             removed = {a.vm.path for a in plan.actions
@@ -598,6 +608,18 @@ class ClusterManager:
                                 f"failed: {outcome.error}" if outcome.error else "applied")
             return {"plan": plan.to_json(), "lines": plan.lines(), "applied": True,
                     "error": outcome.error}
+
+    def _needs_user(self, vap_id: int, path: Path, trigger: str,
+                    lost: list[str]) -> dict[str, Any]:
+        """An automatic update that cannot run: the VAP's sensitive values were held only in
+        memory and the cluster manager restarted since. Say so in history and status; the
+        user's next `cui update` (their agent supplies the values) clears it."""
+        message = (f"waiting for its user: the sensitive values of {', '.join(lost)} are kept "
+                   "only in memory and were lost when the cluster manager restarted; run "
+                   f"`cui update {path}` to supply them")
+        self.record_history(str(path), trigger, [], {}, message)
+        self.store.set_vap(vap_id, error=message)
+        return {"plan": [], "lines": [], "applied": False, "error": message}
 
     def record_history(self, cvl_path: str, trigger: str, actions: list[str],
                        versions: dict[str, list[str | None]], result: str) -> None:

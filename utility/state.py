@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL
   vap_id INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS failed_versions (cvl_path TEXT NOT NULL, url TEXT NOT NULL,
   version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (cvl_path, url, version));
+CREATE TABLE IF NOT EXISTS secret_keys (vap_id INTEGER NOT NULL, key TEXT NOT NULL,
+  PRIMARY KEY (vap_id, key));
 CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
@@ -298,6 +300,26 @@ class Store:
         db.execute("UPDATE public_ips SET vap_id=NULL, iface=NULL WHERE vap_id=?", (vap_id,))
         db.execute("DELETE FROM addresses WHERE vap_id=?", (vap_id,))
         db.execute("DELETE FROM vms WHERE vap_id=?", (vap_id,))
+
+    def set_secret_keys(self, vap_id: int, keys: list[str],
+                        db: sqlite3.Connection | None = None) -> None:
+        """Record which parameter keys of a VAP got sensitive values from its user (the keys
+        only: the values live in the daemon's memory), so a restart knows what it lost."""
+        def write(tx: sqlite3.Connection) -> None:
+            tx.execute("DELETE FROM secret_keys WHERE vap_id=?", (vap_id,))
+            tx.executemany("INSERT INTO secret_keys VALUES (?,?)",
+                           [(vap_id, k) for k in sorted(set(keys))])
+
+        if db is not None:
+            write(db)
+        else:
+            with self.transaction() as tx:
+                write(tx)
+
+    def secret_keys(self, vap_id: int) -> set[str]:
+        """The keys `set_secret_keys` recorded for a VAP."""
+        return {r[0] for r in self.read().execute(
+            "SELECT key FROM secret_keys WHERE vap_id=?", (vap_id,))}
 
     # -- VMs ------------------------------------------------------------------------------------
 

@@ -200,3 +200,48 @@ def test_a_component_removed_from_the_cvl_while_stopped_is_cleaned_next_update(s
     assert len({a for a, *_ in everything}) == len(everything) == 4  # d and l: MAC + IP each
     assert not (cvl.parent / "w").exists()
     assert [p.name.split("-")[0] for p in (cvl.parent / ".attic").iterdir()] == ["w"]
+
+
+def test_after_a_daemon_restart_automatic_updates_wait_for_the_user_s_sensitive_values(
+        tmp_path: Path) -> None:
+    app = tmp_path / "vap" / "Secret"
+    app.mkdir(parents=True)
+    base_image(app / "system.qcow2")
+    (app / "x.vmx").write_text(publisher_domain_xml("s", 64))
+    (app / "Secret.cvl").write_text('Secret extends VMAppliance { var "required" "sensitive" pw; '
+                                    'var motd; vm = "x.vmx"; }\n')
+    cvl = tmp_path / "vap" / "Mine.cvl"
+    cvl.write_text('import { url => "file:Secret", cvl => "Secret.cvl" } Secret;\n'
+                   'Mine extends Secret { motd = "one"; }\n')
+    state, uri = tmp_path / "state", simulated_host_uri(tmp_path, "h1")
+    first = ClusterManager(state)
+    first.add_host(ADMIN, "h1", uri, 1 << 30, 4)
+    first.add_vlans(ADMIN, "100-101")
+    first.add_public_ips(ADMIN, "192.0.2.1-192.0.2.2")
+    first.start(ADMIN, str(cvl), {"pw": "hunter2"})
+    cvl.write_text(cvl.read_text().replace('"one"', '"two"'))
+    resent = first.update(ADMIN, str(cvl), trigger="push")
+    assert resent["applied"] and [line[0] for line in resent["lines"]] == ["↻"]
+    first.close()
+
+    again = ClusterManager(state)  # the daemon restarted: the value of pw is gone
+    cvl.write_text(cvl.read_text().replace('"two"', '"three"'))
+    result = again.update(ADMIN, str(cvl), trigger="push")
+    assert result["applied"] is False and "waiting for its user" in result["error"]
+    assert "pw" in result["error"] and "hunter2" not in json_of(again)
+    (vap,) = again.status(ADMIN)
+    assert vap["error"].startswith("waiting for its user") and vap["status"] == "running"
+    assert again.history(ADMIN)[-1]["result"].startswith("waiting for its user")
+    assert again.update(ADMIN, str(cvl), secrets={"pw": "hunter2"})["applied"] is True
+    assert again.status(ADMIN)[0]["error"] is None
+    cvl.write_text(cvl.read_text().replace('"three"', '"four"'))
+    assert again.update(ADMIN, str(cvl), trigger="push")["applied"] is True
+    again.close()
+    for path in tmp_path.rglob("*"):  # the value never reached a file (keys only, in memory)
+        assert not path.is_file() or b"hunter2" not in path.read_bytes(), path
+
+
+def json_of(manager: ClusterManager) -> str:
+    import json
+
+    return json.dumps([manager.status(ADMIN), manager.history(ADMIN)])
