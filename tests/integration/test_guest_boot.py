@@ -211,6 +211,14 @@ class Guest:
                 found.append((float(parts[1]), parts[2], parts[3] if len(parts) > 3 else ""))
         return found
 
+    def wait_for(self, event: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until the console shows `event` `count` times. The console (ttyS0) drains after
+        the channel (ttyS1), so a line logged before READY may reach the file after it."""
+        deadline = time.monotonic() + timeout
+        while len(self.event_details(event)) < count:
+            assert time.monotonic() < deadline, f"no {count}x {event} on the console of {self.name}"
+            time.sleep(0.1)
+
     def event_details(self, event: str) -> list[str]:
         return [details for _, name, details in self.events() if name == event]
 
@@ -268,6 +276,7 @@ def test_boots_takes_parameters_and_reconfigures_without_reboot(
     assert guest.channel is not None
     guest.channel.deliver({"domain": ["acme.test"], "title": ["First & 100% real"]},
                           timeout=BOOT_TIMEOUT)
+    guest.wait_for("ready")
     # The service inside the guest serves a page rendered from the parameter.
     assert guest.event_details("status") == ["title=First & 100% real"]
     assert guest.channel.hello_version == "1"
@@ -275,6 +284,7 @@ def test_boots_takes_parameters_and_reconfigures_without_reboot(
     assert len(boots) == 1 and "appliance=Web" in boots[0]
 
     guest.channel.resend({"domain": ["acme.test"], "title": ["Second"]}, timeout=60)
+    guest.wait_for("ready", 2)
     assert guest.event_details("status") == ["title=First & 100% real", "title=Second"]
     assert len(guest.event_details("boot")) == 1, "resend must not reboot the guest"
     order = [name for _, name, _ in guest.events()]
@@ -318,6 +328,7 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     web.start()
     assert dns.channel is not None and web.channel is not None
     dns.channel.deliver(dns_params, timeout=BOOT_TIMEOUT)
+    dns.wait_for("ready")
     web.channel.deliver({"domain": ["acme.test"], "ethernet0.ip": [f"{p}.3"],
                          "ethernet0.netmask": ["255.255.255.0"], "ethernet0.mac": [web.mac]},
                         timeout=BOOT_TIMEOUT)
@@ -338,6 +349,7 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
 
     # Resent parameters (new forwarders) reconfigure DNS without a reboot.
     dns.channel.resend({**dns_params, "forwarders": [f"{p}.1", f"{p}.254"]}, timeout=60)
+    dns.wait_for("ready", 2)
     assert dns.event_details("status")[-1].endswith(f"forwarders={p}.1,{p}.254, records=1")
     assert len(dns.event_details("boot")) == 1
 
@@ -349,6 +361,7 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     dns2.start()
     assert dns2.channel is not None
     dns2.channel.deliver(dns_params, timeout=BOOT_TIMEOUT)
+    dns2.wait_for("ready")
     assert dns2.event_details("migrate") == ["data format 1 -> 2"]
     assert dig(f"{p}.2", "appliance.acme.test", "TXT") == ['"collective DNS 2"']
     assert dig(f"{p}.2", "kept.acme.test") == ["192.0.2.7"]
@@ -422,6 +435,7 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
     for guest, values in params.items():
         assert guest.channel is not None
         guest.channel.deliver(values, timeout=BOOT_TIMEOUT)
+        guest.wait_for("ready")
 
     # LDAP: root DN from the domain, base entries seeded on the fresh data disk, bind works.
     assert ldap.event_details("status")[-1] == \
@@ -496,6 +510,7 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     # (what the utility's readiness timeout and rollback are for).
     with pytest.raises(GuestChannelError, match="no READY from the guest"):
         bad.channel.deliver(params, timeout=75)
+    bad.wait_for("service-started")
     events = [e for _, e, _ in bad.events()]
     assert "service-started" in events and "ready" not in events and "failed" not in events
     raw = junk_raw.read_bytes()[: 1 << 20]

@@ -146,3 +146,19 @@ def test_an_unknown_appliance_is_refused_naming_it(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no appliance source Nope" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_new_release_changes_little_of_the_program_disk(built: dict[str, dict],
+                                                          tmp_path: Path) -> None:
+    """DNS v2 (new version, hooks, data format) over v1: the qcow2 overlay holding only the
+    changed clusters is a small fraction of the disk, because the kernel and everything the
+    releases share keep their place on disk."""
+    old, new = Path(built["DNS"]["disk"]), Path(built["DNS-v2"]["disk"])
+    delta = tmp_path / "delta.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(new),
+                    str(delta)], check=True)
+    subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(old),
+                    str(delta)], check=True)
+    assert delta.stat().st_size < new.stat().st_size / 10
+    check = subprocess.run(["qemu-img", "compare", "-q", str(delta), str(new)])
+    assert check.returncode == 0, "the overlay over v1 must read exactly as v2"
