@@ -135,8 +135,9 @@ class SignedRelease:
             raise TrustRefused(f"{self.label}: empty file name")
         return tree
 
-    def _pointer(self, name: str, blob: str) -> Any:
-        """The LFS pointer that blob `blob` of file `name` holds, or None for a plain file."""
+    def _pointer(self, name: str, blob: str, strict: bool) -> Any:
+        """The LFS pointer that blob `blob` of file `name` holds, or None for a plain file (a
+        malformed pointer too, unless `strict`: then it is refused with what is wrong)."""
         from reposerver.errors import IntegrityError
         from reposerver.lfs_pointer import looks_like_pointer, parse
 
@@ -146,7 +147,9 @@ class SignedRelease:
         try:
             return parse(data, f"{self.label}:{name}")
         except IntegrityError as exc:
-            raise TrustRefused(str(exc)) from None
+            if strict:
+                raise TrustRefused(str(exc)) from None
+            return None
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -159,7 +162,7 @@ class SignedRelease:
         blob = self.blob_id(name)
         if _git_hash(b"blob", data) == blob:
             return
-        pointer = self._pointer(name, blob)
+        pointer = self._pointer(name, blob, strict=False)
         if pointer is not None and len(data) == pointer.size \
                 and hashlib.sha256(data).hexdigest() == pointer.oid:
             return
@@ -172,7 +175,7 @@ class SignedRelease:
         Raises:
             TrustRefused: the server's disk list and the signed tree disagree.
         """
-        pointer = self._pointer(name, self.blob_id(name))
+        pointer = self._pointer(name, self.blob_id(name), strict=True)
         if pointer is None:
             raise TrustRefused(f"{self.label}: {name} is not a Git LFS disk in the signed commit")
         if pointer.oid != top_sha256:
