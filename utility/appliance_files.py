@@ -8,18 +8,26 @@ the adapter over `reposerver.client`; everything above it sees `ApplianceFiles`.
 from __future__ import annotations
 
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from utility.errors import ApplianceError
+from utility.errors import ApplianceError, TrustRefused
 from utility.model_view import Origin
 from utility.signed_release import SignedRelease
 from utility.sizes import format_size
 
 Progress = Callable[[int, int], None]
 """`progress(bytes_done, bytes_total)` while an object downloads."""
+
+MEMO_ENTRIES = 512
+MEMO_LARGEST = 1 << 20
+"""Small answers about repository versions (domain XML, disk lists) kept in memory."""
+_MEMO: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
 
 
 class ApplianceFiles(Protocol):
@@ -98,26 +106,74 @@ class RepositoryFiles:
         self.label = f"{origin.name or origin.url} v{origin.version}"
         self.repository = open_repository(origin.url)
 
+    def _remembered(self, what: tuple[str, ...], fetch: Callable[[], Any]) -> Any:
+        """`fetch()`, answered from memory when this version's `what` was fetched before: a
+        version never changes, so an update re-reads only the versions it moves to."""
+        key = (self.origin.url.rstrip("/"), str(self.origin.version), *what)
+        with _MEMO_LOCK:
+            if key in _MEMO:
+                _MEMO.move_to_end(key)
+                return _MEMO[key]
+        value = fetch()
+        if isinstance(value, bytes) and len(value) > MEMO_LARGEST:
+            return value
+        with _MEMO_LOCK:
+            _MEMO[key] = value
+            while len(_MEMO) > MEMO_ENTRIES:
+                _MEMO.popitem(last=False)
+        return value
+
+    def _forget(self, what: tuple[str, ...]) -> None:
+        with _MEMO_LOCK:
+            _MEMO.pop((self.origin.url.rstrip("/"), str(self.origin.version), *what), None)
+
+    def _checked(self, what: tuple[str, ...], fetch: Callable[[], Any],
+                  check: Callable[[Any], None]) -> Any:
+        """A remembered answer that passes `check`; one that fails is forgotten and fetched
+        again once (it may predate a repair of the server), then refused."""
+        for last in (False, True):
+            value = self._remembered(what, fetch)
+            if self.release is None:
+                return value
+            try:
+                check(value)
+                return value
+            except TrustRefused:
+                self._forget(what)
+                if last:
+                    raise
+        raise AssertionError("unreachable")
+
     def read(self, name: str) -> bytes:
+        version = int(self.origin.version)
+        assert_signed = self.release.check_file if self.release else (lambda _n, _d: None)
         try:
-            data = bytes(self.repository.read_file(int(self.origin.version), name))
+            return bytes(self._checked(("file", name),
+                                       lambda: bytes(self.repository.read_file(version, name)),
+                                       lambda data: assert_signed(name, data)))
+        except TrustRefused:
+            raise
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
             raise ApplianceError(f"{self.label}: cannot read {name!r}: {exc}") from exc
-        if self.release is not None:
-            self.release.check_file(name, data)
-        return data
 
     def local_path(self, name: str, cache_dir: Path,
                    progress: Progress | None = None) -> Path:
         version = int(self.origin.version)
+
+        def signed_top(listed: list[dict[str, Any]]) -> None:
+            for d in listed:
+                if d["name"] == name and self.release is not None:
+                    self.release.check_disk(name, str(d["sha256"]))
+
         try:
-            found = [d for d in self.repository.disks(version) if d["name"] == name]
+            listed = self._checked(("disks",), lambda: self.repository.disks(version), signed_top)
+        except TrustRefused:
+            raise
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
             raise ApplianceError(f"{self.label}: cannot list disks: {exc}") from exc
+        found = [d for d in listed if d["name"] == name]
         if found:
             disk = found[0]
-            if self.release is not None:
-                self.release.check_disk(name, str(disk["sha256"]))
             if not disk["chain"] or disk["chain"][-1]["sha256"] != disk["sha256"]:
                 raise ApplianceError(f"{self.label}: disk {name!r}: its chain does not end in "
                                      f"its top object sha256:{str(disk['sha256'])[:12]}")

@@ -19,6 +19,7 @@ import requests
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance
+from utility import appliance_files
 from utility.cluster import Caller, ClusterManager
 from utility.errors import ApplianceError, CheckFailed, TrustRefused
 from utility.simulation import simulated_host_uri
@@ -95,7 +96,8 @@ def test_tampered_answers_are_refused_and_the_signed_version_runs(tmp_path: Path
         runs = iter(range(100))
 
         def manager() -> ClusterManager:
-            n = next(runs)  # a fresh state (and object cache) per case
+            n = next(runs)  # a fresh state (and object cache) per case, as a fresh daemon
+            appliance_files._MEMO.clear()
             m = ClusterManager(tmp_path / f"state{n}")
             m.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, f"h{n}"), 1 << 30, 4)
             m.add_vlans(ADMIN, "100-101")
@@ -129,8 +131,23 @@ def test_tampered_answers_are_refused_and_the_signed_version_runs(tmp_path: Path
         refused(f"/DNS/git-objects/{commit}", replace(b"tree ", b"tree  "), CheckFailed,
                 r"sent git object .* with different content \(its SHA-1 does not match\)")
 
+        # a refused start read a tampered dns.xml without a verified release (the version was
+        # refused first): it is remembered, but never used once it fails a check
         tampers.clear()
+        tampers["/DNS/"] = lambda _p, b: b.replace(commit.encode(), b"f" * 40)
+        tampers["/DNS/versions/1/dns.xml"] = replace(b"128", b"999")
         m = manager()
+        with pytest.raises(CheckFailed, match="the tag does not name the version's commit"):
+            m.start(ADMIN, str(cvl))
+        m.close()
+        assert any(b"999" in v for v in appliance_files._MEMO.values() if isinstance(v, bytes))
+        tampers.clear()
+        m = ClusterManager(tmp_path / "state-final")  # the server is honest again; memo kept
+        m.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "hfinal"), 1 << 30, 4)
+        m.add_vlans(ADMIN, "100-101")
+        m.add_public_ips(ADMIN, "192.0.2.1-192.0.2.3")
+        m.set_trust(ADMIN, url, True)
+        m.trust_key(ADMIN, url, trusted)
         started = m.start(ADMIN, str(cvl))
         assert started["status"] == "running" and started["components"][0]["version"] == "1"
         m.close()
