@@ -363,6 +363,10 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     dns2.channel.deliver(dns_params, timeout=BOOT_TIMEOUT)
     dns2.wait_for("ready")
     assert dns2.event_details("migrate") == ["data format 1 -> 2"]
+    # Console timestamps are wall-clock and comparable across VMs: v1 was ready before v2 booted.
+    v1_ready = max(t for t, e, _ in dns.events() if e == "ready")
+    v2_boot = min(t for t, e, _ in dns2.events() if e == "boot")
+    assert v1_ready < v2_boot
     assert dig(f"{p}.2", "appliance.acme.test", "TXT") == ['"collective DNS 2"']
     assert dig(f"{p}.2", "kept.acme.test") == ["192.0.2.7"]
     assert dig(f"{p}.2", "web.acme.test") == [f"{p}.3"]
