@@ -13,7 +13,7 @@ from pathlib import Path
 
 from reposerver.publish import publish
 from reposerver.repository import Repository
-from reposerver.testing import running_server, sample_appliance
+from reposerver.testing import running_server, sample_appliance, write_pattern
 from tests.conftest import REPO_ROOT
 from utility.simulation import simulated_host_uri
 
@@ -68,6 +68,13 @@ def test_start_streams_disk_progress_and_errors_to_cui(tmp_path: Path) -> None:
             assert again.returncode == 0, again.stderr
             assert json.loads(again.stdout)["status"] == "running"
             assert "fetching" not in again.stderr
+
+            write_pattern(tmp_path / "app" / "root.qcow2", 0x5A, "30M", "8M")
+            publish(repo.path, tmp_path / "app" / "DNS.cvl")
+            updated = run_cui("update", str(cvl), env=env)
+            assert updated.returncode == 0, updated.stderr
+            assert "fetching (root) root.qcow2 (DNS v2): 100% of" in updated.stderr
+            assert "~ (root) (MyDNS v2) on h1 (from v1)" in updated.stdout and "applied" in updated.stdout
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
