@@ -74,7 +74,8 @@ def test_start_streams_disk_progress_and_errors_to_cui(tmp_path: Path) -> None:
             updated = run_cui("update", str(cvl), env=env)
             assert updated.returncode == 0, updated.stderr
             assert "fetching (root) root.qcow2 (DNS v2): 100% of" in updated.stderr
-            assert "~ (root) (MyDNS v2) on h1 (from v1)" in updated.stdout and "applied" in updated.stdout
+            assert "~ (root) (MyDNS v2) on h1 (from v1)" in updated.stdout
+            assert "applied" in updated.stdout
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
