@@ -154,6 +154,12 @@ class TrustSession:
                 problems.append(str(exc))
         return problems
 
+    def all_problems(self, versions: Iterable[tuple[str, str]],
+                     fetched: Iterable[tuple[str, str, str, str]]) -> list[str]:
+        """`problems` and `cvl_problems` together, each line once."""
+        found = self.problems(versions)
+        return found + [p for p in self.cvl_problems(fetched) if p not in found]
+
     def cvl_problems(self, fetched: Iterable[tuple[str, str, str, str]]) -> list[str]:
         """Each fetched (url, cvl file, version, text) of a signed-only repository must be that
         file of the signed commit; one line per mismatch."""

@@ -64,7 +64,7 @@ class Updating(Lifecycle):
             if checked is None:
                 raise CheckFailed(problems)
             model = checked
-            problems += trust.problems(versions_of(model)) + trust.cvl_problems(fetched)
+            problems += trust.all_problems(versions_of(model), fetched)
             prepared, more = allocation.prepare(model, path.parent, trust.release_for)
             problems += more + allocation.static_problems(model, self.store.blacklist())
             rows = self.store.vms(vap.id)
