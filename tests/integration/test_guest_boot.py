@@ -512,8 +512,9 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
         on_later.channel.deliver(params, timeout=BOOT_TIMEOUT)
     # The bad release boots, takes its parameters, starts its service and then stays silent
     # (what the utility's readiness timeout and rollback are for).
+    bad.wait_for("agent-start", timeout=BOOT_TIMEOUT)  # booted: the wait below is all silence
     with pytest.raises(GuestChannelError, match="no READY from the guest"):
-        bad.channel.deliver(params, timeout=75)
+        bad.channel.deliver(params, timeout=45)
     bad.wait_for("service-started")
     events = [e for _, e, _ in bad.events()]
     assert "service-started" in events and "ready" not in events and "failed" not in events
