@@ -63,6 +63,14 @@ def _fail(file: str, errors: Sequence[cvl.CvlError]) -> NoReturn:
     raise click.exceptions.Exit(EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
 
 
+def _from_agent(errors: Sequence[cvl.CvlError]) -> list[str]:
+    """Paths of required sensitive parameters, when they are all that is missing."""
+    from cvl.errors import CvlMissingError
+
+    paths = [e.path for e in errors if isinstance(e, CvlMissingError) and e.sensitive and e.path]
+    return paths if len(paths) == len(errors) else []
+
+
 _SET_HELP = "Supply or override a parameter, e.g. d.ethernet0.ip=10.0.1.2 (repeatable)."
 
 
@@ -73,10 +81,18 @@ def check_command(file: str, sets: tuple[str, ...]) -> None:
     """Parse, import and evaluate FILE; print every error (exit 1) or a one-line summary."""
     analysis = _analyse(file, sets)
     _warn(analysis)
+    from_agent = _from_agent(analysis.errors)
+    if from_agent:
+        # Required sensitive values never live in CVL files; check the rest as if supplied.
+        overrides = {**parse_overrides(sets), **dict.fromkeys(from_agent, ["<from agent>"])}
+        analysis = cvl.analyse_file(file, resolver=make_resolver(), overrides=overrides)
     if analysis.errors:
         _fail(file, analysis.errors)
     model = analysis.model
     assert model is not None
+    for path in from_agent:
+        click.echo(f"note: {path} is required and sensitive: the user agent supplies it at start "
+                   f"(cui agent set {path})", err=True)
     vms, vans = len(model.vms()), len(model.vans())
     click.echo(
         f"{file}: ok: {model.appliance} ({model.root.kind}), {vms} VM{'s' * (vms != 1)}, "

@@ -127,12 +127,16 @@ class CvlMapError(CvlError):
 class CvlMissingError(CvlError):
     """A "required" parameter has no value and nothing (not even the utility) will give it one.
 
-    `path` is the parameter's full path (`domain`, `d.domain`).
+    `path` is the parameter's full path (`domain`, `d.domain`). `sensitive` marks a parameter
+    whose value must never be written in a CVL file: the user agent supplies it at start.
     """
 
-    def __init__(self, message: str, *, path: str = "", **kwargs: object) -> None:
+    def __init__(
+        self, message: str, *, path: str = "", sensitive: bool = False, **kwargs: object
+    ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.path = path
+        self.sensitive = sensitive
 
 
 class CvlOverrideError(CvlError):

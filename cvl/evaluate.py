@@ -328,14 +328,20 @@ class Evaluator:
                 if slot.errored:
                     continue
                 d = slot.declared
+                if d.sensitive:
+                    advice = (f"it is sensitive, so the user agent supplies it at start "
+                              f"(cui agent set {slot.path}); never write it in a CVL file")
+                else:
+                    advice = (f"your CVL must set it, e.g. in {root.typedef.name}: "
+                              f'{slot.path} = "...";')
                 error = root_module.error(
                     CvlMissingError,
                     f"required parameter {slot.path} has no value: {d.owner} declares it "
-                    f'"required" at {d.where}; your CVL must set it, e.g. in {root.typedef.name}: '
-                    f'{slot.path} = "...";',
+                    f'"required" at {d.where}; {advice}',
                     at,
                 )
                 error.path = slot.path  # type: ignore[attr-defined]
+                error.sensitive = d.sensitive  # type: ignore[attr-defined]
                 self.diagnostics.add(error)
 
     def model(self, root_module: Module, imports: list, warnings: list[str]) -> Model:
