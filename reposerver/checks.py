@@ -3,11 +3,13 @@
 Only `refs/heads/*` and `refs/tags/vN` may change. A version tag is created once, as an
 annotated tag named `vN` for N = latest + 1, on a commit whose tree checks: exactly one
 top-level CVL file that evaluates, the domain XML each local VM appliance names, and for every
-program disk a Git LFS pointer whose object is in the store with the right size and hash and a
-content-addressed backing chain. Existing versions can never be moved or deleted. Under a
-require-signed policy the tag's signature must verify against the repository's trusted keys.
+program disk a Git LFS pointer whose object is in the store (or staged by an LFS upload, see
+`objects.StagedView`) with the right size and hash and a content-addressed backing chain.
+Existing versions can never be moved or deleted. Under a require-signed policy the tag's
+signature must verify against the repository's trusted keys.
 
-Callers hold `Repository.lock()` around `check_updates` and the ref update that follows.
+Callers hold `Repository.lock()` around `check_updates` and the ref update that follows, and
+promote each accepted version's `lfs_objects` out of staging (`promote_accepted`) before it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from reposerver.errors import (
     SignatureRefused,
 )
 from reposerver.names import file_path, version_of_ref
+from reposerver.objects import StagedView
 from reposerver.repository import Repository, tree_files
 from reposerver.validate import describe_appliance
 
@@ -55,6 +58,21 @@ class AcceptedVersion:
     tag_id: str
     commit: str
     signer: str | None
+    lfs_objects: tuple[str, ...] = ()
+    """Every object of every program disk's chain (base first), stored or still staged."""
+
+
+def promote_accepted(repository: Repository, accepted: Sequence[AcceptedVersion]) -> list[str]:
+    """Move the staged LFS objects the accepted versions reference into the store.
+
+    Call under the repository lock, after `check_updates` and before the refs are written, so
+    a version is never visible without its objects. Returns the ids moved.
+
+    Raises:
+        IntegrityError: a staged object no longer matches its id.
+    """
+    oids = [oid for version in accepted for oid in version.lfs_objects]
+    return repository.store.promote(repository.store.staging(), oids)
 
 
 def check_updates(
@@ -132,19 +150,25 @@ def _check_version(
     commit = _get(objects, tag.object[1])
     if not isinstance(commit, Commit):
         raise PushRefused(f"{name}: a version tag must point at a commit")
-    check_tree(repository, objects, commit.tree, name, resolver)
+    lfs_objects = check_tree(repository, objects, commit.tree, name, resolver)
     status = signatures.verify(repository.path, tag.as_raw_string())
     if repository.config.require_signed and status.signer is None:
         raise SignatureRefused(
             f"{name}: this repository requires signed versions: {status.problem}"
         )
-    return AcceptedVersion(number, tag.id.decode(), commit.id.decode(), status.signer)
+    return AcceptedVersion(
+        number, tag.id.decode(), commit.id.decode(), status.signer, tuple(lfs_objects)
+    )
 
 
 def check_tree(
     repository: Repository, objects: Any, tree_id: bytes, name: str, resolver: Any = None
-) -> None:
-    """Check that a version's tree is a complete appliance (see the module docstring)."""
+) -> list[str]:
+    """Check that a version's tree is a complete appliance (see the module docstring).
+
+    Returns the LFS object ids of every program disk's chain (stored or staged).
+    """
+    lfs_objects: list[str] = []
     files = tree_files(objects, tree_id)
     for path in files:
         try:
@@ -180,9 +204,10 @@ def check_tree(
                 raise InvalidAppliance(
                     f"{where}: program disk {disk.source!r} is not in the version"
                 )
-            _check_disk(
+            lfs_objects += _check_disk(
                 repository, objects[files[disk_path]].as_raw_string(), f"{where} ({disk_path})"
             )
+    return lfs_objects
 
 
 def _inside(path: str, base: str, where: str) -> str:
@@ -195,19 +220,20 @@ def _inside(path: str, base: str, where: str) -> str:
         raise InvalidAppliance(f"{where}: {path!r} points outside the version") from None
 
 
-def _check_disk(repository: Repository, data: bytes, where: str) -> None:
+def _check_disk(repository: Repository, data: bytes, where: str) -> list[str]:
     if not lfs_pointer.looks_like_pointer(data):
         raise InvalidAppliance(
             f"{where}: a program disk must be a Git LFS pointer (git lfs track it)"
         )
     pointer = lfs_pointer.parse(data, where)
-    if not repository.store.has(pointer.oid, pointer.size):
+    store = StagedView(repository.store)
+    if not store.has(pointer.oid, pointer.size):
         raise InvalidAppliance(
             f"{where}: LFS object sha256:{pointer.oid} ({pointer.size} bytes) "
             "is not on the server; "
             "push it with git lfs push or cui publish"
         )
     try:
-        chain(repository.store, pointer.oid)
+        return chain(store, pointer.oid)  # type: ignore[arg-type]
     except (NotFound, IntegrityError) as exc:
         raise InvalidAppliance(f"{where}: {exc}") from None

@@ -6,7 +6,9 @@ its root for an absolute prefix. `CheckedReceivePackHandler` replaces dulwich's 
 hooks: dulwich runs pre-receive before the pack is unpacked, so our checks run after the pack
 is received into a quarantine (`reposerver.quarantine`), over the whole push at once
 (all-or-nothing), inside the repository lock together with the ref writes, so concurrent
-pushers of the same `vN` cannot both win and a refused push leaves no objects behind.
+pushers of the same `vN` cannot both win and a refused push leaves no objects behind. The
+same holds for disks: LFS uploads wait in the staging area, and only an accepted push promotes
+the objects its versions reference into the store, in the locked section before the refs move.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dulwich.refs import Ref
 from dulwich.server import DEFAULT_HANDLERS, Backend, ReceivePackHandler
 from dulwich.web import GunzipFilter, HTTPGitApplication
 
-from reposerver.checks import ZERO, RefUpdate, check_updates
+from reposerver.checks import ZERO, RefUpdate, check_updates, promote_accepted
 from reposerver.errors import RepositoryError
 from reposerver.names import git_repository_name
 from reposerver.quarantine import Quarantine
@@ -130,7 +132,15 @@ class CheckedReceivePackHandler(ReceivePackHandler):
             with repository.lock():
                 try:
                     objects = quarantine.overlay(main) if quarantine else main
-                    check_updates(repository, updates, objects=objects)
+                    accepted = check_updates(repository, updates, objects=objects)
+                    promoted = promote_accepted(repository, accepted)
+                    if promoted:
+                        log.info(
+                            "%s: promoted %d staged LFS object(s): %s",
+                            repository.name,
+                            len(promoted),
+                            " ".join(promoted),
+                        )
                 except RepositoryError as exc:
                     message = one_line(str(exc))
                     for update in updates:

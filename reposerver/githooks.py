@@ -4,6 +4,8 @@ With stock `git receive-pack` (pushes over ssh or to a local path), git runs pre
 the pack is received into a quarantine directory, so the checks read objects through an overlay
 of the quarantine and the repository's store; git then writes the refs with its own atomic
 transaction (a version tag is only created if absent, so two racing pushes cannot both win).
+LFS objects uploaded over HTTP wait in the staging area; an accepted push promotes the ones its
+versions reference while the hook still holds the lock, just before git writes the refs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from dulwich.object_store import DiskObjectStore, OverlayObjectStore
 
-from reposerver.checks import RefUpdate, check_updates
+from reposerver.checks import RefUpdate, check_updates, promote_accepted
 from reposerver.errors import RepositoryError
 from reposerver.receive import announce_refs
 from reposerver.repository import Repository
@@ -47,6 +49,7 @@ def pre_receive(
         updates = parse_updates(lines)
         with repository.lock():
             accepted = check_updates(repository, updates, objects=_objects(repository, environ))
+            promote_accepted(repository, accepted)
     except RepositoryError as exc:
         return 1, f"refused: {exc}"
     return 0, "".join(f"accepted version v{v.number}\n" for v in accepted)

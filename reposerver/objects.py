@@ -6,6 +6,13 @@ and checked against the expected id and size, then renamed into place, so a read
 partial object. Reads verify the hash too; because objects are immutable files, a successful
 verification is remembered per process for the file's (inode, size, mtime, ctime) so serving a
 256 MiB object repeatedly does not re-hash it on every request.
+
+Uploads through the Git LFS API do not go straight into the store: they land, verified, in
+the staging area `lfs/incoming/` (same layout, same filesystem), which downloads never read.
+The push checks read through a `StagedView` of both; only a push that is accepted promotes the
+staged objects its versions reference (`ObjectStore.promote`, an atomic rename under the
+repository lock), so a refused push leaves the store unchanged and nothing downloadable.
+Staged objects no push claimed are pruned after a TTL (`ObjectStore.prune`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -25,6 +33,8 @@ from reposerver.names import object_id
 
 CHUNK = 1 << 20
 INCOMING = ".incoming"
+STAGING = "incoming"
+DEFAULT_STAGING_TTL = 24 * 3600.0
 
 _verified: dict[tuple[str, int, int, int, int], bool] = {}
 _verified_lock = threading.Lock()
@@ -61,6 +71,14 @@ class ObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def staging(self) -> ObjectStore:
+        """The staging area beside this store (`lfs/incoming` for `lfs/objects`).
+
+        It sits in the same parent directory, hence on the same filesystem, so promoting an
+        object is one atomic rename.
+        """
+        return ObjectStore(self.root.parent / STAGING)
 
     def path(self, oid: str) -> Path:
         """Where object `oid` lives (whether or not it exists)."""
@@ -179,3 +197,88 @@ class ObjectStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def promote(self, staging: ObjectStore, oids: Iterable[str]) -> list[str]:
+        """Move the objects `oids` that are only staged into this store; return those moved.
+
+        Each staged object is verified against its id again (the per-process cache makes this
+        free when the push checks just hashed the same unchanged file), then renamed into
+        place read-only. Ids already in this store are skipped (a staged duplicate is
+        removed); ids in neither place are left to the caller's checks. Callers hold the
+        repository lock, so a concurrent prune cannot remove an object between check and
+        promotion.
+
+        Raises:
+            IntegrityError: a staged object no longer matches its id (nothing of it moves).
+        """
+        moved = []
+        for oid in oids:
+            staged = staging.path(oid)
+            if not staged.exists():
+                continue
+            if self.path(oid).exists():
+                staged.unlink(missing_ok=True)
+                continue
+            staging.verified_path(oid)
+            self._install(staged, oid)
+            moved.append(oid)
+        return moved
+
+    def prune(self, ttl_seconds: float, now: float | None = None) -> list[str]:
+        """Remove objects (and scratch directories) older than `ttl_seconds`; return the ids.
+
+        Meant for a staging area: uploads no accepted push referenced within the TTL.
+        """
+        now = time.time() if now is None else now
+        cutoff = now - ttl_seconds
+        removed = []
+        for path in self.root.glob("??/??/*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path.name)
+            except FileNotFoundError:
+                continue
+        scratch = self.root / INCOMING
+        if scratch.is_dir():
+            for leftover in scratch.iterdir():
+                try:
+                    if leftover.stat().st_mtime < cutoff:
+                        shutil.rmtree(leftover, ignore_errors=True)
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    def touch(self, oid: str) -> None:
+        """Restart the TTL clock of a stored object (a client asked about it again)."""
+        try:
+            os.utime(self.path(oid))
+        except FileNotFoundError:
+            pass
+
+
+class StagedView:
+    """Reads of a store that also see its staging area: what the push checks look at.
+
+    Objects are looked up in the main store first, then in staging; only the checks of a
+    push use this view, never a download route.
+    """
+
+    def __init__(self, main: ObjectStore, staging: ObjectStore | None = None) -> None:
+        self.main = main
+        self.staging = staging if staging is not None else main.staging()
+
+    def _holder(self, oid: str) -> ObjectStore:
+        return self.main if self.main.has(oid) or not self.staging.has(oid) else self.staging
+
+    def has(self, oid: str, size: int | None = None) -> bool:
+        """True when the object is in the store or staged (with `size` bytes, if given)."""
+        return self.main.has(oid, size) or self.staging.has(oid, size)
+
+    def size(self, oid: str) -> int:
+        """The size of the object, wherever it is."""
+        return self._holder(oid).size(oid)
+
+    def verified_path(self, oid: str) -> Path:
+        """The verified path of the object, stored or staged (see `ObjectStore.verified_path`)."""
+        return self._holder(oid).verified_path(oid)

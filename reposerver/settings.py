@@ -5,7 +5,8 @@
 Keys: `root` (directory of repositories), `users` ({name: {"token_sha256": HEX}}: tokens are
 kept only as sha256 digests; make one with `cui token`), `read_protected` (reads need
 credentials too), `subscribers` (like a repository's), `public_url` (base URL in events),
-`max_upload_bytes`, `delivery_delays` (seconds between retries).
+`max_upload_bytes`, `delivery_delays` (seconds between retries), `staging_ttl_seconds` (how
+long an LFS upload no accepted push referenced is kept in staging; default 24 h).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from reposerver.errors import BadRequest
 from reposerver.events import DEFAULT_DELAYS
+from reposerver.objects import DEFAULT_STAGING_TTL
 from reposerver.repo_config import Subscriber, parse_subscribers
 
 CONFIG_ENV = "COLLECTIVE_REPOSERVER_CONFIG"
@@ -36,6 +38,7 @@ class ServerSettings:
     public_url: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     delivery_delays: tuple[float, ...] = DEFAULT_DELAYS
+    staging_ttl_seconds: float = DEFAULT_STAGING_TTL
 
 
 def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
@@ -63,6 +66,12 @@ def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
         if not isinstance(digest, str) or len(digest) != 64:
             raise BadRequest(f"{where}: users.{name} needs 'token_sha256' (64 hex digits)")
         users[str(name)] = digest.lower()
+    try:
+        ttl = float(config.get("staging_ttl_seconds", DEFAULT_STAGING_TTL))
+    except (TypeError, ValueError):
+        ttl = -1.0
+    if not ttl >= 0:
+        raise BadRequest(f"{where}: staging_ttl_seconds must be a non-negative number of seconds")
     return ServerSettings(
         root=root,
         users=users,
@@ -71,4 +80,5 @@ def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
         public_url=config.get("public_url"),
         max_upload_bytes=int(config.get("max_upload_bytes", DEFAULT_MAX_UPLOAD)),
         delivery_delays=tuple(float(d) for d in config.get("delivery_delays", DEFAULT_DELAYS)),
+        staging_ttl_seconds=ttl,
     )

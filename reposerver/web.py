@@ -10,6 +10,7 @@ de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second ti
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,6 +34,7 @@ from reposerver.repository import Repository, list_repositories, open_repository
 from reposerver.settings import ServerSettings
 
 IMMUTABLE = "public, max-age=31536000, immutable"
+log = logging.getLogger(__name__)
 LFS_JSON = "application/vnd.git-lfs+json"
 MAX_BATCH_BODY = 1 << 20
 _GIT_PATH = re.compile(r"/([^/]*)\.git(/.*)?\Z")
@@ -305,10 +307,14 @@ def lfs_batch(name: str) -> Response:
         if "Authorization" in request.headers
         else {}
     )
+    staging = repo.store.staging()
     answer = []
     for oid, size in objects:
         item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
         present = repo.store.has(oid, size)
+        if operation == "upload" and not present and staging.has(oid, size):
+            staging.touch(oid)  # already uploaded, waiting for its push: do not send it again
+            present = True
         if operation == "download":
             if present:
                 item["actions"] = {"download": {"href": href + oid, "header": header}}
@@ -329,16 +335,28 @@ def lfs_batch(name: str) -> Response:
 
 @bp.put("/<name>.git/info/lfs/objects/<oid>")
 def lfs_upload(name: str, oid: str) -> Response:
-    """Store an uploaded LFS object after checking its hash (and size limit)."""
+    """Stage an uploaded LFS object after checking its hash (and size limit).
+
+    The object goes to the staging area, not the store: it becomes downloadable only when a
+    push whose version references it is accepted. Staged objects older than the configured
+    TTL are pruned here, under the repository lock (so never between a push's check and its
+    promotion).
+    """
     _require(write=True)
     repo = _lfs_repository(name)
     object_id(oid)
     limit = settings().max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLarge(f"upload of {request.content_length} bytes exceeds {limit}")
-    repo.store.put_stream(
+    staging = repo.store.staging()
+    staging.put_stream(
         request.stream, expected_oid=oid, expected_size=request.content_length, max_size=limit
     )
+    staging.touch(oid)
+    with repo.lock():
+        pruned = staging.prune(settings().staging_ttl_seconds)
+    if pruned:
+        log.info("%s: pruned %d stale staged LFS object(s)", repo.name, len(pruned))
     return Response(status=200)
 
 

@@ -51,12 +51,16 @@ def clone(server: Server, where: Path) -> Path:
     return where
 
 
-def state(server: Server, repo: Repository) -> tuple[str, str, list[str]]:
-    """What a refused push must not change: refs, the JSON index, the git object store."""
+def state(server: Server, repo: Repository) -> tuple[str, str, list[str], list[str]]:
+    """What a refused push must not change: refs, the JSON index, the git and LFS stores."""
     refs = git("ls-remote", server.url + "/DNS.git").stdout
     index = requests.get(server.url + "/DNS/").text
     objects = sorted(str(p.relative_to(repo.path)) for p in (repo.path / "objects").rglob("*"))
-    return refs, index, objects
+    lfs = sorted(
+        f"{p.relative_to(repo.path)} {p.stat().st_size}"
+        for p in (repo.path / "lfs" / "objects").rglob("*")
+    )
+    return refs, index, objects, lfs
 
 
 def new_version(work: Path, tag: str, change: int = 0x22, annotated: bool = True) -> None:

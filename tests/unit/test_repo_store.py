@@ -1,11 +1,14 @@
-"""Object store (verified writes and reads), qcow2 header safety, signature splitting, settings."""
+"""Object store (verified writes and reads, LFS staging and promotion), qcow2 header safety,
+signature splitting, settings."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import io
+import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from reposerver import repo_config
 from reposerver.disks import read_header
 from reposerver.errors import BadRequest, IntegrityError, NotFound, PayloadTooLarge
 from reposerver.events import signature
-from reposerver.objects import ObjectStore, backing_reference
+from reposerver.objects import DEFAULT_STAGING_TTL, ObjectStore, StagedView, backing_reference
 from reposerver.repo_config import Subscriber
 from reposerver.settings import load_settings
 from reposerver.signatures import split_signature
@@ -58,6 +61,59 @@ def test_corruption_is_detected_on_read(tmp_path: Path) -> None:
         store.verified_path(oid)
     with pytest.raises(NotFound):
         store.verified_path("1" * 64)
+
+
+def test_staged_objects_are_seen_by_the_checks_view_only(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "lfs" / "objects")
+    staging = store.staging()
+    assert staging.root == tmp_path / "lfs" / "incoming"
+    old, _ = store.put_stream(io.BytesIO(b"published"))
+    new, size = staging.put_stream(io.BytesIO(b"uploaded"))
+    assert not store.has(new) and staging.has(new, size)
+    view = StagedView(store)
+    assert view.has(new, size) and view.has(old) and not view.has(new, size + 1)
+    assert view.verified_path(new) == staging.path(new) and view.size(new) == size
+    assert view.verified_path(old) == store.path(old)
+    with pytest.raises(NotFound):
+        view.verified_path("2" * 64)
+
+
+def test_promotion_moves_verified_staged_objects_atomically(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "lfs" / "objects")
+    staging = store.staging()
+    a, _ = staging.put_stream(io.BytesIO(b"object a"))
+    b, _ = staging.put_stream(io.BytesIO(b"object b"))
+    dup, _ = store.put_stream(io.BytesIO(b"already stored"))
+    staging.put_stream(io.BytesIO(b"already stored"))
+    inode = staging.path(a).stat().st_ino
+    assert store.promote(staging, [a, dup, "3" * 64]) == [a]
+    assert store.path(a).stat().st_ino == inode, "promotion is a rename, not a copy"
+    assert store.path(a).stat().st_mode & 0o777 == 0o444
+    assert store.verified_path(a).read_bytes() == b"object a"
+    assert not staging.has(a) and not staging.has(dup) and staging.has(b) and not store.has(b)
+    path = staging.path(b)
+    path.chmod(0o644)
+    path.write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="corrupt"):
+        store.promote(staging, [b])
+    assert not store.has(b)
+
+
+def test_prune_removes_only_objects_older_than_the_ttl(tmp_path: Path) -> None:
+    staging = ObjectStore(tmp_path / "incoming")
+    old, _ = staging.put_stream(io.BytesIO(b"old upload"))
+    young, _ = staging.put_stream(io.BytesIO(b"young upload"))
+    leftover = staging.root / ".incoming" / "tmpcrash"
+    leftover.mkdir(parents=True)
+    then = time.time() - 3600
+    os.utime(staging.path(old), (then, then))
+    os.utime(leftover, (then, then))
+    assert staging.prune(1800) == [old]
+    assert not staging.has(old) and staging.has(young) and not leftover.exists()
+    os.utime(staging.path(young), (then, then))
+    staging.touch(young)
+    assert staging.prune(1800) == [] and staging.has(young)
+    assert staging.prune(0, now=time.time() + 1) == [young]
 
 
 def qcow2_header(backing: bytes = b"", incompatible: int = 0) -> bytes:
@@ -112,6 +168,13 @@ def test_settings_validation(tmp_path: Path) -> None:
         load_settings({"root": str(tmp_path), "users": {"a": {"token": "clear"}}})
     cfg = load_settings({"root": str(tmp_path), "users": {"a": {"token_sha256": "A" * 64}}})
     assert cfg.users == {"a": "a" * 64} and not cfg.read_protected
+    assert cfg.staging_ttl_seconds == DEFAULT_STAGING_TTL == 24 * 3600
+    assert (
+        load_settings({"root": str(tmp_path), "staging_ttl_seconds": 60}).staging_ttl_seconds == 60
+    )
+    for bad in (-1, "soon", None, float("nan")):
+        with pytest.raises(BadRequest, match="staging_ttl_seconds"):
+            load_settings({"root": str(tmp_path), "staging_ttl_seconds": bad})
 
 
 @given(st.binary(min_size=0, max_size=600))
