@@ -171,7 +171,12 @@ def test_lfs_upload_verified_and_writes_need_credentials(served) -> None:
     assert wrong.status_code == 422 and b"hashes to" in wrong.data
     assert snapshot(repo) == before, "a hash-mismatched upload writes nothing"
     assert client.put(path, data=data, headers=AUTH).status_code == 200
-    assert repo.store.has(oid, len(data))
+    # staged, not stored: invisible to downloads until a push referencing it is accepted
+    assert repo.store.staging().has(oid, len(data)) and not repo.store.has(oid)
+    assert _batch(client, "download", oid, len(data)).json["objects"][0]["error"]["code"] == 404
+    assert client.get(path).status_code == 404
+    assert "actions" not in _batch(client, "upload", oid, len(data), AUTH).json["objects"][0]
+    assert repo.store.promote(repo.store.staging(), [oid]) == [oid]  # what an accepted push does
     download = _batch(client, "download", oid, len(data))
     assert (
         client.get(
