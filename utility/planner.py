@@ -143,7 +143,7 @@ def _rebuild_fields(vm: Vm) -> tuple[object, ...]:
         vm.domain,
         vm.memory,
         vm.vcpus,
-        tuple(vm.os.items()),
+        tuple(sorted(vm.os.items())),  # a mapping: stored state comes back key-sorted
         vm.disks,
         tuple((i.name, i.mac, i.network) for i in vm.interfaces),
     )
