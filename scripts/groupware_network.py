@@ -1,0 +1,463 @@
+"""The paper's Groupware experiment end to end, shared by `scripts/demo`, the real-VM test
+(`tests/integration/test_groupware.py`) and `scripts/benchmarks/bench_groupware.py`.
+
+`GroupwareLab` drives only public interfaces, as a publisher, an administrator and a user would:
+it builds the appliance images (`scripts/build-appliances`, cached), serves repositories with
+real gunicorn, publishes every appliance with stock `git push` (git-lfs) and SSH-signed tags,
+runs `cui utility serve` on loopback (trust: require-signed, the publisher's key), subscribes it to
+the DNS repository, and starts AcmeGroupware with `cui start`. Host-side probes of the appliances
+go only through two network namespaces it creates itself, each with a veth plugged into a bridge
+the utility made for this VAP: "inside" on the VAN, "outside" on the public segment in front of
+the firewall. Everything it made (domains, networks, namespaces, servers) is removed by `close()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reposerver.repository import Repository  # noqa: E402
+from reposerver.testing import Server, free_port, running_server  # noqa: E402
+
+CUI = [sys.executable, "-m", "cui.main"]
+APPLIANCES = {"h": "DHCP", "d": "DNS", "l": "LDAP", "w": "Web", "f": "Firewall"}
+VARIANTS = ("DNS-v2", "DNS-bad")
+ROOT_PASSWORD = "s3cret & more"  # the user's sensitive rootdnpass (given on stdin, never a file)
+PUBLIC_NET = "198.51.100"  # the public pool (TEST-NET-2), only ever on the VAP's own bridge
+
+
+class LabError(RuntimeError):
+    """A step of the Groupware story failed; the message says which and why."""
+
+
+def run(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+        stdin: str | None = None, timeout: float = 600, check: bool = True
+        ) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise LabError with its stderr."""
+    done = subprocess.run(args, cwd=cwd or ROOT, capture_output=True, text=True, input=stdin,
+                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+                          timeout=timeout)
+    if check and done.returncode:
+        raise LabError(f"{' '.join(args[:5])} (exit {done.returncode}): "
+                       f"{(done.stderr or done.stdout).strip()[-2000:]}")
+    return done
+
+
+@dataclass
+class Namespace:
+    """A network namespace whose veth is plugged into one of the utility's bridges."""
+
+    name: str
+    host_end: str
+    address: str
+
+    def run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def dig(self, server: str, name: str, rtype: str = "A") -> list[str]:
+        """`dig +short` from inside the namespace."""
+        return self.run(["dig", f"@{server}", name, rtype, "+short", "+time=2",
+                         "+tries=3"]).stdout.split()
+
+    def fetch(self, url: str) -> str:
+        """A page fetched from inside the namespace ("" if none)."""
+        get = ("import sys,urllib.request\n"
+               "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+        return self.run([sys.executable, "-c", get, url]).stdout
+
+    def connects(self, ip: str, port: int) -> bool:
+        """Whether a TCP connection from the namespace to ip:port completes within 3 s."""
+        probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], "
+                 "int(sys.argv[2])), timeout=3).close()\nexcept OSError:\n sys.exit(1)\n")
+        return self.run([sys.executable, "-c", probe, ip, str(port)]).returncode == 0
+
+
+@dataclass
+class GroupwareLab:
+    """One Groupware network: repositories, the utility daemon, AcmeGroupware on `host_uri`."""
+
+    work: Path
+    host_uri: str = "qemu:///system"
+    say: Callable[[str], None] = lambda _msg: None
+    prefix: str = field(default_factory=lambda: "gw" + secrets.token_hex(2))
+    ready_timeout: float = 240.0
+    images: dict[str, Path] = field(default_factory=dict)
+    server: Server | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cvl: Path | None = None
+    key: Path | None = None
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    pushed: dict[str, int] = field(default_factory=dict)
+    stack: ExitStack = field(default_factory=ExitStack)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # -- setting up ---------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """The five appliances and the DNS variants, from the image cache when unchanged."""
+        out = self.work / "images"
+        names = [*APPLIANCES.values(), *VARIANTS]
+        began = time.monotonic()
+        done = run([str(ROOT / "scripts" / "build-appliances"), str(out), "--json",
+                    *(a for n in names for a in ("--only", n))], timeout=1800)
+        for line in done.stdout.splitlines():
+            row = json.loads(line)
+            self.images[row["appliance"]] = Path(row["dir"])
+        self.timings["build"] = time.monotonic() - began
+
+    def serve(self) -> None:
+        """Empty repositories under gunicorn, and the publisher's SSH signing key."""
+        root = self.work / "repos"
+        for name in APPLIANCES.values():
+            Repository.create(root / name)
+        self.server = self.stack.enter_context(running_server(root, workers=2))
+        self.key = self.work / "publisher-key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "publisher", "-f",
+             str(self.key)])
+
+    def push(self, name: str, image: str, message: str) -> float:
+        """Publish the built `image` as the next version of repository `name` with stock git:
+        a commit (the disk through git-lfs; as a `cui delta` overlay after the first), an
+        SSH-signed tag vN, `git push`. Returns when the push returned (time.time())."""
+        assert self.server is not None and self.key is not None
+        work = self.work / "publish" / name
+        src = self.images[image]
+        version = self.pushed.get(name, 0) + 1
+        if version == 1:
+            work.mkdir(parents=True)
+            run(["git", "init", "-q", "-b", "main"], cwd=work)
+            run(["git", "lfs", "install", "--local"], cwd=work)
+            run(["git", "lfs", "track", "*.qcow2"], cwd=work)
+            run(["git", "config", "lfs.locksverify", "false"], cwd=work)
+            run(["git", "remote", "add", "origin", self.server.push_url(name)], cwd=work)
+        for item in src.iterdir():
+            if item.suffix == ".qcow2" and version > 1:
+                run([*CUI, "delta", str(work / item.name), str(item), str(work / item.name)])
+            else:
+                shutil.copyfile(item, work / item.name)
+        run(["git", "add", "-A"], cwd=work)
+        run(["git", "commit", "-q", "-m", message], cwd=work, env=_git_identity())
+        run(["git", "-c", "gpg.format=ssh", "-c", f"user.signingkey={self.key}", "tag", "-s",
+             "-m", message, f"v{version}"], cwd=work, env=_git_identity())
+        run(["git", "push", "-q", "origin", "main", f"v{version}"], cwd=work)
+        self.pushed[name] = version
+        return time.time()
+
+    def publish_all(self) -> None:
+        for name in APPLIANCES.values():
+            self.push(name, name, f"{name} 1")
+
+    def start_utility(self) -> None:
+        """`cui utility serve` on loopback with this host, pools, trust and a DNS subscription."""
+        assert self.server is not None and self.key is not None
+        state = self.work / "state"
+        (self.work / "home").mkdir(mode=0o700, exist_ok=True)
+        token = run([*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state",
+                     str(state)]).stdout.strip()
+        port = free_port()
+        self.env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token,
+                    "COLLECTIVE_AGENT_PASSWORD": "agent-" + secrets.token_hex(8),
+                    "COLLECTIVE_REPO_TOKEN": self.server.token,
+                    "HOME": str(self.work / "home")}  # the user agent's cache stays in the lab
+        log = self.work / "utility.log"
+        daemon_env = {k: v for k, v in os.environ.items() if k != "COLLECTIVE_EVENTS_SECRET"}
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [*CUI, "utility", "serve", "--state", str(state), "--listen",
+                 f"127.0.0.1:{port}", "--prefix", self.prefix, "--ready-timeout",
+                 str(self.ready_timeout), "--stop-timeout", "60"],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=daemon_env)
+        self.stack.callback(_terminate, proc)
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError("the utility daemon did not start:\n" + log.read_text())
+            time.sleep(0.1)
+        # Work-around: the daemon makes its state directory 0700, but its disk object cache
+        # lives inside it and qemu (user libvirt-qemu) must reach the backing files there.
+        # Search permission only (no listing); the database and secrets stay 0600.
+        state.chmod(0o711)
+        vlan = 3000 + secrets.randbelow(900)
+        third = 1 + secrets.randbelow(250)
+        self.cui("host", "add", "local", "--uri", self.host_uri, "--memory", "4G",
+                 "--max-vms", "8")
+        self.cui("vlan", "add", f"{vlan}-{vlan + 1}")
+        self.cui("publicip", "add", f"{PUBLIC_NET}.{third}-{PUBLIC_NET}.{third + 1}")
+        (self.work / "publisher.signer").write_text(
+            "publisher " + self.key.with_suffix(".pub").read_text())
+        for name in APPLIANCES.values():
+            url = f"{self.server.url}/{name}"
+            self.cui("utility", "trust", "require-signed", url)
+            self.cui("utility", "trust", "add-key", str(self.work / "publisher.signer"),
+                     "--url", url)
+        self.cui("utility", "subscribe", f"{self.server.url}/DNS", "--user", self.server.user)
+
+    def write_user_files(self) -> Path:
+        """Groupware.cvl importing the published repositories, and the user's AcmeGroupware."""
+        assert self.server is not None
+        user = self.work / "user"
+        user.mkdir(exist_ok=True)
+        user.chmod(0o755)
+        text = (ROOT / "examples" / "appliances" / "Groupware" / "Groupware.cvl").read_text()
+        for name in APPLIANCES.values():
+            text = text.replace(f'url => "file:../{name}"', f'url => "{self.server.url}/{name}"')
+        (user / "Groupware.cvl").write_text(text)
+        shutil.copyfile(ROOT / "examples" / "appliances" / "Groupware" / "AcmeGroupware.cvl",
+                        user / "AcmeGroupware.cvl")
+        self.cvl = user / "AcmeGroupware.cvl"
+        return self.cvl
+
+    # -- the user's commands ------------------------------------------------------------------
+
+    def cui(self, *args: str, stdin: str | None = None, timeout: float = 900) -> str:
+        return run([*CUI, *args], env=self.env, stdin=stdin, timeout=timeout).stdout
+
+    def start(self) -> float:
+        """`cui start` AcmeGroupware (rootdnpass on stdin, for the user agent); its seconds."""
+        assert self.cvl is not None
+        began = time.monotonic()
+        self.stack.callback(self._stop_quietly)
+        self.cui("start", str(self.cvl), "--json", stdin=(ROOT_PASSWORD + "\n") * 2)
+        self.timings["start"] = time.monotonic() - began
+        return self.timings["start"]
+
+    def status(self) -> dict[str, dict[str, object]]:
+        """Component path -> its status row."""
+        assert self.cvl is not None
+        vap = json.loads(self.cui("status", str(self.cvl), "--json"))[0]
+        return {c["path"]: c for c in vap["components"]}
+
+    def vap(self) -> dict[str, object]:
+        assert self.cvl is not None
+        return json.loads(self.cui("status", str(self.cvl), "--json"))[0]  # type: ignore[no-any-return]
+
+    def param(self, component: str, key: str) -> str:
+        values = self.status()[component]["params"]  # type: ignore[index]
+        return str(values[key][0])  # type: ignore[index]
+
+    def set_forwarders(self, *addresses: str) -> None:
+        """Rewrite the user's `forwarders` (a user's edit of their own CVL file)."""
+        assert self.cvl is not None
+        text = self.cvl.read_text()
+        start = text.index("forwarders = ")
+        end = text.index(";", start)
+        values = ", ".join(f'"{a}"' for a in addresses)
+        self.cvl.write_text(text[:start] + f"forwarders = {values}" + text[end:])
+
+    def update(self) -> dict[str, object]:
+        """`cui update` the user's file (sensitive values from the lab's user agent cache)."""
+        assert self.cvl is not None
+        return json.loads(self.cui("update", str(self.cvl), "--json"))  # type: ignore[no-any-return]
+
+    def domain_ids(self) -> dict[str, int]:
+        """Component path -> the libvirt ID of its running domain (new on every boot)."""
+        ids = {}
+        for path, row in self.status().items():
+            if self.host_uri.startswith("qemu"):
+                out = run(["virsh", "-c", self.host_uri, "domid", str(row["domain"])]).stdout
+                ids[path] = int(out.strip())
+            else:
+                ids[path] = int(float(str(row["started"])) * 1000)
+        return ids
+
+    def _stop_quietly(self) -> None:
+        if self.cvl is not None:
+            run([*CUI, "stop", str(self.cvl)], env=self.env, check=False, timeout=600)
+
+    # -- where the host may talk to the appliances --------------------------------------------
+
+    def plug(self, label: str, bridge: str, address: str) -> Namespace:
+        """A namespace with a veth into `bridge`, holding `address` (/24)."""
+        tag = secrets.token_hex(2)
+        ns = Namespace(f"{self.prefix}{label}{tag}", f"{self.prefix}{label[0]}h{tag}", address)
+        inner = f"{self.prefix}{label[0]}n{tag}"
+        self.stack.callback(_unplug, ns)
+        for step in (["ip", "netns", "add", ns.name],
+                     ["ip", "link", "add", ns.host_end, "type", "veth", "peer", "name", inner],
+                     ["ip", "link", "set", inner, "netns", ns.name],
+                     ["ip", "-n", ns.name, "addr", "add", f"{address}/24", "dev", inner],
+                     ["ip", "-n", ns.name, "link", "set", inner, "up"],
+                     ["ip", "-n", ns.name, "link", "set", "lo", "up"],
+                     ["ip", "link", "set", ns.host_end, "master", bridge],
+                     ["ip", "link", "set", ns.host_end, "up"]):
+            run(step)
+        self.namespaces[label] = ns
+        return ns
+
+    def plug_both(self) -> tuple[Namespace, Namespace]:
+        """"inside" on the VAN's bridge (.250), "outside" on the public bridge (.250)."""
+        status = self.status()
+        van_ip = self.param("d", "ethernet0.ip")
+        public_ip = self.param("f", "ethernet1.ip")
+        van_bridge = _bridge_of(status["d"], "ethernet0")
+        public_bridge = _bridge_of(status["f"], "ethernet1")
+        inside = self.plug("in", van_bridge, _host_250(van_ip))
+        outside = self.plug("out", public_bridge, _host_250(public_ip))
+        return inside, outside
+
+    # -- reading the guests' consoles ---------------------------------------------------------
+
+    def events(self, component: str) -> list[tuple[float, str, str]]:
+        """The agent's console milestones of a component: (epoch, event, details)."""
+        assert self.cvl is not None
+        console = self.cvl.parent / component / "console.log"
+        found = []
+        text = console.read_text(errors="replace") if console.exists() else ""
+        for line in text.splitlines():
+            at = line.find("collective-agent ")
+            if at >= 0:
+                parts = line[at:].split(" ", 3)
+                if len(parts) >= 3:
+                    try:
+                        found.append((float(parts[1]), parts[2],
+                                      parts[3] if len(parts) > 3 else ""))
+                    except ValueError:
+                        continue
+        return found
+
+    def wait_event(self, component: str, event: str, count: int = 1,
+                   timeout: float = 30) -> list[tuple[float, str, str]]:
+        """Wait until the console shows `event` `count` times (the console lags the channel)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events(component) if e[1] == event]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise LabError(f"no {count}x {event} on the console of {component}")
+            time.sleep(0.2)
+
+    def history(self) -> list[dict[str, object]]:
+        assert self.cvl is not None
+        return json.loads(self.cui("history", str(self.cvl), "--json"))  # type: ignore[no-any-return]
+
+    def wait_history(self, count: int, timeout: float) -> dict[str, object]:
+        """Wait for the `count`-th update record; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.history()
+            if len(found) >= count:
+                return found[count - 1]
+            if time.monotonic() > deadline:
+                raise LabError(f"no update record #{count} within {timeout:.0f} s")
+            time.sleep(1)
+
+    def update_events(self) -> list[tuple[float, str]]:
+        """(time, kind) of the daemon's recorded events, oldest first."""
+        with sqlite3.connect(self.work / "state" / "utility.sqlite3") as db:
+            return list(db.execute("SELECT at, kind FROM events ORDER BY id"))
+
+    def close(self) -> None:
+        """Stop the VAP, remove namespaces, stop the daemon and the server; then sweep anything
+        still carrying this lab's prefix (domains, networks)."""
+        try:
+            self.stack.close()
+        finally:
+            sweep(self.prefix, self.host_uri)
+
+
+def _git_identity() -> dict[str, str]:
+    return {"GIT_AUTHOR_NAME": "Publisher", "GIT_AUTHOR_EMAIL": "publisher@example.org",
+            "GIT_COMMITTER_NAME": "Publisher", "GIT_COMMITTER_EMAIL": "publisher@example.org"}
+
+
+def _host_250(ip: str) -> str:
+    return str(ipaddress.IPv4Network(f"{ip}/24", strict=False).network_address + 250)
+
+
+def _bridge_of(component: object, iface: str) -> str:
+    """The bridge a component's interface is on, from its libvirt domain XML."""
+    import xml.etree.ElementTree as ET
+
+    domain = str(component["domain"])  # type: ignore[index]
+    xml = run(["virsh", "-c", "qemu:///system", "dumpxml", domain]).stdout
+    index = int(iface.removeprefix("ethernet"))
+    nic = ET.fromstring(xml).findall("devices/interface")[index]
+    source = nic.find("source")
+    assert source is not None
+    return str(source.get("bridge"))
+
+
+def _unplug(ns: Namespace) -> None:
+    subprocess.run(["ip", "link", "del", ns.host_end], capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def sweep(prefix: str, uri: str = "qemu:///system") -> list[str]:
+    """Destroy every libvirt domain and network, and delete every namespace, named `prefix…`
+    (the last line of cleanup, also after a crash). Returns what it removed."""
+    removed = []
+    try:
+        import libvirt
+
+        conn = libvirt.open(uri)
+    except Exception:  # noqa: BLE001 - nothing to sweep where libvirt is unusable
+        conn = None
+    if conn is not None:
+        for item in [*conn.listAllDomains(), *conn.listAllNetworks()]:
+            if item.name().startswith(prefix):
+                try:
+                    item.destroy()
+                    removed.append(item.name())
+                except Exception:  # noqa: BLE001
+                    pass
+                try:
+                    item.undefine()
+                except Exception:  # noqa: BLE001
+                    pass
+        conn.close()
+    for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                               text=True).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(prefix):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            removed.append(name)
+    return removed
+
+
+@contextmanager
+def lab(host_uri: str = "qemu:///system", say: Callable[[str], None] = lambda _m: None,
+        keep: Path | None = None) -> Iterator[GroupwareLab]:
+    """A GroupwareLab in a fresh world-traversable directory (qemu must reach its disks),
+    closed and removed afterwards (its consoles copied to `keep` first, when given)."""
+    work = Path(tempfile.mkdtemp(prefix="gw-", dir="/var/tmp"))
+    work.chmod(0o755)
+    made = GroupwareLab(work, host_uri=host_uri, say=say)
+    try:
+        yield made
+    finally:
+        try:
+            if keep is not None and made.cvl is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                for console in made.cvl.parent.glob("*/console.log"):
+                    shutil.copyfile(console, keep / f"{made.prefix}-{console.parent.name}.log")
+                shutil.copyfile(work / "utility.log", keep / f"{made.prefix}-utility.log")
+        except OSError:
+            pass
+        made.close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,171 @@
+"""The paper's Groupware network on real VMs (qemu under TCG through libvirtd), run only through
+the public interfaces: appliances published with stock `git push` and SSH-signed tags to a real
+gunicorn repository server, `cui utility serve` (require-signed, subscribed to the DNS
+repository), `cui start` of the user's AcmeGroupware.
+
+One Groupware is started for the whole module (`scripts/groupware_network.py` does the set-up)
+and the tests below run against it in order: boot order and services, a resent parameter, an
+automatic update to DNS v2, and a bad DNS release rolled back. The host talks to the appliances
+only from two network namespaces the harness plugs into the utility's own bridges ("inside" on
+the VAN, "outside" on the public segment in front of the firewall).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from groupware_network import ROOT_PASSWORD, GroupwareLab, Namespace, lab  # noqa: E402
+
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("groupware")]
+READY_TIMEOUT = 150.0  # per VM; a quiet TCG boot to READY is ~15 s, the bad release waits it out
+
+
+@pytest.fixture(scope="module")
+def groupware() -> Iterator[GroupwareLab]:
+    """AcmeGroupware running on qemu:///system with both probe namespaces plugged in."""
+    try:
+        libvirt.open("qemu:///system").close()
+    except libvirt.libvirtError as exc:  # pragma: no cover - only where libvirtd is missing
+        pytest.skip(f"qemu:///system is not usable here: {exc}")
+    with lab(keep=ROOT / "artifacts" / "guest-consoles") as made:
+        made.ready_timeout = READY_TIMEOUT
+        made.build()
+        made.serve()
+        made.publish_all()
+        made.start_utility()
+        made.write_user_files()
+        made.start()
+        made.plug_both()
+        yield made
+
+
+def ip(lab_: GroupwareLab, component: str, iface: str = "ethernet0") -> str:
+    return lab_.param(component, f"{iface}.ip")
+
+
+def first(events: list[tuple[float, str, str]], name: str) -> float:
+    return min(t for t, e, _ in events if e == name)
+
+
+def test_boots_in_dependency_order_and_every_service_answers(groupware: GroupwareLab) -> None:
+    g = groupware
+    vap = g.vap()
+    assert vap["status"] == "running"
+    assert {c: row["state"] for c, row in g.status().items()} == dict.fromkeys("dfhlw", "running")
+    assert {c: row["version"] for c, row in g.status().items()} == dict.fromkeys("dfhlw", "1")
+
+    # Boot order from the guests' own console timestamps (wall clock from the emulated RTC):
+    # LDAP's kernel came up only after DHCP and DNS said READY, the web server's after LDAP's.
+    ready = {c: g.wait_event(c, "ready")[0][0] for c in "hdlfw"}
+    booted = {c: g.wait_event(c, "boot")[0][0] for c in "hdlfw"}
+    assert max(ready["h"], ready["d"]) < booted["l"], (ready, booted)
+    assert ready["l"] < booted["w"], (ready, booted)
+
+    inside, outside = g.namespaces["in"], g.namespaces["out"]
+    # DNS: the DNS appliance answers with the address the utility gave LDAP.
+    assert inside.dig(ip(g, "d"), "l.acme.org") == [ip(g, "l")]
+    assert inside.dig(ip(g, "d"), "w.acme.org") == [ip(g, "w")]
+    # LDAP: root DN derived from `domain`; the sensitive password binds; a wrong one does not.
+    search = inside.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{ip(g, 'l')}", "-D",
+                         "cn=admin,dc=acme,dc=org", "-w", ROOT_PASSWORD, "-b", "dc=acme,dc=org",
+                         "(objectClass=organizationalUnit)", "ou"])
+    assert search.returncode == 0, search.stderr
+    assert "dn: ou=people,dc=acme,dc=org" in search.stdout
+    wrong = inside.run(["ldapsearch", "-x", "-H", f"ldap://{ip(g, 'l')}", "-D",
+                        "cn=admin,dc=acme,dc=org", "-w", "wrong", "-b", "dc=acme,dc=org"])
+    assert wrong.returncode == 49  # invalid credentials
+    for component in "hdlfw":
+        console = (g.cvl.parent / component / "console.log").read_text(errors="replace")  # type: ignore[union-attr]
+        assert ROOT_PASSWORD not in console
+
+    # The firewall's public address, from outside: exactly the configured services get through.
+    public = ip(g, "f", "ethernet1")
+    page = outside.fetch(f"http://{public}/")
+    assert "<title>Acme intranet</title>" in page and "acme.org" in page
+    assert outside.dig(public, "l.acme.org") == [ip(g, "l")]  # 53/udp is a service
+    ldap_through = outside.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{public}", "-b",
+                                "dc=acme,dc=org", "(ou=people)", "dn"])
+    assert "dn: ou=people,dc=acme,dc=org" in ldap_through.stdout, ldap_through.stderr
+    assert inside.connects(ip(g, "d"), 8053)  # DNS's record admin is up on the VAN...
+    assert not outside.connects(public, 8053)  # ...but it is not a service: dropped
+    assert not outside.connects(public, 22)
+    assert not outside.connects(ip(g, "w"), 80)  # no route from outside but the firewall
+
+
+def test_resent_forwarders_reconfigure_dns_without_a_reboot(groupware: GroupwareLab) -> None:
+    g = groupware
+    ids = g.domain_ids()
+    boots = len(g.wait_event("d", "boot"))
+    readies = len(g.wait_event("d", "ready"))
+    uptime = float(g.status()["d"]["uptime"])  # type: ignore[arg-type]
+    g.set_forwarders("192.0.2.53", "192.0.2.54")
+    result = g.update()
+    assert any(line.startswith("↻ d") for line in result["lines"]), result  # type: ignore[union-attr]
+    g.wait_event("d", "ready", readies + 1)
+    status = [d for _, e, d in g.events("d") if e == "status"][-1]
+    assert "forwarders=192.0.2.53,192.0.2.54" in status
+    assert len(g.wait_event("d", "boot")) == boots, "resent parameters must not reboot DNS"
+    assert g.domain_ids() == ids  # the same domains, DNS's included
+    assert float(g.status()["d"]["uptime"]) > uptime  # type: ignore[arg-type]
+
+
+def add_record(inside: Namespace, dns_ip: str) -> None:
+    answer = inside.fetch(f"http://{dns_ip}:8053/cgi-bin/records?name=kept&ip=192.0.2.7")
+    assert "added kept 192.0.2.7" in answer
+
+
+def test_dns_v2_pushed_is_applied_automatically_and_keeps_the_data_disk(
+        groupware: GroupwareLab) -> None:
+    g = groupware
+    inside = g.namespaces["in"]
+    dns = ip(g, "d")
+    add_record(inside, dns)
+    assert inside.dig(dns, "kept.acme.org") == ["192.0.2.7"]
+    assert inside.dig(dns, "appliance.acme.org", "TXT") == ['"collective DNS 1"']
+    before = g.domain_ids()
+    count = len(g.history())
+    pushed = g.push("DNS", "DNS-v2", "DNS 2: format 2")
+    record = g.wait_history(count + 1, timeout=2 * READY_TIMEOUT)
+    assert record["trigger"] == "push" and record["result"] == "applied", record
+    assert record["versions"] == {"d": ["1", "2"]}
+    assert float(record["at"]) - pushed < READY_TIMEOUT  # type: ignore[arg-type]
+    after = g.domain_ids()
+    assert after["d"] != before["d"]
+    assert {c: i for c, i in after.items() if c != "d"} == \
+        {c: i for c, i in before.items() if c != "d"}, "only DNS restarts"
+    assert g.status()["d"]["version"] == "2"
+    assert any("1 -> 2" in d for _, e, d in g.events("d") if e == "migrate")
+    assert inside.dig(dns, "appliance.acme.org", "TXT") == ['"collective DNS 2"']
+    assert inside.dig(dns, "kept.acme.org") == ["192.0.2.7"]  # written before, still there
+    assert inside.dig(dns, "l.acme.org") == [ip(g, "l")]
+
+
+def test_a_bad_dns_release_is_rolled_back_automatically(groupware: GroupwareLab) -> None:
+    g = groupware
+    inside = g.namespaces["in"]
+    count = len(g.history())
+    before = g.domain_ids()
+    g.push("DNS", "DNS-bad", "DNS 3: never healthy")
+    began = time.monotonic()
+    record = g.wait_history(count + 1, timeout=3 * READY_TIMEOUT)
+    assert record["trigger"] == "push", record
+    assert "roll" in str(record["result"]), record
+    assert time.monotonic() - began < 3 * READY_TIMEOUT
+    status = g.status()
+    assert status["d"]["version"] == "2" and status["d"]["state"] == "running"
+    after = g.domain_ids()
+    assert {c: i for c, i in after.items() if c != "d"} == \
+        {c: i for c, i in before.items() if c != "d"}
+    dns = ip(g, "d")
+    assert inside.dig(dns, "appliance.acme.org", "TXT") == ['"collective DNS 2"']
+    assert inside.dig(dns, "kept.acme.org") == ["192.0.2.7"]
