@@ -13,6 +13,7 @@ the firewall. Everything it made (domains, networks, namespaces, servers) is rem
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -74,7 +75,7 @@ class Namespace:
     def dig(self, server: str, name: str, rtype: str = "A") -> list[str]:
         """`dig +short` from inside the namespace."""
         return self.run(["dig", f"@{server}", name, rtype, "+short", "+time=2",
-                         "+tries=3"]).stdout.split()
+                         "+tries=3"]).stdout.splitlines()
 
     def fetch(self, url: str) -> str:
         """A page fetched from inside the namespace ("" if none)."""
@@ -149,7 +150,11 @@ class GroupwareLab:
             run(["git", "remote", "add", "origin", self.server.push_url(name)], cwd=work)
         for item in src.iterdir():
             if item.suffix == ".qcow2" and version > 1:
-                run([*CUI, "delta", str(work / item.name), str(item), str(work / item.name)])
+                # the previous version's object where git-lfs keeps it, so that its own
+                # backing chain (`../../ab/cd/<sha256>`) resolves when it is itself a delta
+                digest = hashlib.sha256((work / item.name).read_bytes()).hexdigest()
+                parent = work / ".git" / "lfs" / "objects" / digest[:2] / digest[2:4] / digest
+                run([*CUI, "delta", str(parent), str(item), str(work / item.name)])
             else:
                 shutil.copyfile(item, work / item.name)
         run(["git", "add", "-A"], cwd=work)
