@@ -125,13 +125,17 @@ class GroupwareLab:
 
     def serve(self) -> None:
         """Empty repositories under gunicorn, and the publisher's SSH signing key."""
-        root = self.work / "repos"
-        for name in APPLIANCES.values():
-            Repository.create(root / name)
-        self.server = self.stack.enter_context(running_server(root, workers=2))
+        from reposerver.trust import add_ssh_signer
+
         self.key = self.work / "publisher-key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "publisher", "-f",
              str(self.key)])
+        signer = "publisher@example.org " + self.key.with_suffix(".pub").read_text().strip()
+        root = self.work / "repos"
+        for name in APPLIANCES.values():
+            repo = Repository.create(root / name)
+            add_ssh_signer(repo.path, signer)  # the server shows who signed each version
+        self.server = self.stack.enter_context(running_server(root, workers=2))
 
     def push(self, name: str, image: str, message: str) -> float:
         """Publish the built `image` as the next version of repository `name` with stock git:
@@ -206,7 +210,7 @@ class GroupwareLab:
         self.cui("vlan", "add", f"{vlan}-{vlan + 1}")
         self.cui("publicip", "add", f"{PUBLIC_NET}.{third}-{PUBLIC_NET}.{third + 1}")
         (self.work / "publisher.signer").write_text(
-            "publisher " + self.key.with_suffix(".pub").read_text())
+            "publisher@example.org " + self.key.with_suffix(".pub").read_text())
         for name in APPLIANCES.values():
             url = f"{self.server.url}/{name}"
             self.cui("utility", "trust", "require-signed", url)
@@ -466,3 +470,92 @@ def lab(host_uri: str = "qemu:///system", say: Callable[[str], None] = lambda _m
             pass
         made.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the README demo (`scripts/demo` runs this after setting up) -------------------------------
+
+
+def _step(text: str) -> None:
+    print(f"\n\033[1;34m==> {text}\033[0m", flush=True)
+
+
+def _show(text: str) -> None:
+    print("    " + text.rstrip().replace("\n", "\n    "), flush=True)
+
+
+def demo(host_uri: str) -> None:
+    """The Groupware story with progress output; on `test:` hosts, without guests to probe."""
+    if host_uri == "test":
+        from utility.simulation import simulated_host_uri
+
+        host_uri = simulated_host_uri(Path(tempfile.mkdtemp(prefix="gw-sim-")), "local")
+    real = host_uri.startswith("qemu")
+    began = time.monotonic()
+    with lab(host_uri=host_uri) as g:
+        _step("building the appliance images from Debian packages (cached)")
+        g.build()
+        sizes = {n: sum(f.stat().st_size for f in g.images[n].glob("*.qcow2")) / 2**20
+                 for n in APPLIANCES.values()}
+        _show(f"{len(g.images)} images in {g.timings['build']:.1f} s; program disks: "
+              + ", ".join(f"{n} {mib:.1f} MiB" for n, mib in sizes.items())
+              + " (the paper's: about 500 MB each)")
+        _step("repository server (gunicorn on loopback); publishing with git push + signed tags")
+        g.serve()
+        g.publish_all()
+        assert g.server is not None
+        for name in APPLIANCES.values():
+            _show(run([*CUI, "versions", f"{g.server.url}/{name}"]).stdout.strip())
+        _step("the Collective Utility: cui utility serve (require-signed, subscribed to DNS)")
+        g.start_utility()
+        _show(f"daemon at {g.env['COLLECTIVE_UTILITY']}, host {host_uri}, prefix {g.prefix}")
+        cvl = g.write_user_files()
+        _step(f"cui start {cvl.name}: five VMs in dependency order"
+              + (" (qemu, TCG)" if real else " (test driver: no guests boot)"))
+        _show(cvl.read_text().split("*/", 1)[-1].strip())
+        seconds = g.start()
+        _show(f"every appliance ready {seconds:.1f} s after cui start")
+        _step("cui status")
+        _show(g.cui("status", str(cvl)))
+        if real:
+            inside, outside = g.plug_both()
+            dns, ldap = g.param("d", "ethernet0.ip"), g.param("l", "ethernet0.ip")
+            public = g.param("f", "ethernet1.ip")
+            _step(f"from namespace {inside.name} on the VAN's bridge: dig @{dns} l.acme.org")
+            _show(" ".join(inside.dig(dns, "l.acme.org")) + f"   (LDAP's assigned address: {ldap})")
+            _step(f"ldapsearch against LDAP at {ldap} (root DN from domain, rootdnpass sensitive)")
+            _show(inside.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{ldap}", "-D",
+                              "cn=admin,dc=acme,dc=org", "-w", ROOT_PASSWORD, "-b",
+                              "dc=acme,dc=org", "(objectClass=organizationalUnit)", "dn"]).stdout)
+            _step(f"from namespace {outside.name} outside: the web page through the firewall "
+                  f"at {public}")
+            _show(outside.fetch(f"http://{public}/"))
+            _show(f"port 8053 (not a service) through the firewall: "
+                  f"{'open' if outside.connects(public, 8053) else 'dropped'}")
+            _step("a record written to DNS's data disk (its admin port, from the VAN)")
+            _show(inside.fetch(f"http://{dns}:8053/cgi-bin/records?name=kept&ip=192.0.2.7"))
+            _show("dig kept.acme.org: " + " ".join(inside.dig(dns, "kept.acme.org")))
+        ids = g.domain_ids()
+        _step("publishing DNS v2 (git push + signed tag); the utility updates automatically")
+        count = len(g.history())
+        pushed = g.push("DNS", "DNS-v2", "DNS 2: data format 2")
+        record = g.wait_history(count + 1, timeout=2 * g.ready_timeout)
+        _show(f"history: {record['trigger']} {record['actions']} -> {record['result']} "
+              f"({float(str(record['at'])) - pushed:.1f} s after git push returned)")
+        after = g.domain_ids()
+        for path in sorted(after):
+            _show(f"{path}: domain {'restarted' if after[path] != ids[path] else 'unchanged'}")
+        if real:
+            _show("dig appliance.acme.org TXT: " + " ".join(
+                inside.dig(dns, "appliance.acme.org", "TXT")))
+            _show("dig kept.acme.org (written before the update): "
+                  + " ".join(inside.dig(dns, "kept.acme.org")))
+        _step("cui status")
+        _show(g.cui("status", str(cvl)))
+        _step("stopping everything: cui stop, namespaces, daemon, repository server")
+    leftovers = sweep(g.prefix, host_uri)
+    _show("nothing left running" if not leftovers else f"swept {leftovers}")
+    _step(f"demo done in {time.monotonic() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    demo(sys.argv[1] if len(sys.argv) > 1 else "qemu:///system")
