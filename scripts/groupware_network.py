@@ -488,7 +488,12 @@ def demo(host_uri: str) -> None:
     if host_uri == "test":
         from utility.simulation import simulated_host_uri
 
-        host_uri = simulated_host_uri(Path(tempfile.mkdtemp(prefix="gw-sim-")), "local")
+        sim = Path(tempfile.mkdtemp(prefix="gw-sim-"))
+        try:
+            demo(simulated_host_uri(sim, "local"))
+        finally:
+            shutil.rmtree(sim, ignore_errors=True)
+        return
     real = host_uri.startswith("qemu")
     began = time.monotonic()
     with lab(host_uri=host_uri) as g:
