@@ -6,14 +6,14 @@ repository), `cui start` of the user's AcmeGroupware.
 One Groupware is started for the whole module (`scripts/groupware_network.py` does the set-up)
 and the tests below run against it in order: boot order and services, a resent parameter, a bad
 DNS release rolled back (data disk as before), and an automatic update to DNS v2 (record kept).
-The host talks to the appliances only from two network namespaces the harness plugs into the utility's own bridges ("inside" on
-the VAN, "outside" on the public segment in front of the firewall).
+The host talks to the appliances only from two network namespaces the harness plugs into the
+utility's own bridges ("inside" on the VAN, "outside" on the public segment in front of the
+firewall).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,7 +110,7 @@ def test_resent_forwarders_reconfigure_dns_without_a_reboot(groupware: Groupware
     uptime = float(g.status()["d"]["uptime"])  # type: ignore[arg-type]
     g.set_forwarders("192.0.2.53", "192.0.2.54")
     result = g.update()
-    assert any(line.startswith("↻ d") for line in result["lines"]), result  # type: ignore[union-attr]
+    assert any(line.startswith("↻ d") for line in result["lines"]), result  # type: ignore[attr-defined]
     g.wait_event("d", "ready", readies + 1)
     status = [d for _, e, d in g.events("d") if e == "status"][-1]
     assert "forwarders=192.0.2.53,192.0.2.54" in status
