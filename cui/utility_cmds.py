@@ -372,17 +372,14 @@ def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
 
 
 def _secrets_for(cvl_path: Path) -> dict[str, str]:
-    """Values of the VAP's sensitive parameters that have none, through the user agent."""
-    from utility.cvl_adapter import PLACEHOLDER, evaluate_for_checks
+    """Values of the VAP's required sensitive parameters that have none, through the user agent.
 
-    model, _ = evaluate_for_checks(cvl_path)
-    if model is None:
-        return {}  # the daemon evaluates again and reports every CVL error
-    keys = agent.missing_sensitive({"components": {
-        path: {"sensitive": sorted(c.sensitive),
-               "params": {k: v for k, v in c.params.items() if v != (PLACEHOLDER,)}}
-        for path, c in model.components.items()
-    }})
+    Only the parameters the CVL reports missing are asked for: one whose value is a reference to
+    another (`l.rootdnpass = rootdnpass;`) follows from the one the user gives.
+    """
+    from utility.cvl_adapter import missing_sensitive_paths
+
+    keys = missing_sensitive_paths(cvl_path)
     if not keys:
         return {}
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(

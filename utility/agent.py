@@ -157,15 +157,3 @@ def obtain(
     if changed:
         cache.save()
     return values
-
-
-def missing_sensitive(model_json: dict[str, object]) -> list[str]:
-    """Parameter keys declared sensitive in a model (`Model.to_json()`) that have no value."""
-    keys = []
-    components = model_json.get("components", {})
-    assert isinstance(components, dict)
-    for path, comp in sorted(components.items()):
-        for name in comp.get("sensitive", ()):
-            if name not in comp.get("params", {}):
-                keys.append(f"{path}.{name}" if path else name)
-    return keys

@@ -35,6 +35,7 @@ from werkzeug.serving import make_server
 
 from utility.cluster import Caller, ClusterManager, FetchReport
 from utility.errors import CheckFailed, Unauthorized, UtilityError
+from utility.manager_base import STATE_DIR_MODE
 from utility.pages import init_app as init_pages
 from utility.sizes import parse_size
 
@@ -357,11 +358,11 @@ def serve(
     """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
 
     Args:
-        state_dir: the state directory (created 0700).
+        state_dir: the state directory (created 0711: see `manager_base.STATE_DIR_MODE`).
         listen: None for the Unix socket `state_dir/utility.sock`; `HOST:PORT` for TCP.
     """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
+    os.chmod(state_dir, STATE_DIR_MODE)
     manager = manager_factory(state_dir)
     report = manager.reconcile()
     for path in report["rolled_back"]:

@@ -93,6 +93,17 @@ def evaluate_for_checks(
     return model, problems
 
 
+def missing_sensitive_paths(cvl_path: Path) -> list[str]:
+    """Required sensitive parameters without a value, as the CVL reports them (the user's agent
+    supplies these; parameters that merely reference one of them are not listed)."""
+    import cvl
+    from cvl.errors import CvlMissingError
+
+    analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver())
+    return [e.path for e in analysis.errors
+            if isinstance(e, CvlMissingError) and e.sensitive and e.path]
+
+
 def _render(error: object) -> str:
     text = error.render() if hasattr(error, "render") else str(error)  # type: ignore[attr-defined]
     return str(text).splitlines()[0]

@@ -34,6 +34,10 @@ EMBEDDED_HOST = "local"
 EMBEDDED_MAX_VMS = 16
 
 
+# Search permission for others, no listing: qemu (user libvirt-qemu) must open the backing files
+# in `cache/`; everything else in the directory (database, run/, secrets) is 0600/0700.
+STATE_DIR_MODE = 0o711
+
 class ManagerBase:
     """One cluster manager over a state directory.
 
@@ -57,13 +61,14 @@ class ManagerBase:
     ) -> None:
         self.state_dir = state_dir
         self.user_root = user_root.resolve() if user_root else None
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
         self.store = Store(state_dir)
         self.settings = settings or Settings()
         self.timeouts = timeouts or Timeouts()
         self.default_uri = default_uri
         self.pool = HostPool()
         self.cache_dir = state_dir / "cache"
+        self.cache_dir.mkdir(exist_ok=True, mode=0o755)  # published objects only, no secrets
         self.run_dir = state_dir / "run"
         self.run_dir.mkdir(exist_ok=True, mode=0o700)
         self._alloc_lock = threading.Lock()

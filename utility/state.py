@@ -104,6 +104,10 @@ class Store:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "utility.sqlite3"
+        # The state directory is traversable (qemu reads the disk cache inside it); the database
+        # is the owner's alone, and SQLite gives its -wal and -shm files the same mode.
+        self.path.touch(mode=0o600, exist_ok=True)
+        self.path.chmod(0o600)
         self._local = threading.local()
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):

@@ -78,7 +78,9 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
 
 def test_cli_start_status_stop_over_the_unix_socket(daemon: Daemon, tmp_path: Path) -> None:
     assert daemon.socket.stat().st_mode & 0o777 == 0o600
-    assert daemon.state.stat().st_mode & 0o777 == 0o700
+    assert daemon.state.stat().st_mode & 0o777 == 0o711  # traversable for qemu, not listable
+    assert (daemon.state / "utility.sqlite3").stat().st_mode & 0o777 == 0o600
+    assert (daemon.state / "run").stat().st_mode & 0o777 == 0o700
     cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory", "1G",
         "--max-vms", "8")
     cui("vlan", "add", "100-163")

@@ -77,12 +77,13 @@ def test_obtain_uses_cache_then_environment_then_asks_and_caches(
         agent.obtain(again, cvl, ["x"], lambda k: "")
 
 
-def test_missing_sensitive_lists_only_unset_ones() -> None:
-    model = {"components": {
-        "": {"sensitive": ["password", "rootpw"], "params": {"rootpw": ["x"]}},
-        "l": {"sensitive": ["key"], "params": {}},
-    }}
-    assert agent.missing_sensitive(model) == ["password", "l.key"]
+def test_only_the_referenced_sensitive_parameter_is_asked_for(tmp_path: Path) -> None:
+    from utility.cvl_adapter import missing_sensitive_paths
+
+    (tmp_path / "x.cvl").write_text(
+        'CVL = "0.8";\nS extends VMAppliance {\n  var "required" "sensitive" pw, copy;\n'
+        '  var "sensitive" optional;\n  copy = pw;\n  vm = "s.xml";\n}\n')
+    assert missing_sensitive_paths(tmp_path / "x.cvl") == ["pw"]
 
 
 def test_grep_sensitive_value_reaches_no_file_under_state_or_disk_dirs(tmp_path: Path) -> None:
