@@ -28,8 +28,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, render_template, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    render_template,
+    request,
+    send_from_directory,
+)
 
+import reposerver
 from utility.addresses import PUBLIC
 from utility.cluster import Caller, ClusterManager
 from utility.errors import Forbidden
@@ -44,6 +54,13 @@ bp = Blueprint(
 )
 
 PREFIX = "/ui"
+BASE_CSS = Path(reposerver.__file__).resolve().parent / "static"
+
+
+@bp.route("/static/base.css")
+def base_css() -> Response:
+    """The style sheet both servers' pages share (one file, kept with the repository pages)."""
+    return send_from_directory(BASE_CSS, "pages.css", mimetype="text/css", max_age=300)
 REALM = 'Basic realm="Collective utility (token as password)", charset="UTF-8"'
 CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "

@@ -74,7 +74,14 @@ def test_tcp_pages_need_the_api_token_as_basic_password(manager: ClusterManager)
 
 def test_unix_socket_pages_act_as_the_local_administrator(manager: ClusterManager) -> None:
     client = create_app(manager, require_token=False).test_client()
-    assert "Signed in as <strong>local</strong>" in client.get("/ui/").get_data(as_text=True)
+    html = client.get("/ui/").get_data(as_text=True)
+    assert "Signed in as <strong>local</strong>" in html
+    # the shared base style sheet (kept with the repository pages) and the utility's additions
+    for sheet, marker in (("/ui/static/base.css", "--accent"), ("/ui/static/utility.css", "meter")):
+        assert f'href="{sheet}"' in html
+        answer = client.get(sheet)
+        assert answer.status_code == 200 and answer.mimetype == "text/css"
+        assert marker in answer.get_data(as_text=True)
 
 
 def test_pages_are_read_only_and_never_show_a_sensitive_value(manager: ClusterManager) -> None:
