@@ -40,6 +40,7 @@ from flask import (
 )
 
 import reposerver
+from reposerver.pages import format_bytes
 from utility.addresses import PUBLIC
 from utility.cluster import Caller, ClusterManager
 from utility.errors import Forbidden
@@ -643,17 +644,7 @@ def blacklist_page() -> Response:
                  vap_ids=_vap_ids(manager))
 
 
-@bp.app_template_filter("size")
-def format_bytes(value: int | None) -> str:
-    """Bytes for people."""
-    if value is None:
-        return "?"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
+bp.add_app_template_filter(format_bytes, "size")  # the repository pages' own filter
 
 
 @bp.app_template_filter("duration")
