@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -29,6 +30,28 @@ T = TypeVar("T")
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
 
 _GONE = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK}
+
+
+def _unless_gone(lookup: Callable[[], T]) -> T | None:
+    """`lookup()`, or None when the domain or network does not exist; other errors are raised."""
+    try:
+        return lookup()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in _GONE:
+            return None
+        raise
+
+
+@contextmanager
+def _ignoring_gone() -> Iterator[None]:
+    """Run a block whose object may vanish meanwhile (a guest powering off, a racing stop)."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in _GONE:
+            raise
+
+
 _CONNECTION = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
                libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
 
@@ -191,20 +214,14 @@ class LibvirtHost:
         """Force a domain off and forget it; False if it did not exist."""
 
         def kill(c: libvirt.virConnect) -> bool:
-            try:
-                dom = c.lookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() in _GONE:
-                    return False
-                raise
-            try:
+            dom = _unless_gone(lambda: c.lookupByName(name))
+            if dom is None:
+                return False
+            with _ignoring_gone():
                 if dom.isActive():
                     dom.destroy()
                 if dom.isPersistent():
                     dom.undefine()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() not in _GONE:
-                    raise
             return True
 
         return self._call(f"destroy domain {name}", kill)
@@ -217,17 +234,11 @@ class LibvirtHost:
         """
 
         def request(c: libvirt.virConnect) -> bool:
-            try:
-                dom = c.lookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() in _GONE:
-                    return False
-                raise
-            try:
+            dom = _unless_gone(lambda: c.lookupByName(name))
+            if dom is None:
+                return False
+            with _ignoring_gone():
                 dom.shutdown()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() not in _GONE:
-                    raise
             return True
 
         if not self._call(f"shut down domain {name}", request):
@@ -267,20 +278,14 @@ class LibvirtHost:
         """Stop (and forget) a network; False if it did not exist."""
 
         def down(c: libvirt.virConnect) -> bool:
-            try:
-                net = c.networkLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() in _GONE:
-                    return False
-                raise
+            net = _unless_gone(lambda: c.networkLookupByName(name))
+            if net is None:
+                return False
             if net.isActive():
                 net.destroy()
-            try:
+            with _ignoring_gone():
                 if net.isPersistent():
                     net.undefine()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() not in _GONE:
-                    raise
             return True
 
         return self._call(f"stop network {name}", down)

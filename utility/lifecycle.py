@@ -43,6 +43,23 @@ class Lifecycle(ManagerBase):
 
     # -- start ----------------------------------------------------------------------------------
 
+    def _checked(self, path: Path, secrets: Mapping[str, str]) -> tuple[
+            ModelView, Prepared, list[str], TrustSession, list[cvl_adapter.Fetched]]:
+        """Evaluate for the pre-start/pre-update checks and gather every static problem (CVL,
+        trust, disks, blacklist), so start and update report the same things the same way.
+
+        Raises:
+            CheckFailed: the CVL does not evaluate at all.
+        """
+        trust = self.trust.session()
+        fetched: list[cvl_adapter.Fetched] = []
+        checked, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
+        if checked is None:
+            raise CheckFailed(problems)
+        problems += trust.all_problems(versions_of(checked), fetched)
+        prepared, more = allocation.prepare(checked, path.parent, trust.release_for)
+        problems += more + allocation.static_problems(checked, self.store.blacklist())
+        return checked, prepared, problems, trust, fetched
     def start(
         self, caller: Caller, cvl_path: str, secrets: Mapping[str, str] | None = None,
         progress: FetchReport | None = None,
@@ -66,15 +83,7 @@ class Lifecycle(ManagerBase):
         secrets = dict(secrets or {})
         with self._lock_for(str(path)):
             notes = self._ensure_default_host()
-            trust = self.trust.session()
-            fetched: list[cvl_adapter.Fetched] = []
-            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
-            if checked is None:
-                raise CheckFailed(problems)
-            model = checked
-            problems += trust.all_problems(versions_of(model), fetched)
-            prepared, more = allocation.prepare(model, path.parent, trust.release_for)
-            problems += more + allocation.static_problems(model, self.store.blacklist())
+            model, prepared, problems, trust, fetched = self._checked(path, secrets)
             with self.store.transaction() as db:
                 problems += self._allocate(db, model, prepared, vap_id=None)[2]
             if problems:

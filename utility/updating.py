@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from utility import addresses, allocation, cvl_adapter, disks
+from utility import addresses, allocation, disks
 from utility.callers import Caller
 from utility.desired_state import VapState
 from utility.errors import (
@@ -20,7 +20,7 @@ from utility.errors import (
     PlacementError,
 )
 from utility.executor import RolledBack
-from utility.lifecycle import Lifecycle, final_evaluation, versions_of
+from utility.lifecycle import Lifecycle, final_evaluation
 from utility.manager_base import FetchReport
 from utility.model_view import ModelView, join_path
 from utility.planner import Op, diff
@@ -58,15 +58,7 @@ class Updating(Lifecycle):
             lost = sorted(self.store.secret_keys(vap.id) - {k for k, v in secrets.items() if v})
             if lost and trigger != "user":
                 return self._needs_user(vap.id, path, trigger, lost)
-            trust = self.trust.session()
-            fetched: list[cvl_adapter.Fetched] = []
-            checked, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
-            if checked is None:
-                raise CheckFailed(problems)
-            model = checked
-            problems += trust.all_problems(versions_of(model), fetched)
-            prepared, more = allocation.prepare(model, path.parent, trust.release_for)
-            problems += more + allocation.static_problems(model, self.store.blacklist())
+            model, prepared, problems, trust, fetched = self._checked(path, secrets)
             rows = self.store.vms(vap.id)
             keep = self._held_addressing(vap.id, model, current, rows)
             recorded = {row.path for row in rows}
