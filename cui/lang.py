@@ -1,7 +1,7 @@
 """`cui check` and `cui eval`: the CVL commands (parse, import, evaluate; render the result).
 
-    cui check FILE.cvl [--set PATH=VALUE ...]          every error, exit 1 on any
-    cui eval  FILE.cvl [--set PATH=VALUE ...] [--json]  the flattened parameters
+cui check FILE.cvl [--set PATH=VALUE ...]          every error, exit 1 on any
+cui eval  FILE.cvl [--set PATH=VALUE ...] [--json]  the flattened parameters
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, list[str]]:
         path, sep, value = item.partition("=")
         if not sep or not path.strip():
             raise CvlOverrideError(
-                f"--set {item!r}: expected PATH=VALUE, e.g. d.ethernet0.ip=10.0.1.2", file="--set")
+                f"--set {item!r}: expected PATH=VALUE, e.g. d.ethernet0.ip=10.0.1.2", file="--set"
+            )
         overrides.setdefault(path.strip(), []).append(value)
     return overrides
 
@@ -91,8 +92,11 @@ def check_command(file: str, sets: tuple[str, ...]) -> None:
     model = analysis.model
     assert model is not None
     for path in from_agent:
-        click.echo(f"note: {path} is required and sensitive: the user agent supplies it at start "
-                   f"(cui agent set {path})", err=True)
+        click.echo(
+            f"note: {path} is required and sensitive: the user agent supplies it at start "
+            f"(cui agent set {path})",
+            err=True,
+        )
     vms, vans = len(model.vms()), len(model.vans())
     click.echo(
         f"{file}: ok: {model.appliance} ({model.root.kind}), {vms} VM{'s' * (vms != 1)}, "
@@ -141,10 +145,13 @@ def _print_table(model: cvl.Model) -> None:
             else:
                 shown = "\n".join(value)
             notes = ", ".join(
-                flag for flag, on in (("required", declared.required),
-                                      ("sensitive", declared.sensitive)) if on)
-            table.add_row(where if index == 0 else "", label if index == 0 else "", name, shown,
-                          notes)
+                flag
+                for flag, on in (("required", declared.required), ("sensitive", declared.sensitive))
+                if on
+            )
+            table.add_row(
+                where if index == 0 else "", label if index == 0 else "", name, shown, notes
+            )
         table.add_section()
     Console(soft_wrap=False).print(table)
     if model.pending:

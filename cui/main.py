@@ -37,7 +37,10 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 
     if isinstance(exc, CvlError):
         return EXIT_FAILED, exc.render()
-    for module, attr in (("reposerver.errors", "RepositoryError"), ("utility.errors", "UtilityError")):
+    for module, attr in (
+        ("reposerver.errors", "RepositoryError"),
+        ("utility.errors", "UtilityError"),
+    ):
         try:
             cls = getattr(__import__(module, fromlist=[attr]), attr)
         except (ImportError, AttributeError):

@@ -34,9 +34,14 @@ from utility.client import UtilityClient, default_state_dir
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add --utility and --token, and pass a ready `UtilityClient` as `client`."""
 
-    @click.option("--utility", "utility_url", metavar="URL", default=None,
-                  help="Cluster manager: unix:///PATH or http://HOST:PORT "
-                       "(default $COLLECTIVE_UTILITY, else the local daemon's socket).")
+    @click.option(
+        "--utility",
+        "utility_url",
+        metavar="URL",
+        default=None,
+        help="Cluster manager: unix:///PATH or http://HOST:PORT "
+        "(default $COLLECTIVE_UTILITY, else the local daemon's socket).",
+    )
     @click.option("--token", default=None, help="Bearer token (default $COLLECTIVE_TOKEN).")
     @functools.wraps(fn)
     def wrapper(*args: Any, utility_url: str | None, token: str | None, **kwargs: Any) -> Any:
@@ -68,34 +73,90 @@ def utility_group() -> None:
 
 
 @utility_group.command("serve")
-@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
-              help="State directory (default $COLLECTIVE_STATE, "
-                   "else ~/.local/state/collective/utility).")
-@click.option("--listen", default=None, metavar="HOST:PORT",
-              help="Serve on TCP (bearer token required); default the Unix socket in --state.")
-@click.option("--placement", type=click.Choice(["spread", "pack"]), default="spread",
-              show_default=True, help="Placement policy (see utility/placement.py).")
-@click.option("--prefix", default="col", show_default=True,
-              help="Prefix of domain, network and bridge names (1-6 characters).")
-@click.option("--address-base", default="10.0.0.0/8", show_default=True,
-              help="The /8 that VAN subnets 10.A.B.0/24 come from.")
-@click.option("--default-host", default=None, metavar="URI",
-              help="URI of the embedded host used when none is registered (default: probe).")
-@click.option("--stop-timeout", type=float, default=180.0, show_default=True,
-              help="Seconds a clean shutdown may take before the VM is forced off.")
-@click.option("--ready-timeout", type=float, default=300.0, show_default=True,
-              help="Seconds a VM may take to signal READY before the start fails.")
-@click.option("--events-secret-env", default="COLLECTIVE_EVENTS_SECRET", show_default=True,
-              help="Environment variable holding the publish events' shared HMAC secret "
-                   "(events are refused when it is unset).")
-@click.option("--poll-interval", type=float, default=None,
-              help="Also poll unpinned imports' repositories every this many seconds.")
-@click.option("--user-root", type=click.Path(file_okay=False), default=None,
-              help="Users (not administrators) may only start CVL files under this directory.")
-def serve_command(state_dir: str | None, listen: str | None, placement: str, prefix: str,
-                  address_base: str, default_host: str | None, stop_timeout: float,
-                  ready_timeout: float, events_secret_env: str,
-                  poll_interval: float | None, user_root: str | None) -> None:
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="State directory (default $COLLECTIVE_STATE, else ~/.local/state/collective/utility).",
+)
+@click.option(
+    "--listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve on TCP (bearer token required); default the Unix socket in --state.",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(["spread", "pack"]),
+    default="spread",
+    show_default=True,
+    help="Placement policy (see utility/placement.py).",
+)
+@click.option(
+    "--prefix",
+    default="col",
+    show_default=True,
+    help="Prefix of domain, network and bridge names (1-6 characters).",
+)
+@click.option(
+    "--address-base",
+    default="10.0.0.0/8",
+    show_default=True,
+    help="The /8 that VAN subnets 10.A.B.0/24 come from.",
+)
+@click.option(
+    "--default-host",
+    default=None,
+    metavar="URI",
+    help="URI of the embedded host used when none is registered (default: probe).",
+)
+@click.option(
+    "--stop-timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds a clean shutdown may take before the VM is forced off.",
+)
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a VM may take to signal READY before the start fails.",
+)
+@click.option(
+    "--events-secret-env",
+    default="COLLECTIVE_EVENTS_SECRET",
+    show_default=True,
+    help="Environment variable holding the publish events' shared HMAC secret "
+    "(events are refused when it is unset).",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=None,
+    help="Also poll unpinned imports' repositories every this many seconds.",
+)
+@click.option(
+    "--user-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Users (not administrators) may only start CVL files under this directory.",
+)
+def serve_command(
+    state_dir: str | None,
+    listen: str | None,
+    placement: str,
+    prefix: str,
+    address_base: str,
+    default_host: str | None,
+    stop_timeout: float,
+    ready_timeout: float,
+    events_secret_env: str,
+    poll_interval: float | None,
+    user_root: str | None,
+) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.allocation import Settings
     from utility.api import serve
@@ -108,8 +169,9 @@ def serve_command(state_dir: str | None, listen: str | None, placement: str, pre
     serve(
         Path(state_dir) if state_dir else default_state_dir(),
         listen,
-        lambda d: ClusterManager(d, settings, timeouts, default_host,
-                                 Path(user_root) if user_root else None),
+        lambda d: ClusterManager(
+            d, settings, timeouts, default_host, Path(user_root) if user_root else None
+        ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
     )
@@ -136,10 +198,18 @@ def _repository_auth(user: str | None, token_env: str) -> tuple[str, str] | None
 
 
 repository_credentials = [
-    click.option("--user", "repo_user", default=None,
-                 help="User on the repository server (write credentials, HTTP basic)."),
-    click.option("--token-env", default="COLLECTIVE_REPO_TOKEN", show_default=True,
-                 help="Environment variable holding that user's token (never an argument)."),
+    click.option(
+        "--user",
+        "repo_user",
+        default=None,
+        help="User on the repository server (write credentials, HTTP basic).",
+    ),
+    click.option(
+        "--token-env",
+        default="COLLECTIVE_REPO_TOKEN",
+        show_default=True,
+        help="Environment variable holding that user's token (never an argument).",
+    ),
 ]
 
 
@@ -151,13 +221,18 @@ def _with_repository_credentials(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @utility_group.command("subscribe")
 @click.argument("url")
-@click.option("--events-url", default=None, metavar="URL",
-              help="Where the repository server reaches this daemon's events endpoint "
-                   "(default: the daemon's own TCP address + /v1/events/publish).")
+@click.option(
+    "--events-url",
+    default=None,
+    metavar="URL",
+    help="Where the repository server reaches this daemon's events endpoint "
+    "(default: the daemon's own TCP address + /v1/events/publish).",
+)
 @_with_repository_credentials
 @client_options
-def subscribe_command(url: str, events_url: str | None, repo_user: str | None, token_env: str,
-                      client: UtilityClient) -> None:
+def subscribe_command(
+    url: str, events_url: str | None, repo_user: str | None, token_env: str, client: UtilityClient
+) -> None:
     """Register the utility with the repository at URL: its new versions are announced here.
 
     The daemon generates the shared HMAC secret, gives it to the server and keeps it in its
@@ -171,8 +246,9 @@ def subscribe_command(url: str, events_url: str | None, repo_user: str | None, t
 @click.argument("url")
 @_with_repository_credentials
 @client_options
-def unsubscribe_command(url: str, repo_user: str | None, token_env: str,
-                        client: UtilityClient) -> None:
+def unsubscribe_command(
+    url: str, repo_user: str | None, token_env: str, client: UtilityClient
+) -> None:
     """Stop publish events from the repository at URL and forget its secret."""
     result = client.unsubscribe(url, _repository_auth(repo_user, token_env))
     click.echo(f"unsubscribed from {result['repository']}")
@@ -183,8 +259,13 @@ def unsubscribe_command(url: str, repo_user: str | None, token_env: str,
 @client_options
 def subscriptions_command(as_json: bool, client: UtilityClient) -> None:
     """Repositories that send this utility publish events."""
-    emit(client.subscriptions(), as_json, lambda rows: echo_lines(
-        [f"{r['repository']} -> {r['events_url']}" for r in rows] or ["no subscriptions"]))
+    emit(
+        client.subscriptions(),
+        as_json,
+        lambda rows: echo_lines(
+            [f"{r['repository']} -> {r['events_url']}" for r in rows] or ["no subscriptions"]
+        ),
+    )
 
 
 @utility_group.group("token")
@@ -195,9 +276,14 @@ def token_group() -> None:
 @token_group.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
-@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
-              help="Write into this state directory directly (bootstrap a TCP-only daemon's "
-                   "first administrator) instead of asking the daemon.")
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write into this state directory directly (bootstrap a TCP-only daemon's "
+    "first administrator) instead of asking the daemon.",
+)
 @client_options
 def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
@@ -226,8 +312,10 @@ def trust_group() -> None:
 def trust_require(url: str | None, off: bool, client: UtilityClient) -> None:
     """Require signed versions for the repository at URL (every repository without URL)."""
     client.set_trust(url, not off)
-    click.echo(f"{'no longer requiring' if off else 'requiring'} signed versions for "
-               f"{url or 'every repository'}")
+    click.echo(
+        f"{'no longer requiring' if off else 'requiring'} signed versions for "
+        f"{url or 'every repository'}"
+    )
 
 
 @trust_group.command("add-key")
@@ -245,9 +333,15 @@ def trust_add_key(key_file: str, url: str | None, client: UtilityClient) -> None
 @client_options
 def trust_list(as_json: bool, client: UtilityClient) -> None:
     """The trust policy."""
-    emit(client.trust(), as_json, lambda rows: echo_lines(
-        f"{r['url'] or '(global)'}: require-signed {'on' if r['require_signed'] else 'off'}, "
-        f"{r['keys']} key(s)" for r in rows))
+    emit(
+        client.trust(),
+        as_json,
+        lambda rows: echo_lines(
+            f"{r['url'] or '(global)'}: require-signed {'on' if r['require_signed'] else 'off'}, "
+            f"{r['keys']} key(s)"
+            for r in rows
+        ),
+    )
 
 
 # -- administration -------------------------------------------------------------------------------
@@ -260,8 +354,11 @@ def host_group() -> None:
 
 @host_group.command("add")
 @click.argument("name")
-@click.option("--uri", required=True, help="libvirt URI: qemu:///system, qemu+ssh://H/system, "
-                                           "test:///PATH.xml")
+@click.option(
+    "--uri",
+    required=True,
+    help="libvirt URI: qemu:///system, qemu+ssh://H/system, test:///PATH.xml",
+)
 @click.option("--memory", required=True, help="Memory the utility may use, e.g. 16G.")
 @click.option("--max-vms", type=int, required=True, help="Most VMs at once.")
 @client_options
@@ -354,8 +451,11 @@ def blacklist_remove(url: str, version: str, client: UtilityClient) -> None:
 @client_options
 def blacklist_list(as_json: bool, client: UtilityClient) -> None:
     """The blacklist."""
-    emit(client.blacklist(), as_json,
-         lambda rows: echo_lines(f"{r['url']} {r['version']}" for r in rows))
+    emit(
+        client.blacklist(),
+        as_json,
+        lambda rows: echo_lines(f"{r['url']} {r['version']}" for r in rows),
+    )
 
 
 @blacklist_group.command("violations")
@@ -363,9 +463,17 @@ def blacklist_list(as_json: bool, client: UtilityClient) -> None:
 @client_options
 def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
     """Running appliances that use a blacklisted version (they are not stopped)."""
-    emit(client.violations(), as_json, lambda rows: echo_lines(
-        [f"{r['cvl']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}"
-         for r in rows] or ["no violations"]))
+    emit(
+        client.violations(),
+        as_json,
+        lambda rows: echo_lines(
+            [
+                f"{r['cvl']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}"
+                for r in rows
+            ]
+            or ["no violations"]
+        ),
+    )
 
 
 # -- start / stop / status ------------------------------------------------------------------------
@@ -383,15 +491,15 @@ def _secrets_for(cvl_path: Path) -> dict[str, str]:
     if not keys:
         return {}
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
-        "agent password", hide_input=True, err=True)
+        "agent password", hide_input=True, err=True
+    )
     cache = agent.AgentCache(agent.default_path(), password)
     return agent.obtain(cache, cvl_path, keys, _ask)
 
 
 def _ask(param: str) -> str:
     if sys.stdin.isatty():
-        return str(click.prompt(f"value of sensitive parameter {param}", hide_input=True,
-                                err=True))
+        return str(click.prompt(f"value of sensitive parameter {param}", hide_input=True, err=True))
     line = sys.stdin.readline()
     return line.rstrip("\n")
 
@@ -418,8 +526,13 @@ class DiskProgress:
                 TransferSpeedColumn,
             )
 
-            self.bars = Progress(TextColumn("fetching {task.description}"), BarColumn(),
-                                 DownloadColumn(), TransferSpeedColumn(), console=self.console)
+            self.bars = Progress(
+                TextColumn("fetching {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=self.console,
+            )
             self.bars.start()
         return self
 
@@ -434,8 +547,11 @@ class DiskProgress:
         quarter = min(4, done * 4 // total) if total > 0 else 4
         if self.quarters.get(label) != quarter:
             self.quarters[label] = quarter
-            self.console.print(f"fetching {label}: {quarter * 25}% of {format_size(total)}",
-                               highlight=False, soft_wrap=True)
+            self.console.print(
+                f"fetching {label}: {quarter * 25}% of {format_size(total)}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self.bars is not None:
@@ -444,8 +560,7 @@ class DiskProgress:
 
 @click.command("start")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the result as JSON (and no progress).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress).")
 @client_options
 def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
     """Start the appliance FILE.cvl describes (disk downloads shown with progress bars)."""
@@ -459,9 +574,12 @@ def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
             result = client.start(str(path), secrets, progress)
     for note in result.get("notes", []):
         click.echo(note, err=True)
+
     def render(r: dict[str, Any]) -> None:
-        click.echo(f"started {r['cvl']} in {time.monotonic() - began:.2f} s "
-                   f"(boot order: {', '.join(r['boot_order'])})")
+        click.echo(
+            f"started {r['cvl']} in {time.monotonic() - began:.2f} s "
+            f"(boot order: {', '.join(r['boot_order'])})"
+        )
         _render_status([r])
 
     emit(result, as_json, render)
@@ -470,12 +588,17 @@ def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
 @click.command("stop")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("component", required=False)
-@click.option("--timeout", type=float, default=None,
-              help="Seconds for a clean shutdown before forcing (default: the daemon's, 180).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds for a clean shutdown before forcing (default: the daemon's, 180).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @client_options
-def stop_command(file: str, component: str | None, timeout: float | None, as_json: bool,
-                 client: UtilityClient) -> None:
+def stop_command(
+    file: str, component: str | None, timeout: float | None, as_json: bool, client: UtilityClient
+) -> None:
     """Stop the appliance (or only COMPONENT, a dotted path such as g.f)."""
     result = client.stop(str(Path(file).resolve()), component, timeout)
     for warning in result["warnings"]:
@@ -491,8 +614,9 @@ def stop_command(file: str, component: str | None, timeout: float | None, as_jso
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
-def update_command(file: str, component: str | None, dry_run: bool, as_json: bool,
-                   client: UtilityClient) -> None:
+def update_command(
+    file: str, component: str | None, dry_run: bool, as_json: bool, client: UtilityClient
+) -> None:
     """Update a running appliance to what FILE.cvl now says (only COMPONENT if given).
 
     The plan is printed first: + start, - remove (data to the attic), ~ new version,
@@ -531,8 +655,12 @@ def history_command(file: str | None, as_json: bool, client: UtilityClient) -> N
     def render(rows: list[dict[str, Any]]) -> None:
         for h in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h["at"])))
-            moves = ", ".join(f"{p or '(root)'} {a or '-'}->{b or '-'}"
-                              for p, (a, b) in h["versions"].items()) or "no version change"
+            moves = (
+                ", ".join(
+                    f"{p or '(root)'} {a or '-'}->{b or '-'}" for p, (a, b) in h["versions"].items()
+                )
+                or "no version change"
+            )
             click.echo(f"{when} {h['trigger']:5} {h['cvl_path']}: {moves}: {h['result']}")
             for line in h["actions"]:
                 click.echo(f"    {line}")
@@ -542,15 +670,21 @@ def history_command(file: str | None, as_json: bool, client: UtilityClient) -> N
 
 def _render_status(vaps: list[dict[str, Any]]) -> None:
     for vap in vaps:
-        click.echo(f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
-                   + (f"  error: {vap['error']}" if vap.get("error") else ""))
-        click.echo(f"  {'PATH':10} {'TYPE':12} {'VERSION':>8} {'HOST':10} {'STATE':8} "
-                   f"{'UPTIME':>8}  INTERFACES")
+        click.echo(
+            f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
+            + (f"  error: {vap['error']}" if vap.get("error") else "")
+        )
+        click.echo(
+            f"  {'PATH':10} {'TYPE':12} {'VERSION':>8} {'HOST':10} {'STATE':8} "
+            f"{'UPTIME':>8}  INTERFACES"
+        )
         for c in vap["components"]:
             ifaces = ", ".join(f"{i['name']} {i['ip']} {i['mac']}" for i in c["interfaces"])
             up = f"{c['uptime']:.0f}s" if c.get("uptime") is not None else "-"
-            click.echo(f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
-                       f"{c['host']:10} {c['state']:8} {up:>8}  {ifaces}")
+            click.echo(
+                f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
+                f"{c['host']:10} {c['state']:8} {up:>8}  {ifaces}"
+            )
 
 
 @click.command("status")
@@ -573,7 +707,8 @@ def agent_group() -> None:
 
 def _open_cache() -> agent.AgentCache:
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
-        "agent password", hide_input=True, err=True)
+        "agent password", hide_input=True, err=True
+    )
     return agent.AgentCache(agent.default_path(), password)
 
 
@@ -610,7 +745,17 @@ def agent_forget(key: str, cvl_file: str) -> None:
 
 def register(cli: click.Group) -> None:
     """Attach the utility's commands to `cui`."""
-    for command in (utility_group, host_group, vlan_group, publicip_group, blacklist_group,
-                    start_command, stop_command, update_command, status_command,
-                    history_command, agent_group):
+    for command in (
+        utility_group,
+        host_group,
+        vlan_group,
+        publicip_group,
+        blacklist_group,
+        start_command,
+        stop_command,
+        update_command,
+        status_command,
+        history_command,
+        agent_group,
+    ):
         cli.add_command(command)

@@ -92,8 +92,9 @@ def analyse_text(
         directory = os.path.abspath(base_dir) if base_dir is not None else None
         module = loader.load_root(text, filename, directory)
         if module is not None:
-            model = evaluate_module(module, diagnostics, _normalise(overrides), loader.imports,
-                                    loader.warnings)
+            model = evaluate_module(
+                module, diagnostics, _normalise(overrides), loader.imports, loader.warnings
+            )
     except RecursionError:
         diagnostics.add(CvlError("the CVL is nested too deeply to evaluate", file=filename))
     finally:

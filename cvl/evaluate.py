@@ -63,8 +63,19 @@ class _Instance:
 class _Slot:
     """One parameter of one instance: its final assignment, then its value."""
 
-    __slots__ = ("inst", "name", "declared", "assign", "scope", "module", "override",
-                 "state", "value", "pending", "errored")
+    __slots__ = (
+        "inst",
+        "name",
+        "declared",
+        "assign",
+        "scope",
+        "module",
+        "override",
+        "state",
+        "value",
+        "pending",
+        "errored",
+    )
 
     def __init__(self, inst: _Instance, name: str, declared: Declared) -> None:
         self.inst = inst
@@ -123,12 +134,14 @@ class Evaluator:
             created = []
             for comp in inst.layout.components:
                 if id(comp.typedef) in ancestry:
-                    self.diagnostics.add(comp.module.error(
-                        CvlCycleError,
-                        f"component {comp.name} of type {comp.typedef.name} contains itself "
-                        f"(through {inst.typedef.name})",
-                        comp.at,
-                    ))
+                    self.diagnostics.add(
+                        comp.module.error(
+                            CvlCycleError,
+                            f"component {comp.name} of type {comp.typedef.name} contains itself "
+                            f"(through {inst.typedef.name})",
+                            comp.at,
+                        )
+                    )
                     continue
                 path = f"{inst.path}.{comp.name}" if inst.path else comp.name
                 child = _Instance(path, comp.name, comp.typedef, self.layouts.layout(comp.typedef))
@@ -180,13 +193,17 @@ class Evaluator:
         for dotted, values in overrides.items():
             parts = dotted.split(".")
             if not all(parts):
-                self.diagnostics.add(CvlOverrideError(
-                    f"{dotted!r} is not a parameter path like d.ethernet0.ip", file="--set"))
+                self.diagnostics.add(
+                    CvlOverrideError(
+                        f"{dotted!r} is not a parameter path like d.ethernet0.ip", file="--set"
+                    )
+                )
                 continue
             slot, why = _walk(root, parts)
             if slot is None:
-                self.diagnostics.add(CvlOverrideError(f"cannot set {dotted}: {why}",
-                                                      file=f"--set {dotted}"))
+                self.diagnostics.add(
+                    CvlOverrideError(f"cannot set {dotted}: {why}", file=f"--set {dotted}")
+                )
                 continue
             slot.override = tuple(values)
 
@@ -234,8 +251,11 @@ class Evaluator:
             if entry.state == _ACTIVE:
                 last[id(entry)] = (position, entry)
         start = last[id(dep)][0]
-        members = [entry for position, entry in sorted(last.values(), key=lambda pe: pe[0])
-                   if position >= start]
+        members = [
+            entry
+            for position, entry in sorted(last.values(), key=lambda pe: pe[0])
+            if position >= start
+        ]
         names = " -> ".join([*(s.path for s in members), dep.path])
         for member in members:
             member.errored = True
@@ -252,8 +272,10 @@ class Evaluator:
         if slot.assign is None or slot.scope is None:
             if slot.name == "name":
                 slot.value = (slot.inst.name,)
-            elif (slot.inst.layout.kind == "interface"
-                  and slot.name in UTILITY_ASSIGNED_INTERFACE_PARAMS):
+            elif (
+                slot.inst.layout.kind == "interface"
+                and slot.name in UTILITY_ASSIGNED_INTERFACE_PARAMS
+            ):
                 slot.pending = True
             return
         out: list[str] = []
@@ -306,8 +328,10 @@ class Evaluator:
                 for part in slot.value[0].split("."):
                     target = target.children.get(part) if target is not None else None
                 if target is None or target.layout.kind != "interface":
-                    problem = (f"is {slot.value[0]!r}, which is not an interface of "
-                               f"{inst.describe()} (e.g. ethernet0, or f.ethernet1 in a VAN)")
+                    problem = (
+                        f"is {slot.value[0]!r}, which is not an interface of "
+                        f"{inst.describe()} (e.g. ethernet0, or f.ethernet1 in a VAN)"
+                    )
             if problem is None:
                 continue
             message = f"{slot.path} {problem}"
@@ -329,11 +353,14 @@ class Evaluator:
                     continue
                 d = slot.declared
                 if d.sensitive:
-                    advice = (f"it is sensitive, so the user agent supplies it at start "
-                              f"(cui agent set {slot.path}); never write it in a CVL file")
+                    advice = (
+                        f"it is sensitive, so the user agent supplies it at start "
+                        f"(cui agent set {slot.path}); never write it in a CVL file"
+                    )
                 else:
-                    advice = (f"your CVL must set it, e.g. in {root.typedef.name}: "
-                              f'{slot.path} = "...";')
+                    advice = (
+                        f'your CVL must set it, e.g. in {root.typedef.name}: {slot.path} = "...";'
+                    )
                 error = root_module.error(
                     CvlMissingError,
                     f"required parameter {slot.path} has no value: {d.owner} declares it "
@@ -362,8 +389,11 @@ class Evaluator:
                 pending=waiting,
                 origin=self._origin(inst, origins),
                 children=tuple(child.path for child in inst.children.values()),
-                interfaces=tuple(child.path for child in inst.children.values()
-                                 if child.layout.kind == "interface"),
+                interfaces=tuple(
+                    child.path
+                    for child in inst.children.values()
+                    if child.layout.kind == "interface"
+                ),
             )
         return Model(
             appliance=self.instances[0].typedef.name,
@@ -379,7 +409,8 @@ class Evaluator:
         key = id(inst.typedef)
         if key not in cache:
             cache[key] = next(
-                (t.module.origin for t in reversed(inst.layout.chain) if t.module.origin), None)
+                (t.module.origin for t in reversed(inst.layout.chain) if t.module.origin), None
+            )
         return cache[key]
 
 
@@ -409,11 +440,13 @@ def evaluate_module(
     """Evaluate the last object declared in `module` (the file's appliance); None on errors."""
     objects = module.program.objects
     if not objects:
-        diagnostics.add(module.error(
-            CvlDeclarationError,
-            "this file declares no appliance object (e.g. Mine extends VMAppliance { ... })",
-            Str(value="", line=1, col=1),
-        ))
+        diagnostics.add(
+            module.error(
+                CvlDeclarationError,
+                "this file declares no appliance object (e.g. Mine extends VMAppliance { ... })",
+                Str(value="", line=1, col=1),
+            )
+        )
         return None
     root_decl = objects[-1]
     root_type = module.objects.get(root_decl.name.text)
@@ -424,12 +457,14 @@ def evaluate_module(
     if kind not in ("vm", "van"):
         if evaluator.layouts.broken(root_type):
             return None
-        diagnostics.add(module.error(
-            CvlDeclarationError,
-            f"{root_type.name} is not an appliance: it must extend VMAppliance or VANAppliance "
-            "(or an appliance that does)",
-            root_decl.name,
-        ))
+        diagnostics.add(
+            module.error(
+                CvlDeclarationError,
+                f"{root_type.name} is not an appliance: it must extend VMAppliance or VANAppliance "
+                "(or an appliance that does)",
+                root_decl.name,
+            )
+        )
         return None
     root = evaluator.instantiate(root_type)
     evaluator.bind()

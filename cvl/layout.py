@@ -69,18 +69,21 @@ class Layouts:
             parent = current.module.namespace.get(parent_name.text)
             if parent is None:
                 if parent_name.text not in current.module.broken:
-                    self.diagnostics.add(current.module.error(
-                        CvlDeclarationError,
-                        f"{current.name} extends {parent_name.text}, which is not declared, "
-                        "imported or predefined",
-                        parent_name,
-                    ))
+                    self.diagnostics.add(
+                        current.module.error(
+                            CvlDeclarationError,
+                            f"{current.name} extends {parent_name.text}, which is not declared, "
+                            "imported or predefined",
+                            parent_name,
+                        )
+                    )
                 self._broken.add(id(typedef))
                 break
             if id(parent) in seen:
                 names = " extends ".join(t.name for t in [*chain, parent])
-                self.diagnostics.add(current.module.error(
-                    CvlCycleError, f"inheritance cycle: {names}", parent_name))
+                self.diagnostics.add(
+                    current.module.error(CvlCycleError, f"inheritance cycle: {names}", parent_name)
+                )
                 self._broken.add(id(typedef))
                 break
             seen.add(id(parent))
@@ -134,12 +137,14 @@ class Layouts:
             return True
         prev_owner, prev_name = previous
         where = f"{prev_owner.module.file}:{prev_name.line}:{prev_name.col}"
-        self.diagnostics.add(owner.module.error(
-            CvlDeclarationError,
-            f"{name.text} is declared twice in {owner.name} (already declared by "
-            f"{prev_owner.name} at {where})",
-            name,
-        ))
+        self.diagnostics.add(
+            owner.module.error(
+                CvlDeclarationError,
+                f"{name.text} is declared twice in {owner.name} (already declared by "
+                f"{prev_owner.name} at {where})",
+                name,
+            )
+        )
         return False
 
     def _declare_vars(
@@ -152,11 +157,13 @@ class Layouts:
         attrs = set()
         for attr in stmt.attrs:
             if attr.value not in ATTRIBUTES:
-                self.diagnostics.add(owner.module.error(
-                    CvlDeclarationError,
-                    f'unknown attribute "{attr.value}"; expected "required" or "sensitive"',
-                    attr,
-                ))
+                self.diagnostics.add(
+                    owner.module.error(
+                        CvlDeclarationError,
+                        f'unknown attribute "{attr.value}"; expected "required" or "sensitive"',
+                        attr,
+                    )
+                )
             attrs.add(attr.value)
         for name in stmt.names:
             if self._claim(owner, name, places):
@@ -181,23 +188,27 @@ class Layouts:
         comp_type = module.namespace.get(stmt.type.text)
         if comp_type is None:
             if stmt.type.text not in module.broken:
-                self.diagnostics.add(module.error(
-                    CvlDeclarationError,
-                    f"unknown component type {stmt.type.text}: not declared, imported or "
-                    "predefined in this file",
-                    stmt.type,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlDeclarationError,
+                        f"unknown component type {stmt.type.text}: not declared, imported or "
+                        "predefined in this file",
+                        stmt.type,
+                    )
+                )
             return
         comp_kind = self.kind(comp_type)
         if comp_kind is None and self.broken(comp_type):
             return
         if comp_kind is None:
-            self.diagnostics.add(module.error(
-                CvlDeclarationError,
-                f"{comp_type.name} cannot be a component: it does not extend VMAppliance, "
-                "VANAppliance or Interface",
-                stmt.type,
-            ))
+            self.diagnostics.add(
+                module.error(
+                    CvlDeclarationError,
+                    f"{comp_type.name} cannot be a component: it does not extend VMAppliance, "
+                    "VANAppliance or Interface",
+                    stmt.type,
+                )
+            )
             return
         allowed = ALLOWED_COMPONENTS.get(layout.kind or "", ())
         if comp_kind not in allowed and not (layout.kind is None and self.broken(layout.typedef)):
@@ -205,12 +216,14 @@ class Layouts:
                 rule = "only VMAppliances may have Interface components"
             else:
                 rule = "only VANAppliances may have VMAppliance or VANAppliance components"
-            self.diagnostics.add(module.error(
-                CvlDeclarationError,
-                f"{owner.name} cannot have a component of type {comp_type.name} "
-                f"({KIND_NAMES[comp_kind]}): {rule}",
-                stmt.type,
-            ))
+            self.diagnostics.add(
+                module.error(
+                    CvlDeclarationError,
+                    f"{owner.name} cannot have a component of type {comp_type.name} "
+                    f"({KIND_NAMES[comp_kind]}): {rule}",
+                    stmt.type,
+                )
+            )
             return
         for name in stmt.names:
             if self._claim(owner, name, places):

@@ -50,8 +50,14 @@ class Module:
     def error(self, cls: type[CvlError], message: str, node: Node | None) -> CvlError:
         """An error of class `cls` positioned at `node` in this file, with the import chain."""
         line, col = (node.line, node.col) if node is not None else (0, 0)
-        return cls(message, file=self.file, line=line, col=col,
-                   source_line=self.program.source_line(line), chain=self.chain)
+        return cls(
+            message,
+            file=self.file,
+            line=line,
+            col=col,
+            source_line=self.program.source_line(line),
+            chain=self.chain,
+        )
 
 
 @cache
@@ -105,11 +111,13 @@ class Loader:
             name = decl.name.text
             if name in module.objects:
                 first = module.objects[name].decl.name
-                self.diagnostics.add(module.error(
-                    CvlDeclarationError,
-                    f"object {name} is declared twice (first at line {first.line})",
-                    decl.name,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlDeclarationError,
+                        f"object {name} is declared twice (first at line {first.line})",
+                        decl.name,
+                    )
+                )
                 continue
             module.objects[name] = TypeDef(name, decl, module)
         module.namespace = dict(self.prelude.objects)
@@ -117,11 +125,13 @@ class Loader:
             self._import(module, stmt)
         for name, typedef in module.objects.items():
             if name in module.namespace and module.namespace[name].module is not self.prelude:
-                self.diagnostics.add(module.error(
-                    CvlDeclarationError,
-                    f"object {name} has the same name as an import in this file",
-                    typedef.decl.name,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlDeclarationError,
+                        f"object {name} has the same name as an import in this file",
+                        typedef.decl.name,
+                    )
+                )
             module.namespace[name] = typedef
         return module
 
@@ -131,27 +141,34 @@ class Loader:
             if not isinstance(stmt, Assign):
                 continue
             if stmt.target.parts != ("CVL",):
-                self.diagnostics.add(module.error(
-                    CvlDeclarationError,
-                    f"assignment to {stmt.target.dotted} outside an object; only "
-                    f'CVL = "{LANGUAGE_VERSION}"; may appear at the top level',
-                    stmt,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlDeclarationError,
+                        f"assignment to {stmt.target.dotted} outside an object; only "
+                        f'CVL = "{LANGUAGE_VERSION}"; may appear at the top level',
+                        stmt,
+                    )
+                )
                 continue
             values = stmt.values
             if len(values) != 1 or not isinstance(values[0], Str):
-                self.diagnostics.add(module.error(
-                    CvlVersionError,
-                    f'the language version must be one quoted string: CVL = "{LANGUAGE_VERSION}";',
-                    stmt,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlVersionError,
+                        "the language version must be one quoted string: "
+                        f'CVL = "{LANGUAGE_VERSION}";',
+                        stmt,
+                    )
+                )
             elif values[0].value != LANGUAGE_VERSION:
-                self.diagnostics.add(module.error(
-                    CvlVersionError,
-                    f'CVL version "{values[0].value}" is not supported; this is CVL '
-                    f"{LANGUAGE_VERSION}",
-                    values[0],
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlVersionError,
+                        f'CVL version "{values[0].value}" is not supported; this is CVL '
+                        f"{LANGUAGE_VERSION}",
+                        values[0],
+                    )
+                )
 
     def _import_spec(self, module: Module, stmt: Import) -> dict[str, str] | None:
         """The url/cvl/version of an import map, or None after reporting what is wrong."""
@@ -159,38 +176,50 @@ class Loader:
         ok = True
         for pair in stmt.spec.pairs:
             if pair.key not in IMPORT_KEYS:
-                self.diagnostics.add(module.error(
-                    CvlImportError,
-                    f"unknown import key {pair.key!r}; expected url, cvl and optionally version",
-                    pair,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlImportError,
+                        f"unknown import key {pair.key!r}; "
+                        "expected url, cvl and optionally version",
+                        pair,
+                    )
+                )
                 ok = False
             elif pair.key in spec:
-                self.diagnostics.add(module.error(
-                    CvlImportError, f"import key {pair.key!r} given twice", pair))
+                self.diagnostics.add(
+                    module.error(CvlImportError, f"import key {pair.key!r} given twice", pair)
+                )
                 ok = False
             elif not isinstance(pair.value, Str):
                 what = "a map" if isinstance(pair.value, MapLit) else "a reference"
-                self.diagnostics.add(module.error(
-                    CvlImportError,
-                    f"import key {pair.key!r} must be a quoted string, not {what}",
-                    pair.value,
-                ))
+                self.diagnostics.add(
+                    module.error(
+                        CvlImportError,
+                        f"import key {pair.key!r} must be a quoted string, not {what}",
+                        pair.value,
+                    )
+                )
                 ok = False
             else:
                 spec[pair.key] = pair.value.value
         for key in ("url", "cvl"):
             if ok and key not in spec:
-                self.diagnostics.add(module.error(
-                    CvlImportError, f"import of {stmt.name.text} has no {key} =>", stmt.spec))
+                self.diagnostics.add(
+                    module.error(
+                        CvlImportError, f"import of {stmt.name.text} has no {key} =>", stmt.spec
+                    )
+                )
                 ok = False
         return spec if ok else None
 
     def _import(self, module: Module, stmt: Import) -> None:
         name = stmt.name.text
         if name in module.namespace and module.namespace[name].module is not self.prelude:
-            self.diagnostics.add(module.error(
-                CvlDeclarationError, f"{name} is imported twice in this file", stmt.name))
+            self.diagnostics.add(
+                module.error(
+                    CvlDeclarationError, f"{name} is imported twice in this file", stmt.name
+                )
+            )
             return
         module.broken.add(name)
         spec = self._import_spec(module, stmt)
@@ -204,12 +233,14 @@ class Loader:
             return
         cvl, requested = spec["cvl"], spec.get("version")
         if (url, cvl) in self._loading:
-            cycle = [f"{u}/{c}" for u, c in self._loading[self._loading.index((url, cvl)):]]
-            self.diagnostics.add(module.error(
-                CvlImportError,
-                "import cycle: " + " -> ".join([*cycle, f"{url}/{cvl}"]),
-                stmt,
-            ))
+            cycle = [f"{u}/{c}" for u, c in self._loading[self._loading.index((url, cvl)) :]]
+            self.diagnostics.add(
+                module.error(
+                    CvlImportError,
+                    "import cycle: " + " -> ".join([*cycle, f"{url}/{cvl}"]),
+                    stmt,
+                )
+            )
             return
         imported = self._fetch_module(module, stmt, name, url, cvl, requested, site)
         if imported is None:
@@ -217,11 +248,13 @@ class Loader:
         typedef = imported.objects.get(name)
         if typedef is None:
             defined = ", ".join(sorted(imported.objects)) or "nothing"
-            self.diagnostics.add(module.error(
-                CvlImportError,
-                f"{imported.file} does not define {name} (it defines {defined})",
-                stmt.name,
-            ))
+            self.diagnostics.add(
+                module.error(
+                    CvlImportError,
+                    f"{imported.file} does not define {name} (it defines {defined})",
+                    stmt.name,
+                )
+            )
             return
         module.broken.discard(name)
         module.namespace[name] = typedef
@@ -241,14 +274,22 @@ class Loader:
             try:
                 self._fetched[key] = self.resolver.fetch(url, cvl, requested, module.base_dir)
             except CvlError as exc:
-                error = exc.located(module.file, stmt.line, stmt.col,
-                                    module.program.source_line(stmt.line), module.chain)
+                error = exc.located(
+                    module.file,
+                    stmt.line,
+                    stmt.col,
+                    module.program.source_line(stmt.line),
+                    module.chain,
+                )
                 error.message = f"cannot import {name}: {exc.message}"
                 self.diagnostics.add(error)
                 return None
             except Exception as exc:  # noqa: BLE001 - a pluggable resolver's own failure
-                self.diagnostics.add(module.error(
-                    CvlImportError, f"cannot import {name}: {type(exc).__name__}: {exc}", stmt))
+                self.diagnostics.add(
+                    module.error(
+                        CvlImportError, f"cannot import {name}: {type(exc).__name__}: {exc}", stmt
+                    )
+                )
                 return None
         text, resolved = self._fetched[key]
         if (url, cvl, resolved) in self._modules:
@@ -258,8 +299,16 @@ class Loader:
                 f"{site}: {name} pins version {requested}, but {url} is a plain directory "
                 "(unversioned); using the file it holds now"
             )
-        self.imports.append(ImportRecord(name=name, url=url, cvl=cvl, version=resolved,
-                                         pinned=requested is not None, requested=requested))
+        self.imports.append(
+            ImportRecord(
+                name=name,
+                url=url,
+                cvl=cvl,
+                version=resolved,
+                pinned=requested is not None,
+                requested=requested,
+            )
+        )
         origin = Origin(name=name, url=url, cvl=cvl, version=resolved)
         if url.startswith("file:"):
             base_dir: str | None = file_url_path(url, None)

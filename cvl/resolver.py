@@ -57,7 +57,7 @@ def canonical_url(url: str, base_dir: str | None) -> str:
 
 def file_url_path(url: str, base_dir: str | None) -> str:
     """The absolute, normalised directory path a `file:` URL names."""
-    rest = unquote(url[len("file:"):])
+    rest = unquote(url[len("file:") :])
     if rest.startswith("//"):
         netloc, _, path = rest[2:].partition("/")
         if netloc not in ("", "localhost"):
@@ -79,8 +79,9 @@ def check_cvl_name(cvl: str) -> None:
     """Refuse `cvl` names that could leave the appliance's directory or repository."""
     pure = PurePosixPath(cvl)
     if not cvl or pure.is_absolute() or ".." in pure.parts or "\\" in cvl or "\0" in cvl:
-        raise CvlImportError(f"bad cvl file name {cvl!r}: must be a relative path inside the "
-                             "appliance's directory")
+        raise CvlImportError(
+            f"bad cvl file name {cvl!r}: must be a relative path inside the appliance's directory"
+        )
 
 
 def is_bare_repository(path: Path) -> bool:
@@ -136,7 +137,8 @@ class HttpResolver:
         target = f"{base}/versions/{version}/{cvl}" if version else f"{base}/latest/{cvl}"
         try:
             response = self.session.get(  # type: ignore[attr-defined]
-                target, timeout=self.timeout, allow_redirects=True, stream=True)
+                target, timeout=self.timeout, allow_redirects=True, stream=True
+            )
             body = self._read_capped(response, target)
         except requests.RequestException as exc:
             raise CvlImportError(f"cannot reach {target}: {exc}", unreachable=True) from None
@@ -149,7 +151,7 @@ class HttpResolver:
             resolved = version
         else:
             prefix = base + "/versions/"
-            number, _, rest = response.url[len(prefix):].partition("/")
+            number, _, rest = response.url[len(prefix) :].partition("/")
             if not response.url.startswith(prefix) or not number or rest != cvl:
                 raise CvlImportError(
                     f"GET {target} did not redirect to {prefix}N/{cvl} (ended at {response.url})"

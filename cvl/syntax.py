@@ -190,18 +190,23 @@ class _ToAst(Transformer[Token, Any]):
         if rest and isinstance(rest[0], Token):
             parent = Name(text=rest[0].value, **_pos(rest[0]))
             rest = rest[1:]
-        return ObjDecl(name=Name(text=name.value, **_pos(name)), parent=parent,
-                       body=tuple(rest), **_pos(name))
+        return ObjDecl(
+            name=Name(text=name.value, **_pos(name)), parent=parent, body=tuple(rest), **_pos(name)
+        )
 
     def var_decl(self, children: list[Any]) -> VarDecl:
         keyword, *attrs, names = children
-        return VarDecl(attrs=tuple(Str(value=_unquote(t), **_pos(t)) for t in attrs),
-                       names=names, **_pos(keyword))
+        return VarDecl(
+            attrs=tuple(Str(value=_unquote(t), **_pos(t)) for t in attrs),
+            names=names,
+            **_pos(keyword),
+        )
 
     def comp_decl(self, children: list[Any]) -> CompDecl:
         type_token, names = children
-        return CompDecl(type=Name(text=type_token.value, **_pos(type_token)), names=names,
-                        **_pos(type_token))
+        return CompDecl(
+            type=Name(text=type_token.value, **_pos(type_token)), names=names, **_pos(type_token)
+        )
 
     def asgn_stmt(self, children: list[Any]) -> Assign:
         target, values = children
@@ -222,11 +227,13 @@ class _ToAst(Transformer[Token, Any]):
 
     def map(self, children: list[Any]) -> MapLit:
         brace, *pairs = children
-        depth = 1 + max((p.value.depth for p in pairs if isinstance(p.value, MapLit)),
-                        default=0)
+        depth = 1 + max((p.value.depth for p in pairs if isinstance(p.value, MapLit)), default=0)
         if depth > MAX_DEPTH:
-            raise CvlMapError(f"maps nested deeper than {MAX_DEPTH} levels",
-                              line=brace.line or 0, col=brace.column or 0)
+            raise CvlMapError(
+                f"maps nested deeper than {MAX_DEPTH} levels",
+                line=brace.line or 0,
+                col=brace.column or 0,
+            )
         return MapLit(pairs=tuple(pairs), depth=depth, **_pos(brace))
 
     def pair(self, children: list[Any]) -> Pair:
@@ -309,8 +316,9 @@ def parse(text: str, file: str = "<cvl>") -> Program:
         stmts: tuple[TopStmt, ...] = _parser().parse(text)  # type: ignore[assignment]
     except UnexpectedInput as exc:
         message, line, col = _describe(exc, text)
-        raise CvlSyntaxError(message, file=file, line=line, col=col,
-                             source_line=_line_of(lines, line)) from None
+        raise CvlSyntaxError(
+            message, file=file, line=line, col=col, source_line=_line_of(lines, line)
+        ) from None
     except VisitError as exc:
         inner = exc.orig_exc
         if isinstance(inner, CvlError):
@@ -323,4 +331,3 @@ def parse(text: str, file: str = "<cvl>") -> Program:
 
 def _line_of(lines: tuple[str, ...], line: int) -> str | None:
     return lines[line - 1] if 0 < line <= len(lines) else None
-

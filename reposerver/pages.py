@@ -75,8 +75,7 @@ def wants_html() -> bool:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
-    response = Response(render_template(template, **context), status=status,
-                        mimetype="text/html")
+    response = Response(render_template(template, **context), status=status, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
@@ -287,16 +286,16 @@ def _token_pattern() -> re.Pattern[str]:
     error token, so every input is covered in one linear pass and nothing can fail.
     """
     terminals = _lexer().terminals
-    literals = sorted((t for t in terminals if t.pattern.type == "str"),
-                      key=lambda t: -len(t.pattern.value))
+    literals = sorted(
+        (t for t in terminals if t.pattern.type == "str"), key=lambda t: -len(t.pattern.value)
+    )
     parts = []
     for terminal in literals:
         text = re.escape(terminal.pattern.value)
         if terminal.pattern.value[-1:].isalnum():
             text += r"(?![A-Za-z0-9_])"
         parts.append(f"(?P<{terminal.name}>{text})")
-    parts += [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals
-              if t.pattern.type == "re"]
+    parts += [f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals if t.pattern.type == "re"]
     parts.append("(?P<ERROR>.)")
     return re.compile("|".join(parts), re.DOTALL)
 
@@ -409,7 +408,7 @@ class _OwnRepositoriesFirst:
         self, url: str, cvl: str, version: str | None, base_dir: str | None
     ) -> tuple[str, str]:
         """`(text, resolved version)` of `cvl` in the repository at `url`."""
-        name = url.rstrip("/")[len(self.base):] if url.startswith(self.base) else ""
+        name = url.rstrip("/")[len(self.base) :] if url.startswith(self.base) else ""
         if name.endswith(".git"):
             name = name[: -len(".git")]
         if name and "/" not in name and _valid_repository_name(name):
@@ -451,9 +450,15 @@ def _evaluate(text: str, filename: str, resolver: Any) -> Declaration:
             default = _show(value)
         elif value is None and pname in root.pending:
             default = PENDING
-        params.append(ParamRow(pname, declared.required, declared.sensitive, default,
-                               f"{declared.owner} ({declared.file.rpartition('/')[2]}:"
-                               f"{declared.line})"))
+        params.append(
+            ParamRow(
+                pname,
+                declared.required,
+                declared.sensitive,
+                default,
+                f"{declared.owner} ({declared.file.rpartition('/')[2]}:{declared.line})",
+            )
+        )
     components = tuple(
         ComponentRow(
             c.path or "(root)",
@@ -488,8 +493,9 @@ def disk_rows(repo: Repository, number: int) -> list[DiskRow]:
                 virtual_size=header.virtual_size,
                 chain_length=len(chain),
                 stored_bytes=sum(int(link["size"]) for link in chain),
-                added_bytes=sum(int(link["size"]) for link in chain
-                                if link["sha256"] not in earlier),
+                added_bytes=sum(
+                    int(link["size"]) for link in chain if link["sha256"] not in earlier
+                ),
                 sha256=top,
             )
         )
@@ -505,8 +511,9 @@ def cvl_diff(old: str, new: str, context: int = 3) -> list[DiffLine]:
             lines.append(DiffLine("gap", None, None, "…"))
         for tag, i1, i2, j1, j2 in group:
             if tag == "equal":
-                lines += [DiffLine("same", i1 + k + 1, j1 + k + 1, a[i1 + k])
-                          for k in range(i2 - i1)]
+                lines += [
+                    DiffLine("same", i1 + k + 1, j1 + k + 1, a[i1 + k]) for k in range(i2 - i1)
+                ]
                 continue
             lines += [DiffLine("del", i + 1, None, a[i]) for i in range(i1, i2)]
             lines += [DiffLine("add", None, j + 1, b[j]) for j in range(j1, j2)]
@@ -524,8 +531,11 @@ def param_diff(old: Sequence[ParamRow], new: Sequence[ParamRow]) -> list[ParamCh
             changes.append(ParamChange(name, "added", None, b))
         elif b is None:
             changes.append(ParamChange(name, "removed", a, None))
-        elif a != b and (a.required, a.sensitive, a.default) != (b.required, b.sensitive,
-                                                                 b.default):
+        elif a != b and (a.required, a.sensitive, a.default) != (
+            b.required,
+            b.sensitive,
+            b.default,
+        ):
             changes.append(ParamChange(name, "changed", a, b))
     return changes
 
@@ -533,8 +543,11 @@ def param_diff(old: Sequence[ParamRow], new: Sequence[ParamRow]) -> list[ParamCh
 def _param_json(row: ParamRow | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {"required": row.required, "sensitive": row.sensitive,
-            "default": None if row.sensitive else row.default}
+    return {
+        "required": row.required,
+        "sensitive": row.sensitive,
+        "default": None if row.sensitive else row.default,
+    }
 
 
 def base_url() -> str:
@@ -631,17 +644,31 @@ def diff_page(name: str, old: str, new: str) -> Response:
         a_name, a_text = cvl_file(repo, a)
         b_name, b_text = cvl_file(repo, b)
         a_decl, b_decl = declaration(repo, a), declaration(repo, b)
-        lines = cvl_diff(mask_sensitive(a_text, a_decl.sensitive | b_decl.sensitive),
-                         mask_sensitive(b_text, a_decl.sensitive | b_decl.sensitive))
+        lines = cvl_diff(
+            mask_sensitive(a_text, a_decl.sensitive | b_decl.sensitive),
+            mask_sensitive(b_text, a_decl.sensitive | b_decl.sensitive),
+        )
         params = param_diff(a_decl.params, b_decl.params)
         if not wants_html():
-            response = jsonify({
-                "repository": repo.name, "from": a, "to": b,
-                "cvl": [{"kind": d.kind, "old": d.old, "new": d.new, "text": d.text}
-                        for d in lines],
-                "parameters": [{"name": c.name, "change": c.kind, "from": _param_json(c.old),
-                                "to": _param_json(c.new)} for c in params],
-            })
+            response = jsonify(
+                {
+                    "repository": repo.name,
+                    "from": a,
+                    "to": b,
+                    "cvl": [
+                        {"kind": d.kind, "old": d.old, "new": d.new, "text": d.text} for d in lines
+                    ],
+                    "parameters": [
+                        {
+                            "name": c.name,
+                            "change": c.kind,
+                            "from": _param_json(c.old),
+                            "to": _param_json(c.new),
+                        }
+                        for c in params
+                    ],
+                }
+            )
             response.vary.add("Accept")
             return response
         return _page(

@@ -1,4 +1,4 @@
-"""Benchmark harness: runs every `scripts/benchmarks/bench_*.py` module's `rows()` and prints a table.
+"""Benchmark harness: runs each `scripts/benchmarks/bench_*.py` module's `rows()`, prints a table.
 
 A benchmark module defines `rows(only: Callable[[str], bool]) -> Iterable[Row]`. Each row is our
 figure and, where one exists, a baseline measured in the same run (or a published figure, marked

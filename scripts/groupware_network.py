@@ -47,16 +47,29 @@ class LabError(RuntimeError):
     """A step of the Groupware story failed; the message says which and why."""
 
 
-def run(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-        stdin: str | None = None, timeout: float = 600, check: bool = True
-        ) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise LabError with its stderr."""
-    done = subprocess.run(args, cwd=cwd or ROOT, capture_output=True, text=True, input=stdin,
-                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
-                          timeout=timeout)
+    done = subprocess.run(
+        args,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+        timeout=timeout,
+    )
     if check and done.returncode:
-        raise LabError(f"{' '.join(args[:5])} (exit {done.returncode}): "
-                       f"{(done.stderr or done.stdout).strip()[-2000:]}")
+        raise LabError(
+            f"{' '.join(args[:5])} (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()[-2000:]}"
+        )
     return done
 
 
@@ -69,24 +82,33 @@ class Namespace:
     address: str
 
     def run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.name, *args], capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def dig(self, server: str, name: str, rtype: str = "A") -> list[str]:
         """`dig +short` from inside the namespace."""
-        return self.run(["dig", f"@{server}", name, rtype, "+short", "+time=2",
-                         "+tries=3"]).stdout.splitlines()
+        return self.run(
+            ["dig", f"@{server}", name, rtype, "+short", "+time=2", "+tries=3"]
+        ).stdout.splitlines()
 
     def fetch(self, url: str) -> str:
         """A page fetched from inside the namespace ("" if none)."""
-        get = ("import sys,urllib.request\n"
-               "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+        get = (
+            "import sys,urllib.request\n"
+            "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+        )
         return self.run([sys.executable, "-c", get, url]).stdout
 
     def connects(self, ip: str, port: int) -> bool:
         """Whether a TCP connection from the namespace to ip:port completes within 3 s."""
-        probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], "
-                 "int(sys.argv[2])), timeout=3).close()\nexcept OSError:\n sys.exit(1)\n")
+        probe = (
+            "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], "
+            "int(sys.argv[2])), timeout=3).close()\nexcept OSError:\n sys.exit(1)\n"
+        )
         return self.run([sys.executable, "-c", probe, ip, str(port)]).returncode == 0
 
 
@@ -116,8 +138,15 @@ class GroupwareLab:
         out = self.work / "images"
         names = [*APPLIANCES.values(), *VARIANTS]
         began = time.monotonic()
-        done = run([str(ROOT / "scripts" / "build-appliances"), str(out), "--json",
-                    *(a for n in names for a in ("--only", n))], timeout=1800)
+        done = run(
+            [
+                str(ROOT / "scripts" / "build-appliances"),
+                str(out),
+                "--json",
+                *(a for n in names for a in ("--only", n)),
+            ],
+            timeout=1800,
+        )
         for line in done.stdout.splitlines():
             row = json.loads(line)
             self.images[row["appliance"]] = Path(row["dir"])
@@ -128,8 +157,7 @@ class GroupwareLab:
         from reposerver.trust import add_ssh_signer
 
         self.key = self.work / "publisher-key"
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "publisher", "-f",
-             str(self.key)])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "publisher", "-f", str(self.key)])
         signer = "publisher@example.org " + self.key.with_suffix(".pub").read_text().strip()
         root = self.work / "repos"
         for name in APPLIANCES.values():
@@ -163,8 +191,22 @@ class GroupwareLab:
                 shutil.copyfile(item, work / item.name)
         run(["git", "add", "-A"], cwd=work)
         run(["git", "commit", "-q", "-m", message], cwd=work, env=_git_identity())
-        run(["git", "-c", "gpg.format=ssh", "-c", f"user.signingkey={self.key}", "tag", "-s",
-             "-m", message, f"v{version}"], cwd=work, env=_git_identity())
+        run(
+            [
+                "git",
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                f"user.signingkey={self.key}",
+                "tag",
+                "-s",
+                "-m",
+                message,
+                f"v{version}",
+            ],
+            cwd=work,
+            env=_git_identity(),
+        )
         run(["git", "push", "-q", "origin", "main", f"v{version}"], cwd=work)
         self.pushed[name] = version
         return time.time()
@@ -178,21 +220,41 @@ class GroupwareLab:
         assert self.server is not None and self.key is not None
         state = self.work / "state"
         (self.work / "home").mkdir(mode=0o700, exist_ok=True)
-        token = run([*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state",
-                     str(state)]).stdout.strip()
+        token = run(
+            [*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state", str(state)]
+        ).stdout.strip()
         port = free_port()
-        self.env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token,
-                    "COLLECTIVE_AGENT_PASSWORD": "agent-" + secrets.token_hex(8),
-                    "COLLECTIVE_REPO_TOKEN": self.server.token,
-                    "HOME": str(self.work / "home")}  # the user agent's cache stays in the lab
+        self.env = {
+            "COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}",
+            "COLLECTIVE_TOKEN": token,
+            "COLLECTIVE_AGENT_PASSWORD": "agent-" + secrets.token_hex(8),
+            "COLLECTIVE_REPO_TOKEN": self.server.token,
+            "HOME": str(self.work / "home"),
+        }  # the user agent's cache stays in the lab
         log = self.work / "utility.log"
         daemon_env = {k: v for k, v in os.environ.items() if k != "COLLECTIVE_EVENTS_SECRET"}
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [*CUI, "utility", "serve", "--state", str(state), "--listen",
-                 f"127.0.0.1:{port}", "--prefix", self.prefix, "--ready-timeout",
-                 str(self.ready_timeout), "--stop-timeout", "60"],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=daemon_env)
+                [
+                    *CUI,
+                    "utility",
+                    "serve",
+                    "--state",
+                    str(state),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--prefix",
+                    self.prefix,
+                    "--ready-timeout",
+                    str(self.ready_timeout),
+                    "--stop-timeout",
+                    "60",
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=daemon_env,
+            )
         self.stack.callback(_terminate, proc)
         deadline = time.monotonic() + 60
         while "listening on" not in log.read_text():
@@ -201,17 +263,18 @@ class GroupwareLab:
             time.sleep(0.1)
         vlan = 3000 + secrets.randbelow(900)
         third = 1 + secrets.randbelow(250)
-        self.cui("host", "add", "local", "--uri", self.host_uri, "--memory", "4G",
-                 "--max-vms", "8")
+        self.cui("host", "add", "local", "--uri", self.host_uri, "--memory", "4G", "--max-vms", "8")
         self.cui("vlan", "add", f"{vlan}-{vlan + 1}")
         self.cui("publicip", "add", f"{PUBLIC_NET}.{third}-{PUBLIC_NET}.{third + 1}")
         (self.work / "publisher.signer").write_text(
-            "publisher@example.org " + self.key.with_suffix(".pub").read_text())
+            "publisher@example.org " + self.key.with_suffix(".pub").read_text()
+        )
         for name in APPLIANCES.values():
             url = f"{self.server.url}/{name}"
             self.cui("utility", "trust", "require-signed", url)
-            self.cui("utility", "trust", "add-key", str(self.work / "publisher.signer"),
-                     "--url", url)
+            self.cui(
+                "utility", "trust", "add-key", str(self.work / "publisher.signer"), "--url", url
+            )
         self.cui("utility", "subscribe", f"{self.server.url}/DNS", "--user", self.server.user)
 
     def write_user_files(self) -> Path:
@@ -224,8 +287,10 @@ class GroupwareLab:
         for name in APPLIANCES.values():
             text = text.replace(f'url => "file:../{name}"', f'url => "{self.server.url}/{name}"')
         (user / "Groupware.cvl").write_text(text)
-        shutil.copyfile(ROOT / "examples" / "appliances" / "Groupware" / "AcmeGroupware.cvl",
-                        user / "AcmeGroupware.cvl")
+        shutil.copyfile(
+            ROOT / "examples" / "appliances" / "Groupware" / "AcmeGroupware.cvl",
+            user / "AcmeGroupware.cvl",
+        )
         self.cvl = user / "AcmeGroupware.cvl"
         return self.cvl
 
@@ -294,20 +359,22 @@ class GroupwareLab:
         ns = Namespace(f"{self.prefix}{label}{tag}", f"{self.prefix}{label[0]}h{tag}", address)
         inner = f"{self.prefix}{label[0]}n{tag}"
         self.stack.callback(_unplug, ns)
-        for step in (["ip", "netns", "add", ns.name],
-                     ["ip", "link", "add", ns.host_end, "type", "veth", "peer", "name", inner],
-                     ["ip", "link", "set", inner, "netns", ns.name],
-                     ["ip", "-n", ns.name, "addr", "add", f"{address}/24", "dev", inner],
-                     ["ip", "-n", ns.name, "link", "set", inner, "up"],
-                     ["ip", "-n", ns.name, "link", "set", "lo", "up"],
-                     ["ip", "link", "set", ns.host_end, "master", bridge],
-                     ["ip", "link", "set", ns.host_end, "up"]):
+        for step in (
+            ["ip", "netns", "add", ns.name],
+            ["ip", "link", "add", ns.host_end, "type", "veth", "peer", "name", inner],
+            ["ip", "link", "set", inner, "netns", ns.name],
+            ["ip", "-n", ns.name, "addr", "add", f"{address}/24", "dev", inner],
+            ["ip", "-n", ns.name, "link", "set", inner, "up"],
+            ["ip", "-n", ns.name, "link", "set", "lo", "up"],
+            ["ip", "link", "set", ns.host_end, "master", bridge],
+            ["ip", "link", "set", ns.host_end, "up"],
+        ):
             run(step)
         self.namespaces[label] = ns
         return ns
 
     def plug_both(self) -> tuple[Namespace, Namespace]:
-        """"inside" on the VAN's bridge (.250), "outside" on the public bridge (.250)."""
+        """ "inside" on the VAN's bridge (.250), "outside" on the public bridge (.250)."""
         status = self.status()
         van_ip = self.param("d", "ethernet0.ip")
         public_ip = self.param("f", "ethernet1.ip")
@@ -331,14 +398,16 @@ class GroupwareLab:
                 parts = line[at:].split(" ", 3)
                 if len(parts) >= 3:
                     try:
-                        found.append((float(parts[1]), parts[2],
-                                      parts[3] if len(parts) > 3 else ""))
+                        found.append(
+                            (float(parts[1]), parts[2], parts[3] if len(parts) > 3 else "")
+                        )
                     except ValueError:
                         continue
         return found
 
-    def wait_event(self, component: str, event: str, count: int = 1,
-                   timeout: float = 30) -> list[tuple[float, str, str]]:
+    def wait_event(
+        self, component: str, event: str, count: int = 1, timeout: float = 30
+    ) -> list[tuple[float, str, str]]:
         """Wait until the console shows `event` `count` times (the console lags the channel)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -379,8 +448,12 @@ class GroupwareLab:
 
 
 def _git_identity() -> dict[str, str]:
-    return {"GIT_AUTHOR_NAME": "Publisher", "GIT_AUTHOR_EMAIL": "publisher@example.org",
-            "GIT_COMMITTER_NAME": "Publisher", "GIT_COMMITTER_EMAIL": "publisher@example.org"}
+    return {
+        "GIT_AUTHOR_NAME": "Publisher",
+        "GIT_AUTHOR_EMAIL": "publisher@example.org",
+        "GIT_COMMITTER_NAME": "Publisher",
+        "GIT_COMMITTER_EMAIL": "publisher@example.org",
+    }
 
 
 def _host_250(ip: str) -> str:
@@ -436,8 +509,9 @@ def sweep(prefix: str, uri: str = "qemu:///system") -> list[str]:
                 except Exception:  # noqa: BLE001
                     pass
         conn.close()
-    for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                               text=True).stdout.splitlines():
+    for line in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True
+    ).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(prefix):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
@@ -446,8 +520,11 @@ def sweep(prefix: str, uri: str = "qemu:///system") -> list[str]:
 
 
 @contextmanager
-def lab(host_uri: str = "qemu:///system", say: Callable[[str], None] = lambda _m: None,
-        keep: Path | None = None) -> Iterator[GroupwareLab]:
+def lab(
+    host_uri: str = "qemu:///system",
+    say: Callable[[str], None] = lambda _m: None,
+    keep: Path | None = None,
+) -> Iterator[GroupwareLab]:
     """A GroupwareLab in a fresh world-traversable directory (qemu must reach its disks),
     closed and removed afterwards (its consoles copied to `keep` first, when given)."""
     work = Path(tempfile.mkdtemp(prefix="gw-", dir="/var/tmp"))
@@ -495,11 +572,15 @@ def demo(host_uri: str) -> None:
     with lab(host_uri=host_uri) as g:
         _step("building the appliance images from Debian packages (cached)")
         g.build()
-        sizes = {n: sum(f.stat().st_size for f in g.images[n].glob("*.qcow2")) / 2**20
-                 for n in APPLIANCES.values()}
-        _show(f"{len(g.images)} images in {g.timings['build']:.1f} s; program disks: "
-              + ", ".join(f"{n} {mib:.1f} MiB" for n, mib in sizes.items())
-              + " (the paper's: about 500 MB each)")
+        sizes = {
+            n: sum(f.stat().st_size for f in g.images[n].glob("*.qcow2")) / 2**20
+            for n in APPLIANCES.values()
+        }
+        _show(
+            f"{len(g.images)} images in {g.timings['build']:.1f} s; program disks: "
+            + ", ".join(f"{n} {mib:.1f} MiB" for n, mib in sizes.items())
+            + " (the paper's: about 500 MB each)"
+        )
         _step("repository server (gunicorn on loopback); publishing with git push + signed tags")
         g.serve()
         g.publish_all()
@@ -510,8 +591,10 @@ def demo(host_uri: str) -> None:
         g.start_utility()
         _show(f"daemon at {g.env['COLLECTIVE_UTILITY']}, host {host_uri}, prefix {g.prefix}")
         cvl = g.write_user_files()
-        _step(f"cui start {cvl.name}: five VMs in dependency order"
-              + (" (qemu, TCG)" if real else " (test driver: no guests boot)"))
+        _step(
+            f"cui start {cvl.name}: five VMs in dependency order"
+            + (" (qemu, TCG)" if real else " (test driver: no guests boot)")
+        )
         _show(cvl.read_text().split("*/", 1)[-1].strip())
         seconds = g.start()
         _show(f"every appliance ready {seconds:.1f} s after cui start")
@@ -524,14 +607,34 @@ def demo(host_uri: str) -> None:
             _step(f"from namespace {inside.name} on the VAN's bridge: dig @{dns} l.acme.org")
             _show(" ".join(inside.dig(dns, "l.acme.org")) + f"   (LDAP's assigned address: {ldap})")
             _step(f"ldapsearch against LDAP at {ldap} (root DN from domain, rootdnpass sensitive)")
-            _show(inside.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{ldap}", "-D",
-                              "cn=admin,dc=acme,dc=org", "-w", ROOT_PASSWORD, "-b",
-                              "dc=acme,dc=org", "(objectClass=organizationalUnit)", "dn"]).stdout)
-            _step(f"from namespace {outside.name} outside: the web page through the firewall "
-                  f"at {public}")
+            _show(
+                inside.run(
+                    [
+                        "ldapsearch",
+                        "-x",
+                        "-LLL",
+                        "-H",
+                        f"ldap://{ldap}",
+                        "-D",
+                        "cn=admin,dc=acme,dc=org",
+                        "-w",
+                        ROOT_PASSWORD,
+                        "-b",
+                        "dc=acme,dc=org",
+                        "(objectClass=organizationalUnit)",
+                        "dn",
+                    ]
+                ).stdout
+            )
+            _step(
+                f"from namespace {outside.name} outside: the web page through the firewall "
+                f"at {public}"
+            )
             _show(outside.fetch(f"http://{public}/"))
-            _show(f"port 8053 (not a service) through the firewall: "
-                  f"{'open' if outside.connects(public, 8053) else 'dropped'}")
+            _show(
+                f"port 8053 (not a service) through the firewall: "
+                f"{'open' if outside.connects(public, 8053) else 'dropped'}"
+            )
             _step("a record written to DNS's data disk (its admin port, from the VAN)")
             _show(inside.fetch(f"http://{dns}:8053/cgi-bin/records?name=kept&ip=192.0.2.7"))
             _show("dig kept.acme.org: " + " ".join(inside.dig(dns, "kept.acme.org")))
@@ -540,16 +643,22 @@ def demo(host_uri: str) -> None:
         count = len(g.history())
         pushed = g.push("DNS", "DNS-v2", "DNS 2: data format 2")
         record = g.wait_history(count + 1, timeout=2 * g.ready_timeout)
-        _show(f"history: {record['trigger']} {record['actions']} -> {record['result']} "
-              f"({float(str(record['at'])) - pushed:.1f} s after git push returned)")
+        _show(
+            f"history: {record['trigger']} {record['actions']} -> {record['result']} "
+            f"({float(str(record['at'])) - pushed:.1f} s after git push returned)"
+        )
         after = g.domain_ids()
         for path in sorted(after):
             _show(f"{path}: domain {'restarted' if after[path] != ids[path] else 'unchanged'}")
         if real:
-            _show("dig appliance.acme.org TXT: " + " ".join(
-                inside.dig(dns, "appliance.acme.org", "TXT")))
-            _show("dig kept.acme.org (written before the update): "
-                  + " ".join(inside.dig(dns, "kept.acme.org")))
+            _show(
+                "dig appliance.acme.org TXT: "
+                + " ".join(inside.dig(dns, "appliance.acme.org", "TXT"))
+            )
+            _show(
+                "dig kept.acme.org (written before the update): "
+                + " ".join(inside.dig(dns, "kept.acme.org"))
+            )
         _step("cui status")
         _show(g.cui("status", str(cvl)))
         _step("stopping everything: cui stop, namespaces, daemon, repository server")

@@ -1,4 +1,4 @@
-"""Shared fixtures: every test runs with its own HOME and temp dir, so nothing leaks between tests."""
+"""Shared fixtures: each test runs with its own HOME and temp dir; nothing leaks between tests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ ARTIFACTS = REPO_ROOT / "artifacts"
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Give each test a fresh HOME (git, gpg, ssh and cui config all live under it)."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))

@@ -40,8 +40,12 @@ class Administration(ManagerBase):
         usage = self.store.usage()
         return [
             {
-                "name": h.name, "uri": h.uri, "memory": h.memory, "max_vms": h.max_vms,
-                "used_memory": usage.get(h.name, (0, 0))[0], "vms": usage.get(h.name, (0, 0))[1],
+                "name": h.name,
+                "uri": h.uri,
+                "memory": h.memory,
+                "max_vms": h.max_vms,
+                "used_memory": usage.get(h.name, (0, 0))[0],
+                "vms": usage.get(h.name, (0, 0))[1],
                 "embedded": h.embedded,
             }
             for h in self.store.hosts()
@@ -89,14 +93,16 @@ class Administration(ManagerBase):
         require_admin(caller, "change the trust policy")
         return self.trust.add_key(url, key)
 
-    def subscribe(self, caller: Caller, repository: str, events_url: str,
-                  auth: tuple[str, str] | None) -> dict[str, Any]:
+    def subscribe(
+        self, caller: Caller, repository: str, events_url: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
         """Register for publish events of `repository` (administrators only)."""
         require_admin(caller, "subscribe to repositories")
         return self.subscriptions.subscribe(repository, events_url, auth)
 
-    def unsubscribe(self, caller: Caller, repository: str,
-                    auth: tuple[str, str] | None) -> dict[str, Any]:
+    def unsubscribe(
+        self, caller: Caller, repository: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
         """Stop publish events of `repository` (administrators only)."""
         require_admin(caller, "unsubscribe from repositories")
         return self.subscriptions.unsubscribe(repository, auth)
@@ -115,8 +121,15 @@ class Administration(ManagerBase):
                 origin = vm.origin or {}
                 url, version = origin.get("url", "").rstrip("/"), origin.get("version", "")
                 if (url, version) in banned or (url, "all") in banned:
-                    found.append({"cvl": vap.cvl_path, "owner": vap.owner, "component": vm.path,
-                                  "url": url, "version": version})
+                    found.append(
+                        {
+                            "cvl": vap.cvl_path,
+                            "owner": vap.owner,
+                            "component": vm.path,
+                            "url": url,
+                            "version": version,
+                        }
+                    )
         return found
 
 

@@ -38,7 +38,8 @@ def default_path() -> Path:
 
 def _key(password: str, salt: bytes) -> bytes:
     return Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(
-        password.encode())
+        password.encode()
+    )
 
 
 def env_name(key: str) -> str:
@@ -78,8 +79,9 @@ class AgentCache:
         except (ValueError, KeyError, TypeError) as exc:
             raise AgentError(f"{self.path}: not an agent cache file ({exc})") from None
         try:
-            plain = ChaCha20Poly1305(_key(self._password, salt)).decrypt(nonce, sealed,
-                                                                        FORMAT.encode())
+            plain = ChaCha20Poly1305(_key(self._password, salt)).decrypt(
+                nonce, sealed, FORMAT.encode()
+            )
         except InvalidTag:
             raise AgentError(f"{self.path}: wrong password, or the file was altered") from None
         values = json.loads(plain)
@@ -89,15 +91,18 @@ class AgentCache:
         """Encrypt and write atomically (temporary file, then rename), mode 0600."""
         salt, nonce = os.urandom(16), os.urandom(12)
         sealed = ChaCha20Poly1305(_key(self._password, salt)).encrypt(
-            nonce, json.dumps(self._values, sort_keys=True).encode(), FORMAT.encode())
-        blob = json.dumps({
-            "format": FORMAT, "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R,
-                                      "p": SCRYPT_P},
-            "cipher": "chacha20-poly1305",
-            "salt": base64.b64encode(salt).decode(),
-            "nonce": base64.b64encode(nonce).decode(),
-            "data": base64.b64encode(sealed).decode(),
-        }).encode()
+            nonce, json.dumps(self._values, sort_keys=True).encode(), FORMAT.encode()
+        )
+        blob = json.dumps(
+            {
+                "format": FORMAT,
+                "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P},
+                "cipher": "chacha20-poly1305",
+                "salt": base64.b64encode(salt).decode(),
+                "nonce": base64.b64encode(nonce).decode(),
+                "data": base64.b64encode(sealed).decode(),
+            }
+        ).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

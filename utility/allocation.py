@@ -53,7 +53,8 @@ class Prepared:
 
 
 def prepare(
-    model: ModelView, cvl_dir: Path,
+    model: ModelView,
+    cvl_dir: Path,
     releases: Callable[[str, str], SignedRelease | None] | None = None,
 ) -> tuple[dict[str, Prepared], list[str]]:
     """Read each VM appliance's domain XML and data disk list; collect problems, not raise.
@@ -68,8 +69,7 @@ def prepare(
         if vm_file is None:
             continue  # reported as a missing required parameter
         try:
-            release = releases(vm.origin.url, vm.origin.version) \
-                if releases and vm.origin else None
+            release = releases(vm.origin.url, vm.origin.version) if releases and vm.origin else None
             files = files_for(vm.origin, cvl_dir, release)
             spec = parse_vm_spec(files.read(vm_file), f"{files.label}: {vm_file}")
             data = tuple(_data_disks(vm.path, vm.value("datadisks")))
@@ -265,8 +265,12 @@ def build_state(
                 path=vm.path,
                 type=vm.type,
                 origin=(
-                    {"name": vm.origin.name, "url": vm.origin.url, "cvl": vm.origin.cvl,
-                     "version": vm.origin.version}
+                    {
+                        "name": vm.origin.name,
+                        "url": vm.origin.url,
+                        "cvl": vm.origin.cvl,
+                        "version": vm.origin.version,
+                    }
                     if vm.origin
                     else None
                 ),

@@ -49,8 +49,13 @@ PROGRESS_INTERVAL = 0.1
 """Seconds between progress lines of one download (the last one always comes)."""
 
 
-def create_app(manager: ClusterManager, *, require_token: bool = True,
-               events_secret: bytes | None = None, events_url: str | None = None) -> Flask:
+def create_app(
+    manager: ClusterManager,
+    *,
+    require_token: bool = True,
+    events_secret: bytes | None = None,
+    events_url: str | None = None,
+) -> Flask:
     """The API application over `manager`.
 
     Args:
@@ -102,8 +107,10 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
             text = exc.render() if hasattr(exc, "render") else str(exc)
             return {"error": text, "kind": "CvlError"}, 422
         app.logger.exception("unexpected error")
-        return {"error": f"internal error: {type(exc).__name__}: {exc}",
-                "kind": "InternalError"}, 500
+        return {
+            "error": f"internal error: {type(exc).__name__}: {exc}",
+            "kind": "InternalError",
+        }, 500
 
     @app.errorhandler(Exception)
     def any_error(exc: Exception) -> Any:
@@ -174,10 +181,12 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         memory = parse_size(memory, "memory") if isinstance(memory, str) else memory
         if not isinstance(memory, int):
             raise UtilityError("field 'memory' is missing (e.g. \"4G\")")
-        row = manager.add_host(caller(), field(data, "name"), field(data, "uri"), memory,
-                               field(data, "max_vms", int))
-        return jsonify({"name": row.name, "uri": row.uri, "memory": row.memory,
-                        "max_vms": row.max_vms}), 201
+        row = manager.add_host(
+            caller(), field(data, "name"), field(data, "uri"), memory, field(data, "max_vms", int)
+        )
+        return jsonify(
+            {"name": row.name, "uri": row.uri, "memory": row.memory, "max_vms": row.max_vms}
+        ), 201
 
     @app.delete("/v1/hosts/<name>")
     def remove_host(name: str) -> Any:
@@ -251,8 +260,7 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         timeout = data.get("timeout")
         if timeout is not None and not isinstance(timeout, int | float):
             raise UtilityError("field 'timeout' must be a number of seconds")
-        return jsonify(manager.stop(caller(), field(data, "cvl"), data.get("component"),
-                                    timeout))
+        return jsonify(manager.stop(caller(), field(data, "cvl"), data.get("component"), timeout))
 
     @app.post("/v1/vaps/update")
     def update() -> Any:
@@ -263,8 +271,11 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         who, cvl, component = caller(), field(data, "cvl"), data.get("component")
         dry_run = bool(data.get("dry_run"))
         if wants_stream():
-            return streamed(lambda report: manager.update(
-                who, cvl, component, dry_run=dry_run, secrets=secrets, progress=report))
+            return streamed(
+                lambda report: manager.update(
+                    who, cvl, component, dry_run=dry_run, secrets=secrets, progress=report
+                )
+            )
         return jsonify(manager.update(who, cvl, component, dry_run=dry_run, secrets=secrets))
 
     @app.post(EVENTS_PATH)
@@ -274,8 +285,10 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         if secret is None:
             from utility.errors import Forbidden
 
-            raise Forbidden("publish event from a repository this utility is not subscribed "
-                            "to, and no global events secret: ignored")
+            raise Forbidden(
+                "publish event from a repository this utility is not subscribed "
+                "to, and no global events secret: ignored"
+            )
         event = verify_event(raw, request.headers.get("X-Collective-Signature"), secret)
         return jsonify({"scheduled": updater.on_event(event)}), 202
 
@@ -284,8 +297,9 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         if user is None and token is None:
             return None
         if not isinstance(user, str) or not isinstance(token, str):
-            raise UtilityError("fields 'user' and 'token' (repository server credentials) "
-                               "must both be strings")
+            raise UtilityError(
+                "fields 'user' and 'token' (repository server credentials) must both be strings"
+            )
         return user, token
 
     @app.get("/v1/subscriptions")
@@ -301,17 +315,21 @@ def create_app(manager: ClusterManager, *, require_token: bool = True,
         data = body()
         target = data.get("events_url") or app.config["EVENTS_URL"]
         if not isinstance(target, str):
-            raise UtilityError("this daemon listens on a Unix socket that repository servers "
-                               "cannot reach: give events_url (cui utility subscribe "
-                               "--events-url http://HOST:PORT/v1/events/publish)")
-        return jsonify(manager.subscribe(caller(), field(data, "repository"), target,
-                                         repository_auth(data))), 201
+            raise UtilityError(
+                "this daemon listens on a Unix socket that repository servers "
+                "cannot reach: give events_url (cui utility subscribe "
+                "--events-url http://HOST:PORT/v1/events/publish)"
+            )
+        return jsonify(
+            manager.subscribe(caller(), field(data, "repository"), target, repository_auth(data))
+        ), 201
 
     @app.post("/v1/subscriptions/remove")
     def unsubscribe() -> Any:
         data = body()
-        return jsonify(manager.unsubscribe(caller(), field(data, "repository"),
-                                           repository_auth(data)))
+        return jsonify(
+            manager.unsubscribe(caller(), field(data, "repository"), repository_auth(data))
+        )
 
     @app.get("/v1/history")
     def history() -> Any:
@@ -370,8 +388,9 @@ def serve(
     for item in report["dead"]:
         announce(f"reconcile: {item} is no longer running (marked dead)")
     for item in report["unowned"]:
-        announce(f"reconcile: domain {item['domain']} on {item['host']} belongs to no VAP "
-                 "(left running)")
+        announce(
+            f"reconcile: domain {item['domain']} on {item['host']} belongs to no VAP (left running)"
+        )
     if listen is None:
         sock = state_dir / SOCKET_NAME
         sock.unlink(missing_ok=True)
@@ -397,8 +416,11 @@ def serve(
 
     stopping = threading.Event()
     if poll_interval:
-        threading.Thread(target=app.config["AUTO_UPDATER"].poll_forever,
-                         args=(poll_interval, stopping), daemon=True).start()
+        threading.Thread(
+            target=app.config["AUTO_UPDATER"].poll_forever,
+            args=(poll_interval, stopping),
+            daemon=True,
+        ).start()
     signal.signal(signal.SIGTERM, stop)
     announce(f"cluster manager listening on {where} (state {state_dir})")
     try:

@@ -81,8 +81,9 @@ class FetchProgress:
         quarter = min(4, done * 4 // total)
         if sys.stderr.isatty():
             bar = "#" * (done * 30 // total)
-            sys.stderr.write(f"\rfetching {self.label} [{bar:<30}] {format_size(done)}"
-                             f"/{format_size(total)}")
+            sys.stderr.write(
+                f"\rfetching {self.label} [{bar:<30}] {format_size(done)}/{format_size(total)}"
+            )
             if done >= total:
                 sys.stderr.write("\n")
         elif quarter != self.shown:
@@ -127,8 +128,9 @@ class RepositoryFiles:
         with _MEMO_LOCK:
             _MEMO.pop((self.origin.url.rstrip("/"), str(self.origin.version), *what), None)
 
-    def _checked(self, what: tuple[str, ...], fetch: Callable[[], Any],
-                  check: Callable[[Any], None]) -> Any:
+    def _checked(
+        self, what: tuple[str, ...], fetch: Callable[[], Any], check: Callable[[Any], None]
+    ) -> Any:
         """A remembered answer that passes `check`; one that fails is forgotten and fetched
         again once (it may predate a repair of the server), then refused."""
         for last in (False, True):
@@ -148,16 +150,19 @@ class RepositoryFiles:
         version = int(self.origin.version)
         assert_signed = self.release.check_file if self.release else (lambda _n, _d: None)
         try:
-            return bytes(self._checked(("file", name),
-                                       lambda: bytes(self.repository.read_file(version, name)),
-                                       lambda data: assert_signed(name, data)))
+            return bytes(
+                self._checked(
+                    ("file", name),
+                    lambda: bytes(self.repository.read_file(version, name)),
+                    lambda data: assert_signed(name, data),
+                )
+            )
         except TrustRefused:
             raise
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
             raise ApplianceError(f"{self.label}: cannot read {name!r}: {exc}") from exc
 
-    def local_path(self, name: str, cache_dir: Path,
-                   progress: Progress | None = None) -> Path:
+    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
         version = int(self.origin.version)
 
         def signed_top(listed: list[dict[str, Any]]) -> None:
@@ -175,14 +180,17 @@ class RepositoryFiles:
         if found:
             disk = found[0]
             if not disk["chain"] or disk["chain"][-1]["sha256"] != disk["sha256"]:
-                raise ApplianceError(f"{self.label}: disk {name!r}: its chain does not end in "
-                                     f"its top object sha256:{str(disk['sha256'])[:12]}")
+                raise ApplianceError(
+                    f"{self.label}: disk {name!r}: its chain does not end in "
+                    f"its top object sha256:{str(disk['sha256'])[:12]}"
+                )
             report = progress or FetchProgress(f"{self.label} {name}")
             try:
                 path = Path()
                 for link in disk["chain"]:
-                    path = Path(self.repository.fetch_object(link["sha256"], cache_dir / "objects",
-                                                             report))
+                    path = Path(
+                        self.repository.fetch_object(link["sha256"], cache_dir / "objects", report)
+                    )
                 return path
             except Exception as exc:  # noqa: BLE001 - the repository's errors become ours
                 raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
@@ -198,8 +206,9 @@ class RepositoryFiles:
         return target
 
 
-def files_for(origin: Origin | None, cvl_dir: Path,
-              release: SignedRelease | None = None) -> ApplianceFiles:
+def files_for(
+    origin: Origin | None, cvl_dir: Path, release: SignedRelease | None = None
+) -> ApplianceFiles:
     """The files of a component: its origin's repository version, or the CVL file's directory
     (`release`: the verified signed version its files are checked against)."""
     if origin is None:

@@ -84,12 +84,18 @@ class AutoUpdater:
             state = vap.state
             if state is None:
                 continue
-            tracked = [i for i in state.imports
-                       if _same_repo(str(i.get("url", "")), repository) and not i.get("pinned")]
+            tracked = [
+                i
+                for i in state.imports
+                if _same_repo(str(i.get("url", "")), repository) and not i.get("pinned")
+            ]
             if not tracked:
                 continue
-            users = [vm.path for vm in state.vms
-                     if _same_repo(str((vm.origin or {}).get("url", "")), repository)]
+            users = [
+                vm.path
+                for vm in state.vms
+                if _same_repo(str((vm.origin or {}).get("url", "")), repository)
+            ]
             found += [(vap.cvl_path, p) for p in users] if users else [(vap.cvl_path, None)]
         return found
 
@@ -106,8 +112,12 @@ class AutoUpdater:
                 if target in self._pending:
                     continue
                 self._pending.add(target)
-            thread = threading.Thread(target=self._run, args=(target, trigger), daemon=True,
-                                      name=f"auto-update {target[0]}")
+            thread = threading.Thread(
+                target=self._run,
+                args=(target, trigger),
+                daemon=True,
+                name=f"auto-update {target[0]}",
+            )
             self._threads.append(thread)
             thread.start()
 
@@ -116,9 +126,11 @@ class AutoUpdater:
         with self._lock:
             self._pending.discard(target)
         path, component = target
-        self.manager.store.event(None, "auto-update",
-                                 f"{trigger} update of {path}{':' + component if component else ''}"
-                                 " starting")
+        self.manager.store.event(
+            None,
+            "auto-update",
+            f"{trigger} update of {path}{':' + component if component else ''} starting",
+        )
         try:
             self.manager.update(SYSTEM, path, component, trigger=trigger)
         except UtilityError as exc:

@@ -25,7 +25,6 @@ class Caller:
         return self.role == "admin"
 
 
-
 def require_admin(caller: Caller, what: str) -> None:
     """Refuse unless `caller` is an administrator; `what` completes "only administrators may"."""
     if not caller.admin:

@@ -87,7 +87,7 @@ def parse_line(raw: bytes, at: float = 0.0) -> Message:
     """Parse one guest line (without its newline); unknown or garbled lines are kind OTHER."""
     line = raw.decode("ascii", "replace").rstrip("\r")
     if line.startswith(PREFIX):
-        word, _, arg = line[len(PREFIX):].partition(" ")
+        word, _, arg = line[len(PREFIX) :].partition(" ")
         if word in ("HELLO", "READY", "FAILED"):
             return Message(at, word, arg.strip(), line)
     return Message(at, "OTHER", line, line)
@@ -110,8 +110,9 @@ class GuestChannel:
         self._closed = threading.Event()
         self._eof = threading.Event()
         self._sock = self._connect(connect_timeout)
-        self._reader = threading.Thread(target=self._read_loop, name=f"guest-channel {socket_path}",
-                                        daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"guest-channel {socket_path}", daemon=True
+        )
         self._reader.start()
 
     # -- connection
@@ -130,7 +131,8 @@ class GuestChannel:
             if time.monotonic() >= deadline:
                 raise GuestChannelError(
                     f"cannot connect to the guest channel {self.socket_path} within "
-                    f"{timeout:.0f} s: {last}")
+                    f"{timeout:.0f} s: {last}"
+                )
             time.sleep(0.05)
 
     def _read_loop(self) -> None:
@@ -168,13 +170,15 @@ class GuestChannel:
         line = params_line(params)
         if self._eof.is_set():
             raise GuestChannelError(
-                f"guest channel {self.socket_path} is closed (did the VM stop?)")
+                f"guest channel {self.socket_path} is closed (did the VM stop?)"
+            )
         with self._send_lock:
             try:
                 self._sock.sendall(line)
             except OSError as exc:
                 raise GuestChannelError(
-                    f"cannot send parameters to {self.socket_path}: {exc}") from exc
+                    f"cannot send parameters to {self.socket_path}: {exc}"
+                ) from exc
         self.transcript.append((time.monotonic(), f"> PARAMS ({len(line)} bytes)"))
 
     # -- protocol
@@ -182,8 +186,11 @@ class GuestChannel:
     def _next(self, deadline: float, waiting_for: str) -> Message:
         remaining = deadline - time.monotonic()
         try:
-            msg = self._messages.get(timeout=max(remaining, 0.0)) if remaining > 0 else \
-                self._messages.get_nowait()
+            msg = (
+                self._messages.get(timeout=max(remaining, 0.0))
+                if remaining > 0
+                else self._messages.get_nowait()
+            )
         except queue.Empty:
             seen = "; ".join(self._recent) or "nothing"
             raise GuestChannelError(
@@ -194,11 +201,13 @@ class GuestChannel:
             seen = "; ".join(self._recent) or "nothing"
             raise GuestChannelError(
                 f"guest channel {self.socket_path} closed while waiting for {waiting_for} "
-                f"(did the VM stop?); last seen: {seen}")
+                f"(did the VM stop?); last seen: {seen}"
+            )
         return msg
 
-    def _await_ready(self, params: Mapping[str, Sequence[str]], sent_at: float,
-                     deadline: float) -> None:
+    def _await_ready(
+        self, params: Mapping[str, Sequence[str]], sent_at: float, deadline: float
+    ) -> None:
         while True:
             msg = self._next(deadline, "READY")
             if msg.kind == "READY":

@@ -27,7 +27,11 @@ from utility.errors import (
 )
 
 _BY_STATUS: dict[int, type[UtilityError]] = {
-    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 503: HostUnreachable,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    503: HostUnreachable,
 }
 
 
@@ -36,8 +40,9 @@ NDJSON = "application/x-ndjson"
 
 def _error(status: int, data: Any) -> UtilityError:
     """The error an answer with HTTP `status` and JSON `data` stands for."""
-    message = (data or {}).get("error", f"HTTP {status}") if isinstance(data, dict) \
-        else f"HTTP {status}"
+    message = (
+        (data or {}).get("error", f"HTTP {status}") if isinstance(data, dict) else f"HTTP {status}"
+    )
     if status == 422 and isinstance(data, dict) and "problems" in data:
         return CheckFailed(list(data["problems"]))
     return _BY_STATUS.get(status, UtilityError)(message)
@@ -77,8 +82,9 @@ class UtilityClient:
         timeout: seconds per request; None waits as long as a start takes.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float | None = None
+    ) -> None:
         self.url = url or default_url()
         self.token = token if token is not None else os.environ.get("COLLECTIVE_TOKEN")
         self.timeout = timeout
@@ -88,8 +94,9 @@ class UtilityClient:
         if parts.scheme == "unix":
             return _UnixConnection(parts.path, self.timeout)
         if parts.scheme == "http":
-            return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
-                                              timeout=self.timeout)
+            return http.client.HTTPConnection(
+                parts.hostname or "127.0.0.1", parts.port or 80, timeout=self.timeout
+            )
         raise UtilityError(f"utility URL {self.url!r}: use unix:///PATH or http://HOST:PORT")
 
     def _headers(self, body: dict[str, Any] | None, accept: str) -> dict[str, str]:
@@ -101,16 +108,19 @@ class UtilityClient:
         return headers
 
     def _unreachable(self, exc: OSError) -> HostUnreachable:
-        return HostUnreachable(f"cannot reach the cluster manager at {self.url}: {exc} "
-                               "(start it with `cui utility serve`)")
+        return HostUnreachable(
+            f"cannot reach the cluster manager at {self.url}: {exc} "
+            "(start it with `cui utility serve`)"
+        )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; return the decoded JSON answer or raise the matching error."""
         payload = json.dumps(body).encode() if body is not None else None
         conn = self._connection()
         try:
-            conn.request(method, path, body=payload,
-                         headers=self._headers(body, "application/json"))
+            conn.request(
+                method, path, body=payload, headers=self._headers(body, "application/json")
+            )
             response = conn.getresponse()
             raw = response.read()
         except OSError as exc:
@@ -125,14 +135,16 @@ class UtilityClient:
             raise _error(response.status, data)
         return data
 
-    def streamed(self, path: str, body: dict[str, Any],
-                 progress: Callable[[str, int, int], None]) -> Any:
+    def streamed(
+        self, path: str, body: dict[str, Any], progress: Callable[[str, int, int], None]
+    ) -> Any:
         """POST asking for NDJSON progress: call `progress(label, done, total)` for each
         progress line, return the final result or raise its error (see `utility.api`)."""
         conn = self._connection()
         try:
-            conn.request("POST", path, body=json.dumps(body).encode(),
-                         headers=self._headers(body, NDJSON))
+            conn.request(
+                "POST", path, body=json.dumps(body).encode(), headers=self._headers(body, NDJSON)
+            )
             response = conn.getresponse()
             if response.status >= 400 or NDJSON not in (response.getheader("Content-Type") or ""):
                 raw = response.read()
@@ -156,8 +168,9 @@ class UtilityClient:
             raise self._unreachable(exc) from None
         finally:
             conn.close()
-        raise UtilityError(f"the cluster manager at {self.url} ended the answer without a "
-                           "result (did it stop?)")
+        raise UtilityError(
+            f"the cluster manager at {self.url} ended the answer without a result (did it stop?)"
+        )
 
     # -- one method per route ---------------------------------------------------------------
 
@@ -168,8 +181,9 @@ class UtilityClient:
         return self.request("GET", "/v1/hosts")
 
     def add_host(self, name: str, uri: str, memory: str, max_vms: int) -> Any:
-        return self.request("POST", "/v1/hosts",
-                            {"name": name, "uri": uri, "memory": memory, "max_vms": max_vms})
+        return self.request(
+            "POST", "/v1/hosts", {"name": name, "uri": uri, "memory": memory, "max_vms": max_vms}
+        )
 
     def remove_host(self, name: str) -> Any:
         return self.request("DELETE", f"/v1/hosts/{quote(name, safe='')}")
@@ -204,20 +218,30 @@ class UtilityClient:
     def violations(self) -> Any:
         return self.request("GET", "/v1/blacklist/violations")
 
-    def start(self, cvl: str, secrets: dict[str, str] | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> Any:
+    def start(
+        self,
+        cvl: str,
+        secrets: dict[str, str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Any:
         body = {"cvl": cvl, "secrets": secrets or {}}
         if progress is not None:
             return self.streamed("/v1/vaps/start", body, progress)
         return self.request("POST", "/v1/vaps/start", body)
 
     def stop(self, cvl: str, component: str | None = None, timeout: float | None = None) -> Any:
-        return self.request("POST", "/v1/vaps/stop",
-                            {"cvl": cvl, "component": component, "timeout": timeout})
+        return self.request(
+            "POST", "/v1/vaps/stop", {"cvl": cvl, "component": component, "timeout": timeout}
+        )
 
-    def update(self, cvl: str, component: str | None = None, dry_run: bool = False,
-               secrets: dict[str, str] | None = None,
-               progress: Callable[[str, int, int], None] | None = None) -> Any:
+    def update(
+        self,
+        cvl: str,
+        component: str | None = None,
+        dry_run: bool = False,
+        secrets: dict[str, str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Any:
         body = {"cvl": cvl, "component": component, "dry_run": dry_run, "secrets": secrets or {}}
         if progress is not None:
             return self.streamed("/v1/vaps/update", body, progress)
@@ -234,8 +258,9 @@ class UtilityClient:
     def subscriptions(self) -> Any:
         return self.request("GET", "/v1/subscriptions")
 
-    def subscribe(self, repository: str, events_url: str | None,
-                  auth: tuple[str, str] | None) -> Any:
+    def subscribe(
+        self, repository: str, events_url: str | None, auth: tuple[str, str] | None
+    ) -> Any:
         body: dict[str, Any] = {"repository": repository, "events_url": events_url}
         if auth:
             body.update(user=auth[0], token=auth[1])

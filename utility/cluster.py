@@ -44,8 +44,9 @@ class ClusterManager(Administration, Updating):
         """
         report: dict[str, Any] = {"rolled_back": [], "dead": [], "unowned": [], "unreachable": []}
         for vap in self.store.vaps(("starting", "stopping", "updating")):
-            self._roll_back(vap.id, f"interrupted: the cluster manager stopped during "
-                                    f"{vap.status}; rolled back")
+            self._roll_back(
+                vap.id, f"interrupted: the cluster manager stopped during {vap.status}; rolled back"
+            )
             report["rolled_back"].append(vap.cvl_path)
         owned: set[tuple[str, str]] = set()
         for vap in self.store.vaps(("running",)):
@@ -59,8 +60,9 @@ class ClusterManager(Administration, Updating):
                     continue
                 if info is None or not info.running:
                     self.store.set_vm(vap.id, row.path, "dead")
-                    self.store.event(vap.id, "dead", f"{row.path}: domain {row.domain} on "
-                                                     f"{row.host} is gone")
+                    self.store.event(
+                        vap.id, "dead", f"{row.path}: domain {row.domain} on {row.host} is gone"
+                    )
                     report["dead"].append(f"{vap.cvl_path}:{row.path}")
         for host in self.store.hosts():
             try:

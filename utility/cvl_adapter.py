@@ -21,8 +21,9 @@ class _Recording:
         self.record = record
         self.replay = replay
 
-    def fetch(self, url: str, cvl: str, version: str | None,
-              base_dir: str | None) -> tuple[str, str]:
+    def fetch(
+        self, url: str, cvl: str, version: str | None, base_dir: str | None
+    ) -> tuple[str, str]:
         from cvl.resolver import canonical_url
 
         where = canonical_url(url, base_dir)
@@ -34,8 +35,7 @@ class _Recording:
         return text, resolved
 
 
-def _resolver(record: list[Fetched] | None = None,
-              replay: list[Fetched] | None = None):  # type: ignore[no-untyped-def]
+def _resolver(record: list[Fetched] | None = None, replay: list[Fetched] | None = None):  # type: ignore[no-untyped-def]
     """The repository-aware resolver (file: repository directories by version, http:)."""
     from reposerver.client import make_resolver
 
@@ -45,9 +45,12 @@ def _resolver(record: list[Fetched] | None = None,
     return _Recording(inner, record if record is not None else [], list(replay or []))
 
 
-def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None,
-             record: list[Fetched] | None = None,
-             replay: list[Fetched] | None = None) -> ModelView:
+def evaluate(
+    cvl_path: Path,
+    overrides: Mapping[str, str] | None = None,
+    record: list[Fetched] | None = None,
+    replay: list[Fetched] | None = None,
+) -> ModelView:
     """Evaluate a CVL file with its imports and return the model view.
 
     Args:
@@ -60,8 +63,9 @@ def evaluate(cvl_path: Path, overrides: Mapping[str, str] | None = None,
     """
     import cvl
 
-    model = cvl.evaluate_file(str(cvl_path), resolver=_resolver(record, replay),
-                              overrides=dict(overrides or {}))
+    model = cvl.evaluate_file(
+        str(cvl_path), resolver=_resolver(record, replay), overrides=dict(overrides or {})
+    )
     return ModelView.from_json(model.to_json())
 
 
@@ -69,7 +73,8 @@ PLACEHOLDER = "<missing>"
 
 
 def evaluate_for_checks(
-    cvl_path: Path, overrides: Mapping[str, str] | None = None,
+    cvl_path: Path,
+    overrides: Mapping[str, str] | None = None,
     record: list[Fetched] | None = None,
 ) -> tuple[ModelView | None, list[str]]:
     """Evaluate for the pre-start checks: the model and the CVL problems, all of them.
@@ -79,8 +84,10 @@ def evaluate_for_checks(
     still run and every problem is reported together. Any other CVL error leaves no model.
     """
     import cvl
-    analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver(record),
-                                overrides=dict(overrides or {}))
+
+    analysis = cvl.analyse_file(
+        str(cvl_path), resolver=_resolver(record), overrides=dict(overrides or {})
+    )
     if analysis.model is not None:
         return ModelView.from_json(analysis.model.to_json()), []
     problems = [_render(e) for e in analysis.errors]
@@ -100,8 +107,9 @@ def missing_sensitive_paths(cvl_path: Path) -> list[str]:
     from cvl.errors import CvlMissingError
 
     analysis = cvl.analyse_file(str(cvl_path), resolver=_resolver())
-    return [e.path for e in analysis.errors
-            if isinstance(e, CvlMissingError) and e.sensitive and e.path]
+    return [
+        e.path for e in analysis.errors if isinstance(e, CvlMissingError) and e.sensitive and e.path
+    ]
 
 
 def _render(error: object) -> str:

@@ -31,7 +31,7 @@ def _qemu_img(*args: str) -> None:
 
 
 def image_format(path: Path) -> str:
-    """"qcow2" when the file starts with the qcow2 magic, else "raw"."""
+    """ "qcow2" when the file starts with the qcow2 magic, else "raw"."""
     with path.open("rb") as f:
         return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
 
@@ -43,8 +43,9 @@ def make_overlay(disk: Disk) -> None:
         raise DiskError(f"{disk.path}: base image {base} does not exist")
     target = Path(disk.path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", image_format(base), "-b", str(base.resolve()),
-              str(tmp))
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-F", image_format(base), "-b", str(base.resolve()), str(tmp)
+    )
     tmp.replace(target)
 
 
@@ -116,8 +117,11 @@ def snapshot_data(vm: Vm) -> list[str]:
         if disk.role == "data" and Path(disk.path).exists():
             backup = disk.path + BACKUP_SUFFIX
             tmp = backup + ".tmp"
-            subprocess.run(["cp", "--sparse=always", "--preserve=mode,timestamps", disk.path, tmp],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["cp", "--sparse=always", "--preserve=mode,timestamps", disk.path, tmp],
+                check=True,
+                capture_output=True,
+            )
             os.replace(tmp, backup)
             taken.append(disk.path)
     return taken

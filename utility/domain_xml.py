@@ -33,11 +33,15 @@ class DiskDevice:
     driver: str = "qcow2"
 
     def element(self) -> ET.Element:
-        return el("disk", {"type": "file", "device": "disk"}, [
-            el("driver", {"name": "qemu", "type": self.driver}),
-            el("source", {"file": self.path}),
-            el("target", {"dev": self.target, "bus": bus_for(self.target)}),
-        ])
+        return el(
+            "disk",
+            {"type": "file", "device": "disk"},
+            [
+                el("driver", {"name": "qemu", "type": self.driver}),
+                el("source", {"file": self.path}),
+                el("target", {"dev": self.target, "bus": bus_for(self.target)}),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,15 @@ class InterfaceDevice:
     model: str = "virtio"
 
     def element(self) -> ET.Element:
-        return el("interface", {"type": "network"}, [
-            el("mac", {"address": self.mac}),
-            el("source", {"network": self.network}),
-            el("model", {"type": self.model}),
-        ])
+        return el(
+            "interface",
+            {"type": "network"},
+            [
+                el("mac", {"address": self.mac}),
+                el("source", {"network": self.network}),
+                el("model", {"type": self.model}),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,14 @@ class UnixSerial:
     port: int = 1
 
     def element(self) -> ET.Element:
-        return el("serial", {"type": "unix"}, [
-            el("source", {"mode": "bind", "path": self.path}),
-            el("target", {"port": self.port}),
-        ])
+        return el(
+            "serial",
+            {"type": "unix"},
+            [
+                el("source", {"mode": "bind", "path": self.path}),
+                el("target", {"port": self.port}),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -78,10 +90,14 @@ class FileSerial:
     port: int = 0
 
     def element(self) -> ET.Element:
-        return el("serial", {"type": "file"}, [
-            el("source", {"path": self.path}),
-            el("target", {"port": self.port}),
-        ])
+        return el(
+            "serial",
+            {"type": "file"},
+            [
+                el("source", {"path": self.path}),
+                el("target", {"port": self.port}),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -95,13 +111,17 @@ class DirectBoot:
     machine: str | None = None
 
     def element(self) -> ET.Element:
-        return el("os", {}, [
-            el("type", {"arch": self.arch, "machine": self.machine}, text="hvm"),
-            el("kernel", text=self.kernel) if self.kernel else None,
-            el("initrd", text=self.initrd) if self.initrd else None,
-            el("cmdline", text=self.cmdline) if self.cmdline else None,
-            None if self.kernel else el("boot", {"dev": "hd"}),
-        ])
+        return el(
+            "os",
+            {},
+            [
+                el("type", {"arch": self.arch, "machine": self.machine}, text="hvm"),
+                el("kernel", text=self.kernel) if self.kernel else None,
+                el("initrd", text=self.initrd) if self.initrd else None,
+                el("cmdline", text=self.cmdline) if self.cmdline else None,
+                None if self.kernel else el("boot", {"dev": "hd"}),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -112,9 +132,13 @@ class OwnerMetadata:
     path: str
 
     def element(self) -> ET.Element:
-        return el("metadata", {}, [
-            el(f"{{{METADATA_NS}}}owner", {"vap": self.vap_id, "path": self.path}),
-        ])
+        return el(
+            "metadata",
+            {},
+            [
+                el(f"{{{METADATA_NS}}}owner", {"vap": self.vap_id, "path": self.path}),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -136,18 +160,22 @@ class DomainXml:
         devices = [d.element() for d in self.disks]
         devices += [i.element() for i in self.interfaces]
         devices += [s.element() for s in self.serials]
-        return el("domain", {"type": self.domain_type}, [
-            el("name", text=self.name),
-            self.owner.element(),
-            el("memory", {"unit": "KiB"}, text=self.memory_kib),
-            el("vcpu", text=self.vcpus),
-            self.boot.element(),
-            el("features", {}, [el("acpi")]) if self.acpi else None,
-            el("on_poweroff", text="destroy"),
-            el("on_reboot", text="restart"),
-            el("on_crash", text="destroy"),
-            el("devices", {}, devices),
-        ])
+        return el(
+            "domain",
+            {"type": self.domain_type},
+            [
+                el("name", text=self.name),
+                self.owner.element(),
+                el("memory", {"unit": "KiB"}, text=self.memory_kib),
+                el("vcpu", text=self.vcpus),
+                self.boot.element(),
+                el("features", {}, [el("acpi")]) if self.acpi else None,
+                el("on_poweroff", text="destroy"),
+                el("on_reboot", text="restart"),
+                el("on_crash", text="destroy"),
+                el("devices", {}, devices),
+            ],
+        )
 
     def to_xml(self) -> str:
         """The domain XML text."""

@@ -92,8 +92,11 @@ class Executor:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             while pending or running:
                 if outcome.ok or keep_going:
-                    for key in [k for k, a in pending.items()
-                                if all(n in finished or n not in keys for n in a.needs)]:
+                    for key in [
+                        k
+                        for k, a in pending.items()
+                        if all(n in finished or n not in keys for n in a.needs)
+                    ]:
                         action = pending.pop(key)
                         running[pool.submit(self._apply, action)] = action
                 if not running:
@@ -191,8 +194,10 @@ class Executor:
             self.boot(action.old)
             self.report(Action(op=Op.START, key=action.key, vm=action.old), "done")
             old = (action.old.origin or {}).get("version")
-            raise RolledBack(f"{exc}; rolled back to {'v' + old if old else 'the previous image'}"
-                             f" with its data disks as before the update") from None
+            raise RolledBack(
+                f"{exc}; rolled back to {'v' + old if old else 'the previous image'}"
+                f" with its data disks as before the update"
+            ) from None
         disks.drop_snapshots(snapshots)
 
     def _resend(self, action: Action) -> None:

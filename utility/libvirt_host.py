@@ -52,8 +52,13 @@ def _ignoring_gone() -> Iterator[None]:
             raise
 
 
-_CONNECTION = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
-               libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN}
+_CONNECTION = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+}
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,9 @@ class LibvirtHost:
             for dom in c.listAllDomains(0):
                 try:
                     state = dom.state()[0]
-                    out.append(DomainInfo(dom.name(), state == libvirt.VIR_DOMAIN_RUNNING,
-                                          dom.XMLDesc(0)))
+                    out.append(
+                        DomainInfo(dom.name(), state == libvirt.VIR_DOMAIN_RUNNING, dom.XMLDesc(0))
+                    )
                 except libvirt.libvirtError:
                     continue  # vanished while listing
             return out
@@ -292,8 +298,9 @@ class LibvirtHost:
 
     def networks(self) -> list[str]:
         """Names of the host's active networks."""
-        return self._call("list networks", lambda c: [n.name() for n in c.listAllNetworks(0)
-                                                       if n.isActive()])
+        return self._call(
+            "list networks", lambda c: [n.name() for n in c.listAllNetworks(0) if n.isActive()]
+        )
 
 
 class HostPool:

@@ -43,8 +43,9 @@ class Lifecycle(ManagerBase):
 
     # -- start ----------------------------------------------------------------------------------
 
-    def _checked(self, path: Path, secrets: Mapping[str, str]) -> tuple[
-            ModelView, Prepared, list[str], TrustSession, list[cvl_adapter.Fetched]]:
+    def _checked(
+        self, path: Path, secrets: Mapping[str, str]
+    ) -> tuple[ModelView, Prepared, list[str], TrustSession, list[cvl_adapter.Fetched]]:
         """Evaluate for the pre-start/pre-update checks and gather every static problem (CVL,
         trust, disks, blacklist), so start and update report the same things the same way.
 
@@ -60,8 +61,12 @@ class Lifecycle(ManagerBase):
         prepared, more = allocation.prepare(checked, path.parent, trust.release_for)
         problems += more + allocation.static_problems(checked, self.store.blacklist())
         return checked, prepared, problems, trust, fetched
+
     def start(
-        self, caller: Caller, cvl_path: str, secrets: Mapping[str, str] | None = None,
+        self,
+        caller: Caller,
+        cvl_path: str,
+        secrets: Mapping[str, str] | None = None,
         progress: FetchReport | None = None,
     ) -> dict[str, Any]:
         """Start the VAP a CVL file describes; see the module docstring for the steps.
@@ -97,29 +102,60 @@ class Lifecycle(ManagerBase):
                     raise CheckFailed(problems)
             try:
                 self._secrets[str(path)] = secrets
-                return self._bring_up(caller, vap_id, path, model, prepared, placement,
-                                      addressing, bases, secrets, notes, trust, fetched)
+                return self._bring_up(
+                    caller,
+                    vap_id,
+                    path,
+                    model,
+                    prepared,
+                    placement,
+                    addressing,
+                    bases,
+                    secrets,
+                    notes,
+                    trust,
+                    fetched,
+                )
             except BaseException as exc:
                 self._roll_back(vap_id, f"start failed: {exc}")
                 if isinstance(exc, UtilityError) and not isinstance(exc, CheckFailed):
                     raise StartFailed(
                         f"start of {path} failed and was rolled back (VAP stopped, addresses "
-                        f"released, data disks kept): {exc}") from exc
+                        f"released, data disks kept): {exc}"
+                    ) from exc
                 raise
 
-    def _bring_up(self, caller: Caller, vap_id: int, path: Path, model: ModelView,
-                  prepared: Mapping[str, Prepared], placement: Mapping[str, str],
-                  addressing: addresses.Addressing, bases: Mapping[tuple[str, str], str],
-                  secrets: Mapping[str, str], notes: list[str],
-                  trust: TrustSession, fetched: list[cvl_adapter.Fetched]) -> dict[str, Any]:
+    def _bring_up(
+        self,
+        caller: Caller,
+        vap_id: int,
+        path: Path,
+        model: ModelView,
+        prepared: Mapping[str, Prepared],
+        placement: Mapping[str, str],
+        addressing: addresses.Addressing,
+        bases: Mapping[tuple[str, str], str],
+        secrets: Mapping[str, str],
+        notes: list[str],
+        trust: TrustSession,
+        fetched: list[cvl_adapter.Fetched],
+    ) -> dict[str, Any]:
         names = allocation.component_names(model)
         overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
         final = final_evaluation(path, overrides, trust, fetched)
         _same_versions(model, final)
         state = allocation.build_state(
-            vap_id=vap_id, cvl_path=path, model=final, prepared=prepared,
-            addressing=addressing, placement=placement, bases=bases, secrets=secrets,
-            settings=self.settings, run_dir=self.run_dir)
+            vap_id=vap_id,
+            cvl_path=path,
+            model=final,
+            prepared=prepared,
+            addressing=addressing,
+            placement=placement,
+            bases=bases,
+            secrets=secrets,
+            settings=self.settings,
+            run_dir=self.run_dir,
+        )
         self.store.set_vap(vap_id, state=state)
         outcome = self._executor(vap_id).run(start_plan(state))
         if not outcome.ok:
@@ -129,8 +165,12 @@ class Lifecycle(ManagerBase):
         return {"id": vap_id, "notes": notes, **self.vap_status(vap_id)}
 
     def _allocate(
-        self, db: sqlite3.Connection, model: ModelView, prepared: Mapping[str, Prepared],
-        vap_id: int | None, keep: addresses.Addressing | None = None,
+        self,
+        db: sqlite3.Connection,
+        model: ModelView,
+        prepared: Mapping[str, Prepared],
+        vap_id: int | None,
+        keep: addresses.Addressing | None = None,
     ) -> tuple[dict[str, str], addresses.Addressing, list[str]]:
         """Placement of `prepared` and addresses of `model`; with a `vap_id`, reserve them too.
 
@@ -143,17 +183,26 @@ class Lifecycle(ManagerBase):
             placement = self._place(db, prepared)
         except PlacementError as exc:
             problems.append(str(exc))
-        free_vlans = [r[0] for r in db.execute(
-            "SELECT vlan FROM vlans WHERE vap_id IS NULL ORDER BY vlan")]
-        free_ips = [r[0] for r in db.execute(
-            "SELECT ip FROM public_ips WHERE vap_id IS NULL ORDER BY ip")]
+        free_vlans = [
+            r[0] for r in db.execute("SELECT vlan FROM vlans WHERE vap_id IS NULL ORDER BY vlan")
+        ]
+        free_ips = [
+            r[0] for r in db.execute("SELECT ip FROM public_ips WHERE vap_id IS NULL ORDER BY ip")
+        ]
         free_ips.sort(key=lambda ip: tuple(int(p) for p in ip.split(".")))
         macs = [r[0] for r in db.execute("SELECT address FROM addresses WHERE kind='mac'")]
         ips = [r[0] for r in db.execute("SELECT address FROM addresses WHERE kind='ip'")]
         addressing = addresses.Addressing({}, {})
         try:
-            addressing = addresses.assign(model, free_vlans, free_ips, macs,
-                                          self.settings.address_base, keep=keep, taken_ips=ips)
+            addressing = addresses.assign(
+                model,
+                free_vlans,
+                free_ips,
+                macs,
+                self.settings.address_base,
+                keep=keep,
+                taken_ips=ips,
+            )
         except PoolExhausted as exc:
             problems.append(str(exc))
         if vap_id is None or problems:
@@ -164,13 +213,19 @@ class Lifecycle(ManagerBase):
     def _place(self, db: sqlite3.Connection, prepared: Mapping[str, Prepared]) -> dict[str, str]:
         """Hosts for the VMs in `prepared`, given what `db` says is in use (PlacementError)."""
         usage = self.store.usage(db)
-        rooms = [HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
-                 for h in self.store.hosts()]
+        rooms = [
+            HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
+            for h in self.store.hosts()
+        ]
         return place(allocation.demands(prepared), rooms, self.settings.placement)
 
     def _reserve(
-        self, db: sqlite3.Connection, vap_id: int, placement: Mapping[str, str],
-        addressing: addresses.Addressing, prepared: Mapping[str, Prepared],
+        self,
+        db: sqlite3.Connection,
+        vap_id: int,
+        placement: Mapping[str, str],
+        addressing: addresses.Addressing,
+        prepared: Mapping[str, Prepared],
         keep: addresses.Addressing | None,
     ) -> None:
         """Record a VAP's allocations in `db`; what `keep` holds is already recorded."""
@@ -179,28 +234,44 @@ class Lifecycle(ManagerBase):
         for segment, vlan in addressing.vlans.items():
             if vlan in kept_vlans:
                 continue
-            _claim(db.execute(
-                "UPDATE vlans SET vap_id=?, segment=? WHERE vlan=? AND vap_id IS NULL",
-                (vap_id, segment, vlan)), f"VLAN {vlan}")
+            _claim(
+                db.execute(
+                    "UPDATE vlans SET vap_id=?, segment=? WHERE vlan=? AND vap_id IS NULL",
+                    (vap_id, segment, vlan),
+                ),
+                f"VLAN {vlan}",
+            )
         for iface in addressing.interfaces.values():
             if iface in kept_ifaces:
                 continue
             for address, kind in ((iface.mac, "mac"), (iface.ip, "ip")):
-                db.execute("INSERT INTO addresses VALUES (?,?,?,?)",
-                           (address, kind, vap_id, iface.path))
+                db.execute(
+                    "INSERT INTO addresses VALUES (?,?,?,?)", (address, kind, vap_id, iface.path)
+                )
             if iface.segment == PUBLIC:
-                _claim(db.execute(
-                    "UPDATE public_ips SET vap_id=?, iface=? WHERE ip=? AND vap_id IS NULL",
-                    (vap_id, iface.path, iface.ip)), f"public IP {iface.ip}")
+                _claim(
+                    db.execute(
+                        "UPDATE public_ips SET vap_id=?, iface=? WHERE ip=? AND vap_id IS NULL",
+                        (vap_id, iface.path, iface.ip),
+                    ),
+                    f"public IP {iface.ip}",
+                )
         for vm_path, host in placement.items():
-            db.execute("INSERT INTO vms (vap_id, path, host, domain, memory, state) "
-                       "VALUES (?,?,?,?,?, 'pending')",
-                       (vap_id, vm_path, host,
-                        f"{self.settings.prefix}-{vap_id}-{vm_path or 'root'}",
-                        prepared[vm_path].spec.memory))
+            db.execute(
+                "INSERT INTO vms (vap_id, path, host, domain, memory, state) "
+                "VALUES (?,?,?,?,?, 'pending')",
+                (
+                    vap_id,
+                    vm_path,
+                    host,
+                    f"{self.settings.prefix}-{vap_id}-{vm_path or 'root'}",
+                    prepared[vm_path].spec.memory,
+                ),
+            )
 
-    def _fetch_bases(self, prepared: Mapping[str, Prepared],
-                     progress: FetchReport | None = None) -> dict[tuple[str, str], str]:
+    def _fetch_bases(
+        self, prepared: Mapping[str, Prepared], progress: FetchReport | None = None
+    ) -> dict[tuple[str, str], str]:
         """Local paths of each program disk's top image and of direct-boot kernels."""
         bases: dict[tuple[str, str], str] = {}
         data_targets = {p: {d for d, _ in prep.data_disks} for p, prep in prepared.items()}
@@ -210,7 +281,8 @@ class Lifecycle(ManagerBase):
                     label = f"{vm_path or '(root)'} {disk.source} ({prep.files.label})"
                     report = functools.partial(progress, label) if progress else None
                     bases[(vm_path, disk.target)] = str(
-                        prep.files.local_path(disk.source, self.cache_dir, report))
+                        prep.files.local_path(disk.source, self.cache_dir, report)
+                    )
             for key in ("kernel", "initrd"):
                 name = getattr(prep.spec, key)
                 if name:
@@ -225,13 +297,15 @@ class Lifecycle(ManagerBase):
                 if phase == "begin":
                     self.store.set_vm(vap_id, action.vm.path, "booting")
                 else:
-                    self.store.set_vm(vap_id, action.vm.path, "running", started=time.time(),
-                                      boot=True)
+                    self.store.set_vm(
+                        vap_id, action.vm.path, "running", started=time.time(), boot=True
+                    )
             elif action.op in (Op.STOP, Op.REMOVE) and phase == "done":
                 self.store.set_vm(vap_id, action.vm.path, "stopped")
 
-        return Executor(self.host, vap_id, self.timeouts,
-                        attic or self.state_dir / "attic", report=report)
+        return Executor(
+            self.host, vap_id, self.timeouts, attic or self.state_dir / "attic", report=report
+        )
 
     def _roll_back(self, vap_id: int, error: str) -> list[str]:
         """Stop whatever of a VAP exists, release its allocations, mark it failed."""
@@ -247,10 +321,13 @@ class Lifecycle(ManagerBase):
                 self.host(row.host).destroy_domain(row.domain)
             except UtilityError as exc:
                 notes.append(str(exc))
-        held = [r[0] for r in self.store.read().execute(
-            "SELECT vlan FROM vlans WHERE vap_id=?", (vap_id,))]
-        for name in [f"{self.settings.prefix}-v{v}" for v in held] + \
-                [f"{self.settings.prefix}-x{vap_id}"]:
+        held = [
+            r[0]
+            for r in self.store.read().execute("SELECT vlan FROM vlans WHERE vap_id=?", (vap_id,))
+        ]
+        for name in [f"{self.settings.prefix}-v{v}" for v in held] + [
+            f"{self.settings.prefix}-x{vap_id}"
+        ]:
             for host in self.store.hosts():
                 try:
                     self.pool.get(host.name, host.uri).remove_network(name)
@@ -264,8 +341,13 @@ class Lifecycle(ManagerBase):
 
     # -- stop -----------------------------------------------------------------------------------
 
-    def stop(self, caller: Caller, cvl_path: str, component: str | None = None,
-             stop_timeout: float | None = None) -> dict[str, Any]:
+    def stop(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        component: str | None = None,
+        stop_timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Stop a VAP in reverse boot order, or only `component` (a dotted path) and its parts.
 
         Returns:
@@ -278,8 +360,11 @@ class Lifecycle(ManagerBase):
             state = vap.state
             if state is None:
                 raise NotFound(f"{path} has no recorded state")
-            timeouts = dataclasses.replace(self.timeouts, stop=stop_timeout) \
-                if stop_timeout is not None else self.timeouts
+            timeouts = (
+                dataclasses.replace(self.timeouts, stop=stop_timeout)
+                if stop_timeout is not None
+                else self.timeouts
+            )
             warnings: list[str] = []
             if component:
                 target = state.without(component)
@@ -289,8 +374,10 @@ class Lifecycle(ManagerBase):
                 for vm in target.vms:
                     for need in vm.needs:
                         if need in gone:
-                            warnings.append(f"warning: {vm.path} requires {need} "
-                                            f"({', '.join(vm.requires)}), which is being stopped")
+                            warnings.append(
+                                f"warning: {vm.path} requires {need} "
+                                f"({', '.join(vm.requires)}), which is being stopped"
+                            )
             else:
                 gone = {vm.path for vm in state.vms}
                 self.store.set_vap(vap.id, status="stopping")
@@ -302,10 +389,10 @@ class Lifecycle(ManagerBase):
             else:
                 with self.store.transaction() as db:
                     self.store.release(db, vap.id)
-                    self.store.set_vap(vap.id, status="stopped", db=db,
-                                       error=outcome.error)
-            self.store.event(vap.id, "stop",
-                             f"{caller.name} stopped {component or 'all'} of {path}")
+                    self.store.set_vap(vap.id, status="stopped", db=db, error=outcome.error)
+            self.store.event(
+                vap.id, "stop", f"{caller.name} stopped {component or 'all'} of {path}"
+            )
             problems = ([outcome.error] if outcome.error else []) + outcome.notes
             return {"stopped": sorted(gone), "warnings": warnings, "problems": problems}
 
@@ -316,8 +403,12 @@ def _claim(cursor: sqlite3.Cursor, what: str) -> None:
         raise Conflict(f"{what} was taken by a concurrent start; start again")
 
 
-def final_evaluation(path: Path, overrides: Mapping[str, str], trust: TrustSession,
-                      checked: list[cvl_adapter.Fetched]) -> ModelView:
+def final_evaluation(
+    path: Path,
+    overrides: Mapping[str, str],
+    trust: TrustSession,
+    checked: list[cvl_adapter.Fetched],
+) -> ModelView:
     """The address-filled evaluation, on the imported texts the checks already saw (`checked`);
     anything it must fetch anew is checked like them."""
     fetched: list[cvl_adapter.Fetched] = []
@@ -330,15 +421,18 @@ def final_evaluation(path: Path, overrides: Mapping[str, str], trust: TrustSessi
 
 def _same_versions(first: ModelView, second: ModelView) -> None:
     """The address-filled evaluation must use the exact versions the checks saw."""
+
     def versions(m: ModelView) -> dict[str, str]:
         return {str(i.get("url")): str(i.get("version")) for i in m.imports}
 
     a, b = versions(first), versions(second)
     if a != b:
-        changed = ", ".join(f"{u} {a.get(u)} -> {b.get(u)}" for u in sorted(set(a) | set(b))
-                            if a.get(u) != b.get(u))
-        raise UtilityError(f"a repository published a new version during the start ({changed}); "
-                           "start again")
+        changed = ", ".join(
+            f"{u} {a.get(u)} -> {b.get(u)}" for u in sorted(set(a) | set(b)) if a.get(u) != b.get(u)
+        )
+        raise UtilityError(
+            f"a repository published a new version during the start ({changed}); start again"
+        )
 
 
 def versions_of(model: ModelView) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ EMBEDDED_MAX_VMS = 16
 # in `cache/`; everything else in the directory (database, run/, secrets) is 0600/0700.
 STATE_DIR_MODE = 0o711
 
+
 class ManagerBase:
     """One cluster manager over a state directory.
 
@@ -93,8 +94,11 @@ class ManagerBase:
         """With no host registered, register the embedded local host; say which in one line."""
         if self.store.hosts():
             return []
-        uri, reason = (self.default_uri, f"embedded default host {self.default_uri}") \
-            if self.default_uri else probe_default_uri()
+        uri, reason = (
+            (self.default_uri, f"embedded default host {self.default_uri}")
+            if self.default_uri
+            else probe_default_uri()
+        )
         host = self.pool.get(EMBEDDED_HOST, uri)
         memory = host.memory()
         try:
@@ -133,8 +137,11 @@ class ManagerBase:
                 raise NotFound(f"{path} was never started")
             require_owner(caller, vap, "see")
             return [self.vap_status(vap.id)]
-        return [self.vap_status(v.id) for v in self.store.vaps()
-                if caller.admin or v.owner == caller.name]
+        return [
+            self.vap_status(v.id)
+            for v in self.store.vaps()
+            if caller.admin or v.owner == caller.name
+        ]
 
     def vap_status(self, vap_id: int) -> dict[str, Any]:
         """One VAP's status: per component path, type, version, host, interfaces, state, uptime."""
@@ -146,31 +153,61 @@ class ManagerBase:
         for vm in state.vms if state else ():
             row = rows.get(vm.path)
             running = row is not None and row.state == "running"
-            components.append({
-                "path": vm.path, "type": vm.type,
-                "version": (vm.origin or {}).get("version"),
-                "repository": (vm.origin or {}).get("url"),
-                "host": vm.host, "domain": vm.domain,
-                "memory": vm.memory,
-                "interfaces": [{"name": i.name, "ip": i.ip, "mac": i.mac, "network": i.network,
-                                "netmask": i.netmask} for i in vm.interfaces],
-                "state": row.state if row else "stopped",
-                "boot_seq": row.boot_seq if row else None,
-                "uptime": round(now - row.started, 3) if running and row and row.started else None,
-                "started": row.started if running and row else None,
-                "params": {k: list(v) for k, v in vm.masked().params},
-            })
+            components.append(
+                {
+                    "path": vm.path,
+                    "type": vm.type,
+                    "version": (vm.origin or {}).get("version"),
+                    "repository": (vm.origin or {}).get("url"),
+                    "host": vm.host,
+                    "domain": vm.domain,
+                    "memory": vm.memory,
+                    "interfaces": [
+                        {
+                            "name": i.name,
+                            "ip": i.ip,
+                            "mac": i.mac,
+                            "network": i.network,
+                            "netmask": i.netmask,
+                        }
+                        for i in vm.interfaces
+                    ],
+                    "state": row.state if row else "stopped",
+                    "boot_seq": row.boot_seq if row else None,
+                    "uptime": round(now - row.started, 3)
+                    if running and row and row.started
+                    else None,
+                    "started": row.started if running and row else None,
+                    "params": {k: list(v) for k, v in vm.masked().params},
+                }
+            )
         for path, row in rows.items():
             if state is None or state.vm(path) is None:
-                components.append({"path": path, "host": row.host, "domain": row.domain,
-                                   "state": row.state, "boot_seq": row.boot_seq,
-                                   "interfaces": [], "uptime": None})
-        boot_order = [r.path for r in sorted(rows.values(), key=lambda r: r.boot_seq or 0)
-                      if r.boot_seq is not None]
+                components.append(
+                    {
+                        "path": path,
+                        "host": row.host,
+                        "domain": row.domain,
+                        "state": row.state,
+                        "boot_seq": row.boot_seq,
+                        "interfaces": [],
+                        "uptime": None,
+                    }
+                )
+        boot_order = [
+            r.path
+            for r in sorted(rows.values(), key=lambda r: r.boot_seq or 0)
+            if r.boot_seq is not None
+        ]
         return {
-            "id": vap.id, "cvl": vap.cvl_path, "owner": vap.owner, "status": vap.status,
-            "error": vap.error, "appliance": state.appliance if state else None,
+            "id": vap.id,
+            "cvl": vap.cvl_path,
+            "owner": vap.owner,
+            "status": vap.status,
+            "error": vap.error,
+            "appliance": state.appliance if state else None,
             "vlans": dict(state.vlans) if state and vap.status in ACTIVE else {},
             "networks": [dataclasses.asdict(n) for n in state.networks] if state else [],
-            "boot_order": boot_order, "components": components,
+            "boot_order": boot_order,
+            "components": components,
         }

@@ -124,11 +124,7 @@ class ModelView:
 
     def interfaces(self, vm_path: str) -> list[Component]:
         """The interface components directly under VM `vm_path`, by name."""
-        return [
-            c
-            for c in self.of_kind("interface")
-            if parent_path(c.path) == vm_path
-        ]
+        return [c for c in self.of_kind("interface") if parent_path(c.path) == vm_path]
 
     def enclosing_van(self, path: str) -> str | None:
         """The path of the nearest VAN strictly containing `path`; None at the top."""

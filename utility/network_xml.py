@@ -32,11 +32,15 @@ class NetworkXml:
             )
 
     def element(self) -> ET.Element:
-        return el("network", {}, [
-            el("name", text=self.name),
-            el("bridge", {"name": self.bridge, "stp": "off", "delay": "0"}),
-            el("vlan", {}, [el("tag", {"id": self.vlan})]) if self.vlan is not None else None,
-        ])
+        return el(
+            "network",
+            {},
+            [
+                el("name", text=self.name),
+                el("bridge", {"name": self.bridge, "stp": "off", "delay": "0"}),
+                el("vlan", {}, [el("tag", {"id": self.vlan})]) if self.vlan is not None else None,
+            ],
+        )
 
     def to_xml(self) -> str:
         """The network XML text."""

@@ -62,6 +62,8 @@ BASE_CSS = Path(reposerver.__file__).resolve().parent / "static"
 def base_css() -> Response:
     """The style sheet both servers' pages share (one file, kept with the repository pages)."""
     return send_from_directory(BASE_CSS, "pages.css", mimetype="text/css", max_age=300)
+
+
 REALM = 'Basic realm="Collective utility (token as password)", charset="UTF-8"'
 CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
@@ -127,9 +129,16 @@ def _page_headers(response: Response) -> Response:
         body = response.get_json(silent=True) or {}
         status = response.status_code
         response = Response(
-            render_template("error.html", title=f"{status}", status=status,
-                            message=str(body.get("error", "error")), nav=None),
-            status=status, mimetype="text/html")
+            render_template(
+                "error.html",
+                title=f"{status}",
+                status=status,
+                message=str(body.get("error", "error")),
+                nav=None,
+            ),
+            status=status,
+            mimetype="text/html",
+        )
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = REALM
     response.headers["Content-Security-Policy"] = CSP
@@ -245,12 +254,20 @@ def version_note(
         return VersionNote(running=None)
     url, running = _norm(str(origin["url"])), str(origin.get("version"))
     banned = {v for u, v in blacklist if _norm(u) == url}
-    pinned = next((str(i.get("requested")) for i in imports
-                   if _norm(str(i.get("url", ""))) == url and i.get("pinned")
-                   and i.get("cvl") == origin.get("cvl")), None)
+    pinned = next(
+        (
+            str(i.get("requested"))
+            for i in imports
+            if _norm(str(i.get("url", ""))) == url
+            and i.get("pinned")
+            and i.get("cvl") == origin.get("cvl")
+        ),
+        None,
+    )
     if not running.isdigit():
-        return VersionNote(running=running, pinned=pinned,
-                           running_blacklisted="all" in banned or running in banned)
+        return VersionNote(
+            running=running, pinned=pinned, running_blacklisted="all" in banned or running in banned
+        )
     latest = latest_of(str(origin["url"]))
     later = range(int(running) + 1, (latest or 0) + 1)
     blocked = "all" in banned
@@ -419,16 +436,21 @@ def network_picture(
     order = {s: i for i, s in enumerate(segments)}
 
     def segments_of(comp: Mapping[str, Any]) -> list[str]:
-        found = {segment_of_net.get(i.get("network"), i.get("network", "?"))
-                 for i in comp.get("interfaces", [])}
+        found = {
+            segment_of_net.get(i.get("network"), i.get("network", "?"))
+            for i in comp.get("interfaces", [])
+        }
         return sorted(found, key=order.__getitem__) or [segments[0]]
 
     rows: dict[str, list[Mapping[str, Any]]] = {s: [] for s in segments}
     for comp in sorted(components, key=lambda c: str(c["path"])):
         rows[segments_of(comp)[0]].append(comp)
     same_row_arrows = {
-        s: any(dep in {str(c["path"]) for c in row} for c in row
-               for dep in dependencies.get(str(c["path"]), ((), ()))[0])
+        s: any(
+            dep in {str(c["path"]) for c in row}
+            for c in row
+            for dep in dependencies.get(str(c["path"]), ((), ()))[0]
+        )
         for s, row in rows.items()
     }
     widest = max([len(r) for r in rows.values()] + [1])
@@ -438,8 +460,16 @@ def network_picture(
     boxes: dict[str, Box] = {}
     y = MARGIN + 18
     for segment in segments:
-        buses.append(Bus(segment, _bus_label(segment, status, vlan_of, members.get(segment, [])),
-                         "public" if segment == PUBLIC else "van", y, MARGIN, width - MARGIN))
+        buses.append(
+            Bus(
+                segment,
+                _bus_label(segment, status, vlan_of, members.get(segment, [])),
+                "public" if segment == PUBLIC else "van",
+                y,
+                MARGIN,
+                width - MARGIN,
+            )
+        )
         row = rows[segment]
         if not row:
             y += 40
@@ -453,9 +483,16 @@ def network_picture(
             role = "vm"
             if len(joined) > 1:
                 role = "firewall" if joined[0] == PUBLIC else "gateway"
-            boxes[path] = Box(path, str(comp.get("type", "")), role,
-                              str(comp.get("state", "?")), str(comp.get("host", "")),
-                              notes.get(path, VersionNote(running=comp.get("version"))), x, top)
+            boxes[path] = Box(
+                path,
+                str(comp.get("type", "")),
+                role,
+                str(comp.get("state", "?")),
+                str(comp.get("host", "")),
+                notes.get(path, VersionNote(running=comp.get("version"))),
+                x,
+                top,
+            )
             x += BOX_W + GAP_X
         y = top + BOX_H + (ARROW_ROOM if same_row_arrows[segment] else 0) + BUS_GAP
     height = y - BUS_GAP + MARGIN + 8
@@ -471,8 +508,16 @@ def network_picture(
             for k, iface in enumerate(group):
                 x = box.x + (k + 1) * box.w // (len(group) + 1)
                 target = bus_y[segment_of_net.get(iface.get("network"), "?")]
-                links.append(Link(box.path, str(iface.get("name", "")), str(iface.get("ip", "")),
-                                  x, box.y if upward else box.y + box.h, target))
+                links.append(
+                    Link(
+                        box.path,
+                        str(iface.get("name", "")),
+                        str(iface.get("ip", "")),
+                        x,
+                        box.y if upward else box.y + box.h,
+                        target,
+                    )
+                )
     arrows: list[Arrow] = []
     for path, (needs, requires) in sorted(dependencies.items()):
         if path not in boxes:
@@ -481,12 +526,15 @@ def network_picture(
         for dep in needs:
             if dep in boxes:
                 arrows.append(_arrow(boxes[path], boxes[dep], label))
-    return Picture(width, height, tuple(buses), tuple(boxes.values()), tuple(links),
-                   tuple(arrows))
+    return Picture(width, height, tuple(buses), tuple(boxes.values()), tuple(links), tuple(arrows))
 
 
-def _bus_label(segment: str, status: Mapping[str, Any], vlan_of: Mapping[str, Any],
-               interfaces: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+def _bus_label(
+    segment: str,
+    status: Mapping[str, Any],
+    vlan_of: Mapping[str, Any],
+    interfaces: Sequence[Mapping[str, Any]],
+) -> tuple[str, ...]:
     if segment == PUBLIC:
         return ("outside", "public network")
     name = (status.get("appliance") or "VAP") if segment == "" else segment
@@ -512,16 +560,18 @@ def _arrow(source: Box, target: Box, label: str) -> Arrow:
     else:
         start, end = (source.cx - 20, source.y + source.h), (target.cx + 20, target.y - 4)
     d = f"M {start[0]} {start[1]} L {end[0]} {end[1]}"
-    return Arrow(source.path, target.path, d, label, (start[0] + end[0]) // 2 + 6,
-                 (start[1] + end[1]) // 2)
+    return Arrow(
+        source.path, target.path, d, label, (start[0] + end[0]) // 2 + 6, (start[1] + end[1]) // 2
+    )
 
 
 # -- views ------------------------------------------------------------------------------------
 
 
 def _page(template: str, **context: Any) -> Response:
-    return Response(render_template(template, refresh=REFRESH_SECONDS, **context),
-                    mimetype="text/html")
+    return Response(
+        render_template(template, refresh=REFRESH_SECONDS, **context), mimetype="text/html"
+    )
 
 
 def _when(at: float | None) -> str:
@@ -530,26 +580,31 @@ def _when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _history_rows(entries: Sequence[Mapping[str, Any]],
-                  ids: Mapping[str, int]) -> list[dict[str, Any]]:
+def _history_rows(
+    entries: Sequence[Mapping[str, Any]], ids: Mapping[str, int]
+) -> list[dict[str, Any]]:
     rows = []
     for h in reversed(entries):
         result = str(h.get("result", ""))
         level = "ok" if result == "applied" else "bad" if result.startswith("failed") else "warn"
         trigger = str(h.get("trigger", ""))
-        rows.append({
-            "at": _when(float(h["at"])),
-            "cvl": str(h["cvl_path"]),
-            "name": Path(str(h["cvl_path"])).name,
-            "vap_id": ids.get(str(h["cvl_path"])),
-            "trigger": trigger,
-            "automatic": trigger in ("push", "poll"),
-            "versions": [(path, old, new) for path, (old, new) in
-                         sorted(dict(h.get("versions") or {}).items())],
-            "actions": list(h.get("actions") or []),
-            "result": result,
-            "level": level,
-        })
+        rows.append(
+            {
+                "at": _when(float(h["at"])),
+                "cvl": str(h["cvl_path"]),
+                "name": Path(str(h["cvl_path"])).name,
+                "vap_id": ids.get(str(h["cvl_path"])),
+                "trigger": trigger,
+                "automatic": trigger in ("push", "poll"),
+                "versions": [
+                    (path, old, new)
+                    for path, (old, new) in sorted(dict(h.get("versions") or {}).items())
+                ],
+                "actions": list(h.get("actions") or []),
+                "result": result,
+                "level": level,
+            }
+        )
     return rows
 
 
@@ -611,8 +666,9 @@ def vap_page(vap_id: int) -> Response:
         notes[vm.path] = version_note(vm.origin, imports, blacklist, failed, latest_version)
         dependencies[vm.path] = (vm.needs, vm.requires)
     picture = network_picture(status, dependencies, notes) if status["components"] else None
-    events = [{**e, "at": _when(float(str(e["at"])))}
-              for e in manager.store.events(record.id)][-12:]
+    events = [{**e, "at": _when(float(str(e["at"])))} for e in manager.store.events(record.id)][
+        -12:
+    ]
     return _page(
         "vap.html",
         title=Path(record.cvl_path).name,
@@ -630,8 +686,12 @@ def vap_page(vap_id: int) -> Response:
 def history_page() -> Response:
     """Every update the caller may see, newest first: trigger, versions, actions, result."""
     manager, caller = _manager(), _caller()
-    return _page("history.html", title="Update history", nav="history",
-                 history=_history_rows(manager.history(caller), _vap_ids(manager)))
+    return _page(
+        "history.html",
+        title="Update history",
+        nav="history",
+        history=_history_rows(manager.history(caller), _vap_ids(manager)),
+    )
 
 
 @bp.get("/blacklist")
@@ -639,9 +699,15 @@ def blacklist_page() -> Response:
     """The blacklist and the running components that violate it."""
     manager, caller = _manager(), _caller()
     violations, is_admin = _admin_only(lambda: manager.violations(caller), [])
-    return _page("blacklist.html", title="Blacklist", nav="blacklist", is_admin=is_admin,
-                 entries=manager.blacklist(caller), violations=violations,
-                 vap_ids=_vap_ids(manager))
+    return _page(
+        "blacklist.html",
+        title="Blacklist",
+        nav="blacklist",
+        is_admin=is_admin,
+        entries=manager.blacklist(caller),
+        violations=violations,
+        vap_ids=_vap_ids(manager),
+    )
 
 
 bp.add_app_template_filter(format_bytes, "size")  # the repository pages' own filter

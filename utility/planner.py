@@ -197,14 +197,18 @@ def diff(
     for path in _boot_order(want, booting):
         action = ops[path]
         vm = want[path]
-        needs = [new_net_keys[(vm.host, i.network)] for i in vm.interfaces
-                 if (vm.host, i.network) in new_net_keys]
+        needs = [
+            new_net_keys[(vm.host, i.network)]
+            for i in vm.interfaces
+            if (vm.host, i.network) in new_net_keys
+        ]
         needs += [vm_key(p) for p in vm.needs if p in booting]
         actions.append(_with_needs(action, needs))
     for path in sorted(p for p, a in ops.items() if a.op is Op.RESEND):
         # new parameters may point at a provider being (re)started: resend after it is ready
-        actions.append(_with_needs(ops[path], [vm_key(p) for p in want[path].needs
-                                               if p in booting]))
+        actions.append(
+            _with_needs(ops[path], [vm_key(p) for p in want[path].needs if p in booting])
+        )
     for path in _halt_order(now, halting):
         dependents = [vm_key(p) for p, vm in now.items() if path in vm.needs and p in halting]
         actions.append(_with_needs(ops[path], dependents))
@@ -212,18 +216,26 @@ def diff(
         users = [
             vm_key(p)
             for p, vm in now.items()
-            if p in ops and ops[p].op in (Op.STOP, Op.REMOVE, Op.UPDATE)
-            and vm.host == n.host and any(i.network == n.name for i in vm.interfaces)
+            if p in ops
+            and ops[p].op in (Op.STOP, Op.REMOVE, Op.UPDATE)
+            and vm.host == n.host
+            and any(i.network == n.name for i in vm.interfaces)
         ]
-        actions.append(Action(op=Op.NETWORK_DOWN, key=net_key(n), network=n,
-                              needs=tuple(sorted(set(users)))))
+        actions.append(
+            Action(op=Op.NETWORK_DOWN, key=net_key(n), network=n, needs=tuple(sorted(set(users))))
+        )
     return Plan(actions=tuple(actions))
 
 
 def _with_needs(action: Action, needs: Iterable[str]) -> Action:
     return Action(
-        op=action.op, key=action.key, vm=action.vm, old=action.old, network=action.network,
-        needs=tuple(sorted(set(needs))), changed=action.changed,
+        op=action.op,
+        key=action.key,
+        vm=action.vm,
+        old=action.old,
+        network=action.network,
+        needs=tuple(sorted(set(needs))),
+        changed=action.changed,
     )
 
 

@@ -76,8 +76,10 @@ class SignedRelease:
             raise TrustRefused(f"{label}: the tag does not name a commit")
         commit = target.group(1).decode()
         if commit != listed:
-            raise TrustRefused(f"{label}: the tag does not name the version's commit (the "
-                               f"server lists {listed[:12]}, the signed tag {commit[:12]})")
+            raise TrustRefused(
+                f"{label}: the tag does not name the version's commit (the "
+                f"server lists {listed[:12]}, the signed tag {commit[:12]})"
+            )
         status = verify(trust_scope, raw)
         if status.signer is None:
             raise TrustRefused(f"{label} refused by trust policy: {status.problem}")
@@ -98,8 +100,10 @@ class SignedRelease:
         except Exception as exc:  # noqa: BLE001 - the repository's errors become a refusal
             raise TrustRefused(f"{self.label}: cannot read git object {sha1[:12]}: {exc}") from None
         if hashlib.sha1(raw).hexdigest() != sha1:
-            raise TrustRefused(f"{self.label}: the server sent git object {sha1[:12]} with "
-                               "different content (its SHA-1 does not match): refused")
+            raise TrustRefused(
+                f"{self.label}: the server sent git object {sha1[:12]} with "
+                "different content (its SHA-1 does not match): refused"
+            )
         header, _, body = raw.partition(b"\0")
         if header != kind + b" " + str(len(body)).encode():
             raise TrustRefused(f"{self.label}: git object {sha1[:12]} is not a {kind.decode()}")
@@ -114,8 +118,8 @@ class SignedRelease:
             while pos < len(body):
                 space = body.index(b" ", pos)
                 nul = body.index(b"\0", space)
-                mode, name = body[pos:space], body[space + 1:nul].decode("utf-8", "replace")
-                entries[name] = (mode, body[nul + 1:nul + 21].hex())
+                mode, name = body[pos:space], body[space + 1 : nul].decode("utf-8", "replace")
+                entries[name] = (mode, body[nul + 1 : nul + 21].hex())
                 pos = nul + 21
             self._trees[sha1] = entries
         return self._trees[sha1]
@@ -128,8 +132,9 @@ class SignedRelease:
             entry = self._tree(tree).get(part)
             last = i == len(parts) - 1
             if entry is None or (entry[0] == _DIRECTORY_MODE) == last:
-                raise TrustRefused(f"{self.label}: {name!r} is not a file of the signed commit "
-                                   f"{self.commit[:12]}")
+                raise TrustRefused(
+                    f"{self.label}: {name!r} is not a file of the signed commit {self.commit[:12]}"
+                )
             tree = entry[1]
         if not parts:
             raise TrustRefused(f"{self.label}: empty file name")
@@ -163,11 +168,16 @@ class SignedRelease:
         if _git_hash(b"blob", data) == blob:
             return
         pointer = self._pointer(name, blob, strict=False)
-        if pointer is not None and len(data) == pointer.size \
-                and hashlib.sha256(data).hexdigest() == pointer.oid:
+        if (
+            pointer is not None
+            and len(data) == pointer.size
+            and hashlib.sha256(data).hexdigest() == pointer.oid
+        ):
             return
-        raise TrustRefused(f"{self.label}: {name} as served does not match the signed commit "
-                           f"{self.commit[:12]} (blob {blob[:12]}): refused")
+        raise TrustRefused(
+            f"{self.label}: {name} as served does not match the signed commit "
+            f"{self.commit[:12]} (blob {blob[:12]}): refused"
+        )
 
     def check_disk(self, name: str, top_sha256: str) -> None:
         """The disk chain offered for `name` must end in the object its signed LFS pointer names.
@@ -179,6 +189,8 @@ class SignedRelease:
         if pointer is None:
             raise TrustRefused(f"{self.label}: {name} is not a Git LFS disk in the signed commit")
         if pointer.oid != top_sha256:
-            raise TrustRefused(f"{self.label}: the server's disk list gives {name} as "
-                               f"sha256:{top_sha256[:12]}, the signed commit's LFS pointer "
-                               f"names sha256:{pointer.oid[:12]}: refused")
+            raise TrustRefused(
+                f"{self.label}: the server's disk list gives {name} as "
+                f"sha256:{top_sha256[:12]}, the signed commit's LFS pointer "
+                f"names sha256:{pointer.oid[:12]}: refused"
+            )

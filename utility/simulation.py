@@ -19,11 +19,25 @@ VM_FILES = {"DNS": "dns.vmx", "OpenLDAP": "ldap.vmx", "Firewall": "fw.vmx"}
 
 def simulated_host_uri(directory: Path, name: str, memory_mib: int = 4096, cpus: int = 2) -> str:
     """Write a test-driver node description and return its private-instance URI."""
-    node = el("node", {}, [
-        el("cpu", {}, [el("nodes", text=1), el("sockets", text=1), el("cores", text=cpus),
-                       el("threads", text=1), el("mhz", text=2000), el("model", text="x86_64")]),
-        el("memory", text=memory_mib * 1024),
-    ])
+    node = el(
+        "node",
+        {},
+        [
+            el(
+                "cpu",
+                {},
+                [
+                    el("nodes", text=1),
+                    el("sockets", text=1),
+                    el("cores", text=cpus),
+                    el("threads", text=1),
+                    el("mhz", text=2000),
+                    el("model", text="x86_64"),
+                ],
+            ),
+            el("memory", text=memory_mib * 1024),
+        ],
+    )
     path = directory / f"{name}.xml"
     path.write_text(render(node))
     return f"test://{path}"
@@ -33,15 +47,26 @@ def publisher_domain_xml(name: str, memory_mib: int, disk: str | None = "system.
     """A publisher's domain XML: memory, one vCPU, one program disk on vda."""
     devices = []
     if disk:
-        devices.append(el("disk", {"type": "file", "device": "disk"}, [
-            el("source", {"file": disk}), el("target", {"dev": "vda", "bus": "virtio"})]))
-    return render(el("domain", {"type": "qemu"}, [
-        el("name", text=name),
-        el("memory", {"unit": "MiB"}, text=memory_mib),
-        el("vcpu", text=1),
-        el("os", {}, [el("type", {"arch": "x86_64"}, text="hvm")]),
-        el("devices", {}, devices),
-    ]))
+        devices.append(
+            el(
+                "disk",
+                {"type": "file", "device": "disk"},
+                [el("source", {"file": disk}), el("target", {"dev": "vda", "bus": "virtio"})],
+            )
+        )
+    return render(
+        el(
+            "domain",
+            {"type": "qemu"},
+            [
+                el("name", text=name),
+                el("memory", {"unit": "MiB"}, text=memory_mib),
+                el("vcpu", text=1),
+                el("os", {}, [el("type", {"arch": "x86_64"}, text="hvm")]),
+                el("devices", {}, devices),
+            ],
+        )
+    )
 
 
 def base_image(path: Path, size: str = "16M") -> None:

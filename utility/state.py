@@ -117,8 +117,9 @@ class Store:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -149,17 +150,23 @@ class Store:
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM hosts WHERE name=?", (host.name,)).fetchone():
                 raise Conflict(f"host {host.name} is already registered")
-            db.execute("DELETE FROM hosts WHERE embedded=1 AND NOT EXISTS "
-                       "(SELECT 1 FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=hosts.name "
-                       f"AND a.status IN {ACTIVE})")
-            db.execute("INSERT INTO hosts VALUES (?,?,?,?,?)",
-                       (host.name, host.uri, host.memory, host.max_vms, int(host.embedded)))
+            db.execute(
+                "DELETE FROM hosts WHERE embedded=1 AND NOT EXISTS "
+                "(SELECT 1 FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=hosts.name "
+                f"AND a.status IN {ACTIVE})"
+            )
+            db.execute(
+                "INSERT INTO hosts VALUES (?,?,?,?,?)",
+                (host.name, host.uri, host.memory, host.max_vms, int(host.embedded)),
+            )
 
     def hosts(self) -> list[HostRow]:
         """Every registered host by name."""
         rows = self.read().execute("SELECT * FROM hosts ORDER BY name").fetchall()
-        return [HostRow(r["name"], r["uri"], r["memory"], r["max_vms"], bool(r["embedded"]))
-                for r in rows]
+        return [
+            HostRow(r["name"], r["uri"], r["memory"], r["max_vms"], bool(r["embedded"]))
+            for r in rows
+        ]
 
     def remove_host(self, name: str) -> None:
         """Forget a host; refused while it runs VMs of an active VAP."""
@@ -168,7 +175,9 @@ class Store:
                 raise NotFound(f"no host named {name}")
             busy = db.execute(
                 "SELECT COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=? "
-                f"AND a.status IN {ACTIVE} AND v.state != 'stopped'", (name,)).fetchone()[0]
+                f"AND a.status IN {ACTIVE} AND v.state != 'stopped'",
+                (name,),
+            ).fetchone()[0]
             if busy:
                 raise Conflict(f"host {name} runs {busy} VM(s); stop them before removing it")
             db.execute("DELETE FROM hosts WHERE name=?", (name,))
@@ -178,7 +187,8 @@ class Store:
         db = db or self.read()
         rows = db.execute(
             "SELECT v.host, SUM(v.memory), COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id "
-            f"WHERE a.status IN {ACTIVE} AND v.state != 'stopped' GROUP BY v.host").fetchall()
+            f"WHERE a.status IN {ACTIVE} AND v.state != 'stopped' GROUP BY v.host"
+        ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     # -- pools ----------------------------------------------------------------------------------
@@ -215,15 +225,18 @@ class Store:
     def blacklist_remove(self, url: str, version: str) -> None:
         """Remove an entry; NotFound if absent."""
         with self.transaction() as db:
-            cur = db.execute("DELETE FROM blacklist WHERE url=? AND version=?",
-                             (url.rstrip("/"), version))
+            cur = db.execute(
+                "DELETE FROM blacklist WHERE url=? AND version=?", (url.rstrip("/"), version)
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"{url} {version} is not blacklisted")
 
     def blacklist(self) -> list[tuple[str, str]]:
         """Every (url, version|"all")."""
-        return [(r[0], r[1]) for r in
-                self.read().execute("SELECT url, version FROM blacklist ORDER BY url, version")]
+        return [
+            (r[0], r[1])
+            for r in self.read().execute("SELECT url, version FROM blacklist ORDER BY url, version")
+        ]
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -236,22 +249,33 @@ class Store:
 
     def who(self, token: str) -> tuple[str, str] | None:
         """(name, role) for a token, or None."""
-        row = self.read().execute("SELECT name, role FROM tokens WHERE digest=?",
-                                  (token_digest(token),)).fetchone()
+        row = (
+            self.read()
+            .execute("SELECT name, role FROM tokens WHERE digest=?", (token_digest(token),))
+            .fetchone()
+        )
         return (row[0], row[1]) if row else None
 
     # -- VAPs -----------------------------------------------------------------------------------
 
     def _vap(self, row: sqlite3.Row) -> VapRow:
-        return VapRow(row["id"], row["cvl_path"], row["owner"], row["status"],
-                      from_json(row["state_json"]) if row["state_json"] else None,
-                      row["error"], row["updated"])
+        return VapRow(
+            row["id"],
+            row["cvl_path"],
+            row["owner"],
+            row["status"],
+            from_json(row["state_json"]) if row["state_json"] else None,
+            row["error"],
+            row["updated"],
+        )
 
     def new_vap(self, db: sqlite3.Connection, cvl_path: str, owner: str) -> int:
         """Insert a VAP in status 'starting' (inside the caller's transaction)."""
         try:
-            cur = db.execute("INSERT INTO vaps (cvl_path, owner, status, updated) "
-                             "VALUES (?,?,'starting',?)", (cvl_path, owner, time.time()))
+            cur = db.execute(
+                "INSERT INTO vaps (cvl_path, owner, status, updated) VALUES (?,?,'starting',?)",
+                (cvl_path, owner, time.time()),
+            )
         except sqlite3.IntegrityError:
             raise Conflict(f"{cvl_path} is already running (stop it, or use cui update)") from None
         return int(cur.lastrowid or 0)
@@ -265,20 +289,35 @@ class Store:
 
     def vap_by_path(self, cvl_path: str) -> VapRow | None:
         """The newest VAP record of a CVL file, or None."""
-        row = self.read().execute("SELECT * FROM vaps WHERE cvl_path=? ORDER BY id DESC LIMIT 1",
-                                  (cvl_path,)).fetchone()
+        row = (
+            self.read()
+            .execute("SELECT * FROM vaps WHERE cvl_path=? ORDER BY id DESC LIMIT 1", (cvl_path,))
+            .fetchone()
+        )
         return self._vap(row) if row else None
 
     def vaps(self, statuses: tuple[str, ...] | None = None) -> list[VapRow]:
         """The newest record of every CVL file (optionally only those in `statuses`)."""
-        rows = self.read().execute(
-            "SELECT * FROM vaps WHERE id IN (SELECT MAX(id) FROM vaps GROUP BY cvl_path) "
-            "ORDER BY id").fetchall()
+        rows = (
+            self.read()
+            .execute(
+                "SELECT * FROM vaps WHERE id IN (SELECT MAX(id) FROM vaps GROUP BY cvl_path) "
+                "ORDER BY id"
+            )
+            .fetchall()
+        )
         vaps = [self._vap(r) for r in rows]
         return [v for v in vaps if statuses is None or v.status in statuses]
 
-    def set_vap(self, vap_id: int, *, status: str | None = None, state: VapState | None = None,
-                error: str | None = None, db: sqlite3.Connection | None = None) -> None:
+    def set_vap(
+        self,
+        vap_id: int,
+        *,
+        status: str | None = None,
+        state: VapState | None = None,
+        error: str | None = None,
+        db: sqlite3.Connection | None = None,
+    ) -> None:
         """Update a VAP's status, stored (masked) state, and error."""
         sets: list[str] = ["updated=?"]
         args: list[object] = [time.time()]
@@ -305,14 +344,17 @@ class Store:
         db.execute("DELETE FROM addresses WHERE vap_id=?", (vap_id,))
         db.execute("DELETE FROM vms WHERE vap_id=?", (vap_id,))
 
-    def set_secret_keys(self, vap_id: int, keys: list[str],
-                        db: sqlite3.Connection | None = None) -> None:
+    def set_secret_keys(
+        self, vap_id: int, keys: list[str], db: sqlite3.Connection | None = None
+    ) -> None:
         """Record which parameter keys of a VAP got sensitive values from its user (the keys
         only: the values live in the daemon's memory), so a restart knows what it lost."""
+
         def write(tx: sqlite3.Connection) -> None:
             tx.execute("DELETE FROM secret_keys WHERE vap_id=?", (vap_id,))
-            tx.executemany("INSERT INTO secret_keys VALUES (?,?)",
-                           [(vap_id, k) for k in sorted(set(keys))])
+            tx.executemany(
+                "INSERT INTO secret_keys VALUES (?,?)", [(vap_id, k) for k in sorted(set(keys))]
+            )
 
         if db is not None:
             write(db)
@@ -322,70 +364,109 @@ class Store:
 
     def secret_keys(self, vap_id: int) -> set[str]:
         """The keys `set_secret_keys` recorded for a VAP."""
-        return {r[0] for r in self.read().execute(
-            "SELECT key FROM secret_keys WHERE vap_id=?", (vap_id,))}
+        return {
+            r[0]
+            for r in self.read().execute("SELECT key FROM secret_keys WHERE vap_id=?", (vap_id,))
+        }
 
     # -- VMs ------------------------------------------------------------------------------------
 
     def vms(self, vap_id: int) -> list[VmRow]:
         """The VM records of a VAP by boot order then path."""
-        rows = self.read().execute(
-            "SELECT * FROM vms WHERE vap_id=? ORDER BY boot_seq IS NULL, boot_seq, path",
-            (vap_id,)).fetchall()
+        rows = (
+            self.read()
+            .execute(
+                "SELECT * FROM vms WHERE vap_id=? ORDER BY boot_seq IS NULL, boot_seq, path",
+                (vap_id,),
+            )
+            .fetchall()
+        )
         return [VmRow(**dict(r)) for r in rows]
 
-    def set_vm(self, vap_id: int, path: str, state: str, *, started: float | None = None,
-               boot: bool = False) -> None:
+    def set_vm(
+        self,
+        vap_id: int,
+        path: str,
+        state: str,
+        *,
+        started: float | None = None,
+        boot: bool = False,
+    ) -> None:
         """Record a VM's state; `boot` assigns the next boot sequence number of its VAP."""
         with self.transaction() as db:
             if boot:
-                seq = db.execute("SELECT COALESCE(MAX(boot_seq), 0) + 1 FROM vms WHERE vap_id=?",
-                                 (vap_id,)).fetchone()[0]
+                seq = db.execute(
+                    "SELECT COALESCE(MAX(boot_seq), 0) + 1 FROM vms WHERE vap_id=?", (vap_id,)
+                ).fetchone()[0]
                 db.execute(
                     "UPDATE vms SET state=?, started=?, boot_seq=? WHERE vap_id=? AND path=?",
-                    (state, started, seq, vap_id, path))
+                    (state, started, seq, vap_id, path),
+                )
             else:
-                db.execute("UPDATE vms SET state=? WHERE vap_id=? AND path=?",
-                           (state, vap_id, path))
+                db.execute(
+                    "UPDATE vms SET state=? WHERE vap_id=? AND path=?", (state, vap_id, path)
+                )
 
     def all_addresses(self) -> list[tuple[str, str, int, str]]:
         """Every held (address, kind, vap id, path): what the tests check for duplicates."""
-        return [tuple(r) for r in self.read().execute(  # type: ignore[misc]
-            "SELECT address, kind, vap_id, path FROM addresses ORDER BY address")]
+        return [
+            tuple(r)
+            for r in self.read().execute(  # type: ignore[misc]
+                "SELECT address, kind, vap_id, path FROM addresses ORDER BY address"
+            )
+        ]
 
     # -- events ---------------------------------------------------------------------------------
 
     def event(self, vap_id: int | None, kind: str, text: str) -> None:
         """Append to the event log (never a sensitive value: callers pass paths and keys)."""
         with self.transaction() as db:
-            db.execute("INSERT INTO events (at, vap_id, kind, text) VALUES (?,?,?,?)",
-                       (time.time(), vap_id, kind, text))
+            db.execute(
+                "INSERT INTO events (at, vap_id, kind, text) VALUES (?,?,?,?)",
+                (time.time(), vap_id, kind, text),
+            )
 
-    def add_history(self, cvl_path: str, trigger: str, actions: list[str],
-                    versions: dict[str, list[str | None]], result: str) -> None:
+    def add_history(
+        self,
+        cvl_path: str,
+        trigger: str,
+        actions: list[str],
+        versions: dict[str, list[str | None]],
+        result: str,
+    ) -> None:
         """Record one update: when, why, what, from and to which versions, and how it ended."""
         with self.transaction() as db:
-            db.execute("INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
-                       "VALUES (?,?,?,?,?,?)", (time.time(), cvl_path, trigger,
-                                                json.dumps(actions), json.dumps(versions), result))
+            db.execute(
+                "INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
+                "VALUES (?,?,?,?,?,?)",
+                (time.time(), cvl_path, trigger, json.dumps(actions), json.dumps(versions), result),
+            )
 
     def mark_failed(self, cvl_path: str, url: str, version: str) -> None:
         """Remember that `version` of `url` never became ready in this VAP (no automatic retry)."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO failed_versions VALUES (?,?,?,?)",
-                       (cvl_path, url, version, time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO failed_versions VALUES (?,?,?,?)",
+                (cvl_path, url, version, time.time()),
+            )
 
     def failed_versions(self, cvl_path: str) -> set[tuple[str, str]]:
         """(url, version) pairs that failed in this VAP."""
-        return {(r[0], r[1]) for r in self.read().execute(
-            "SELECT url, version FROM failed_versions WHERE cvl_path=?", (cvl_path,))}
+        return {
+            (r[0], r[1])
+            for r in self.read().execute(
+                "SELECT url, version FROM failed_versions WHERE cvl_path=?", (cvl_path,)
+            )
+        }
 
     def history(self, cvl_path: str | None = None) -> list[dict[str, object]]:
         """Every recorded update, oldest first (of one CVL file if given)."""
         sql = "SELECT * FROM history" + (" WHERE cvl_path=?" if cvl_path else "")
         rows = self.read().execute(sql + " ORDER BY id", (cvl_path,) if cvl_path else ())
-        return [{**dict(r), "actions": json.loads(r["actions"]),
-                 "versions": json.loads(r["versions"])} for r in rows]
+        return [
+            {**dict(r), "actions": json.loads(r["actions"]), "versions": json.loads(r["versions"])}
+            for r in rows
+        ]
 
     def events(self, vap_id: int | None = None) -> list[dict[str, object]]:
         """The event log, oldest first."""

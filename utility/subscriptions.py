@@ -68,11 +68,14 @@ class Subscriptions:
 
     def list(self) -> list[dict[str, Any]]:
         """Every subscription: repository URL, events URL, since when (never the secret)."""
-        return [{"repository": url, "events_url": e.get("events_url"), "since": e.get("since")}
-                for url, e in sorted(self._read().items())]
+        return [
+            {"repository": url, "events_url": e.get("events_url"), "since": e.get("since")}
+            for url, e in sorted(self._read().items())
+        ]
 
-    def subscribe(self, repository: str, events_url: str,
-                  auth: tuple[str, str] | None) -> dict[str, Any]:
+    def subscribe(
+        self, repository: str, events_url: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
         """Register `events_url` with the repository server and remember the shared secret.
 
         The secret is generated here and sent to the server in the request body (the server
@@ -110,12 +113,13 @@ class Subscriptions:
 def _check_http(url: str, what: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UtilityError(f"{what} {url!r}: must be http(s)://HOST/... (file: repositories "
-                           "have no server to send events)")
+        raise UtilityError(
+            f"{what} {url!r}: must be http(s)://HOST/... (file: repositories "
+            "have no server to send events)"
+        )
 
 
-def _call(method: str, repository: str, body: dict[str, str],
-          auth: tuple[str, str] | None) -> None:
+def _call(method: str, repository: str, body: dict[str, str], auth: tuple[str, str] | None) -> None:
     """One request to `repository/subscribers`; the server's refusals become ours."""
     import requests
 
@@ -131,6 +135,9 @@ def _call(method: str, repository: str, body: dict[str, str],
     except ValueError:
         message = answer.text[:200]
     kind = {401: Unauthorized, 403: Forbidden, 404: NotFound}.get(answer.status_code, UtilityError)
-    hint = " (give the repository server's user and token: --user/--token-env)" \
-        if answer.status_code == 401 else ""
+    hint = (
+        " (give the repository server's user and token: --user/--token-env)"
+        if answer.status_code == 401
+        else ""
+    )
     raise kind(f"{method} {url}: HTTP {answer.status_code}: {message}{hint}")

@@ -76,8 +76,9 @@ class TrustPolicy:
             signers = path.parent / "trust" / "allowed_signers"
             keys = len(list((path.parent / "trust" / "gpg").glob("*.asc")))
             keys += len(signers.read_text().splitlines()) if signers.exists() else 0
-            found.append({"url": data.get("url"), "require_signed": data["require_signed"],
-                          "keys": keys})
+            found.append(
+                {"url": data.get("url"), "require_signed": data["require_signed"], "keys": keys}
+            )
         return found
 
     def _effective(self, url: str) -> Path | None:
@@ -129,8 +130,9 @@ class TrustSession:
                 elif not str(version).isdigit():
                     raise TrustRefused(f"{url} is unversioned; policy requires a signed version")
                 else:
-                    self._releases[key] = SignedRelease.open(open_repository(url), url,
-                                                             int(version), scope)
+                    self._releases[key] = SignedRelease.open(
+                        open_repository(url), url, int(version), scope
+                    )
             except TrustRefused as exc:
                 self._refused[key] = str(exc)
                 raise
@@ -154,8 +156,9 @@ class TrustSession:
                 problems.append(str(exc))
         return problems
 
-    def all_problems(self, versions: Iterable[tuple[str, str]],
-                     fetched: Iterable[tuple[str, str, str, str]]) -> list[str]:
+    def all_problems(
+        self, versions: Iterable[tuple[str, str]], fetched: Iterable[tuple[str, str, str, str]]
+    ) -> list[str]:
         """`problems` and `cvl_problems` together, each line once."""
         found = self.problems(versions)
         return found + [p for p in self.cvl_problems(fetched) if p not in found]

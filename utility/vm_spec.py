@@ -12,8 +12,19 @@ from dataclasses import dataclass
 
 from utility.errors import ApplianceError
 
-_UNIT = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
-         "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9}
+_UNIT = {
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 10**6,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 10**9,
+}
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,13 @@ from cvl.syntax import parse
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "examples" / "paper"
 ACME = PAPER / "AcmeGroupware.cvl"
-GROUPWARE_FILES = [ACME, PAPER / "Groupware" / "Groupware.cvl", PAPER / "DNS" / "DNS.cvl",
-                   PAPER / "OpenLDAP" / "OpenLDAP.cvl", PAPER / "Firewall" / "Firewall.cvl"]
+GROUPWARE_FILES = [
+    ACME,
+    PAPER / "Groupware" / "Groupware.cvl",
+    PAPER / "DNS" / "DNS.cvl",
+    PAPER / "OpenLDAP" / "OpenLDAP.cvl",
+    PAPER / "Firewall" / "Firewall.cvl",
+]
 
 
 def generated_van(count: int) -> str:
@@ -39,9 +44,10 @@ def generated_van(count: int) -> str:
         "Big extends VANAppliance {",
     ]
     lines += [f"  Node c{i};" for i in range(count)]
-    lines += [f'  c{i}.role = "r{i % 7}";'
-              f" c{i}.peer = {{ name => c{i - 1}.name, port => c{i - 1}.port }};"
-              for i in range(1, count)]
+    lines += [
+        f'  c{i}.role = "r{i % 7}"; c{i}.peer = {{ name => c{i - 1}.name, port => c{i - 1}.port }};'
+        for i in range(1, count)
+    ]
     lines += ['  c0.role = "first";', '  vanIF = "c0.ethernet0";', "}"]
     return "\n".join(lines) + "\n"
 
@@ -66,5 +72,12 @@ def rows(only: Callable[[str], bool]) -> Iterator[Row]:
         ours = median_time(lambda t=text: cvl.evaluate_text(t, "big.cvl"), repeat=repeat)
         base = median_time(lambda e=encoded: json.loads(e), repeat=repeat)
         goal = "goal < 1 s" if count == 1_000 else "goal: linear"
-        yield Row(name, ours, "s", base, "json.loads of the model's JSON", goal,
-                  f"{ours / count * 1e6:.0f} us/VM")
+        yield Row(
+            name,
+            ours,
+            "s",
+            base,
+            "json.loads of the model's JSON",
+            goal,
+            f"{ours / count * 1e6:.0f} us/VM",
+        )

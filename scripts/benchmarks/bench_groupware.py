@@ -30,10 +30,12 @@ sys.path.insert(0, str(SCRIPTS))
 
 from groupware_network import APPLIANCES, GroupwareLab, lab  # noqa: E402
 
-NAMES = ["Groupware: cui start -> all 5 appliances READY (cold cache, TCG)",
-         "Groupware: cui start -> all 5 appliances READY (warm cache, TCG)",
-         "Groupware: cluster manager's share of the cold start",
-         "Groupware: automatic update of DNS, git push -> READY"]
+NAMES = [
+    "Groupware: cui start -> all 5 appliances READY (cold cache, TCG)",
+    "Groupware: cui start -> all 5 appliances READY (warm cache, TCG)",
+    "Groupware: cluster manager's share of the cold start",
+    "Groupware: automatic update of DNS, git push -> READY",
+]
 
 
 def guest_busy(g: GroupwareLab, began: float, ended: float) -> float:
@@ -87,18 +89,46 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
     found = measure()
     note = "single run (multi-minute scenario)"
     if only(NAMES[0]):
-        yield Row(NAMES[0], found["cold"] / 60, "min", 6.3, "paper: 6.3 min cold (published)",
-                  "goal < 1 min", f"{note}; includes fetching ~90 MB of disks over HTTP")
+        yield Row(
+            NAMES[0],
+            found["cold"] / 60,
+            "min",
+            6.3,
+            "paper: 6.3 min cold (published)",
+            "goal < 1 min",
+            f"{note}; includes fetching ~90 MB of disks over HTTP",
+        )
     if only(NAMES[1]):
-        yield Row(NAMES[1], found["warm"] / 60, "min", 5.0, "paper: 5.0 min warm (published)",
-                  "goal < 1 min", note)
+        yield Row(
+            NAMES[1],
+            found["warm"] / 60,
+            "min",
+            5.0,
+            "paper: 5.0 min warm (published)",
+            "goal < 1 min",
+            note,
+        )
     if only(NAMES[2]):
-        yield Row(NAMES[2], found["manager"] / 60, "min", 1.1, "paper: 1.1 min (published)",
-                  "", f"{note}; cold start minus the time a guest was booting (console "
-                  "timestamps, ~1 s clock agreement)")
+        yield Row(
+            NAMES[2],
+            found["manager"] / 60,
+            "min",
+            1.1,
+            "paper: 1.1 min (published)",
+            "",
+            f"{note}; cold start minus the time a guest was booting (console "
+            "timestamps, ~1 s clock agreement)",
+        )
     if only(NAMES[3]):
-        yield Row(NAMES[3], found["update"], "s", None, "", "",
-                  f"{note}; includes the TCG boot of DNS v2 and its data migration")
+        yield Row(
+            NAMES[3],
+            found["update"],
+            "s",
+            None,
+            "",
+            "",
+            f"{note}; includes the TCG boot of DNS v2 and its data migration",
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

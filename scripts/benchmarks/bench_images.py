@@ -41,16 +41,23 @@ BOOTS = 3
 
 def build(outdir: Path, *only: str) -> list[dict]:
     args = [arg for name in only for arg in ("--only", name)]
-    proc = subprocess.run([str(BUILD), str(outdir), "--json", *args], capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        [str(BUILD), str(outdir), "--json", *args], capture_output=True, text=True, timeout=1800
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"build-appliances failed: {proc.stderr.strip()}")
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def domain_xml(image_dir: Path, work: Path, name: str, direct: tuple[Path, Path] | None,
-               network: str | None = None, macs: tuple[str, ...] = (),
-               data_disk: Path | None = None) -> str:
+def domain_xml(
+    image_dir: Path,
+    work: Path,
+    name: str,
+    direct: tuple[Path, Path] | None,
+    network: str | None = None,
+    macs: tuple[str, ...] = (),
+    data_disk: Path | None = None,
+) -> str:
     """The published XML wired like the utility does (overlay, console file, channel socket,
     NICs on `network` with `macs`, the data disk); with `direct`, the kernel and initramfs are
     handed to qemu instead of read from the disk."""
@@ -68,8 +75,21 @@ def domain_xml(image_dir: Path, work: Path, name: str, direct: tuple[Path, Path]
                 disk.find("source").set("file", str(data_disk))  # type: ignore[union-attr]
             continue
         overlay = work / f"{name}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
-                        str(overlay)], check=True)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(base),
+                str(overlay),
+            ],
+            check=True,
+        )
         disk.find("source").set("file", str(overlay))  # type: ignore[union-attr]
     for index, nic in enumerate(devices.findall("interface")):
         if network is None or index >= len(macs):
@@ -95,8 +115,9 @@ def domain_xml(image_dir: Path, work: Path, name: str, direct: tuple[Path, Path]
     return ET.tostring(root, encoding="unicode")
 
 
-def boot_to_ready(conn: object, image_dir: Path, work: Path,
-                  direct: tuple[Path, Path] | None = None) -> float:
+def boot_to_ready(
+    conn: object, image_dir: Path, work: Path, direct: tuple[Path, Path] | None = None
+) -> float:
     """Seconds from domain creation to READY."""
     import libvirt
 
@@ -135,8 +156,10 @@ def groupware_boot(conn: object, images: dict[str, Path], work: Path) -> float:
     ET.SubElement(net_el, "ip", address=f"{sub}.1", netmask="255.255.255.0")
     net = conn.networkCreateXML(ET.tostring(net_el, encoding="unicode"))  # type: ignore[attr-defined]
     mask = ["255.255.255.0"]
-    macs = {n: f"52:54:00:77:{tag[:2]}:{i:02x}" for i, n in enumerate(
-        ["DHCP", "DNS", "Firewall", "Firewall1", "LDAP", "Web"])}
+    macs = {
+        n: f"52:54:00:77:{tag[:2]}:{i:02x}"
+        for i, n in enumerate(["DHCP", "DNS", "Firewall", "Firewall1", "LDAP", "Web"])
+    }
     hosts = {"DHCP": 5, "DNS": 2, "Firewall": 254, "Firewall1": 253, "LDAP": 4, "Web": 3}
     ips = {n: f"{sub}.{host}" for n, host in hosts.items()}
 
@@ -146,13 +169,25 @@ def groupware_boot(conn: object, images: dict[str, Path], work: Path) -> float:
     disk = [encode([("device", "vdb"), ("size", "100mb")])]
     params = {
         "DHCP": {"domain": ["acme.test"], **nic("DHCP")},
-        "DNS": {"domain": ["acme.test"], "datadisks": disk, **nic("DNS"),
-                "dnshosts": [encode([("name", "l"), ("ip", ips["LDAP"])])]},
-        "Firewall": {**nic("Firewall"), "ethernet1.ip": [ips["Firewall1"]],
-                     "ethernet1.netmask": mask, "ethernet1.mac": [macs["Firewall1"]],
-                     "services": [encode([("port", "80/tcp"), ("ip", ips["Web"])])]},
-        "LDAP": {"domain": ["acme.test"], "rootdnpass": ["bench"], "datadisks": disk,
-                 **nic("LDAP")},
+        "DNS": {
+            "domain": ["acme.test"],
+            "datadisks": disk,
+            **nic("DNS"),
+            "dnshosts": [encode([("name", "l"), ("ip", ips["LDAP"])])],
+        },
+        "Firewall": {
+            **nic("Firewall"),
+            "ethernet1.ip": [ips["Firewall1"]],
+            "ethernet1.netmask": mask,
+            "ethernet1.mac": [macs["Firewall1"]],
+            "services": [encode([("port", "80/tcp"), ("ip", ips["Web"])])],
+        },
+        "LDAP": {
+            "domain": ["acme.test"],
+            "rootdnpass": ["bench"],
+            "datadisks": disk,
+            **nic("LDAP"),
+        },
         "Web": {"domain": ["acme.test"], **nic("Web")},
     }
     domains = []
@@ -163,8 +198,9 @@ def groupware_boot(conn: object, images: dict[str, Path], work: Path) -> float:
         data = None
         if "datadisks" in params[name]:
             data = work / f"{vm}-data.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(data), "100M"],
-                           check=True)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(data), "100M"], check=True
+            )
         nics = (macs[name], macs["Firewall1"]) if name == "Firewall" else (macs[name],)
         xml = domain_xml(images[name], work, vm, None, f"cg-bench-{tag}", nics, data)
         domains.append(conn.createXML(xml, 0))  # type: ignore[attr-defined]
@@ -201,8 +237,9 @@ def extract_boot_files(image_dir: Path, work: Path) -> tuple[Path, Path]:
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(base), str(raw)], check=True)
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     for name in ("vmlinuz", "initrd.gz"):
-        subprocess.run(["mcopy", "-n", "-i", str(raw), f"::{name}", str(work / name)],
-                       check=True, env=env)
+        subprocess.run(
+            ["mcopy", "-n", "-i", str(raw), f"::{name}", str(work / name)], check=True, env=env
+        )
     raw.unlink()
     return work / "vmlinuz", work / "initrd.gz"
 
@@ -210,10 +247,14 @@ def extract_boot_files(image_dir: Path, work: Path) -> tuple[Path, Path]:
 def update_delta(old: Path, new: Path, out: Path) -> int:
     """Bytes of a qcow2 overlay over `old` holding only what `new` changed (`qemu-img rebase` in
     safe mode compares the data: an empty overlay over `new`, rebased onto `old`)."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(new),
-                    str(out)], check=True)
-    subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(old),
-                    str(out)], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(new), str(out)],
+        check=True,
+    )
+    subprocess.run(
+        ["qemu-img", "rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(old), str(out)],
+        check=True,
+    )
     return out.stat().st_size
 
 
@@ -225,15 +266,27 @@ def rows(only: Callable[[str], bool]) -> Iterator[Row]:
         for image in images:
             name = f"image size: {image['appliance']} (program disk, qcow2)"
             if only(name):
-                yield Row(name, image["bytes"], "B", PAPER_IMAGE_BYTES,
-                          "paper Fig. 4: ~500 MB each (published)", "goal: a few MB")
+                yield Row(
+                    name,
+                    image["bytes"],
+                    "B",
+                    PAPER_IMAGE_BYTES,
+                    "paper Fig. 4: ~500 MB each (published)",
+                    "goal: a few MB",
+                )
 
         name = "update delta: DNS v1 -> v2 program disk (qcow2 overlay)"
         if only(name):
             by = {i["appliance"]: Path(i["disk"]) for i in images}
             delta = update_delta(by["DNS"], by["DNS-v2"], work / "delta.qcow2")
-            yield Row(name, delta, "B", by["DNS-v2"].stat().st_size, "the whole v2 program disk",
-                      "paper: a version stores only the changes from the previous one")
+            yield Row(
+                name,
+                delta,
+                "B",
+                by["DNS-v2"].stat().st_size,
+                "the whole v2 program disk",
+                "paper: a version stores only the changes from the previous one",
+            )
 
         name = f"image build, all {len(images)} appliances, cached"
         if only(name):
@@ -243,8 +296,14 @@ def rows(only: Callable[[str], bool]) -> Iterator[Row]:
                 shutil.rmtree(work / "copy", ignore_errors=True)
                 shutil.copytree(work / "images", work / "copy")
 
-            yield Row(name, ours, "s", median_time(copy_only, repeat=3),
-                      "copying the same files", "goal: near-instant")
+            yield Row(
+                name,
+                ours,
+                "s",
+                median_time(copy_only, repeat=3),
+                "copying the same files",
+                "goal: near-instant",
+            )
 
         name = "boot to READY under TCG: Web appliance from its program disk"
         if only(name):
@@ -258,10 +317,15 @@ def rows(only: Callable[[str], bool]) -> Iterator[Row]:
             direct = extract_boot_files(web, work)
             ours = [boot_to_ready(conn, web, work) for _ in range(BOOTS)]
             base = [boot_to_ready(conn, web, work, direct) for _ in range(BOOTS)]
-            yield Row(name, statistics.median(ours), "s", statistics.median(base),
-                      "same kernel+initramfs booted directly (no BIOS disk reads)",
-                      f"median of {BOOTS}",
-                      "runs: " + ", ".join(f"{t:.1f}" for t in ours))
+            yield Row(
+                name,
+                statistics.median(ours),
+                "s",
+                statistics.median(base),
+                "same kernel+initramfs booted directly (no BIOS disk reads)",
+                f"median of {BOOTS}",
+                "runs: " + ", ".join(f"{t:.1f}" for t in ours),
+            )
             conn.close()
 
         name = "Groupware's 5 appliances to READY in dependency order, no utility"
@@ -272,10 +336,15 @@ def rows(only: Callable[[str], bool]) -> Iterator[Row]:
             by = {i["appliance"]: Path(i["dir"]) for i in images}
             runs = [groupware_boot(conn, by, work) for _ in range(BOOTS)]
             conn.close()
-            yield Row(name, statistics.median(runs), "s", 300.0,
-                      "paper: 5.0 min warm (published; with its cluster manager)",
-                      f"floor for cui start, goal < 60 s; median of {BOOTS}",
-                      "3 stages: DHCP+DNS+Firewall, LDAP, Web; runs: "
-                      + ", ".join(f"{t:.1f}" for t in runs))
+            yield Row(
+                name,
+                statistics.median(runs),
+                "s",
+                300.0,
+                "paper: 5.0 min warm (published; with its cluster manager)",
+                f"floor for cui start, goal < 60 s; median of {BOOTS}",
+                "3 stages: DHCP+DNS+Firewall, LDAP, Web; runs: "
+                + ", ".join(f"{t:.1f}" for t in runs),
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -35,9 +35,14 @@ PUSHES = 3
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
-                          timeout=300)
+    done = subprocess.run(
+        args,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+        timeout=300,
+    )
     if done.returncode:
         raise RuntimeError(f"{' '.join(args[:4])}: {done.stderr.strip()}")
     return done.stdout
@@ -47,9 +52,13 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 def _daemon(state: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if k != "COLLECTIVE_EVENTS_SECRET"}
     with log.open("w") as out:
-        proc = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state), "--listen",
-                                 f"127.0.0.1:{port}"], cwd=REPO_ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [*CUI, "utility", "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}"],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 30
         while "listening on" not in log.read_text():
@@ -89,17 +98,34 @@ def measure() -> dict[str, list[float]]:
             repo = Repository.create(root / kind)
             publish(repo.path, sample_appliance(where / "src" / kind, kind))
         with running_server(root, workers=2) as server:
-            imports = "\n".join(f'import {{ url => "{server.url}/{kind}", cvl => "{kind}.cvl" }} '
-                                f"{kind};" for kind in COMPONENTS.values())
-            members = " ".join(f'{kind} {path}; {path}.domain = "acme.org";'
-                               for path, kind in COMPONENTS.items())
+            imports = "\n".join(
+                f'import {{ url => "{server.url}/{kind}", cvl => "{kind}.cvl" }} {kind};'
+                for kind in COMPONENTS.values()
+            )
+            members = " ".join(
+                f'{kind} {path}; {path}.domain = "acme.org";' for path, kind in COMPONENTS.items()
+            )
             cvl = where / "user" / "Groupware.cvl"
             cvl.parent.mkdir()
-            cvl.write_text(f'{imports}\nGroupware extends VANAppliance {{ {members} '
-                           'vanIF = "f.ethernet0"; }\n')
+            cvl.write_text(
+                f"{imports}\nGroupware extends VANAppliance {{ {members} "
+                'vanIF = "f.ethernet0"; }\n'
+            )
             state = where / "state"
-            token = _run([*CUI, "utility", "token", "add", "bench", "--role", "admin", "--state",
-                          str(state)], REPO_ROOT).strip()
+            token = _run(
+                [
+                    *CUI,
+                    "utility",
+                    "token",
+                    "add",
+                    "bench",
+                    "--role",
+                    "admin",
+                    "--state",
+                    str(state),
+                ],
+                REPO_ROOT,
+            ).strip()
             port = free_port()
             with _daemon(state, port, where / "daemon.log"):
                 client = UtilityClient(f"http://127.0.0.1:{port}", token)
@@ -117,12 +143,14 @@ def measure() -> dict[str, list[float]]:
                 work = where / "work"
                 _run(["git", "clone", "-q", f"{server.url}/Mail.git", str(work)], where)
                 _run(["git", "config", "lfs.locksverify", "false"], work)
-                _run(["git", "remote", "set-url", "--push", "origin",
-                      server.push_url("Mail")], work)
+                _run(
+                    ["git", "remote", "set-url", "--push", "origin", server.push_url("Mail")], work
+                )
                 db = state / "utility.sqlite3"
                 for n in range(2, 2 + PUSHES):
-                    before = {c["path"]: c["started"]
-                              for c in client.status(str(cvl))[0]["components"]}
+                    before = {
+                        c["path"]: c["started"] for c in client.status(str(cvl))[0]["components"]
+                    }
                     write_pattern(work / "root.qcow2", 0x40 + n, "2M", "64k")
                     _run(["git", "commit", "-q", "-am", f"v{n}"], work)
                     _run(["git", "tag", "-a", f"v{n}", "-m", f"version {n}"], work)
@@ -130,17 +158,21 @@ def measure() -> dict[str, list[float]]:
                     returned = time.time()
                     _wait_history(db, n - 1)
                     with sqlite3.connect(db) as conn:
-                        start = conn.execute("SELECT at FROM events WHERE kind='auto-update' "
-                                             "ORDER BY id DESC LIMIT 1").fetchone()[0]
-                        end, result = conn.execute("SELECT at, result FROM history "
-                                                   "ORDER BY id DESC LIMIT 1").fetchone()
+                        start = conn.execute(
+                            "SELECT at FROM events WHERE kind='auto-update' "
+                            "ORDER BY id DESC LIMIT 1"
+                        ).fetchone()[0]
+                        end, result = conn.execute(
+                            "SELECT at, result FROM history ORDER BY id DESC LIMIT 1"
+                        ).fetchone()
                     if result != "applied":
                         raise RuntimeError(f"automatic update v{n}: {result}")
                     after = {c["path"]: c for c in client.status(str(cvl))[0]["components"]}
                     if after["m"]["version"] != str(n):
                         raise RuntimeError(f"Mail runs v{after['m']['version']}, not v{n}")
                     found["restarted"].append(
-                        sum(1 for p, t in before.items() if after[p]["started"] != t))
+                        sum(1 for p, t in before.items() if after[p]["started"] != t)
+                    )
                     found["update"].append(end - start)
                     found["push"].append(start - returned)
     return found
@@ -148,24 +180,45 @@ def measure() -> dict[str, list[float]]:
 
 def rows(only: Callable[[str], bool]) -> Iterable[Row]:
     prefix = "update on a real push (gunicorn + git push + daemon), 6-VM VAN"
-    names = [f"{prefix}: VMs restarted", f"{prefix}: update control plane",
-             f"{prefix}: git push returning -> update starting"]
+    names = [
+        f"{prefix}: VMs restarted",
+        f"{prefix}: update control plane",
+        f"{prefix}: git push returning -> update starting",
+    ]
     if not any(only(n) for n in names):
         return
     found = measure()
     note = f"median of {PUSHES} pushes"
     if only(names[0]):
-        yield Row(names[0], statistics.median(found["restarted"]), "VMs", 6,
-                  "restart the whole VAN", "goal exactly 1",
-                  f"{note}; each push: {found['restarted']}")
+        yield Row(
+            names[0],
+            statistics.median(found["restarted"]),
+            "VMs",
+            6,
+            "restart the whole VAN",
+            "goal exactly 1",
+            f"{note}; each push: {found['restarted']}",
+        )
     if only(names[1]):
-        yield Row(names[1], statistics.median(found["update"]), "s",
-                  statistics.median(found["baseline"]),
-                  "stop + start of the whole VAN via the API, same run", "goal < 0.5 s",
-                  f"{note}; inside the daemon, guest boot excluded (test hosts)")
+        yield Row(
+            names[1],
+            statistics.median(found["update"]),
+            "s",
+            statistics.median(found["baseline"]),
+            "stop + start of the whole VAN via the API, same run",
+            "goal < 0.5 s",
+            f"{note}; inside the daemon, guest boot excluded (test hosts)",
+        )
     if only(names[2]):
-        yield Row(names[2], statistics.median(found["push"]), "s", None, "", "goal < 2 s",
-                  f"{note}; includes the 0.2 s burst coalescing")
+        yield Row(
+            names[2],
+            statistics.median(found["push"]),
+            "s",
+            None,
+            "",
+            "goal < 2 s",
+            f"{note}; includes the 0.2 s burst coalescing",
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

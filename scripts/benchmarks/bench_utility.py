@@ -29,8 +29,12 @@ from utility.simulation import base_image, publisher_domain_xml, simulated_host_
 PAPER_START_SECONDS = 66.0
 ADMIN = Caller("bench", "admin")
 COMPONENTS = {  # path: (type, provides, requires)
-    "d": ("DNS", "DNS", ""), "h": ("DHCP", "DHCP", ""), "l": ("LDAP", "LDAP", "DNS"),
-    "m": ("Mail", "SMTP", "LDAP"), "w": ("Web", "HTTP", "LDAP"), "f": ("Firewall", "", "DNS"),
+    "d": ("DNS", "DNS", ""),
+    "h": ("DHCP", "DHCP", ""),
+    "l": ("LDAP", "LDAP", "DNS"),
+    "m": ("Mail", "SMTP", "LDAP"),
+    "w": ("Web", "HTTP", "LDAP"),
+    "f": ("Firewall", "", "DNS"),
 }
 
 
@@ -83,8 +87,9 @@ def naive_place(demands: list[VmDemand], hosts: list[HostRoom]) -> dict[str, str
     limit = {h.name: h.max_vms for h in hosts}
     chosen = {}
     for d in sorted(demands, key=lambda d: -d.memory):
-        best = max((n for n in free if count[n] < limit[n] and free[n] >= d.memory),
-                   key=lambda n: free[n])
+        best = max(
+            (n for n in free if count[n] < limit[n] and free[n] >= d.memory), key=lambda n: free[n]
+        )
         free[best] -= d.memory
         count[best] += 1
         chosen[d.path] = best
@@ -95,20 +100,31 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
     name = "utility: cui start control plane, 6-VM VAN, test hosts"
     if only(name):
         samples = start_times()
-        yield Row(name, statistics.median(samples), "s", PAPER_START_SECONDS,
-                  "paper's cluster manager (published, 1.1 min)", "goal < 0.5 s",
-                  f"median of {len(samples)}, guest boot excluded")
+        yield Row(
+            name,
+            statistics.median(samples),
+            "s",
+            PAPER_START_SECONDS,
+            "paper's cluster manager (published, 1.1 min)",
+            "goal < 0.5 s",
+            f"median of {len(samples)}, guest boot excluded",
+        )
     name = "utility: place 10,000 VMs on 1,000 hosts (spread)"
     if only(name):
         hosts = [HostRoom(f"h{i:04}", 16 << 30, 16) for i in range(1000)]
         vms = [VmDemand(f"v{i}", (256 + 128 * (i % 7)) << 20) for i in range(10_000)]
         ours = median_time(lambda: place(vms, hosts, "spread"), repeat=5)
         naive = median_time(lambda: naive_place(vms, hosts), repeat=1, warmup=0)
-        yield Row(name, ours, "s", naive, "naive scan of every host per VM, same run",
-                  "goal < 2 s")
+        yield Row(name, ours, "s", naive, "naive scan of every host per VM, same run", "goal < 2 s")
         pack = median_time(lambda: place(vms, hosts, "pack"), repeat=5)
-        yield Row("utility: place 10,000 VMs on 1,000 hosts (pack)", pack, "s", naive,
-                  "naive scan of every host per VM, same run", "goal < 2 s")
+        yield Row(
+            "utility: place 10,000 VMs on 1,000 hosts (pack)",
+            pack,
+            "s",
+            naive,
+            "naive scan of every host per VM, same run",
+            "goal < 2 s",
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,8 +38,10 @@ def published(tmp_path: Path) -> Path:
 def user_file(directory: Path, url: str, version: str | None) -> Path:
     pin = f', version => "{version}"' if version else ""
     path = directory / f"user{version or ''}.cvl"
-    path.write_text(f'import {{ url => "{url}", cvl => "DNS.cvl"{pin} }} DNS;\n'
-                    'MyDNS extends DNS { domain = "acme.org"; }\n')
+    path.write_text(
+        f'import {{ url => "{url}", cvl => "DNS.cvl"{pin} }} DNS;\n'
+        'MyDNS extends DNS { domain = "acme.org"; }\n'
+    )
     return path
 
 
@@ -59,19 +61,33 @@ def test_http_imports_from_the_real_repository_server(published: Path, tmp_path:
     assert root["params"]["provides"] == ["DNS"]
     assert root["origin"] == {"name": "DNS", "url": url, "cvl": "DNS.cvl", "version": "1"}
     assert latest["components"][""]["params"]["provides"] == ["DNS2"]
-    assert latest["imports"] == [{"name": "DNS", "url": url, "cvl": "DNS.cvl", "version": "2",
-                                  "pinned": False, "requested": None}]
+    assert latest["imports"] == [
+        {
+            "name": "DNS",
+            "url": url,
+            "cvl": "DNS.cvl",
+            "version": "2",
+            "pinned": False,
+            "requested": None,
+        }
+    ]
     assert missing.exit_code == 1
     assert f"user9.cvl:1:1: error: cannot import DNS: {url} has no version 9" in missing.stderr
 
 
-def test_file_imports_of_a_repository_directory_through_the_real_cui(published: Path,
-                                                                      tmp_path: Path) -> None:
+def test_file_imports_of_a_repository_directory_through_the_real_cui(
+    published: Path, tmp_path: Path
+) -> None:
     cui = Path(sys.executable).parent / "cui"
     url = (published / "DNS").as_uri()
     for version, provides in (("1", "DNS"), (None, "DNS2")):
-        done = subprocess.run([str(cui), "eval", str(user_file(tmp_path, url, version)), "--json"],
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [str(cui), "eval", str(user_file(tmp_path, url, version)), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         data = json.loads(done.stdout)
         assert data["components"][""]["params"]["provides"] == [provides]

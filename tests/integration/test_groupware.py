@@ -77,13 +77,39 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
     assert inside.dig(ip(g, "d"), "l.acme.org") == [ip(g, "l")]
     assert inside.dig(ip(g, "d"), "w.acme.org") == [ip(g, "w")]
     # LDAP: root DN derived from `domain`; the sensitive password binds; a wrong one does not.
-    search = inside.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{ip(g, 'l')}", "-D",
-                         "cn=admin,dc=acme,dc=org", "-w", ROOT_PASSWORD, "-b", "dc=acme,dc=org",
-                         "(objectClass=organizationalUnit)", "ou"])
+    search = inside.run(
+        [
+            "ldapsearch",
+            "-x",
+            "-LLL",
+            "-H",
+            f"ldap://{ip(g, 'l')}",
+            "-D",
+            "cn=admin,dc=acme,dc=org",
+            "-w",
+            ROOT_PASSWORD,
+            "-b",
+            "dc=acme,dc=org",
+            "(objectClass=organizationalUnit)",
+            "ou",
+        ]
+    )
     assert search.returncode == 0, search.stderr
     assert "dn: ou=people,dc=acme,dc=org" in search.stdout
-    wrong = inside.run(["ldapsearch", "-x", "-H", f"ldap://{ip(g, 'l')}", "-D",
-                        "cn=admin,dc=acme,dc=org", "-w", "wrong", "-b", "dc=acme,dc=org"])
+    wrong = inside.run(
+        [
+            "ldapsearch",
+            "-x",
+            "-H",
+            f"ldap://{ip(g, 'l')}",
+            "-D",
+            "cn=admin,dc=acme,dc=org",
+            "-w",
+            "wrong",
+            "-b",
+            "dc=acme,dc=org",
+        ]
+    )
     assert wrong.returncode == 49  # invalid credentials
     for component in "hdlfw":
         console = (g.cvl.parent / component / "console.log").read_text(errors="replace")  # type: ignore[union-attr]
@@ -94,8 +120,19 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
     page = outside.fetch(f"http://{public}/")
     assert "<title>Acme intranet</title>" in page and "acme.org" in page
     assert outside.dig(public, "l.acme.org") == [ip(g, "l")]  # 53/udp is a service
-    ldap_through = outside.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{public}", "-b",
-                                "dc=acme,dc=org", "(ou=people)", "dn"])
+    ldap_through = outside.run(
+        [
+            "ldapsearch",
+            "-x",
+            "-LLL",
+            "-H",
+            f"ldap://{public}",
+            "-b",
+            "dc=acme,dc=org",
+            "(ou=people)",
+            "dn",
+        ]
+    )
     assert "dn: ou=people,dc=acme,dc=org" in ldap_through.stdout, ldap_through.stderr
     assert inside.connects(ip(g, "d"), 8053)  # DNS's record admin is up on the VAN...
     assert not outside.connects(public, 8053)  # ...but it is not a service: dropped
@@ -130,7 +167,8 @@ def others(ids: dict[str, int]) -> dict[str, int]:
 
 
 def test_a_bad_release_is_rolled_back_then_v2_is_applied_keeping_the_data_disk(
-        groupware: GroupwareLab) -> None:
+    groupware: GroupwareLab,
+) -> None:
     """One test, because the order is the point: the bad release must meet a format-1 data disk
     (after v2 migrates it, the bad image would refuse it at once instead of never saying READY),
     and the record written before both updates must survive the rollback and then v2."""

@@ -164,8 +164,21 @@ class Guest:
             if target == "vda":
                 overlay = self.home / f"{self.name}.qcow2"
                 (base,) = self.image_dir.glob("*.qcow2")
-                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                                "-b", str(base), str(overlay)], check=True)
+                subprocess.run(
+                    [
+                        "qemu-img",
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-F",
+                        "qcow2",
+                        "-b",
+                        str(base),
+                        str(overlay),
+                    ],
+                    check=True,
+                )
                 source.set("file", str(overlay))  # type: ignore[union-attr]
             elif self.data_disk is not None:
                 source.set("file", str(self.data_disk))  # type: ignore[union-attr]
@@ -261,21 +274,23 @@ def guests(conn: libvirt.virConnect, workdir: Path) -> Iterator[list[Guest]]:
             shutil.copyfile(guest.console_path, keep / f"{guest.name}.log")
 
 
-def new_guest(guests: list[Guest], conn: libvirt.virConnect, image_dir: Path, workdir: Path,
-              **kw: object) -> Guest:
+def new_guest(
+    guests: list[Guest], conn: libvirt.virConnect, image_dir: Path, workdir: Path, **kw: object
+) -> Guest:
     guest = Guest(conn, image_dir, workdir, **kw)  # type: ignore[arg-type]
     guests.append(guest)
     return guest
 
 
 def test_boots_takes_parameters_and_reconfigures_without_reboot(
-        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path,
-        guests: list[Guest]) -> None:
+    conn: libvirt.virConnect, images: dict[str, Path], workdir: Path, guests: list[Guest]
+) -> None:
     guest = new_guest(guests, conn, images["Web"], workdir)
     guest.start()
     assert guest.channel is not None
-    guest.channel.deliver({"domain": ["acme.test"], "title": ["First & 100% real"]},
-                          timeout=BOOT_TIMEOUT)
+    guest.channel.deliver(
+        {"domain": ["acme.test"], "title": ["First & 100% real"]}, timeout=BOOT_TIMEOUT
+    )
     guest.wait_for("ready")
     # The service inside the guest serves a page rendered from the parameter.
     assert guest.event_details("status") == ["title=First & 100% real"]
@@ -288,8 +303,14 @@ def test_boots_takes_parameters_and_reconfigures_without_reboot(
     assert guest.event_details("status") == ["title=First & 100% real", "title=Second"]
     assert len(guest.event_details("boot")) == 1, "resend must not reboot the guest"
     order = [name for _, name, _ in guest.events()]
-    assert order.index("boot") < order.index("agent-start") < order.index("params") \
-        < order.index("configured") < order.index("service-started") < order.index("ready")
+    assert (
+        order.index("boot")
+        < order.index("agent-start")
+        < order.index("params")
+        < order.index("configured")
+        < order.index("service-started")
+        < order.index("ready")
+    )
 
     # A parameter set the service cannot use is reported with the guest's reason.
     with pytest.raises(GuestChannelError, match="required parameter domain is not set"):
@@ -301,14 +322,22 @@ def test_boots_takes_parameters_and_reconfigures_without_reboot(
 
 
 def dig(server: str, name: str, rtype: str = "A") -> list[str]:
-    proc = subprocess.run(["dig", f"@{server}", name, rtype, "+short", "+time=2", "+tries=3"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["dig", f"@{server}", name, rtype, "+short", "+time=2", "+tries=3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return proc.stdout.splitlines()
 
 
 def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
-        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path, guests: list[Guest],
-        network: Network) -> None:
+    conn: libvirt.virConnect,
+    images: dict[str, Path],
+    workdir: Path,
+    guests: list[Guest],
+    network: Network,
+) -> None:
     p = network.prefix
     data = workdir / f"data-{secrets.token_hex(3)}.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(data), "100M"], check=True)
@@ -317,11 +346,14 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     dns_params = {
         "domain": ["acme.test"],
         # map values as CVL evaluates them: `{ name => "web", ip => … }` is an escaped map string
-        "dnshosts": [encode([("name", "web"), ("ip", f"{p}.3")]),
-                     encode([("name", "dns"), ("ip", f"{p}.2")])],
+        "dnshosts": [
+            encode([("name", "web"), ("ip", f"{p}.3")]),
+            encode([("name", "dns"), ("ip", f"{p}.2")]),
+        ],
         "forwarders": [f"{p}.1"],
         "datadisks": [encode([("device", "vdb"), ("size", "100mb")])],
-        "ethernet0.ip": [f"{p}.2"], "ethernet0.netmask": ["255.255.255.0"],
+        "ethernet0.ip": [f"{p}.2"],
+        "ethernet0.netmask": ["255.255.255.0"],
         "ethernet0.mac": [dns.mac],
     }
     dns.start()
@@ -329,9 +361,15 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     assert dns.channel is not None and web.channel is not None
     dns.channel.deliver(dns_params, timeout=BOOT_TIMEOUT)
     dns.wait_for("ready")
-    web.channel.deliver({"domain": ["acme.test"], "ethernet0.ip": [f"{p}.3"],
-                         "ethernet0.netmask": ["255.255.255.0"], "ethernet0.mac": [web.mac]},
-                        timeout=BOOT_TIMEOUT)
+    web.channel.deliver(
+        {
+            "domain": ["acme.test"],
+            "ethernet0.ip": [f"{p}.3"],
+            "ethernet0.netmask": ["255.255.255.0"],
+            "ethernet0.mac": [web.mac],
+        },
+        timeout=BOOT_TIMEOUT,
+    )
     assert any("fresh disk vdb" in d for d in dns.event_details("data"))
 
     # A real DNS query from the host, over our bridge, for the name of the other appliance...
@@ -342,8 +380,13 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     assert "acme.test groupware" in page
 
     # A record written to the data disk through the appliance's admin port.
-    answer = urllib.request.urlopen(
-        f"http://{p}.2:8053/cgi-bin/records?name=kept&ip=192.0.2.7", timeout=20).read().decode()
+    answer = (
+        urllib.request.urlopen(
+            f"http://{p}.2:8053/cgi-bin/records?name=kept&ip=192.0.2.7", timeout=20
+        )
+        .read()
+        .decode()
+    )
     assert "added kept 192.0.2.7" in answer
     assert dig(f"{p}.2", "kept.acme.test") == ["192.0.2.7"]
 
@@ -356,8 +399,9 @@ def test_dns_and_web_on_an_isolated_network_with_data_kept_across_an_update(
     # Update: stop v1, boot v2 over the same data disk; it migrates format 1 -> 2 and keeps it.
     assert dns.shutdown()
     dns.destroy()
-    dns2 = new_guest(guests, conn, images["DNS-v2"], workdir, network=network, data_disk=data,
-                     mac=dns.mac)
+    dns2 = new_guest(
+        guests, conn, images["DNS-v2"], workdir, network=network, data_disk=data, mac=dns.mac
+    )
     dns2.start()
     assert dns2.channel is not None
     dns2.channel.deliver(dns_params, timeout=BOOT_TIMEOUT)
@@ -378,13 +422,15 @@ def netns_on(network: Network) -> Iterator[tuple[str, str, str]]:
     tag = secrets.token_hex(3)
     ns, host_end, ns_end = f"cgns{tag}", f"cgh{tag}", f"cgn{tag}"
     mac = random_mac()
-    steps = [["ip", "netns", "add", ns],
-             ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end],
-             ["ip", "link", "set", ns_end, "netns", ns],
-             ["ip", "-n", ns, "link", "set", ns_end, "address", mac],
-             ["ip", "-n", ns, "link", "set", ns_end, "up"],
-             ["ip", "link", "set", host_end, "master", network.bridge],
-             ["ip", "link", "set", host_end, "up"]]
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end],
+        ["ip", "link", "set", ns_end, "netns", ns],
+        ["ip", "-n", ns, "link", "set", ns_end, "address", mac],
+        ["ip", "-n", ns, "link", "set", ns_end, "up"],
+        ["ip", "link", "set", host_end, "master", network.bridge],
+        ["ip", "link", "set", host_end, "up"],
+    ]
     try:
         for step in steps:
             subprocess.run(step, check=True, capture_output=True)
@@ -405,8 +451,14 @@ def tcp_connects(host: str, port: int, timeout: float = 3.0) -> bool:
 
 
 def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
-        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path, guests: list[Guest],
-        network: Network, outside: Network, netns_on: tuple[str, str, str]) -> None:
+    conn: libvirt.virConnect,
+    images: dict[str, Path],
+    workdir: Path,
+    guests: list[Guest],
+    network: Network,
+    outside: Network,
+    netns_on: tuple[str, str, str],
+) -> None:
     p, o = network.prefix, outside.prefix
     mask = ["255.255.255.0"]
     data = workdir / f"ldap-{secrets.token_hex(3)}.qcow2"
@@ -415,26 +467,56 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
     web = new_guest(guests, conn, images["Web"], workdir, network=network)
     dhcp = new_guest(guests, conn, images["DHCP"], workdir, network=network)
     fw_out_mac = random_mac()
-    fw = new_guest(guests, conn, images["Firewall"], workdir, network=network,
-                   more_nics=[(outside, fw_out_mac)])
+    fw = new_guest(
+        guests,
+        conn,
+        images["Firewall"],
+        workdir,
+        network=network,
+        more_nics=[(outside, fw_out_mac)],
+    )
     ns, ns_if, ns_mac = netns_on
     for guest in (ldap, web, dhcp, fw):
         guest.start()
     secret = "pa55 w0rd & more"
     params = {
-        ldap: {"domain": ["acme.test"], "rootdnpass": [secret],
-               "datadisks": [encode([("device", "vdb"), ("size", "100mb")])],
-               "ethernet0.ip": [f"{p}.4"], "ethernet0.netmask": mask, "ethernet0.mac": [ldap.mac],
-               "defaultroute": [f"{p}.254"]},
-        web: {"domain": ["acme.test"], "ethernet0.ip": [f"{p}.3"], "ethernet0.netmask": mask,
-              "ethernet0.mac": [web.mac], "defaultroute": [f"{p}.254"]},
-        dhcp: {"domain": ["acme.test"], "ethernet0.ip": [f"{p}.5"], "ethernet0.netmask": mask,
-               "ethernet0.mac": [dhcp.mac], "router": [f"{p}.254"], "dns": [f"{p}.2"],
-               "dhcphosts": [encode([("name", "client"), ("mac", ns_mac), ("ip", f"{p}.50")])]},
-        fw: {"ethernet0.ip": [f"{p}.254"], "ethernet0.netmask": mask, "ethernet0.mac": [fw.mac],
-             "ethernet1.ip": [f"{o}.2"], "ethernet1.netmask": mask, "ethernet1.mac": [fw_out_mac],
-             "services": [encode([("port", "80/tcp"), ("ip", f"{p}.3")]),
-                          encode([("port", "389/tcp"), ("ip", f"{p}.4")])]},
+        ldap: {
+            "domain": ["acme.test"],
+            "rootdnpass": [secret],
+            "datadisks": [encode([("device", "vdb"), ("size", "100mb")])],
+            "ethernet0.ip": [f"{p}.4"],
+            "ethernet0.netmask": mask,
+            "ethernet0.mac": [ldap.mac],
+            "defaultroute": [f"{p}.254"],
+        },
+        web: {
+            "domain": ["acme.test"],
+            "ethernet0.ip": [f"{p}.3"],
+            "ethernet0.netmask": mask,
+            "ethernet0.mac": [web.mac],
+            "defaultroute": [f"{p}.254"],
+        },
+        dhcp: {
+            "domain": ["acme.test"],
+            "ethernet0.ip": [f"{p}.5"],
+            "ethernet0.netmask": mask,
+            "ethernet0.mac": [dhcp.mac],
+            "router": [f"{p}.254"],
+            "dns": [f"{p}.2"],
+            "dhcphosts": [encode([("name", "client"), ("mac", ns_mac), ("ip", f"{p}.50")])],
+        },
+        fw: {
+            "ethernet0.ip": [f"{p}.254"],
+            "ethernet0.netmask": mask,
+            "ethernet0.mac": [fw.mac],
+            "ethernet1.ip": [f"{o}.2"],
+            "ethernet1.netmask": mask,
+            "ethernet1.mac": [fw_out_mac],
+            "services": [
+                encode([("port", "80/tcp"), ("ip", f"{p}.3")]),
+                encode([("port", "389/tcp"), ("ip", f"{p}.4")]),
+            ],
+        },
     }
     for guest, values in params.items():
         assert guest.channel is not None
@@ -442,32 +524,96 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
         guest.wait_for("ready")
 
     # LDAP: root DN from the domain, base entries seeded on the fresh data disk, bind works.
-    assert ldap.event_details("status")[-1] == \
-        "suffix=dc=acme,dc=test rootdn=cn=admin,dc=acme,dc=test"
-    search = subprocess.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{p}.4", "-D",
-                             "cn=admin,dc=acme,dc=test", "-w", secret, "-b", "dc=acme,dc=test",
-                             "(objectClass=organizationalUnit)", "ou"],
-                            capture_output=True, text=True, timeout=30)
+    assert (
+        ldap.event_details("status")[-1] == "suffix=dc=acme,dc=test rootdn=cn=admin,dc=acme,dc=test"
+    )
+    search = subprocess.run(
+        [
+            "ldapsearch",
+            "-x",
+            "-LLL",
+            "-H",
+            f"ldap://{p}.4",
+            "-D",
+            "cn=admin,dc=acme,dc=test",
+            "-w",
+            secret,
+            "-b",
+            "dc=acme,dc=test",
+            "(objectClass=organizationalUnit)",
+            "ou",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert search.returncode == 0, search.stderr
     assert "ou: people" in search.stdout and "ou: groups" in search.stdout
-    wrong = subprocess.run(["ldapsearch", "-x", "-H", f"ldap://{p}.4", "-D",
-                            "cn=admin,dc=acme,dc=test", "-w", "wrong", "-b", "dc=acme,dc=test"],
-                           capture_output=True, text=True, timeout=30)
+    wrong = subprocess.run(
+        [
+            "ldapsearch",
+            "-x",
+            "-H",
+            f"ldap://{p}.4",
+            "-D",
+            "cn=admin,dc=acme,dc=test",
+            "-w",
+            "wrong",
+            "-b",
+            "dc=acme,dc=test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert wrong.returncode == 49  # invalid credentials
     assert secret not in ldap.console()
 
     # DHCP: a real client in a namespace on the VAN gets its fixed lease.
-    lease = subprocess.run(["ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", ns_if, "-n", "-q",
-                            "-t", "5", "-T", "2", "-s", "/bin/true"],
-                           capture_output=True, text=True, timeout=60)
+    lease = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            ns_if,
+            "-n",
+            "-q",
+            "-t",
+            "5",
+            "-T",
+            "2",
+            "-s",
+            "/bin/true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert f"lease of {p}.50 obtained" in lease.stdout + lease.stderr, lease.stderr
 
     # Firewall, from outside: the services are forwarded to the VAN (DNAT), nothing else is.
     page = urllib.request.urlopen(f"http://{o}.2/", timeout=20).read().decode()
     assert "acme.test groupware" in page
-    through = subprocess.run(["ldapsearch", "-x", "-LLL", "-H", f"ldap://{o}.2", "-b",
-                              "dc=acme,dc=test", "(ou=people)", "dn"],
-                             capture_output=True, text=True, timeout=30)
+    through = subprocess.run(
+        [
+            "ldapsearch",
+            "-x",
+            "-LLL",
+            "-H",
+            f"ldap://{o}.2",
+            "-b",
+            "dc=acme,dc=test",
+            "(ou=people)",
+            "dn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "dn: ou=people,dc=acme,dc=test" in through.stdout, through.stderr
     assert tcp_connects(f"{p}.4", 389)  # LDAP itself is up on the VAN...
     assert not tcp_connects(f"{o}.2", 22)  # ...but only the listed services pass the firewall
@@ -476,8 +622,8 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
 
 
 def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
-        conn: libvirt.virConnect, images: dict[str, Path], workdir: Path,
-        guests: list[Guest]) -> None:
+    conn: libvirt.virConnect, images: dict[str, Path], workdir: Path, guests: list[Guest]
+) -> None:
     tag = secrets.token_hex(3)
     # A disk holding something that is not a filesystem: never formatted over, FAILED instead.
     junk_raw = workdir / f"junk-{tag}.raw"
@@ -489,19 +635,24 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     (later / ".collective").mkdir(parents=True)
     (later / ".collective" / "format").write_text("9\n")
     later_raw = workdir / f"later-{tag}.raw"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(later), str(later_raw), "16M"],
-                   check=True)
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(later), str(later_raw), "16M"], check=True
+    )
     later_disk = workdir / f"later-{tag}.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(later_raw), str(later_disk)],
-                   check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "qcow2", str(later_raw), str(later_disk)], check=True
+    )
     fresh = workdir / f"fresh-{tag}.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(fresh), "100M"], check=True)
 
     on_junk = new_guest(guests, conn, images["DNS"], workdir, data_disk=junk)
     on_later = new_guest(guests, conn, images["DNS"], workdir, data_disk=later_disk)
     bad = new_guest(guests, conn, images["DNS-bad"], workdir, data_disk=fresh)
-    params = {"domain": ["acme.test"], "dnshosts": [encode([("name", "d"), ("ip", "10.0.0.2")])],
-              "datadisks": [encode([("device", "vdb"), ("size", "100mb")])]}
+    params = {
+        "domain": ["acme.test"],
+        "dnshosts": [encode([("name", "d"), ("ip", "10.0.0.2")])],
+        "datadisks": [encode([("device", "vdb"), ("size", "100mb")])],
+    }
     for guest in (on_junk, on_later, bad):
         guest.start()
     assert on_junk.channel is not None and on_later.channel is not None
@@ -519,6 +670,7 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     events = [e for _, e, _ in bad.events()]
     assert "service-started" in events and "ready" not in events and "failed" not in events
     raw = junk_raw.read_bytes()[: 1 << 20]
-    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(junk), str(junk_raw)],
-                   check=True)  # -U: the VM still has it open
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "raw", str(junk), str(junk_raw)], check=True
+    )  # -U: the VM still has it open
     assert junk_raw.read_bytes()[: 1 << 20] == raw, "the unknown disk must be left untouched"

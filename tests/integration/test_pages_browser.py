@@ -64,12 +64,19 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
-    options.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="chrome-",
-                                                               dir=tmp_path))
+    options.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="chrome-", dir=tmp_path))
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     try:
@@ -106,8 +113,9 @@ def test_repository_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_di
     cvl.write_text(WEB_V1)
     publish(repo.path, cvl)
     key = tmp_path / "signing_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pub", "-f", str(key)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pub", "-f", str(key)], check=True
+    )
     public = key.with_suffix(".pub").read_text().split()
     trust.add_ssh_signer(repo.path, f"publisher@example.org {public[0]} {public[1]}")
     cvl.write_text(WEB_V2)
@@ -130,8 +138,7 @@ def test_repository_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_di
         assert 'title = "<script>window.pwned = 1;</script>";' in text(browser, "#cvl")
         title_row = browser.find_element(By.XPATH, "//table[@id='params']//tr[th/code='title']")
         assert '"<script>window.pwned = 1;</script>"' in title_row.text
-        assert browser.execute_script("return document.querySelectorAll('main script').length") \
-            == 0
+        assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
         assert browser.execute_script("return window.pwned") is None
         # pages.js ran under the page's CSP: every snippet got its copy button.
         assert len(browser.find_elements(By.CSS_SELECTOR, "pre[data-copy] button.copy")) == 3
@@ -145,8 +152,12 @@ def test_repository_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_di
         browser.get(server.url + "/Web/diff/1/2")
         port = browser.find_element(By.XPATH, "//table[@id='param-diff']//tr[th/code='port']")
         assert " ".join(port.text.split()) == 'port changed default changed "80" "8080"'
-        changed = [" ".join(r.text.split()) for r in browser.find_elements(
-            By.CSS_SELECTOR, "#cvl-diff tr.d-del, #cvl-diff tr.d-add")]
+        changed = [
+            " ".join(r.text.split())
+            for r in browser.find_elements(
+                By.CSS_SELECTOR, "#cvl-diff tr.d-del, #cvl-diff tr.d-add"
+            )
+        ]
         assert changed == ['7 − port = "80";', '7 + port = "8080";']
         screenshot(browser, artifacts_dir / "pages-repository-diff.png")
 
@@ -165,21 +176,32 @@ class Daemon:
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = subprocess.run(
             [*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state", str(state)],
-            capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        ).stdout.strip()
         self.log = state.parent / "daemon.log"
         self.proc = subprocess.Popen(
-            [*CUI, "utility", "serve", "--state", str(state), "--listen",
-             f"127.0.0.1:{self.port}"],
-            cwd=REPO_ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "COLLECTIVE_EVENTS_SECRET": events_secret})
+            [*CUI, "utility", "serve", "--state", str(state), "--listen", f"127.0.0.1:{self.port}"],
+            cwd=REPO_ROOT,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLLECTIVE_EVENTS_SECRET": events_secret},
+        )
         deadline = time.monotonic() + 30
         while "listening on" not in self.log.read_text():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.1)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        answer = requests.request(method, self.url + path, json=body, timeout=120,
-                                  headers={"Authorization": f"Bearer {self.token}"})
+        answer = requests.request(
+            method,
+            self.url + path,
+            json=body,
+            timeout=120,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         assert answer.status_code < 300, answer.text
         return answer.json()
 
@@ -203,23 +225,35 @@ def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: 
     try:
         # Groupware whose DNS comes, unpinned, from a repository that announces to the utility.
         acme = paper_tree(REPO_ROOT / "examples" / "paper", tmp_path / "acme")
-        dns_repo = Repository.create(tmp_path / "repos" / "DNS", RepoConfig(
-            subscribers=(Subscriber(daemon.url + "/v1/events/publish", secret=shared),)))
+        dns_repo = Repository.create(
+            tmp_path / "repos" / "DNS",
+            RepoConfig(subscribers=(Subscriber(daemon.url + "/v1/events/publish", secret=shared),)),
+        )
         publish(dns_repo.path, acme.parent / "DNS" / "DNS.cvl")
         groupware = acme.parent / "Groupware" / "Groupware.cvl"
-        groupware.write_text(groupware.read_text().replace(
-            'url => "file:../DNS",\n    cvl => "DNS.cvl",\n    version => "3"',
-            f'url => "file:{dns_repo.path}",\n    cvl => "DNS.cvl"'))
+        groupware.write_text(
+            groupware.read_text().replace(
+                'url => "file:../DNS",\n    cvl => "DNS.cvl",\n    version => "3"',
+                f'url => "file:{dns_repo.path}",\n    cvl => "DNS.cvl"',
+            )
+        )
         ldap = acme.parent / "OpenLDAP" / "OpenLDAP.cvl"
-        ldap.write_text(ldap.read_text().replace(
-            "var port, sport;", 'var port, sport;\n    var "sensitive" rootpw;'))
+        ldap.write_text(
+            ldap.read_text().replace(
+                "var port, sport;", 'var port, sport;\n    var "sensitive" rootpw;'
+            )
+        )
 
-        daemon.api("POST", "/v1/hosts", {"name": "h1", "uri": simulated_host_uri(tmp_path, "h1"),
-                                         "memory": "1G", "max_vms": 8})
+        daemon.api(
+            "POST",
+            "/v1/hosts",
+            {"name": "h1", "uri": simulated_host_uri(tmp_path, "h1"), "memory": "1G", "max_vms": 8},
+        )
         daemon.api("POST", "/v1/vlans", {"range": "100-103"})
         daemon.api("POST", "/v1/publicips", {"range": "192.0.2.1-192.0.2.4"})
-        started = daemon.api("POST", "/v1/vaps/start",
-                             {"cvl": str(acme), "secrets": {"l.rootpw": SECRET}})
+        started = daemon.api(
+            "POST", "/v1/vaps/start", {"cvl": str(acme), "secrets": {"l.rootpw": SECRET}}
+        )
         vap_id = started["id"]
 
         def versions() -> dict[str, Any]:
@@ -240,29 +274,35 @@ def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: 
         assert browser.title.startswith("Cluster")
         hosts = text(browser, "#hosts")
         assert "h1" in hosts and "192.0 MiB of 1.0 GiB" in hosts and "3 of 8 VMs" in hosts
-        assert browser.find_element(By.CSS_SELECTOR, "#hosts meter").get_attribute("value") \
-            == str(3 * 64 << 20)
+        assert browser.find_element(By.CSS_SELECTOR, "#hosts meter").get_attribute("value") == str(
+            3 * 64 << 20
+        )
         assert "1 running component uses a blacklisted version" in text(browser, "main")
         screenshot(browser, artifacts_dir / "pages-utility-overview.png")
         # Live refresh: a host added through the API appears without reloading the page.
-        daemon.api("POST", "/v1/hosts", {"name": "h2", "uri": simulated_host_uri(tmp_path, "h2"),
-                                         "memory": "2G", "max_vms": 4})
+        daemon.api(
+            "POST",
+            "/v1/hosts",
+            {"name": "h2", "uri": simulated_host_uri(tmp_path, "h2"), "memory": "2G", "max_vms": 4},
+        )
         WebDriverWait(browser, 15).until(lambda d: "h2" in text(d, "#hosts"))
 
         browser.get(daemon.page(f"/ui/vaps/{vap_id}"))
         boxes = browser.find_elements(By.CSS_SELECTOR, "#vap-picture g.comp")
         assert sorted(b.get_attribute("data-path") for b in boxes) == ["d", "f", "l"]
         picture = browser.execute_script(
-            "return document.getElementById('vap-picture').textContent")
+            "return document.getElementById('vap-picture').textContent"
+        )
         for component in status["components"]:
             for iface in component["interfaces"]:
                 assert f"{iface['name']} {iface['ip']}" in picture
         firewall = browser.find_element(By.CSS_SELECTOR, "#vap-picture g.comp.role-firewall")
         assert firewall.get_attribute("data-path") == "f"
-        assert "v2 · BLACKLISTED" in firewall.find_element(
-            By.XPATH, "../*[@data-path='d']").text
-        assert browser.find_element(By.CSS_SELECTOR, "#vap-picture g.dep").get_attribute(
-            "data-from") == "l"
+        assert "v2 · BLACKLISTED" in firewall.find_element(By.XPATH, "../*[@data-path='d']").text
+        assert (
+            browser.find_element(By.CSS_SELECTOR, "#vap-picture g.dep").get_attribute("data-from")
+            == "l"
+        )
         screenshot(browser, artifacts_dir / "pages-utility-vap.png")
 
         browser.get(daemon.page("/ui/history"))

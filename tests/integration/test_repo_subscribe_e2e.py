@@ -24,8 +24,14 @@ CUI = [sys.executable, "-m", "cui.main"]
 
 
 def run_cui(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CUI, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **env}, timeout=120)
+    return subprocess.run(
+        [*CUI, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        timeout=120,
+    )
 
 
 def cui(*args: str, env: dict[str, str]) -> str:
@@ -35,8 +41,13 @@ def cui(*args: str, env: dict[str, str]) -> str:
 
 
 def git(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    done = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -51,41 +62,77 @@ def test_subscribe_push_update_unsubscribe(tmp_path: Path) -> None:
         user = tmp_path / "user"
         user.mkdir()
         cvl = user / "MyDNS.cvl"
-        cvl.write_text(f'import {{ url => "{repo_url}", cvl => "DNS.cvl" }} DNS;\n'
-                       'MyDNS extends DNS { domain = "acme.org"; }\n')
+        cvl.write_text(
+            f'import {{ url => "{repo_url}", cvl => "DNS.cvl" }} DNS;\n'
+            'MyDNS extends DNS { domain = "acme.org"; }\n'
+        )
         state = tmp_path / "state"
-        token = subprocess.run([*CUI, "utility", "token", "add", "admin", "--role", "admin",
-                                "--state", str(state)], capture_output=True, text=True,
-                               check=True, cwd=REPO_ROOT).stdout.strip()
+        token = subprocess.run(
+            [*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state", str(state)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        ).stdout.strip()
         env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token}
         log_path = tmp_path / "daemon.log"
         daemon_env = {k: v for k, v in os.environ.items() if k != "COLLECTIVE_EVENTS_SECRET"}
         with log_path.open("w") as log:
-            daemon = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state),
-                                       "--listen", f"127.0.0.1:{port}"], cwd=REPO_ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT, env=daemon_env)
+            daemon = subprocess.Popen(
+                [*CUI, "utility", "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}"],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=daemon_env,
+            )
         try:
             deadline = time.monotonic() + 30
             while "listening on" not in log_path.read_text():
                 assert daemon.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-            cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory",
-                "2G", "--max-vms", "8", env=env)
+            cui(
+                "host",
+                "add",
+                "h1",
+                "--uri",
+                simulated_host_uri(tmp_path, "h1"),
+                "--memory",
+                "2G",
+                "--max-vms",
+                "8",
+                env=env,
+            )
             cui("vlan", "add", "100-101", env=env)
             cui("publicip", "add", "192.0.2.1-192.0.2.2", env=env)
             cui("start", str(cvl), env=env)
 
             # bad credentials: refused by the server (401), nothing stored anywhere
-            assert requests.post(f"{repo_url}/subscribers", json={"url": "http://x/"},
-                                 timeout=10).status_code == 401
-            bad = run_cui("utility", "subscribe", repo_url, "--user", server.user,
-                          env={**env, "COLLECTIVE_REPO_TOKEN": "wrong-token"})
+            assert (
+                requests.post(
+                    f"{repo_url}/subscribers", json={"url": "http://x/"}, timeout=10
+                ).status_code
+                == 401
+            )
+            bad = run_cui(
+                "utility",
+                "subscribe",
+                repo_url,
+                "--user",
+                server.user,
+                env={**env, "COLLECTIVE_REPO_TOKEN": "wrong-token"},
+            )
             assert bad.returncode == 1 and "HTTP 401" in bad.stderr, bad.stderr
             assert json.loads(cui("utility", "subscriptions", "--json", env=env)) == []
             assert Repository(repo.path).config.subscribers == ()
 
-            out = cui("utility", "subscribe", repo_url, "--user", server.user,
-                      env={**env, "COLLECTIVE_REPO_TOKEN": server.token})
+            out = cui(
+                "utility",
+                "subscribe",
+                repo_url,
+                "--user",
+                server.user,
+                env={**env, "COLLECTIVE_REPO_TOKEN": server.token},
+            )
             assert f"events go to http://127.0.0.1:{port}/v1/events/publish" in out
             subs = Repository(repo.path).config.subscribers
             assert [s.url for s in subs] == [f"http://127.0.0.1:{port}/v1/events/publish"]
@@ -121,8 +168,14 @@ def test_subscribe_push_update_unsubscribe(tmp_path: Path) -> None:
             history = json.loads(cui("history", str(cvl), "--json", env=env))
             assert [(h["trigger"], h["versions"]) for h in history] == [("push", {"": ["1", "2"]})]
 
-            cui("utility", "unsubscribe", repo_url, "--user", server.user,
-                env={**env, "COLLECTIVE_REPO_TOKEN": server.token})
+            cui(
+                "utility",
+                "unsubscribe",
+                repo_url,
+                "--user",
+                server.user,
+                env={**env, "COLLECTIVE_REPO_TOKEN": server.token},
+            )
             assert Repository(repo.path).config.subscribers == ()
             assert not Path(subs[0].secret_file or "").exists()
             assert json.loads(mine.read_text()) == {}

@@ -37,8 +37,12 @@ class Daemon:
         self.state = state
         self.socket = state / "utility.sock"
         self.log = (state.parent / f"daemon-{state.name}-{time.monotonic_ns()}.log").open("a")
-        self.proc = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state), *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        self.proc = subprocess.Popen(
+            [*CUI, "utility", "serve", "--state", str(state), *extra],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
         deadline = time.monotonic() + 30
         while not self._listening():
             assert self.proc.poll() is None, self.output()
@@ -58,10 +62,18 @@ class Daemon:
             self.proc.wait(timeout=30)
 
 
-def cui(*args: str, env: dict[str, str] | None = None, ok: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CUI, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **(env or {})}, input=stdin, timeout=300)
+def cui(
+    *args: str, env: dict[str, str] | None = None, ok: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*CUI, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        timeout=300,
+    )
     if ok:
         assert done.returncode == 0, f"cui {' '.join(args)}: {done.stderr}"
     return done
@@ -81,8 +93,17 @@ def test_cli_start_status_stop_over_the_unix_socket(daemon: Daemon, tmp_path: Pa
     assert daemon.state.stat().st_mode & 0o777 == 0o711  # traversable for qemu, not listable
     assert (daemon.state / "utility.sqlite3").stat().st_mode & 0o777 == 0o600
     assert (daemon.state / "run").stat().st_mode & 0o777 == 0o700
-    cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory", "1G",
-        "--max-vms", "8")
+    cui(
+        "host",
+        "add",
+        "h1",
+        "--uri",
+        simulated_host_uri(tmp_path, "h1"),
+        "--memory",
+        "1G",
+        "--max-vms",
+        "8",
+    )
     cui("vlan", "add", "100-163")
     cui("publicip", "add", "192.0.2.10-192.0.2.20")
     acme = paper_tree(PAPER, tmp_path / "acme")
@@ -123,10 +144,21 @@ def test_grep_cui_start_with_the_agent_leaves_no_clear_sensitive_value(
     (apps / "s.vmx").write_text(publisher_domain_xml("secret", 64))
     base_image(apps / "system.qcow2")
     cvl = apps / "Secret.cvl"
-    cvl.write_text('Secret extends VMAppliance {\n  var "required" "sensitive" rootpw;\n'
-                   '  vm = "s.vmx";\n  datadisks = { device => "vdb", size => "1mb" };\n}\n')
-    cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory", "1G",
-        "--max-vms", "8")
+    cvl.write_text(
+        'Secret extends VMAppliance {\n  var "required" "sensitive" rootpw;\n'
+        '  vm = "s.vmx";\n  datadisks = { device => "vdb", size => "1mb" };\n}\n'
+    )
+    cui(
+        "host",
+        "add",
+        "h1",
+        "--uri",
+        simulated_host_uri(tmp_path, "h1"),
+        "--memory",
+        "1G",
+        "--max-vms",
+        "8",
+    )
     cui("vlan", "add", "100-101")
     cui("publicip", "add", "192.0.2.10-192.0.2.11")
     env = {"COLLECTIVE_AGENT_PASSWORD": "agent-pw", "COLLECTIVE_SECRET_ROOTPW": value}
@@ -153,16 +185,16 @@ def libvirt_usable() -> bool:
 
 @pytest.mark.vm
 @pytest.mark.skipif(not libvirt_usable(), reason="libvirtd (qemu:///system) is not running")
-def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(
+    tmp_path: Path, monkeypatch
+) -> None:
     prefix = "k" + secrets.token_hex(2)  # unique domain/network/bridge names on the real host
     state = tmp_path / "state"
     first = Daemon(state, "--prefix", prefix, "--ready-timeout", "120")
     monkeypatch.setenv("COLLECTIVE_UTILITY", f"unix://{first.socket}")
     conn = libvirt.open("qemu:///system")
     try:
-        cui("host", "add", "real", "--uri", "qemu:///system", "--memory", "512M",
-            "--max-vms", "2")
+        cui("host", "add", "real", "--uri", "qemu:///system", "--memory", "512M", "--max-vms", "2")
         cui("vlan", "add", "3000-3001")
         cui("publicip", "add", "198.51.100.200-198.51.100.201")
         apps = tmp_path / "a"
@@ -171,8 +203,13 @@ def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(tmp_path: Path
         (apps / "n.vmx").write_text(publisher_domain_xml("noop", 32, disk=None))
         cvl = apps / "Noop.cvl"
         cvl.write_text('Noop extends VMAppliance {\n  vm = "n.vmx";\n}\n')
-        starter = subprocess.Popen([*CUI, "start", str(cvl)], cwd=REPO_ROOT,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        starter = subprocess.Popen(
+            [*CUI, "start", str(cvl)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         domain = f"{prefix}-1-root"
         deadline = time.monotonic() + 60
         while domain not in [d.name() for d in conn.listAllDomains()]:

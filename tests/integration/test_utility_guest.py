@@ -41,9 +41,18 @@ def test_dns_appliance_boots_gets_its_parameters_and_stops_cleanly(workdir: Path
         libvirt.open("qemu:///system").close()
     except libvirt.libvirtError as exc:
         pytest.skip(f"qemu:///system is not usable here: {exc}")
-    built = subprocess.run([str(ROOT / "scripts" / "build-appliances"), str(workdir / "img"),
-                            "--json", "--only", "DNS"], capture_output=True, text=True,
-                           timeout=900)
+    built = subprocess.run(
+        [
+            str(ROOT / "scripts" / "build-appliances"),
+            str(workdir / "img"),
+            "--json",
+            "--only",
+            "DNS",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert built.returncode == 0, built.stderr
     image_dir = Path(json.loads(built.stdout.splitlines()[0])["dir"])
     apps = workdir / "apps"
@@ -55,10 +64,12 @@ def test_dns_appliance_boots_gets_its_parameters_and_stops_cleanly(workdir: Path
         "MyDNS extends DNS {\n"
         '  domain = "acme.org";\n'
         "  dnshosts = { name => name, ip => ethernet0.ip };\n"
-        "}\n")
+        "}\n"
+    )
     prefix = "g" + secrets.token_hex(2)
-    manager = ClusterManager(workdir / "state", Settings(prefix=prefix),
-                             Timeouts(ready=240, stop=60))
+    manager = ClusterManager(
+        workdir / "state", Settings(prefix=prefix), Timeouts(ready=240, stop=60)
+    )
     conn = libvirt.open("qemu:///system")
     try:
         manager.add_host(ADMIN, "real", "qemu:///system", 1 << 30, 2)

@@ -21,8 +21,14 @@ CUI = [sys.executable, "-m", "cui.main"]
 
 
 def run_cui(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CUI, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **env}, timeout=180)
+    return subprocess.run(
+        [*CUI, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        timeout=180,
+    )
 
 
 def test_start_streams_disk_progress_and_errors_to_cui(tmp_path: Path) -> None:
@@ -33,21 +39,39 @@ def test_start_streams_disk_progress_and_errors_to_cui(tmp_path: Path) -> None:
     with running_server(root, workers=2) as server:
         cvl = tmp_path / "user" / "MyDNS.cvl"
         cvl.parent.mkdir()
-        cvl.write_text(f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
-                       'MyDNS extends DNS { domain = "acme.org"; }\n')
+        cvl.write_text(
+            f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
+            'MyDNS extends DNS { domain = "acme.org"; }\n'
+        )
         state = tmp_path / "state"
         env = {"COLLECTIVE_UTILITY": f"unix://{state}/utility.sock"}
         log_path = tmp_path / "daemon.log"
         with log_path.open("w") as log:
-            daemon = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state)],
-                                      cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(
+                [*CUI, "utility", "serve", "--state", str(state)],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 30
             while "listening on" not in log_path.read_text():
                 assert daemon.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-            for args in (("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"),
-                          "--memory", "2G", "--max-vms", "4"), ("vlan", "add", "100-101")):
+            for args in (
+                (
+                    "host",
+                    "add",
+                    "h1",
+                    "--uri",
+                    simulated_host_uri(tmp_path, "h1"),
+                    "--memory",
+                    "2G",
+                    "--max-vms",
+                    "4",
+                ),
+                ("vlan", "add", "100-101"),
+            ):
                 assert run_cui(*args, env=env).returncode == 0
 
             refused = run_cui("start", str(cvl), env=env)  # no public IPs: refused in-stream

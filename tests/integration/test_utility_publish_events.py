@@ -31,15 +31,25 @@ CUI = [sys.executable, "-m", "cui.main"]
 
 
 def cui(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([*CUI, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **env}, timeout=120)
+    done = subprocess.run(
+        [*CUI, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert done.returncode == 0, f"cui {args}: {done.stderr}"
     return done.stdout
 
 
 def post_event(url: str, body: bytes, signature: str) -> int:
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "X-Collective-Signature": signature})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "X-Collective-Signature": signature},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return int(answer.status)
@@ -51,8 +61,9 @@ def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> No
     port = free_port()
     events_url = f"http://127.0.0.1:{port}/v1/events/publish"
     shared = secrets.token_hex(16)
-    dns_repo = Repository.create(tmp_path / "repos" / "DNS",
-                                 RepoConfig(subscribers=(Subscriber(events_url, secret=shared),)))
+    dns_repo = Repository.create(
+        tmp_path / "repos" / "DNS", RepoConfig(subscribers=(Subscriber(events_url, secret=shared),))
+    )
     src = tmp_path / "src"
     dns_cvl = sample_appliance(src, "DNS")
     publish(dns_repo.path, dns_cvl)
@@ -68,25 +79,43 @@ def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> No
         f'import {{ url => "file:{dns_repo.path}", cvl => "DNS.cvl" }} DNS;\n'
         f'import {{ url => "file:{ldap}", cvl => "LDAP.cvl" }} LDAP;\n'
         'Office extends VANAppliance {\n  DNS d;\n  LDAP l;\n  d.domain = "acme.org";\n'
-        '  vanIF = "l.ethernet0";\n}\n')
+        '  vanIF = "l.ethernet0";\n}\n'
+    )
 
     state = tmp_path / "state"
-    token = subprocess.run([*CUI, "utility", "token", "add", "admin", "--role", "admin",
-                            "--state", str(state)], capture_output=True, text=True,
-                           check=True, cwd=REPO_ROOT).stdout.strip()
+    token = subprocess.run(
+        [*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+    ).stdout.strip()
     env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token}
     log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state), "--listen",
-                               f"127.0.0.1:{port}"], cwd=REPO_ROOT, stdout=log,
-                              stderr=subprocess.STDOUT,
-                              env={**os.environ, "COLLECTIVE_EVENTS_SECRET": shared})
+    daemon = subprocess.Popen(
+        [*CUI, "utility", "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}"],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLLECTIVE_EVENTS_SECRET": shared},
+    )
     try:
         deadline = time.monotonic() + 30
         while "listening on" not in (tmp_path / "daemon.log").read_text():
             assert daemon.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory", "2G",
-            "--max-vms", "8", env=env)
+        cui(
+            "host",
+            "add",
+            "h1",
+            "--uri",
+            simulated_host_uri(tmp_path, "h1"),
+            "--memory",
+            "2G",
+            "--max-vms",
+            "8",
+            env=env,
+        )
         cui("vlan", "add", "100-101", env=env)
         cui("publicip", "add", "192.0.2.1-192.0.2.2", env=env)
         cui("start", str(cvl), env=env)
@@ -100,8 +129,15 @@ def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> No
         data = user / "d" / "data-vdb.qcow2"
         data_stat, data_bytes = data.stat().st_ino, hashlib.sha256(data.read_bytes()).digest()
 
-        forged = json.dumps({"repository": dns_repo.path.as_uri(), "version": 2, "tag": "v2",
-                             "commit": "0" * 40, "signer": None}).encode()
+        forged = json.dumps(
+            {
+                "repository": dns_repo.path.as_uri(),
+                "version": 2,
+                "tag": "v2",
+                "commit": "0" * 40,
+                "signer": None,
+            }
+        ).encode()
         assert post_event(events_url, forged, "sha256=" + "0" * 64) == 401
         assert post_event(events_url, forged, "") == 401
         time.sleep(0.5)
@@ -121,7 +157,8 @@ def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> No
         assert hashlib.sha256(data.read_bytes()).digest() == data_bytes
         history = json.loads(cui("history", str(cvl), "--json", env=env))
         assert [(h["trigger"], h["versions"], h["result"]) for h in history] == [
-            ("push", {"d": ["1", "2"]}, "applied")]
+            ("push", {"d": ["1", "2"]}, "applied")
+        ]
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
@@ -131,40 +168,68 @@ def test_git_push_to_the_server_updates_the_running_appliance(tmp_path: Path) ->
     from reposerver.testing import running_server
 
     def git(*args: str, cwd: Path) -> None:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
         assert done.returncode == 0, done.stderr
 
     port = free_port()
     shared = secrets.token_hex(16)
     root = tmp_path / "root"
     root.mkdir()
-    repo = Repository.create(root / "DNS", RepoConfig(subscribers=(
-        Subscriber(f"http://127.0.0.1:{port}/v1/events/publish", secret=shared),)))
+    repo = Repository.create(
+        root / "DNS",
+        RepoConfig(
+            subscribers=(Subscriber(f"http://127.0.0.1:{port}/v1/events/publish", secret=shared),)
+        ),
+    )
     publish(repo.path, sample_appliance(tmp_path / "app", "DNS"))
     with running_server(root, workers=2) as server:
         user = tmp_path / "user"
         user.mkdir()
         cvl = user / "MyDNS.cvl"
-        cvl.write_text(f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
-                       'MyDNS extends DNS { domain = "acme.org"; }\n')
+        cvl.write_text(
+            f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
+            'MyDNS extends DNS { domain = "acme.org"; }\n'
+        )
         state = tmp_path / "state"
-        token = subprocess.run([*CUI, "utility", "token", "add", "admin", "--role", "admin",
-                                "--state", str(state)], capture_output=True, text=True,
-                               check=True, cwd=REPO_ROOT).stdout.strip()
+        token = subprocess.run(
+            [*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state", str(state)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        ).stdout.strip()
         env = {"COLLECTIVE_UTILITY": f"http://127.0.0.1:{port}", "COLLECTIVE_TOKEN": token}
         log = (tmp_path / "daemon.log").open("w")
-        daemon = subprocess.Popen([*CUI, "utility", "serve", "--state", str(state), "--listen",
-                                   f"127.0.0.1:{port}"], cwd=REPO_ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT,
-                                  env={**os.environ, "COLLECTIVE_EVENTS_SECRET": shared})
+        daemon = subprocess.Popen(
+            [*CUI, "utility", "serve", "--state", str(state), "--listen", f"127.0.0.1:{port}"],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLLECTIVE_EVENTS_SECRET": shared},
+        )
         try:
             deadline = time.monotonic() + 30
             while "listening on" not in (tmp_path / "daemon.log").read_text():
                 assert daemon.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-            cui("host", "add", "h1", "--uri", simulated_host_uri(tmp_path, "h1"), "--memory",
-                "2G", "--max-vms", "8", env=env)
+            cui(
+                "host",
+                "add",
+                "h1",
+                "--uri",
+                simulated_host_uri(tmp_path, "h1"),
+                "--memory",
+                "2G",
+                "--max-vms",
+                "8",
+                env=env,
+            )
             cui("vlan", "add", "100-101", env=env)
             cui("publicip", "add", "192.0.2.1-192.0.2.2", env=env)
             cui("start", str(cvl), env=env)

@@ -39,8 +39,11 @@ def publish_all(root: Path, work: Path, url: str) -> None:
         (src / VM_FILE[name]).write_text(publisher_domain_xml(name.lower(), 64))
         base_image(src / "system.qcow2")
         for n in range(count):
-            subprocess.run(["qemu-io", "-c", f"write -P {n + 1} 0 64k", str(src / "system.qcow2")],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["qemu-io", "-c", f"write -P {n + 1} 0 64k", str(src / "system.qcow2")],
+                check=True,
+                capture_output=True,
+            )
             publish(repo.path, src / f"{name}.cvl")
     group = Repository.create(root / "Groupware")
     src = work / "Groupware"
@@ -60,8 +63,11 @@ def test_acme_groupware_with_imports_from_the_repository_server(tmp_path: Path) 
         user = tmp_path / "acme"
         user.mkdir()
         acme = user / "AcmeGroupware.cvl"
-        acme.write_text((PAPER / "AcmeGroupware.cvl").read_text().replace(
-            '"file:Groupware"', f'"{server.url}/Groupware"'))
+        acme.write_text(
+            (PAPER / "AcmeGroupware.cvl")
+            .read_text()
+            .replace('"file:Groupware"', f'"{server.url}/Groupware"')
+        )
         manager = ClusterManager(tmp_path / "state")
         for i in (1, 2):
             manager.add_host(ADMIN, f"h{i}", simulated_host_uri(tmp_path, f"h{i}"), 1 << 30, 8)
@@ -72,14 +78,18 @@ def test_acme_groupware_with_imports_from_the_repository_server(tmp_path: Path) 
         assert {p: c["version"] for p, c in comps.items()} == {"d": "3", "f": "5", "l": "1"}
         assert comps["d"]["repository"] == f"{server.url}/DNS"
         subnet = ipaddress.IPv4Network("10.1.44.0/24")  # VLAN 300 = 0x012C
-        assert all(ipaddress.IPv4Address(c["interfaces"][0]["ip"]) in subnet
-                   for c in comps.values())
+        assert all(
+            ipaddress.IPv4Address(c["interfaces"][0]["ip"]) in subnet for c in comps.values()
+        )
         assert comps["f"]["interfaces"][1]["ip"] == "203.0.113.5"
         assert result["boot_order"].index("d") < result["boot_order"].index("l")
         # the overlay's backing chain is the cached, hash-named objects of DNS v3
-        info = subprocess.run(["qemu-img", "info", "--backing-chain", "--output=json",
-                               str(user / "d" / "vda.qcow2")], capture_output=True, text=True,
-                              check=True).stdout
+        info = subprocess.run(
+            ["qemu-img", "info", "--backing-chain", "--output=json", str(user / "d" / "vda.qcow2")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert str(tmp_path / "state" / "cache") in info and info.count('"filename"') == 4
         manager.stop(ADMIN, str(acme))
         assert manager.store.all_addresses() == []

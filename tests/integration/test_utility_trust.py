@@ -19,8 +19,9 @@ ADMIN = Caller("root", "admin")
 
 
 def ssh_key(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pub", "-f", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pub", "-f", str(path)], check=True
+    )
     return "publisher@example.org " + path.with_suffix(".pub").read_text().strip()
 
 
@@ -33,8 +34,10 @@ def test_require_signed_refuses_unsigned_and_untrusted_and_runs_trusted(tmp_path
     user = tmp_path / "user"
     user.mkdir()
     cvl = user / "MyDNS.cvl"
-    cvl.write_text(f'import {{ url => "file:{repo.path}", cvl => "DNS.cvl" }} DNS;\n'
-                   'MyDNS extends DNS { domain = "acme.org"; }\n')
+    cvl.write_text(
+        f'import {{ url => "file:{repo.path}", cvl => "DNS.cvl" }} DNS;\n'
+        'MyDNS extends DNS { domain = "acme.org"; }\n'
+    )
     manager = ClusterManager(tmp_path / "state")
     manager.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)
     manager.add_vlans(ADMIN, "100-101")
@@ -46,8 +49,11 @@ def test_require_signed_refuses_unsigned_and_untrusted_and_runs_trusted(tmp_path
         manager.start(ADMIN, str(cvl))
     write_pattern(tmp_path / "src" / "root.qcow2", 0x21, 0, "64k")
     publish(repo.path, src, sign=str(tmp_path / "stranger"))  # v2 signed, untrusted key
-    with pytest.raises(CheckFailed, match="v2 refused by trust policy: tag is signed by an SSH "
-                                          "key the repository does not trust"):
+    with pytest.raises(
+        CheckFailed,
+        match="v2 refused by trust policy: tag is signed by an SSH "
+        "key the repository does not trust",
+    ):
         manager.start(ADMIN, str(cvl))
     write_pattern(tmp_path / "src" / "root.qcow2", 0x22, 0, "64k")
     publish(repo.path, src, sign=str(tmp_path / "trusted"))  # v3 signed by the trusted key

@@ -38,8 +38,9 @@ def tampering_proxy(upstream: str, tampers: dict[str, Tamper]) -> Iterator[str]:
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             headers = {k: v for k, v in self.headers.items() if k.lower() in ("range",)}
-            answer = requests.get(upstream + self.path, headers=headers, timeout=30,
-                                  allow_redirects=False)
+            answer = requests.get(
+                upstream + self.path, headers=headers, timeout=30, allow_redirects=False
+            )
             body = answer.content
             path = self.path.split("?")[0]
             if path in tampers:
@@ -63,8 +64,9 @@ def tampering_proxy(upstream: str, tampers: dict[str, Tamper]) -> Iterator[str]:
 
 
 def ssh_key(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pub", "-f", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pub", "-f", str(path)], check=True
+    )
     return "publisher@example.org " + path.with_suffix(".pub").read_text().strip()
 
 
@@ -83,16 +85,18 @@ def test_tampered_answers_are_refused_and_the_signed_version_runs(tmp_path: Path
         def change(path: str, body: bytes) -> bytes:
             assert old in body, (path, body[:300])
             return body.replace(old, new)
+
         return change
 
-    with running_server(root, workers=2) as server, \
-            tampering_proxy(server.url, tampers) as proxy:
+    with running_server(root, workers=2) as server, tampering_proxy(server.url, tampers) as proxy:
         url = f"{proxy}/DNS"
         user = tmp_path / "user"
         user.mkdir()
         cvl = user / "MyDNS.cvl"
-        cvl.write_text(f'import {{ url => "{url}", cvl => "DNS.cvl" }} DNS;\n'
-                       'MyDNS extends DNS { domain = "acme.org"; }\n')
+        cvl.write_text(
+            f'import {{ url => "{url}", cvl => "DNS.cvl" }} DNS;\n'
+            'MyDNS extends DNS { domain = "acme.org"; }\n'
+        )
         runs = iter(range(100))
 
         def manager() -> ClusterManager:
@@ -115,21 +119,44 @@ def test_tampered_answers_are_refused_and_the_signed_version_runs(tmp_path: Path
             assert m.status(ADMIN) == [] or m.status(ADMIN)[0]["status"] == "failed"
             m.close()
 
-        refused("/DNS/", lambda _p, b: b.replace(commit.encode(), b"f" * 40), CheckFailed,
-                r"v1: the tag does not name the version's commit \(the server lists fffffff")
-        refused("/DNS/versions/1/DNS.cvl", replace(b'provides = "DNS";', b'provides = "DNS"; '),
-                CheckFailed, r"v1: DNS.cvl as served does not match the signed commit")
-        refused("/DNS/versions/1/dns.xml", replace(b"128", b"999"), CheckFailed,
-                r"v1: dns.xml as served does not match the signed commit")
+        refused(
+            "/DNS/",
+            lambda _p, b: b.replace(commit.encode(), b"f" * 40),
+            CheckFailed,
+            r"v1: the tag does not name the version's commit \(the server lists fffffff",
+        )
+        refused(
+            "/DNS/versions/1/DNS.cvl",
+            replace(b'provides = "DNS";', b'provides = "DNS"; '),
+            CheckFailed,
+            r"v1: DNS.cvl as served does not match the signed commit",
+        )
+        refused(
+            "/DNS/versions/1/dns.xml",
+            replace(b"128", b"999"),
+            CheckFailed,
+            r"v1: dns.xml as served does not match the signed commit",
+        )
         forged = "ab" * 32
-        refused("/DNS/versions/1/disks.json",
-                replace(disk["sha256"].encode(), forged.encode()), TrustRefused,
-                rf"the server's disk list gives root.qcow2 as sha256:{forged[:12]}, the signed "
-                rf"commit's LFS pointer names sha256:{disk['sha256'][:12]}")
-        refused(f"/DNS/objects/sha256/{disk['sha256']}", lambda _p, b: b[:-1] + b"\x01",
-                ApplianceError, r"cannot fetch disk 'root.qcow2'.*corrupt")
-        refused(f"/DNS/git-objects/{commit}", replace(b"tree ", b"tree  "), CheckFailed,
-                r"sent git object .* with different content \(its SHA-1 does not match\)")
+        refused(
+            "/DNS/versions/1/disks.json",
+            replace(disk["sha256"].encode(), forged.encode()),
+            TrustRefused,
+            rf"the server's disk list gives root.qcow2 as sha256:{forged[:12]}, the signed "
+            rf"commit's LFS pointer names sha256:{disk['sha256'][:12]}",
+        )
+        refused(
+            f"/DNS/objects/sha256/{disk['sha256']}",
+            lambda _p, b: b[:-1] + b"\x01",
+            ApplianceError,
+            r"cannot fetch disk 'root.qcow2'.*corrupt",
+        )
+        refused(
+            f"/DNS/git-objects/{commit}",
+            replace(b"tree ", b"tree  "),
+            CheckFailed,
+            r"sent git object .* with different content \(its SHA-1 does not match\)",
+        )
 
         # a refused start read a tampered dns.xml without a verified release (the version was
         # refused first): it is remembered, but never used once it fails a check

@@ -25,8 +25,10 @@ def test_update_downloads_without_holding_the_state_write_lock(tmp_path: Path) -
     with running_server(root, workers=2) as server:
         cvl = tmp_path / "user" / "MyDNS.cvl"
         cvl.parent.mkdir()
-        cvl.write_text(f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
-                       'MyDNS extends DNS { domain = "acme.org"; }\n')
+        cvl.write_text(
+            f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
+            'MyDNS extends DNS { domain = "acme.org"; }\n'
+        )
         manager = ClusterManager(tmp_path / "state")
         manager.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)
         manager.add_vlans(ADMIN, "100-101")

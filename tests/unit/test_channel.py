@@ -48,10 +48,13 @@ def test_nested_map_values_are_escaped_once_more() -> None:
     assert decode_params(text) == {"dnshosts": [inner]}
 
 
-@pytest.mark.parametrize("params, what", [
-    ({"": ["x"]}, "parameter name ''"),
-    ({"a": [1]}, "parameter a: value 1 is not a string"),
-])
+@pytest.mark.parametrize(
+    "params, what",
+    [
+        ({"": ["x"]}, "parameter name ''"),
+        ({"a": [1]}, "parameter a: value 1 is not a string"),
+    ],
+)
 def test_bad_parameter_sets_are_refused_with_what_is_wrong(params: dict, what: str) -> None:
     with pytest.raises(GuestChannelError, match=what):
         encode_params(params)
@@ -61,13 +64,14 @@ def test_params_line_is_one_ascii_line_of_base64() -> None:
     line = params_line({"rootdnpass": ["s3cret!"]})
     assert line.startswith(b"COLLECTIVE PARAMS ") and line.endswith(b"\n")
     assert line.count(b"\n") == 1
-    payload = line[len(b"COLLECTIVE PARAMS "):-1]
+    payload = line[len(b"COLLECTIVE PARAMS ") : -1]
     assert base64.b64decode(payload, validate=True) == b"rootdnpass=s3cret%21"
 
 
 keys = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
-values = st.text(st.characters(blacklist_characters="\n\x00", blacklist_categories=("Cs",)),
-                 max_size=30)
+values = st.text(
+    st.characters(blacklist_characters="\n\x00", blacklist_categories=("Cs",)), max_size=30
+)
 param_sets = st.dictionaries(keys, st.lists(values, min_size=1, max_size=4), max_size=8)
 
 
@@ -79,52 +83,68 @@ def test_encode_then_decode_is_identity(params: dict[str, list[str]]) -> None:
 def _agent_decode(text: str, workdir: Path) -> dict[str, list[str]]:
     """What the guest agent makes of a map string: one file per key, one value per line."""
     out = Path(tempfile.mkdtemp(dir=workdir))
-    subprocess.run(["busybox", "awk", "-v", f"dir={out}", "-f", str(AGENT / "mapdecode.awk")],
-                   input=text.encode(), check=True, capture_output=True)
+    subprocess.run(
+        ["busybox", "awk", "-v", f"dir={out}", "-f", str(AGENT / "mapdecode.awk")],
+        input=text.encode(),
+        check=True,
+        capture_output=True,
+    )
     result = {}
     for path in out.iterdir():
         result[path.name] = path.read_bytes().decode("utf-8").split("\n")[:-1]
     return result
 
 
-NO_BUSYBOX = pytest.mark.skipif(shutil.which("busybox") is None,
-                                reason="busybox (the guest's awk) is not installed")
+NO_BUSYBOX = pytest.mark.skipif(
+    shutil.which("busybox") is None, reason="busybox (the guest's awk) is not installed"
+)
 
 
 @NO_BUSYBOX
 @settings(max_examples=60, deadline=None)
 @given(param_sets)
 def test_the_guest_agent_decodes_exactly_what_the_host_encodes(
-        params: dict[str, list[str]]) -> None:
+    params: dict[str, list[str]],
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         assert _agent_decode(encode_params(params), Path(tmp)) == params
 
 
 @NO_BUSYBOX
-@pytest.mark.parametrize("text, message", [
-    ("a=%zz", "bad escape at byte 1"),
-    ("a=b&c", "pair 2 has no '='"),
-    ("a=b.c", "unescaped byte '.'"),
-    ("a%2Fb=c", "key 'a/b' is not a parameter name"),
-    ("a=x%0Ay", "value of a contains a newline"),
-])
-def test_the_guest_agent_rejects_malformed_maps_saying_why(text: str, message: str,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a=%zz", "bad escape at byte 1"),
+        ("a=b&c", "pair 2 has no '='"),
+        ("a=b.c", "unescaped byte '.'"),
+        ("a%2Fb=c", "key 'a/b' is not a parameter name"),
+        ("a=x%0Ay", "value of a contains a newline"),
+    ],
+)
+def test_the_guest_agent_rejects_malformed_maps_saying_why(
+    text: str, message: str, tmp_path: Path
+) -> None:
     decoder = str(AGENT / "mapdecode.awk")
-    proc = subprocess.run(["busybox", "awk", "-v", f"dir={tmp_path}", "-f", decoder],
-                          input=text.encode(), capture_output=True)
+    proc = subprocess.run(
+        ["busybox", "awk", "-v", f"dir={tmp_path}", "-f", decoder],
+        input=text.encode(),
+        capture_output=True,
+    )
     assert proc.returncode == 2
     assert message in proc.stderr.decode()
 
 
-@pytest.mark.parametrize("raw, kind, arg", [
-    (b"COLLECTIVE HELLO 1", "HELLO", "1"),
-    (b"COLLECTIVE HELLO 1\r", "HELLO", "1"),
-    (b"COLLECTIVE READY", "READY", ""),
-    (b"COLLECTIVE FAILED data disk vdb is missing", "FAILED", "data disk vdb is missing"),
-    (b"COLLECTIVE WHATEVER x", "OTHER", "COLLECTIVE WHATEVER x"),
-    (b"\xff\xfe garbage", "OTHER", "\ufffd\ufffd garbage"),
-])
+@pytest.mark.parametrize(
+    "raw, kind, arg",
+    [
+        (b"COLLECTIVE HELLO 1", "HELLO", "1"),
+        (b"COLLECTIVE HELLO 1\r", "HELLO", "1"),
+        (b"COLLECTIVE READY", "READY", ""),
+        (b"COLLECTIVE FAILED data disk vdb is missing", "FAILED", "data disk vdb is missing"),
+        (b"COLLECTIVE WHATEVER x", "OTHER", "COLLECTIVE WHATEVER x"),
+        (b"\xff\xfe garbage", "OTHER", "\ufffd\ufffd garbage"),
+    ],
+)
 def test_parse_line(raw: bytes, kind: str, arg: str) -> None:
     msg = parse_line(raw)
     assert (msg.kind, msg.arg) == (kind, arg)
@@ -136,8 +156,9 @@ def test_parse_line(raw: bytes, kind: str, arg: str) -> None:
 class FakeGuest:
     """Listens where qemu would; `script(conn, guest)` plays the guest's side of one connection."""
 
-    def __init__(self, path: Path, script: Callable[[socket.socket, FakeGuest], None],
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self, path: Path, script: Callable[[socket.socket, FakeGuest], None], delay: float = 0.0
+    ) -> None:
         self.path = path
         self.script = script
         self.received: list[bytes] = []
@@ -192,7 +213,7 @@ class FakeGuest:
 
 def decode_line(line: bytes) -> dict[str, list[str]]:
     assert line.startswith(b"COLLECTIVE PARAMS ") and line.endswith(b"\n")
-    return decode_params(base64.b64decode(line[len(b"COLLECTIVE PARAMS "):-1]).decode())
+    return decode_params(base64.b64decode(line[len(b"COLLECTIVE PARAMS ") : -1]).decode())
 
 
 @pytest.fixture
@@ -300,8 +321,9 @@ def test_resend_reconfigures_and_a_stale_ready_does_not_answer_it(sock_path: Pat
     assert [p["forwarders"] for p in got] == [["a", "b"], ["bad"], ["c"]]
 
 
-def test_a_guest_that_restarts_gets_the_parameters_again(sock_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_guest_that_restarts_gets_the_parameters_again(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(channel_mod, "REHELLO_GRACE", 0.2)
     got: list[dict] = []
 

@@ -32,13 +32,23 @@ class DictResolver:
 
 
 def ev(text: str, overrides=None, resolver=None) -> cvl.Model:
-    return cvl.evaluate_text(text, "t.cvl", resolver=resolver or DictResolver({}),
-                             overrides=overrides, base_dir="/nonexistent")
+    return cvl.evaluate_text(
+        text,
+        "t.cvl",
+        resolver=resolver or DictResolver({}),
+        overrides=overrides,
+        base_dir="/nonexistent",
+    )
 
 
 def errors(text: str, overrides=None, resolver=None) -> list[CvlError]:
-    analysis = cvl.analyse_text(text, "t.cvl", resolver=resolver or DictResolver({}),
-                                overrides=overrides, base_dir="/nonexistent")
+    analysis = cvl.analyse_text(
+        text,
+        "t.cvl",
+        resolver=resolver or DictResolver({}),
+        overrides=overrides,
+        base_dir="/nonexistent",
+    )
     assert analysis.model is None or not analysis.errors
     return analysis.errors
 
@@ -123,14 +133,15 @@ def test_name_defaults_to_component_name_and_root_object_name():
 
 
 def test_name_can_be_assigned():
-    model = ev(VM + 'V extends VANAppliance { VM1 web; web.name = "www";'
-               ' vanIF = "web.ethernet0"; }')
+    model = ev(
+        VM + 'V extends VANAppliance { VM1 web; web.name = "www"; vanIF = "web.ethernet0"; }'
+    )
     assert model.value("web.name") == ("www",)
 
 
 def test_interface_params_are_pending_and_dependents_too():
     model = ev(
-        VM + 'V extends VANAppliance { var route, plain; VM1 a; route = a.ethernet0.ip;'
+        VM + "V extends VANAppliance { var route, plain; VM1 a; route = a.ethernet0.ip;"
         ' plain = "x"; defaultroute = {gw => a.ethernet0.ip}; vanIF = "a.ethernet0"; }'
     )
     assert "a.ethernet0.ip" in model.pending
@@ -143,7 +154,7 @@ def test_interface_params_are_pending_and_dependents_too():
 
 def test_overrides_supply_pending_values_and_override_cvl():
     model = ev(
-        VM + 'V extends VANAppliance { var route, tag; VM1 a; route = a.ethernet0.ip;'
+        VM + "V extends VANAppliance { var route, tag; VM1 a; route = a.ethernet0.ip;"
         ' tag = "cvl"; vanIF = "a.ethernet0"; }',
         overrides={"a.ethernet0.ip": "10.0.0.5", "tag": ["x", "y"]},
     )
@@ -185,8 +196,10 @@ def test_missing_required_does_not_cascade_to_assignments_from_it():
 
 
 def test_required_and_sensitive_flags_in_model_and_json():
-    model = ev('A extends VMAppliance { var "required" "sensitive" pw; var "sensitive" k; '
-               'vm = "a"; pw = "s3cret"; }')
+    model = ev(
+        'A extends VMAppliance { var "required" "sensitive" pw; var "sensitive" k; '
+        'vm = "a"; pw = "s3cret"; }'
+    )
     root = model.root
     assert root.declared["pw"].required and root.declared["pw"].sensitive
     assert root.declared["k"].sensitive and not root.declared["k"].required
@@ -205,21 +218,25 @@ def test_assigning_undeclared_parameter_is_an_error_with_position():
 
 
 def test_assigning_undeclared_parameter_of_component():
-    error = one_error(VM + 'V extends VANAppliance { VM1 a; a.nope = "1"; vanIF = "a.ethernet0"; }',
-                      CvlAssignmentError)
+    error = one_error(
+        VM + 'V extends VANAppliance { VM1 a; a.nope = "1"; vanIF = "a.ethernet0"; }',
+        CvlAssignmentError,
+    )
     assert (error.line, error.col) == (2, 33)
     assert "nope" in error.message and "component a" in error.message
 
 
 def test_assigning_a_component_is_an_error():
-    error = one_error(VM + 'V extends VANAppliance { VM1 a; a = "1"; vanIF = "a.ethernet0"; }',
-                      CvlAssignmentError)
+    error = one_error(
+        VM + 'V extends VANAppliance { VM1 a; a = "1"; vanIF = "a.ethernet0"; }', CvlAssignmentError
+    )
     assert "is a component" in error.message
 
 
 def test_unknown_reference_is_an_error():
-    error = one_error('A extends VMAppliance { var x; vm = "a"; x = ethernet0.nope; }',
-                      CvlAssignmentError)
+    error = one_error(
+        'A extends VMAppliance { var x; vm = "a"; x = ethernet0.nope; }', CvlAssignmentError
+    )
     assert (error.line, error.col) == (1, 46)
     assert "ethernet0.nope" in error.message
 
@@ -236,8 +253,9 @@ def test_redeclaring_an_inherited_parameter_is_an_error():
 
 
 def test_component_with_same_name_as_parameter_is_an_error():
-    error = one_error('A extends VMAppliance { var e; Interface e; vm = "a"; }',
-                      CvlDeclarationError)
+    error = one_error(
+        'A extends VMAppliance { var e; Interface e; vm = "a"; }', CvlDeclarationError
+    )
     assert (error.line, error.col) == (1, 42)
 
 
@@ -274,36 +292,44 @@ def test_root_must_be_an_appliance():
 
 
 def test_a_van_cannot_contain_itself():
-    found = errors('V extends VANAppliance { W w; vanIF = "x"; }\n'
-                   'W extends VANAppliance { V v; vanIF = "x"; }\n'
-                   'R extends VANAppliance { V v; vanIF = "x"; }')
+    found = errors(
+        'V extends VANAppliance { W w; vanIF = "x"; }\n'
+        'W extends VANAppliance { V v; vanIF = "x"; }\n'
+        'R extends VANAppliance { V v; vanIF = "x"; }'
+    )
     assert any(isinstance(e, CvlCycleError) and "contains itself" in e.message for e in found)
 
 
 @pytest.mark.parametrize(
     ("van_if", "fragment"),
-    [('"nope"', "'nope', which is not an interface"),
-     ('"a"', "'a', which is not an interface"),
-     ('"a.ethernet0", "a.ethernet0"', "has 2 values")],
+    [
+        ('"nope"', "'nope', which is not an interface"),
+        ('"a"', "'a', which is not an interface"),
+        ('"a.ethernet0", "a.ethernet0"', "has 2 values"),
+    ],
 )
 def test_van_interface_must_name_one_interface(van_if, fragment):
-    error = one_error(VM + f"V extends VANAppliance {{ VM1 a;\n vanIF = {van_if}; }}",
-                      CvlAssignmentError)
+    error = one_error(
+        VM + f"V extends VANAppliance {{ VM1 a;\n vanIF = {van_if}; }}", CvlAssignmentError
+    )
     assert fragment in error.message and error.message.startswith("vanIF ")
     assert (error.line, error.col) == (3, 2)
 
 
 def test_van_interface_may_be_nested_and_checked_in_overrides():
-    model = ev(VM + 'W extends VANAppliance { VM1 a; vanIF = "a.ethernet0"; }\n'
-               'V extends VANAppliance { W g; vanIF = "g.a.ethernet0"; }')
+    model = ev(
+        VM + 'W extends VANAppliance { VM1 a; vanIF = "a.ethernet0"; }\n'
+        'V extends VANAppliance { W g; vanIF = "g.a.ethernet0"; }'
+    )
     assert model.value("vanIF") == ("g.a.ethernet0",)
     error = one_error(VM, CvlOverrideError, overrides={"vanIF": "ethernet9"})
     assert error.render().startswith("--set vanIF: error: vanIF is 'ethernet9'")
 
 
 def test_reference_cycle_is_an_error_naming_the_cycle():
-    error = one_error('A extends VMAppliance { var x, y, z; vm = "v";\n x = y; y = z; z = x; }',
-                      CvlCycleError)
+    error = one_error(
+        'A extends VMAppliance { var x, y, z; vm = "v";\n x = y; y = z; z = x; }', CvlCycleError
+    )
     assert "reference cycle" in error.message
     for name in ("x", "y", "z"):
         assert f"{name} ->" in error.message or error.message.endswith(name)
@@ -318,8 +344,9 @@ def test_self_reference_is_a_cycle():
 def test_long_reference_chain_does_not_hit_recursion_limit():
     names = [f"p{i}" for i in range(5000)]
     body = "".join(f"{a} = {b};" for a, b in zip(names, names[1:], strict=False))
-    model = ev(f'A extends VMAppliance {{ var {", ".join(names)}; vm = "v"; {body} '
-               f'{names[-1]} = "end"; }}')
+    model = ev(
+        f'A extends VMAppliance {{ var {", ".join(names)}; vm = "v"; {body} {names[-1]} = "end"; }}'
+    )
     assert model.root.param("p0") == ("end",)
 
 
@@ -344,19 +371,19 @@ def test_file_without_objects_is_an_error():
 
 
 def test_the_root_is_the_last_object_declared():
-    model = ev(VM + 'VM2 extends VM1 { }')
+    model = ev(VM + "VM2 extends VM1 { }")
     assert model.appliance == "VM2"
 
 
 def test_check_reports_every_error_not_just_the_first():
     found = errors(
-        'A extends VMAppliance {\n'
-        '  var x;\n'
-        '  var x;\n'
+        "A extends VMAppliance {\n"
+        "  var x;\n"
+        "  var x;\n"
         '  nope = "1";\n'
-        '  Whatever w;\n'
-        '  x = missing;\n'
-        '}\n'
+        "  Whatever w;\n"
+        "  x = missing;\n"
+        "}\n"
     )
     lines = sorted(e.line for e in found)
     assert lines == [1, 3, 4, 5, 6], [e.render() for e in found]
@@ -394,24 +421,37 @@ def test_model_accessors_and_json_shape():
 
 
 def test_origin_is_the_import_that_defined_the_type_or_an_ancestor():
-    resolver = DictResolver({
-        "http://repo.example/DNS": {"DNS.cvl": 'DNS extends VMAppliance { vm = "dns.vmx"; }'},
-    })
+    resolver = DictResolver(
+        {
+            "http://repo.example/DNS": {"DNS.cvl": 'DNS extends VMAppliance { vm = "dns.vmx"; }'},
+        }
+    )
     model = ev(
         'import { url => "http://repo.example/DNS/", cvl => "DNS.cvl", version => "3" } DNS;\n'
-        'MyDNS extends DNS { }\n'
+        "MyDNS extends DNS { }\n"
         'V extends VANAppliance { DNS d; MyDNS m; vanIF = "d.ethernet0"; }',
         resolver=resolver,
     )
     origin = model.component("d").origin
     assert origin is not None
     assert (origin.name, origin.url, origin.cvl, origin.version) == (
-        "DNS", "http://repo.example/DNS", "DNS.cvl", "3")
+        "DNS",
+        "http://repo.example/DNS",
+        "DNS.cvl",
+        "3",
+    )
     assert model.component("m").origin == origin  # walking up extends
     assert model.root.origin is None
-    assert model.to_json()["imports"] == [{"name": "DNS", "url": "http://repo.example/DNS",
-                                           "cvl": "DNS.cvl", "version": "3", "pinned": True,
-                                           "requested": "3"}]
+    assert model.to_json()["imports"] == [
+        {
+            "name": "DNS",
+            "url": "http://repo.example/DNS",
+            "cvl": "DNS.cvl",
+            "version": "3",
+            "pinned": True,
+            "requested": "3",
+        }
+    ]
 
 
 def test_ten_thousand_components_evaluate():

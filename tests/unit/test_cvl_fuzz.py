@@ -13,16 +13,45 @@ from cvl.resolver import DefaultResolver
 PAPER = Path(__file__).resolve().parents[2] / "examples" / "paper"
 GROUPWARE = (PAPER / "Groupware" / "Groupware.cvl").read_text()
 DNS = (PAPER / "DNS" / "DNS.cvl").read_text()
-TOKENS = ["{", "}", ";", ",", "=>", "=", '"', ".", "extends", "var", "import", "/*", "*/", "//",
-          '"required"', "d", "domain", "ethernet0", "\\", "\n", " ", "Interface", "VMAppliance",
-          "{ a => {b => ", "d.domain", "l.name", "DNS", "f"]
+TOKENS = [
+    "{",
+    "}",
+    ";",
+    ",",
+    "=>",
+    "=",
+    '"',
+    ".",
+    "extends",
+    "var",
+    "import",
+    "/*",
+    "*/",
+    "//",
+    '"required"',
+    "d",
+    "domain",
+    "ethernet0",
+    "\\",
+    "\n",
+    " ",
+    "Interface",
+    "VMAppliance",
+    "{ a => {b => ",
+    "d.domain",
+    "l.name",
+    "DNS",
+    "f",
+]
 
 mutation = st.one_of(
     st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 20)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000),
-              st.sampled_from(TOKENS) | st.text(max_size=3)),
-    st.tuples(st.just("replace"), st.integers(0, 10_000),
-              st.sampled_from(TOKENS) | st.characters()),
+    st.tuples(
+        st.just("insert"), st.integers(0, 10_000), st.sampled_from(TOKENS) | st.text(max_size=3)
+    ),
+    st.tuples(
+        st.just("replace"), st.integers(0, 10_000), st.sampled_from(TOKENS) | st.characters()
+    ),
 )
 
 
@@ -30,11 +59,11 @@ def mutate(text: str, ops) -> str:
     for op, where, arg in ops:
         where = where % (len(text) + 1)
         if op == "delete":
-            text = text[:where] + text[where + arg:]
+            text = text[:where] + text[where + arg :]
         elif op == "insert":
             text = text[:where] + arg + text[where:]
         else:
-            text = text[:where] + arg + text[where + 1:]
+            text = text[:where] + arg + text[where + 1 :]
     return text
 
 

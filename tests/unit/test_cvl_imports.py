@@ -32,13 +32,17 @@ def analyse(path: Path, resolver=None, overrides=None) -> cvl.Analysis:
 
 def test_relative_file_imports_nest_and_resolve_against_the_importing_file(tmp_path):
     write(tmp_path / "lib" / "DNS" / "DNS.cvl", DNS)
-    write(tmp_path / "lib" / "Net" / "Net.cvl",
-          'import { url => "file:../DNS", cvl => "DNS.cvl" } DNS;\n'
-          'Net extends VANAppliance { var "required" domain; DNS d; d.domain = domain;'
-          ' vanIF = "d.ethernet0"; }\n')
-    user = write(tmp_path / "me" / "Mine.cvl",
-                 'import { url => "file:../lib/Net", cvl => "Net.cvl", } Net;\n'
-                 'Mine extends Net { domain = "example.org"; }\n')
+    write(
+        tmp_path / "lib" / "Net" / "Net.cvl",
+        'import { url => "file:../DNS", cvl => "DNS.cvl" } DNS;\n'
+        'Net extends VANAppliance { var "required" domain; DNS d; d.domain = domain;'
+        ' vanIF = "d.ethernet0"; }\n',
+    )
+    user = write(
+        tmp_path / "me" / "Mine.cvl",
+        'import { url => "file:../lib/Net", cvl => "Net.cvl", } Net;\n'
+        'Mine extends Net { domain = "example.org"; }\n',
+    )
     model = cvl.evaluate_file(user)
     assert model.value("d.domain") == ("example.org",)
     dns_url = f"file://{tmp_path}/lib/DNS"
@@ -54,15 +58,21 @@ def test_absolute_file_urls(tmp_path):
     write(tmp_path / "DNS" / "DNS.cvl", DNS)
     urls = (f"file://{tmp_path}/DNS", f"file:{tmp_path}/DNS", f"file://localhost{tmp_path}/DNS/")
     for url in urls:
-        user = write(tmp_path / "u.cvl", f'import {{ url => "{url}", cvl => "DNS.cvl" }} DNS;\n'
-                                         'U extends DNS { domain = "x"; }')
+        user = write(
+            tmp_path / "u.cvl",
+            f'import {{ url => "{url}", cvl => "DNS.cvl" }} DNS;\n'
+            'U extends DNS { domain = "x"; }',
+        )
         assert cvl.evaluate_file(user).root.origin.url == f"file://{tmp_path}/DNS"
 
 
 def test_pinned_version_against_plain_directory_is_accepted_with_a_warning(tmp_path):
     write(tmp_path / "DNS" / "DNS.cvl", DNS)
-    user = write(tmp_path / "u.cvl", 'import { url => "file:DNS", cvl => "DNS.cvl",'
-                                     ' version => "3" } DNS;\nU extends DNS { domain = "x"; }')
+    user = write(
+        tmp_path / "u.cvl",
+        'import { url => "file:DNS", cvl => "DNS.cvl",'
+        ' version => "3" } DNS;\nU extends DNS { domain = "x"; }',
+    )
     analysis = analyse(user)
     assert analysis.errors == []
     (record,) = analysis.model.imports
@@ -73,7 +83,7 @@ def test_pinned_version_against_plain_directory_is_accepted_with_a_warning(tmp_p
 def import_error(tmp_path: Path, import_line: str, **files: str) -> CvlError:
     for name, text in files.items():
         write(tmp_path / name, text)
-    user = write(tmp_path / "u.cvl", import_line + "\nU extends VMAppliance { vm = \"v\"; }\n")
+    user = write(tmp_path / "u.cvl", import_line + '\nU extends VMAppliance { vm = "v"; }\n')
     errors = analyse(user).errors
     assert len(errors) == 1, [e.render() for e in errors]
     assert errors[0].file == str(user)
@@ -93,8 +103,9 @@ def test_missing_file_is_an_error(tmp_path):
 
 
 def test_import_whose_file_does_not_define_the_name(tmp_path):
-    error = import_error(tmp_path, 'import { url => "file:D", cvl => "DNS.cvl" } Bind;',
-                         **{"D/DNS.cvl": DNS})
+    error = import_error(
+        tmp_path, 'import { url => "file:D", cvl => "DNS.cvl" } Bind;', **{"D/DNS.cvl": DNS}
+    )
     assert "does not define Bind" in error.message and "defines DNS" in error.message
     assert (error.line, error.col) == (1, 46)
 
@@ -117,42 +128,57 @@ def test_bad_import_specifications(tmp_path, spec, fragment):
 
 
 def test_errors_in_imported_files_show_the_import_chain(tmp_path):
-    write(tmp_path / "DNS" / "DNS.cvl",
-          'DNS extends VMAppliance {\n  vm = "v";\n  colour = "red";\n}')
-    write(tmp_path / "Net" / "Net.cvl", '\nimport { url => "file:../DNS", cvl => "DNS.cvl" } DNS;\n'
-                                        'Net extends VANAppliance { DNS d; vanIF = "x"; }')
-    user = write(tmp_path / "u.cvl", 'import { url => "file:Net", cvl => "Net.cvl" } Net;\n'
-                                     "U extends Net { }")
+    write(
+        tmp_path / "DNS" / "DNS.cvl", 'DNS extends VMAppliance {\n  vm = "v";\n  colour = "red";\n}'
+    )
+    write(
+        tmp_path / "Net" / "Net.cvl",
+        '\nimport { url => "file:../DNS", cvl => "DNS.cvl" } DNS;\n'
+        'Net extends VANAppliance { DNS d; vanIF = "x"; }',
+    )
+    user = write(
+        tmp_path / "u.cvl", 'import { url => "file:Net", cvl => "Net.cvl" } Net;\nU extends Net { }'
+    )
     (error,) = analyse(user).errors
     assert error.file == f"{tmp_path}/DNS/DNS.cvl" and (error.line, error.col) == (3, 3)
     lines = error.render().splitlines()
     assert lines[0].startswith(f"{tmp_path}/DNS/DNS.cvl:3:3: error: cannot assign colour")
     assert lines[1:3] == ['      colour = "red";', "      ^"]
-    assert lines[3:] == [f"  imported from {tmp_path}/Net/Net.cvl:2:1",
-                         f"  imported from {user}:1:1"]
+    assert lines[3:] == [
+        f"  imported from {tmp_path}/Net/Net.cvl:2:1",
+        f"  imported from {user}:1:1",
+    ]
 
 
 def test_syntax_error_in_imported_file_has_chain(tmp_path):
     write(tmp_path / "D" / "D.cvl", "D extends VMAppliance { vm = ; }")
-    user = write(tmp_path / "u.cvl",
-                 'import { url => "file:D", cvl => "D.cvl" } D;\nU extends D {}')
+    user = write(
+        tmp_path / "u.cvl", 'import { url => "file:D", cvl => "D.cvl" } D;\nU extends D {}'
+    )
     (error,) = analyse(user).errors
     assert error.line == 1 and error.col == 30
     assert error.render().endswith(f"imported from {user}:1:1")
 
 
 def test_import_cycle_is_reported_with_its_chain(tmp_path):
-    write(tmp_path / "A" / "A.cvl", 'import { url => "file:../B", cvl => "B.cvl" } B;\n'
-                                    'A extends VMAppliance { vm = "a"; }')
-    write(tmp_path / "B" / "B.cvl", 'import { url => "file:../A", cvl => "A.cvl" } A;\n'
-                                    'B extends VMAppliance { vm = "b"; }')
-    user = write(tmp_path / "u.cvl",
-                 'import { url => "file:A", cvl => "A.cvl" } A;\nU extends A {}')
+    write(
+        tmp_path / "A" / "A.cvl",
+        'import { url => "file:../B", cvl => "B.cvl" } B;\nA extends VMAppliance { vm = "a"; }',
+    )
+    write(
+        tmp_path / "B" / "B.cvl",
+        'import { url => "file:../A", cvl => "A.cvl" } A;\nB extends VMAppliance { vm = "b"; }',
+    )
+    user = write(
+        tmp_path / "u.cvl", 'import { url => "file:A", cvl => "A.cvl" } A;\nU extends A {}'
+    )
     errors = analyse(user).errors
     assert len(errors) == 1
     assert "import cycle" in errors[0].message
-    assert f"file://{tmp_path}/A/A.cvl -> file://{tmp_path}/B/B.cvl -> file://{tmp_path}/A/A.cvl" \
+    assert (
+        f"file://{tmp_path}/A/A.cvl -> file://{tmp_path}/B/B.cvl -> file://{tmp_path}/A/A.cvl"
         in errors[0].message
+    )
     assert errors[0].file == f"{tmp_path}/B/B.cvl"
 
 
@@ -164,8 +190,10 @@ def test_bare_repository_directories_go_through_the_repository_reader(tmp_path):
         calls.append((directory, name, version))
         return DNS, version or "9"
 
-    user = write(tmp_path / "u.cvl", 'import { url => "file:DNS", cvl => "DNS.cvl" } DNS;\n'
-                                     'U extends DNS { domain = "x"; }')
+    user = write(
+        tmp_path / "u.cvl",
+        'import { url => "file:DNS", cvl => "DNS.cvl" } DNS;\nU extends DNS { domain = "x"; }',
+    )
     model = cvl.evaluate_file(user, resolver=DefaultResolver(repo_reader=reader))
     assert calls == [(tmp_path / "DNS", "DNS.cvl", None)]
     assert model.root.origin.version == "9" and model.imports[0].version == "9"
@@ -196,8 +224,10 @@ class RepositoryServer:
 
     def __init__(self) -> None:
         self.hits: list[str] = []
-        files = {"/DNS/versions/3/DNS.cvl": DNS, "/DNS/versions/4/DNS.cvl": DNS.replace(
-            "dns.vmx", "dns4.vmx")}
+        files = {
+            "/DNS/versions/3/DNS.cvl": DNS,
+            "/DNS/versions/4/DNS.cvl": DNS.replace("dns.vmx", "dns4.vmx"),
+        }
         hits = self.hits
 
         class Handler(BaseHTTPRequestHandler):
@@ -246,10 +276,16 @@ def server():
 
 
 def test_http_pinned_and_latest_versions(server, tmp_path):
-    pinned = write(tmp_path / "p.cvl", f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl", '
-                                       'version => "3" } DNS;\nP extends DNS { domain = "x"; }')
-    latest = write(tmp_path / "l.cvl", f'import {{ url => "{server.url}/DNS/", cvl => "DNS.cvl" }}'
-                                       ' DNS;\nL extends DNS { domain = "x"; }')
+    pinned = write(
+        tmp_path / "p.cvl",
+        f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl", '
+        'version => "3" } DNS;\nP extends DNS { domain = "x"; }',
+    )
+    latest = write(
+        tmp_path / "l.cvl",
+        f'import {{ url => "{server.url}/DNS/", cvl => "DNS.cvl" }}'
+        ' DNS;\nL extends DNS { domain = "x"; }',
+    )
     resolver = DefaultResolver()
     model = cvl.evaluate_file(pinned, resolver=resolver)
     assert model.root.param("vm") == ("dns.vmx",)
@@ -257,8 +293,11 @@ def test_http_pinned_and_latest_versions(server, tmp_path):
     model = cvl.evaluate_file(latest, resolver=resolver)
     assert model.root.param("vm") == ("dns4.vmx",)
     assert model.imports[0].version == "4" and not model.imports[0].pinned
-    assert server.hits == ["/DNS/versions/3/DNS.cvl", "/DNS/latest/DNS.cvl",
-                           "/DNS/versions/4/DNS.cvl"]
+    assert server.hits == [
+        "/DNS/versions/3/DNS.cvl",
+        "/DNS/latest/DNS.cvl",
+        "/DNS/versions/4/DNS.cvl",
+    ]
     cvl.evaluate_file(pinned, resolver=resolver)  # immutable version: served from the cache
     assert len(server.hits) == 3
 
@@ -276,13 +315,19 @@ def test_http_errors(server, tmp_path, monkeypatch):
     with pytest.raises(CvlImportError) as caught:
         http.fetch(f"http://127.0.0.1:{free_port()}/DNS", "DNS.cvl", None, None)
     assert caught.value.unreachable and "cannot reach" in caught.value.message
-    user = write(tmp_path / "u.cvl", f'import {{ url => "{server.url}/Nope", cvl => "N.cvl" }} N;\n'
-                                     'U extends VMAppliance { vm = "x"; }')
+    user = write(
+        tmp_path / "u.cvl",
+        f'import {{ url => "{server.url}/Nope", cvl => "N.cvl" }} N;\n'
+        'U extends VMAppliance { vm = "x"; }',
+    )
     (error,) = analyse(user).errors
     assert (error.line, error.col) == (1, 1) and "cannot import N" in error.message
     assert error.render().splitlines()[1].startswith("    import {")
-    dead = write(tmp_path / "d.cvl", f'import {{ url => "http://127.0.0.1:{free_port()}/D",'
-                                     ' cvl => "D.cvl" } D;\nU extends VMAppliance { vm = "x"; }')
+    dead = write(
+        tmp_path / "d.cvl",
+        f'import {{ url => "http://127.0.0.1:{free_port()}/D",'
+        ' cvl => "D.cvl" } D;\nU extends VMAppliance { vm = "x"; }',
+    )
     (error,) = analyse(dead).errors
     assert isinstance(error, CvlImportError) and error.unreachable
     from click.testing import CliRunner
@@ -302,8 +347,12 @@ def test_relative_file_import_inside_http_file_is_an_error(tmp_path):
                 return text, "1"
             raise AssertionError("must not be reached")
 
-    user = write(tmp_path / "u.cvl", 'import { url => "http://h.example/D", cvl => "D.cvl" } D;\n'
-                                     'U extends D { vm = "v"; }')
+    user = write(
+        tmp_path / "u.cvl",
+        'import { url => "http://h.example/D", cvl => "D.cvl" } D;\nU extends D { vm = "v"; }',
+    )
     errors = analyse(user, resolver=Resolver()).errors
-    assert any("has no directory" in e.message and e.file == "http://h.example/D/versions/1/D.cvl"
-               for e in errors), [e.render() for e in errors]
+    assert any(
+        "has no directory" in e.message and e.file == "http://h.example/D/versions/1/D.cvl"
+        for e in errors
+    ), [e.render() for e in errors]

@@ -64,7 +64,12 @@ def test_escape_leaves_exactly_alphanumerics(value):
 
 
 @settings(deadline=None)  # shared 2-core CI machine: no per-example deadline
-@given(st.recursive(st.text(max_size=5), lambda inner: st.lists(
-    st.tuples(st.text(max_size=3), inner), max_size=3).map(encode), max_leaves=10))
+@given(
+    st.recursive(
+        st.text(max_size=5),
+        lambda inner: st.lists(st.tuples(st.text(max_size=3), inner), max_size=3).map(encode),
+        max_leaves=10,
+    )
+)
 def test_nested_maps_round_trip_level_by_level(value):
     assert unescape(escape(value)) == value

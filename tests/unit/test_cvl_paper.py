@@ -39,19 +39,33 @@ def test_eval_json_with_addresses_gives_domains_and_escaped_services():
         "port=53%2Fudp&ip=10%2E0%2E1%2E2",
     ]
     assert params["d"]["dnshosts"] == [
-        "name=l&ip=10%2E0%2E1%2E3", "name=d&ip=10%2E0%2E1%2E2", "name=f&ip=10%2E0%2E1%2E4"]
+        "name=l&ip=10%2E0%2E1%2E3",
+        "name=d&ip=10%2E0%2E1%2E2",
+        "name=f&ip=10%2E0%2E1%2E4",
+    ]
     assert params[""]["defaultroute"] == ["10.0.1.4"]
     assert params[""]["vanIF"] == ["f.ethernet1"]
     assert params["d"]["datadisks"] == ["device=ide0%3A1&size=100mb"]
     assert cvl.maps.decode(params["f"]["services"][0]) == [("port", "389/tcp"), ("ip", "10.0.1.3")]
     kinds = {path: c["kind"] for path, c in data["components"].items()}
-    assert kinds == {"": "van", "d": "vm", "d.ethernet0": "interface", "l": "vm",
-                     "l.ethernet0": "interface", "f": "vm", "f.ethernet0": "interface",
-                     "f.ethernet1": "interface"}
+    assert kinds == {
+        "": "van",
+        "d": "vm",
+        "d.ethernet0": "interface",
+        "l": "vm",
+        "l.ethernet0": "interface",
+        "f": "vm",
+        "f.ethernet0": "interface",
+        "f.ethernet1": "interface",
+    }
     assert "f.services" not in data["pending"] and "f.ethernet1.ip" in data["pending"]
     assert data["components"]["d"]["origin"]["url"] == f"file://{PAPER}/DNS"
     assert [(i["name"], i["pinned"]) for i in data["imports"]] == [
-        ("Groupware", False), ("DNS", True), ("Firewall", True), ("OpenLDAP", False)]
+        ("Groupware", False),
+        ("DNS", True),
+        ("Firewall", True),
+        ("OpenLDAP", False),
+    ]
 
 
 def test_eval_without_addresses_leaves_services_pending_and_succeeds():
@@ -69,7 +83,8 @@ def test_check_ok_prints_a_one_line_summary():
     result = run("check", str(ACME))
     assert result.exit_code == 0
     assert result.stdout.strip().splitlines() == [
-        f"{ACME}: ok: AcmeGroupware (van), 3 VMs, 1 VAN, 4 imports, 19 pending parameters"]
+        f"{ACME}: ok: AcmeGroupware (van), 3 VMs, 1 VAN, 4 imports, 19 pending parameters"
+    ]
 
 
 def test_every_paper_file_checks(tmp_path):
@@ -79,17 +94,22 @@ def test_every_paper_file_checks(tmp_path):
         assert all(isinstance(e, cvl.CvlError) and e.line > 0 for e in errors)
         assert all("required parameter" in e.message for e in errors)
     assert [e.message.split(" has")[0] for e in cvl.check_file(PAPER / "DNS/DNS.cvl")] == [
-        "required parameter domain", "required parameter dnshosts"]
-    assert [e.message.split(" has")[0] for e in cvl.check_file(PAPER / "Groupware/Groupware.cvl")] \
-        == ["required parameter domain"]
+        "required parameter domain",
+        "required parameter dnshosts",
+    ]
+    assert [
+        e.message.split(" has")[0] for e in cvl.check_file(PAPER / "Groupware/Groupware.cvl")
+    ] == ["required parameter domain"]
     assert cvl.check_file(ACME) == []
 
 
 def test_user_file_omitting_domain_fails_check_with_position_and_path(tmp_path):
     shutil.copytree(PAPER, tmp_path / "paper")
     user = tmp_path / "paper" / "Forgetful.cvl"
-    user.write_text('import {\n    url => "file:Groupware",\n    cvl => "Groupware.cvl",\n'
-                    "} Groupware;\n\nForgetful extends Groupware {\n}\n")
+    user.write_text(
+        'import {\n    url => "file:Groupware",\n    cvl => "Groupware.cvl",\n'
+        "} Groupware;\n\nForgetful extends Groupware {\n}\n"
+    )
     result = run("check", str(user))
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
@@ -133,7 +153,7 @@ def test_syntax_error_and_bad_set_and_missing_file(tmp_path):
     result = run("check", str(latin))
     assert result.exit_code == 1 and f"{latin}: error: cannot read CVL file" in result.stderr
     crlf = tmp_path / "crlf.cvl"
-    crlf.write_bytes(b'\xef\xbb\xbfA extends VMAppliance {\r\n  vm = @;\r\n}\r\n')
+    crlf.write_bytes(b"\xef\xbb\xbfA extends VMAppliance {\r\n  vm = @;\r\n}\r\n")
     result = run("check", str(crlf))
     assert f"{crlf}:2:8: error: unexpected character '@'" in result.stderr
     assert "\n      vm = @;\n           ^\n" in result.stderr
@@ -157,12 +177,22 @@ def test_real_console_script():
     cui = Path(sys.executable).parent / "cui"
     if not cui.exists():
         pytest.skip("console script not installed in this environment")
-    done = subprocess.run([str(cui), "eval", str(ACME), "--json", *SETS], capture_output=True,
-                          text=True, check=False, timeout=60)
+    done = subprocess.run(
+        [str(cui), "eval", str(ACME), "--json", *SETS],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["components"]["l"]["params"]["domain"] == ["acme.org"]
-    done = subprocess.run([str(cui), "check", str(PAPER / "DNS" / "DNS.cvl")], capture_output=True,
-                          text=True, check=False, timeout=60)
+    done = subprocess.run(
+        [str(cui), "check", str(PAPER / "DNS" / "DNS.cvl")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert f"{PAPER}/DNS/DNS.cvl:3:1: error: required parameter domain" in done.stderr
 

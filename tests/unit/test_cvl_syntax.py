@@ -79,14 +79,22 @@ def test_prelude_is_figure_1_plus_name():
                 elif isinstance(stmt, CompDecl):
                     body.append(("comp", stmt.type.text, tuple(n.text for n in stmt.names)))
                 else:
-                    body.append(("asgn", stmt.target.parts,
-                                 tuple(v.value for v in stmt.values if isinstance(v, Str))))
+                    body.append(
+                        (
+                            "asgn",
+                            stmt.target.parts,
+                            tuple(v.value for v in stmt.values if isinstance(v, Str)),
+                        )
+                    )
             shape[obj.name.text] = (obj.parent.text if obj.parent else None, body)
         return shape
 
     assert without_name(prelude) == without_name(figure1)
-    names = {o.name.text for o in prelude.objects
-             if any(isinstance(s, VarDecl) and "name" in [n.text for n in s.names] for s in o.body)}
+    names = {
+        o.name.text
+        for o in prelude.objects
+        if any(isinstance(s, VarDecl) and "name" in [n.text for n in s.names] for s in o.body)
+    }
     assert names == {"Interface", "Appliance"}
 
 
@@ -104,8 +112,8 @@ def test_prelude_is_figure_1_plus_name():
         ("A extends { }", 1, 11, "expected a name"),
         ("A { x = {a => }; }", 1, 15, "unexpected '}'"),
         ("A { x = {}; }", 1, 10, "unexpected '}'"),
-        ("A { x = {a => \"1\",, }; }", 1, 19, "unexpected ','"),
-        ("A { x = \"1\", ; }", 1, 14, "unexpected ';'"),
+        ('A { x = {a => "1",, }; }', 1, 19, "unexpected ','"),
+        ('A { x = "1", ; }', 1, 14, "unexpected ';'"),
     ],
 )
 def test_syntax_errors_say_where_and_what_was_expected(text, line, col, fragment):
@@ -129,7 +137,7 @@ def test_end_of_input_error_points_past_the_last_character():
 def test_trailing_comma_only_before_closing_brace_of_a_map():
     parse('A { x = {a => "1", b => "2",}; }')
     with pytest.raises(CvlSyntaxError):
-        parse('A { var a, ; }')
+        parse("A { var a, ; }")
 
 
 def test_map_nesting_limit_is_an_error_not_a_crash():

@@ -84,7 +84,9 @@ def test_tools_still_get_the_json_they_got_before(client: Any) -> None:
     for headers in ({}, {"Accept": "*/*"}, {"Accept": "application/json"}):
         index = client.get("/", headers=headers)
         assert index.is_json and index.get_json() == [
-            {"name": "Empty", "latest": 0}, {"name": "Web", "latest": 2}]
+            {"name": "Empty", "latest": 0},
+            {"name": "Web", "latest": 2},
+        ]
         assert "Accept" in index.headers["Vary"]
         repo = client.get("/Web/", headers=headers)
         assert repo.is_json and [v["number"] for v in repo.get_json()["versions"]] == [1, 2]
@@ -117,7 +119,7 @@ def test_repository_page_shows_the_chosen_versions_cvl_and_parameters(client: An
     assert re.search(r"adminpw\s*sensitive\s*\(sensitive: not shown\)", params)
     assert re.search(r'port\s*"80"', params)
     assert re.search(r'vm\s*required\s*"web.xml"', params)
-    assert 'git clone http://localhost/Web.git' in first
+    assert "git clone http://localhost/Web.git" in first
     assert 'url => "http://localhost/Web",' in first and 'version => "1",' in first
 
 
@@ -127,7 +129,8 @@ def test_publisher_markup_is_escaped_and_sensitive_values_never_shown(client: An
         assert "<script>window" not in html
         assert SECRET not in html
     assert "&lt;script&gt;window.pwned" in client.get("/Web/", headers=BROWSER).get_data(
-        as_text=True)
+        as_text=True
+    )
     assert SECRET not in json.dumps(client.get("/Web/diff/1/2").get_json())
 
 
@@ -157,9 +160,15 @@ def test_diff_shows_the_changed_and_the_added_parameter(client: Any) -> None:
     assert set(changes) == {"email", "port"}
     assert changes["port"]["change"] == "changed"
     assert (changes["port"]["from"]["default"], changes["port"]["to"]["default"]) == (
-        '"80"', '"8080"')
-    assert changes["email"] == {"name": "email", "change": "added", "from": None,
-                                "to": {"required": True, "sensitive": False, "default": None}}
+        '"80"',
+        '"8080"',
+    )
+    assert changes["email"] == {
+        "name": "email",
+        "change": "added",
+        "from": None,
+        "to": {"required": True, "sensitive": False, "default": None},
+    }
     kinds = {(d["kind"], d["text"].strip()) for d in answer["cvl"]}
     assert ("del", 'port = "80";') in kinds and ("add", 'port = "8080";') in kinds
     html = text_of(client.get("/Web/diff/1/2", headers=BROWSER).get_data(as_text=True))
@@ -179,8 +188,13 @@ def test_errors_are_pages_for_browsers_and_json_for_tools(client: Any) -> None:
 
 def test_read_protected_pages_ask_the_browser_for_credentials(root: Path) -> None:
     token = "page-token"
-    app = create_app({"root": str(root), "read_protected": True,
-                      "users": {"reader": {"token_sha256": token_digest(token)}}})
+    app = create_app(
+        {
+            "root": str(root),
+            "read_protected": True,
+            "users": {"reader": {"token_sha256": token_digest(token)}},
+        }
+    )
     client = app.test_client()
     refused = client.get("/Web/", headers=BROWSER)
     assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
@@ -227,8 +241,10 @@ def test_masking_hides_literals_assigned_to_sensitive_names_only() -> None:
     assert '"d"' in masked and '"e"' in masked and masked.count(MASK) == 3
 
 
-@given(st.lists(st.sampled_from(["a", "b", "c", "d", ""]), max_size=30),
-       st.lists(st.sampled_from(["a", "b", "c", "e", ""]), max_size=30))
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "d", ""]), max_size=30),
+    st.lists(st.sampled_from(["a", "b", "c", "e", ""]), max_size=30),
+)
 def test_diff_with_full_context_rebuilds_both_sides(old: list[str], new: list[str]) -> None:
     lines = cvl_diff("\n".join(old), "\n".join(new), context=10**6)
     a = [d.text for d in lines if d.kind in ("same", "del")]
@@ -240,30 +256,42 @@ def test_diff_with_full_context_rebuilds_both_sides(old: list[str], new: list[st
 
 
 def test_parameter_diff_reports_flags_and_defaults() -> None:
-    def row(name: str, required: bool = False, sensitive: bool = False,
-            default: str | None = None, where: str = "x") -> ParamRow:
+    def row(
+        name: str,
+        required: bool = False,
+        sensitive: bool = False,
+        default: str | None = None,
+        where: str = "x",
+    ) -> ParamRow:
         return ParamRow(name, required, sensitive, default, where)
 
     old = [row("a", default='"1"'), row("b"), row("c", required=True), row("moved")]
     new = [row("a", default='"2"'), row("c", required=False), row("d"), row("moved", where="y")]
     changes = {c.name: c for c in param_diff(old, new)}
     assert {n: c.kind for n, c in changes.items()} == {
-        "a": "changed", "b": "removed", "c": "changed", "d": "added"}
+        "a": "changed",
+        "b": "removed",
+        "c": "changed",
+        "d": "added",
+    }
     assert changes["a"].details() == ["default changed"]
     assert changes["c"].details() == ["no longer required"]
-    [secret] = param_diff([row("p", sensitive=True, default='"x"')],
-                          [row("p", sensitive=True, default='"y"')])
+    [secret] = param_diff(
+        [row("p", sensitive=True, default='"x"')], [row("p", sensitive=True, default='"y"')]
+    )
     assert secret.new is not None and secret.new.shown() == "(sensitive: not shown)"
 
 
-def test_imports_of_this_servers_own_repositories_are_read_from_disk(root: Path,
-                                                                     tmp_path: Path) -> None:
+def test_imports_of_this_servers_own_repositories_are_read_from_disk(
+    root: Path, tmp_path: Path
+) -> None:
     """No HTTP to itself: the test client's host (http://localhost) has no server behind it."""
     from reposerver.client import read_cvl
 
     class Local:
-        def fetch(self, url: str, cvl: str, version: str | None,
-                  base_dir: str | None) -> tuple[str, str]:
+        def fetch(
+            self, url: str, cvl: str, version: str | None, base_dir: str | None
+        ) -> tuple[str, str]:
             assert url == "http://localhost/Web"
             return read_cvl(root / "Web", cvl, version)
 
@@ -272,8 +300,10 @@ def test_imports_of_this_servers_own_repositories_are_read_from_disk(root: Path,
     (own / "Web").symlink_to(root / "Web")
     derived = Repository.create(own / "Shop")
     source = tmp_path / "Shop.cvl"
-    source.write_text('import { url => "http://localhost/Web", cvl => "Web.cvl" } Web;\n'
-                      'Shop extends Web { port = "81"; }\n')
+    source.write_text(
+        'import { url => "http://localhost/Web", cvl => "Web.cvl" } Web;\n'
+        'Shop extends Web { port = "81"; }\n'
+    )
     publish(derived.path, source, resolver=Local())
     client = create_app({"root": str(own)}).test_client()
     page = text_of(client.get("/Shop/", headers=BROWSER).get_data(as_text=True))
@@ -292,10 +322,10 @@ def test_a_signature_by_an_untrusted_key_is_shown_as_not_verified(tmp_path: Path
     cvl = sample_appliance(tmp_path / "src", "Web", size="4M", fill_bytes="64k")
     publish(repo.path, cvl, sign=str(key))
     client = create_app({"root": str(root)}).test_client()
-    page = " ".join(text_of(client.get("/Signed/", headers=BROWSER).get_data(as_text=True))
-                    .split())
-    assert "✘ signature not verified tag is SSH-signed but the repository trusts no SSH " \
-        "keys" in page
+    page = " ".join(text_of(client.get("/Signed/", headers=BROWSER).get_data(as_text=True)).split())
+    assert (
+        "✘ signature not verified tag is SSH-signed but the repository trusts no SSH keys" in page
+    )
     assert "✔ verified" not in page
     index = " ".join(text_of(client.get("/", headers=BROWSER).get_data(as_text=True)).split())
     assert "Signed v1" in index and "signature not verified" in index

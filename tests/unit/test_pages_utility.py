@@ -29,8 +29,10 @@ SECRET = "s3cret-rootpw-value"
 
 
 def basic(token: str, user: str = "someone") -> dict[str, str]:
-    return {**BROWSER, "Authorization": "Basic " + base64.b64encode(
-        f"{user}:{token}".encode()).decode()}
+    return {
+        **BROWSER,
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode(),
+    }
 
 
 @pytest.fixture
@@ -42,11 +44,15 @@ def manager(tmp_path: Path) -> Iterator[ClusterManager]:
     manager.add_public_ips(ADMIN, "192.0.2.1-192.0.2.4")
     acme = paper_tree(REPO_ROOT / "examples" / "paper", tmp_path / "acme")
     ldap = acme.parent / "OpenLDAP" / "OpenLDAP.cvl"
-    ldap.write_text(ldap.read_text().replace("var port, sport;",
-                                             'var port, sport;\n    var "sensitive" rootpw;'))
+    ldap.write_text(
+        ldap.read_text().replace(
+            "var port, sport;", 'var port, sport;\n    var "sensitive" rootpw;'
+        )
+    )
     manager.start(ADMIN, str(acme), secrets={"l.rootpw": SECRET})
-    manager.record_history(str(acme), "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]},
-                           "applied")
+    manager.record_history(
+        str(acme), "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
+    )
     manager.store.add_token("alice", "admin", "tok-admin")
     manager.store.add_token("bob", "user", "tok-user")
     yield manager
@@ -110,7 +116,8 @@ def test_users_see_their_own_vaps_and_no_pools(manager: ClusterManager) -> None:
     assert "AcmeGroupware.cvl" not in html
     forbidden = client.get("/ui/vaps/1", headers=basic("tok-user"))
     assert forbidden.status_code == 403 and "belongs to another user" in forbidden.get_data(
-        as_text=True)
+        as_text=True
+    )
     assert client.get("/ui/vaps/99", headers=basic("tok-admin")).status_code == 404
 
 
@@ -142,10 +149,16 @@ def test_blacklist_violations_are_listed(manager: ClusterManager) -> None:
 
 # -- pure pieces ------------------------------------------------------------------------------
 
-@given(st.text(alphabet=st.characters(blacklist_characters=":\x00", blacklist_categories=("Cs",)),
-               max_size=20),
-       st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc")), min_size=1,
-               max_size=40))
+
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_characters=":\x00", blacklist_categories=("Cs",)),
+        max_size=20,
+    ),
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc")), min_size=1, max_size=40
+    ),
+)
 def test_basic_password_round_trips(user: str, password: str) -> None:
     encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
     assert basic_password(encoded) == password.strip()
@@ -201,8 +214,7 @@ def test_picture_layout_keeps_boxes_apart_and_links_on_their_buses(
         assert 0 <= a.x and a.x + a.w <= picture.width and a.y + a.h <= picture.height
         for b in picture.boxes:
             if a is not b:
-                assert a.x + a.w <= b.x or b.x + b.w <= a.x or a.y + a.h <= b.y or \
-                    b.y + b.h <= a.y
+                assert a.x + a.w <= b.x or b.x + b.w <= a.x or a.y + a.h <= b.y or b.y + b.h <= a.y
     bus_ys = {public.y, van.y}
     assert len(picture.links) == 4
     for link in picture.links:
@@ -214,27 +226,58 @@ def test_picture_layout_keeps_boxes_apart_and_links_on_their_buses(
 
 
 def _iface(name: str, ip: str, network: str) -> dict[str, str]:
-    return {"name": name, "ip": ip, "netmask": "255.255.255.0", "network": network,
-            "mac": "02:00:00:00:00:01"}
+    return {
+        "name": name,
+        "ip": ip,
+        "netmask": "255.255.255.0",
+        "network": network,
+        "mac": "02:00:00:00:00:01",
+    }
 
 
 def test_picture_of_nested_vans_stacks_segments_outside_in() -> None:
     status = {
         "appliance": "Outer",
-        "networks": [{"name": "x1", "segment": "<public>", "vlan": None},
-                     {"name": "v100", "segment": "", "vlan": 100},
-                     {"name": "v101", "segment": "g", "vlan": 101}],
+        "networks": [
+            {"name": "x1", "segment": "<public>", "vlan": None},
+            {"name": "v100", "segment": "", "vlan": 100},
+            {"name": "v101", "segment": "g", "vlan": 101},
+        ],
         "components": [
-            {"path": "w", "type": "Web", "state": "running", "host": "h",
-             "interfaces": [_iface("ethernet0", "10.0.100.4", "v100")]},
-            {"path": "g.a", "type": "App", "state": "dead", "host": "h",
-             "interfaces": [_iface("ethernet0", "10.0.101.3", "v101")]},
-            {"path": "f", "type": "Firewall", "state": "running", "host": "h",
-             "interfaces": [_iface("ethernet0", "10.0.100.2", "v100"),
-                            _iface("ethernet1", "192.0.2.1", "x1")]},
-            {"path": "g.gw", "type": "Router", "state": "running", "host": "h",
-             "interfaces": [_iface("ethernet0", "10.0.101.2", "v101"),
-                            _iface("ethernet1", "10.0.100.3", "v100")]},
+            {
+                "path": "w",
+                "type": "Web",
+                "state": "running",
+                "host": "h",
+                "interfaces": [_iface("ethernet0", "10.0.100.4", "v100")],
+            },
+            {
+                "path": "g.a",
+                "type": "App",
+                "state": "dead",
+                "host": "h",
+                "interfaces": [_iface("ethernet0", "10.0.101.3", "v101")],
+            },
+            {
+                "path": "f",
+                "type": "Firewall",
+                "state": "running",
+                "host": "h",
+                "interfaces": [
+                    _iface("ethernet0", "10.0.100.2", "v100"),
+                    _iface("ethernet1", "192.0.2.1", "x1"),
+                ],
+            },
+            {
+                "path": "g.gw",
+                "type": "Router",
+                "state": "running",
+                "host": "h",
+                "interfaces": [
+                    _iface("ethernet0", "10.0.101.2", "v101"),
+                    _iface("ethernet1", "10.0.100.3", "v100"),
+                ],
+            },
         ],
     }
     picture = network_picture(status, {"g.a": (("w",), ("HTTP",))}, {})
@@ -243,9 +286,14 @@ def test_picture_of_nested_vans_stacks_segments_outside_in() -> None:
     assert sub.label == ("VAN g", "VLAN 101 · 10.0.101.0/24")
     boxes = {b.path: b for b in picture.boxes}
     assert {p: b.role for p, b in boxes.items()} == {
-        "f": "firewall", "g.gw": "gateway", "w": "vm", "g.a": "vm"}
-    assert public.y < boxes["f"].y < van.y < boxes["g.gw"].y == boxes["w"].y < sub.y \
-        < boxes["g.a"].y
+        "f": "firewall",
+        "g.gw": "gateway",
+        "w": "vm",
+        "g.a": "vm",
+    }
+    assert (
+        public.y < boxes["f"].y < van.y < boxes["g.gw"].y == boxes["w"].y < sub.y < boxes["g.a"].y
+    )
     gateway_links = {link.name: link for link in picture.links if link.path == "g.gw"}
     assert gateway_links["ethernet1"].y2 == van.y and gateway_links["ethernet0"].y2 == sub.y
     [arrow] = picture.arrows

@@ -32,8 +32,9 @@ def test_subscribers_need_write_credentials(tmp_path: Path) -> None:
     client, _ = app_for(tmp_path)
     for method in ("get", "post", "delete"):
         for headers in ({}, BAD):
-            answer = getattr(client, method)("/DNS/subscribers", json={"url": EVENTS},
-                                             headers=headers)
+            answer = getattr(client, method)(
+                "/DNS/subscribers", json={"url": EVENTS}, headers=headers
+            )
             assert answer.status_code == 401, (method, headers)
             assert "credentials required" in answer.get_json()["error"]
 
@@ -66,9 +67,12 @@ def test_subscribe_generates_or_takes_a_secret_kept_0600_out_of_the_config(tmp_p
 
 def test_bad_subscriber_requests_are_clear_400s(tmp_path: Path) -> None:
     client, repo = app_for(tmp_path)
-    cases = [({"url": "ftp://x/"}, "must be http"), ({}, "'url'"),
-             ({"url": EVENTS, "secret": "short"}, "16 or more"),
-             ({"url": EVENTS, "secret": 5}, "'secret' must be a string")]
+    cases = [
+        ({"url": "ftp://x/"}, "must be http"),
+        ({}, "'url'"),
+        ({"url": EVENTS, "secret": "short"}, "16 or more"),
+        ({"url": EVENTS, "secret": 5}, "'secret' must be a string"),
+    ]
     for body, message in cases:
         answer = client.post("/DNS/subscribers", json=body, headers=GOOD)
         assert answer.status_code == 400 and message in answer.get_json()["error"], body

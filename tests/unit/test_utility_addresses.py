@@ -15,30 +15,56 @@ from utility.model_view import ModelView
 
 
 def comp(kind: str, type_: str = "T", **params: list[str]) -> dict[str, object]:
-    return {"type": type_, "kind": kind, "params": params, "sensitive": [], "required": [],
-            "origin": None}
+    return {
+        "type": type_,
+        "kind": kind,
+        "params": params,
+        "sensitive": [],
+        "required": [],
+        "origin": None,
+    }
 
 
 def acme() -> ModelView:
     """The shape of the paper's AcmeGroupware (Figure 3)."""
-    return ModelView.from_json({"appliance": "AcmeGroupware", "components": {
-        "": comp("van", vanIF=["f.ethernet1"]),
-        "d": comp("vm", "DNS", vanIF=["ethernet0"]), "d.ethernet0": comp("interface"),
-        "l": comp("vm", "OpenLDAP", vanIF=["ethernet0"]), "l.ethernet0": comp("interface"),
-        "f": comp("vm", "Firewall", vanIF=["ethernet0"]), "f.ethernet0": comp("interface"),
-        "f.ethernet1": comp("interface"),
-    }, "pending": []})
+    return ModelView.from_json(
+        {
+            "appliance": "AcmeGroupware",
+            "components": {
+                "": comp("van", vanIF=["f.ethernet1"]),
+                "d": comp("vm", "DNS", vanIF=["ethernet0"]),
+                "d.ethernet0": comp("interface"),
+                "l": comp("vm", "OpenLDAP", vanIF=["ethernet0"]),
+                "l.ethernet0": comp("interface"),
+                "f": comp("vm", "Firewall", vanIF=["ethernet0"]),
+                "f.ethernet0": comp("interface"),
+                "f.ethernet1": comp("interface"),
+            },
+            "pending": [],
+        }
+    )
 
 
 def nested() -> ModelView:
     """A root VAN r with a sub-VAN g whose gateway g.f exports ethernet1 into r."""
-    return ModelView.from_json({"appliance": "Outer", "components": {
-        "": comp("van", vanIF=["w.ethernet1"]),
-        "w": comp("vm"), "w.ethernet0": comp("interface"), "w.ethernet1": comp("interface"),
-        "g": comp("van", vanIF=["f.ethernet1"]),
-        "g.f": comp("vm"), "g.f.ethernet0": comp("interface"), "g.f.ethernet1": comp("interface"),
-        "g.x": comp("vm"), "g.x.ethernet0": comp("interface"),
-    }, "pending": []})
+    return ModelView.from_json(
+        {
+            "appliance": "Outer",
+            "components": {
+                "": comp("van", vanIF=["w.ethernet1"]),
+                "w": comp("vm"),
+                "w.ethernet0": comp("interface"),
+                "w.ethernet1": comp("interface"),
+                "g": comp("van", vanIF=["f.ethernet1"]),
+                "g.f": comp("vm"),
+                "g.f.ethernet0": comp("interface"),
+                "g.f.ethernet1": comp("interface"),
+                "g.x": comp("vm"),
+                "g.x.ethernet0": comp("interface"),
+            },
+            "pending": [],
+        }
+    )
 
 
 def test_vlan_bytes_become_the_second_and_third_octet() -> None:
@@ -67,8 +93,12 @@ def test_address_base_must_be_a_slash_8() -> None:
 
 def test_ranges_expand_and_bad_ones_say_why() -> None:
     assert parse_range("100-103") == ["100", "101", "102", "103"]
-    assert parse_range("192.0.2.254-192.0.3.1") == ["192.0.2.254", "192.0.2.255", "192.0.3.0",
-                                                    "192.0.3.1"]
+    assert parse_range("192.0.2.254-192.0.3.1") == [
+        "192.0.2.254",
+        "192.0.2.255",
+        "192.0.3.0",
+        "192.0.3.1",
+    ]
     with pytest.raises(UtilityError, match="163-100"):
         parse_range("163-100")
     with pytest.raises(UtilityError, match="not-an-ip"):
@@ -90,8 +120,7 @@ def test_sub_van_gateway_external_interface_joins_the_parent_van() -> None:
 
 
 def test_acme_addresses_share_one_subnet_and_the_firewall_gets_a_public_ip() -> None:
-    result = assign(acme(), [100, 101], ["192.0.2.10", "192.0.2.11"], [],
-                    rng=random.Random(1))
+    result = assign(acme(), [100, 101], ["192.0.2.10", "192.0.2.11"], [], rng=random.Random(1))
     assert result.vlans == {"": 100}
     inside = [result.interfaces[p] for p in ("d.ethernet0", "l.ethernet0", "f.ethernet0")]
     assert all(ipaddress.IPv4Address(a.ip) in subnet_for_vlan(100) for a in inside)

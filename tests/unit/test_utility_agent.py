@@ -50,8 +50,9 @@ def test_wrong_password_and_tampering_are_detected(tmp_path: Path) -> None:
 
 @settings(max_examples=5, deadline=None)
 @given(st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=4))
-def test_any_values_survive_encryption(tmp_path_factory: pytest.TempPathFactory,
-                                       values: dict[str, str]) -> None:
+def test_any_values_survive_encryption(
+    tmp_path_factory: pytest.TempPathFactory, values: dict[str, str]
+) -> None:
     path = tmp_path_factory.mktemp("agent") / "c.enc"
     cache = agent.AgentCache(path, "pw")
     for k, v in values.items():
@@ -82,7 +83,8 @@ def test_only_the_referenced_sensitive_parameter_is_asked_for(tmp_path: Path) ->
 
     (tmp_path / "x.cvl").write_text(
         'CVL = "0.8";\nS extends VMAppliance {\n  var "required" "sensitive" pw, copy;\n'
-        '  var "sensitive" optional;\n  copy = pw;\n  vm = "s.xml";\n}\n')
+        '  var "sensitive" optional;\n  copy = pw;\n  vm = "s.xml";\n}\n'
+    )
     assert missing_sensitive_paths(tmp_path / "x.cvl") == ["pw"]
 
 
@@ -92,9 +94,11 @@ def test_grep_sensitive_value_reaches_no_file_under_state_or_disk_dirs(tmp_path:
     (apps / "s.vmx").write_text(publisher_domain_xml("secret", 64))
     __import__("utility.simulation", fromlist=["base_image"]).base_image(apps / "system.qcow2")
     cvl = apps / "Secret.cvl"
-    cvl.write_text('Secret extends VMAppliance {\n  var "required" "sensitive" rootpw;\n'
-                   '  var greeting;\n  greeting = rootpw;\n  vm = "s.vmx";\n'
-                   '  datadisks = { device => "vdb", size => "1mb" };\n}\n')
+    cvl.write_text(
+        'Secret extends VMAppliance {\n  var "required" "sensitive" rootpw;\n'
+        '  var greeting;\n  greeting = rootpw;\n  vm = "s.vmx";\n'
+        '  datadisks = { device => "vdb", size => "1mb" };\n}\n'
+    )
     manager = ClusterManager(tmp_path / "state")
     admin = Caller("root", "admin")
     manager.add_host(admin, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)

@@ -26,11 +26,19 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
         tokens[name] = answer.get_json()["token"]
     uri = simulated_host_uri(tmp_path, "h1")
     admin = auth(tokens["admin"])
-    assert tcp.post("/v1/hosts", json={"name": "h1", "uri": uri, "memory": "2G", "max_vms": 8},
-                    headers=admin).status_code == 201
+    assert (
+        tcp.post(
+            "/v1/hosts",
+            json={"name": "h1", "uri": uri, "memory": "2G", "max_vms": 8},
+            headers=admin,
+        ).status_code
+        == 201
+    )
     assert tcp.post("/v1/vlans", json={"range": "100-101"}, headers=admin).status_code == 200
-    assert tcp.post("/v1/publicips", json={"range": "192.0.2.1-192.0.2.4"},
-                    headers=admin).status_code == 200
+    assert (
+        tcp.post("/v1/publicips", json={"range": "192.0.2.1-192.0.2.4"}, headers=admin).status_code
+        == 200
+    )
     yield tcp, tokens, tmp_path
     manager.close()
 
@@ -52,8 +60,11 @@ def test_users_cannot_administer(setup) -> None:  # type: ignore[no-untyped-def]
     tcp, tokens, tmp_path = setup
     alice = auth(tokens["alice"])
     refusals = [
-        tcp.post("/v1/hosts", json={"name": "h9", "uri": "test:///default", "memory": "1G",
-                                    "max_vms": 1}, headers=alice),
+        tcp.post(
+            "/v1/hosts",
+            json={"name": "h9", "uri": "test:///default", "memory": "1G", "max_vms": 1},
+            headers=alice,
+        ),
         tcp.delete("/v1/hosts/h1", headers=alice),
         tcp.post("/v1/blacklist", json={"url": "http://r/DNS", "version": "3"}, headers=alice),
         tcp.post("/v1/vlans", json={"range": "5-6"}, headers=alice),
@@ -88,15 +99,22 @@ def test_bad_requests_are_clear_json_errors_not_500(setup) -> None:  # type: ign
     answers = {
         "no body": tcp.post("/v1/vaps/start", headers=admin),
         "no cvl": tcp.post("/v1/vaps/start", json={}, headers=admin),
-        "bad cvl": tcp.post("/v1/vaps/start", json={"cvl": str(tmp_path / "none.cvl")},
-                            headers=admin),
-        "bad memory": tcp.post("/v1/hosts", json={"name": "x", "uri": "test:///default",
-                                                  "memory": "lots", "max_vms": 1}, headers=admin),
+        "bad cvl": tcp.post(
+            "/v1/vaps/start", json={"cvl": str(tmp_path / "none.cvl")}, headers=admin
+        ),
+        "bad memory": tcp.post(
+            "/v1/hosts",
+            json={"name": "x", "uri": "test:///default", "memory": "lots", "max_vms": 1},
+            headers=admin,
+        ),
         "bad range": tcp.post("/v1/vlans", json={"range": "9-1"}, headers=admin),
         "not running": tcp.post("/v1/vaps/stop", json={"cvl": "/nope.cvl"}, headers=admin),
         "unknown route": tcp.get("/v1/nothing", headers=admin),
-        "bad host": tcp.post("/v1/hosts", json={"name": "y", "uri": "qemu+ssh://no.invalid/x",
-                                                "memory": "1G", "max_vms": 1}, headers=admin),
+        "bad host": tcp.post(
+            "/v1/hosts",
+            json={"name": "y", "uri": "qemu+ssh://no.invalid/x", "memory": "1G", "max_vms": 1},
+            headers=admin,
+        ),
     }
     for what, answer in answers.items():
         assert 400 <= answer.status_code < 500 or answer.status_code == 503, what
@@ -111,10 +129,16 @@ def test_check_failures_list_every_problem(setup) -> None:  # type: ignore[no-un
     tcp, tokens, tmp_path = setup
     acme = paper_tree(PAPER, tmp_path / "acme")
     admin = auth(tokens["admin"])
-    tcp.post("/v1/blacklist", json={"url": f"file://{acme.parent / 'DNS'}", "version": "all"},
-             headers=admin)
-    tcp.post("/v1/blacklist", json={"url": f"file://{acme.parent / 'Firewall'}",
-                                    "version": "all"}, headers=admin)
+    tcp.post(
+        "/v1/blacklist",
+        json={"url": f"file://{acme.parent / 'DNS'}", "version": "all"},
+        headers=admin,
+    )
+    tcp.post(
+        "/v1/blacklist",
+        json={"url": f"file://{acme.parent / 'Firewall'}", "version": "all"},
+        headers=admin,
+    )
     answer = tcp.post("/v1/vaps/start", json={"cvl": str(acme)}, headers=admin)
     assert answer.status_code == 422
     assert len(answer.get_json()["problems"]) == 2

@@ -26,8 +26,15 @@ def sign(body: bytes, secret: bytes = SECRET) -> str:
 
 
 def event(url: str = "http://repo/DNS", version: int = 2) -> bytes:
-    return json.dumps({"repository": url, "version": version, "tag": f"v{version}",
-                       "commit": "a" * 40, "signer": None}).encode()
+    return json.dumps(
+        {
+            "repository": url,
+            "version": version,
+            "tag": f"v{version}",
+            "commit": "a" * 40,
+            "signer": None,
+        }
+    ).encode()
 
 
 @given(st.text(min_size=1, max_size=80), st.integers(1, 10**6))
@@ -87,15 +94,23 @@ def test_only_unpinned_importers_are_affected(tmp_path: Path) -> None:
 
 def test_each_subscribed_repository_s_events_need_its_own_secret(tmp_path: Path) -> None:
     manager = ClusterManager(tmp_path / "state")
-    manager.subscriptions._write({  # what `subscribe` stores after the server said yes
-        "http://repo/DNS": {"secret": "dns-secret", "events_url": "http://u/", "since": 0},
-        "http://repo/LDAP": {"secret": "ldap-secret", "events_url": "http://u/", "since": 0}})
+    manager.subscriptions._write(
+        {  # what `subscribe` stores after the server said yes
+            "http://repo/DNS": {"secret": "dns-secret", "events_url": "http://u/", "since": 0},
+            "http://repo/LDAP": {"secret": "ldap-secret", "events_url": "http://u/", "since": 0},
+        }
+    )
     app = create_app(manager, require_token=True).test_client()
 
     def post(url: str, secret: bytes) -> int:
         body = event(url)
-        return int(app.post("/v1/events/publish", data=body, headers={
-            "X-Collective-Signature": sign(body, secret)}).status_code)
+        return int(
+            app.post(
+                "/v1/events/publish",
+                data=body,
+                headers={"X-Collective-Signature": sign(body, secret)},
+            ).status_code
+        )
 
     assert post("http://repo/DNS", b"dns-secret") == 202
     assert post("http://repo/DNS/", b"dns-secret") == 202  # the same repository
@@ -104,9 +119,19 @@ def test_each_subscribed_repository_s_events_need_its_own_secret(tmp_path: Path)
     assert post("http://repo/Web", b"dns-secret") == 403  # not subscribed, no global secret
     with_global = create_app(manager, require_token=True, events_secret=SECRET).test_client()
     body = event("http://repo/Web")
-    assert with_global.post("/v1/events/publish", data=body, headers={
-        "X-Collective-Signature": sign(body)}).status_code == 202
-    assert with_global.post("/v1/events/publish", data=event("http://repo/DNS"), headers={
-        "X-Collective-Signature": sign(event("http://repo/DNS"))}).status_code == 401
+    assert (
+        with_global.post(
+            "/v1/events/publish", data=body, headers={"X-Collective-Signature": sign(body)}
+        ).status_code
+        == 202
+    )
+    assert (
+        with_global.post(
+            "/v1/events/publish",
+            data=event("http://repo/DNS"),
+            headers={"X-Collective-Signature": sign(event("http://repo/DNS"))},
+        ).status_code
+        == 401
+    )
     assert oct((tmp_path / "state" / "subscriptions.json").stat().st_mode & 0o777) == "0o600"
     manager.close()

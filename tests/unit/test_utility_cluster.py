@@ -24,8 +24,9 @@ MiB = 1 << 20
 PAPER = REPO_ROOT / "examples" / "paper"
 
 
-def make_cluster(tmp: Path, hosts: int = 3, memory_mib: int = 1024, max_vms: int = 8,
-                 placement: str = "spread") -> ClusterManager:
+def make_cluster(
+    tmp: Path, hosts: int = 3, memory_mib: int = 1024, max_vms: int = 8, placement: str = "spread"
+) -> ClusterManager:
     manager = ClusterManager(tmp / "state", Settings(placement=placement))
     for i in range(1, hosts + 1):
         uri = simulated_host_uri(tmp, f"h{i}-{tmp.name}", memory_mib=4096)
@@ -101,8 +102,7 @@ def test_acme_groupware_starts_addresses_propagate_and_stop_releases_everything(
     assert (acme.parent / "d" / "data-hdb.qcow2").is_file()  # data disks are kept
 
 
-def test_data_disks_are_never_touched_once_they_exist(cluster: ClusterManager,
-                                                       acme: Path) -> None:
+def test_data_disks_are_never_touched_once_they_exist(cluster: ClusterManager, acme: Path) -> None:
     cluster.start(ADMIN, str(acme))
     data = acme.parent / "d" / "data-hdb.qcow2"
     before = data.stat().st_mtime_ns, data.read_bytes()
@@ -140,7 +140,8 @@ def write_broken(tmp_path: Path) -> Path:
     paper_tree(PAPER, tree)
     (tree / "Mailer").mkdir()
     (tree / "Mailer" / "Mailer.cvl").write_text(
-        'Mailer extends VMAppliance { vm = "m.vmx"; requires = "SMTP"; }\n')
+        'Mailer extends VMAppliance { vm = "m.vmx"; requires = "SMTP"; }\n'
+    )
     (tree / "Mailer" / "m.vmx").write_text((tree / "DNS" / "dns.vmx").read_text())
     (tree / "Mailer" / "system.qcow2").write_bytes((tree / "DNS" / "system.qcow2").read_bytes())
     cvl = tree / "Broken.cvl"
@@ -148,12 +149,14 @@ def write_broken(tmp_path: Path) -> Path:
         'import { url => "file:DNS", cvl => "DNS.cvl" } DNS;\n'
         'import { url => "file:Mailer", cvl => "Mailer.cvl" } Mailer;\n'
         "Broken extends VANAppliance {\n  DNS d;\n  Mailer m;\n"
-        '  d.dnshosts = "none";\n  vanIF = "m.ethernet0";\n}\n')
+        '  d.dnshosts = "none";\n  vanIF = "m.ethernet0";\n}\n'
+    )
     return cvl
 
 
-def test_every_check_fails_together_before_anything_runs(cluster: ClusterManager,
-                                                         tmp_path: Path) -> None:
+def test_every_check_fails_together_before_anything_runs(
+    cluster: ClusterManager, tmp_path: Path
+) -> None:
     cvl = write_broken(tmp_path)
     cluster.blacklist_add(ADMIN, f"file://{cvl.parent / 'DNS'}", "all")
     with pytest.raises(CheckFailed) as err:
@@ -161,15 +164,15 @@ def test_every_check_fails_together_before_anything_runs(cluster: ClusterManager
     problems = err.value.problems
     assert any("required parameter d.domain has no value" in p for p in problems)
     assert any("m requires 'SMTP' but no component provides it" in p for p in problems)
-    assert any(p.endswith("is blacklisted by the administrator") and "DNS" in p
-               for p in problems)
+    assert any(p.endswith("is blacklisted by the administrator") and "DNS" in p for p in problems)
     assert our_domains(cluster) == [] and cluster.store.all_addresses() == []
     assert not (cvl.parent / "d").exists() and not (cvl.parent / "m").exists()
 
 
 @pytest.mark.parametrize("problem", ["blacklist", "requires", "required"])
-def test_each_check_alone_refuses_the_start(cluster: ClusterManager, tmp_path: Path,
-                                            problem: str) -> None:
+def test_each_check_alone_refuses_the_start(
+    cluster: ClusterManager, tmp_path: Path, problem: str
+) -> None:
     acme = paper_tree(PAPER, tmp_path / "acme")
     if problem == "blacklist":
         cluster.blacklist_add(ADMIN, f"file://{acme.parent / 'OpenLDAP'}", "all")
@@ -210,8 +213,9 @@ def test_a_failure_mid_start_rolls_back_and_keeps_data_disks(
     assert cluster.start(ADMIN, str(acme))["status"] == "running"  # nothing leaked: starts again
 
 
-def test_two_concurrent_starts_never_share_vlan_ip_or_mac(cluster: ClusterManager,
-                                                          tmp_path: Path) -> None:
+def test_two_concurrent_starts_never_share_vlan_ip_or_mac(
+    cluster: ClusterManager, tmp_path: Path
+) -> None:
     files = [paper_tree(PAPER, tmp_path / f"vap{i}") for i in range(3)]
     results: dict[int, dict] = {}
     errors: list[BaseException] = []
@@ -266,8 +270,7 @@ def test_host_remove_is_refused_while_it_runs_vms(cluster: ClusterManager, acme:
     assert [h["name"] for h in cluster.hosts(ADMIN)] == ["h2", "h3"]
 
 
-def test_blacklist_violations_are_listed_not_stopped(cluster: ClusterManager,
-                                                     acme: Path) -> None:
+def test_blacklist_violations_are_listed_not_stopped(cluster: ClusterManager, acme: Path) -> None:
     cluster.start(ADMIN, str(acme))
     cluster.blacklist_add(ADMIN, f"file://{acme.parent / 'DNS'}", "all")
     found = cluster.violations(ADMIN)
@@ -288,9 +291,7 @@ def test_embedded_default_host_is_used_and_announced(tmp_path: Path) -> None:
     manager.close()
 
 
-def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(
-    tmp_path: Path
-) -> None:
+def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(tmp_path: Path) -> None:
     first = make_cluster(tmp_path)
     running = paper_tree(PAPER, tmp_path / "running")
     first.start(ADMIN, str(running))
@@ -302,8 +303,10 @@ def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(
 
     second = ClusterManager(tmp_path / "state")
     h1 = second.host("h1")
-    h1.create_domain("<domain type='qemu'><name>stranger</name><memory>1024</memory>"
-                     "<os><type>hvm</type></os></domain>")
+    h1.create_domain(
+        "<domain type='qemu'><name>stranger</name><memory>1024</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
     report = second.reconcile()
     assert report["rolled_back"] == [str(interrupted)]
     assert sorted(report["dead"]) == [f"{running}:{p}" for p in ("d", "f", "l")]

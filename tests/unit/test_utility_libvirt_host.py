@@ -11,8 +11,10 @@ from utility.libvirt_host import HostPool, LibvirtHost
 from utility.network_xml import NetworkXml
 from utility.simulation import simulated_host_uri
 
-DOMAIN = ("<domain type='qemu'><name>{}</name><memory unit='MiB'>16</memory>"
-          "<os><type>hvm</type></os></domain>")
+DOMAIN = (
+    "<domain type='qemu'><name>{}</name><memory unit='MiB'>16</memory>"
+    "<os><type>hvm</type></os></domain>"
+)
 
 
 def test_probes_on_a_test_host(tmp_path: Path) -> None:

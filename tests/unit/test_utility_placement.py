@@ -13,8 +13,11 @@ MiB = 1 << 20
 
 
 def three_small_hosts() -> list[HostRoom]:
-    return [HostRoom("h1", 512 * MiB, 3), HostRoom("h2", 512 * MiB, 3),
-            HostRoom("h3", 256 * MiB, 3)]
+    return [
+        HostRoom("h1", 512 * MiB, 3),
+        HostRoom("h2", 512 * MiB, 3),
+        HostRoom("h3", 256 * MiB, 3),
+    ]
 
 
 def test_spread_puts_each_vm_on_the_host_with_most_free_memory() -> None:
@@ -31,8 +34,10 @@ def test_pack_fills_the_fullest_host_that_still_fits() -> None:
 
 
 def test_current_use_counts() -> None:
-    hosts = [HostRoom("h1", 512 * MiB, 3, used_memory=448 * MiB, used_vms=1),
-             HostRoom("h2", 512 * MiB, 3, used_vms=3)]
+    hosts = [
+        HostRoom("h1", 512 * MiB, 3, used_memory=448 * MiB, used_vms=1),
+        HostRoom("h2", 512 * MiB, 3, used_vms=3),
+    ]
     with pytest.raises(PlacementError) as err:
         place([VmDemand("d", 128 * MiB)], hosts)
     assert "no host has room for d (128MiB)" in str(err.value)
@@ -59,8 +64,9 @@ def test_no_hosts_and_unknown_policy() -> None:
     vms=st.lists(st.integers(1, 32), max_size=15),
     policy=st.sampled_from(["spread", "pack"]),
 )
-def test_placement_never_overcommits(hosts: list[tuple[int, int]], vms: list[int],
-                                     policy: str) -> None:
+def test_placement_never_overcommits(
+    hosts: list[tuple[int, int]], vms: list[int], policy: str
+) -> None:
     rooms = [HostRoom(f"h{i}", m, n) for i, (m, n) in enumerate(hosts)]
     demands = [VmDemand(f"v{i}", m) for i, m in enumerate(vms)]
     try:

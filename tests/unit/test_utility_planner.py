@@ -9,26 +9,51 @@ from utility.desired_state import MASK, Disk, Interface, Network, VapState, Vm, 
 from utility.planner import Op, diff, start_plan, stop_plan
 
 
-def vm(path: str, needs: tuple[str, ...] = (), version: str = "1", host: str = "h1",
-       **params: tuple[str, ...]) -> Vm:
+def vm(
+    path: str,
+    needs: tuple[str, ...] = (),
+    version: str = "1",
+    host: str = "h1",
+    **params: tuple[str, ...],
+) -> Vm:
     return Vm(
-        path=path, type=path.upper(), origin={"url": f"http://r/{path}", "version": version,
-                                              "name": path, "cvl": f"{path}.cvl"},
-        host=host, domain=f"col-1-{path}", memory=64 << 20, vcpus=1, vm_dir=f"/v/{path}",
+        path=path,
+        type=path.upper(),
+        origin={"url": f"http://r/{path}", "version": version, "name": path, "cvl": f"{path}.cvl"},
+        host=host,
+        domain=f"col-1-{path}",
+        memory=64 << 20,
+        vcpus=1,
+        vm_dir=f"/v/{path}",
         guest_socket=f"/v/{path}/guest.sock",
         disks=(Disk("vda", f"/v/{path}/vda.qcow2", "program", base="/b.qcow2"),),
-        interfaces=(Interface("ethernet0", "02:00:00:00:00:0" + str(len(path)), "10.0.100.2",
-                              "255.255.255.0", "col-v100", ""),),
+        interfaces=(
+            Interface(
+                "ethernet0",
+                "02:00:00:00:00:0" + str(len(path)),
+                "10.0.100.2",
+                "255.255.255.0",
+                "col-v100",
+                "",
+            ),
+        ),
         params=tuple(sorted({"domain": ("acme.org",), **params}.items())),
         sensitive=("password",) if "password" in params else (),
-        provides=(), requires=(), needs=needs,
+        provides=(),
+        requires=(),
+        needs=needs,
     )
 
 
 def state(*vms: Vm) -> VapState:
     hosts = sorted({v.host for v in vms})
-    return VapState(cvl_path="/a.cvl", appliance="A", vlans={"": 100}, vms=vms,
-                    networks=tuple(Network("col-v100", "col-v100", h, "", 100) for h in hosts))
+    return VapState(
+        cvl_path="/a.cvl",
+        appliance="A",
+        vlans={"": 100},
+        vms=vms,
+        networks=tuple(Network("col-v100", "col-v100", h, "", 100) for h in hosts),
+    )
 
 
 ACME = state(vm("d"), vm("l", needs=("d",)), vm("f"))
@@ -67,12 +92,17 @@ def test_network_on_a_host_goes_when_its_last_vm_goes() -> None:
 
 def test_update_diff_has_exactly_the_four_kinds_of_action() -> None:
     now = state(vm("d"), vm("l", needs=("d",)), vm("f"), vm("old"))
-    want = state(vm("d", version="2"), vm("l", needs=("d",), domain=("acme.com",)), vm("f"),
-                 vm("new"))
+    want = state(
+        vm("d", version="2"), vm("l", needs=("d",), domain=("acme.com",)), vm("f"), vm("new")
+    )
     plan = diff(now, want, vanished=Op.REMOVE)
     got = {a.key: (a.symbol, a.changed) for a in plan.actions}
-    assert got == {"vm:d": ("~", ()), "vm:l": ("↻", ("domain",)), "vm:old": ("-", ()),
-                   "vm:new": ("+", ())}
+    assert got == {
+        "vm:d": ("~", ()),
+        "vm:l": ("↻", ("domain",)),
+        "vm:old": ("-", ()),
+        "vm:new": ("+", ()),
+    }
     assert "(from v1)" in next(a.describe() for a in plan.actions if a.key == "vm:d")
 
 
@@ -86,8 +116,9 @@ def test_a_state_read_back_from_storage_needs_no_plan_whatever_its_os_key_order(
     running = state(dataclasses.replace(vm("d"), os={"machine": "pc", "acpi": "on"}))
     assert list(from_json(to_json(running)).vms[0].os) == ["acpi", "machine"]
     assert not diff(from_json(to_json(running)), running)
-    resent = state(dataclasses.replace(vm("d", forwarders=("192.0.2.54",)),
-                                       os={"machine": "pc", "acpi": "on"}))
+    resent = state(
+        dataclasses.replace(vm("d", forwarders=("192.0.2.54",)), os={"machine": "pc", "acpi": "on"})
+    )
     assert [a.op for a in diff(from_json(to_json(running)), resent).actions] == [Op.RESEND]
 
 
@@ -102,10 +133,13 @@ def test_sensitive_values_are_masked_when_stored_and_compared_masked() -> None:
 
 
 def test_dependencies_unprovided_cycle_and_waves() -> None:
-    needs, problems = boot_needs({
-        "d": Services(("DNS",), ()), "l": Services(("LDAP",), ("DNS",)),
-        "m": Services((), ("LDAP", "SMTP")),
-    })
+    needs, problems = boot_needs(
+        {
+            "d": Services(("DNS",), ()),
+            "l": Services(("LDAP",), ("DNS",)),
+            "m": Services((), ("LDAP", "SMTP")),
+        }
+    )
     assert needs == {"d": (), "l": ("d",), "m": ("l",)}
     assert problems == ["m requires 'SMTP' but no component provides it"]
     assert waves(needs) == [["d"], ["l"], ["m"]]
@@ -116,8 +150,9 @@ def test_dependencies_unprovided_cycle_and_waves() -> None:
 
 def test_a_dependent_is_not_restarted_with_its_provider_but_resent_after_it() -> None:
     now = state(vm("d"), vm("l", needs=("d",)), vm("w", needs=("l",)))
-    want = state(vm("d", version="2"), vm("l", needs=("d",), domain=("acme.com",)),
-                 vm("w", needs=("l",)))
+    want = state(
+        vm("d", version="2"), vm("l", needs=("d",), domain=("acme.com",)), vm("w", needs=("l",))
+    )
     plan = diff(now, want)
     ops = {a.key: a for a in plan.actions}
     assert set(ops) == {"vm:d", "vm:l"}  # w is not touched at all

@@ -17,9 +17,14 @@ from utility.errors import TrustRefused
 from utility.signed_release import SignedRelease
 
 NAMES = st.text(alphabet="abcdefghij._-", min_size=1, max_size=8).filter(
-    lambda n: n not in (".", ".."))
-FILES = st.dictionaries(st.lists(NAMES, min_size=1, max_size=3).map("/".join),
-                        st.binary(max_size=300), min_size=1, max_size=6)
+    lambda n: n not in (".", "..")
+)
+FILES = st.dictionaries(
+    st.lists(NAMES, min_size=1, max_size=3).map("/".join),
+    st.binary(max_size=300),
+    min_size=1,
+    max_size=6,
+)
 
 
 class Reader:

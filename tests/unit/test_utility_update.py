@@ -29,17 +29,27 @@ def write_apps(root: Path) -> None:
         kind = "DNS" if name == "DNS2" else name
         (d / f"{kind}.cvl").write_text(
             f'{kind} extends VMAppliance {{ {body} vm = "x.vmx"; '
-            'datadisks = { device => "vdb", size => "1mb" }; }\n')
+            'datadisks = { device => "vdb", size => "1mb" }; }\n'
+        )
 
 
-def office(dns_dir: str = "DNS", motd: str = "hello", with_web: bool = True,
-           with_mail: bool = False) -> str:
-    imports = [f'import {{ url => "file:{dns_dir}", cvl => "DNS.cvl" }} DNS;',
-               'import { url => "file:LDAP", cvl => "LDAP.cvl" } LDAP;',
-               'import { url => "file:Web", cvl => "Web.cvl" } Web;',
-               'import { url => "file:Mail", cvl => "Mail.cvl" } Mail;']
-    parts = ["DNS d;", "LDAP l;", 'd.domain = "acme.org";', 'l.domain = "acme.org";',
-             f'l.motd = "{motd}";', 'vanIF = "d.ethernet0";']
+def office(
+    dns_dir: str = "DNS", motd: str = "hello", with_web: bool = True, with_mail: bool = False
+) -> str:
+    imports = [
+        f'import {{ url => "file:{dns_dir}", cvl => "DNS.cvl" }} DNS;',
+        'import { url => "file:LDAP", cvl => "LDAP.cvl" } LDAP;',
+        'import { url => "file:Web", cvl => "Web.cvl" } Web;',
+        'import { url => "file:Mail", cvl => "Mail.cvl" } Mail;',
+    ]
+    parts = [
+        "DNS d;",
+        "LDAP l;",
+        'd.domain = "acme.org";',
+        'l.domain = "acme.org";',
+        f'l.motd = "{motd}";',
+        'vanIF = "d.ethernet0";',
+    ]
     if with_web:
         parts.append("Web w;")
     if with_mail:
@@ -74,8 +84,7 @@ def test_nothing_changed_means_an_empty_plan(setup) -> None:  # type: ignore[no-
 
 def test_dry_run_shows_exactly_the_four_actions_and_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
     manager, cvl = setup
-    before = (domain_ids(manager), manager.store.all_addresses(),
-              manager.status(ADMIN, str(cvl)))
+    before = (domain_ids(manager), manager.store.all_addresses(), manager.status(ADMIN, str(cvl)))
     cvl.write_text(office(dns_dir="DNS2", motd="welcome", with_web=False, with_mail=True))
     result = manager.update(ADMIN, str(cvl), dry_run=True)
     symbols = sorted((a["symbol"], a["path"], tuple(a["changed"])) for a in result["plan"])
@@ -125,7 +134,8 @@ def test_update_of_one_component_leaves_the_others_alone(setup) -> None:  # type
 
 
 def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
-    setup, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    setup,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     """Test hosts have no guest, so the new version's readiness failure is injected."""
     import subprocess
@@ -134,16 +144,20 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
 
     manager, cvl = setup
     data = cvl.parent / "d" / "data-vdb.qcow2"
-    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(data)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 0x5a 0 64k", str(data)], check=True, capture_output=True
+    )
     before = data.read_bytes()
     real_boot = Executor.boot
 
     def boot(self: Executor, vm) -> None:  # type: ignore[no-untyped-def]
         if (vm.origin or {}).get("url", "").endswith("/DNS2"):
             # the new version scribbles on its data disk, then never says READY
-            subprocess.run(["qemu-io", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["qemu-io", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
+                check=True,
+                capture_output=True,
+            )
             raise UtilityError("d on host h1 did not become ready: no READY in 240 s")
         real_boot(self, vm)
 
@@ -203,16 +217,20 @@ def test_a_component_removed_from_the_cvl_while_stopped_is_cleaned_next_update(s
 
 
 def test_after_a_daemon_restart_automatic_updates_wait_for_the_user_s_sensitive_values(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     app = tmp_path / "vap" / "Secret"
     app.mkdir(parents=True)
     base_image(app / "system.qcow2")
     (app / "x.vmx").write_text(publisher_domain_xml("s", 64))
-    (app / "Secret.cvl").write_text('Secret extends VMAppliance { var "required" "sensitive" pw; '
-                                    'var motd; vm = "x.vmx"; }\n')
+    (app / "Secret.cvl").write_text(
+        'Secret extends VMAppliance { var "required" "sensitive" pw; var motd; vm = "x.vmx"; }\n'
+    )
     cvl = tmp_path / "vap" / "Mine.cvl"
-    cvl.write_text('import { url => "file:Secret", cvl => "Secret.cvl" } Secret;\n'
-                   'Mine extends Secret { motd = "one"; }\n')
+    cvl.write_text(
+        'import { url => "file:Secret", cvl => "Secret.cvl" } Secret;\n'
+        'Mine extends Secret { motd = "one"; }\n'
+    )
     state, uri = tmp_path / "state", simulated_host_uri(tmp_path, "h1")
     first = ClusterManager(state)
     first.add_host(ADMIN, "h1", uri, 1 << 30, 4)

@@ -34,17 +34,44 @@ def golden(name: str, text: str) -> None:
 
 def sample_vm() -> Vm:
     return Vm(
-        path="g.f", type="Firewall", origin=None, host="h1", domain="col-7-g.f",
-        memory=96 << 20, vcpus=2, vm_dir="/srv/acme/g.f", guest_socket="/srv/acme/g.f/guest.sock",
-        disks=(Disk("vda", "/srv/acme/g.f/vda.qcow2", "program", base="/cache/top.qcow2"),
-               Disk("hdb", "/srv/acme/g.f/data-hdb.qcow2", "data", size=100 << 20)),
-        interfaces=(Interface("ethernet0", "02:00:00:00:00:01", "10.0.100.2", "255.255.255.0",
-                              "col-v100", "g"),
-                    Interface("ethernet1", "02:00:00:00:00:02", "192.0.2.10", "255.255.255.0",
-                              "col-x7", "<public>")),
-        params=(("name", ("g-f",)),), sensitive=(), provides=(), requires=(), needs=(),
-        os={"kernel": "/cache/vmlinuz", "initrd": "/cache/initrd.img",
-            "cmdline": "console=ttyS0 quiet", "machine": "pc", "acpi": "on"},
+        path="g.f",
+        type="Firewall",
+        origin=None,
+        host="h1",
+        domain="col-7-g.f",
+        memory=96 << 20,
+        vcpus=2,
+        vm_dir="/srv/acme/g.f",
+        guest_socket="/srv/acme/g.f/guest.sock",
+        disks=(
+            Disk("vda", "/srv/acme/g.f/vda.qcow2", "program", base="/cache/top.qcow2"),
+            Disk("hdb", "/srv/acme/g.f/data-hdb.qcow2", "data", size=100 << 20),
+        ),
+        interfaces=(
+            Interface(
+                "ethernet0", "02:00:00:00:00:01", "10.0.100.2", "255.255.255.0", "col-v100", "g"
+            ),
+            Interface(
+                "ethernet1",
+                "02:00:00:00:00:02",
+                "192.0.2.10",
+                "255.255.255.0",
+                "col-x7",
+                "<public>",
+            ),
+        ),
+        params=(("name", ("g-f",)),),
+        sensitive=(),
+        provides=(),
+        requires=(),
+        needs=(),
+        os={
+            "kernel": "/cache/vmlinuz",
+            "initrd": "/cache/initrd.img",
+            "cmdline": "console=ttyS0 quiet",
+            "machine": "pc",
+            "acpi": "on",
+        },
     )
 
 
@@ -75,12 +102,19 @@ def test_bridge_names_longer_than_15_are_refused() -> None:
         NetworkXml("x", "a-very-long-bridge")
 
 
-@given(st.from_regex(r"[a-z][a-z0-9_]{0,8}(\.[a-z][a-z0-9_]{0,8}){0,3}", fullmatch=True),
-       st.integers(1, 10**9))
+@given(
+    st.from_regex(r"[a-z][a-z0-9_]{0,8}(\.[a-z][a-z0-9_]{0,8}){0,3}", fullmatch=True),
+    st.integers(1, 10**9),
+)
 def test_owner_metadata_round_trips(path: str, vap_id: int) -> None:
     xml = domain_xml.DomainXml(
-        name="n", memory_kib=1, vcpus=1, domain_type="qemu", boot=domain_xml.DirectBoot(),
-        owner=domain_xml.OwnerMetadata(vap_id, path)).to_xml()
+        name="n",
+        memory_kib=1,
+        vcpus=1,
+        domain_type="qemu",
+        boot=domain_xml.DirectBoot(),
+        owner=domain_xml.OwnerMetadata(vap_id, path),
+    ).to_xml()
     assert domain_xml.owner_of(xml) == (vap_id, path)
 
 
@@ -90,10 +124,13 @@ def test_foreign_domains_have_no_owner() -> None:
 
 
 def test_publisher_xml_is_read_and_bad_files_name_themselves() -> None:
-    spec = parse_vm_spec(b"<domain><memory unit='MiB'>128</memory><vcpu>2</vcpu>"
-                         b"<os><type machine='pc'>hvm</type></os><features><acpi/></features>"
-                         b"<devices><disk><source file='sys.qcow2'/><target dev='vda'/></disk>"
-                         b"</devices></domain>", "DNS v3: dns.vmx")
+    spec = parse_vm_spec(
+        b"<domain><memory unit='MiB'>128</memory><vcpu>2</vcpu>"
+        b"<os><type machine='pc'>hvm</type></os><features><acpi/></features>"
+        b"<devices><disk><source file='sys.qcow2'/><target dev='vda'/></disk>"
+        b"</devices></domain>",
+        "DNS v3: dns.vmx",
+    )
     assert spec.memory == 128 << 20 and spec.vcpus == 2 and spec.disks[0].source == "sys.qcow2"
     assert spec.machine == "pc" and spec.acpi
     with pytest.raises(ApplianceError, match="DNS v3: dns.vmx: <memory>"):
