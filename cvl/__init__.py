@@ -1,9 +1,15 @@
 """CVL, the Collective Virtual appliance Language: parse, import, evaluate (README "Contracts").
 
     import cvl
-    model = cvl.evaluate_file("AcmeGroupware.cvl", overrides={"d.ethernet0.ip": "10.0.1.2"})
+    model = cvl.evaluate_file("AcmeGroupware.cvl", overrides={"domain": "acme.org"})
     errors = cvl.check_file("AcmeGroupware.cvl")      # every CvlError, [] if fine
-    model.to_json()
+    model.to_json()                                   # sensitive values masked
+    # the utility's second evaluation, its addresses filled in (and nothing else):
+    final = cvl.evaluate_file("AcmeGroupware.cvl", assigned={"d.ethernet0.ip": "10.0.1.2"})
+    final.to_json(reveal=True)                        # only for what goes to the guest
+
+`overrides` are user values (`--set`, secrets); they may not set a utility-assigned parameter.
+`assigned` are the utility's values; they may set nothing else.
 
 The package does no network or file I/O except reading the file it is asked to evaluate and
 what the resolver it is handed fetches (default: `cvl.resolver.DefaultResolver()`).
@@ -17,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cvl.diagnostics import Diagnostics
-from cvl.errors import CvlError, CvlErrors
+from cvl.errors import CvlAssignedError, CvlError, CvlErrors
 from cvl.evaluate import evaluate_module
 from cvl.loader import Loader
 from cvl.model import Component, Declared, ImportRecord, Model, Origin
@@ -25,6 +31,7 @@ from cvl.resolver import DefaultResolver, Resolver
 
 __all__ = [
     "Analysis",
+    "CvlAssignedError",
     "Component",
     "CvlError",
     "CvlErrors",
@@ -79,8 +86,14 @@ def analyse_text(
     resolver: Resolver | None = None,
     overrides: Overrides | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    *,
+    assigned: Overrides | None = None,
 ) -> Analysis:
-    """Parse, import and evaluate CVL `text`, collecting every error instead of raising."""
+    """Parse, import and evaluate CVL `text`, collecting every error instead of raising.
+
+    `overrides` are user values (refused for utility-assigned parameters); `assigned` are the
+    utility's values for those parameters (refused for any other).
+    """
     diagnostics = Diagnostics()
     loader = Loader(resolver if resolver is not None else DefaultResolver(), diagnostics)
     model = None
@@ -93,7 +106,12 @@ def analyse_text(
         module = loader.load_root(text, filename, directory)
         if module is not None:
             model = evaluate_module(
-                module, diagnostics, _normalise(overrides), loader.imports, loader.warnings
+                module,
+                diagnostics,
+                _normalise(overrides),
+                loader.imports,
+                loader.warnings,
+                _normalise(assigned),
             )
     except RecursionError:
         diagnostics.add(CvlError("the CVL is nested too deeply to evaluate", file=filename))
@@ -109,6 +127,8 @@ def analyse_file(
     path: str | os.PathLike[str],
     resolver: Resolver | None = None,
     overrides: Overrides | None = None,
+    *,
+    assigned: Overrides | None = None,
 ) -> Analysis:
     """`analyse_text` of a file; relative `file:` imports resolve against its directory."""
     path = Path(path)
@@ -117,7 +137,9 @@ def analyse_file(
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return Analysis(None, [CvlError(f"cannot read CVL file: {reason}", file=str(path))], [])
-    return analyse_text(text, str(path), resolver, overrides, base_dir=path.parent.resolve())
+    return analyse_text(
+        text, str(path), resolver, overrides, base_dir=path.parent.resolve(), assigned=assigned
+    )
 
 
 def _model_or_raise(analysis: Analysis) -> Model:
@@ -134,24 +156,32 @@ def evaluate_text(
     resolver: Resolver | None = None,
     overrides: Overrides | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    *,
+    assigned: Overrides | None = None,
 ) -> Model:
     """Evaluate CVL text; raise `CvlError` (`CvlErrors` if several) on any error."""
-    return _model_or_raise(analyse_text(text, filename, resolver, overrides, base_dir))
+    return _model_or_raise(
+        analyse_text(text, filename, resolver, overrides, base_dir, assigned=assigned)
+    )
 
 
 def evaluate_file(
     path: str | os.PathLike[str],
     resolver: Resolver | None = None,
     overrides: Overrides | None = None,
+    *,
+    assigned: Overrides | None = None,
 ) -> Model:
     """Evaluate a CVL file; raise `CvlError` (`CvlErrors` if several) on any error."""
-    return _model_or_raise(analyse_file(path, resolver, overrides))
+    return _model_or_raise(analyse_file(path, resolver, overrides, assigned=assigned))
 
 
 def check_file(
     path: str | os.PathLike[str],
     resolver: Resolver | None = None,
     overrides: Overrides | None = None,
+    *,
+    assigned: Overrides | None = None,
 ) -> list[CvlError]:
     """Every error in a CVL file and its imports (not just the first); [] if it is fine."""
-    return analyse_file(path, resolver, overrides).errors
+    return analyse_file(path, resolver, overrides, assigned=assigned).errors

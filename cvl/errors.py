@@ -143,6 +143,18 @@ class CvlOverrideError(CvlError):
     """A `--set PATH=VALUE` override names no parameter of the evaluated appliance."""
 
 
+class CvlAssignedError(CvlError):
+    """A parameter the utility assigns (an interface's mac, ip, subnet, netmask) is set by CVL
+    text or an override, or the `assigned` channel names a parameter the utility does not assign.
+
+    `path` is the parameter's full path (`d.ethernet0.ip`).
+    """
+
+    def __init__(self, message: str, *, path: str = "", **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.path = path
+
+
 class CvlImportError(CvlError):
     """An import cannot be fetched, or its file does not define the imported object."""
 

@@ -6,6 +6,9 @@ The rules (paper, "The CVL Language"; issue 2):
 * Assignments run in this order and the last one wins: a component's own type (parent object's
   assignments before the child's), then the object that contains it, up to the root, then the
   `overrides` (`--set`). So a user's `d.domain = ...` beats Groupware's, which beats DNS's.
+* Utility-assigned parameters (Interface mac/ip/subnet/netmask) belong to the utility: an
+  assignment to one in CVL text, or an override of one, is an error at its position naming the
+  path. Only the separate `assigned` channel (the utility's second evaluation) fills them.
 * A reference names a parameter relative to the object the assignment is written in, and is
   resolved against *final* values, lazily, with cycle detection (the error names the cycle).
 * A value is a list of strings; a map item becomes one string (`cvl.maps`); a map pair whose
@@ -15,6 +18,9 @@ The rules (paper, "The CVL Language"; issue 2):
   is anything whose value depends on a pending one. `name` defaults to the component name (the
   object name for the root). A "required" parameter that is neither set nor pending is an error
   that names its path, where it was declared, and that the user's CVL must set it.
+* Sensitive is contagious: a parameter is sensitive when it is declared "sensitive" or its value
+  is computed from a sensitive one (a reference, a map pair, at any depth). An overridden value is
+  sensitive only when its parameter is declared so. Errors never quote a sensitive value.
 
 Evaluation is linear in the size of the tree: layouts are per type, values are computed once each
 by an explicit-stack depth-first walk (no recursion limit on long reference chains).
@@ -27,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from cvl import maps
 from cvl.diagnostics import Diagnostics
 from cvl.errors import (
+    CvlAssignedError,
     CvlAssignmentError,
     CvlCycleError,
     CvlDeclarationError,
@@ -35,7 +42,7 @@ from cvl.errors import (
 )
 from cvl.layout import Layout, Layouts
 from cvl.loader import Module, TypeDef
-from cvl.model import UTILITY_ASSIGNED_INTERFACE_PARAMS, Component, Declared, Model, Origin
+from cvl.model import Component, Declared, ImportRecord, Model, Origin, is_utility_assigned
 from cvl.syntax import Assign, MapLit, Ref, Rhs, Str
 
 _NEW, _ACTIVE, _DONE = 0, 1, 2
@@ -75,6 +82,7 @@ class _Slot:
         "value",
         "pending",
         "errored",
+        "sensitive",
     )
 
     def __init__(self, inst: _Instance, name: str, declared: Declared) -> None:
@@ -89,10 +97,15 @@ class _Slot:
         self.value: tuple[str, ...] | None = None
         self.pending = False
         self.errored = False
+        self.sensitive = False
 
     @property
     def path(self) -> str:
         return f"{self.inst.path}.{self.name}" if self.inst.path else self.name
+
+    @property
+    def utility_assigned(self) -> bool:
+        return is_utility_assigned(self.inst.layout.kind or "", self.name)
 
 
 def _walk(inst: _Instance, parts: Sequence[str]) -> tuple[_Slot | None, str]:
@@ -163,13 +176,30 @@ class Evaluator:
 
     def bind(self) -> None:
         """Record each slot's final assignment: innermost instances first, then containers."""
+        refused: set[int] = set()
         for inst in reversed(self.instances):
             for stmt, module in inst.layout.assigns:
                 slot, why = _walk(inst, stmt.target.parts)
                 if slot is None:
                     self._bad(module, stmt, f"cannot assign {stmt.target.dotted}: {why}")
                     continue
+                if slot.utility_assigned:
+                    if id(stmt) not in refused:  # once per statement, not per instance
+                        refused.add(id(stmt))
+                        self._refuse_assigned(module, stmt, slot)
+                    continue
                 slot.assign, slot.scope, slot.module = stmt, inst, module
+
+    def _refuse_assigned(self, module: Module, stmt: Assign, slot: _Slot) -> None:
+        error = module.error(
+            CvlAssignedError,
+            f"cannot assign {slot.path}: {_ASSIGNED_WHY}; CVL may read it "
+            f"(x = {stmt.target.dotted};) but not set it",
+            stmt,
+        )
+        assert isinstance(error, CvlAssignedError)
+        error.path = slot.path
+        self.diagnostics.add(error)
 
     def _bad(self, module: Module, node: Assign | Ref, message: str) -> None:
         self.diagnostics.add(module.error(CvlAssignmentError, message, node))
@@ -188,24 +218,60 @@ class Evaluator:
                     if slot is None:
                         self._bad(module, ref, f"unknown reference {ref.dotted}: {why}")
 
-    def apply_overrides(self, root: _Instance, overrides: Mapping[str, Sequence[str]]) -> None:
-        """`--set PATH=VALUE`: replace a parameter's value after every CVL assignment."""
+    def apply_overrides(
+        self,
+        root: _Instance,
+        overrides: Mapping[str, Sequence[str]],
+        assigned: Mapping[str, Sequence[str]],
+    ) -> None:
+        """Replace parameters' values after every CVL assignment.
+
+        `overrides` (`--set`, a user's secrets) may set any parameter but a utility-assigned one;
+        `assigned` (the utility's own addresses) may set only those.
+        """
         for dotted, values in overrides.items():
-            parts = dotted.split(".")
-            if not all(parts):
+            slot = self._target(root, dotted, "--set")
+            if slot is not None and slot.utility_assigned:
                 self.diagnostics.add(
-                    CvlOverrideError(
-                        f"{dotted!r} is not a parameter path like d.ethernet0.ip", file="--set"
+                    CvlAssignedError(
+                        f"cannot set {dotted}: {_ASSIGNED_WHY}; overrides and secrets cannot "
+                        "set it",
+                        file=f"--set {dotted}",
+                        path=dotted,
                     )
                 )
-                continue
-            slot, why = _walk(root, parts)
-            if slot is None:
+            elif slot is not None:
+                slot.override = tuple(values)
+        for dotted, values in assigned.items():
+            slot = self._target(root, dotted, "assigned")
+            if slot is not None and not slot.utility_assigned:
                 self.diagnostics.add(
-                    CvlOverrideError(f"cannot set {dotted}: {why}", file=f"--set {dotted}")
+                    CvlAssignedError(
+                        f"assigned value for {dotted}, which the utility does not assign (only "
+                        "an interface's mac, ip, subnet and netmask); user values are overrides",
+                        file=f"assigned {dotted}",
+                        path=dotted,
+                    )
                 )
-                continue
-            slot.override = tuple(values)
+            elif slot is not None:
+                slot.override = tuple(values)
+
+    def _target(self, root: _Instance, dotted: str, channel: str) -> _Slot | None:
+        """The slot an override path names, or None after reporting why there is none."""
+        parts = dotted.split(".")
+        if not all(parts):
+            self.diagnostics.add(
+                CvlOverrideError(
+                    f"{dotted!r} is not a parameter path like d.ethernet0.ip", file=channel
+                )
+            )
+            return None
+        slot, why = _walk(root, parts)
+        if slot is None:
+            self.diagnostics.add(
+                CvlOverrideError(f"cannot set {dotted}: {why}", file=f"{channel} {dotted}")
+            )
+        return slot
 
     # -- values ---------------------------------------------------------------------------------
 
@@ -264,6 +330,8 @@ class Evaluator:
             self.diagnostics.add(module.error(CvlCycleError, f"reference cycle: {names}", assign))
 
     def _compute(self, slot: _Slot) -> None:
+        # Every dependency is done here (or in a reported cycle), so its flag is final.
+        slot.sensitive = slot.declared.sensitive or any(d.sensitive for d in self._deps(slot))
         if slot.errored:
             return
         if slot.override is not None:
@@ -272,10 +340,7 @@ class Evaluator:
         if slot.assign is None or slot.scope is None:
             if slot.name == "name":
                 slot.value = (slot.inst.name,)
-            elif (
-                slot.inst.layout.kind == "interface"
-                and slot.name in UTILITY_ASSIGNED_INTERFACE_PARAMS
-            ):
+            elif slot.utility_assigned:
                 slot.pending = True
             return
         out: list[str] = []
@@ -328,8 +393,9 @@ class Evaluator:
                 for part in slot.value[0].split("."):
                     target = target.children.get(part) if target is not None else None
                 if target is None or target.layout.kind != "interface":
+                    shown = "a sensitive value" if slot.sensitive else repr(slot.value[0])
                     problem = (
-                        f"is {slot.value[0]!r}, which is not an interface of "
+                        f"is {shown}, which is not an interface of "
                         f"{inst.describe()} (e.g. ethernet0, or f.ethernet1 in a VAN)"
                     )
             if problem is None:
@@ -367,11 +433,14 @@ class Evaluator:
                     f'"required" at {d.where}; {advice}',
                     at,
                 )
-                error.path = slot.path  # type: ignore[attr-defined]
-                error.sensitive = d.sensitive  # type: ignore[attr-defined]
+                assert isinstance(error, CvlMissingError)
+                error.path = slot.path
+                error.sensitive = d.sensitive
                 self.diagnostics.add(error)
 
-    def model(self, root_module: Module, imports: list, warnings: list[str]) -> Model:
+    def model(
+        self, root_module: Module, imports: Sequence[ImportRecord], warnings: Sequence[str]
+    ) -> Model:
         components: dict[str, Component] = {}
         pending: list[str] = []
         origins: dict[int, Origin | None] = {}
@@ -384,7 +453,7 @@ class Evaluator:
                 name=inst.name,
                 type=inst.typedef.name,
                 kind=inst.layout.kind or "",
-                params=params,  # type: ignore[arg-type]
+                params=params,
                 declared=inst.layout.declared,
                 pending=waiting,
                 origin=self._origin(inst, origins),
@@ -394,6 +463,7 @@ class Evaluator:
                     for child in inst.children.values()
                     if child.layout.kind == "interface"
                 ),
+                sensitive_params=tuple(n for n, s in inst.slots.items() if s.sensitive),
             )
         return Model(
             appliance=self.instances[0].typedef.name,
@@ -416,6 +486,11 @@ class Evaluator:
 
 _PENDING = object()
 
+_ASSIGNED_WHY = (
+    "an interface's mac, ip, subnet and netmask are assigned by the Collective Utility when the "
+    "appliance starts"
+)
+
 
 def _refs(values: Sequence[Rhs]) -> list[Ref]:
     """Every reference in a right-hand side, including inside (nested) maps."""
@@ -434,8 +509,9 @@ def evaluate_module(
     module: Module,
     diagnostics: Diagnostics,
     overrides: Mapping[str, Sequence[str]] | None,
-    imports: list,
-    warnings: list[str],
+    imports: Sequence[ImportRecord],
+    warnings: Sequence[str],
+    assigned: Mapping[str, Sequence[str]] | None = None,
 ) -> Model | None:
     """Evaluate the last object declared in `module` (the file's appliance); None on errors."""
     objects = module.program.objects
@@ -469,7 +545,7 @@ def evaluate_module(
     root = evaluator.instantiate(root_type)
     evaluator.bind()
     evaluator.check_references()
-    evaluator.apply_overrides(root, overrides or {})
+    evaluator.apply_overrides(root, overrides or {}, assigned or {})
     evaluator.evaluate_all()
     if not diagnostics:  # a late consistency check; after other errors it would only cascade
         evaluator.check_van_interfaces()

@@ -13,7 +13,19 @@ from typing import Any
 KINDS = ("van", "vm", "interface")
 
 UTILITY_ASSIGNED_INTERFACE_PARAMS = frozenset({"mac", "ip", "subnet", "netmask"})
-"""Interface parameters the Collective Utility assigns when it starts an appliance."""
+"""Interface parameters the Collective Utility assigns when it starts an appliance.
+
+They are the utility's alone: CVL text and overrides cannot set them (another VAP's address must
+never reach a guest); only the evaluator's `assigned=` channel fills them.
+"""
+
+MASK = "******"
+"""What `to_json()` shows instead of a sensitive value (each sensitive parameter: `[MASK]`)."""
+
+
+def is_utility_assigned(kind: str, name: str) -> bool:
+    """True when the utility assigns parameter `name` of a component of `kind`."""
+    return kind == "interface" and name in UTILITY_ASSIGNED_INTERFACE_PARAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,9 @@ class Component:
     children: tuple[str, ...] = field(default=())
     interfaces: tuple[str, ...] = field(default=())
     """Paths of this VM's Interface components, in declaration order (`ethernet0` first)."""
+    sensitive_params: tuple[str, ...] = field(default=())
+    """Parameters whose value is sensitive: declared "sensitive", or computed from a value that
+    is (a reference to one, a map holding one, transitively). Declaration order."""
 
     def param(self, name: str) -> tuple[str, ...] | None:
         """The value of parameter `name`, or None if it has none (unset or pending)."""
@@ -99,17 +114,20 @@ class Component:
 
     @property
     def sensitive(self) -> tuple[str, ...]:
-        return tuple(n for n, d in self.declared.items() if d.sensitive)
+        """Same as `sensitive_params`: declared sensitive or derived from a sensitive value."""
+        return self.sensitive_params
 
     def child_path(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, reveal: bool = False) -> dict[str, Any]:
+        """The README contract for one component; sensitive values are `[MASK]` unless `reveal`."""
+        hidden = () if reveal else self.sensitive_params
         return {
             "type": self.type,
             "kind": self.kind,
-            "params": {k: list(v) for k, v in self.params.items()},
-            "sensitive": list(self.sensitive),
+            "params": {k: [MASK] if k in hidden else list(v) for k, v in self.params.items()},
+            "sensitive": list(self.sensitive_params),
             "required": list(self.required),
             "origin": self.origin.to_json() if self.origin else None,
         }
@@ -160,11 +178,28 @@ class Model:
     def walk(self) -> Iterator[Component]:
         return iter(self.components.values())
 
-    def to_json(self) -> dict[str, Any]:
-        """The README contract: appliance, components{PATH: ...}, pending, imports."""
+    def sensitive_paths(self) -> tuple[str, ...]:
+        """Full paths of every sensitive parameter, declared or derived, sorted."""
+        return tuple(
+            sorted(c.child_path(n) for c in self.components.values() for n in c.sensitive_params)
+        )
+
+    def is_sensitive(self, dotted: str) -> bool:
+        """True when the parameter at full path `dotted` holds (or would hold) a sensitive value."""
+        path, _, name = dotted.rpartition(".")
+        component = self.components.get(path)
+        return component is not None and name in component.sensitive_params
+
+    def to_json(self, reveal: bool = False) -> dict[str, Any]:
+        """The README contract: appliance, components{PATH: ...}, pending, sensitive, imports.
+
+        Every sensitive value is `[MASK]`. `reveal=True` is for the one consumer that hands
+        parameters to the guest (the utility's final evaluation); nothing else should ask.
+        """
         return {
             "appliance": self.appliance,
-            "components": {path: c.to_json() for path, c in self.components.items()},
+            "components": {path: c.to_json(reveal) for path, c in self.components.items()},
             "pending": list(self.pending),
+            "sensitive": list(self.sensitive_paths()),
             "imports": [record.to_json() for record in self.imports],
         }
