@@ -1,7 +1,11 @@
 """`cui check` and `cui eval`: the CVL commands (parse, import, evaluate; render the result).
 
-cui check FILE.cvl [--set PATH=VALUE ...]          every error, exit 1 on any
-cui eval  FILE.cvl [--set PATH=VALUE ...] [--json]  the flattened parameters
+cui check FILE.cvl [--set PATH=VALUE ...] [--assign PATH=VALUE ...]          every error
+cui eval  FILE.cvl [--set PATH=VALUE ...] [--assign PATH=VALUE ...] [--json]  the parameters
+
+`--set` supplies user values; `--assign` previews the values the utility assigns (an interface's
+mac, ip, subnet, netmask), which `--set` cannot touch. Sensitive values (declared, or computed
+from one) are never printed: the table and `--json` show them masked.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import click
 
 import cvl
 from cvl.errors import CvlOverrideError
+from cvl.model import MASK
 from cvl.resolver import DefaultResolver, Resolver
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
-MASK = "******"
 
 
 def make_resolver() -> Resolver:
@@ -32,21 +36,30 @@ def make_resolver() -> Resolver:
     return repository_resolver()  # type: ignore[no-any-return]
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, list[str]]:
-    """`--set PATH=VALUE` options to overrides; repeating a PATH gives a list value in order."""
+def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, list[str]]:
+    """`--set PATH=VALUE` options to overrides; repeating a PATH gives a list value in order.
+
+    A malformed item is named by its path only: its value may be a secret.
+    """
     overrides: dict[str, list[str]] = {}
     for item in items:
         path, sep, value = item.partition("=")
         if not sep or not path.strip():
+            shown = repr(path) if not sep else "with an empty PATH"
             raise CvlOverrideError(
-                f"--set {item!r}: expected PATH=VALUE, e.g. d.ethernet0.ip=10.0.1.2", file="--set"
+                f"{option} {shown}: expected PATH=VALUE, e.g. d.domain=acme.org", file=option
             )
         overrides.setdefault(path.strip(), []).append(value)
     return overrides
 
 
-def _analyse(file: str, sets: Sequence[str]) -> cvl.Analysis:
-    return cvl.analyse_file(file, resolver=make_resolver(), overrides=parse_overrides(sets))
+def _analyse(file: str, sets: Sequence[str], assigns: Sequence[str]) -> cvl.Analysis:
+    return cvl.analyse_file(
+        file,
+        resolver=make_resolver(),
+        overrides=parse_overrides(sets),
+        assigned=parse_overrides(assigns, "--assign"),
+    )
 
 
 def _warn(analysis: cvl.Analysis) -> None:
@@ -72,21 +85,31 @@ def _from_agent(errors: Sequence[cvl.CvlError]) -> list[str]:
     return paths if len(paths) == len(errors) else []
 
 
-_SET_HELP = "Supply or override a parameter, e.g. d.ethernet0.ip=10.0.1.2 (repeatable)."
+_SET_HELP = "Supply or override a parameter, e.g. d.domain=acme.org (repeatable)."
+_ASSIGN_HELP = (
+    "Preview a value the utility assigns (an interface's mac, ip, subnet, netmask), "
+    "e.g. d.ethernet0.ip=10.0.1.2 (repeatable)."
+)
 
 
 @click.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
-def check_command(file: str, sets: tuple[str, ...]) -> None:
+@click.option("--assign", "assigns", multiple=True, metavar="PATH=VALUE", help=_ASSIGN_HELP)
+def check_command(file: str, sets: tuple[str, ...], assigns: tuple[str, ...]) -> None:
     """Parse, import and evaluate FILE; print every error (exit 1) or a one-line summary."""
-    analysis = _analyse(file, sets)
+    analysis = _analyse(file, sets, assigns)
     _warn(analysis)
     from_agent = _from_agent(analysis.errors)
     if from_agent:
         # Required sensitive values never live in CVL files; check the rest as if supplied.
         overrides = {**parse_overrides(sets), **dict.fromkeys(from_agent, ["<from agent>"])}
-        analysis = cvl.analyse_file(file, resolver=make_resolver(), overrides=overrides)
+        analysis = cvl.analyse_file(
+            file,
+            resolver=make_resolver(),
+            overrides=overrides,
+            assigned=parse_overrides(assigns, "--assign"),
+        )
     if analysis.errors:
         _fail(file, analysis.errors)
     model = analysis.model
@@ -109,10 +132,16 @@ def check_command(file: str, sets: tuple[str, ...]) -> None:
 @click.command("eval")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the README's JSON contract.")
-def eval_command(file: str, sets: tuple[str, ...], as_json: bool) -> None:
-    """Evaluate FILE and print every component's parameters (a table, or --json)."""
-    analysis = _analyse(file, sets)
+@click.option("--assign", "assigns", multiple=True, metavar="PATH=VALUE", help=_ASSIGN_HELP)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the README's JSON contract (sensitive masked)."
+)
+def eval_command(file: str, sets: tuple[str, ...], assigns: tuple[str, ...], as_json: bool) -> None:
+    """Evaluate FILE and print every component's parameters (a table, or --json).
+
+    Sensitive values, declared or computed from one, are masked in both forms.
+    """
+    analysis = _analyse(file, sets, assigns)
     _warn(analysis)
     if analysis.errors or analysis.model is None:
         _fail(file, analysis.errors or [cvl.CvlError("evaluation produced no model", file=file)])
@@ -136,17 +165,23 @@ def _print_table(model: cvl.Model) -> None:
         for index, name in enumerate(names):
             declared = component.declared[name]
             value = component.param(name)
+            sensitive = name in component.sensitive_params
             if name in component.pending:
                 shown = "(pending)"
             elif value is None:
                 shown = "-"
-            elif declared.sensitive:
+            elif sensitive:
                 shown = MASK
             else:
                 shown = "\n".join(value)
+            derived = sensitive and not declared.sensitive
             notes = ", ".join(
                 flag
-                for flag, on in (("required", declared.required), ("sensitive", declared.sensitive))
+                for flag, on in (
+                    ("required", declared.required),
+                    ("sensitive", declared.sensitive),
+                    ("sensitive (derived)", derived),
+                )
                 if on
             )
             table.add_row(

@@ -152,11 +152,14 @@ def test_interface_params_are_pending_and_dependents_too():
     assert model.component("a.ethernet0").pending == ("mac", "ip", "subnet", "netmask")
 
 
-def test_overrides_supply_pending_values_and_override_cvl():
-    model = ev(
+def test_assigned_values_fill_pending_ones_and_overrides_override_cvl():
+    model = cvl.evaluate_text(
         VM + "V extends VANAppliance { var route, tag; VM1 a; route = a.ethernet0.ip;"
         ' tag = "cvl"; vanIF = "a.ethernet0"; }',
-        overrides={"a.ethernet0.ip": "10.0.0.5", "tag": ["x", "y"]},
+        "t.cvl",
+        resolver=DictResolver({}),
+        overrides={"tag": ["x", "y"]},
+        assigned={"a.ethernet0.ip": "10.0.0.5"},
     )
     assert model.value("route") == ("10.0.0.5",)
     assert model.value("tag") == ("x", "y")
@@ -413,7 +416,7 @@ def test_model_accessors_and_json_shape():
     assert list(model.components) == ["", "g", "g.a", "g.a.ethernet0", "b", "b.ethernet0"]
     assert model.component("g.a").first("vm") == "a.vmx"
     data = model.to_json()
-    assert set(data) == {"appliance", "components", "pending", "imports"}
+    assert set(data) == {"appliance", "components", "pending", "sensitive", "imports"}
     entry = data["components"]["g.a.ethernet0"]
     assert set(entry) == {"type", "kind", "params", "sensitive", "required", "origin"}
     assert entry["kind"] == "interface" and entry["origin"] is None

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "examples" / "paper"
 ACME = PAPER / "AcmeGroupware.cvl"
 IPS = {"d.ethernet0.ip": "10.0.1.2", "l.ethernet0.ip": "10.0.1.3", "f.ethernet0.ip": "10.0.1.4"}
-SETS = [arg for path, ip in IPS.items() for arg in ("--set", f"{path}={ip}")]
+SETS = [arg for path, ip in IPS.items() for arg in ("--assign", f"{path}={ip}")]
 
 
 def run(*args: str):
