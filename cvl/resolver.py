@@ -4,7 +4,8 @@
 
 * `http://` and `https://` (the repository server's layout, README contract):
   `GET {url}/versions/{version}/{cvl}`, or without a version `GET {url}/latest/{cvl}`, which
-  redirects to `{url}/versions/{n}/{cvl}`; the resolved version is that `n`.
+  redirects to `{url}/versions/{n}/{cvl}`; the resolved version is that `n`. A repository's
+  clone URL (`…/DNS.git`) names the same repository as `…/DNS` (a trailing `.git` is dropped).
 * `file:` — `file:DIR` relative to the importing file's directory, `file:///abs/DIR` or
   `file:/abs/DIR`. If DIR is a bare git repository (it has `HEAD` and `objects/`), the caller's
   `repo_reader(DIR, cvl, version)` reads the version from it; otherwise DIR is a plain directory
@@ -49,10 +50,19 @@ def canonical_url(url: str, base_dir: str | None) -> str:
         return "file://" + file_url_path(url, base_dir)
     parts = urlsplit(url)
     if parts.scheme in ("http", "https") and parts.netloc:
-        return url.rstrip("/")
+        return repository_base(url)
     raise CvlImportError(
         f"unsupported import URL {url!r}: use file:DIR, file:///DIR, http:// or https://"
     )
+
+
+def repository_base(url: str) -> str:
+    """An http(s) repository URL without trailing slashes or the clone URL's `.git` suffix."""
+    base = url.rstrip("/")
+    last = urlsplit(base).path.rpartition("/")[2]
+    if last.endswith(".git") and len(last) > len(".git") and base.endswith(last):
+        base = base[: -len(".git")]
+    return base
 
 
 def file_url_path(url: str, base_dir: str | None) -> str:
@@ -133,7 +143,7 @@ class HttpResolver:
         import requests
 
         check_cvl_name(cvl)
-        base = url.rstrip("/")
+        base = repository_base(url)
         target = f"{base}/versions/{version}/{cvl}" if version else f"{base}/latest/{cvl}"
         try:
             response = self.session.get(  # type: ignore[attr-defined]

@@ -75,6 +75,25 @@ def test_http_imports_from_the_real_repository_server(published: Path, tmp_path:
     assert f"user9.cvl:1:1: error: cannot import DNS: {url} has no version 9" in missing.stderr
 
 
+def test_import_by_clone_url_against_the_real_repository_server(
+    published: Path, tmp_path: Path
+) -> None:
+    """`url => "…/DNS.git"` (what `git clone` takes) imports the same repository as `…/DNS`."""
+    with running_server(published, workers=1) as server:
+        by_clone_url = evaluate(user_file(tmp_path, f"{server.url}/DNS.git", "1"))
+        latest = evaluate(user_file(tmp_path, f"{server.url}/DNS.git/", None))
+    url = f"{server.url}/DNS"
+    assert by_clone_url["components"][""]["origin"] == {
+        "name": "DNS",
+        "url": url,
+        "cvl": "DNS.cvl",
+        "version": "1",
+    }
+    assert by_clone_url["components"][""]["params"]["provides"] == ["DNS"]
+    assert latest["components"][""]["params"]["provides"] == ["DNS2"]
+    assert [(i["url"], i["version"]) for i in latest["imports"]] == [(url, "2")]
+
+
 def test_file_imports_of_a_repository_directory_through_the_real_cui(
     published: Path, tmp_path: Path
 ) -> None:

@@ -205,6 +205,13 @@ def test_canonical_url():
     assert canonical_url("file:DNS", "/x/y") == "file:///x/y/DNS"
     assert canonical_url("file:../DNS/", "/x/y") == "file:///x/DNS"
     assert canonical_url("https://h.example/DNS/", None) == "https://h.example/DNS"
+    # a repository's clone URL names the repository itself
+    assert canonical_url("https://h.example/DNS.git", None) == "https://h.example/DNS"
+    assert canonical_url("https://h.example/a/DNS.git/", None) == "https://h.example/a/DNS"
+    # ...but only as the last path segment: never the host, a bare ".git", or past a query
+    assert canonical_url("https://h.git", None) == "https://h.git"
+    assert canonical_url("https://h.example/.git", None) == "https://h.example/.git"
+    assert canonical_url("https://h/D.git?x=1", None) == "https://h/D.git?x=1"
     with pytest.raises(CvlImportError):
         canonical_url("file:DNS", None)
     with pytest.raises(CvlImportError):
@@ -300,6 +307,22 @@ def test_http_pinned_and_latest_versions(server, tmp_path):
     ]
     cvl.evaluate_file(pinned, resolver=resolver)  # immutable version: served from the cache
     assert len(server.hits) == 3
+
+
+def test_http_import_by_clone_url_resolves_like_the_repository_url(server, tmp_path):
+    user = write(
+        tmp_path / "g.cvl",
+        f'import {{ url => "{server.url}/DNS.git", cvl => "DNS.cvl", version => "3" }} DNS;\n'
+        'G extends DNS { domain = "x"; }',
+    )
+    model = cvl.evaluate_file(user, resolver=DefaultResolver())
+    assert model.root.param("vm") == ("dns.vmx",)
+    assert model.root.origin == cvl.Origin("DNS", f"{server.url}/DNS", "DNS.cvl", "3")
+    assert [record.url for record in model.imports] == [f"{server.url}/DNS"]
+    assert server.hits == ["/DNS/versions/3/DNS.cvl"]
+    # the resolver on its own strips it too (latest: the redirect check uses the same base)
+    text, version = HttpResolver(timeout=5).fetch(f"{server.url}/DNS.git/", "DNS.cvl", None, None)
+    assert version == "4" and "dns4.vmx" in text
 
 
 def test_http_errors(server, tmp_path, monkeypatch):
