@@ -176,7 +176,8 @@ class Evaluator:
 
     def bind(self) -> None:
         """Record each slot's final assignment: innermost instances first, then containers."""
-        refused: set[int] = set()
+        # A refused statement is reported once, naming its first instance in pre-order.
+        refused: dict[int, tuple[Module, Assign, _Slot]] = {}
         for inst in reversed(self.instances):
             for stmt, module in inst.layout.assigns:
                 slot, why = _walk(inst, stmt.target.parts)
@@ -184,11 +185,11 @@ class Evaluator:
                     self._bad(module, stmt, f"cannot assign {stmt.target.dotted}: {why}")
                     continue
                 if slot.utility_assigned:
-                    if id(stmt) not in refused:  # once per statement, not per instance
-                        refused.add(id(stmt))
-                        self._refuse_assigned(module, stmt, slot)
+                    refused[id(stmt)] = (module, stmt, slot)
                     continue
                 slot.assign, slot.scope, slot.module = stmt, inst, module
+        for module, stmt, slot in refused.values():
+            self._refuse_assigned(module, stmt, slot)
 
     def _refuse_assigned(self, module: Module, stmt: Assign, slot: _Slot) -> None:
         error = module.error(
