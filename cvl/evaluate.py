@@ -294,6 +294,7 @@ class Evaluator:
 
     def _evaluate(self, start: _Slot) -> None:
         stack = [start]
+        deps_of: dict[int, list[_Slot]] = {}  # of the active slots, found once
         while stack:
             slot = stack[-1]
             if slot.state == _DONE:
@@ -301,13 +302,14 @@ class Evaluator:
                 continue
             if slot.state == _NEW:
                 slot.state = _ACTIVE
-                for dep in self._deps(slot):
+                deps = deps_of[id(slot)] = self._deps(slot)
+                for dep in deps:
                     if dep.state == _ACTIVE:
                         self._cycle(stack, dep)
                     elif dep.state == _NEW:
                         stack.append(dep)
                 continue
-            self._compute(slot)
+            self._compute(slot, deps_of.pop(id(slot)))
             slot.state = _DONE
             stack.pop()
 
@@ -330,9 +332,9 @@ class Evaluator:
         if assign is not None and module is not None:
             self.diagnostics.add(module.error(CvlCycleError, f"reference cycle: {names}", assign))
 
-    def _compute(self, slot: _Slot) -> None:
+    def _compute(self, slot: _Slot, deps: list[_Slot]) -> None:
         # Every dependency is done here (or in a reported cycle), so its flag is final.
-        slot.sensitive = slot.declared.sensitive or any(d.sensitive for d in self._deps(slot))
+        slot.sensitive = slot.declared.sensitive or any(d.sensitive for d in deps)
         if slot.errored:
             return
         if slot.override is not None:
