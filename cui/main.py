@@ -61,6 +61,22 @@ def cli() -> None:
     """Collective: publish, run and automatically update virtual appliances."""
 
 
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    bash: `eval "$(cui completion bash)"` in ~/.bashrc; zsh: the same in ~/.zshrc;
+    fish: `cui completion fish > ~/.config/fish/completions/cui.fish`.
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        raise click.UsageError(f"no completion for {shell}")
+    click.echo(cls(cli, {}, "cui", "_CUI_COMPLETE").source())
+
+
 def _register() -> None:
     """Attach the commands of each area; an area that fails to import is a bug, not hidden."""
     for name in ("lang", "repo", "utility_cmds"):
