@@ -11,7 +11,8 @@
     cui agent set KEY --cvl FILE.cvl | agent list | agent forget KEY --cvl FILE.cvl
 
 Every client command takes `--utility URL` (default `$COLLECTIVE_UTILITY`, else the local
-daemon's socket) and `--token` (default `$COLLECTIVE_TOKEN`).
+daemon's socket) and `--token-file PATH` (`-` reads standard input; default
+`$COLLECTIVE_TOKEN`). A token is a secret, so it is never a flag value (flags show in `ps`).
 """
 
 from __future__ import annotations
@@ -42,12 +43,26 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Cluster manager: unix:///PATH or http://HOST:PORT "
         "(default $COLLECTIVE_UTILITY, else the local daemon's socket).",
     )
-    @click.option("--token", default=None, help="Bearer token (default $COLLECTIVE_TOKEN).")
+    @click.option(
+        "--token-file",
+        type=click.File("r"),
+        default=None,
+        help="File holding the bearer token, '-' for standard input (default $COLLECTIVE_TOKEN).",
+    )
     @functools.wraps(fn)
-    def wrapper(*args: Any, utility_url: str | None, token: str | None, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, utility_url: str | None, token_file: Any, **kwargs: Any) -> Any:
+        token = read_secret(token_file) if token_file is not None else None
         return fn(*args, client=UtilityClient(utility_url, token), **kwargs)
 
     return wrapper
+
+
+def read_secret(stream: Any) -> str:
+    """The first line of a secret file or stream, without its line end; empty is a usage error."""
+    value = stream.readline().rstrip("\r\n")
+    if not value:
+        raise click.UsageError(f"{stream.name}: no secret on its first line")
+    return str(value)
 
 
 def echo_lines(lines: Iterable[str]) -> None:

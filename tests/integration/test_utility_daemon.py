@@ -129,8 +129,16 @@ def test_tcp_needs_a_token_and_tokens_have_roles(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}"
         denied = cui("host", "list", "--utility", url, ok=False)
         assert denied.returncode == 1 and "bearer token" in denied.stderr
-        bad = cui("host", "list", "--utility", url, "--token", "nope", ok=False)
+        bad = cui("host", "list", "--utility", url, "--token-file", "-", stdin="nope\n", ok=False)
         assert "invalid token" in bad.stderr
+        token_file = tmp_path / "token"
+        token_file.write_text("nope-from-a-file\n")
+        bad = cui("host", "list", "--utility", url, "--token-file", str(token_file), ok=False)
+        assert "invalid token" in bad.stderr
+        empty = cui("host", "list", "--utility", url, "--token-file", "-", stdin="", ok=False)
+        assert empty.returncode == 2 and "no secret" in empty.stderr
+        flag = cui("host", "list", "--utility", url, "--token", "nope", ok=False)
+        assert flag.returncode == 2 and "No such option" in flag.stderr
     finally:
         local.kill()
 
