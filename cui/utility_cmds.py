@@ -33,7 +33,7 @@ from utility.client import UtilityClient, default_state_dir
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --utility and --token, and pass a ready `UtilityClient` as `client`."""
+    """Add --utility and --token-file, and pass a ready `UtilityClient` as `client`."""
 
     @click.option(
         "--utility",
