@@ -48,6 +48,11 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
         if isinstance(exc, cls):
             unreachable = getattr(exc, "unreachable", False)
             return (EXIT_UNREACHABLE if unreachable else EXIT_FAILED), f"error: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "libvirt":
+        return EXIT_FAILED, (
+            "error: this command runs the Collective Utility, which needs libvirt-python: "
+            "pip install 'collective[utility]'"
+        )
     if isinstance(exc, ConnectionError | TimeoutError):
         return EXIT_UNREACHABLE, f"error: cannot connect: {exc}"
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
