@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dulwich.config import StackedConfig
 from dulwich.index import commit_tree
 from dulwich.objects import Blob, Commit, Tag
 from dulwich.refs import Ref
@@ -64,10 +65,34 @@ class PublishResult:
         return sum(d.image_bytes for d in self.disks)
 
 
-def _identity() -> bytes:
-    name = os.environ.get("GIT_COMMITTER_NAME", "cui publish")
-    email = os.environ.get("GIT_COMMITTER_EMAIL", "publisher@localhost")
+def _identity(role: str, config: StackedConfig | None = None) -> bytes:
+    """`Name <email>` the way git picks it: `GIT_<ROLE>_NAME/EMAIL`, else `user.name/email`
+    from git's configuration (the repository's own, then global, then system)."""
+    config = config if config is not None else StackedConfig.default()
+    found = []
+    for key in ("name", "email"):
+        value = os.environ.get(f"GIT_{role}_{key.upper()}")
+        if not value:
+            try:
+                value = config.get((b"user",), key.encode()).decode()
+            except KeyError:
+                value = ""
+        found.append(value.strip())
+    name, email = found
+    if not name or not email:
+        raise BadRequest(
+            "who is publishing? set `git config --global user.name NAME` and "
+            "`git config --global user.email EMAIL` (or GIT_COMMITTER_NAME/GIT_COMMITTER_EMAIL), "
+            "as git itself requires"
+        )
+    if any(c in name + email for c in "<>\n"):
+        raise BadRequest("user.name and user.email must not contain '<', '>' or a line break")
     return f"{name} <{email}>".encode()
+
+
+def repository_config(git: Any) -> StackedConfig:
+    """git's configuration as seen from this repository: its own first, then global, system."""
+    return StackedConfig([git.get_config(), *StackedConfig.default_backends()])
 
 
 def _version_path(path: str, base: str, where: str) -> str:
@@ -148,7 +173,9 @@ def publish(
     commit = Commit()
     commit.tree = tree_id
     commit.parents = [main] if main else []
-    commit.author = commit.committer = _identity()
+    config = repository_config(git)
+    commit.author = _identity("AUTHOR", config)
+    commit.committer = _identity("COMMITTER", config)
     commit.author_time = commit.commit_time = now
     commit.author_timezone = commit.commit_timezone = 0
     commit.message = text
@@ -156,7 +183,7 @@ def publish(
     tag = Tag()
     tag.object = (Commit, commit.id)
     tag.name = f"v{number}".encode()
-    tag.tagger = _identity()
+    tag.tagger = commit.committer
     tag.tag_time = now
     tag.tag_timezone = 0
     tag.message = text
