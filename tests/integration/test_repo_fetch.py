@@ -104,3 +104,22 @@ def test_fetch_refuses_a_non_empty_directory_and_leaves_it_alone(
     missing = cui("fetch", f"{server.url}/DNS", "9", str(tmp_path / "nine"))
     assert missing.returncode == 1 and not (tmp_path / "nine").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _readme_recipe() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- recipe:curl-fetch -->", 1)[1].split("<!-- /recipe -->", 1)[0]
+    return block.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.conformance("curl + jq", "README recipe: fetch a v2 disk chain, open it with qemu-img")
+def test_the_readme_curl_recipe_gives_an_image_qemu_img_opens(two_versions, tmp_path: Path) -> None:
+    server, source = two_versions
+    recipe = _readme_recipe().replace("URL=http://HOST:8080/DNS", f"URL={server.url}/DNS", 1)
+    subprocess.run(["bash", "-euo", "pipefail", "-c", recipe], cwd=tmp_path, check=True)
+    same = subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(tmp_path / "root.qcow2"),
+         str(source / "root.qcow2")],
+        capture_output=True,
+    )  # fmt: skip
+    assert same.returncode == 0
