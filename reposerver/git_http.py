@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from dulwich.errors import (
 )
 from dulwich.hooks import Hook
 from dulwich.objects import ObjectID
+from dulwich.protocol import CAPABILITY_FILTER
 from dulwich.refs import Ref
-from dulwich.server import DEFAULT_HANDLERS, Backend, ReceivePackHandler
+from dulwich.server import DEFAULT_HANDLERS, Backend, ReceivePackHandler, UploadPackHandler
 from dulwich.web import GunzipFilter, HTTPGitApplication
 
 from reposerver.checks import ZERO, RefUpdate, check_updates, promote_accepted
@@ -171,8 +172,28 @@ class CheckedReceivePackHandler(ReceivePackHandler):
         return b"ok" if ok else b"failed to update ref (changed meanwhile)"
 
 
+class UnfilteredUploadPackHandler(UploadPackHandler):
+    """upload-pack without the `filter` capability.
+
+    dulwich advertises `filter` but refuses the lazy fetches a partial clone makes afterwards
+    (its wants must be advertised refs), so `git clone --filter=blob:none` broke at checkout.
+    Not advertising it makes git fall back to a whole clone ("filtering not recognized by
+    server, ignoring"), which works; our repositories are small apart from LFS objects, which
+    git-lfs fetches lazily anyway.
+    """
+
+    def capabilities(self) -> list[bytes]:
+        return [c for c in super().capabilities() if c != CAPABILITY_FILTER]
+
+    def set_client_capabilities(self, caps: Iterable[bytes]) -> None:
+        # git still sends `filter` after warning that the server ignores it: ignore it here.
+        wanted = [c for c in caps if c != CAPABILITY_FILTER and not c.startswith(b"filter=")]
+        super().set_client_capabilities(wanted)
+
+
 def git_application(settings: ServerSettings) -> Any:
     """The dulwich smart-HTTP WSGI application for every repository under the root."""
     handlers: dict[bytes, Any] = dict(DEFAULT_HANDLERS)
     handlers[b"git-receive-pack"] = CheckedReceivePackHandler
+    handlers[b"git-upload-pack"] = UnfilteredUploadPackHandler
     return GunzipFilter(HTTPGitApplication(RepositoryBackend(settings), handlers=handlers))
