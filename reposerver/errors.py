@@ -53,6 +53,10 @@ class Unauthorized(RepositoryError):
     """A request that needs credentials came without valid ones."""
 
 
+class Forbidden(RepositoryError):
+    """Valid credentials, but not for this (e.g. another publisher's LFS lock)."""
+
+
 class ToolFailed(RepositoryError):
     """An external tool (qemu-img, gpg, ssh-keygen, git) failed."""
 

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from reposerver import auth, errors, repo_config
+from reposerver import auth, errors, lfs_locks, repo_config
 from reposerver.git_http import git_application, request_base_url
 from reposerver.names import (
     git_repository_name,
@@ -44,6 +44,7 @@ _STATUS: list[tuple[type[errors.RepositoryError], int]] = [
     (errors.RangeNotSatisfiable, 416),
     (errors.BadRequest, 400),
     (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
     (errors.IntegrityError, 422),
     (errors.PushRefused, 409),
     (errors.Unreachable, 502),
@@ -443,5 +444,6 @@ def build_app(cfg: ServerSettings) -> Flask:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.register_blueprint(bp)
+    app.register_blueprint(lfs_locks.locks_bp)
     app.wsgi_app = GitDispatcher(app.wsgi_app, git_application(cfg), cfg)  # type: ignore[method-assign]
     return app
