@@ -9,15 +9,18 @@ de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second ti
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import logging
+import posixpath
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from dulwich.objects import ObjectID
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -114,17 +117,53 @@ def _repository_error(exc: errors.RepositoryError) -> Response:
 
 @bp.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
-    return _error_response(exc.code or 500, exc.description or exc.name)
+    response = _error_response(exc.code or 500, exc.description or exc.name)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
+
+
+def _revalidated(response: Response) -> Response:
+    """A changing JSON answer: a weak ETag of its body (valid under any content coding),
+    `no-cache`, and 304 when the client's copy is current."""
+    response.set_etag(hashlib.sha256(response.get_data()).hexdigest()[:32], weak=True)
+    response.headers["Cache-Control"] = "no-cache"
+    return response.make_conditional(request)
+
+
+COMPRESSIBLE = frozenset({"application/json", "text/html", "text/css", "application/javascript"})
+
+
+@bp.after_app_request
+def _compress(response: Response) -> Response:
+    """gzip JSON and HTML answers for clients that accept it (objects are sent as they are)."""
+    response.vary.add("Accept-Encoding")
+    if (
+        response.mimetype not in COMPRESSIBLE
+        or response.direct_passthrough
+        or response.status_code != 200
+        or "Content-Encoding" in response.headers
+        or not request.accept_encodings["gzip"]
+    ):
+        return response
+    data = response.get_data()
+    if len(data) < 512:
+        return response
+    response.set_data(gzip.compress(data, compresslevel=6, mtime=0))
+    response.headers["Content-Encoding"] = "gzip"
+    return response
 
 
 @bp.get("/")
 def index() -> Response:
     """Every repository with its latest version."""
-    return jsonify(
-        [
-            {"name": r.name, "latest": r.latest()}
-            for r in map(_opened, list_repositories(settings().root))
-        ]
+    return _revalidated(
+        jsonify(
+            [
+                {"name": r.name, "latest": r.latest()}
+                for r in map(_opened, list_repositories(settings().root))
+            ]
+        )
     )
 
 
@@ -139,8 +178,7 @@ def repository_index(name: str) -> Response:
             "versions": [v.to_json() for v in repo.versions()],
         }
     )
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return _revalidated(response)
 
 
 def _immutable(response: Response, etag: str) -> Response:
@@ -150,23 +188,53 @@ def _immutable(response: Response, etag: str) -> Response:
     return response
 
 
-def _check_range() -> None:
+def _usable_range() -> None:
+    """Drop a Range header we will not honour, so the answer is the whole object (200).
+
+    RFC 9110 lets a server ignore Range: unknown units (`items=0-3`) must be ignored, and a
+    multi-range request is answered whole rather than as multipart/byteranges.
+    """
     header = request.headers.get("Range")
     if header is None:
         return
     parsed = parse_range_header(header)
-    if parsed is None or parsed.units != "bytes":
-        raise errors.BadRequest(f"malformed Range header {header!r}: expected bytes=START-END")
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        request.environ.pop("HTTP_RANGE", None)  # request.headers is a live view of environ
+        request.__dict__.pop("range", None)  # werkzeug's cached parse of the header
 
 
-def _object_response(repo: Repository, oid: str) -> Response:
-    _check_range()
+def _object_response(repo: Repository, oid: str, download_name: str | None = None) -> Response:
+    _usable_range()
     path = repo.store.verified_path(object_id(oid))
-    response = send_file(
-        path, mimetype="application/octet-stream", conditional=True, etag=oid, max_age=31536000
-    )
+    size = path.stat().st_size
+    try:
+        response = send_file(
+            path,
+            mimetype="application/octet-stream",
+            conditional=True,
+            etag=oid,
+            max_age=31536000,
+            download_name=download_name or oid,
+        )
+    except RequestedRangeNotSatisfiable:
+        response = Response(status=416)
+        response.headers["Content-Range"] = f"bytes */{size}"
     response.headers["Cache-Control"] = IMMUTABLE
     return response
+
+
+_TYPES = {
+    ".cvl": "text/plain; charset=utf-8",
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+}
+
+
+def _file_type(name: str) -> str:
+    """The media type of a version's file by its extension (octet-stream when unknown)."""
+    return _TYPES.get(posixpath.splitext(name)[1].lower(), "application/octet-stream")
 
 
 @bp.get("/<name>/versions/<version>/<path:file>")
@@ -184,8 +252,8 @@ def version_file(name: str, version: str, file: str) -> Response:
         return _immutable(response, "disks-" + tag.id.decode())
     entry = repo.file(number, file)
     if entry.pointer is not None:
-        return _object_response(repo, entry.pointer.oid)
-    response = Response(entry.data, mimetype="application/octet-stream")
+        return _object_response(repo, entry.pointer.oid, posixpath.basename(file))
+    response = Response(entry.data, content_type=_file_type(file))
     return _immutable(response, entry.blob_id)
 
 
@@ -198,7 +266,7 @@ def latest_file(name: str, file: str) -> WerkzeugResponse:
         raise errors.NotFound(f"{repo.name} has no versions yet")
     if file not in ("tag", "disks.json"):
         repo.file(latest, file)
-    response = redirect(f"/{repo.name}/versions/{latest}/{file}", code=302)
+    response = redirect(f"{request.script_root}/{repo.name}/versions/{latest}/{file}", code=302)
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -301,7 +369,7 @@ def lfs_batch(name: str) -> Response:
     operation, objects = _lfs_objects(request.get_json(silent=True, force=True))
     if operation == "upload":
         _require(write=True)
-    base = settings().public_url or request.host_url
+    base = settings().public_url or request.url_root
     href = f"{base.rstrip('/')}/{repo.name}.git/info/lfs/objects/"
     header = (
         {"Authorization": request.headers["Authorization"]}
