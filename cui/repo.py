@@ -9,10 +9,9 @@ import click
 
 
 def _human(n: int) -> str:
-    for scale, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+    from rich.filesize import decimal
+
+    return decimal(n, precision=2)
 
 
 @click.command("create")
