@@ -33,6 +33,10 @@ class IntegrityError(RepositoryError):
     """Stored or uploaded bytes do not match their hash or size, or an image is unsafe."""
 
 
+class UnsafeImage(IntegrityError):
+    """A disk image that is not a qcow2 object our policy accepts (see `reposerver.qcow2`)."""
+
+
 class PushRefused(RepositoryError):
     """A ref update (push, publish) refused by the repository's rules."""
 
