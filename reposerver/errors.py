@@ -53,6 +53,10 @@ class InvalidAppliance(PushRefused):
     """The version's CVL file or domain XML does not check."""
 
 
+class BadGitObject(PushRefused):
+    """A pushed git object that `git fsck --strict` would flag (see `reposerver.fsck`)."""
+
+
 class Unauthorized(RepositoryError):
     """A request that needs credentials came without valid ones."""
 
