@@ -93,64 +93,85 @@ def attack(site: HostilePushSite, top: bytes, extra: bytes | None = None) -> Pat
     return work
 
 
-def hostile_tops(tmp: Path, site: HostilePushSite) -> dict[str, tuple[bytes, bytes | None, str]]:
-    """Attack name -> (top image, extra LFS object, expected refusal)."""
-    parent = v1_disk(site)
-    good_ref = backing_reference(parent)
-    good = overlay(tmp / "good.qcow2", good_ref)
+Top = Callable[[], bytes]
+
+
+def hostile_tops(tmp: Path, site: HostilePushSite) -> dict[str, tuple[Top, bytes | None, str]]:
+    """Attack name -> (builder of the top image, extra LFS object, expected refusal)."""
+    good_ref = backing_reference(v1_disk(site))
     raw_object = b"\x00" * 65536
     other = str(site.other.disks(1)[0]["sha256"])
     other_ref = f"{other[:2]}/{other[2:4]}/{other}"
-    secret = tmp / "secret"
-    secret.write_text("luks")
-    data_file = tmp / "data.raw"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={data_file}",
-             str(tmp / "datafile.qcow2"), "16M")  # fmt: skip
-    luks = ["-o", "encrypt.format=luks,encrypt.key-secret=s0", str(tmp / "luks.qcow2"), "16M"]
-    qemu_img("create", "-q", "-f", "qcow2", "--object", f"secret,id=s0,file={secret}", *luks)
-    full = (tmp / "luks.qcow2").read_bytes()
+
+    def good() -> bytes:
+        return overlay(tmp / "good.qcow2", good_ref)
+
     return {
         "vmdk-descriptor-as-backing": (
-            overlay(tmp / "a.qcow2", backing_reference(sha(VMDK)), "vmdk"), VMDK,
+            lambda: overlay(tmp / "a.qcow2", backing_reference(sha(VMDK)), "vmdk"), VMDK,
             "backing format is not qcow2",
         ),
         "vmdk-descriptor-named-qcow2": (
-            overlay(tmp / "b.qcow2", backing_reference(sha(VMDK))), VMDK,
+            lambda: overlay(tmp / "b.qcow2", backing_reference(sha(VMDK))), VMDK,
             f"object sha256:{sha(VMDK)}: not a qcow2 image",
         ),
         "raw-object-as-backing": (
-            overlay(tmp / "c.qcow2", backing_reference(sha(raw_object))), raw_object,
+            lambda: overlay(tmp / "c.qcow2", backing_reference(sha(raw_object))), raw_object,
             "not a qcow2 image",
         ),
-        "raw-disk-object": (raw_object, None, "not a qcow2 image"),
-        "backing-format-raw": (overlay(tmp / "d.qcow2", good_ref, "raw"), None,
+        "raw-disk-object": (lambda: raw_object, None, "not a qcow2 image"),
+        "backing-format-raw": (lambda: overlay(tmp / "d.qcow2", good_ref, "raw"), None,
                                "backing format is not qcow2"),
-        "backing-format-absent": (without_backing_format(good), None,
+        "backing-format-absent": (lambda: without_backing_format(good()), None,
                                   "backing format is not recorded"),
-        "external-data-file": ((tmp / "datafile.qcow2").read_bytes(), None,
-                               "external data file"),
-        "external-data-file-bit": (patched(good, 72, ">Q", qcow2.INCOMPAT_DATA_FILE), None,
-                                   "external data file"),
-        "encryption-luks": (full, None, "encrypted"),
-        "encryption-aes-field": (patched(good, 32, ">I", 1), None, "encrypted"),
-        "unknown-incompatible-bit": (patched(good, 72, ">Q", 1 << 40), None,
+        "external-data-file": (lambda: _data_file(tmp), None, "external data file"),
+        "external-data-file-bit": (lambda: patched(good(), 72, ">Q", qcow2.INCOMPAT_DATA_FILE),
+                                   None, "external data file"),
+        "encryption-luks": (lambda: _luks(tmp), None, "encrypted"),
+        "encryption-aes-field": (lambda: patched(good(), 32, ">I", 1), None, "encrypted"),
+        "unknown-incompatible-bit": (lambda: patched(good(), 72, ">Q", 1 << 40), None,
                                      "incompatible feature bits 0x10000000000"),
-        "truncated-72": (good[:72], None, "truncated"),
-        "truncated-512": (good[:512], None, "truncated"),
-        "qcow2-v2": (_v2(tmp), None, "version 2 is refused"),
+        "truncated-72": (lambda: good()[:72], None, "truncated"),
+        "truncated-512": (lambda: good()[:512], None, "truncated"),
+        "qcow2-v2": (lambda: _v2(tmp), None, "version 2 is refused"),
         "backing-in-other-repository": (
-            overlay(tmp / "e.qcow2", "../../../../../Other/lfs/objects/" + other_ref),
+            lambda: overlay(tmp / "e.qcow2", "../../../../../Other/lfs/objects/" + other_ref),
             None, "not a content-addressed reference",
         ),
         "backing-object-of-other-repository": (
-            overlay(tmp / "f.qcow2", backing_reference(other)), None,
+            lambda: overlay(tmp / "f.qcow2", backing_reference(other)), None,
             f"object sha256:{other} is not in the store",
         ),
-        "backing-host-path": (overlay(tmp / "g.qcow2", "/etc/passwd"), None,
+        "backing-host-path": (lambda: overlay(tmp / "g.qcow2", "/etc/passwd"), None,
                               "not a content-addressed reference"),
-        "backing-outside-store": (overlay(tmp / "h.qcow2", "../../../../../../etc/passwd"), None,
-                                  "not a content-addressed reference"),
+        "backing-outside-store": (
+            lambda: overlay(tmp / "h.qcow2", "../../../../../../etc/passwd"), None,
+            "not a content-addressed reference",
+        ),
     }  # fmt: skip
+
+
+def _data_file(tmp: Path) -> bytes:
+    """A real qemu image whose data lives in an external file (here a scratch file)."""
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={tmp / 'data.raw'}",
+             str(tmp / "datafile.qcow2"), "16M")  # fmt: skip
+    return (tmp / "datafile.qcow2").read_bytes()
+
+
+def _luks(tmp: Path) -> bytes:
+    """A real LUKS-encrypted qcow2 (qemu's key-derivation benchmark can fail under load:
+    it is retried, the image is the same kind either way)."""
+    secret = tmp / "secret"
+    secret.write_text("luks")
+    args = ["create", "-q", "-f", "qcow2", "--object", f"secret,id=s0,file={secret}", "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+            str(tmp / "luks.qcow2"), "16M"]  # fmt: skip
+    for attempt in range(5):
+        done = subprocess.run([QEMU_IMG, *args], capture_output=True)
+        if done.returncode == 0:
+            break
+        assert attempt < 4, done.stderr
+    return (tmp / "luks.qcow2").read_bytes()
 
 
 def _v2(tmp: Path) -> bytes:
@@ -171,7 +192,8 @@ ATTACKS = [
 @pytest.mark.parametrize("case", ATTACKS)
 def test_hostile_disk_push_refused(hostile_push_site: HostilePushSite, tmp_path: Path,
                                    case: str) -> None:  # fmt: skip
-    top, extra, message = hostile_tops(tmp_path, hostile_push_site)[case]
+    build, extra, message = hostile_tops(tmp_path, hostile_push_site)[case]
+    top = build()
     work = attack(hostile_push_site, top, extra)
     stderr = hostile_push_site.push_refused(work, "main", "v2", message=message)
     assert "/etc/passwd" not in stderr.replace(message, ""), "fetched content echoed"
