@@ -145,3 +145,26 @@ def test_good_tree_push_accepted_control(hostile_push_site: HostilePushSite) -> 
     hostile_push_git("push", "origin", f"{commit}:refs/heads/main", "v2", cwd=work)
     assert hostile_push_site.repo.latest() == 2
     hostile_push_site.assert_fsck_clean()
+
+
+@pytest.mark.parametrize(
+    ("case", "git_says"),
+    [("git~1-dir", "hasDotgit"), ("gitmodules-dash-url", "gitmodulesUrl"),
+     ("group-writable-mode", None), ("symlink-to-etc-passwd", None)],
+)  # fmt: skip
+def test_hostile_tree_refused_on_the_stock_git_receive_path(
+    hostile_push_site: HostilePushSite, tmp_path, monkeypatch: pytest.MonkeyPatch, case: str,
+    git_says: str | None,
+) -> None:  # fmt: skip
+    """Stock `git receive-pack` (a push to the repository's path, as over ssh): git's own
+    `receive.fsckObjects` (set by `cui create`, not strict) catches some; the installed
+    pre-receive hook, reading git's quarantine, catches the rest (100664 modes, symlinks out)."""
+    monkeypatch.setenv("GIT_LFS_SKIP_SMUDGE", "1")
+    work = tmp_path / "local"
+    hostile_push_git("clone", "-q", str(hostile_push_site.repo.path), str(work))
+    message = hostile_version(work, case)
+    if git_says:
+        hostile_push_site.push_refused(work, "evil:main", "v2", message=git_says)
+    else:
+        stderr = hostile_push_site.push_refused(work, "evil:main", "v2", message=message)
+        assert "refused:" in stderr  # our pre-receive hook's answer
