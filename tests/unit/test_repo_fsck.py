@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reposerver import fsck
@@ -246,3 +246,27 @@ def test_arbitrary_gitmodules_only_raise_our_error(content: bytes) -> None:
         fsck.check_gitmodules(b"2" * 40, content)
     except BadGitObject:
         pass
+
+
+tree_names = st.text(st.sampled_from(list(".gGiItT~1 \u200cam-\\:")), min_size=1, max_size=6)
+tree_modes = st.sampled_from([b"100644", b"100755", b"40000", b"100664", b"100600", b"0100644"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(tree_modes, tree_names), min_size=1, max_size=4))
+def test_verdict_agrees_with_git_fsck_strict(tmp_path_factory, entries) -> None:
+    """On generated trees (names near `.git`, good and bad modes, in git's order or not), we
+    refuse exactly when real `git fsck --strict` complains."""
+    body = tree(*(entry(mode, name.encode(), EMPTY_TREE if mode == b"40000" else BLOB_ID)
+                  for mode, name in entries))  # fmt: skip
+    repo = tmp_path_factory.mktemp("cmp")
+    subprocess.run(["git", "init", "-q", "--bare", str(repo / "g")], check=True)
+    subprocess.run(["git", "hash-object", "-w", "-t", "tree", "--stdin"], input=b"",
+                   cwd=repo / "g", check=True, capture_output=True)  # fmt: skip
+    git_refuses = git_fsck_flags(repo, "tree", body, {})
+    try:
+        ours(fsck.TREE, body, {BLOB_ID.hex().encode(): b""})
+        we_refuse = False
+    except BadGitObject:
+        we_refuse = True
+    assert we_refuse == git_refuses
