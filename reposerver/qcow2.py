@@ -139,7 +139,7 @@ def parse(data: bytes, where: str = "image") -> Header:
 
 
 def _extensions(data: bytes, header: Header, where: str) -> tuple[tuple[int, bytes], ...]:
-    found = []
+    found: list[tuple[int, bytes]] = []
     offset = header.header_length
     end = header.cluster_size
     while True:
