@@ -110,10 +110,23 @@ def image_format(path: Path) -> str:
     """`qcow2` when a publisher's local image starts with the qcow2 magic, else `raw`.
 
     Decided by the magic ourselves, never by qemu's probing; the format is then named
-    explicitly in every qemu-img call on the image.
+    explicitly in every qemu-img call on the image, and a local overlay must record its own
+    backing file's format (else qemu would probe that file).
+
+    Raises:
+        UnsafeImage: a qcow2 image whose header does not parse.
+        IntegrityError: a qcow2 overlay without a recorded backing format.
     """
     with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == qcow2.MAGIC else "raw"
+        if f.read(4) != qcow2.MAGIC:
+            return "raw"
+    header = qcow2.read(path)
+    if header.backing_name is not None and header.extension(qcow2.EXT_BACKING_FORMAT) is None:
+        raise IntegrityError(
+            f"{path}: its backing file's format is not recorded, so qemu would guess it; "
+            "publish a self-contained image or recreate the overlay with -F FORMAT"
+        )
+    return "qcow2"
 
 
 def same_content(a: Path, a_format: str, b: Path, b_format: str | None = None) -> bool:

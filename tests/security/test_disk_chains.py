@@ -364,3 +364,20 @@ def test_runner_accepts_a_good_chain_control(
     top = files.local_path("root.qcow2", tmp_path / "cache")
     assert top.read_bytes() == chain[-1]
     assert not hostile_push_qemu_spy.exists()
+
+
+def test_publish_refuses_a_local_overlay_whose_backing_format_qemu_would_guess(
+    tmp_path: Path,
+) -> None:
+    """`cui publish` never lets qemu probe: a publisher's overlay without a recorded backing
+    format is refused before any qemu-img call, and nothing is stored."""
+    app = tmp_path / "app"
+    sample_appliance(app)
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", "/etc/passwd", "-F", "raw",
+             str(app / "root.qcow2"), "16M")  # fmt: skip
+    (app / "root.qcow2").write_bytes(without_backing_format((app / "root.qcow2").read_bytes()))
+    repo = Repository.create(tmp_path / "DNS")
+    with pytest.raises(IntegrityError, match="backing file's format is not recorded"):
+        publish(repo.path, app / "DNS.cvl")
+    assert repo.latest() == 0
+    assert not [p for p in (repo.path / "lfs" / "objects").rglob("*") if p.is_file()]
