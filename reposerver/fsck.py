@@ -166,8 +166,7 @@ def check_tree(sha: bytes, body: bytes) -> tuple[list[bytes], list[bytes]]:
         if is_dotgitmodules(name):
             if mode == LINK_MODE:
                 raise _bad(sha, ".gitmodules is a symbolic link")
-            if mode != DIR_MODE:
-                gitmodules.append(entry)
+            gitmodules.append(entry)  # a tree or gitlink there is refused as "not a blob"
         if mode == LINK_MODE:
             if _is_special_file(name):
                 raise _bad(sha, f"{_shown(name)} is a symbolic link")

@@ -136,6 +136,17 @@ def test_gitmodules_update_command_refused() -> None:
         ours(fsck.TREE, tree(entry(b"100644", b".gitmodules", raw_id)), {hex_id: GITMODULES_UPDATE})
 
 
+def test_gitmodules_directory_refused_as_git_does(tmp_path: Path) -> None:
+    body = tree(entry(b"40000", b".gitmodules", EMPTY_TREE))
+    lookup = {EMPTY_TREE.hex().encode(): (fsck.TREE, b"")}
+    with pytest.raises(BadGitObject, match="not a blob"):
+        fsck.check_objects([(b"1" * 40, fsck.TREE, body)], lookup.get)
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "g")], check=True)
+    subprocess.run(["git", "hash-object", "-w", "-t", "tree", "--stdin"], input=b"",
+                   cwd=tmp_path / "g", check=True, capture_output=True)  # fmt: skip
+    assert git_fsck_flags(tmp_path, "tree", body, {})
+
+
 def test_missing_gitmodules_blob_refused() -> None:
     with pytest.raises(BadGitObject, match="missing"):
         ours(fsck.TREE, tree(entry(b"100644", b".gitmodules", b"\x42" * 20)))
