@@ -1,10 +1,12 @@
 """The rules every write to a repository obeys, whoever writes (git push, HTTP, cui publish).
 
-Only `refs/heads/*` and `refs/tags/vN` may change. A version tag is created once, as an
-annotated tag named `vN` for N = latest + 1, on a commit whose tree checks: exactly one
-top-level CVL file that evaluates, the domain XML each local VM appliance names, and for every
-program disk a Git LFS pointer whose object is in the store (or staged by an LFS upload, see
-`objects.StagedView`) with the right size and hash and a content-addressed backing chain.
+Every git object of a push first passes the checks of `git fsck --strict` (`reposerver.fsck`
+over `reposerver.pushed_objects`). Only `refs/heads/*` and `refs/tags/vN` may change. A version
+tag is created once, as an annotated tag named `vN` for N = latest + 1, on a commit whose tree
+checks: exactly one top-level CVL file that evaluates, the domain XML each local VM appliance
+names, and for every program disk a Git LFS pointer whose object is in the store (or staged by
+an LFS upload, see `objects.StagedView`) with the right size and hash and a backing chain of
+qcow2 objects meeting `reposerver.qcow2`'s policy.
 Existing versions can never be moved or deleted. Under a require-signed policy the tag's
 signature must verify against the repository's trusted keys.
 
@@ -22,7 +24,7 @@ from typing import Any
 from dulwich.objects import Commit, Tag
 from dulwich.refs import Ref, check_ref_format
 
-from reposerver import domain_xml, lfs_pointer, signatures
+from reposerver import domain_xml, fsck, lfs_pointer, pushed_objects, signatures
 from reposerver.disks import chain
 from reposerver.errors import (
     BadRequest,
@@ -94,6 +96,7 @@ def check_updates(
         PushRefused: the first rule broken, with a message naming the ref.
     """
     objects = objects if objects is not None else repository.git.object_store
+    check_git_objects(repository, objects, updates)
     existing = repository.version_tags()
     expected = max(existing, default=0) + 1
     accepted = []
@@ -127,6 +130,23 @@ def check_updates(
         accepted.append(_check_version(repository, objects, number, update.new, resolver))
         expected += 1
     return accepted
+
+
+def check_git_objects(repository: Repository, objects: Any, updates: Sequence[RefUpdate]) -> int:
+    """Every object the push brings passes `git fsck --strict`'s checks (`reposerver.fsck`).
+
+    Returns how many objects were checked.
+
+    Raises:
+        BadGitObject: the first object that does not.
+    """
+    main = repository.git.object_store
+    existing = [sha for sha in repository.git.refs.as_dict().values() if sha]
+    tips = [u.new for u in updates if u.new != ZERO]
+    return fsck.check_objects(
+        pushed_objects.pushed(objects, main, existing, tips),
+        lambda sha: pushed_objects.raw(objects, sha),
+    )
 
 
 def _get(objects: Any, sha: bytes) -> Any:

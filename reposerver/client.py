@@ -10,7 +10,7 @@ Because every overlay names its parent as `../../ab/cd/<sha256>`, a fully fetche
 usable qcow2 chain in the cache as it is. The utility calls::
 
     top = open_repository(url).fetch_disk(version, "disk.qcow2", cache_dir)
-    # then: qemu-img create -f qcow2 -F <disk["format"]> -b <top> instance.qcow2
+    # then: qemu-img create -f qcow2 -F qcow2 -b <top> instance.qcow2
 """
 
 from __future__ import annotations
@@ -60,13 +60,23 @@ class _DiskFetching:
     def fetch_disk(
         self, version: int, name: str, cache_dir: Path, progress: Progress | None = None
     ) -> Path:
-        """Fetch every object of disk `name` of `version`; return the top object's path."""
+        """Fetch every object of disk `name` of `version`; return the top object's path.
+
+        The fetched chain is checked with our own qcow2 parser (`disks.check_fetched_chain`)
+        before it is returned, so no qemu process ever opens a chain the server made up.
+        """
+        from reposerver.disks import check_fetched_chain
+
         for disk in self.disks(version):
             if disk["name"] == name:
-                path = Path()
-                for link in disk["chain"]:
-                    path = self.fetch_object(link["sha256"], cache_dir, progress)
-                return path
+                links = [
+                    (str(link["sha256"]), self.fetch_object(link["sha256"], cache_dir, progress))
+                    for link in disk["chain"]
+                ]
+                if not links or links[-1][0] != disk["sha256"]:
+                    raise IntegrityError(f"disk {name!r}: its chain does not end in its object")
+                check_fetched_chain(links)
+                return links[-1][1]
         raise NotFound(f"version {version} has no disk {name!r}")
 
 

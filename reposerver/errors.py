@@ -33,6 +33,10 @@ class IntegrityError(RepositoryError):
     """Stored or uploaded bytes do not match their hash or size, or an image is unsafe."""
 
 
+class UnsafeImage(IntegrityError):
+    """A disk image that is not a qcow2 object our policy accepts (see `reposerver.qcow2`)."""
+
+
 class PushRefused(RepositoryError):
     """A ref update (push, publish) refused by the repository's rules."""
 
@@ -47,6 +51,10 @@ class SignatureRefused(PushRefused):
 
 class InvalidAppliance(PushRefused):
     """The version's CVL file or domain XML does not check."""
+
+
+class BadGitObject(PushRefused):
+    """A pushed git object that `git fsck --strict` would flag (see `reposerver.fsck`)."""
 
 
 class Unauthorized(RepositoryError):

@@ -186,12 +186,21 @@ class RepositoryFiles:
                 )
             report = progress or FetchProgress(f"{self.label} {name}")
             try:
-                path = Path()
-                for link in disk["chain"]:
-                    path = Path(
-                        self.repository.fetch_object(link["sha256"], cache_dir / "objects", report)
+                from reposerver.disks import check_fetched_chain
+
+                links = [
+                    (
+                        str(link["sha256"]),
+                        Path(
+                            self.repository.fetch_object(
+                                link["sha256"], cache_dir / "objects", report
+                            )
+                        ),
                     )
-                return path
+                    for link in disk["chain"]
+                ]
+                check_fetched_chain(links)  # our own parser, before any qemu process sees it
+                return links[-1][1]
             except Exception as exc:  # noqa: BLE001 - the repository's errors become ours
                 raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
         target = cache_dir / "files" / self.origin.url.replace("/", "_") / str(version) / name

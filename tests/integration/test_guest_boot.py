@@ -629,7 +629,9 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     junk_raw = workdir / f"junk-{tag}.raw"
     junk_raw.write_bytes(secrets.token_bytes(1 << 20) + bytes(9 << 20))
     junk = workdir / f"junk-{tag}.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(junk_raw), str(junk)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(junk_raw), str(junk)], check=True
+    )
     # A filesystem written by a later release (data format 9): v1 must not touch it.
     later = workdir / f"later-{tag}"
     (later / ".collective").mkdir(parents=True)
@@ -640,7 +642,8 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     )
     later_disk = workdir / f"later-{tag}.qcow2"
     subprocess.run(
-        ["qemu-img", "convert", "-O", "qcow2", str(later_raw), str(later_disk)], check=True
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(later_raw), str(later_disk)],
+        check=True,
     )
     fresh = workdir / f"fresh-{tag}.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(fresh), "100M"], check=True)
@@ -671,6 +674,7 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     assert "service-started" in events and "ready" not in events and "failed" not in events
     raw = junk_raw.read_bytes()[: 1 << 20]
     subprocess.run(
-        ["qemu-img", "convert", "-U", "-O", "raw", str(junk), str(junk_raw)], check=True
+        ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(junk), str(junk_raw)],
+        check=True,
     )  # -U: the VM still has it open
     assert junk_raw.read_bytes()[: 1 << 20] == raw, "the unknown disk must be left untouched"

@@ -29,7 +29,11 @@ def git(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 def identical(a: Path, b: Path) -> bool:
     return (
-        subprocess.run(["qemu-img", "compare", str(a), str(b)], capture_output=True).returncode == 0
+        subprocess.run(
+            ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(a), str(b)],
+            capture_output=True,
+        ).returncode
+        == 0
     )
 
 
@@ -188,7 +192,7 @@ def test_checks_refuse_unsafe_disk_reference(two_versions, tmp_path: Path) -> No
             "-f",
             "qcow2",
             "-F",
-            "raw",
+            "qcow2",
             "-b",
             "/etc/hostname",
             "-u",

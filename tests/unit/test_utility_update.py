@@ -145,7 +145,9 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
     manager, cvl = setup
     data = cvl.parent / "d" / "data-vdb.qcow2"
     subprocess.run(
-        ["qemu-io", "-c", "write -P 0x5a 0 64k", str(data)], check=True, capture_output=True
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", str(data)],
+        check=True,
+        capture_output=True,
     )
     before = data.read_bytes()
     real_boot = Executor.boot
@@ -154,7 +156,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
         if (vm.origin or {}).get("url", "").endswith("/DNS2"):
             # the new version scribbles on its data disk, then never says READY
             subprocess.run(
-                ["qemu-io", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
+                ["qemu-io", "-f", "qcow2", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
                 check=True,
                 capture_output=True,
             )
