@@ -4,7 +4,9 @@ Under `require-signed` the utility trusts nothing the repository server says abo
 except what hashes back to a tag whose signature it checked with its own keys:
 
 1. `GET /NAME/versions/N/tag`: the raw tag; it must be `vN`, of type commit, signed by a key the
-   policy trusts (`reposerver.signatures.verify` against the utility's key store). The server's
+   policy trusts (`reposerver.signatures.verify` against the utility's key store), and bound to
+   the repository the utility subscribed to: its `Collective-Repository` trailer must name the
+   last path segment of the URL (a tag signed for another repository is refused). The server's
    version list must name the same commit (a lying index is refused, not ignored).
 2. `GET /NAME/git-objects/SHA1` for the commit the tag names, then its tree (and subtrees):
    each object's SHA-1 is recomputed over the bytes received, so each is exactly the one the
@@ -28,6 +30,15 @@ from typing import Any
 from utility.errors import TrustRefused
 
 _DIRECTORY_MODE = b"40000"
+
+
+def repository_name_of(url: str) -> str:
+    """The repository name a subscribed URL names (its last path segment, without `.git`):
+    what a signed tag's `Collective-Repository` trailer must say."""
+    from urllib.parse import unquote, urlsplit
+
+    path = unquote(urlsplit(url).path if "://" in url else url).rstrip("/")
+    return path.rpartition("/")[2].removesuffix(".git")
 
 
 def _git_hash(kind: bytes, body: bytes) -> str:
@@ -80,7 +91,7 @@ class SignedRelease:
                 f"{label}: the tag does not name the version's commit (the "
                 f"server lists {listed[:12]}, the signed tag {commit[:12]})"
             )
-        status = verify(trust_scope, raw)
+        status = verify(trust_scope, raw, repository_name_of(url))
         if status.signer is None:
             raise TrustRefused(f"{label} refused by trust policy: {status.problem}")
         release = cls(reader=reader, label=label, commit=commit, signer=status.signer)
