@@ -68,15 +68,15 @@ the repository in-process; events name it only when its host is in `trusted_host
 
 def announce_base(settings: ServerSettings, request_base: str | None) -> str | None:
     """The base URL events may name: the configured `public_url`, else the request's base URL
-    when its host is one the administrator trusts (`trusted_hosts`), else None (the pusher's
-    Host header must not redirect subscribers)."""
+    when its host is one the administrator trusts (`trusted_hosts`: `host` for any port, or
+    `host:port`), else None (the pusher's Host header must not redirect subscribers)."""
     if settings.public_url:
         return settings.public_url
     if request_base:
         from urllib.parse import urlsplit
 
-        host = urlsplit(request_base).netloc.lower()
-        if host in settings.trusted_hosts:
+        parts = urlsplit(request_base)
+        if {parts.netloc.lower(), (parts.hostname or "")} & set(settings.trusted_hosts):
             return request_base
     return None
 
