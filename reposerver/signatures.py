@@ -79,7 +79,7 @@ def binding(payload: bytes) -> Binding:
     """
     _, _, message = payload.partition(b"\n\n")
     found: dict[str, set[str]] = {REPOSITORY_TRAILER: set(), APPLIANCE_TRAILER: set()}
-    for line in message.decode("utf-8", errors="replace").splitlines():
+    for line in message.decode("utf-8", errors="replace").split("\n"):
         key, sep, value = line.partition(":")
         if sep and key.strip() in found and value.strip():
             found[key.strip()].add(value.strip())
