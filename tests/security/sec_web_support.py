@@ -61,7 +61,7 @@ def store_state(repo_path: Path) -> dict[str, object]:
     object stores (by hash), the version records and the config; `git fsck --strict` clean."""
     refs = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo_path).stdout
     files = {}
-    for sub in ("objects", "lfs/objects", "versions"):
+    for sub in ("objects", "lfs/objects", "versions", "secrets", "trust"):
         for path in sorted((repo_path / sub).rglob("*")):
             if path.is_file():
                 files[str(path.relative_to(repo_path))] = hashlib.sha256(
