@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import zlib
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -217,6 +218,50 @@ def _record(repository: Repository, numbers: list[int], resolver: Any) -> None:
             log.exception("%s: could not record v%d for the pages", repository.name, number)
 
 
+class MalformedRequestGuard:
+    """WSGI middleware: a git request dulwich cannot parse is a 400, never a 5xx.
+
+    dulwich reads the request body while producing the response, so a malformed body raises
+    mid-iteration. If nothing was written yet, the status is replaced by 400 (the WSGI
+    `exc_info` protocol); if the answer had started, it ends there (git sees a broken stream).
+    Either way the exception is logged with its traceback for the administrator.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        wrote = False
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            write = start_response(status, headers, exc_info)
+
+            def tracked(data: bytes) -> Any:
+                nonlocal wrote
+                wrote = wrote or bool(data)
+                return write(data)
+
+            return tracked
+
+        result: Any = ()
+        try:
+            result = self.app(environ, start)
+            for chunk in result:
+                wrote = wrote or bool(chunk)
+                yield chunk
+        except Exception:  # noqa: BLE001 - any failure on hostile input is the input's fault
+            log.warning("malformed git request %s", environ.get("PATH_INFO"), exc_info=True)
+            if not wrote:
+                body = b"malformed git request\n"
+                headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+                start_response("400 Bad Request", headers, sys.exc_info())
+                yield body
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
 def git_application(settings: ServerSettings) -> Any:
     """The dulwich smart-HTTP WSGI application for every repository under the root.
 
@@ -227,4 +272,5 @@ def git_application(settings: ServerSettings) -> Any:
     handlers[b"git-receive-pack"] = CheckedReceivePackHandler
     app = HTTPGitApplication(RepositoryBackend(settings), handlers=handlers)
     limit = settings.max_push_bytes
-    return LimitedInputFilter(GunzipFilter(LimitedInputFilter(app, limit)), limit)
+    limited = LimitedInputFilter(GunzipFilter(LimitedInputFilter(app, limit)), limit)
+    return MalformedRequestGuard(limited)
