@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cvl.errors import CvlImportError
 from reposerver.publish import publish
 from reposerver.repository import Repository
+from reposerver.server_resolver import ServerResolver, origin
 from reposerver.testing import Server, running_server, sample_appliance
 from tests.security.sec_web_support import MARKER, clone, git, listening, store_state
 
@@ -154,3 +158,27 @@ def test_pages_never_resolve_imports_for_a_viewer(served, tmp_path: Path) -> Non
                     assert MARKER not in answer.text
         assert internal.requests == []
         assert store_state(repo.path) == before
+
+
+@given(st.text(max_size=60), st.sampled_from(["http://", "https://", "file:", ""]))
+def test_any_import_url_is_refused_cleanly_without_network(tail: str, scheme: str) -> None:
+    """Whatever URL pushed CVL names, the resolver (no allow-list) answers with a CvlImportError
+    or reads an own repository; it never raises anything else and never opens a connection."""
+    resolver = ServerResolver(Path("/nonexistent-root"), ["http://repo.example:8080"])
+    try:
+        resolver.fetch(scheme + tail, "DNS.cvl", None, None)
+    except CvlImportError:
+        pass
+
+
+def test_own_repository_urls_map_to_names_only_inside_the_base() -> None:
+    resolver = ServerResolver(Path("/r"), ["http://repo.example:8080/base/", None])
+    own = resolver.own_repository
+    assert own("http://repo.example:8080/base/DNS") == "DNS"
+    assert own("HTTP://REPO.EXAMPLE:8080/base/DNS.git/") == "DNS"
+    assert own("http://repo.example/base/DNS") is None  # another port
+    assert own("http://repo.example:8080/DNS") is None  # outside the base path
+    assert own("http://repo.example:8080/base/a/b") is None
+    assert own("http://repo.example:8080/base/..") is None
+    assert own("http://repo.example:8080/base/%2e%2e") is None
+    assert origin("https://Host") == "https://host:443" and origin("ftp://x") is None
