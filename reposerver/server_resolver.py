@@ -200,3 +200,29 @@ def server_resolver(
         timeout=settings.import_timeout_seconds,
         network=network,
     )
+
+
+def hook_resolver(root: Path) -> ServerResolver:
+    """The resolver for pushes that stock `git receive-pack` takes (ssh, local path), whose
+    hooks have no running server: own repositories by the `public_url` and origins
+    `allowed_import_origins` of the server config named in `COLLECTIVE_REPOSERVER_CONFIG`
+    (when set), else own repositories by no URL and no origin at all."""
+    import json
+    import os
+
+    from reposerver.settings import CONFIG_ENV
+
+    config: dict[str, object] = {}
+    if os.environ.get(CONFIG_ENV):
+        try:
+            loaded = json.loads(Path(os.environ[CONFIG_ENV]).read_text())
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            config = {}
+    origins = config.get("allowed_import_origins")
+    public_url = config.get("public_url")
+    return ServerResolver(
+        root,
+        [public_url] if isinstance(public_url, str) else [],
+        [o for o in origins if isinstance(o, str)] if isinstance(origins, list) else [],
+    )

@@ -182,3 +182,22 @@ def test_own_repository_urls_map_to_names_only_inside_the_base() -> None:
     assert own("http://repo.example:8080/base/..") is None
     assert own("http://repo.example:8080/base/%2e%2e") is None
     assert origin("https://Host") == "https://host:443" and origin("ftp://x") is None
+
+
+def test_push_by_stock_receive_pack_resolves_like_the_server(served, tmp_path: Path) -> None:
+    """A push to the repository's path (ssh or local: git's own receive-pack and our hooks)
+    is checked with the same restricted resolver: a host file import is refused unread."""
+    _, repo, host = served
+    work = tmp_path / "work"
+    git("clone", "-q", str(repo.path), str(work))
+    git("config", "lfs.locksverify", "false", cwd=work)
+    before = store_state(repo.path)
+    cvl = work / "DNS.cvl"
+    cvl.write_text(import_line(f"file:{host}") + cvl.read_text())
+    git("commit", "-q", "-am", "v2", cwd=work)
+    git("tag", "-a", "v2", "-m", "v2", cwd=work)
+    pushed = git("push", "origin", "main", "v2", cwd=work, check=False)
+    output = pushed.stdout + pushed.stderr
+    assert pushed.returncode != 0 and "does not read files" in output, output
+    assert MARKER not in output
+    assert store_state(repo.path) == before
