@@ -9,8 +9,8 @@ never a 5xx, with the store unchanged afterwards.
 from __future__ import annotations
 
 import base64
-import os
 import gzip
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
