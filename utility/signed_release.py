@@ -60,6 +60,8 @@ class SignedRelease:
     label: str
     commit: str
     signer: str
+    appliance: str | None = None
+    """The appliance the signed tag's `Collective-Appliance` trailer names."""
     _trees: dict[str, dict[str, tuple[bytes, str]]] = field(default_factory=dict)
     _root: str = ""
 
@@ -94,7 +96,10 @@ class SignedRelease:
         status = verify(trust_scope, raw, repository_name_of(url))
         if status.signer is None:
             raise TrustRefused(f"{label} refused by trust policy: {status.problem}")
+        from reposerver.signatures import binding, split_signature
+
         release = cls(reader=reader, label=label, commit=commit, signer=status.signer)
+        release.appliance = binding(split_signature(raw)[0]).appliance
         body = release._object(commit, b"commit")
         tree = re.match(rb"tree ([0-9a-f]{40})\n", body)
         if tree is None:
@@ -189,6 +194,27 @@ class SignedRelease:
             f"{self.label}: {name} as served does not match the signed commit "
             f"{self.commit[:12]} (blob {blob[:12]}): refused"
         )
+
+    def check_appliance(self, name: str, text: str) -> None:
+        """The signed CVL text `text` (file `name`) must define the appliance the tag is bound to
+        (its last object, the one a CVL file's evaluation yields).
+
+        Raises:
+            TrustRefused: the tag names another appliance, or the text defines none.
+        """
+        from cvl.errors import CvlError
+        from cvl.syntax import parse
+
+        try:
+            objects = parse(text, name).objects
+        except CvlError:
+            objects = ()
+        defined = objects[-1].name.text if objects else None
+        if defined is None or defined != self.appliance:
+            raise TrustRefused(
+                f"{self.label}: the tag was signed for appliance {self.appliance!r}, but "
+                f"{name} defines {defined!r}: refused"
+            )
 
     def check_disk(self, name: str, top_sha256: str) -> None:
         """The disk chain offered for `name` must end in the object its signed LFS pointer names.

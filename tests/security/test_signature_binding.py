@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
+from dulwich.objects import Tag
 from hypothesis import given
 from hypothesis import strategies as st
 
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.signatures import binding, split_signature
+from reposerver.tag_signing import sign_payload
 from reposerver.testing import running_server, sample_appliance
 from reposerver.trust import add_ssh_signer, set_require_signed
 from tests.security.sec_web_support import clone, git, store_state
@@ -157,3 +159,31 @@ def test_binding_trailers_round_trip(name: str) -> None:
     message = f"tag v1\n\nnotes\n\nCollective-Repository: {name}\nCollective-Appliance: X\n"
     bound = binding(message.encode())
     assert bound.repository == (clean or None) and bound.appliance == "X"
+
+
+def test_utility_refuses_a_signed_tag_bound_to_another_appliance(
+    two_repositories, tmp_path: Path
+) -> None:
+    """A hostile server whose repository Evil holds a tag (validly signed by the trusted key,
+    bound to repository Evil) naming appliance Other over A's commit: the utility's check of
+    the signed CVL text refuses it; A's own tag and text pass."""
+    root, a, _, key, signer = two_repositories
+    evil = Repository(Path(shutil.copytree(a.path, root / "Evil")))
+    original = evil.tag(1)
+    tag = Tag()
+    tag.object = original.object
+    tag.name, tag.tagger, tag.tag_time, tag.tag_timezone = b"v1", b"x <x@x>", 0, 0
+    tag.message = b"Version 1\n\nCollective-Repository: Evil\nCollective-Appliance: Other\n"
+    tag.signature = sign_payload(tag.as_raw_string(), str(key))
+    evil.git.object_store.add_object(tag)
+    evil.git.refs[b"refs/tags/v1"] = tag.id
+    text = a.file(1, "DNS.cvl").data.decode()
+    policy = TrustPolicy(tmp_path / "state")
+    with running_server(root) as server:
+        for name in ("A", "Evil"):
+            policy.set_require_signed(f"{server.url}/{name}", True)
+            policy.add_key(f"{server.url}/{name}", signer)
+        session = policy.session()
+        assert session.cvl_problems([(f"{server.url}/A", "DNS.cvl", "1", text)]) == []
+        [problem] = session.cvl_problems([(f"{server.url}/Evil", "DNS.cvl", "1", text)])
+    assert "signed for appliance 'Other', but DNS.cvl defines 'DNS'" in problem
