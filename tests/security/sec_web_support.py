@@ -81,6 +81,8 @@ class Listener:
         self.requests: list[tuple[str, str, bytes]] = []
         self.body = body
         self.redirect = redirect
+        self.delay = 0.0
+        """Seconds to wait before answering (a slow origin)."""
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +90,7 @@ class Listener:
                 length = int(self.headers.get("Content-Length") or 0)
                 data = self.rfile.read(length) if length else b""
                 listener.requests.append((self.command, self.path, data))
+                time.sleep(listener.delay)
                 if listener.redirect is not None:
                     self.send_response(302)
                     self.send_header("Location", listener.redirect + self.path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import time
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reposerver import events
+from reposerver.egress import refused_reason
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import Server, running_server, sample_appliance
@@ -154,3 +158,22 @@ def test_delivery_rechecks_the_address_and_never_follows_redirects(tmp_path: Pat
         assert len(redirector.requests) == 1 and inside.requests == []
         assert events.deliver(inside.url + "/hook", b"k", body, [], log, allowed)
         assert len(inside.requests) == 1
+
+
+_internal_v4 = st.one_of(
+    st.ip_addresses(network="127.0.0.0/8"),
+    st.ip_addresses(network="169.254.0.0/16"),
+    st.ip_addresses(network="224.0.0.0/4"),
+    st.just(ipaddress.IPv4Address("0.0.0.0")),
+)
+
+
+@given(_internal_v4)
+def test_internal_addresses_are_refused_in_every_spelling(address: ipaddress.IPv4Address) -> None:
+    mapped = ipaddress.IPv6Address(f"::ffff:{address}")
+    assert refused_reason(address) is not None and refused_reason(mapped) is not None
+
+
+@given(st.ip_addresses(v=4, network="8.0.0.0/7") | st.ip_addresses(v=6, network="2001:db8::/32"))
+def test_ordinary_addresses_are_not_refused(address: ipaddress.IPv4Address) -> None:
+    assert refused_reason(address) is None

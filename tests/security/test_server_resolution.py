@@ -12,6 +12,7 @@ the viewer's GETs make the server fetch nothing.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,26 @@ def test_refusal_never_quotes_what_an_allowed_origin_answered(served, tmp_path) 
             output = push_version(server, work, import_line(allowed.url + "/Lib", version="1"))
             assert_refused(output, before, repo, "content is not shown")
         assert len(allowed.requests) == 1
+
+
+def test_slow_or_huge_allowed_origin_is_cut_off(served, tmp_path) -> None:
+    """Each fetch has one total timeout and a size limit, even from an allowed origin."""
+    root, repo, _ = served
+    with listening(body="Secret extends VMAppliance { }\n") as slow, listening() as huge:
+        slow.delay = 5.0
+        huge.body = "/*" + "x" * (5 << 20) + "*/"
+        extra = {"allowed_import_origins": [slow.url, huge.url], "import_timeout_seconds": 1}
+        with running_server(root, extra=extra) as server:
+            work = clone(server, "DNS", tmp_path / "work")
+            before = store_state(repo.path)
+            started = time.monotonic()
+            output = push_version(server, work, import_line(slow.url + "/Lib", version="1"))
+            assert time.monotonic() - started < 4.5, "the push waited for the slow origin"
+            assert_refused(output, before, repo, "cannot reach")
+            git("reset", "-q", "--hard", "origin/main", cwd=work)
+            git("tag", "-d", "v2", cwd=work)
+            output = push_version(server, work, import_line(huge.url + "/Lib", version="1"))
+            assert_refused(output, before, repo, "larger than 4194304 bytes")
 
 
 def test_import_of_this_server_reads_the_repository_in_process(served, tmp_path) -> None:
