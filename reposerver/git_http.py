@@ -162,7 +162,8 @@ class CheckedReceivePackHandler(ReceivePackHandler):
             yield (b"unpack", b"ok")
             updates = [RefUpdate(ref, old, new) for old, new, ref in refs]
             main = self.repo.object_store
-            resolver = server_resolver(self.backend.settings, request_base_url.get())
+            settings = self.backend.settings  # type: ignore[attr-defined]
+            resolver = server_resolver(settings, request_base_url.get())
             with repository.lock():
                 try:
                     objects = quarantine.overlay(main) if quarantine else main
