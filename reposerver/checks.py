@@ -38,7 +38,7 @@ from reposerver.errors import (
 from reposerver.names import file_path, version_of_ref
 from reposerver.objects import StagedView
 from reposerver.repository import Repository, tree_files
-from reposerver.validate import describe_appliance
+from reposerver.validate import ApplianceSpec, describe_appliance
 
 ZERO = b"0" * 40
 
@@ -170,8 +170,9 @@ def _check_version(
     commit = _get(objects, tag.object[1])
     if not isinstance(commit, Commit):
         raise PushRefused(f"{name}: a version tag must point at a commit")
-    lfs_objects = check_tree(repository, objects, commit.tree, name, resolver)
-    status = signatures.verify(repository.path, tag.as_raw_string())
+    specs: list[ApplianceSpec] = []
+    lfs_objects = check_tree(repository, objects, commit.tree, name, resolver, specs)
+    status = _bound_signature(repository, tag, name, specs[0].appliance if specs else None)
     if repository.config.require_signed and status.signer is None:
         raise SignatureRefused(
             f"{name}: this repository requires signed versions: {status.problem}"
@@ -181,12 +182,36 @@ def _check_version(
     )
 
 
+def _bound_signature(
+    repository: Repository, tag: Tag, name: str, appliance: str | None
+) -> signatures.SignatureStatus:
+    """The tag's signature status, counting a signature only when it is bound to this
+    repository and appliance; a valid signature bound to another one is refused outright."""
+    raw = tag.as_raw_string()
+    status = signatures.verify(repository.path, raw)
+    if status.signer is None:
+        return status
+    problem = signatures.binding_problem(raw, repository.name, appliance)
+    if problem is None:
+        return status
+    bound = signatures.binding(signatures.split_signature(raw)[0])
+    if bound.repository is not None or bound.appliance is not None:
+        raise SignatureRefused(f"{name}: {problem}")
+    return signatures.SignatureStatus(True, None, problem)
+
+
 def check_tree(
-    repository: Repository, objects: Any, tree_id: bytes, name: str, resolver: Any = None
+    repository: Repository,
+    objects: Any,
+    tree_id: bytes,
+    name: str,
+    resolver: Any = None,
+    specs: list[ApplianceSpec] | None = None,
 ) -> list[str]:
     """Check that a version's tree is a complete appliance (see the module docstring).
 
-    Returns the LFS object ids of every program disk's chain (stored or staged).
+    Returns the LFS object ids of every program disk's chain (stored or staged); appends
+    what the CVL file declares to `specs` when given. Errors never quote imported content.
     """
     lfs_objects: list[str] = []
     files = tree_files(objects, tree_id)
@@ -202,7 +227,9 @@ def check_tree(
         )
     cvl_name = cvl_files[0]
     text = objects[files[cvl_name]].as_raw_string().decode("utf-8", errors="replace")
-    spec = describe_appliance(text, cvl_name, resolver=resolver)
+    spec = describe_appliance(text, cvl_name, resolver=resolver, quote_imports=False)
+    if specs is not None:
+        specs.append(spec)
     for vm in spec.vm_files:
         vm_path = _inside(vm, "", f"{name}:{cvl_name}: vm")
         if vm_path not in files:

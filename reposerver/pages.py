@@ -16,6 +16,7 @@ rendered; every page carries a Content-Security-Policy that allows no inline scr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import threading
@@ -24,13 +25,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from lark import Lark
 
-from reposerver import errors
+from reposerver import errors, version_record
 from reposerver.disks import read_header
 from reposerver.names import repository_name, version_number
 from reposerver.repository import Repository, list_repositories, open_repository
@@ -371,59 +371,81 @@ _evaluations_lock = threading.Lock()
 
 
 def declaration(repo: Repository, number: int) -> Declaration:
-    """Evaluate version `number`'s CVL as a definition (required parameters left to the user).
+    """What version `number`'s CVL declares, as its accepted push recorded it.
 
-    Imports resolve like the push checks resolve them. Results are kept for a minute: the text
-    of a version never changes, but an unpinned import's latest version can.
+    A page viewer never makes the server fetch anything: the push evaluated the CVL once under
+    its restricted resolver and wrote `version_record`. A version without a record (published
+    before records existed, or by `cui publish` on the server's disk) is evaluated here with
+    imports of this server's own repositories only, read in-process, no network; kept a minute.
     """
+    tag_id = repo.tag(number).id.decode()
+    record = version_record.read(repo.path, number)
+    if record is not None and record.get("tag") == tag_id:
+        found = declaration_from_record(record.get("declaration"))
+        if found is not None:
+            return found
     name, text = cvl_file(repo, number)
-    key = (str(repo.path), repo.tag(number).id.decode(), name)
+    key = (str(repo.path), tag_id, name)
     now = time.monotonic()
     with _evaluations_lock:
         hit = _evaluations.get(key)
         if hit and now - hit[0] < EVALUATION_TTL:
             return hit[1]
-    result = _evaluate(text, name, _OwnRepositoriesFirst(base_url(), Path(_root())))
+    result = evaluate_version(repo, number, _page_resolver())
     with _evaluations_lock:
         _evaluations[key] = (now, result)
     return result
 
 
-class _OwnRepositoriesFirst:
-    """A CVL resolver that reads imports of this server's own repositories from disk.
-
-    A page that evaluates `import { url => "http://THIS-SERVER/DNS" ... }` would otherwise ask
-    this very server over HTTP while serving the page, which with one sync worker waits for
-    itself. Any other URL goes to the resolver the push checks use.
-    """
-
-    def __init__(self, base: str, root: Path) -> None:
-        from reposerver.client import make_resolver
-
-        self.base = base.rstrip("/") + "/"
-        self.root = root
-        self.fallback = make_resolver()
-
-    def fetch(
-        self, url: str, cvl: str, version: str | None, base_dir: str | None
-    ) -> tuple[str, str]:
-        """`(text, resolved version)` of `cvl` in the repository at `url`."""
-        name = url.rstrip("/")[len(self.base) :] if url.startswith(self.base) else ""
-        if name.endswith(".git"):
-            name = name[: -len(".git")]
-        if name and "/" not in name and _valid_repository_name(name):
-            from reposerver.client import read_cvl
-
-            return read_cvl(self.root / name, cvl, version)
-        return self.fallback.fetch(url, cvl, version, base_dir)  # type: ignore[no-any-return]
+def evaluate_version(repo: Repository, number: int, resolver: Any) -> Declaration:
+    """Evaluate version `number`'s CVL as a definition (required parameters left to the user);
+    errors located in imported files never quote their text."""
+    name, text = cvl_file(repo, number)
+    return _evaluate(text, name, resolver)
 
 
-def _valid_repository_name(name: str) -> bool:
+def record_version(repo: Repository, number: int, resolver: Any) -> None:
+    """Evaluate version `number` once and write its record (the accepted push calls this)."""
+    found = evaluate_version(repo, number, resolver)
+    record = {
+        "version": number,
+        "tag": repo.tag(number).id.decode(),
+        "declaration": declaration_to_record(found),
+    }
+    version_record.write(repo.path, number, record)
+
+
+def declaration_to_record(found: Declaration) -> dict[str, Any]:
+    """A Declaration as JSON data."""
+    return {
+        "appliance": found.appliance,
+        "params": [dataclasses.asdict(p) for p in found.params],
+        "components": [dataclasses.asdict(c) for c in found.components],
+        "errors": list(found.errors),
+        "sensitive": sorted(found.sensitive),
+    }
+
+
+def declaration_from_record(data: Any) -> Declaration | None:
+    """The Declaration a record holds, or None when it is not one (then it is re-evaluated)."""
     try:
-        repository_name(name)
-    except errors.BadRequest:
-        return False
-    return True
+        return Declaration(
+            data["appliance"],
+            tuple(ParamRow(**p) for p in data["params"]),
+            tuple(ComponentRow(**c) for c in data["components"]),
+            tuple(str(e) for e in data["errors"]),
+            frozenset(str(n) for n in data["sensitive"]),
+        )
+    except (KeyError, TypeError):
+        return None
+
+
+def _page_resolver() -> Any:
+    """Own repositories only, read in-process: a page view never fetches."""
+    from reposerver.server_resolver import server_resolver
+    from reposerver.web import settings
+
+    return server_resolver(settings(), base_url(), network=False)
 
 
 def _evaluate(text: str, filename: str, resolver: Any) -> Declaration:
@@ -440,7 +462,10 @@ def _evaluate(text: str, filename: str, resolver: Any) -> Declaration:
         analysis = cvl.analyse_text(text, filename, resolver=resolver, overrides=placeholders)
     model = analysis.model
     if model is None:
-        return Declaration(None, (), (), tuple(e.render() for e in analysis.errors))
+        from reposerver.validate import render_error
+
+        shown = tuple(render_error(e, filename, False) for e in analysis.errors)
+        return Declaration(None, (), (), shown)
     root = model.root
     params = []
     for pname, declared in sorted(root.declared.items()):

@@ -21,7 +21,7 @@ from dulwich.index import commit_tree
 from dulwich.objects import Blob, Commit, Tag
 from dulwich.refs import Ref
 
-from reposerver import disks, domain_xml, lfs_pointer
+from reposerver import disks, domain_xml, lfs_pointer, signatures
 from reposerver.checks import ZERO, RefUpdate, check_updates
 from reposerver.errors import BadRequest, ImmutableVersion, InvalidAppliance, NotFound
 from reposerver.names import file_path, version_ref
@@ -106,8 +106,8 @@ def _version_path(path: str, base: str, where: str) -> str:
         ) from None
 
 
-def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dict[str, Path]]:
-    """The plain files and the disk images (version path -> local path) of an appliance."""
+def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dict[str, Path], str]:
+    """The plain files, the disk images (version path -> local path) and the appliance name."""
     cvl_file = Path(cvl_file)
     text = cvl_file.read_text()
     spec = describe_appliance(text, cvl_file.name, resolver=resolver, base_dir=cvl_file.parent)
@@ -127,7 +127,15 @@ def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dic
             if not local_disk.is_file():
                 raise InvalidAppliance(f"{where}: no such image {local_disk}")
             images[disk_path] = local_disk
-    return files, images
+    return files, images, spec.appliance
+
+
+def binding_trailers(repository: str, appliance: str) -> bytes:
+    """The trailers that bind a signed tag to its repository and appliance (README)."""
+    return (
+        f"\n{signatures.REPOSITORY_TRAILER}: {repository}\n"
+        f"{signatures.APPLIANCE_TRAILER}: {appliance}\n"
+    ).encode()
 
 
 def publish(
@@ -139,7 +147,7 @@ def publish(
 ) -> PublishResult:
     """Publish the appliance described by `cvl_file` as the next version of the repository."""
     repository = Repository(Path(repo_path))
-    files, images = collect(Path(cvl_file), resolver)
+    files, images, appliance = collect(Path(cvl_file), resolver)
     previous = repository.latest()
     stored: list[StoredDisk] = []
     for name, image in sorted(images.items()):
@@ -186,7 +194,7 @@ def publish(
     tag.tagger = commit.committer
     tag.tag_time = now
     tag.tag_timezone = 0
-    tag.message = text
+    tag.message = text + binding_trailers(repository.name, appliance) if sign else text
     if sign:
         # Signing may wait for a passphrase, so it happens before the lock is taken.
         tag.signature = sign_payload(tag.as_raw_string(), sign)

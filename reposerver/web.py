@@ -4,7 +4,11 @@ Every name in a URL goes through `reposerver.names` before it reaches a reposito
 `RepositoryError` becomes a 4xx/5xx with a JSON body `{"error": ..., "message": ...}` (the
 second key is what git-lfs prints). `GitDispatcher` sends `/NAME.git/...` (except the LFS API)
 to dulwich after authentication, dropping `HTTP_TRANSFER_ENCODING` when the server already
-de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second time.
+de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second time. A git
+request body without Content-Length (chunked) is read first, up to `max_push_bytes`, into a
+spooled file: a malformed one is a 400 and a too-large one a 413 before dulwich answers, and
+dulwich then reads a body of known length. Only the smart-HTTP paths reach dulwich; any other
+path under `/NAME.git/` is a 404.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from reposerver import auth, errors, lfs_locks, repo_config
+from reposerver.egress import check_url
 from reposerver.git_http import git_application, request_base_url
 from reposerver.names import (
     git_repository_name,
@@ -40,7 +45,10 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 log = logging.getLogger(__name__)
 LFS_JSON = "application/vnd.git-lfs+json"
 MAX_BATCH_BODY = 1 << 20
+MAX_SUBSCRIBER_BODY = 64 << 10
 _GIT_PATH = re.compile(r"/([^/]*)\.git(/.*)?\Z")
+_GIT_SERVICE_PATH = re.compile(r"(/info/refs|/git-upload-pack|/git-receive-pack|/HEAD)?\Z")
+_SPOOL_IN_MEMORY = 1 << 20
 _STATUS: list[tuple[type[errors.RepositoryError], int]] = [
     (errors.NotFound, 404),
     (errors.PayloadTooLarge, 413),
@@ -304,6 +312,7 @@ def _subscriber_request(name: str) -> tuple[Repository, str, dict[str, Any]]:
     user = _require(write=True)
     assert user is not None
     repo = _repository(name)
+    request.max_content_length = MAX_SUBSCRIBER_BODY
     data = request.get_json(silent=True) if request.method != "GET" else {}
     if not isinstance(data, dict):
         raise errors.BadRequest("expected a JSON object body")
@@ -332,6 +341,7 @@ def subscribers(name: str) -> Response | tuple[Response, int]:
         secret = data.get("secret")
         if secret is not None and not isinstance(secret, str):
             raise errors.BadRequest("field 'secret' must be a string")
+        check_url(url, settings().allowed_subscriber_networks)
         _, value = repo_config.subscribe(repo.path, url, secret)
     current_app.logger.info("%s subscribed %s to %s", user, url, repo.name)
     answer = {"repository": repo.name, "url": url}
@@ -459,6 +469,8 @@ class GitDispatcher:
         match = _GIT_PATH.match(path)
         if not match or (match.group(2) or "").startswith("/info/lfs/"):
             return self.flask_wsgi(environ, start_response)
+        if not _GIT_SERVICE_PATH.match(match.group(2) or ""):
+            return _plain(start_response, 404, f"{path}: not a git smart-HTTP path")
         try:
             name = git_repository_name(f"/{match.group(1)}.git")
             open_repository(self.settings.root, name).git.close()
@@ -476,13 +488,57 @@ class GitDispatcher:
                     "credentials required to push: HTTP basic with a user and token",
                     [("WWW-Authenticate", 'Basic realm="collective"')],
                 )
-        if environ.get("wsgi.input_terminated"):
-            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        try:
+            _buffer_unsized_body(environ, self.settings.max_push_bytes)
+        except errors.RepositoryError as exc:
+            return _plain(start_response, status_of(exc), str(exc))
         host = environ.get("HTTP_HOST") or "{}:{}".format(
             environ.get("SERVER_NAME"), environ.get("SERVER_PORT")
         )
         request_base_url.set(f"{environ.get('wsgi.url_scheme', 'http')}://{host}")
         return self.git_wsgi(environ, start_response)
+
+
+def _buffer_unsized_body(environ: dict[str, Any], limit: int) -> None:
+    """Replace a body without Content-Length by a spooled copy of known length.
+
+    Raises:
+        BadRequest: the chunked encoding is malformed (or the connection broke).
+        PayloadTooLarge: the body is larger than `limit`.
+    """
+    import tempfile
+
+    from dulwich.web import ChunkReader
+
+    chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    if environ.get("REQUEST_METHOD") != "POST" or (environ.get("CONTENT_LENGTH") and not chunked):
+        return
+    if not chunked:  # HTTP/1.1: no length and not chunked means no body; never read the socket
+        import io
+
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(b""), "0"
+        return
+    stream = environ["wsgi.input"]
+    if chunked and not environ.get("wsgi.input_terminated"):
+        stream = ChunkReader(stream)
+    spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, prefix="cv-body-")
+    size = 0
+    try:
+        while block := stream.read(65536):
+            size += len(block)
+            if size > limit:
+                raise errors.PayloadTooLarge(f"request body larger than {limit} bytes")
+            spool.write(block)
+    except (OSError, ValueError, EOFError) as exc:
+        spool.close()
+        raise errors.BadRequest(f"malformed request body: {type(exc).__name__}") from None
+    except errors.RepositoryError:
+        spool.close()
+        raise
+    spool.seek(0)
+    environ["wsgi.input"] = spool
+    environ["CONTENT_LENGTH"] = str(size)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
 def _plain(

@@ -163,7 +163,9 @@ class GroupwareLab:
         for name in APPLIANCES.values():
             repo = Repository.create(root / name)
             add_ssh_signer(repo.path, signer)  # the server shows who signed each version
-        self.server = self.stack.enter_context(running_server(root, workers=2))
+        # the utility listens on loopback: the server refuses that unless its config allows it
+        loopback = {"allowed_subscriber_networks": ["127.0.0.0/8"]}
+        self.server = self.stack.enter_context(running_server(root, workers=2, extra=loopback))
 
     def push(self, name: str, image: str, message: str) -> float:
         """Publish the built `image` as the next version of repository `name` with stock git:
@@ -202,6 +204,8 @@ class GroupwareLab:
                 "-s",
                 "-m",
                 message,
+                "-m",  # the binding the signature covers (README, Threat model)
+                f"Collective-Repository: {name}\nCollective-Appliance: {name}",
                 f"v{version}",
             ],
             cwd=work,

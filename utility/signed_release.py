@@ -4,7 +4,9 @@ Under `require-signed` the utility trusts nothing the repository server says abo
 except what hashes back to a tag whose signature it checked with its own keys:
 
 1. `GET /NAME/versions/N/tag`: the raw tag; it must be `vN`, of type commit, signed by a key the
-   policy trusts (`reposerver.signatures.verify` against the utility's key store). The server's
+   policy trusts (`reposerver.signatures.verify` against the utility's key store), and bound to
+   the repository the utility subscribed to: its `Collective-Repository` trailer must name the
+   last path segment of the URL (a tag signed for another repository is refused). The server's
    version list must name the same commit (a lying index is refused, not ignored).
 2. `GET /NAME/git-objects/SHA1` for the commit the tag names, then its tree (and subtrees):
    each object's SHA-1 is recomputed over the bytes received, so each is exactly the one the
@@ -30,6 +32,15 @@ from utility.errors import TrustRefused
 _DIRECTORY_MODE = b"40000"
 
 
+def repository_name_of(url: str) -> str:
+    """The repository name a subscribed URL names (its last path segment, without `.git`):
+    what a signed tag's `Collective-Repository` trailer must say."""
+    from urllib.parse import unquote, urlsplit
+
+    path = unquote(urlsplit(url).path if "://" in url else url).rstrip("/")
+    return path.rpartition("/")[2].removesuffix(".git")
+
+
 def _git_hash(kind: bytes, body: bytes) -> str:
     return hashlib.sha1(kind + b" " + str(len(body)).encode() + b"\0" + body).hexdigest()
 
@@ -49,6 +60,8 @@ class SignedRelease:
     label: str
     commit: str
     signer: str
+    appliance: str | None = None
+    """The appliance the signed tag's `Collective-Appliance` trailer names."""
     _trees: dict[str, dict[str, tuple[bytes, str]]] = field(default_factory=dict)
     _root: str = ""
 
@@ -80,10 +93,13 @@ class SignedRelease:
                 f"{label}: the tag does not name the version's commit (the "
                 f"server lists {listed[:12]}, the signed tag {commit[:12]})"
             )
-        status = verify(trust_scope, raw)
+        status = verify(trust_scope, raw, repository_name_of(url))
         if status.signer is None:
             raise TrustRefused(f"{label} refused by trust policy: {status.problem}")
+        from reposerver.signatures import binding, split_signature
+
         release = cls(reader=reader, label=label, commit=commit, signer=status.signer)
+        release.appliance = binding(split_signature(raw)[0]).appliance
         body = release._object(commit, b"commit")
         tree = re.match(rb"tree ([0-9a-f]{40})\n", body)
         if tree is None:
@@ -178,6 +194,27 @@ class SignedRelease:
             f"{self.label}: {name} as served does not match the signed commit "
             f"{self.commit[:12]} (blob {blob[:12]}): refused"
         )
+
+    def check_appliance(self, name: str, text: str) -> None:
+        """The signed CVL text `text` (file `name`) must define the appliance the tag is bound to
+        (its last object, the one a CVL file's evaluation yields).
+
+        Raises:
+            TrustRefused: the tag names another appliance, or the text defines none.
+        """
+        from cvl.errors import CvlError
+        from cvl.syntax import parse
+
+        try:
+            objects = parse(text, name).objects
+        except CvlError:
+            objects = ()
+        defined = objects[-1].name.text if objects else None
+        if defined is None or defined != self.appliance:
+            raise TrustRefused(
+                f"{self.label}: the tag was signed for appliance {self.appliance!r}, but "
+                f"{name} defines {defined!r}: refused"
+            )
 
     def check_disk(self, name: str, top_sha256: str) -> None:
         """The disk chain offered for `name` must end in the object its signed LFS pointer names.

@@ -172,6 +172,7 @@ class TrustSession:
                 release = self.release(url, version)
                 if release is not None:
                     release.check_file(cvl, text.encode("utf-8"))
+                    release.check_appliance(cvl, text)
             except TrustRefused as exc:
                 if str(exc) not in problems:
                     problems.append(str(exc))

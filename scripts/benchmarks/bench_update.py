@@ -97,7 +97,8 @@ def measure() -> dict[str, list[float]]:
         for kind in COMPONENTS.values():
             repo = Repository.create(root / kind)
             publish(repo.path, sample_appliance(where / "src" / kind, kind))
-        with running_server(root, workers=2) as server:
+        loopback = {"allowed_subscriber_networks": ["127.0.0.0/8"]}  # the utility's address
+        with running_server(root, workers=2, extra=loopback) as server:
             imports = "\n".join(
                 f'import {{ url => "{server.url}/{kind}", cvl => "{kind}.cvl" }} {kind};'
                 for kind in COMPONENTS.values()

@@ -121,10 +121,11 @@ def test_prefix_is_kept_in_redirects_and_lfs_hrefs(
         assert latest.status_code == 302
         assert latest.headers["Location"].endswith("/repos/DNS/versions/1/DNS.cvl")
         assert requests.get(f"{base}/DNS/latest/DNS.cvl", timeout=10).text.startswith("CVL")
-        oid = repo.disks(1)[0]["sha256"]
+        disk = repo.disks(1)[0]
+        oid = disk["sha256"]
         batch = requests.post(
             f"{base}/DNS.git/info/lfs/objects/batch",
-            json={"operation": "download", "objects": [{"oid": oid, "size": 1}]},
+            json={"operation": "download", "objects": [{"oid": oid, "size": disk["size"]}]},
             timeout=10,
         ).json()
         href = batch["objects"][0]["actions"]["download"]["href"]

@@ -214,9 +214,17 @@ class Daemon:
         self.proc.wait(timeout=30)
 
 
-def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: Path) -> None:
+def test_utility_pages_in_chromium(
+    browser: Any, tmp_path: Path, artifacts_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    # The utility listens on loopback; a local publish announces there only when the server
+    # config allows it.
+    server_config = tmp_path / "server-config.json"
+    server_config.write_text('{"allowed_subscriber_networks": ["127.0.0.0/8"]}')
+    monkeypatch.setenv("COLLECTIVE_REPOSERVER_CONFIG", str(server_config))
 
     shared = secrets.token_hex(16)
     state = tmp_path / "state"

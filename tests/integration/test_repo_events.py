@@ -55,6 +55,10 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     receiver = Receiver()
     dead = f"http://127.0.0.1:{free_port()}/nobody"
     monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    # The receivers run on loopback, which the server refuses unless its administrator allows it.
+    local_config = tmp_path / "server.json"
+    local_config.write_text(json.dumps({"allowed_subscriber_networks": ["127.0.0.0/8"]}))
+    monkeypatch.setenv("COLLECTIVE_REPOSERVER_CONFIG", str(local_config))
     repo = Repository.create(
         tmp_path / "root" / "DNS",
         repo_config.RepoConfig(
@@ -66,7 +70,9 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     extra = {
         "subscribers": [{"url": dead, "secret": "x"}],
         "delivery_delays": [0.2, 0.2],
-        "public_url": None,  # events then name the URL the push came in on
+        "public_url": None,  # events then name the URL the push came in on, if trusted
+        "trusted_hosts": ["127.0.0.1"],
+        "allowed_subscriber_networks": ["127.0.0.0/8"],
     }
     with running_server(repo.path.parent, extra=extra) as server:
         work = tmp_path / "work"
@@ -102,6 +108,8 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     assert by_version[2]["repository"] == f"{server.url}/DNS"
     assert by_version[2]["tag"] == "v2" and by_version[2]["signer"] is None
     assert by_version[2]["commit"] == repo.version(2).commit
+    assert len({e["id"] for e in events}) == 2, "every event has its own id"
+    assert all(abs(e["time"] - time.time()) < 120 for e in events)
     log = [
         json.loads(line)
         for line in (repo.path / "logs" / "deliveries.log").read_text().splitlines()

@@ -57,7 +57,9 @@ def test_subscribe_push_update_unsubscribe(tmp_path: Path) -> None:
     repo = Repository.create(root / "DNS")
     publish(repo.path, sample_appliance(tmp_path / "app", "DNS"))
     port = free_port()
-    with running_server(root, workers=2) as server:
+    # The utility listens on loopback, which the server refuses unless its config allows it.
+    loopback = {"allowed_subscriber_networks": ["127.0.0.0/8"]}
+    with running_server(root, workers=2, extra=loopback) as server:
         repo_url = f"{server.url}/DNS"
         user = tmp_path / "user"
         user.mkdir()

@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from reposerver.publish import publish
 from reposerver.repo_config import RepoConfig, Subscriber
 from reposerver.repository import Repository
@@ -28,6 +30,18 @@ from tests.conftest import REPO_ROOT, free_port
 from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
 
 CUI = [sys.executable, "-m", "cui.main"]
+
+
+LOOPBACK_SUBSCRIBERS = {"allowed_subscriber_networks": ["127.0.0.0/8"]}
+"""The utility listens on loopback here; the server refuses that unless its config allows it."""
+
+
+@pytest.fixture(autouse=True)
+def _loopback_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local publish announces under the server config named in the environment."""
+    config = tmp_path / "server-config.json"
+    config.write_text(json.dumps(LOOPBACK_SUBSCRIBERS))
+    monkeypatch.setenv("COLLECTIVE_REPOSERVER_CONFIG", str(config))
 
 
 def cui(*args: str, env: dict[str, str]) -> str:
@@ -188,7 +202,7 @@ def test_git_push_to_the_server_updates_the_running_appliance(tmp_path: Path) ->
         ),
     )
     publish(repo.path, sample_appliance(tmp_path / "app", "DNS"))
-    with running_server(root, workers=2) as server:
+    with running_server(root, workers=2, extra=LOOPBACK_SUBSCRIBERS) as server:
         user = tmp_path / "user"
         user.mkdir()
         cvl = user / "MyDNS.cvl"
