@@ -159,7 +159,14 @@ def utility_group() -> None:
     default=None,
     help="Users (not administrators) may only start CVL files under this directory.",
 )
+@click.option(
+    "--reinitialise",
+    is_flag=True,
+    help="Move a missing, corrupt or unreadable state database aside and start empty "
+    "(only after restoring from a backup is impossible).",
+)
 def serve_command(
+    reinitialise: bool,
     state_dir: str | None,
     listen: str | None,
     placement: str,
@@ -189,6 +196,7 @@ def serve_command(
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
+        reinitialise=reinitialise,
     )
 
 

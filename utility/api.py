@@ -34,6 +34,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from utility.cluster import Caller, ClusterManager, FetchReport
+from utility.daemon_lock import hold_state_lock
+from utility.db_check import check_database, migrate
 from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.manager_base import STATE_DIR_MODE
 from utility.pages import init_app as init_pages
@@ -372,6 +374,7 @@ def serve(
     announce: Callable[[str], None] = lambda line: print(line, flush=True),
     events_secret: bytes | None = None,
     poll_interval: float | None = None,
+    reinitialise: bool = False,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
 
@@ -381,7 +384,10 @@ def serve(
     """
     state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
     os.chmod(state_dir, STATE_DIR_MODE)
+    lock = hold_state_lock(state_dir)  # noqa: F841 - held (open) for the daemon's life
+    check_database(state_dir, reinitialise)
     manager = manager_factory(state_dir)
+    migrate(manager.store.read())
     report = manager.reconcile()
     for path in report["rolled_back"]:
         announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")

@@ -102,3 +102,15 @@ class TrustRefused(UtilityError):
     """Trust policy refuses a version, or a file does not match the version's signed tag."""
 
     http_status = 422
+
+
+class DaemonRunning(UtilityError):
+    """Another daemon holds this state directory's lock."""
+
+    http_status = 409
+
+
+class DatabaseRefused(UtilityError):
+    """The state database is missing, corrupt or too new where VAPs existed: no silent start."""
+
+    http_status = 500
