@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -25,13 +26,16 @@ DEFAULT_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def event(repository_url: str, number: int, commit: str, signer: str | None) -> dict[str, object]:
-    """The event announcing version `number` (the README's contract)."""
+    """The event announcing version `number` (the README's contract): a random `id` and the
+    `timestamp` let receivers refuse replays and stale events."""
     return {
         "repository": repository_url,
         "version": number,
         "tag": f"v{number}",
         "commit": commit,
         "signer": signer,
+        "id": secrets.token_hex(16),
+        "timestamp": time.time(),
     }
 
 

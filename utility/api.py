@@ -37,6 +37,7 @@ from utility.cluster import Caller, ClusterManager, FetchReport
 from utility.daemon_lock import hold_state_lock
 from utility.db_check import check_database, migrate
 from utility.errors import CheckFailed, Unauthorized, UtilityError
+from utility.event_guard import EventRules, accept_event, check_size
 from utility.manager_base import STATE_DIR_MODE
 from utility.pages import init_app as init_pages
 from utility.sizes import parse_size
@@ -57,6 +58,7 @@ def create_app(
     require_token: bool = True,
     events_secret: bytes | None = None,
     events_url: str | None = None,
+    event_rules: EventRules | None = None,
 ) -> Flask:
     """The API application over `manager`.
 
@@ -68,7 +70,7 @@ def create_app(
         events_url: this daemon's publish-events URL as repository servers reach it (the
             default of `cui utility subscribe`); None on the Unix socket.
     """
-    from utility.autoupdate import AutoUpdater, event_secret, verify_event
+    from utility.autoupdate import AutoUpdater
 
     app = Flask("utility")
     app.config["MANAGER"] = manager
@@ -282,16 +284,15 @@ def create_app(
 
     @app.post(EVENTS_PATH)
     def publish_event() -> Any:
-        raw = request.get_data()
-        secret = event_secret(raw, manager.subscriptions, events_secret)
-        if secret is None:
-            from utility.errors import Forbidden
-
-            raise Forbidden(
-                "publish event from a repository this utility is not subscribed "
-                "to, and no global events secret: ignored"
-            )
-        event = verify_event(raw, request.headers.get("X-Collective-Signature"), secret)
+        check_size(request.content_length)
+        event = accept_event(
+            request.get_data(),
+            request.headers.get("X-Collective-Signature"),
+            manager.subscriptions.secrets(),
+            events_secret,
+            manager.store,
+            event_rules or EventRules(),
+        )
         return jsonify({"scheduled": updater.on_event(event)}), 202
 
     def repository_auth(data: dict[str, Any]) -> tuple[str, str] | None:

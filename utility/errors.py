@@ -114,3 +114,16 @@ class DatabaseRefused(UtilityError):
     """The state database is missing, corrupt or too new where VAPs existed: no silent start."""
 
     http_status = 500
+
+
+class PayloadTooLarge(UtilityError):
+    """A request body over its route's limit (read no further)."""
+
+    http_status = 413
+
+
+class EventRefused(UtilityError):
+    """A correctly signed publish event that is replayed, stale, from the future or names a
+    version the repository does not have."""
+
+    http_status = 409
