@@ -33,6 +33,8 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from utility import validation as valid
+from utility.addresses import parse_range
 from utility.cluster import Caller, ClusterManager, FetchReport
 from utility.daemon_lock import hold_state_lock
 from utility.db_check import check_database, migrate
@@ -40,7 +42,6 @@ from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.event_guard import EventRules, accept_event, check_size
 from utility.manager_base import STATE_DIR_MODE
 from utility.pages import init_app as init_pages
-from utility.sizes import parse_size
 
 LOCAL_ADMIN = Caller("local", "admin")
 SOCKET_NAME = "utility.sock"
@@ -165,10 +166,12 @@ def create_app(
         return data
 
     def field(data: dict[str, Any], name: str, kind: type = str) -> Any:
-        value = data.get(name)
-        if not isinstance(value, kind):
-            raise UtilityError(f"field {name!r} is missing or not a {kind.__name__}")
-        return value
+        if kind is int:
+            return valid.integer(data, name, 1, 100_000)
+        return valid.text(data, name)
+
+    def query(name: str) -> str | None:
+        return valid.optional_text(dict(request.args), name)
 
     @app.get("/v1/whoami")
     def whoami() -> Any:
@@ -181,20 +184,17 @@ def create_app(
     @app.post("/v1/hosts")
     def add_host() -> Any:
         data = body()
-        memory = data.get("memory")
-        memory = parse_size(memory, "memory") if isinstance(memory, str) else memory
-        if not isinstance(memory, int):
-            raise UtilityError("field 'memory' is missing (e.g. \"4G\")")
-        row = manager.add_host(
-            caller(), field(data, "name"), field(data, "uri"), memory, field(data, "max_vms", int)
-        )
+        memory, uri = valid.memory(data), field(data, "uri")
+        name, max_vms = field(data, "name"), field(data, "max_vms", int)
+        valid.check_new_host_uri(uri, [h.uri for h in manager.store.hosts()])
+        row = manager.add_host(caller(), name, uri, memory, max_vms)
         return jsonify(
             {"name": row.name, "uri": row.uri, "memory": row.memory, "max_vms": row.max_vms}
         ), 201
 
     @app.delete("/v1/hosts/<name>")
     def remove_host(name: str) -> Any:
-        manager.remove_host(caller(), name)
+        manager.remove_host(caller(), valid.clean_text(name, "name"))
         return jsonify({"removed": name})
 
     @app.post("/v1/vlans")
@@ -203,7 +203,15 @@ def create_app(
 
     @app.post("/v1/publicips")
     def add_public_ips() -> Any:
-        return jsonify({"added": manager.add_public_ips(caller(), field(body(), "range"))})
+        spec = field(body(), "range")
+        if caller().admin:  # users get the Forbidden of add_public_ips
+            valid.check_public_ips(
+                parse_range(spec),
+                manager.settings.address_base,
+                [h.uri for h in manager.store.hosts()],
+                len(manager.store.pools()["public_ips"]),
+            )
+        return jsonify({"added": manager.add_public_ips(caller(), spec)})
 
     @app.get("/v1/pools")
     def pools() -> Any:
@@ -232,13 +240,15 @@ def create_app(
     @app.post("/v1/trust")
     def set_trust() -> Any:
         data = body()
-        manager.set_trust(caller(), data.get("url"), bool(data.get("require_signed")))
+        manager.set_trust(
+            caller(), valid.optional_text(data, "url"), valid.boolean(data, "require_signed")
+        )
         return jsonify(manager.trust.describe())
 
     @app.post("/v1/trust/keys")
     def trust_key() -> Any:
         data = body()
-        kind = manager.trust_key(caller(), data.get("url"), field(data, "key"))
+        kind = manager.trust_key(caller(), valid.optional_text(data, "url"), field(data, "key"))
         return jsonify({"trusted": kind}), 201
 
     @app.get("/v1/blacklist/violations")
@@ -248,11 +258,7 @@ def create_app(
     @app.post("/v1/vaps/start")
     def start() -> Any:
         data = body()
-        secrets = data.get("secrets") or {}
-        if not isinstance(secrets, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()
-        ):
-            raise UtilityError("field 'secrets' must map parameter keys to strings")
+        secrets = valid.string_map(data, "secrets")
         who, cvl = caller(), field(data, "cvl")
         if wants_stream():
             return streamed(lambda report: manager.start(who, cvl, secrets, report))
@@ -261,19 +267,16 @@ def create_app(
     @app.post("/v1/vaps/stop")
     def stop() -> Any:
         data = body()
-        timeout = data.get("timeout")
-        if timeout is not None and not isinstance(timeout, int | float):
-            raise UtilityError("field 'timeout' must be a number of seconds")
-        return jsonify(manager.stop(caller(), field(data, "cvl"), data.get("component"), timeout))
+        timeout = valid.seconds(data, "timeout")
+        component = valid.optional_text(data, "component")
+        return jsonify(manager.stop(caller(), field(data, "cvl"), component, timeout))
 
     @app.post("/v1/vaps/update")
     def update() -> Any:
         data = body()
-        secrets = data.get("secrets") or {}
-        if not isinstance(secrets, dict):
-            raise UtilityError("field 'secrets' must map parameter keys to strings")
-        who, cvl, component = caller(), field(data, "cvl"), data.get("component")
-        dry_run = bool(data.get("dry_run"))
+        secrets = valid.string_map(data, "secrets")
+        who, cvl, component = caller(), field(data, "cvl"), valid.optional_text(data, "component")
+        dry_run = valid.boolean(data, "dry_run")
         if wants_stream():
             return streamed(
                 lambda report: manager.update(
@@ -303,7 +306,7 @@ def create_app(
             raise UtilityError(
                 "fields 'user' and 'token' (repository server credentials) must both be strings"
             )
-        return user, token
+        return valid.clean_text(user, "user"), valid.clean_text(token, "token")
 
     @app.get("/v1/subscriptions")
     def subscriptions() -> Any:
@@ -316,7 +319,7 @@ def create_app(
     @app.post("/v1/subscriptions")
     def subscribe() -> Any:
         data = body()
-        target = data.get("events_url") or app.config["EVENTS_URL"]
+        target = valid.url(data, "events_url", required=False) or app.config["EVENTS_URL"]
         if not isinstance(target, str):
             raise UtilityError(
                 "this daemon listens on a Unix socket that repository servers "
@@ -324,7 +327,9 @@ def create_app(
                 "--events-url http://HOST:PORT/v1/events/publish)"
             )
         return jsonify(
-            manager.subscribe(caller(), field(data, "repository"), target, repository_auth(data))
+            manager.subscribe(
+                caller(), valid.url(data, "repository"), target, repository_auth(data)
+            )
         ), 201
 
     @app.post("/v1/subscriptions/remove")
@@ -336,11 +341,11 @@ def create_app(
 
     @app.get("/v1/history")
     def history() -> Any:
-        return jsonify(manager.history(caller(), request.args.get("cvl")))
+        return jsonify(manager.history(caller(), query("cvl")))
 
     @app.get("/v1/vaps")
     def status() -> Any:
-        return jsonify(manager.status(caller(), request.args.get("cvl")))
+        return jsonify(manager.status(caller(), query("cvl")))
 
     @app.get("/v1/reconcile")
     def reconcile_report() -> Any:
@@ -357,7 +362,7 @@ def create_app(
             from utility.errors import Forbidden
 
             raise Forbidden("only administrators may create tokens")
-        role = data.get("role", "user")
+        role = valid.optional_text(data, "role") or "user"
         if role not in ("admin", "user"):
             raise UtilityError("role must be 'admin' or 'user'")
         token = token_source.token_urlsafe(32)
