@@ -74,6 +74,7 @@ def create_app(
     from utility.autoupdate import AutoUpdater
 
     app = Flask("utility")
+    app.config["MAX_CONTENT_LENGTH"] = valid.MAX_REQUEST_BYTES  # a 413 beyond, never read
     app.config["MANAGER"] = manager
     updater = AutoUpdater(manager)
     app.config["AUTO_UPDATER"] = updater
@@ -160,7 +161,10 @@ def create_app(
         return g.caller  # type: ignore[no-any-return]
 
     def body() -> dict[str, Any]:
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:  # nested deeper than the JSON parser's recursion allows
+            data = None
         if not isinstance(data, dict):
             raise UtilityError("request body must be a JSON object")
         return data

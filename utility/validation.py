@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from utility.errors import Conflict, UtilityError
 from utility.sizes import parse_size
 
+MAX_REQUEST_BYTES = 16 << 20
 MAX_TEXT = 4096
 MAX_CVL_TEXT = 1 << 20
 MAX_KEY_TEXT = 64 * 1024
