@@ -1,4 +1,4 @@
-"""The cluster manager's HTTP API (Flask app factory) and the daemon that serves it.
+"""The cluster manager's HTTP API (Flask app factory); `utility.daemon_server` serves it.
 
 Transport only: each route authenticates, calls one `ClusterManager` method, returns JSON.
 This is the one place `UtilityError`s (and CVL errors) become HTTP statuses; every refusal is a
@@ -18,29 +18,21 @@ HTTP status is already 200 by then, so the error's status travels in the line).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import secrets as token_source
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
 from utility import validation as valid
 from utility.addresses import parse_range
 from utility.cluster import Caller, ClusterManager, FetchReport
-from utility.daemon_lock import hold_state_lock
-from utility.db_check import check_database, migrate
 from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.event_guard import EventRules, accept_event, check_size
-from utility.manager_base import STATE_DIR_MODE
 from utility.pages import init_app as init_pages
 
 LOCAL_ADMIN = Caller("local", "admin")
@@ -375,76 +367,3 @@ def create_app(
 
     init_pages(app)
     return app
-
-
-def serve(
-    state_dir: Path,
-    listen: str | None,
-    manager_factory: Callable[[Path], ClusterManager] = ClusterManager,
-    announce: Callable[[str], None] = lambda line: print(line, flush=True),
-    events_secret: bytes | None = None,
-    poll_interval: float | None = None,
-    reinitialise: bool = False,
-) -> None:
-    """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
-
-    Args:
-        state_dir: the state directory (created 0711: see `manager_base.STATE_DIR_MODE`).
-        listen: None for the Unix socket `state_dir/utility.sock`; `HOST:PORT` for TCP.
-    """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
-    os.chmod(state_dir, STATE_DIR_MODE)
-    lock = hold_state_lock(state_dir)  # noqa: F841 - held (open) for the daemon's life
-    check_database(state_dir, reinitialise)
-    manager = manager_factory(state_dir)
-    migrate(manager.store.read())
-    report = manager.reconcile()
-    for path in report["rolled_back"]:
-        announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")
-    for item in report["dead"]:
-        announce(f"reconcile: {item} is no longer running (marked dead)")
-    for item in report["unowned"]:
-        announce(
-            f"reconcile: domain {item['domain']} on {item['host']} belongs to no VAP (left running)"
-        )
-    if listen is None:
-        sock = state_dir / SOCKET_NAME
-        sock.unlink(missing_ok=True)
-        old = os.umask(0o177)
-        try:
-            app = create_app(manager, require_token=False, events_secret=events_secret)
-            server = make_server(f"unix://{sock}", 0, app, threaded=True)
-        finally:
-            os.umask(old)
-        os.chmod(sock, 0o600)
-        where = f"unix://{sock}"
-    else:
-        host, _, port = listen.rpartition(":")
-        if not port.isdigit():
-            raise UtilityError(f"--listen {listen!r}: expected HOST:PORT")
-        app = create_app(manager, require_token=True, events_secret=events_secret)
-        server = make_server(host or "127.0.0.1", int(port), app, threaded=True)
-        where = f"http://{host or '127.0.0.1'}:{server.server_port}"
-        app.config["EVENTS_URL"] = where + EVENTS_PATH
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    stopping = threading.Event()
-    if poll_interval:
-        threading.Thread(
-            target=app.config["AUTO_UPDATER"].poll_forever,
-            args=(poll_interval, stopping),
-            daemon=True,
-        ).start()
-    signal.signal(signal.SIGTERM, stop)
-    announce(f"cluster manager listening on {where} (state {state_dir})")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stopping.set()
-        server.server_close()
-        manager.close()
-        sys.stdout.flush()
