@@ -50,6 +50,12 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 def _reconcile(manager: ClusterManager, announce: Callable[[str], None]) -> None:
     report = manager.reconcile()
+    manager.store.event(
+        None,
+        "reconcile",
+        f"process {os.getpid()}: {len(report['rolled_back'])} rolled back, "
+        f"{len(report['dead'])} dead, {len(report['unowned'])} unowned",
+    )
     for path in report["rolled_back"]:
         announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")
     for item in report["dead"]:
