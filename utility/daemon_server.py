@@ -6,7 +6,8 @@ gunicorn binds it under umask 0177) or the TCP port (with TLS when `--tls-cert/-
 Then one gunicorn worker (gthread: requests in threads) builds the cluster manager after the
 fork, reconciles with the hosts, starts polling, and serves. So reconcile, automatic updates
 and polling run in exactly one process; a worker that dies is replaced and reconciles again.
-SIGTERM stops the master, which stops the worker (and removes the Unix socket).
+SIGTERM stops the master, which stops the worker (and removes the Unix socket); SIGKILL of the
+master kills the worker too (PR_SET_PDEATHSIG), as a crash of the daemon should.
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return self.build()
+
+
+def _die_with_master() -> None:
+    """Ask Linux to SIGKILL this worker when the gunicorn master dies (`kill -9` of the daemon
+    must end the whole daemon, not leave a worker finishing a start and holding the lock)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the master died before the request took effect
+        os._exit(1)
 
 
 def _reconcile(manager: ClusterManager, announce: Callable[[str], None]) -> None:
@@ -96,6 +111,7 @@ def serve(
 
     def build() -> Any:
         """In the worker, after the fork: the manager, reconcile, polling, the app."""
+        _die_with_master()
         manager = manager_factory(state_dir)
         migrate(manager.store.read())
         _reconcile(manager, announce)

@@ -9,7 +9,9 @@ running VAP's VLANs and addresses again.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,25 @@ def test_lost_database_where_a_vap_ran_is_refused_with_the_recovery(tmp_path: Pa
     finally:
         again.kill()
     Daemon(state).kill()  # the reinitialised database is valid from now on
+
+
+def test_sigkill_of_the_daemon_ends_its_worker_and_frees_the_lock(tmp_path: Path) -> None:
+    from tests.integration.test_utility_tls import children
+
+    state = tmp_path / "state"
+    first = Daemon(state)
+    workers = children(first.proc.pid)
+    assert len(workers) == 1
+    first.kill(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{workers[0]}").exists():
+        try:
+            stat = Path(f"/proc/{workers[0]}/stat").read_text()
+        except OSError:
+            break
+        if stat.rpartition(")")[2].split()[0] == "Z":
+            break  # dead, waiting to be reaped by init
+        assert time.monotonic() < deadline, "the worker outlived its master"
+        time.sleep(0.05)
+    second = Daemon(state)  # the lock went with them
+    second.kill()
