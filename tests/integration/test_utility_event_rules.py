@@ -135,3 +135,34 @@ def test_events_install_exactly_the_named_version_once(tmp_path: Path) -> None:
     assert answer.status_code == 409 and "already received" in answer.get_json()["error"]
     assert restarted.history(ADMIN, str(cvl)) == history
     restarted.close()
+
+
+def test_under_require_signed_the_named_version_is_verified_not_the_latest(tmp_path: Path) -> None:
+    from tests.integration.test_utility_trust import ssh_key
+
+    trusted = ssh_key(tmp_path / "trusted")
+    ssh_key(tmp_path / "stranger")
+    repo_path, dns_cvl, cvl = office(tmp_path)  # v1 unsigned: start before require-signed
+    state = tmp_path / "state"
+    manager = ClusterManager(state)
+    manager.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 8)
+    manager.add_vlans(ADMIN, "100-101")
+    manager.add_public_ips(ADMIN, "192.0.2.1-192.0.2.2")
+    manager.start(ADMIN, str(cvl))
+    url = repo_path.as_uri()
+    manager.set_trust(ADMIN, url, True)
+    manager.trust_key(ADMIN, url, trusted)
+    for fill, key in ((0x42, "stranger"), (0x43, "trusted")):  # v2 untrusted, v3 trusted
+        write_pattern(dns_cvl.parent / "root.qcow2", fill, "2M", "64k")
+        publish(repo_path, dns_cvl, sign=str(tmp_path / key))
+    repo = open_repository(url)
+    app = create_app(manager, require_token=True, events_secret=SHARED)
+    client, updater = app.test_client(), app.config["AUTO_UPDATER"]
+    raw, headers = signed(event(url, 2, repo.commit(2)))
+    assert client.post(EVENTS_PATH, data=raw, headers=headers).status_code == 202
+    updater.wait()
+    vap = manager.status(ADMIN, str(cvl))[0]
+    assert {c["path"]: c["version"] for c in vap["components"]}["d"] == "1"  # neither 2 nor 3
+    history = manager.history(ADMIN, str(cvl))
+    assert len(history) == 1 and "v2 refused by trust policy" in history[0]["result"]
+    manager.close()
