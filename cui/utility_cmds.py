@@ -40,8 +40,14 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "utility_url",
         metavar="URL",
         default=None,
-        help="Cluster manager: unix:///PATH or http://HOST:PORT "
+        help="Cluster manager: unix:///PATH, https://HOST:PORT or http://HOST:PORT "
         "(default $COLLECTIVE_UTILITY, else the local daemon's socket).",
+    )
+    @click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="CA certificate(s) to verify an https daemon with (default $COLLECTIVE_CA).",
     )
     @click.option(
         "--token-file",
@@ -50,9 +56,11 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="File holding the bearer token, '-' for standard input (default $COLLECTIVE_TOKEN).",
     )
     @functools.wraps(fn)
-    def wrapper(*args: Any, utility_url: str | None, token_file: Any, **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any, utility_url: str | None, token_file: Any, ca_file: str | None, **kwargs: Any
+    ) -> Any:
         token = read_secret(token_file) if token_file is not None else None
-        return fn(*args, client=UtilityClient(utility_url, token), **kwargs)
+        return fn(*args, client=UtilityClient(utility_url, token, ca_file=ca_file), **kwargs)
 
     return wrapper
 
@@ -99,7 +107,27 @@ def utility_group() -> None:
     "--listen",
     default=None,
     metavar="HOST:PORT",
-    help="Serve on TCP (bearer token required); default the Unix socket in --state.",
+    help="Serve on TCP (bearer token required; plain TCP only on loopback, else give "
+    "--tls-cert and --tls-key); default the Unix socket in --state.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate (chain) for https on --listen.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--event-window",
+    type=click.FloatRange(1, 86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds a publish event stays acceptable (older ones and replays are refused).",
 )
 @click.option(
     "--placement",
@@ -159,7 +187,17 @@ def utility_group() -> None:
     default=None,
     help="Users (not administrators) may only start CVL files under this directory.",
 )
+@click.option(
+    "--reinitialise",
+    is_flag=True,
+    help="Move a missing, corrupt or unreadable state database aside and start empty "
+    "(only after restoring from a backup is impossible).",
+)
 def serve_command(
+    tls_cert: str | None,
+    tls_key: str | None,
+    event_window: float,
+    reinitialise: bool,
     state_dir: str | None,
     listen: str | None,
     placement: str,
@@ -174,13 +212,20 @@ def serve_command(
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.allocation import Settings
-    from utility.api import serve
     from utility.cluster import ClusterManager
+    from utility.daemon_server import serve
+    from utility.event_guard import EventRules
     from utility.executor import Timeouts
+    from utility.tls import check_listen, split_listen
 
     settings = Settings(prefix=prefix, address_base=address_base, placement=placement)
     timeouts = Timeouts(ready=ready_timeout, stop=stop_timeout)
     secret = os.environ.get(events_secret_env)
+    tls = (Path(tls_cert), Path(tls_key)) if tls_cert and tls_key else None
+    if listen is not None:  # refused here, before anything is opened
+        check_listen(split_listen(listen)[0], *(tls or (None, None)))
+    elif tls_cert or tls_key:
+        raise click.UsageError("--tls-cert/--tls-key need --listen HOST:PORT")
     serve(
         Path(state_dir) if state_dir else default_state_dir(),
         listen,
@@ -189,6 +234,9 @@ def serve_command(
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
+        reinitialise=reinitialise,
+        tls=tls,
+        event_rules=EventRules(window=event_window),
     )
 
 

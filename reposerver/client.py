@@ -130,12 +130,17 @@ class HttpRepository(_DiskFetching):
     """A repository served by `reposerver` at `base` (`http://HOST/NAME`)."""
 
     def __init__(
-        self, base: str, timeout: float = 30.0, auth: tuple[str, str] | None = None
+        self,
+        base: str,
+        timeout: float = 30.0,
+        auth: tuple[str, str] | None = None,
+        deadline: float = 120.0,
     ) -> None:
         import requests
 
         self.base = base.rstrip("/")
         self.timeout = timeout
+        self.deadline = deadline
         self.session = requests.Session()
         if auth:
             self.session.auth = auth
@@ -144,8 +149,10 @@ class HttpRepository(_DiskFetching):
         import requests
 
         url = f"{self.base}/{path}"
+        streamed = kwargs.pop("stream", False)
         try:
-            response = self.session.get(url, timeout=self.timeout, **kwargs)
+            response = self.session.get(url, timeout=self.timeout, stream=True, **kwargs)
+            _within_deadline(response, url, self.deadline, streamed)
         except requests.RequestException as exc:
             raise Unreachable(f"cannot reach {url}: {exc}") from None
         if response.status_code == 404:
@@ -216,6 +223,38 @@ class HttpRepository(_DiskFetching):
             cache.put_stream(f, expected_oid=sha256)
         partial.unlink()
         return cache.verified_path(sha256)
+
+
+MIN_RATE = 256 * 1024
+"""Bytes per second a streamed download must average (beyond the deadline) to continue."""
+
+
+def _within_deadline(response: Any, url: str, deadline: float, streamed: bool) -> None:
+    """Bound the whole transfer, not only each read: a server that answers a byte per timeout
+    could otherwise hold a fetch forever. Small answers are read now within `deadline` seconds;
+    a streamed one gets `deadline` plus its Content-Length at `MIN_RATE`."""
+    import time
+
+    size = int(response.headers.get("Content-Length") or 0) if streamed else 0
+    end = time.monotonic() + deadline + size / MIN_RATE
+    raw = response.raw
+    # read1 returns as soon as any bytes arrive, so the deadline is checked between arrivals
+    read = getattr(raw, "read1", None) or (lambda n, decode_content: raw.read(1024, decode_content))
+
+    def bounded(_chunk_size: int = CHUNK) -> Any:
+        while True:
+            if time.monotonic() > end:
+                response.close()
+                raise Unreachable(f"{url}: not received within its deadline; gave up")
+            chunk = read(CHUNK, decode_content=True)
+            if not chunk:
+                return
+            yield chunk
+
+    if streamed:
+        response.iter_content = bounded
+    else:
+        response._content = b"".join(bounded())
 
 
 def _message(response: Any) -> str:

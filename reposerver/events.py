@@ -32,16 +32,16 @@ DEFAULT_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def event(repository_url: str, number: int, commit: str, signer: str | None) -> dict[str, object]:
-    """The event announcing version `number` (the README's contract): a fresh random `id` and
-    the current `time` make every event distinct, so a replay is recognisable."""
+    """The event announcing version `number` (the README's contract): a random `id` and the
+    `timestamp` let receivers refuse replays and stale events."""
     return {
-        "id": secrets.token_hex(16),
-        "time": int(time.time()),
         "repository": repository_url,
         "version": number,
         "tag": f"v{number}",
         "commit": commit,
         "signer": signer,
+        "id": secrets.token_hex(16),
+        "timestamp": time.time(),
     }
 
 

@@ -1,4 +1,4 @@
-"""The cluster manager's HTTP API (Flask app factory) and the daemon that serves it.
+"""The cluster manager's HTTP API (Flask app factory); `utility.daemon_server` serves it.
 
 Transport only: each route authenticates, calls one `ClusterManager` method, returns JSON.
 This is the one place `UtilityError`s (and CVL errors) become HTTP statuses; every refusal is a
@@ -18,26 +18,22 @@ HTTP status is already 200 by then, so the error's status travels in the line).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import secrets as token_source
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
+from utility import validation as valid
+from utility.addresses import parse_range
 from utility.cluster import Caller, ClusterManager, FetchReport
 from utility.errors import CheckFailed, Unauthorized, UtilityError
-from utility.manager_base import STATE_DIR_MODE
+from utility.event_guard import EventRules, accept_event, check_size
 from utility.pages import init_app as init_pages
-from utility.sizes import parse_size
 
 LOCAL_ADMIN = Caller("local", "admin")
 SOCKET_NAME = "utility.sock"
@@ -55,6 +51,7 @@ def create_app(
     require_token: bool = True,
     events_secret: bytes | None = None,
     events_url: str | None = None,
+    event_rules: EventRules | None = None,
 ) -> Flask:
     """The API application over `manager`.
 
@@ -66,9 +63,10 @@ def create_app(
         events_url: this daemon's publish-events URL as repository servers reach it (the
             default of `cui utility subscribe`); None on the Unix socket.
     """
-    from utility.autoupdate import AutoUpdater, event_secret, verify_event
+    from utility.autoupdate import AutoUpdater
 
     app = Flask("utility")
+    app.config["MAX_CONTENT_LENGTH"] = valid.MAX_REQUEST_BYTES  # a 413 beyond, never read
     app.config["MANAGER"] = manager
     updater = AutoUpdater(manager)
     app.config["AUTO_UPDATER"] = updater
@@ -155,16 +153,21 @@ def create_app(
         return g.caller  # type: ignore[no-any-return]
 
     def body() -> dict[str, Any]:
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:  # nested deeper than the JSON parser's recursion allows
+            data = None
         if not isinstance(data, dict):
             raise UtilityError("request body must be a JSON object")
         return data
 
     def field(data: dict[str, Any], name: str, kind: type = str) -> Any:
-        value = data.get(name)
-        if not isinstance(value, kind):
-            raise UtilityError(f"field {name!r} is missing or not a {kind.__name__}")
-        return value
+        if kind is int:
+            return valid.integer(data, name, 1, 100_000)
+        return valid.text(data, name)
+
+    def query(name: str) -> str | None:
+        return valid.optional_text(dict(request.args), name)
 
     @app.get("/v1/whoami")
     def whoami() -> Any:
@@ -177,20 +180,17 @@ def create_app(
     @app.post("/v1/hosts")
     def add_host() -> Any:
         data = body()
-        memory = data.get("memory")
-        memory = parse_size(memory, "memory") if isinstance(memory, str) else memory
-        if not isinstance(memory, int):
-            raise UtilityError("field 'memory' is missing (e.g. \"4G\")")
-        row = manager.add_host(
-            caller(), field(data, "name"), field(data, "uri"), memory, field(data, "max_vms", int)
-        )
+        memory, uri = valid.memory(data), field(data, "uri")
+        name, max_vms = field(data, "name"), field(data, "max_vms", int)
+        valid.check_new_host_uri(uri, [h.uri for h in manager.store.hosts()])
+        row = manager.add_host(caller(), name, uri, memory, max_vms)
         return jsonify(
             {"name": row.name, "uri": row.uri, "memory": row.memory, "max_vms": row.max_vms}
         ), 201
 
     @app.delete("/v1/hosts/<name>")
     def remove_host(name: str) -> Any:
-        manager.remove_host(caller(), name)
+        manager.remove_host(caller(), valid.clean_text(name, "name"))
         return jsonify({"removed": name})
 
     @app.post("/v1/vlans")
@@ -199,7 +199,15 @@ def create_app(
 
     @app.post("/v1/publicips")
     def add_public_ips() -> Any:
-        return jsonify({"added": manager.add_public_ips(caller(), field(body(), "range"))})
+        spec = field(body(), "range")
+        if caller().admin:  # users get the Forbidden of add_public_ips
+            valid.check_public_ips(
+                parse_range(spec),
+                manager.settings.address_base,
+                [h.uri for h in manager.store.hosts()],
+                len(manager.store.pools()["public_ips"]),
+            )
+        return jsonify({"added": manager.add_public_ips(caller(), spec)})
 
     @app.get("/v1/pools")
     def pools() -> Any:
@@ -228,13 +236,15 @@ def create_app(
     @app.post("/v1/trust")
     def set_trust() -> Any:
         data = body()
-        manager.set_trust(caller(), data.get("url"), bool(data.get("require_signed")))
+        manager.set_trust(
+            caller(), valid.optional_text(data, "url"), valid.boolean(data, "require_signed")
+        )
         return jsonify(manager.trust.describe())
 
     @app.post("/v1/trust/keys")
     def trust_key() -> Any:
         data = body()
-        kind = manager.trust_key(caller(), data.get("url"), field(data, "key"))
+        kind = manager.trust_key(caller(), valid.optional_text(data, "url"), field(data, "key"))
         return jsonify({"trusted": kind}), 201
 
     @app.get("/v1/blacklist/violations")
@@ -244,11 +254,7 @@ def create_app(
     @app.post("/v1/vaps/start")
     def start() -> Any:
         data = body()
-        secrets = data.get("secrets") or {}
-        if not isinstance(secrets, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()
-        ):
-            raise UtilityError("field 'secrets' must map parameter keys to strings")
+        secrets = valid.string_map(data, "secrets")
         who, cvl = caller(), field(data, "cvl")
         if wants_stream():
             return streamed(lambda report: manager.start(who, cvl, secrets, report))
@@ -257,19 +263,16 @@ def create_app(
     @app.post("/v1/vaps/stop")
     def stop() -> Any:
         data = body()
-        timeout = data.get("timeout")
-        if timeout is not None and not isinstance(timeout, int | float):
-            raise UtilityError("field 'timeout' must be a number of seconds")
-        return jsonify(manager.stop(caller(), field(data, "cvl"), data.get("component"), timeout))
+        timeout = valid.seconds(data, "timeout")
+        component = valid.optional_text(data, "component")
+        return jsonify(manager.stop(caller(), field(data, "cvl"), component, timeout))
 
     @app.post("/v1/vaps/update")
     def update() -> Any:
         data = body()
-        secrets = data.get("secrets") or {}
-        if not isinstance(secrets, dict):
-            raise UtilityError("field 'secrets' must map parameter keys to strings")
-        who, cvl, component = caller(), field(data, "cvl"), data.get("component")
-        dry_run = bool(data.get("dry_run"))
+        secrets = valid.string_map(data, "secrets")
+        who, cvl, component = caller(), field(data, "cvl"), valid.optional_text(data, "component")
+        dry_run = valid.boolean(data, "dry_run")
         if wants_stream():
             return streamed(
                 lambda report: manager.update(
@@ -280,16 +283,15 @@ def create_app(
 
     @app.post(EVENTS_PATH)
     def publish_event() -> Any:
-        raw = request.get_data()
-        secret = event_secret(raw, manager.subscriptions, events_secret)
-        if secret is None:
-            from utility.errors import Forbidden
-
-            raise Forbidden(
-                "publish event from a repository this utility is not subscribed "
-                "to, and no global events secret: ignored"
-            )
-        event = verify_event(raw, request.headers.get("X-Collective-Signature"), secret)
+        check_size(request.content_length)
+        event = accept_event(
+            request.get_data(),
+            request.headers.get("X-Collective-Signature"),
+            manager.subscriptions.secrets(),
+            events_secret,
+            manager.store,
+            event_rules or EventRules(),
+        )
         return jsonify({"scheduled": updater.on_event(event)}), 202
 
     def repository_auth(data: dict[str, Any]) -> tuple[str, str] | None:
@@ -300,7 +302,7 @@ def create_app(
             raise UtilityError(
                 "fields 'user' and 'token' (repository server credentials) must both be strings"
             )
-        return user, token
+        return valid.clean_text(user, "user"), valid.clean_text(token, "token")
 
     @app.get("/v1/subscriptions")
     def subscriptions() -> Any:
@@ -313,7 +315,7 @@ def create_app(
     @app.post("/v1/subscriptions")
     def subscribe() -> Any:
         data = body()
-        target = data.get("events_url") or app.config["EVENTS_URL"]
+        target = valid.url(data, "events_url", required=False) or app.config["EVENTS_URL"]
         if not isinstance(target, str):
             raise UtilityError(
                 "this daemon listens on a Unix socket that repository servers "
@@ -321,7 +323,9 @@ def create_app(
                 "--events-url http://HOST:PORT/v1/events/publish)"
             )
         return jsonify(
-            manager.subscribe(caller(), field(data, "repository"), target, repository_auth(data))
+            manager.subscribe(
+                caller(), valid.url(data, "repository"), target, repository_auth(data)
+            )
         ), 201
 
     @app.post("/v1/subscriptions/remove")
@@ -333,11 +337,11 @@ def create_app(
 
     @app.get("/v1/history")
     def history() -> Any:
-        return jsonify(manager.history(caller(), request.args.get("cvl")))
+        return jsonify(manager.history(caller(), query("cvl")))
 
     @app.get("/v1/vaps")
     def status() -> Any:
-        return jsonify(manager.status(caller(), request.args.get("cvl")))
+        return jsonify(manager.status(caller(), query("cvl")))
 
     @app.get("/v1/reconcile")
     def reconcile_report() -> Any:
@@ -354,7 +358,7 @@ def create_app(
             from utility.errors import Forbidden
 
             raise Forbidden("only administrators may create tokens")
-        role = data.get("role", "user")
+        role = valid.optional_text(data, "role") or "user"
         if role not in ("admin", "user"):
             raise UtilityError("role must be 'admin' or 'user'")
         token = token_source.token_urlsafe(32)
@@ -363,72 +367,3 @@ def create_app(
 
     init_pages(app)
     return app
-
-
-def serve(
-    state_dir: Path,
-    listen: str | None,
-    manager_factory: Callable[[Path], ClusterManager] = ClusterManager,
-    announce: Callable[[str], None] = lambda line: print(line, flush=True),
-    events_secret: bytes | None = None,
-    poll_interval: float | None = None,
-) -> None:
-    """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
-
-    Args:
-        state_dir: the state directory (created 0711: see `manager_base.STATE_DIR_MODE`).
-        listen: None for the Unix socket `state_dir/utility.sock`; `HOST:PORT` for TCP.
-    """
-    state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
-    os.chmod(state_dir, STATE_DIR_MODE)
-    manager = manager_factory(state_dir)
-    report = manager.reconcile()
-    for path in report["rolled_back"]:
-        announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")
-    for item in report["dead"]:
-        announce(f"reconcile: {item} is no longer running (marked dead)")
-    for item in report["unowned"]:
-        announce(
-            f"reconcile: domain {item['domain']} on {item['host']} belongs to no VAP (left running)"
-        )
-    if listen is None:
-        sock = state_dir / SOCKET_NAME
-        sock.unlink(missing_ok=True)
-        old = os.umask(0o177)
-        try:
-            app = create_app(manager, require_token=False, events_secret=events_secret)
-            server = make_server(f"unix://{sock}", 0, app, threaded=True)
-        finally:
-            os.umask(old)
-        os.chmod(sock, 0o600)
-        where = f"unix://{sock}"
-    else:
-        host, _, port = listen.rpartition(":")
-        if not port.isdigit():
-            raise UtilityError(f"--listen {listen!r}: expected HOST:PORT")
-        app = create_app(manager, require_token=True, events_secret=events_secret)
-        server = make_server(host or "127.0.0.1", int(port), app, threaded=True)
-        where = f"http://{host or '127.0.0.1'}:{server.server_port}"
-        app.config["EVENTS_URL"] = where + EVENTS_PATH
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    stopping = threading.Event()
-    if poll_interval:
-        threading.Thread(
-            target=app.config["AUTO_UPDATER"].poll_forever,
-            args=(poll_interval, stopping),
-            daemon=True,
-        ).start()
-    signal.signal(signal.SIGTERM, stop)
-    announce(f"cluster manager listening on {where} (state {state_dir})")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stopping.set()
-        server.server_close()
-        manager.close()
-        sys.stdout.flush()

@@ -1,9 +1,11 @@
 """Automatic updates: publish events from repository servers; polling where events cannot come.
 
-An event (README contract: JSON `{"repository", "version", "tag", "commit", "signer"}` with
-`X-Collective-Signature: sha256=HMAC-SHA256(body, shared secret)`) is accepted only with a valid
-signature. Every running VAP with an unpinned import of that repository is then updated, for
-just the components whose image comes from it, through the same planner as `cui update`.
+An event (README contract: JSON `{"repository", "version", "tag", "commit", "signer", "id",
+"timestamp"}` with `X-Collective-Signature: sha256=HMAC-SHA256(body, shared secret)`) is accepted
+only by the rules of `utility.event_guard` (signature first, fresh, once, an existing version).
+Every running VAP with an unpinned import of that repository is then updated to exactly the
+version named, for just the components whose image comes from it, through the same planner as
+`cui update`.
 Bursts coalesce (one pending update per VAP, started after a short delay), updates of one VAP
 never overlap (the cluster manager's per-VAP lock), and a VAP being started or stopped is updated
 after (same lock). Polling compares each unpinned import's latest version with the running one
@@ -12,52 +14,17 @@ and schedules the same update, with trigger "poll".
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from utility.cluster import Caller, ClusterManager
-from utility.errors import Unauthorized, UtilityError
+from utility.errors import UtilityError
+from utility.event_guard import check_version, exact_versions
 
 SYSTEM = Caller("auto-update", "admin")
 COALESCE_SECONDS = 0.2
-
-
-def verify_event(body: bytes, header: str | None, secret: bytes) -> dict[str, Any]:
-    """The event in `body` if `header` is its valid HMAC-SHA256 under `secret`.
-
-    Raises:
-        Unauthorized: signature missing or wrong (nothing is done with the body).
-        UtilityError: signed, but not the event JSON the contract describes.
-    """
-    if not header or not header.startswith("sha256="):
-        raise Unauthorized("publish event without X-Collective-Signature: sha256=...")
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, header.strip()):
-        raise Unauthorized("publish event signature does not match: ignored")
-    try:
-        event = json.loads(body)
-        url, version = str(event["repository"]), int(event["version"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UtilityError(f"publish event is not valid: {exc}") from None
-    return {**event, "repository": url.rstrip("/"), "version": version}
-
-
-def event_secret(body: bytes, subscriptions: Any, fallback: bytes | None) -> bytes | None:
-    """The secret to check an event with: its repository's subscription's, else `fallback`.
-
-    Only the `repository` field of the (still unverified) body is read, to choose the key.
-    """
-    try:
-        repository = json.loads(body).get("repository")
-    except (ValueError, AttributeError):
-        repository = None
-    own = subscriptions.secret_for(repository) if isinstance(repository, str) else None
-    return own if own is not None else fallback
 
 
 def _same_repo(a: str, b: str) -> bool:
@@ -74,6 +41,7 @@ class AutoUpdater:
     def __init__(self, manager: ClusterManager) -> None:
         self.manager = manager
         self._pending: set[tuple[str, str | None]] = set()
+        self._versions: dict[tuple[str, str | None], dict[str, str]] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -102,13 +70,24 @@ class AutoUpdater:
     def on_event(self, event: dict[str, Any]) -> list[str]:
         """Schedule the updates a verified publish event calls for; returns what was scheduled."""
         targets = self.affected(event["repository"])
-        self.schedule(targets, "push")
+        if targets:
+            check_version(event)  # exists, with the commit named; else nothing is scheduled
+        self.schedule(targets, "push", {event["repository"]: str(event["version"])})
         return [f"{path}{':' + comp if comp else ''}" for path, comp in targets]
 
-    def schedule(self, targets: Iterable[tuple[str, str | None]], trigger: str) -> None:
-        """Start one coalesced update per target not already pending."""
+    def schedule(
+        self,
+        targets: Iterable[tuple[str, str | None]],
+        trigger: str,
+        versions: dict[str, str] | None = None,
+    ) -> None:
+        """Start one coalesced update per target not already pending; `versions` (repository ->
+        version) are what the update installs of those repositories (the highest named wins)."""
         for target in targets:
             with self._lock:
+                wanted = self._versions.setdefault(target, {})
+                for repository, version in (versions or {}).items():
+                    wanted[repository] = max(version, wanted.get(repository, version), key=int)
                 if target in self._pending:
                     continue
                 self._pending.add(target)
@@ -125,6 +104,7 @@ class AutoUpdater:
         time.sleep(COALESCE_SECONDS)
         with self._lock:
             self._pending.discard(target)
+            versions = self._versions.pop(target, {})
         path, component = target
         self.manager.store.event(
             None,
@@ -132,7 +112,8 @@ class AutoUpdater:
             f"{trigger} update of {path}{':' + component if component else ''} starting",
         )
         try:
-            self.manager.update(SYSTEM, path, component, trigger=trigger)
+            with exact_versions(versions):
+                self.manager.update(SYSTEM, path, component, trigger=trigger)
         except UtilityError as exc:
             self.manager.record_history(path, trigger, [], {}, f"refused: {exc}")
 

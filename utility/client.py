@@ -25,6 +25,7 @@ from utility.errors import (
     Unauthorized,
     UtilityError,
 )
+from utility.tls import check_token_transport, https_connection
 
 _BY_STATUS: dict[int, type[UtilityError]] = {
     401: Unauthorized,
@@ -77,27 +78,38 @@ class UtilityClient:
     """A client of the cluster manager API.
 
     Args:
-        url: `unix:///path/utility.sock` or `http://host:port`; default as described above.
+        url: `unix:///path/utility.sock`, `https://host:port` or `http://host:port`
+            (tokens only to loopback over http); default as described above.
         token: bearer token (`$COLLECTIVE_TOKEN` when None).
         timeout: seconds per request; None waits as long as a start takes.
+        ca_file: the CA that signed the daemon's certificate (`$COLLECTIVE_CA` when None).
     """
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, timeout: float | None = None
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url or default_url()
         self.token = token if token is not None else os.environ.get("COLLECTIVE_TOKEN")
         self.timeout = timeout
+        self.ca_file = ca_file
 
     def _connection(self) -> http.client.HTTPConnection:
         parts = urlsplit(self.url)
         if parts.scheme == "unix":
             return _UnixConnection(parts.path, self.timeout)
+        host = parts.hostname or "127.0.0.1"
+        check_token_transport(parts.scheme, host, bool(self.token))
+        if parts.scheme == "https":
+            return https_connection(host, parts.port or 443, self.timeout, self.ca_file)
         if parts.scheme == "http":
-            return http.client.HTTPConnection(
-                parts.hostname or "127.0.0.1", parts.port or 80, timeout=self.timeout
-            )
-        raise UtilityError(f"utility URL {self.url!r}: use unix:///PATH or http://HOST:PORT")
+            return http.client.HTTPConnection(host, parts.port or 80, timeout=self.timeout)
+        raise UtilityError(
+            f"utility URL {self.url!r}: use unix:///PATH, https://HOST:PORT or http://HOST:PORT"
+        )
 
     def _headers(self, body: dict[str, Any] | None, accept: str) -> dict[str, str]:
         headers = {"Accept": accept}

@@ -38,8 +38,9 @@ class _Recording:
 def _resolver(record: list[Fetched] | None = None, replay: list[Fetched] | None = None):  # type: ignore[no-untyped-def]
     """The repository-aware resolver (file: repository directories by version, http:)."""
     from reposerver.client import make_resolver
+    from utility.event_guard import ExactResolver
 
-    inner = make_resolver()
+    inner = ExactResolver(make_resolver())
     if record is None and not replay:
         return inner
     return _Recording(inner, record if record is not None else [], list(replay or []))

@@ -20,6 +20,7 @@ from utility import addresses, allocation, cvl_adapter
 from utility.addresses import PUBLIC
 from utility.allocation import Prepared
 from utility.callers import Caller
+from utility.db_check import mark_vaps_exist
 from utility.errors import (
     CheckFailed,
     Conflict,
@@ -96,6 +97,7 @@ class Lifecycle(ManagerBase):
             bases = self._fetch_bases(prepared, progress)
             with self._alloc_lock, self.store.transaction() as db:
                 vap_id = self.store.new_vap(db, str(path), caller.name)
+                mark_vaps_exist(self.state_dir)
                 self.store.set_secret_keys(vap_id, [k for k, v in secrets.items() if v], db)
                 placement, addressing, problems = self._allocate(db, model, prepared, vap_id)
                 if problems:

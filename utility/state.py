@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS secret_keys (vap_id INTEGER NOT NULL, key TEXT NOT NU
 CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 ACTIVE = ("starting", "running", "stopping", "updating")
@@ -473,3 +474,18 @@ class Store:
         sql = "SELECT * FROM events" + (" WHERE vap_id=?" if vap_id is not None else "")
         args = (vap_id,) if vap_id is not None else ()
         return [dict(r) for r in self.read().execute(sql + " ORDER BY id", args)]
+
+    # -- publish events (replay guard) ----------------------------------------------------------
+
+    def remember_event(self, event_id: str, at: float, forget_before: float) -> bool:
+        """Record publish event `event_id` (timestamp `at`); False if it was already recorded.
+
+        Ids of events with a timestamp before `forget_before` are forgotten first (such events
+        are refused as stale anyway), so the table holds one window of ids.
+        """
+        with self.transaction() as db:
+            db.execute("DELETE FROM seen_events WHERE at < ?", (forget_before,))
+            added = db.execute(
+                "INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, at)
+            )
+            return added.rowcount == 1

@@ -66,6 +66,10 @@ class Subscriptions:
         entry = self._read().get(repository_key(repository))
         return str(entry["secret"]).encode() if entry else None
 
+    def secrets(self) -> dict[str, bytes]:
+        """Each subscribed repository's URL and HMAC secret (to authenticate events)."""
+        return {url: str(entry["secret"]).encode() for url, entry in self._read().items()}
+
     def list(self) -> list[dict[str, Any]]:
         """Every subscription: repository URL, events URL, since when (never the secret)."""
         return [

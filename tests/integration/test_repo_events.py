@@ -109,7 +109,7 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     assert by_version[2]["tag"] == "v2" and by_version[2]["signer"] is None
     assert by_version[2]["commit"] == repo.version(2).commit
     assert len({e["id"] for e in events}) == 2, "every event has its own id"
-    assert all(abs(e["time"] - time.time()) < 120 for e in events)
+    assert all(abs(e["timestamp"] - time.time()) < 120 for e in events)
     log = [
         json.loads(line)
         for line in (repo.path / "logs" / "deliveries.log").read_text().splitlines()

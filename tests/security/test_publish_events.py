@@ -118,7 +118,7 @@ def test_event_names_the_public_url_and_carries_id_and_time(root: Path, tmp_path
     event = json.loads(body)
     assert event["repository"] == f"{server.url}/DNS"
     assert re.fullmatch(r"[0-9a-f]{32}", event["id"])
-    assert abs(event["time"] - time.time()) < 120
+    assert abs(event["timestamp"] - time.time()) < 120
     log = (root / "DNS" / "logs" / "deliveries.log").read_text()
     assert '"delivered": true' in log
     expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
