@@ -559,7 +559,7 @@ def _show(text: str) -> None:
 def demo(host_uri: str) -> None:
     """The Groupware story with progress output; on `test:` hosts, without guests to probe."""
     if host_uri == "test":
-        from utility.simulation import simulated_host_uri
+        from utility.adapters.simulation import simulated_host_uri
 
         sim = Path(tempfile.mkdtemp(prefix="gw-sim-"))
         try:

@@ -86,8 +86,8 @@ def measure() -> dict[str, list[float]]:
     from reposerver.publish import publish
     from reposerver.repository import Repository
     from reposerver.testing import free_port, running_server, sample_appliance, write_pattern
-    from utility.client import UtilityClient
-    from utility.simulation import simulated_host_uri
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.client.daemon_client import UtilityClient
 
     found: dict[str, list[float]] = {"restarted": [], "update": [], "push": [], "baseline": []}
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:

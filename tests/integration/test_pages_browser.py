@@ -32,7 +32,7 @@ from reposerver.repo_config import RepoConfig, Subscriber
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
 from tests.conftest import REPO_ROOT, free_port
-from utility.simulation import paper_tree, simulated_host_uri
+from utility.adapters.simulation import paper_tree, simulated_host_uri
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(

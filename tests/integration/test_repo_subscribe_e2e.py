@@ -18,7 +18,7 @@ from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
 from tests.conftest import REPO_ROOT, free_port
-from utility.simulation import simulated_host_uri
+from utility.adapters.simulation import simulated_host_uri
 
 CUI = [sys.executable, "-m", "cui.main"]
 

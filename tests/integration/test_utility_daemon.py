@@ -24,7 +24,12 @@ import libvirt
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utility.simulation import base_image, paper_tree, publisher_domain_xml, simulated_host_uri
+from utility.adapters.simulation import (
+    base_image,
+    paper_tree,
+    publisher_domain_xml,
+    simulated_host_uri,
+)
 
 PAPER = REPO_ROOT / "examples" / "paper"
 CUI = [sys.executable, "-m", "cui.main"]

@@ -25,7 +25,7 @@ from reposerver.repo_config import RepoConfig, Subscriber
 from reposerver.repository import Repository
 from reposerver.testing import sample_appliance, write_pattern
 from tests.conftest import REPO_ROOT, free_port
-from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
 
 CUI = [sys.executable, "-m", "cui.main"]
 

@@ -22,8 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import utility.channel as channel_mod
-from utility.channel import GuestChannel, decode_params, encode_params, params_line, parse_line
+import utility.adapters.guest_channel as channel_mod
+from utility.adapters.guest_channel import (
+    GuestChannel,
+    decode_params,
+    encode_params,
+    params_line,
+    parse_line,
+)
 from utility.errors import GuestChannelError
 
 AGENT = Path(__file__).resolve().parents[2] / "examples" / "appliances" / "agent"

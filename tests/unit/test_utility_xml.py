@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utility import domain_xml
-from utility.desired_state import Disk, Interface, Vm
+from utility.core import domain_xml
+from utility.core.desired_state import Disk, Interface, Vm
+from utility.core.network_xml import NetworkXml
+from utility.core.vm_spec import parse_vm_spec
 from utility.errors import ApplianceError, UtilityError
-from utility.network_xml import NetworkXml
-from utility.vm_spec import parse_vm_spec
 
 GOLDEN = Path(__file__).parent / "golden" / "utility"
 

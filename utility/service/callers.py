@@ -2,15 +2,15 @@
 
 Administrators manage hosts, pools, the blacklist, trust and subscriptions and see every VAP; a
 user sees and controls only their own VAPs. Refusals are `Forbidden`, turned into HTTP 403 only in
-`utility.api`.
+`utility.web.api`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from utility.adapters.store import VapRow
 from utility.errors import Forbidden
-from utility.state import VapRow
 
 
 @dataclass(frozen=True)

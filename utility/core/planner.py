@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from utility.desired_state import Network, VapState, Vm
+from utility.core.desired_state import Network, VapState, Vm
 
 
 class Op(StrEnum):

@@ -139,7 +139,7 @@ class UtilityClient:
         self, path: str, body: dict[str, Any], progress: Callable[[str, int, int], None]
     ) -> Any:
         """POST asking for NDJSON progress: call `progress(label, done, total)` for each
-        progress line, return the final result or raise its error (see `utility.api`)."""
+        progress line, return the final result or raise its error (see `utility.web.api`)."""
         conn = self._connection()
         try:
             conn.request(

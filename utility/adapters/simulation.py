@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from utility.xml_nodes import el, render
+from utility.core.xml_nodes import el, render
 
 VM_FILES = {"DNS": "dns.vmx", "OpenLDAP": "ldap.vmx", "Firewall": "fw.vmx"}
 

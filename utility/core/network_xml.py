@@ -11,8 +11,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from utility.core.xml_nodes import el, render
 from utility.errors import UtilityError
-from utility.xml_nodes import el, render
 
 BRIDGE_NAME_MAX = 15
 

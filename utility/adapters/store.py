@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from utility.desired_state import VapState, from_json, to_json
+from utility.core.desired_state import VapState, from_json, to_json
 from utility.errors import Conflict, NotFound
 
 SCHEMA = """

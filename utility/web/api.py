@@ -33,11 +33,11 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from utility.cluster import Caller, ClusterManager, FetchReport
+from utility.core.sizes import parse_size
 from utility.errors import CheckFailed, Unauthorized, UtilityError
-from utility.manager_base import STATE_DIR_MODE
-from utility.pages import init_app as init_pages
-from utility.sizes import parse_size
+from utility.service.manager import Caller, ClusterManager, FetchReport
+from utility.service.manager_base import STATE_DIR_MODE
+from utility.web.pages import init_app as init_pages
 
 LOCAL_ADMIN = Caller("local", "admin")
 SOCKET_NAME = "utility.sock"
@@ -66,7 +66,7 @@ def create_app(
         events_url: this daemon's publish-events URL as repository servers reach it (the
             default of `cui utility subscribe`); None on the Unix socket.
     """
-    from utility.autoupdate import AutoUpdater, event_secret, verify_event
+    from utility.service.autoupdate import AutoUpdater, event_secret, verify_event
 
     app = Flask("utility")
     app.config["MANAGER"] = manager

@@ -10,20 +10,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from utility import addresses, allocation, disks
-from utility.callers import Caller
-from utility.desired_state import VapState
+from utility.adapters import disks
+from utility.adapters.executor import RolledBack
+from utility.core import addresses
+from utility.core.desired_state import VapState
+from utility.core.model_view import ModelView, join_path
+from utility.core.planner import Op, diff
 from utility.errors import (
     CheckFailed,
     Conflict,
     NotFound,
     PlacementError,
 )
-from utility.executor import RolledBack
-from utility.lifecycle import Lifecycle, final_evaluation
-from utility.manager_base import FetchReport
-from utility.model_view import ModelView, join_path
-from utility.planner import Op, diff
+from utility.service import allocation
+from utility.service.callers import Caller
+from utility.service.lifecycle import Lifecycle, final_evaluation
+from utility.service.manager_base import FetchReport
 
 
 class Updating(Lifecycle):

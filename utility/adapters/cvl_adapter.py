@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from utility.model_view import ModelView
+from utility.core.model_view import ModelView
 
 Fetched = tuple[str, str, str, str]
 """An imported CVL text as the evaluator received it: (absolute url, cvl file, version, text)."""

@@ -1,4 +1,4 @@
-"""The user agent's encrypted cache, and the grep test: sensitive values never reach a file."""
+"""The user's encrypted secret cache, and the grep test: sensitive values never reach a file."""
 
 from __future__ import annotations
 
@@ -9,43 +9,43 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utility import agent
-from utility.cluster import Caller, ClusterManager
-from utility.errors import AgentError, CheckFailed
-from utility.simulation import publisher_domain_xml, simulated_host_uri
+from utility.adapters.simulation import publisher_domain_xml, simulated_host_uri
+from utility.client import secret_cache
+from utility.errors import CheckFailed, SecretCacheError
+from utility.service.manager import Caller, ClusterManager
 
 SECRET = "Xyzzy-S3cret-4711"
 
 
 def test_values_round_trip_and_the_file_holds_no_clear_text(tmp_path: Path) -> None:
     path = tmp_path / "agent.enc"
-    cache = agent.AgentCache(path, "pw")
+    cache = secret_cache.SecretCache(path, "pw")
     cache.set("/a.cvl#rootpw", SECRET)
     cache.save()
     raw = path.read_bytes()
     assert SECRET.encode() not in raw and b"rootpw" not in raw
     assert path.stat().st_mode & 0o777 == 0o600
     assert json.loads(raw)["kdf"]["name"] == "scrypt"
-    assert agent.AgentCache(path, "pw").get("/a.cvl#rootpw") == SECRET
+    assert secret_cache.SecretCache(path, "pw").get("/a.cvl#rootpw") == SECRET
 
 
 def test_wrong_password_and_tampering_are_detected(tmp_path: Path) -> None:
     path = tmp_path / "agent.enc"
-    cache = agent.AgentCache(path, "right")
+    cache = secret_cache.SecretCache(path, "right")
     cache.set("k", "v")
     cache.save()
-    with pytest.raises(AgentError, match="wrong password, or the file was altered"):
-        agent.AgentCache(path, "wrong")
+    with pytest.raises(SecretCacheError, match="wrong password, or the file was altered"):
+        secret_cache.SecretCache(path, "wrong")
     blob = json.loads(path.read_bytes())
     data = bytearray(__import__("base64").b64decode(blob["data"]))
     data[0] ^= 1
     blob["data"] = __import__("base64").b64encode(bytes(data)).decode()
     path.write_text(json.dumps(blob))
-    with pytest.raises(AgentError, match="altered"):
-        agent.AgentCache(path, "right")
+    with pytest.raises(SecretCacheError, match="altered"):
+        secret_cache.SecretCache(path, "right")
     path.write_text("garbage")
-    with pytest.raises(AgentError, match="not an agent cache file"):
-        agent.AgentCache(path, "right")
+    with pytest.raises(SecretCacheError, match="not an agent cache file"):
+        secret_cache.SecretCache(path, "right")
 
 
 @settings(max_examples=5, deadline=None)
@@ -54,11 +54,11 @@ def test_any_values_survive_encryption(
     tmp_path_factory: pytest.TempPathFactory, values: dict[str, str]
 ) -> None:
     path = tmp_path_factory.mktemp("agent") / "c.enc"
-    cache = agent.AgentCache(path, "pw")
+    cache = secret_cache.SecretCache(path, "pw")
     for k, v in values.items():
         cache.set(k, v)
     cache.save()
-    again = agent.AgentCache(path, "pw")
+    again = secret_cache.SecretCache(path, "pw")
     assert {k: again.get(k) for k in values} == values
 
 
@@ -66,20 +66,22 @@ def test_obtain_uses_cache_then_environment_then_asks_and_caches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cvl = tmp_path / "S.cvl"
-    cache = agent.AgentCache(tmp_path / "agent.enc", "pw")
+    cache = secret_cache.SecretCache(tmp_path / "agent.enc", "pw")
     monkeypatch.setenv("COLLECTIVE_SECRET_L_ROOTPW", "from-env")
     asked: list[str] = []
-    got = agent.obtain(cache, cvl, ["l.rootpw", "password"], lambda k: asked.append(k) or "typed")
+    got = secret_cache.obtain(
+        cache, cvl, ["l.rootpw", "password"], lambda k: asked.append(k) or "typed"
+    )
     assert got == {"l.rootpw": "from-env", "password": "typed"} and asked == ["password"]
     monkeypatch.delenv("COLLECTIVE_SECRET_L_ROOTPW")
-    again = agent.AgentCache(tmp_path / "agent.enc", "pw")
-    assert agent.obtain(again, cvl, ["l.rootpw", "password"], lambda k: "never") == got
-    with pytest.raises(AgentError, match="no value given for sensitive parameter x"):
-        agent.obtain(again, cvl, ["x"], lambda k: "")
+    again = secret_cache.SecretCache(tmp_path / "agent.enc", "pw")
+    assert secret_cache.obtain(again, cvl, ["l.rootpw", "password"], lambda k: "never") == got
+    with pytest.raises(SecretCacheError, match="no value given for sensitive parameter x"):
+        secret_cache.obtain(again, cvl, ["x"], lambda k: "")
 
 
 def test_only_the_referenced_sensitive_parameter_is_asked_for(tmp_path: Path) -> None:
-    from utility.cvl_adapter import missing_sensitive_paths
+    from utility.adapters.cvl_adapter import missing_sensitive_paths
 
     (tmp_path / "x.cvl").write_text(
         'CVL = "0.8";\nS extends VMAppliance {\n  var "required" "sensitive" pw, copy;\n'
@@ -92,7 +94,9 @@ def test_grep_sensitive_value_reaches_no_file_under_state_or_disk_dirs(tmp_path:
     apps = tmp_path / "apps"
     apps.mkdir()
     (apps / "s.vmx").write_text(publisher_domain_xml("secret", 64))
-    __import__("utility.simulation", fromlist=["base_image"]).base_image(apps / "system.qcow2")
+    __import__("utility.adapters.simulation", fromlist=["base_image"]).base_image(
+        apps / "system.qcow2"
+    )
     cvl = apps / "Secret.cvl"
     cvl.write_text(
         'Secret extends VMAppliance {\n  var "required" "sensitive" rootpw;\n'

@@ -15,12 +15,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utility import disks, domain_xml, guest_link
-from utility.desired_state import Vm
+from utility.adapters import disks, guest_channel
+from utility.adapters.libvirt_host import LibvirtHost
+from utility.core import domain_xml
+from utility.core.desired_state import Vm
+from utility.core.network_xml import NetworkXml
+from utility.core.planner import Action, Op, Plan
 from utility.errors import UtilityError
-from utility.libvirt_host import LibvirtHost
-from utility.network_xml import NetworkXml
-from utility.planner import Action, Op, Plan
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class Executor:
         if host.is_test:
             return  # simulated host: no guest, ready at once
         try:
-            guest_link.deliver(vm.guest_socket, vm.param_map(), self.timeouts.ready)
+            guest_channel.deliver(vm.guest_socket, vm.param_map(), self.timeouts.ready)
         except UtilityError as exc:
             raise UtilityError(f"{vm.path} on host {vm.host} did not become ready: {exc}") from None
 
@@ -205,7 +206,7 @@ class Executor:
         assert vm is not None
         if self.hosts(vm.host).is_test:
             return
-        guest_link.resend(vm.guest_socket, vm.param_map(), self.timeouts.ready)
+        guest_channel.resend(vm.guest_socket, vm.param_map(), self.timeouts.ready)
 
 
 def wall_clock() -> float:

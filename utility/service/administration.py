@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from utility import addresses
-from utility.callers import Caller, require_admin
+from utility.adapters.store import ACTIVE, HostRow
+from utility.core import addresses
+from utility.core.sizes import format_size
 from utility.errors import (
     UtilityError,
 )
-from utility.manager_base import ManagerBase
-from utility.sizes import format_size
-from utility.state import ACTIVE, HostRow
+from utility.service.callers import Caller, require_admin
+from utility.service.manager_base import ManagerBase
 
 
 class Administration(ManagerBase):

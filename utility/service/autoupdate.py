@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from utility.cluster import Caller, ClusterManager
 from utility.errors import Unauthorized, UtilityError
+from utility.service.manager import Caller, ClusterManager
 
 SYSTEM = Caller("auto-update", "admin")
 COALESCE_SECONDS = 0.2

@@ -19,8 +19,8 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from utility.core.sizes import format_size
 from utility.errors import PlacementError
-from utility.sizes import format_size
 
 POLICIES = ("spread", "pack")
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from utility.administration import Administration
-from utility.callers import Caller
-from utility.desired_state import VapState
+from utility.core.desired_state import VapState
 from utility.errors import UtilityError
-from utility.manager_base import EMBEDDED_HOST, FetchReport
-from utility.updating import Updating
+from utility.service.administration import Administration
+from utility.service.callers import Caller
+from utility.service.manager_base import EMBEDDED_HOST, FetchReport
+from utility.service.updating import Updating
 
 
 class ClusterManager(Administration, Updating):

@@ -6,7 +6,7 @@ Policy is global and per repository URL (a URL's own policy replaces the global 
 against the policy's trusted keys (armored GPG public keys, SSH allowed_signers lines), using
 the same verification code as the repository server but with the utility's own key store; it
 never relies on the server's "signed" JSON. It then walks the signed commit's tree itself and
-checks every file it uses against it (`utility.signed_release`).
+checks every file it uses against it (`utility.adapters.signed_release`).
 
 Keys live in `<state>/trust/<scope>/trust/gpg/*.asc` and `.../trust/allowed_signers` (the layout
 `reposerver.signatures.verify` reads), scope `global` or a hash of the URL.
@@ -20,8 +20,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from utility.adapters.signed_release import SignedRelease
 from utility.errors import TrustRefused, UtilityError
-from utility.signed_release import SignedRelease
 
 GLOBAL = "global"
 
@@ -102,7 +102,7 @@ class TrustSession:
     """The trust decisions of one start or update.
 
     `release(url, version)` verifies a version's signed tag, commit and tree once (see
-    `utility.signed_release`); the files the operation then reads are checked against it by
+    `utility.adapters.signed_release`); the files the operation then reads are checked against it by
     `RepositoryFiles`, and the CVL texts the evaluator fetched by `cvl_problems`.
     """
 

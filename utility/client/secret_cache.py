@@ -1,11 +1,15 @@
-"""The user agent: a cache of sensitive parameter values, encrypted at rest (paper, "sensitive").
+"""The user's secret cache: sensitive parameter values, encrypted at rest (paper, "sensitive").
+
+The paper calls this the user agent; the command keeps that name (`cui agent …`), and so do
+the file (`agent.enc`) and `$COLLECTIVE_AGENT_*`, so existing caches and scripts keep working.
+In code it is the secret cache, because "agent" elsewhere means the guest agent.
 
 The cache file holds one JSON object encrypted with ChaCha20-Poly1305 under a key derived from
 the user's password with scrypt (n=2**15, r=8, p=1, fresh 16-byte salt and 12-byte nonce on
 every save). Nothing is ever written in clear. Keys are `<absolute CVL path>#<parameter key>`
 (e.g. `/home/u/acme/AcmeGroupware.cvl#l.rootpw`), so two VAPs never share a value by accident.
 
-`cui start` asks the agent for every sensitive parameter of the VAP that has no value in the
+`cui start` asks the cache for every sensitive parameter of the VAP that has no value in the
 CVL; a missing value is taken from `$COLLECTIVE_SECRET_<KEY>` (key upper-cased, other characters
 as `_`), else prompted for (hidden) on a terminal, else read as one line from stdin; it is then
 cached. The password comes from `$COLLECTIVE_AGENT_PASSWORD` or a prompt.
@@ -24,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from utility.errors import AgentError
+from utility.errors import SecretCacheError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 FORMAT = "collective-agent-1"
@@ -48,7 +52,7 @@ def env_name(key: str) -> str:
     return "COLLECTIVE_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", param).upper()
 
 
-class AgentCache:
+class SecretCache:
     """An open cache: decrypted in memory, re-encrypted on `save`.
 
     Args:
@@ -56,12 +60,12 @@ class AgentCache:
         password: the user's password.
 
     Raises:
-        AgentError: the file exists but the password is wrong or the file was altered.
+        SecretCacheError: the file exists but the password is wrong or the file was altered.
     """
 
     def __init__(self, path: Path, password: str) -> None:
         if not password:
-            raise AgentError("the agent password must not be empty")
+            raise SecretCacheError("the agent password must not be empty")
         self.path = path
         self._password = password
         self._values: dict[str, str] = {}
@@ -77,13 +81,15 @@ class AgentCache:
             nonce = base64.b64decode(outer["nonce"])
             sealed = base64.b64decode(outer["data"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise AgentError(f"{self.path}: not an agent cache file ({exc})") from None
+            raise SecretCacheError(f"{self.path}: not an agent cache file ({exc})") from None
         try:
             plain = ChaCha20Poly1305(_key(self._password, salt)).decrypt(
                 nonce, sealed, FORMAT.encode()
             )
         except InvalidTag:
-            raise AgentError(f"{self.path}: wrong password, or the file was altered") from None
+            raise SecretCacheError(
+                f"{self.path}: wrong password, or the file was altered"
+            ) from None
         values = json.loads(plain)
         return {str(k): str(v) for k, v in values.items()}
 
@@ -135,7 +141,7 @@ def cache_key(cvl_path: Path, param_key: str) -> str:
 
 
 def obtain(
-    cache: AgentCache,
+    cache: SecretCache,
     cvl_path: Path,
     param_keys: Iterable[str],
     ask: Callable[[str], str],
@@ -155,7 +161,7 @@ def obtain(
             if value is None:
                 value = ask(param)
             if not value:
-                raise AgentError(f"no value given for sensitive parameter {param}")
+                raise SecretCacheError(f"no value given for sensitive parameter {param}")
             cache.set(key, value)
             changed = True
         values[param] = value

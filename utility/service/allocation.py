@@ -12,17 +12,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from utility import cvl_adapter
-from utility.addresses import PUBLIC, Addressing
-from utility.appliance_files import ApplianceFiles, files_for
-from utility.dependencies import Services, boot_needs
-from utility.desired_state import Disk, Interface, Network, VapState, Vm
+from utility.adapters import cvl_adapter
+from utility.adapters.appliance_files import ApplianceFiles, files_for
+from utility.adapters.signed_release import SignedRelease
+from utility.core.addresses import PUBLIC, Addressing
+from utility.core.dependencies import Services, boot_needs
+from utility.core.desired_state import Disk, Interface, Network, VapState, Vm
+from utility.core.model_view import ModelView, leaf_name
+from utility.core.placement import VmDemand
+from utility.core.sizes import parse_size
+from utility.core.vm_spec import VmSpec, parse_vm_spec
 from utility.errors import ApplianceError, UtilityError
-from utility.model_view import ModelView, leaf_name
-from utility.placement import VmDemand
-from utility.signed_release import SignedRelease
-from utility.sizes import parse_size
-from utility.vm_spec import VmSpec, parse_vm_spec
 
 SOCKET_PATH_MAX = 100
 

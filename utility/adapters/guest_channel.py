@@ -262,3 +262,21 @@ class GuestChannel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def deliver(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:
+    """Wait for the guest's HELLO, send PARAMS, wait for READY (GuestChannelError otherwise)."""
+    channel = GuestChannel(Path(socket_path))
+    try:
+        channel.deliver(params, timeout)
+    finally:
+        channel.close()
+
+
+def resend(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:
+    """Send PARAMS to a running guest and wait for READY again."""
+    channel = GuestChannel(Path(socket_path))
+    try:
+        channel.resend(params, timeout)
+    finally:
+        channel.close()

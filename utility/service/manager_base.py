@@ -1,8 +1,9 @@
 """What every part of the cluster manager shares: its state, hosts, locks and access checks.
 
-`ClusterManager` (utility.cluster) is assembled from this base and three parts, each a module:
-`administration` (hosts, pools, blacklist, trust, subscriptions), `lifecycle` (start, stop and
-the allocation they share with updates) and `updating` (update, history).
+`ClusterManager` (utility.service.manager) is assembled from this base and three parts,
+each a module: `administration` (hosts, pools, blacklist, trust, subscriptions),
+`lifecycle` (start, stop and the allocation they share with updates)
+and `updating` (update, history).
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from utility.allocation import Settings
-from utility.callers import Caller, require_owner
+from utility.adapters.executor import Timeouts
+from utility.adapters.libvirt_host import HostPool, LibvirtHost, probe_default_uri
+from utility.adapters.store import ACTIVE, HostRow, Store, VapRow
+from utility.adapters.subscriptions import Subscriptions
+from utility.adapters.trust_policy import TrustPolicy
 from utility.errors import (
     Forbidden,
     NotFound,
     UtilityError,
 )
-from utility.executor import Timeouts
-from utility.libvirt_host import HostPool, LibvirtHost, probe_default_uri
-from utility.state import ACTIVE, HostRow, Store, VapRow
-from utility.subscriptions import Subscriptions
-from utility.trust_policy import TrustPolicy
+from utility.service.allocation import Settings
+from utility.service.callers import Caller, require_owner
 
 FetchReport = Callable[[str, int, int], None]
 """`report(label, bytes done, bytes total)` while a disk's objects download."""

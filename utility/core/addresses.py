@@ -22,8 +22,8 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from utility.core.model_view import ModelView, join_path, leaf_name, parent_path
 from utility.errors import PoolExhausted, UtilityError
-from utility.model_view import ModelView, join_path, leaf_name, parent_path
 
 PUBLIC = "<public>"
 """Segment key of interfaces that leave the VAP (exported, no parent VAN)."""

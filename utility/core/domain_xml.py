@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utility.desired_state import Vm
-from utility.xml_nodes import el, render
+from utility.core.desired_state import Vm
+from utility.core.xml_nodes import el, render
 
 METADATA_NS = "urn:collective:utility:1"
 ET.register_namespace("collective", METADATA_NS)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from utility.desired_state import Disk, Vm
+from utility.core.desired_state import Disk, Vm
 from utility.errors import DiskError
 
 QCOW2_MAGIC = b"QFI\xfb"

@@ -41,9 +41,9 @@ from flask import (
 
 import reposerver
 from reposerver.pages import format_bytes
-from utility.addresses import PUBLIC
-from utility.cluster import Caller, ClusterManager
+from utility.core.addresses import PUBLIC
 from utility.errors import Forbidden
+from utility.service.manager import Caller, ClusterManager
 
 bp = Blueprint(
     "utility_pages",

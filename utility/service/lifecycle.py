@@ -16,10 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from utility import addresses, allocation, cvl_adapter
-from utility.addresses import PUBLIC
-from utility.allocation import Prepared
-from utility.callers import Caller
+from utility.adapters import cvl_adapter
+from utility.adapters.executor import Executor
+from utility.adapters.trust_policy import TrustSession
+from utility.core import addresses
+from utility.core.addresses import PUBLIC
+from utility.core.model_view import ModelView
+from utility.core.placement import HostRoom, place
+from utility.core.planner import Action, Op, start_plan, stop_plan
 from utility.errors import (
     CheckFailed,
     Conflict,
@@ -30,12 +34,10 @@ from utility.errors import (
     TrustRefused,
     UtilityError,
 )
-from utility.executor import Executor
-from utility.manager_base import FetchReport, ManagerBase
-from utility.model_view import ModelView
-from utility.placement import HostRoom, place
-from utility.planner import Action, Op, start_plan, stop_plan
-from utility.trust_policy import TrustSession
+from utility.service import allocation
+from utility.service.allocation import Prepared
+from utility.service.callers import Caller
+from utility.service.manager_base import FetchReport, ManagerBase
 
 
 class Lifecycle(ManagerBase):
@@ -45,7 +47,7 @@ class Lifecycle(ManagerBase):
 
     def _checked(
         self, path: Path, secrets: Mapping[str, str]
-    ) -> tuple[ModelView, Prepared, list[str], TrustSession, list[cvl_adapter.Fetched]]:
+    ) -> tuple[ModelView, dict[str, Prepared], list[str], TrustSession, list[cvl_adapter.Fetched]]:
         """Evaluate for the pre-start/pre-update checks and gather every static problem (CVL,
         trust, disks, blacklist), so start and update report the same things the same way.
 

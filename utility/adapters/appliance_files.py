@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from utility.adapters.signed_release import SignedRelease
+from utility.core.model_view import Origin
+from utility.core.sizes import format_size
 from utility.errors import ApplianceError, TrustRefused
-from utility.model_view import Origin
-from utility.signed_release import SignedRelease
-from utility.sizes import format_size
 
 Progress = Callable[[int, int], None]
 """`progress(bytes_done, bytes_total)` while an object downloads."""
@@ -95,8 +95,9 @@ class FetchProgress:
 class RepositoryFiles:
     """Files of one version of a repository, read through `reposerver.client`.
 
-    With a `release` (the version's signed tag verified, `utility.signed_release`), every file
-    read and every disk chain fetched is checked against the signed commit's tree first.
+    With a `release` (the version's signed tag verified,
+    `utility.adapters.signed_release`), every file read and every disk chain fetched is checked
+    against the signed commit's tree first.
     """
 
     def __init__(self, origin: Origin, release: SignedRelease | None = None) -> None:
