@@ -159,7 +159,7 @@ def serve_command(
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.adapters.executor import Timeouts
-    from utility.service.allocation import Settings
+    from utility.service.desired import Settings
     from utility.service.manager import ClusterManager
     from utility.web.api import serve
 
@@ -288,14 +288,9 @@ def token_group() -> None:
 def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
     if state_dir:
-        import secrets as token_source
+        from utility.service.administration import bootstrap_token
 
-        from utility.adapters.store import Store
-
-        token = token_source.token_urlsafe(32)
-        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Store(Path(state_dir)).add_token(name, role, token)
-        click.echo(token)
+        click.echo(bootstrap_token(Path(state_dir), name, role))
         return
     click.echo(client.add_token(name, role)["token"])
 

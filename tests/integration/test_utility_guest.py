@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from utility.adapters.executor import Timeouts
-from utility.service.allocation import Settings
+from utility.service.desired import Settings
 from utility.service.manager import Caller, ClusterManager
 
 libvirt = pytest.importorskip("libvirt")

@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 from utility.adapters.executor import Executor
 from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.errors import CheckFailed, Conflict, StartFailed, UtilityError
-from utility.service.allocation import Settings
+from utility.service.desired import Settings
 from utility.service.manager import Caller, ClusterManager
 
 ADMIN = Caller("root", "admin")

@@ -47,19 +47,6 @@ def verify_event(body: bytes, header: str | None, secret: bytes) -> dict[str, An
     return {**event, "repository": url.rstrip("/"), "version": version}
 
 
-def event_secret(body: bytes, subscriptions: Any, fallback: bytes | None) -> bytes | None:
-    """The secret to check an event with: its repository's subscription's, else `fallback`.
-
-    Only the `repository` field of the (still unverified) body is read, to choose the key.
-    """
-    try:
-        repository = json.loads(body).get("repository")
-    except (ValueError, AttributeError):
-        repository = None
-    own = subscriptions.secret_for(repository) if isinstance(repository, str) else None
-    return own if own is not None else fallback
-
-
 def _same_repo(a: str, b: str) -> bool:
     def norm(u: str) -> str:
         u = u.rstrip("/")

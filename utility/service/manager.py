@@ -1,26 +1,49 @@
-"""The cluster manager: its parts assembled, and reconciliation with the hosts at start-up.
+"""The cluster manager: a small facade over its services, and the one place that authorises.
 
-It ties the pure parts (checks, placement, addressing, planner) to the edges (SQLite store,
-libvirt hosts, qemu-img, guest channel). The parts, one module each: `manager_base` (state,
-hosts, locks, status), `administration` (hosts, pools, blacklist, trust, subscriptions),
-`lifecycle` (start, stop, and the allocation and rollback they share with updates) and
-`updating` (update, history). Callers are identified by a `Caller` (`callers`); authorisation
-is decided in these modules and turned into HTTP statuses only in `api`.
+Each public method asks the `Policy` first, then hands the work to one service:
+`Administration` (pools, blacklist, tokens), `Hosts`, `Lifecycle` (start, stop, rollback,
+reconciliation), `Updating` (update, history) and `StatusView`. Start, stop, update and rollback
+all go through `Applier.apply(current, desired)`; start and update share the `Pipeline` (check,
+fetch, the address-filled evaluation) and the `Allocator` (propose, then reserve exactly). The
+constructor is the composition root: every service gets its dependencies explicitly and can be
+built alone (tests/unit/test_utility_services.py). Errors become HTTP statuses in
+`utility.web.api` only.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from utility.adapters.allocations import Allocations
+from utility.adapters.executor import Timeouts
+from utility.adapters.libvirt_host import HostPool, LibvirtHost
+from utility.adapters.store import HostRow, Store
+from utility.adapters.subscriptions import Subscriptions
+from utility.adapters.trust_policy import TrustPolicy
 from utility.core.desired_state import VapState
-from utility.errors import UtilityError
+from utility.errors import Forbidden, NotFound
 from utility.service.administration import Administration
-from utility.service.callers import Caller
-from utility.service.manager_base import EMBEDDED_HOST, FetchReport
+from utility.service.allocator import Allocator
+from utility.service.apply import Applier
+from utility.service.desired import Settings
+from utility.service.hosts import EMBEDDED_HOST, Hosts
+from utility.service.lifecycle import Lifecycle, Parts
+from utility.service.locks import VapLocks
+from utility.service.pipeline import FetchReport, Pipeline
+from utility.service.policy import Caller, Policy
+from utility.service.secrets import HeldSecrets
+from utility.service.status import StatusView
 from utility.service.updating import Updating
 
+# Search permission for others, no listing: qemu (user libvirt-qemu) must open the backing files
+# in `cache/`; everything else in the directory (database, run/, secrets) is 0600/0700.
+STATE_DIR_MODE = 0o711
 
-class ClusterManager(Administration, Updating):
+
+class ClusterManager:
     """One cluster manager over a state directory.
 
     Args:
@@ -33,48 +56,271 @@ class ClusterManager(Administration, Updating):
             daemon reads their CVL and writes disks next to it with its own privileges.
     """
 
-    # -- reconciliation -------------------------------------------------------------------------
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: Settings | None = None,
+        timeouts: Timeouts | None = None,
+        default_uri: str | None = None,
+        user_root: Path | None = None,
+    ) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
+        cache_dir, run_dir = state_dir / "cache", state_dir / "run"
+        cache_dir.mkdir(exist_ok=True, mode=0o755)  # published objects only, no secrets
+        run_dir.mkdir(exist_ok=True, mode=0o700)
+        settings = settings or Settings()
+        self.store = Store(state_dir)
+        self.trust = TrustPolicy(state_dir)
+        self.subscriptions = Subscriptions(state_dir)
+        self.policy = Policy(user_root)
+        self.hosts_service = Hosts(self.store, HostPool(), default_uri)
+        allocations = Allocations(self.store)
+        self.parts = Parts(
+            store=self.store,
+            allocations=allocations,
+            allocator=Allocator(self.store, allocations, settings),
+            pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir),
+            applier=Applier(
+                self.store, self.hosts_service.host, timeouts or Timeouts(), state_dir / "attic"
+            ),
+            hosts=self.hosts_service,
+            secrets=HeldSecrets(self.store),
+            locks=VapLocks(),
+            status=StatusView(self.store),
+            settings=settings,
+        )
+        self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
+        self.lifecycle = Lifecycle(self.parts)
+        self.updating = Updating(self.parts, self.lifecycle)
+        self.unowned: list[dict[str, str]] = []
+
+    def close(self) -> None:
+        """Close every host connection."""
+        self.hosts_service.close()
+
+    def host(self, name: str) -> LibvirtHost:
+        """The libvirt wrapper of registered host `name` (for the daemon and tests)."""
+        return self.hosts_service.host(name)
+
+    def authenticate(self, token: str) -> Caller | None:
+        """The caller a bearer token stands for, or None."""
+        who = self.store.who(token)
+        return Caller(*who) if who else None
+
+    # -- VAPs -----------------------------------------------------------------------------------
+
+    def start(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        secrets: Mapping[str, str] | None = None,
+        progress: FetchReport | None = None,
+    ) -> dict[str, Any]:
+        """Start the VAP a CVL file describes (`caller` becomes its owner).
+
+        `secrets` are sensitive parameter values (override keys like `l.rootpw`), held only in
+        memory and passed only to the VMs; `progress` is told `(label, bytes done, bytes total)`
+        while disk objects download.
+        """
+        path = Path(cvl_path).resolve()
+        self.policy.require_use(caller, path)
+        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress)
+
+    def stop(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        component: str | None = None,
+        stop_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
+        path = str(Path(cvl_path).resolve())
+        self.policy.require_owner(caller, self.lifecycle.active(path), "control")
+        return self.lifecycle.stop(caller.name, path, component, stop_timeout)
+
+    def update(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        component: str | None = None,
+        *,
+        dry_run: bool = False,
+        secrets: Mapping[str, str] | None = None,
+        trigger: str = "user",
+        progress: FetchReport | None = None,
+    ) -> dict[str, Any]:
+        """Re-evaluate a running VAP's CVL and apply the difference (see `Updating.update`)."""
+        path = Path(cvl_path).resolve()
+        self.policy.require_use(caller, path)
+        self.policy.require_owner(caller, self.lifecycle.active(str(path)), "control")
+        return self.updating.update(
+            path, component, dry_run=dry_run, secrets=secrets, trigger=trigger, progress=progress
+        )
 
     def reconcile(self) -> dict[str, Any]:
-        """Bring the recorded state in line with what the hosts report (run at daemon start).
-
-        - a VAP caught mid-start/stop/update is rolled back to stopped, allocations released;
-        - a running VAP's VM whose domain is gone or not running is marked `dead`;
-        - a domain on a host that no active VAP owns is reported, never killed.
-        """
-        report: dict[str, Any] = {"rolled_back": [], "dead": [], "unowned": [], "unreachable": []}
-        for vap in self.store.vaps(("starting", "stopping", "updating")):
-            self._roll_back(
-                vap.id, f"interrupted: the cluster manager stopped during {vap.status}; rolled back"
-            )
-            report["rolled_back"].append(vap.cvl_path)
-        owned: set[tuple[str, str]] = set()
-        for vap in self.store.vaps(("running",)):
-            for row in self.store.vms(vap.id):
-                owned.add((row.host, row.domain))
-                if row.state != "running":
-                    continue
-                try:
-                    info = self.host(row.host).domain(row.domain)
-                except UtilityError:
-                    continue
-                if info is None or not info.running:
-                    self.store.set_vm(vap.id, row.path, "dead")
-                    self.store.event(
-                        vap.id, "dead", f"{row.path}: domain {row.domain} on {row.host} is gone"
-                    )
-                    report["dead"].append(f"{vap.cvl_path}:{row.path}")
-        for host in self.store.hosts():
-            try:
-                domains = self.pool.get(host.name, host.uri).domains()
-            except UtilityError as exc:
-                report["unreachable"].append(str(exc))
-                continue
-            for info in domains:
-                if (host.name, info.name) not in owned:
-                    report["unowned"].append({"host": host.name, "domain": info.name})
+        """Bring the records in line with the hosts (the daemon, at start-up)."""
+        report = self.lifecycle.reconcile()
         self.unowned = report["unowned"]
         return report
+
+    def unowned_domains(self, caller: Caller) -> list[dict[str, str]]:
+        """Domains no VAP owns, as the last reconciliation found them."""
+        self.policy.require_read(caller, "reconciliation reports")
+        return self.unowned
+
+    def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
+        view = self.parts.status
+        if cvl_path is None:
+            return [view.vap_status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
+        path = str(Path(cvl_path).resolve())
+        vap = self.store.vap_by_path(path)
+        if vap is None:
+            raise NotFound(f"{path} was never started")
+        self.policy.require_owner(caller, vap, "see")
+        return [view.vap_status(vap.id)]
+
+    def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:
+        """One VAP for its page: status, state, events, and the versions that failed in it."""
+        vap = self.store.vap(vap_id)
+        vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
+        self.policy.require_owner(caller, vap, "see")
+        return {
+            "status": self.parts.status.vap_status(vap.id),
+            "state": vap.state,
+            "cvl_path": vap.cvl_path,
+            "events": self.store.events(vap.id),
+            "failed": self.store.failed_versions(vap.cvl_path),
+        }
+
+    def vap_ids(self, caller: Caller) -> dict[str, int]:
+        """CVL path -> VAP id of the VAPs the caller may see."""
+        return {v.cvl_path: v.id for v in self.policy.visible(caller, self.store.vaps())}
+
+    def history(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """The update history of the caller's VAPs (every VAP for administrators)."""
+        return self.updating.history(set(self.vap_ids(caller)), cvl_path)
+
+    def record_history(
+        self,
+        cvl_path: str,
+        trigger: str,
+        actions: list[str],
+        versions: dict[str, list[str | None]],
+        result: str,
+    ) -> None:
+        """Append to the update history (automatic updates record refusals through this)."""
+        self.updating.record_history(cvl_path, trigger, actions, versions, result)
+
+    # -- hosts, pools, blacklist ----------------------------------------------------------------
+
+    def add_host(self, caller: Caller, name: str, uri: str, memory: int, max_vms: int) -> HostRow:
+        """Register a host; its libvirt connection is checked first."""
+        self.policy.require_admin(caller, "add hosts")
+        return self.hosts_service.add(name, uri, memory, max_vms)
+
+    def remove_host(self, caller: Caller, name: str) -> None:
+        """Forget a host; refused while it runs VMs."""
+        self.policy.require_admin(caller, "remove hosts")
+        self.hosts_service.remove(name)
+
+    def hosts(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every host with its capacity and use."""
+        self.policy.require_read(caller, "hosts")
+        return self.hosts_service.listing()
+
+    def add_vlans(self, caller: Caller, spec: str) -> int:
+        """Add a VLAN range such as "100-163"."""
+        self.policy.require_admin(caller, "change the VLAN pool")
+        return self.admin.add_vlans(spec)
+
+    def add_public_ips(self, caller: Caller, spec: str) -> int:
+        """Add a public IP range such as "192.0.2.10-192.0.2.20"."""
+        self.policy.require_admin(caller, "change the public IP pool")
+        return self.admin.add_public_ips(spec)
+
+    def pools(self, caller: Caller) -> dict[str, Any]:
+        """Both pools with their holders."""
+        self.policy.require_read(caller, "pools")
+        return self.store.pools()
+
+    def blacklist(self, caller: Caller) -> list[dict[str, str]]:
+        """The blacklist."""
+        self.policy.require_read(caller, "blacklist")
+        return self.admin.blacklist()
+
+    def blacklist_add(self, caller: Caller, url: str, version: str) -> None:
+        """Blacklist a repository version or "all"."""
+        self.policy.require_admin(caller, "change the blacklist")
+        self.admin.blacklist_add(url, version)
+
+    def blacklist_remove(self, caller: Caller, url: str, version: str) -> None:
+        """Remove a blacklist entry."""
+        self.policy.require_admin(caller, "change the blacklist")
+        self.store.blacklist_remove(url, version)
+
+    def violations(self, caller: Caller) -> list[dict[str, Any]]:
+        """Active VAPs that run a blacklisted version (they are not stopped)."""
+        self.policy.require_admin(caller, "list blacklist violations")
+        return self.admin.violations()
+
+    # -- trust, subscriptions, tokens -----------------------------------------------------------
+
+    def trust_policy(self, caller: Caller) -> list[dict[str, Any]]:
+        """The trust policy: require-signed and key counts, global and per URL."""
+        self.policy.require_read(caller, "trust")
+        return self.trust.describe()
+
+    def set_trust(self, caller: Caller, url: str | None, require_signed: bool) -> None:
+        """Set `require-signed` globally or for one repository URL."""
+        self.policy.require_admin(caller, "change the trust policy")
+        self.trust.set_require_signed(url, require_signed)
+
+    def trust_key(self, caller: Caller, url: str | None, key: str) -> str:
+        """Trust a signing key globally or for one URL."""
+        self.policy.require_admin(caller, "change the trust policy")
+        return self.trust.add_key(url, key)
+
+    def subscription_list(self, caller: Caller) -> list[dict[str, Any]]:
+        """The repositories this utility is subscribed to."""
+        self.policy.require_read(caller, "subscriptions")
+        return self.subscriptions.list()
+
+    def subscribe(
+        self, caller: Caller, repository: str, events_url: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        """Register for publish events of `repository`."""
+        self.policy.require_admin(caller, "subscribe to repositories")
+        return self.subscriptions.subscribe(repository, events_url, auth)
+
+    def unsubscribe(
+        self, caller: Caller, repository: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        """Stop publish events of `repository`."""
+        self.policy.require_admin(caller, "unsubscribe from repositories")
+        return self.subscriptions.unsubscribe(repository, auth)
+
+    def event_secret(self, body: bytes, fallback: bytes | None) -> bytes:
+        """The secret a publish event must be signed with: its repository's subscription's,
+        else `fallback` (Forbidden with neither). Only the unverified body's `repository` field
+        is read, to choose the key."""
+        try:
+            repository = json.loads(body).get("repository")
+        except (ValueError, AttributeError):
+            repository = None
+        own = self.subscriptions.secret_for(repository) if isinstance(repository, str) else None
+        secret = own if own is not None else fallback
+        if secret is None:
+            raise Forbidden(
+                "publish event from a repository this utility is not subscribed "
+                "to, and no global events secret: ignored"
+            )
+        return secret
+
+    def add_token(self, caller: Caller, name: str, role: str) -> str:
+        """A new bearer token for `name` with `role` (printed once, stored as its hash)."""
+        self.policy.require_admin(caller, "create tokens")
+        return self.admin.add_token(name, role)
 
 
 __all__ = ["EMBEDDED_HOST", "Caller", "ClusterManager", "FetchReport", "VapState"]

@@ -1,42 +1,44 @@
 """Updates: the diff between the running state and the re-evaluated CVL, applied with the one
-executor; the history of updates; what an update releases and keeps (see README "Updates")."""
+`apply`; the history of updates; what an update releases and keeps (see README "Updates")."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from utility.adapters import disks
+from utility.adapters.allocations import HeldRows
 from utility.adapters.executor import RolledBack
+from utility.adapters.store import VapRow, VmRow
 from utility.core import addresses
 from utility.core.desired_state import VapState
 from utility.core.model_view import ModelView, join_path
-from utility.core.planner import Op, diff
-from utility.errors import (
-    CheckFailed,
-    Conflict,
-    NotFound,
-    PlacementError,
-)
-from utility.service import allocation
-from utility.service.callers import Caller
-from utility.service.lifecycle import Lifecycle, final_evaluation
-from utility.service.manager_base import FetchReport
+from utility.core.planner import Op, Plan
+from utility.errors import CheckFailed, Conflict, NotFound
+from utility.service.allocator import Proposal
+from utility.service.lifecycle import Lifecycle, Parts
+from utility.service.pipeline import Checked, FetchReport
 
 
-class Updating(Lifecycle):
-    """Update and history."""
+class Updating:
+    """Update of running VAPs, and their update history.
 
-    # -- update (issue 5: the diff between two states) -----------------------------------------
+    Args:
+        parts: what start, stop and update share.
+        lifecycle: for the active VAP of a CVL file.
+    """
+
+    def __init__(self, parts: Parts, lifecycle: Lifecycle) -> None:
+        self.parts = parts
+        self.store = parts.store
+        self.lifecycle = lifecycle
 
     def update(
         self,
-        caller: Caller,
-        cvl_path: str,
+        cvl_path: Path,
         component: str | None = None,
         *,
         dry_run: bool = False,
@@ -55,133 +57,151 @@ class Updating(Lifecycle):
         Returns:
             {"plan": [...], "lines": [...], "applied": bool, "error": str | None}
         """
-        path = Path(cvl_path).resolve()
-        self._may_use(caller, path)
-        secrets = {**self._secrets.get(str(path), {}), **dict(secrets or {})}
-        with self._lock_for(str(path)):
-            vap = self._active(caller, str(path))
+        p, path = self.parts, cvl_path
+        secrets = {**p.secrets.values(str(path)), **dict(secrets or {})}
+        with p.locks.for_path(str(path)):
+            vap = self.lifecycle.active(str(path))
             current = vap.state
             if current is None:
                 raise NotFound(f"{path} has no recorded state")
-            lost = sorted(self.store.secret_keys(vap.id) - {k for k, v in secrets.items() if v})
+            lost = p.secrets.lost(vap.id, secrets)
             if lost and trigger != "user":
                 return self._needs_user(vap.id, path, trigger, lost)
-            model, prepared, problems, trust, fetched = self._checked(path, secrets)
+            checked = p.pipeline.check(path, secrets)
             rows = self.store.vms(vap.id)
-            keep = self._held_addressing(vap.id, model, current, rows)
-            recorded = {row.path for row in rows}
             fresh = {
-                p: prep
-                for p, prep in prepared.items()
-                if current.vm(p) is None and p not in recorded
+                vm_path: prep
+                for vm_path, prep in checked.prepared.items()
+                if current.vm(vm_path) is None and vm_path not in {row.path for row in rows}
             }
-            # 1. what the pools would give (a short write transaction, nothing reserved yet)
-            with self._alloc_lock, self.store.transaction() as db:
-                placed, addressing, more = self._allocate(db, model, fresh, None, keep)
-            problems += more
-            if problems:
-                raise CheckFailed(problems)
+            # 1. what the pools would give (nothing reserved yet)
+            keep = self._held_addressing(vap.id, checked.model, current, rows)
+            with p.allocator.session() as db:
+                proposal = p.allocator.propose(db, checked.model, fresh, keep)
+            if checked.problems + proposal.problems:
+                raise CheckFailed(checked.problems + proposal.problems)
             # 2. downloads and the address-filled evaluation, holding no state lock
-            placement = {
-                **{vm.path: vm.host for vm in current.vms if vm.path in prepared},
-                **placed,
-            }
-            for row in rows:  # VMs stopped on request (not in the current state) keep their host
-                placement.setdefault(row.path, row.host)
-            bases = self._fetch_bases(prepared, progress)
-            names = allocation.component_names(model)
-            overrides = {**secrets, **addresses.overrides_for(model, addressing, names)}
-            final = final_evaluation(path, overrides, trust, fetched)
-            desired = allocation.build_state(
-                vap_id=vap.id,
-                cvl_path=path,
-                model=final,
-                prepared=prepared,
-                addressing=addressing,
-                placement=placement,
-                bases=bases,
-                secrets=secrets,
-                settings=self.settings,
-                run_dir=self.run_dir,
-            )
+            desired = self._desired(vap.id, checked, proposal, current, rows, secrets, progress)
             if component:
                 desired = _merge(current, desired, component)
-            plan = diff(current, desired, vanished=Op.REMOVE)
-            retried = _retried_failures(plan, self.store.failed_versions(str(path)))
-            skip = None
-            if retried and trigger != "user":
-                skip = (
-                    f"skipped: {', '.join(retried)} failed before; waiting for a newer "
-                    "version (a manual cui update can force it)"
+            plan = p.applier.plan(current, desired, vanished=Op.REMOVE)
+            skip = self._skip_reason(plan, path, trigger)
+            if not plan or dry_run or skip is not None:
+                return self._not_applied(
+                    vap, checked, current, plan, trigger, secrets, dry_run, skip
                 )
-            proceed = bool(plan) and not dry_run and skip is None
-            # 3. reserve exactly what was planned with, or refuse if a concurrent start took it
-            if proceed:
-                taken = Conflict(
-                    f"{path}: another VAP took addresses or host room while "
-                    "this update was prepared; run it again"
-                )
-                with self._alloc_lock, self.store.transaction() as db:
-                    try:
-                        if fresh and self._place(db, fresh) != placed:
-                            raise taken
-                        self._reserve(db, vap.id, placed, addressing, fresh, keep)
-                    except (PlacementError, sqlite3.IntegrityError):
-                        raise taken from None
-                    self.store.set_vap(vap.id, status="updating", db=db)
-            if not proceed and not dry_run:
-                self._settle(vap.id, current, {vm.path for vm in model.vms()}, set(), path)
-                if trigger == "user":  # the user's values are what automatic updates use next
-                    self._secrets[str(path)] = secrets
-                    self.store.set_secret_keys(vap.id, [k for k, v in secrets.items() if v])
-                    if (vap.error or "").startswith("waiting for its user"):
-                        self.store.set_vap(vap.id, status="running")
-            if not proceed:
-                if skip:
-                    self.record_history(
-                        str(path), trigger, plan.lines(), _version_changes(plan), skip
-                    )
-                return {
-                    "plan": plan.to_json(),
-                    "lines": plan.lines(),
-                    "applied": False,
-                    "error": skip,
-                }
-            self._secrets[str(path)] = secrets
-            self.store.set_secret_keys(vap.id, [k for k, v in secrets.items() if v])
-            outcome = self._executor(vap.id, path.parent / ".attic").run(plan)
-            after = _state_after(current, desired, plan, set(outcome.done))
-            removed = {
-                a.vm.path
-                for a in plan.actions
-                if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done
-            }
-            self._settle(vap.id, after, {vm.path for vm in model.vms()}, removed, path)
-            self.store.set_vap(vap.id, status="running", state=after, error=outcome.error)
-            if isinstance(outcome.exception, RolledBack):
-                failed = next(a for a in plan.actions if a.key == outcome.failed)
-                origin = (failed.vm.origin if failed.vm else None) or {}
-                self.store.mark_failed(
-                    str(path), str(origin.get("url")), str(origin.get("version"))
-                )
-            self.record_history(
-                str(path),
-                trigger,
-                plan.lines(),
-                _version_changes(plan),
-                f"failed: {outcome.error}" if outcome.error else "applied",
-            )
-            return {
-                "plan": plan.to_json(),
-                "lines": plan.lines(),
-                "applied": True,
-                "error": outcome.error,
-            }
+            # 3. reserve exactly what was planned with, or refuse if another VAP took it
+            self._reserve(vap.id, path, proposal, fresh)
+            p.secrets.remember(vap.id, str(path), secrets)
+            return self._apply(vap.id, checked, current, desired, plan, trigger)
+
+    def _desired(
+        self,
+        vap_id: int,
+        checked: Checked,
+        proposal: Proposal,
+        current: VapState,
+        rows: list[VmRow],
+        secrets: Mapping[str, str],
+        progress: FetchReport | None,
+    ) -> VapState:
+        """The desired state: existing VMs keep their host, new ones go where proposed."""
+        placement = {
+            **{vm.path: vm.host for vm in current.vms if vm.path in checked.prepared},
+            **proposal.placement,
+        }
+        for row in rows:  # VMs stopped on request (not in the current state) keep their host
+            placement.setdefault(row.path, row.host)
+        bases = self.parts.pipeline.fetch_bases(checked.prepared, progress)
+        return self.parts.pipeline.desired_state(
+            vap_id, checked, proposal.addressing, placement, bases, secrets
+        )
+
+    def _skip_reason(self, plan: Plan, path: Path, trigger: str) -> str | None:
+        """Why an automatic update does not retry versions that failed before (None: it runs)."""
+        retried = _retried_failures(plan, self.store.failed_versions(str(path)))
+        if not retried or trigger == "user":
+            return None
+        return (
+            f"skipped: {', '.join(retried)} failed before; waiting for a newer "
+            "version (a manual cui update can force it)"
+        )
+
+    def _reserve(
+        self, vap_id: int, path: Path, proposal: Proposal, fresh: Mapping[str, Any]
+    ) -> None:
+        taken = (
+            f"{path}: another VAP took addresses or host room while "
+            "this update was prepared; run it again"
+        )
+        with self.parts.allocator.session() as db:
+            try:
+                self.parts.allocator.reserve(db, vap_id, proposal, fresh)
+            except Conflict:
+                raise Conflict(taken) from None
+            self.store.set_vap(vap_id, status="updating", db=db)
+
+    def _not_applied(
+        self,
+        vap: VapRow,
+        checked: Checked,
+        current: VapState,
+        plan: Plan,
+        trigger: str,
+        secrets: Mapping[str, str],
+        dry_run: bool,
+        skip: str | None,
+    ) -> dict[str, Any]:
+        """A dry run, an empty plan or a skipped automatic update: settle, say so."""
+        path = checked.path
+        if not dry_run:
+            self._settle(vap.id, current, {vm.path for vm in checked.model.vms()}, set(), path)
+            if trigger == "user":  # the user's values are what automatic updates use next
+                self.parts.secrets.remember(vap.id, str(path), secrets)
+                if (vap.error or "").startswith("waiting for its user"):
+                    self.store.set_vap(vap.id, status="running")
+        if skip:
+            self.record_history(str(path), trigger, plan.lines(), _version_changes(plan), skip)
+        return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False, "error": skip}
+
+    def _apply(
+        self,
+        vap_id: int,
+        checked: Checked,
+        current: VapState,
+        desired: VapState,
+        plan: Plan,
+        trigger: str,
+    ) -> dict[str, Any]:
+        path = checked.path
+        outcome = self.parts.applier.apply(
+            vap_id, current, desired, vanished=Op.REMOVE, attic=path.parent / ".attic"
+        ).outcome
+        after = _state_after(current, desired, plan, set(outcome.done))
+        removed = {
+            a.vm.path
+            for a in plan.actions
+            if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done
+        }
+        self._settle(vap_id, after, {vm.path for vm in checked.model.vms()}, removed, path)
+        self.store.set_vap(vap_id, status="running", state=after, error=outcome.error)
+        if isinstance(outcome.exception, RolledBack):
+            failed = next(a for a in plan.actions if a.key == outcome.failed)
+            origin = (failed.vm.origin if failed.vm else None) or {}
+            self.store.mark_failed(str(path), str(origin.get("url")), str(origin.get("version")))
+        result = f"failed: {outcome.error}" if outcome.error else "applied"
+        self.record_history(str(path), trigger, plan.lines(), _version_changes(plan), result)
+        return {
+            "plan": plan.to_json(),
+            "lines": plan.lines(),
+            "applied": True,
+            "error": outcome.error,
+        }
 
     def _needs_user(self, vap_id: int, path: Path, trigger: str, lost: list[str]) -> dict[str, Any]:
         """An automatic update that cannot run: the VAP's sensitive values were held only in
         memory and the cluster manager restarted since. Say so in history and status; the
-        user's next `cui update` (their agent supplies the values) clears it."""
+        user's next `cui update` (their secret cache supplies the values) clears it."""
         message = (
             f"waiting for its user: the sensitive values of {', '.join(lost)} are kept "
             "only in memory and were lost when the cluster manager restarted; run "
@@ -202,11 +222,10 @@ class Updating(Lifecycle):
         """Append to the update history (`cui history`)."""
         self.store.add_history(str(Path(cvl_path).resolve()), trigger, actions, versions, result)
 
-    def history(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
-        """The update history of the caller's VAPs (every VAP for administrators)."""
+    def history(self, visible: set[str], cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """The update history of the VAPs whose CVL path is in `visible`, or of one of them."""
         path = str(Path(cvl_path).resolve()) if cvl_path else None
-        mine = {v.cvl_path for v in self.store.vaps() if caller.admin or v.owner == caller.name}
-        return [h for h in self.store.history(path) if h["cvl_path"] in mine]
+        return [h for h in self.store.history(path) if h["cvl_path"] in visible]
 
     def _settle(
         self, vap_id: int, state: VapState, members: set[str], removed: set[str], cvl_path: Path
@@ -224,37 +243,9 @@ class Updating(Lifecycle):
         in_use = {
             join_path(vm.path, i.name): {i.mac, i.ip} for vm in state.vms for i in vm.interfaces
         }
-        kept_stopped = (members - removed) - running
-        with self.store.transaction() as db:
-            for address, iface in db.execute(
-                "SELECT address, path FROM addresses WHERE vap_id=?", (vap_id,)
-            ).fetchall():
-                vm_path = iface.rpartition(".")[0]
-                held = (
-                    address in in_use.get(iface, ())
-                    if vm_path in running
-                    else vm_path in kept_stopped
-                )
-                if not held:
-                    db.execute("DELETE FROM addresses WHERE address=?", (address,))
-                    db.execute(
-                        "UPDATE public_ips SET vap_id=NULL, iface=NULL WHERE ip=?", (address,)
-                    )
-            used_vlans = set(state.vlans.values())
-            for (vlan,) in db.execute(
-                "SELECT vlan FROM vlans WHERE vap_id=?", (vap_id,)
-            ).fetchall():
-                if vlan not in used_vlans:
-                    db.execute("UPDATE vlans SET vap_id=NULL, segment=NULL WHERE vlan=?", (vlan,))
-            stale = []
-            for (vm_path,) in db.execute(
-                "SELECT path FROM vms WHERE vap_id=?", (vap_id,)
-            ).fetchall():
-                if vm_path not in running | kept_stopped:
-                    db.execute("DELETE FROM vms WHERE vap_id=? AND path=?", (vap_id, vm_path))
-                    if vm_path not in members and vm_path not in removed:
-                        stale.append(vm_path)
-        for vm_path in stale:
+        keep = HeldRows(in_use, running, (members - removed) - running, set(state.vlans.values()))
+        dropped = self.parts.allocations.settle(vap_id, keep)
+        for vm_path in [p for p in dropped if p not in members and p not in removed]:
             moved = disks.move_directory_to_attic(
                 cvl_path.parent / (vm_path or "root"), vm_path or "root", cvl_path.parent / ".attic"
             )
@@ -266,7 +257,7 @@ class Updating(Lifecycle):
             )
 
     def _held_addressing(
-        self, vap_id: int, model: ModelView, current: VapState, rows: list[Any]
+        self, vap_id: int, model: ModelView, current: VapState, rows: list[VmRow]
     ) -> addresses.Addressing:
         """What the VAP holds: the running VMs' addresses, plus those of VMs stopped on request
         whose interface is still on the same segment (so a restart keeps its MAC and IP)."""
@@ -274,11 +265,8 @@ class Updating(Lifecycle):
         stopped = {r.path for r in rows if current.vm(r.path) is None}
         if not stopped:
             return keep
-        held: dict[str, dict[str, str]] = {}
-        for address, kind, holder, iface_path in self.store.all_addresses():
-            if holder == vap_id:
-                held.setdefault(iface_path, {})[kind] = address
-        public = {r["ip"] for r in self.store.pools()["public_ips"] if r["vap_id"] == vap_id}
+        held = self.parts.allocations.held_addresses(vap_id)
+        public = self.parts.allocations.held_public_ips(vap_id)
         interfaces = dict(keep.interfaces)
         for vm in model.vms():
             if vm.path not in stopped:
@@ -288,27 +276,42 @@ class Updating(Lifecycle):
                 mac, ip = got.get("mac"), got.get("ip")
                 if mac is None or ip is None:
                     continue
-                segment = addresses.segment_of(model, iface.path)
-                if segment == addresses.PUBLIC:
-                    ok, net = ip in public, ipaddress.IPv4Network(f"{ip}/24", strict=False)
-                else:
-                    vlan = keep.vlans.get(segment)
-                    net = (
-                        addresses.subnet_for_vlan(vlan, self.settings.address_base)
-                        if vlan is not None
-                        else ipaddress.IPv4Network("0.0.0.0/32")
-                    )
-                    ok = vlan is not None and ipaddress.IPv4Address(ip) in net
-                if ok:
-                    interfaces[iface.path] = addresses.InterfaceAddress(
-                        path=iface.path,
-                        segment=segment,
-                        mac=mac,
-                        ip=ip,
-                        subnet=str(net.network_address),
-                        netmask=addresses.NETMASK,
-                    )
+                kept = self._kept_interface(model, iface.path, mac, ip, keep, public)
+                if kept is not None:
+                    interfaces[iface.path] = kept
         return addresses.Addressing(vlans=dict(keep.vlans), interfaces=interfaces)
+
+    def _kept_interface(
+        self,
+        model: ModelView,
+        iface_path: str,
+        mac: str,
+        ip: str,
+        keep: addresses.Addressing,
+        public: set[str],
+    ) -> addresses.InterfaceAddress | None:
+        """A stopped VM's interface keeps MAC and IP while still on the segment they fit."""
+        segment = addresses.segment_of(model, iface_path)
+        if segment == addresses.PUBLIC:
+            ok, net = ip in public, ipaddress.IPv4Network(f"{ip}/24", strict=False)
+        else:
+            vlan = keep.vlans.get(segment)
+            net = (
+                addresses.subnet_for_vlan(vlan, self.parts.settings.address_base)
+                if vlan is not None
+                else ipaddress.IPv4Network("0.0.0.0/32")
+            )
+            ok = vlan is not None and ipaddress.IPv4Address(ip) in net
+        if not ok:
+            return None
+        return addresses.InterfaceAddress(
+            path=iface_path,
+            segment=segment,
+            mac=mac,
+            ip=ip,
+            subnet=str(net.network_address),
+            netmask=addresses.NETMASK,
+        )
 
 
 def _addressing_of(state: VapState) -> addresses.Addressing:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import secrets as token_source
 import signal
 import sys
 import threading
@@ -35,8 +34,7 @@ from werkzeug.serving import make_server
 
 from utility.core.sizes import parse_size
 from utility.errors import CheckFailed, Unauthorized, UtilityError
-from utility.service.manager import Caller, ClusterManager, FetchReport
-from utility.service.manager_base import STATE_DIR_MODE
+from utility.service.manager import STATE_DIR_MODE, Caller, ClusterManager, FetchReport
 from utility.web.pages import init_app as init_pages
 
 LOCAL_ADMIN = Caller("local", "admin")
@@ -66,7 +64,7 @@ def create_app(
         events_url: this daemon's publish-events URL as repository servers reach it (the
             default of `cui utility subscribe`); None on the Unix socket.
     """
-    from utility.service.autoupdate import AutoUpdater, event_secret, verify_event
+    from utility.service.autoupdate import AutoUpdater, verify_event
 
     app = Flask("utility")
     app.config["MANAGER"] = manager
@@ -83,10 +81,10 @@ def create_app(
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
                 raise Unauthorized("malformed Authorization header: use 'Bearer TOKEN'")
-            who = manager.store.who(token.strip())
+            who = manager.authenticate(token.strip())
             if who is None:
                 raise Unauthorized("invalid token")
-            g.caller = Caller(*who)
+            g.caller = who
         elif require_token:
             raise Unauthorized("this API needs a bearer token (cui --token or $COLLECTIVE_TOKEN)")
         else:
@@ -223,13 +221,13 @@ def create_app(
 
     @app.get("/v1/trust")
     def trust() -> Any:
-        return jsonify(manager.trust.describe())
+        return jsonify(manager.trust_policy(caller()))
 
     @app.post("/v1/trust")
     def set_trust() -> Any:
         data = body()
         manager.set_trust(caller(), data.get("url"), bool(data.get("require_signed")))
-        return jsonify(manager.trust.describe())
+        return jsonify(manager.trust_policy(caller()))
 
     @app.post("/v1/trust/keys")
     def trust_key() -> Any:
@@ -281,14 +279,7 @@ def create_app(
     @app.post(EVENTS_PATH)
     def publish_event() -> Any:
         raw = request.get_data()
-        secret = event_secret(raw, manager.subscriptions, events_secret)
-        if secret is None:
-            from utility.errors import Forbidden
-
-            raise Forbidden(
-                "publish event from a repository this utility is not subscribed "
-                "to, and no global events secret: ignored"
-            )
+        secret = manager.event_secret(raw, events_secret)
         event = verify_event(raw, request.headers.get("X-Collective-Signature"), secret)
         return jsonify({"scheduled": updater.on_event(event)}), 202
 
@@ -304,11 +295,7 @@ def create_app(
 
     @app.get("/v1/subscriptions")
     def subscriptions() -> Any:
-        if not caller().admin:
-            from utility.errors import Forbidden
-
-            raise Forbidden("only administrators see subscriptions")
-        return jsonify(manager.subscriptions.list())
+        return jsonify(manager.subscription_list(caller()))
 
     @app.post("/v1/subscriptions")
     def subscribe() -> Any:
@@ -341,24 +328,13 @@ def create_app(
 
     @app.get("/v1/reconcile")
     def reconcile_report() -> Any:
-        if not caller().admin:
-            from utility.errors import Forbidden
-
-            raise Forbidden("only administrators see reconciliation reports")
-        return jsonify({"unowned": manager.unowned})
+        return jsonify({"unowned": manager.unowned_domains(caller())})
 
     @app.post("/v1/tokens")
     def add_token() -> Any:
         data = body()
-        if not caller().admin:
-            from utility.errors import Forbidden
-
-            raise Forbidden("only administrators may create tokens")
         role = data.get("role", "user")
-        if role not in ("admin", "user"):
-            raise UtilityError("role must be 'admin' or 'user'")
-        token = token_source.token_urlsafe(32)
-        manager.store.add_token(field(data, "name"), role, token)
+        token = manager.add_token(caller(), field(data, "name"), role)
         return jsonify({"name": data["name"], "role": role, "token": token}), 201
 
     init_pages(app)
@@ -376,7 +352,7 @@ def serve(
     """Run the daemon until SIGTERM/SIGINT: reconcile with the hosts, then serve the API.
 
     Args:
-        state_dir: the state directory (created 0711: see `manager_base.STATE_DIR_MODE`).
+        state_dir: the state directory (created 0711: see `utility.service.manager.STATE_DIR_MODE`).
         listen: None for the Unix socket `state_dir/utility.sock`; `HOST:PORT` for TCP.
     """
     state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)

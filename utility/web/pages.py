@@ -608,10 +608,6 @@ def _history_rows(
     return rows
 
 
-def _vap_ids(manager: ClusterManager) -> dict[str, int]:
-    return {v.cvl_path: v.id for v in manager.store.vaps()}
-
-
 @bp.get("")
 def bare_prefix() -> Response:
     """`/ui` without the slash: to the overview (Flask's own redirect would become JSON here)."""
@@ -628,7 +624,7 @@ def overview() -> Response:
     pools, is_admin = _admin_only(lambda: manager.pools(caller), {"vlans": [], "public_ips": []})
     violations, _ = _admin_only(lambda: manager.violations(caller), [])
     vaps = manager.status(caller)
-    ids = _vap_ids(manager)
+    ids = manager.vap_ids(caller)
     names = {v["id"]: Path(str(v["cvl"])).name for v in vaps}
     return _page(
         "overview.html",
@@ -652,32 +648,27 @@ def overview() -> Response:
 def vap_page(vap_id: int) -> Response:
     """One VAP: the picture of its network, its components' versions, its updates."""
     manager, caller = _manager(), _caller()
-    record = manager.store.vap(vap_id)
-    status = manager.status(caller, record.cvl_path)[0]  # the owner check happens here
-    if status["id"] != vap_id:
-        record = manager.store.vap(status["id"])
-    state = record.state
+    details = manager.vap_details(caller, vap_id)  # the owner check happens there
+    status, state, cvl_path = details["status"], details["state"], details["cvl_path"]
     imports = list(state.imports) if state else []
-    blacklist = manager.store.blacklist()
-    failed = manager.store.failed_versions(record.cvl_path)
+    blacklist = [(b["url"], b["version"]) for b in manager.blacklist(caller)]
+    failed = details["failed"]
     notes: dict[str, VersionNote] = {}
     dependencies: dict[str, tuple[Sequence[str], Sequence[str]]] = {}
     for vm in state.vms if state else ():
         notes[vm.path] = version_note(vm.origin, imports, blacklist, failed, latest_version)
         dependencies[vm.path] = (vm.needs, vm.requires)
     picture = network_picture(status, dependencies, notes) if status["components"] else None
-    events = [{**e, "at": _when(float(str(e["at"])))} for e in manager.store.events(record.id)][
-        -12:
-    ]
+    events = [{**e, "at": _when(float(str(e["at"])))} for e in details["events"]][-12:]
     return _page(
         "vap.html",
-        title=Path(record.cvl_path).name,
+        title=Path(cvl_path).name,
         nav="overview",
         vap=status,
         picture=picture,
         notes=notes,
         dependencies=dependencies,
-        history=_history_rows(manager.history(caller, record.cvl_path), _vap_ids(manager)),
+        history=_history_rows(manager.history(caller, cvl_path), manager.vap_ids(caller)),
         events=list(reversed(events)),
     )
 
@@ -690,7 +681,7 @@ def history_page() -> Response:
         "history.html",
         title="Update history",
         nav="history",
-        history=_history_rows(manager.history(caller), _vap_ids(manager)),
+        history=_history_rows(manager.history(caller), manager.vap_ids(caller)),
     )
 
 
@@ -706,7 +697,7 @@ def blacklist_page() -> Response:
         is_admin=is_admin,
         entries=manager.blacklist(caller),
         violations=violations,
-        vap_ids=_vap_ids(manager),
+        vap_ids=manager.vap_ids(caller),
     )
 
 

@@ -1,8 +1,8 @@
 """From an evaluated model to a desired `VapState`: pre-start checks, names, and state building.
 
 Pure except for reading each VM appliance's domain XML through `ApplianceFiles` (`prepare`).
-The cluster manager (`service`) calls, in order: `prepare`, `static_problems`, placement and
-addressing under its allocation lock, re-evaluation with the address overrides, `build_state`.
+`utility.service.pipeline` calls, in order: `prepare`, `static_problems`, then (after the
+allocator's proposal and the address-filled re-evaluation) `build_state`.
 """
 
 from __future__ import annotations
@@ -164,6 +164,11 @@ def component_names(model: ModelView) -> dict[str, str]:
     return names
 
 
+def domain_name(settings: Settings, vap_id: int, vm_path: str) -> str:
+    """libvirt domain name of a VM: `<prefix>-<VAP id>-<path>` (`root` for a root VM)."""
+    return f"{settings.prefix}-{vap_id}-{vm_path or 'root'}"
+
+
 def network_name(settings: Settings, segment: str, vlans: Mapping[str, int], vap_id: int) -> str:
     """libvirt network and bridge name of a segment: `<prefix>-v<vlan>`, public `<prefix>-x<id>`."""
     if segment == PUBLIC:
@@ -201,7 +206,7 @@ def build_state(
         host = placement[vm.path]
         slug = vm.path or "root"  # a CVL file whose root is itself a VM appliance
         vm_dir = cvl_dir / slug
-        domain = f"{settings.prefix}-{vap_id}-{slug}"
+        domain = domain_name(settings, vap_id, vm.path)
         socket = vm_dir / "guest.sock"
         if len(str(socket)) > SOCKET_PATH_MAX:
             socket = run_dir / f"{domain}.sock"
