@@ -1,6 +1,7 @@
 """The utility's import direction, read from the source with `ast` (README, Architecture).
 
-`utility/core` is pure: it imports no module that does I/O and none of the outer layers.
+`utility/core` and `common` (what the repository and the utility share) are pure: they import no
+module that does I/O and none of the outer layers.
 `utility/adapters` never import services or the web side; services never import the web side;
 nothing but `cui` (and the tests) imports the client side.
 """
@@ -67,6 +68,11 @@ def layer_files(layer: str) -> list[Path]:
 @pytest.mark.parametrize("path", layer_files("core"), ids=lambda p: p.name)
 def test_core_imports_nothing_that_does_io(path: Path) -> None:
     assert not offending(imports_of(path), IO_MODULES | OUTER_LAYERS["core"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "common").glob("*.py")), ids=lambda p: p.name)
+def test_common_imports_neither_io_nor_either_side(path: Path) -> None:
+    assert not offending(imports_of(path), IO_MODULES | {"utility", "reposerver"})
 
 
 @pytest.mark.parametrize("layer", sorted(OUTER_LAYERS))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.publisher_xml import PublisherXmlError, VmSpec, parse_vm_spec
 from utility.adapters import cvl_adapter
 from utility.adapters.appliance_files import ApplianceFiles, files_for
 from utility.adapters.signed_release import SignedRelease
@@ -21,7 +22,6 @@ from utility.core.desired_state import Disk, Interface, Network, VapState, Vm
 from utility.core.model_view import ModelView, leaf_name
 from utility.core.placement import VmDemand
 from utility.core.sizes import parse_size
-from utility.core.vm_spec import VmSpec, parse_vm_spec
 from utility.errors import ApplianceError, UtilityError
 
 SOCKET_PATH_MAX = 100
@@ -77,7 +77,7 @@ def prepare(
             for device, _ in data:
                 program.discard(device)
             prepared[vm.path] = Prepared(path=vm.path, spec=spec, files=files, data_disks=data)
-        except (ApplianceError, UtilityError) as exc:
+        except (ApplianceError, PublisherXmlError, UtilityError) as exc:
             problems.append(f"{vm.path}: {exc}")
     return prepared, problems
 
