@@ -35,15 +35,13 @@ from flask import (
     current_app,
     g,
     render_template,
-    request,
-    send_from_directory,
 )
 
-import reposerver
-from reposerver.pages import format_bytes
+import webui
 from utility.core.addresses import PUBLIC
 from utility.errors import Forbidden
 from utility.service.manager import Caller, ClusterManager
+from webui import wants_html
 
 bp = Blueprint(
     "utility_pages",
@@ -55,20 +53,16 @@ bp = Blueprint(
 )
 
 PREFIX = "/ui"
-BASE_CSS = Path(reposerver.__file__).resolve().parent / "static"
 
 
 @bp.route("/static/base.css")
 def base_css() -> Response:
-    """The style sheet both servers' pages share (one file, kept with the repository pages)."""
-    return send_from_directory(BASE_CSS, "pages.css", mimetype="text/css", max_age=300)
+    """The style sheet both UIs share (`webui`)."""
+    return webui.base_css()
 
 
 REALM = 'Basic realm="Collective utility (token as password)", charset="UTF-8"'
-CSP = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+CSP = webui.csp(connect=True, form_action="'none'")
 LATEST_TTL = 30.0
 LATEST_TIMEOUT = 3.0
 REFRESH_SECONDS = 5
@@ -113,13 +107,8 @@ def init_app(app: Flask) -> Flask:
     """Register the pages under `/ui/` on the cluster manager's API app."""
     app.register_blueprint(bp)
     app.wsgi_app = BrowserCredentials(app.wsgi_app)  # type: ignore[method-assign]
+    webui.add_filters(app)
     return app
-
-
-def wants_html() -> bool:
-    """True when the client prefers HTML (a browser)."""
-    accept = request.accept_mimetypes
-    return accept["text/html"] > accept["application/json"]
 
 
 @bp.after_request
@@ -141,9 +130,7 @@ def _page_headers(response: Response) -> Response:
         )
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = REALM
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
+    webui.secure(response, CSP)
     if response.mimetype == "text/html":
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -699,9 +686,6 @@ def blacklist_page() -> Response:
         violations=violations,
         vap_ids=manager.vap_ids(caller),
     )
-
-
-bp.add_app_template_filter(format_bytes, "size")  # the repository pages' own filter
 
 
 @bp.app_template_filter("duration")
