@@ -475,7 +475,7 @@ def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
 
 
 def _secrets_for(cvl_path: Path) -> dict[str, str]:
-    """Values of the VAP's required sensitive parameters that have none, through the user agent.
+    """Values of the VAP's required sensitive parameters that have none, through the secret cache.
 
     Only the parameters the CVL reports missing are asked for: one whose value is a reference to
     another (`l.rootdnpass = rootdnpass;`) follows from the one the user gives.

@@ -101,8 +101,8 @@ def evaluate_for_checks(
 
 
 def missing_sensitive_paths(cvl_path: Path) -> list[str]:
-    """Required sensitive parameters without a value, as the CVL reports them (the user's agent
-    supplies these; parameters that merely reference one of them are not listed)."""
+    """Required sensitive parameters without a value, as the CVL reports them (the user's secret
+    cache supplies these; parameters that merely reference one of them are not listed)."""
     import cvl
     from cvl.errors import CvlMissingError
 

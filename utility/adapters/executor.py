@@ -9,7 +9,6 @@ failed action, its host and the error, and lists what completed so the caller ca
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -207,8 +206,3 @@ class Executor:
         if self.hosts(vm.host).is_test:
             return
         guest_channel.resend(vm.guest_socket, vm.param_map(), self.timeouts.ready)
-
-
-def wall_clock() -> float:
-    """Seconds since the epoch (start times shown by status)."""
-    return time.time()

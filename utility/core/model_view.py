@@ -28,11 +28,6 @@ def leaf_name(path: str) -> str:
     return path.rpartition(".")[2]
 
 
-def override_key(path: str, param: str) -> str:
-    """The key `cvl.evaluate_file(overrides=...)` uses for `param` of component `path`."""
-    return join_path(path, param)
-
-
 @dataclass(frozen=True)
 class Origin:
     """The repository version that defined a component's type."""

@@ -1,8 +1,9 @@
 """The cluster manager's HTTP API (Flask app factory) and the daemon that serves it.
 
-Transport only: each route authenticates, calls one `ClusterManager` method, returns JSON.
-This is the one place `UtilityError`s (and CVL errors) become HTTP statuses; every refusal is a
-JSON 401/403/404/409/422, never a 500.
+Transport only: each route authenticates (who is asking), calls one `ClusterManager` method
+(which decides whether they may, `utility.service.policy`), returns JSON. This is the one place
+`UtilityError`s (and CVL errors) become HTTP statuses: a refusal is a JSON 401/403/404/409/422,
+anything unexpected a logged JSON 500.
 
 Authentication: `Authorization: Bearer TOKEN`; tokens are created with `cui utility token add`
 and stored as SHA-256 digests. Over the daemon's Unix socket (directory 0700, socket 0600, so
