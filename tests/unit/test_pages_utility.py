@@ -50,7 +50,7 @@ def manager(tmp_path: Path) -> Iterator[ClusterManager]:
         )
     )
     manager.start(ADMIN, str(acme), secrets={"l.rootpw": SECRET})
-    manager.record_history(
+    manager.store.add_history(
         str(acme), "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
     )
     manager.store.add_token("alice", "admin", "tok-admin")

@@ -266,17 +266,11 @@ class GuestChannel:
 
 def deliver(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:
     """Wait for the guest's HELLO, send PARAMS, wait for READY (GuestChannelError otherwise)."""
-    channel = GuestChannel(Path(socket_path))
-    try:
+    with GuestChannel(Path(socket_path)) as channel:
         channel.deliver(params, timeout)
-    finally:
-        channel.close()
 
 
 def resend(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:
     """Send PARAMS to a running guest and wait for READY again."""
-    channel = GuestChannel(Path(socket_path))
-    try:
+    with GuestChannel(Path(socket_path)) as channel:
         channel.resend(params, timeout)
-    finally:
-        channel.close()

@@ -127,13 +127,7 @@ class UtilityClient:
             raise self._unreachable(exc) from None
         finally:
             conn.close()
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = {"error": raw.decode(errors="replace")[:300]}
-        if response.status >= 400:
-            raise _error(response.status, data)
-        return data
+        return _answer(response.status, raw)
 
     def streamed(
         self, path: str, body: dict[str, Any], progress: Callable[[str, int, int], None]
@@ -147,14 +141,7 @@ class UtilityClient:
             )
             response = conn.getresponse()
             if response.status >= 400 or NDJSON not in (response.getheader("Content-Type") or ""):
-                raw = response.read()
-                try:
-                    data = json.loads(raw) if raw else None
-                except ValueError:
-                    data = {"error": raw.decode(errors="replace")[:300]}
-                if response.status >= 400:
-                    raise _error(response.status, data)
-                return data
+                return _answer(response.status, response.read())
             while line := response.readline():
                 item = json.loads(line)
                 if "progress" in item:
@@ -277,3 +264,14 @@ class UtilityClient:
 
     def unowned(self) -> Any:
         return self.request("GET", "/v1/reconcile")
+
+
+def _answer(status: int, raw: bytes) -> Any:
+    """The decoded JSON of a plain (not streamed) answer, or its error raised."""
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = {"error": raw.decode(errors="replace")[:300]}
+    if status >= 400:
+        raise _error(status, data)
+    return data

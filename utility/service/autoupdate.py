@@ -121,7 +121,7 @@ class AutoUpdater:
         try:
             self.manager.update(SYSTEM, path, component, trigger=trigger)
         except UtilityError as exc:
-            self.manager.record_history(path, trigger, [], {}, f"refused: {exc}")
+            self.manager.record_refusal(path, trigger, f"refused: {exc}")
 
     def wait(self, timeout: float = 30.0) -> None:
         """Wait for scheduled updates (tests and shutdown)."""

@@ -201,16 +201,9 @@ class ClusterManager:
         """The update history of the caller's VAPs (every VAP for administrators)."""
         return self.updating.history(set(self.vap_ids(caller)), cvl_path)
 
-    def record_history(
-        self,
-        cvl_path: str,
-        trigger: str,
-        actions: list[str],
-        versions: dict[str, list[str | None]],
-        result: str,
-    ) -> None:
-        """Append to the update history (automatic updates record refusals through this)."""
-        self.updating.record_history(cvl_path, trigger, actions, versions, result)
+    def record_refusal(self, cvl_path: str, trigger: str, reason: str) -> None:
+        """Record in the history that an automatic update of `cvl_path` was refused."""
+        self.store.add_history(str(Path(cvl_path).resolve()), trigger, [], {}, reason)
 
     # -- hosts, pools, blacklist ----------------------------------------------------------------
 

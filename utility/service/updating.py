@@ -161,7 +161,7 @@ class Updating:
                 if (vap.error or "").startswith("waiting for its user"):
                     self.store.set_vap(vap.id, status="running")
         if skip:
-            self.record_history(str(path), trigger, plan.lines(), _version_changes(plan), skip)
+            self.record_history(path, trigger, plan, skip)
         return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False, "error": skip}
 
     def _apply(
@@ -190,7 +190,7 @@ class Updating:
             origin = (failed.vm.origin if failed.vm else None) or {}
             self.store.mark_failed(str(path), str(origin.get("url")), str(origin.get("version")))
         result = f"failed: {outcome.error}" if outcome.error else "applied"
-        self.record_history(str(path), trigger, plan.lines(), _version_changes(plan), result)
+        self.record_history(path, trigger, plan, result)
         return {
             "plan": plan.to_json(),
             "lines": plan.lines(),
@@ -207,20 +207,13 @@ class Updating:
             "only in memory and were lost when the cluster manager restarted; run "
             f"`cui update {path}` to supply them"
         )
-        self.record_history(str(path), trigger, [], {}, message)
+        self.record_history(path, trigger, Plan(actions=()), message)
         self.store.set_vap(vap_id, error=message)
         return {"plan": [], "lines": [], "applied": False, "error": message}
 
-    def record_history(
-        self,
-        cvl_path: str,
-        trigger: str,
-        actions: list[str],
-        versions: dict[str, list[str | None]],
-        result: str,
-    ) -> None:
-        """Append to the update history (`cui history`)."""
-        self.store.add_history(str(Path(cvl_path).resolve()), trigger, actions, versions, result)
+    def record_history(self, path: Path, trigger: str, plan: Plan, result: str) -> None:
+        """Append an update to the history (`cui history`)."""
+        self.store.add_history(str(path), trigger, plan.lines(), _version_changes(plan), result)
 
     def history(self, visible: set[str], cvl_path: str | None = None) -> list[dict[str, Any]]:
         """The update history of the VAPs whose CVL path is in `visible`, or of one of them."""
