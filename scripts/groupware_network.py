@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -435,8 +434,9 @@ class GroupwareLab:
 
     def update_events(self) -> list[tuple[float, str]]:
         """(time, kind) of the daemon's recorded events, oldest first."""
-        with sqlite3.connect(self.work / "state" / "utility.sqlite3") as db:
-            return list(db.execute("SELECT at, kind FROM events ORDER BY id"))
+        from utility.adapters.store import Store
+
+        return [(float(str(e["at"])), str(e["kind"])) for e in Store(self.work / "state").events()]
 
     def close(self) -> None:
         """Stop the VAP, remove namespaces, stop the daemon and the server; then sweep anything

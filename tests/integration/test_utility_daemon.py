@@ -31,6 +31,7 @@ from utility.adapters.simulation import (
     publisher_domain_xml,
     simulated_host_uri,
 )
+from utility.adapters.store import Store
 
 PAPER = REPO_ROOT / "examples" / "paper"
 
@@ -188,12 +189,9 @@ def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(
             assert status["status"] == "failed" and "interrupted" in status["error"]
             pools = json.loads(cui("host", "list", "--json").stdout)
             assert pools[0]["vms"] == 0 and pools[0]["used_memory"] == 0
-            import sqlite3
-
-            db = sqlite3.connect(state / "utility.sqlite3")
-            assert db.execute("SELECT COUNT(*) FROM addresses").fetchone()[0] == 0
-            held = db.execute("SELECT COUNT(*) FROM vlans WHERE vap_id IS NOT NULL").fetchone()[0]
-            assert held == 0
+            store = Store(state)  # what the restarted daemon recorded, read through the state layer
+            assert store.all_addresses() == []
+            assert [v for v in store.pools()["vlans"] if v["vap_id"] is not None] == []
         finally:
             second.kill()
     finally:
