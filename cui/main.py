@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the request failed (bad CVL, refused push, refused star
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -104,4 +103,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -28,8 +28,8 @@ from typing import Any
 
 import click
 
-from utility import agent
-from utility.client import UtilityClient, default_state_dir
+from utility.client import secret_cache
+from utility.client.daemon_client import UtilityClient, default_state_dir
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -211,12 +211,12 @@ def serve_command(
     user_root: str | None,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
-    from utility.allocation import Settings
-    from utility.cluster import ClusterManager
-    from utility.daemon_server import serve
-    from utility.event_guard import EventRules
-    from utility.executor import Timeouts
-    from utility.tls import check_listen, split_listen
+    from utility.adapters.event_guard import EventRules
+    from utility.adapters.executor import Timeouts
+    from utility.adapters.tls import check_listen, split_listen
+    from utility.service.desired import Settings
+    from utility.service.manager import ClusterManager
+    from utility.web.daemon_server import serve
 
     settings = Settings(prefix=prefix, address_base=address_base, placement=placement)
     timeouts = Timeouts(ready=ready_timeout, stop=stop_timeout)
@@ -351,14 +351,9 @@ def token_group() -> None:
 def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
     if state_dir:
-        import secrets as token_source
+        from utility.service.administration import bootstrap_token
 
-        from utility.state import Store
-
-        token = token_source.token_urlsafe(32)
-        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Store(Path(state_dir)).add_token(name, role, token)
-        click.echo(token)
+        click.echo(bootstrap_token(Path(state_dir), name, role))
         return
     click.echo(client.add_token(name, role)["token"])
 
@@ -436,7 +431,7 @@ def host_add(name: str, uri: str, memory: str, max_vms: int, client: UtilityClie
 @client_options
 def host_list(as_json: bool, client: UtilityClient) -> None:
     """Hosts with capacity and use."""
-    from utility.sizes import format_size
+    from utility.core.sizes import format_size
 
     def render(rows: list[dict[str, Any]]) -> None:
         click.echo(f"{'NAME':12} {'URI':40} {'MEMORY':>16} {'VMS':>8}")
@@ -543,12 +538,12 @@ def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
 
 
 def _secrets_for(cvl_path: Path) -> dict[str, str]:
-    """Values of the VAP's required sensitive parameters that have none, through the user agent.
+    """Values of the VAP's required sensitive parameters that have none, through the secret cache.
 
     Only the parameters the CVL reports missing are asked for: one whose value is a reference to
     another (`l.rootdnpass = rootdnpass;`) follows from the one the user gives.
     """
-    from utility.cvl_adapter import missing_sensitive_paths
+    from utility.adapters.cvl_adapter import missing_sensitive_paths
 
     keys = missing_sensitive_paths(cvl_path)
     if not keys:
@@ -556,8 +551,8 @@ def _secrets_for(cvl_path: Path) -> dict[str, str]:
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
         "agent password", hide_input=True, err=True
     )
-    cache = agent.AgentCache(agent.default_path(), password)
-    return agent.obtain(cache, cvl_path, keys, _ask)
+    cache = secret_cache.SecretCache(secret_cache.default_path(), password)
+    return secret_cache.obtain(cache, cvl_path, keys, _ask)
 
 
 def _ask(param: str) -> str:
@@ -605,7 +600,7 @@ class DiskProgress:
                 self.tasks[label] = self.bars.add_task(label, total=total)
             self.bars.update(self.tasks[label], completed=done, total=total)
             return
-        from utility.sizes import format_size
+        from utility.core.sizes import format_size
 
         quarter = min(4, done * 4 // total) if total > 0 else 4
         if self.quarters.get(label) != quarter:
@@ -768,11 +763,11 @@ def agent_group() -> None:
     """The user agent's encrypted cache of sensitive parameter values."""
 
 
-def _open_cache() -> agent.AgentCache:
+def _open_cache() -> secret_cache.SecretCache:
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
         "agent password", hide_input=True, err=True
     )
-    return agent.AgentCache(agent.default_path(), password)
+    return secret_cache.SecretCache(secret_cache.default_path(), password)
 
 
 @agent_group.command("set")
@@ -781,7 +776,7 @@ def _open_cache() -> agent.AgentCache:
 def agent_set(key: str, cvl_file: str) -> None:
     """Cache the value of sensitive parameter KEY (e.g. l.rootpw) of FILE.cvl."""
     cache = _open_cache()
-    cache.set(agent.cache_key(Path(cvl_file), key), _ask(key))
+    cache.set(secret_cache.cache_key(Path(cvl_file), key), _ask(key))
     cache.save()
     click.echo(f"cached {key}")
 
@@ -799,7 +794,7 @@ def agent_list() -> None:
 def agent_forget(key: str, cvl_file: str) -> None:
     """Drop a cached value."""
     cache = _open_cache()
-    if cache.forget(agent.cache_key(Path(cvl_file), key)):
+    if cache.forget(secret_cache.cache_key(Path(cvl_file), key)):
         cache.save()
         click.echo(f"forgot {key}")
     else:

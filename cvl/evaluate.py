@@ -35,7 +35,14 @@ from cvl.errors import (
 )
 from cvl.layout import Layout, Layouts
 from cvl.loader import Module, TypeDef
-from cvl.model import UTILITY_ASSIGNED_INTERFACE_PARAMS, Component, Declared, Model, Origin
+from cvl.model import (
+    UTILITY_ASSIGNED_INTERFACE_PARAMS,
+    Component,
+    Declared,
+    ImportRecord,
+    Model,
+    Origin,
+)
 from cvl.syntax import Assign, MapLit, Ref, Rhs, Str
 
 _NEW, _ACTIVE, _DONE = 0, 1, 2
@@ -371,7 +378,7 @@ class Evaluator:
                 error.sensitive = d.sensitive  # type: ignore[attr-defined]
                 self.diagnostics.add(error)
 
-    def model(self, root_module: Module, imports: list, warnings: list[str]) -> Model:
+    def model(self, root_module: Module, imports: list[ImportRecord], warnings: list[str]) -> Model:
         components: dict[str, Component] = {}
         pending: list[str] = []
         origins: dict[int, Origin | None] = {}
@@ -384,7 +391,7 @@ class Evaluator:
                 name=inst.name,
                 type=inst.typedef.name,
                 kind=inst.layout.kind or "",
-                params=params,  # type: ignore[arg-type]
+                params=params,
                 declared=inst.layout.declared,
                 pending=waiting,
                 origin=self._origin(inst, origins),
@@ -434,7 +441,7 @@ def evaluate_module(
     module: Module,
     diagnostics: Diagnostics,
     overrides: Mapping[str, Sequence[str]] | None,
-    imports: list,
+    imports: list[ImportRecord],
     warnings: list[str],
 ) -> Model | None:
     """Evaluate the last object declared in `module` (the file's appliance); None on errors."""

@@ -156,7 +156,7 @@ def _pos(token: Token) -> dict[str, int]:
 
 def _unquote(token: Token) -> str:
     """Decode a STRING token: `\\"`, `\\\\`, `\\n` and `\\t` are the only escapes."""
-    body = token.value[1:-1]
+    body: str = token.value[1:-1]
     if "\\" not in body:
         return body
 

@@ -30,10 +30,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from lark import Lark
 
+import webui
 from reposerver import errors, version_record
 from reposerver.disks import read_header
 from reposerver.names import repository_name, version_number
 from reposerver.repository import Repository, list_repositories, open_repository
+from webui import wants_html
 
 bp = Blueprint(
     "repository_pages",
@@ -43,10 +45,7 @@ bp = Blueprint(
     static_url_path="/-/static",
 )
 
-CSP = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+CSP = webui.csp(connect=False, form_action="'self'")
 REQUIRED_PLACEHOLDER = "REQUIREDxVALUExSETxBYxTHExUSER"
 """Stands in for a required parameter while a published definition is evaluated; alphanumeric,
 so it survives map encoding and any value derived from it can be recognised."""
@@ -68,17 +67,9 @@ _TOKEN_CLASS = {
 # -- content negotiation --------------------------------------------------------------------
 
 
-def wants_html() -> bool:
-    """True when the client prefers HTML to JSON (a browser); `*/*` and no header mean JSON."""
-    accept = request.accept_mimetypes
-    return accept["text/html"] > accept["application/json"]
-
-
 def _page(template: str, status: int = 200, **context: Any) -> Response:
     response = Response(render_template(template, **context), status=status, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
+    webui.secure(response, CSP)
     response.headers["Cache-Control"] = "no-cache"
     response.vary.add("Accept")
     return response
@@ -94,35 +85,40 @@ def _error_page(exc: errors.RepositoryError) -> Response:
     return response
 
 
-def _negotiated(json_view: Callable[..., Any], html_view: Callable[..., Response]) -> Callable:
-    """A view answering with `html_view` for browsers and the original `json_view` otherwise."""
+def _html_for_browsers() -> Response | None:
+    """For a browser, the page of a JSON endpoint that has one (None: the endpoint answers).
 
-    def view(**kwargs: Any) -> Any:
-        if not wants_html():
-            response = json_view(**kwargs)
-            if isinstance(response, Response):
-                response.vary.add("Accept")
-            return response
-        try:
-            return html_view(**kwargs)
-        except errors.RepositoryError as exc:
-            return _error_page(exc)
+    Registered after the server's own request hooks, so read protection has already run.
+    """
+    html_view = NEGOTIATED.get(request.endpoint or "")
+    if html_view is None or not wants_html():
+        return None
+    try:
+        return html_view(**(request.view_args or {}))
+    except errors.RepositoryError as exc:
+        return _error_page(exc)
 
-    view.__name__ = json_view.__name__
-    view.__doc__ = json_view.__doc__
-    return view
+
+def _vary_on_accept(response: Response) -> Response:
+    """Both answers of a negotiated URL say that they depend on `Accept`."""
+    if request.endpoint in NEGOTIATED:
+        response.vary.add("Accept")
+    return response
 
 
 def init_app(app: Flask) -> Flask:
     """Register the pages on the server's app (HTML beside the JSON of `/` and `/NAME/`)."""
     app.register_blueprint(bp)
-    app.view_functions["reposerver.index"] = _negotiated(
-        app.view_functions["reposerver.index"], index_page
-    )
-    app.view_functions["reposerver.repository_index"] = _negotiated(
-        app.view_functions["reposerver.repository_index"], repository_page
-    )
+    app.before_request(_html_for_browsers)
+    app.after_request(_vary_on_accept)
+    webui.add_filters(app)
     return app
+
+
+@bp.get("/-/static/base.css")
+def base_css() -> Response:
+    """The style sheet both UIs share (`webui`)."""
+    return webui.base_css()
 
 
 @bp.errorhandler(errors.RepositoryError)
@@ -713,20 +709,8 @@ def diff_page(name: str, old: str, new: str) -> Response:
         repo.git.close()
 
 
-@bp.app_template_filter("size")
-def format_bytes(value: int | None) -> str:
-    """Bytes for people: 1536 -> '1.5 KiB'."""
-    if value is None:
-        return "?"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
-@bp.app_template_filter("utc")
-def format_time(value: datetime) -> str:
-    """A UTC timestamp for people."""
-    return value.strftime("%Y-%m-%d %H:%M UTC")
+NEGOTIATED: dict[str, Callable[..., Response]] = {
+    "reposerver.index": index_page,
+    "reposerver.repository_index": repository_page,
+}
+"""JSON endpoints of `reposerver.web` that answer browsers with a page instead."""

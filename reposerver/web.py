@@ -136,7 +136,8 @@ def _revalidated(response: Response) -> Response:
     `no-cache`, and 304 when the client's copy is current."""
     response.set_etag(hashlib.sha256(response.get_data()).hexdigest()[:32], weak=True)
     response.headers["Cache-Control"] = "no-cache"
-    return response.make_conditional(request)
+    response.make_conditional(request)
+    return response
 
 
 COMPRESSIBLE = frozenset({"application/json", "text/html", "text/css", "application/javascript"})

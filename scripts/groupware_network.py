@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -439,8 +438,9 @@ class GroupwareLab:
 
     def update_events(self) -> list[tuple[float, str]]:
         """(time, kind) of the daemon's recorded events, oldest first."""
-        with sqlite3.connect(self.work / "state" / "utility.sqlite3") as db:
-            return list(db.execute("SELECT at, kind FROM events ORDER BY id"))
+        from utility.adapters.store import Store
+
+        return [(float(str(e["at"])), str(e["kind"])) for e in Store(self.work / "state").events()]
 
     def close(self) -> None:
         """Stop the VAP, remove namespaces, stop the daemon and the server; then sweep anything
@@ -563,7 +563,7 @@ def _show(text: str) -> None:
 def demo(host_uri: str) -> None:
     """The Groupware story with progress output; on `test:` hosts, without guests to probe."""
     if host_uri == "test":
-        from utility.simulation import simulated_host_uri
+        from utility.adapters.simulation import simulated_host_uri
 
         sim = Path(tempfile.mkdtemp(prefix="gw-sim-"))
         try:

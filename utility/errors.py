@@ -1,6 +1,6 @@
 """The utility's exception hierarchy. A leaf module: it imports nothing of the project.
 
-Errors become HTTP statuses in `utility.api` and exit codes in `cui.main`, nowhere else.
+Errors become HTTP statuses in `utility.web.api` and exit codes in `cui.main`, nowhere else.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ class StartFailed(UtilityError):
     http_status = 500
 
 
-class AgentError(UtilityError):
-    """The user agent could not open, decrypt or update its encrypted cache."""
+class SecretCacheError(UtilityError):
+    """The user's secret cache could not open, decrypt or update its encrypted cache."""
 
 
 class TrustRefused(UtilityError):

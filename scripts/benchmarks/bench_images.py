@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench import Row, median_time
 
-from utility.channel import GuestChannel
+from utility.adapters.guest_channel import GuestChannel
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-appliances"

@@ -4,8 +4,9 @@ The images come from `scripts/build-appliances` (cached, so only a cold run buil
 defines transient domains from the appliances' published domain XML, rewritten the way the
 utility does (disk sources onto fresh copy-on-write overlays, NIC onto a network of our own, the
 console to a file, serial port 1 onto a Unix socket), and talks to the guest agent with
-`utility.channel.GuestChannel`. The agent's console lines (`collective-agent <epoch> <event> …`)
-are what the tests read to see what the guest did and in which order.
+`utility.adapters.guest_channel.GuestChannel`. The agent's console lines
+(`collective-agent <epoch> <event> …`) are what the tests read to see what the guest did and in
+which order.
 
 Network traffic goes only over an isolated libvirt network (a bridge with no `<forward>`) that
 the test creates on a random 10.251.N.0/24 and removes afterwards.
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from cvl.maps import encode
-from utility.channel import GuestChannel
+from utility.adapters.guest_channel import GuestChannel
 from utility.errors import GuestChannelError
 
 libvirt = pytest.importorskip("libvirt")

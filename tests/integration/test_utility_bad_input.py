@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from utility.simulation import paper_tree, simulated_host_uri
 
 from tests.conftest import REPO_ROOT, free_port
 from tests.integration.test_utility_daemon import CUI, PAPER, Daemon, cui
-from utility.simulation import paper_tree, simulated_host_uri
 
 HOST = '{"name": "h2", "uri": "test:///default", "memory": "1G", "max_vms": 4, %s}'
 

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from utility.simulation import paper_tree, simulated_host_uri
 
 from tests.conftest import REPO_ROOT
 from tests.integration.test_utility_daemon import CUI, PAPER, Daemon, cui
-from utility.client import UtilityClient
-from utility.simulation import paper_tree, simulated_host_uri
+from utility.client.daemon_client import UtilityClient
 
 
 def _serve(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:

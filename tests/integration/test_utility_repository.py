@@ -19,8 +19,8 @@ from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server
 from tests.conftest import REPO_ROOT
-from utility.cluster import Caller, ClusterManager
-from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
 
 PAPER = REPO_ROOT / "examples" / "paper"
 ADMIN = Caller("root", "admin")

@@ -19,9 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import REPO_ROOT, free_port
 from tests.integration.test_utility_daemon import CUI, Daemon, cui
-from utility.client import UtilityClient
+from utility.adapters.tls import is_loopback
+from utility.client.daemon_client import UtilityClient
 from utility.errors import UtilityError
-from utility.tls import is_loopback
 
 
 def _name(common: str) -> x509.Name:

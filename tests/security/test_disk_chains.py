@@ -331,8 +331,9 @@ def test_runner_refuses_hostile_chain_before_qemu(
     tmp_path: Path, case: str,
 ) -> None:  # fmt: skip
     from utility.appliance_files import RepositoryFiles
-    from utility.errors import ApplianceError
     from utility.model_view import Origin
+
+    from utility.errors import ApplianceError
 
     chain, message = _runner_chains(tmp_path)[case]
     hostile_push_tampering_server.serve("root.qcow2", chain)

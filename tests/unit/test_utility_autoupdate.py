@@ -14,12 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import REPO_ROOT
-from utility.api import create_app
-from utility.autoupdate import AutoUpdater
-from utility.cluster import Caller, ClusterManager
+from utility.adapters.event_guard import authenticate, parse_event
+from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.errors import Unauthorized, UtilityError
-from utility.event_guard import authenticate, parse_event
-from utility.simulation import paper_tree, simulated_host_uri
+from utility.service.autoupdate import AutoUpdater
+from utility.service.manager import Caller, ClusterManager
+from utility.web.api import create_app
 
 SECRET = b"shared-secret"
 

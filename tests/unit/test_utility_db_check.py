@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utility.db_check import (
+from utility.adapters.db_check import (
     DB_NAME,
     SCHEMA_VERSION,
     VAPS_MARKER,
@@ -15,8 +15,8 @@ from utility.db_check import (
     mark_vaps_exist,
     migrate,
 )
+from utility.adapters.store import Store
 from utility.errors import DatabaseRefused
-from utility.state import Store
 
 
 def _store_with_rows(state: Path, rows: int = 400) -> Path:

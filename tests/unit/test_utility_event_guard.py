@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utility.api import EVENTS_PATH, create_app
-from utility.cluster import ClusterManager
+from utility.adapters.event_guard import MAX_EVENT_BYTES, EventRules, check_fresh, parse_event
 from utility.errors import EventRefused, UtilityError
-from utility.event_guard import MAX_EVENT_BYTES, EventRules, check_fresh, parse_event
+from utility.service.manager import ClusterManager
+from utility.web.api import EVENTS_PATH, create_app
 
 SECRET = b"guard-secret"
 

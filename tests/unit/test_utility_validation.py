@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utility import validation as valid
+from utility.core import validation as valid
 from utility.errors import Conflict, UtilityError
 
 
