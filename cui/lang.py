@@ -1,6 +1,6 @@
 """`cui check` and `cui eval`: the CVL commands (parse, import, evaluate; render the result).
 
-cui check FILE.cvl [--set PATH=VALUE ...] [--assign PATH=VALUE ...]          every error
+cui check FILE.cvl [--set PATH=VALUE ...] [--assign PATH=VALUE ...] [--json]   every error
 cui eval  FILE.cvl [--set PATH=VALUE ...] [--assign PATH=VALUE ...] [--json]  the parameters
 
 `--set` supplies user values; `--assign` previews the values the utility assigns (an interface's
@@ -96,10 +96,12 @@ _ASSIGN_HELP = (
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
 @click.option("--assign", "assigns", multiple=True, metavar="PATH=VALUE", help=_ASSIGN_HELP)
-def check_command(file: str, sets: tuple[str, ...], assigns: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (same exit codes).")
+def check_command(
+    file: str, sets: tuple[str, ...], assigns: tuple[str, ...], as_json: bool
+) -> None:
     """Parse, import and evaluate FILE; print every error (exit 1) or a one-line summary."""
     analysis = _analyse(file, sets, assigns)
-    _warn(analysis)
     from_agent = _from_agent(analysis.errors)
     if from_agent:
         # Required sensitive values never live in CVL files; check the rest as if supplied.
@@ -110,6 +112,9 @@ def check_command(file: str, sets: tuple[str, ...], assigns: tuple[str, ...]) ->
             overrides=overrides,
             assigned=parse_overrides(assigns, "--assign"),
         )
+    if as_json:
+        _check_json(file, analysis, from_agent)
+    _warn(analysis)
     if analysis.errors:
         _fail(file, analysis.errors)
     model = analysis.model
@@ -120,13 +125,52 @@ def check_command(file: str, sets: tuple[str, ...], assigns: tuple[str, ...]) ->
             f"(cui agent set {path})",
             err=True,
         )
-    vms, vans = len(model.vms()), len(model.vans())
+    summary = _summary(model)
+    vms, vans, imports, pending = (summary[k] for k in ("vms", "vans", "imports", "pending"))
     click.echo(
         f"{file}: ok: {model.appliance} ({model.root.kind}), {vms} VM{'s' * (vms != 1)}, "
-        f"{vans} VAN{'s' * (vans != 1)}, {len(model.imports)} import"
-        f"{'s' * (len(model.imports) != 1)}, {len(model.pending)} pending parameter"
-        f"{'s' * (len(model.pending) != 1)}"
+        f"{vans} VAN{'s' * (vans != 1)}, {imports} import{'s' * (imports != 1)}, "
+        f"{pending} pending parameter{'s' * (pending != 1)}"
     )
+
+
+def _summary(model: cvl.Model) -> dict[str, int]:
+    return {
+        "vms": len(model.vms()),
+        "vans": len(model.vans()),
+        "imports": len(model.imports),
+        "pending": len(model.pending),
+    }
+
+
+def _check_json(file: str, analysis: cvl.Analysis, from_agent: Sequence[str]) -> NoReturn:
+    """`cui check --json`: one object on stdout, then the same exit code as without --json."""
+    errors = [
+        {
+            "file": e.file,
+            "line": e.line,
+            "column": e.col,
+            "message": e.message,
+            "kind": type(e).__name__,
+            "path": getattr(e, "path", None),
+            "imported_from": [str(site) for site in e.chain],
+        }
+        for e in analysis.errors
+    ]
+    model = analysis.model
+    result = {
+        "file": file,
+        "ok": not errors,
+        "appliance": model.appliance if model is not None and not errors else None,
+        "errors": errors,
+        "warnings": [str(w) for w in analysis.warnings],
+        "from_agent": list(from_agent),
+        "summary": _summary(model) if model is not None and not errors else None,
+    }
+    click.echo(json.dumps(result, indent=2))
+    unreachable = any(getattr(error, "unreachable", False) for error in analysis.errors)
+    code = (EXIT_UNREACHABLE if unreachable else EXIT_FAILED) if errors else 0
+    raise click.exceptions.Exit(code)
 
 
 @click.command("eval")

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the request failed (bad CVL, refused push, refused star
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +47,11 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
         if isinstance(exc, cls):
             unreachable = getattr(exc, "unreachable", False)
             return (EXIT_UNREACHABLE if unreachable else EXIT_FAILED), f"error: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "libvirt":
+        return EXIT_FAILED, (
+            "error: this command runs the Collective Utility, which needs libvirt-python: "
+            "pip install 'collective[utility]'"
+        )
     if isinstance(exc, ConnectionError | TimeoutError):
         return EXIT_UNREACHABLE, f"error: cannot connect: {exc}"
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
@@ -59,6 +63,22 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 @click.version_option(package_name="collective")
 def cli() -> None:
     """Collective: publish, run and automatically update virtual appliances."""
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    bash: `eval "$(cui completion bash)"` in ~/.bashrc; zsh: the same in ~/.zshrc;
+    fish: `cui completion fish > ~/.config/fish/completions/cui.fish`.
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        raise click.UsageError(f"no completion for {shell}")
+    click.echo(cls(cli, {}, "cui", "_CUI_COMPLETE").source())
 
 
 def _register() -> None:
@@ -83,4 +103,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -9,10 +9,9 @@ import click
 
 
 def _human(n: int) -> str:
-    for scale, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+    from rich.filesize import decimal
+
+    return decimal(n, precision=2)
 
 
 @click.command("create")
@@ -108,6 +107,39 @@ def versions_cmd(url: str, as_json: bool) -> None:
         click.echo(f"v{v['number']:<5} {v['commit'][:12]}  {signer}")
 
 
+@click.command("fetch")
+@click.argument("url")
+@click.argument("version_and_dir", nargs=-1, required=True, metavar="[VERSION] DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def fetch_cmd(url: str, version_and_dir: tuple[str, ...], as_json: bool) -> None:
+    """Write version VERSION (default latest) of URL into DIR for stock tools.
+
+    DIR gets the version's files (domain XML with absolute disk paths, for `virsh define`) and,
+    per program disk, a qcow2 file of its name over the verified chain in DIR/objects (for
+    `qemu-img info --backing-chain`).
+    """
+    from reposerver.client import open_repository
+    from reposerver.export import export_version
+
+    if len(version_and_dir) > 2:
+        raise click.UsageError("expected URL [VERSION] DIR")
+    version = None
+    if len(version_and_dir) == 2:
+        text = version_and_dir[0].removeprefix("v")
+        if not text.isdigit():
+            raise click.UsageError(f"VERSION must be a number like 3 or v3, not {text!r}")
+        version = int(text)
+    result = export_version(open_repository(url), version, Path(version_and_dir[-1]))
+    if as_json:
+        data = {**result.__dict__, "directory": str(result.directory)}
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"v{result.version} in {result.directory}: disks {', '.join(result.disks) or '-'}; "
+        f"files {', '.join(result.files)}"
+    )
+
+
 @click.command("trust")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
@@ -198,6 +230,6 @@ def register(cli: click.Group) -> None:
     """Attach the repository commands to the `cui` group."""
     for command in (
         create_cmd, publish_cmd, serve_cmd, versions_cmd, trust_cmd, token_cmd, delta_cmd,
-        subscribe_cmd,
+        subscribe_cmd, fetch_cmd,
     ):  # fmt: skip
         cli.add_command(command)

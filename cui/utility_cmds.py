@@ -11,7 +11,8 @@
     cui agent set KEY --cvl FILE.cvl | agent list | agent forget KEY --cvl FILE.cvl
 
 Every client command takes `--utility URL` (default `$COLLECTIVE_UTILITY`, else the local
-daemon's socket) and `--token` (default `$COLLECTIVE_TOKEN`).
+daemon's socket) and `--token-file PATH` (`-` reads standard input; default
+`$COLLECTIVE_TOKEN`). A token is a secret, so it is never a flag value (flags show in `ps`).
 """
 
 from __future__ import annotations
@@ -27,27 +28,49 @@ from typing import Any
 
 import click
 
-from utility import agent
-from utility.client import UtilityClient, default_state_dir
+from utility.client import secret_cache
+from utility.client.daemon_client import UtilityClient, default_state_dir
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --utility and --token, and pass a ready `UtilityClient` as `client`."""
+    """Add --utility and --token-file, and pass a ready `UtilityClient` as `client`."""
 
     @click.option(
         "--utility",
         "utility_url",
         metavar="URL",
         default=None,
-        help="Cluster manager: unix:///PATH or http://HOST:PORT "
+        help="Cluster manager: unix:///PATH, https://HOST:PORT or http://HOST:PORT "
         "(default $COLLECTIVE_UTILITY, else the local daemon's socket).",
     )
-    @click.option("--token", default=None, help="Bearer token (default $COLLECTIVE_TOKEN).")
+    @click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="CA certificate(s) to verify an https daemon with (default $COLLECTIVE_CA).",
+    )
+    @click.option(
+        "--token-file",
+        type=click.File("r"),
+        default=None,
+        help="File holding the bearer token, '-' for standard input (default $COLLECTIVE_TOKEN).",
+    )
     @functools.wraps(fn)
-    def wrapper(*args: Any, utility_url: str | None, token: str | None, **kwargs: Any) -> Any:
-        return fn(*args, client=UtilityClient(utility_url, token), **kwargs)
+    def wrapper(
+        *args: Any, utility_url: str | None, token_file: Any, ca_file: str | None, **kwargs: Any
+    ) -> Any:
+        token = read_secret(token_file) if token_file is not None else None
+        return fn(*args, client=UtilityClient(utility_url, token, ca_file=ca_file), **kwargs)
 
     return wrapper
+
+
+def read_secret(stream: Any) -> str:
+    """The first line of a secret file or stream, without its line end; empty is a usage error."""
+    value = stream.readline().rstrip("\r\n")
+    if not value:
+        raise click.UsageError(f"{stream.name}: no secret on its first line")
+    return str(value)
 
 
 def echo_lines(lines: Iterable[str]) -> None:
@@ -84,7 +107,27 @@ def utility_group() -> None:
     "--listen",
     default=None,
     metavar="HOST:PORT",
-    help="Serve on TCP (bearer token required); default the Unix socket in --state.",
+    help="Serve on TCP (bearer token required; plain TCP only on loopback, else give "
+    "--tls-cert and --tls-key); default the Unix socket in --state.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate (chain) for https on --listen.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--event-window",
+    type=click.FloatRange(1, 86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds a publish event stays acceptable (older ones and replays are refused).",
 )
 @click.option(
     "--placement",
@@ -144,7 +187,17 @@ def utility_group() -> None:
     default=None,
     help="Users (not administrators) may only start CVL files under this directory.",
 )
+@click.option(
+    "--reinitialise",
+    is_flag=True,
+    help="Move a missing, corrupt or unreadable state database aside and start empty "
+    "(only after restoring from a backup is impossible).",
+)
 def serve_command(
+    tls_cert: str | None,
+    tls_key: str | None,
+    event_window: float,
+    reinitialise: bool,
     state_dir: str | None,
     listen: str | None,
     placement: str,
@@ -158,14 +211,21 @@ def serve_command(
     user_root: str | None,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
-    from utility.allocation import Settings
-    from utility.api import serve
-    from utility.cluster import ClusterManager
-    from utility.executor import Timeouts
+    from utility.adapters.event_guard import EventRules
+    from utility.adapters.executor import Timeouts
+    from utility.adapters.tls import check_listen, split_listen
+    from utility.service.desired import Settings
+    from utility.service.manager import ClusterManager
+    from utility.web.daemon_server import serve
 
     settings = Settings(prefix=prefix, address_base=address_base, placement=placement)
     timeouts = Timeouts(ready=ready_timeout, stop=stop_timeout)
     secret = os.environ.get(events_secret_env)
+    tls = (Path(tls_cert), Path(tls_key)) if tls_cert and tls_key else None
+    if listen is not None:  # refused here, before anything is opened
+        check_listen(split_listen(listen)[0], *(tls or (None, None)))
+    elif tls_cert or tls_key:
+        raise click.UsageError("--tls-cert/--tls-key need --listen HOST:PORT")
     serve(
         Path(state_dir) if state_dir else default_state_dir(),
         listen,
@@ -174,6 +234,9 @@ def serve_command(
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
+        reinitialise=reinitialise,
+        tls=tls,
+        event_rules=EventRules(window=event_window),
     )
 
 
@@ -288,14 +351,9 @@ def token_group() -> None:
 def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
     if state_dir:
-        import secrets as token_source
+        from utility.service.administration import bootstrap_token
 
-        from utility.state import Store
-
-        token = token_source.token_urlsafe(32)
-        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Store(Path(state_dir)).add_token(name, role, token)
-        click.echo(token)
+        click.echo(bootstrap_token(Path(state_dir), name, role))
         return
     click.echo(client.add_token(name, role)["token"])
 
@@ -373,7 +431,7 @@ def host_add(name: str, uri: str, memory: str, max_vms: int, client: UtilityClie
 @client_options
 def host_list(as_json: bool, client: UtilityClient) -> None:
     """Hosts with capacity and use."""
-    from utility.sizes import format_size
+    from utility.core.sizes import format_size
 
     def render(rows: list[dict[str, Any]]) -> None:
         click.echo(f"{'NAME':12} {'URI':40} {'MEMORY':>16} {'VMS':>8}")
@@ -480,12 +538,12 @@ def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
 
 
 def _secrets_for(cvl_path: Path) -> dict[str, str]:
-    """Values of the VAP's required sensitive parameters that have none, through the user agent.
+    """Values of the VAP's required sensitive parameters that have none, through the secret cache.
 
     Only the parameters the CVL reports missing are asked for: one whose value is a reference to
     another (`l.rootdnpass = rootdnpass;`) follows from the one the user gives.
     """
-    from utility.cvl_adapter import missing_sensitive_paths
+    from utility.adapters.cvl_adapter import missing_sensitive_paths
 
     keys = missing_sensitive_paths(cvl_path)
     if not keys:
@@ -493,8 +551,8 @@ def _secrets_for(cvl_path: Path) -> dict[str, str]:
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
         "agent password", hide_input=True, err=True
     )
-    cache = agent.AgentCache(agent.default_path(), password)
-    return agent.obtain(cache, cvl_path, keys, _ask)
+    cache = secret_cache.SecretCache(secret_cache.default_path(), password)
+    return secret_cache.obtain(cache, cvl_path, keys, _ask)
 
 
 def _ask(param: str) -> str:
@@ -542,7 +600,7 @@ class DiskProgress:
                 self.tasks[label] = self.bars.add_task(label, total=total)
             self.bars.update(self.tasks[label], completed=done, total=total)
             return
-        from utility.sizes import format_size
+        from utility.core.sizes import format_size
 
         quarter = min(4, done * 4 // total) if total > 0 else 4
         if self.quarters.get(label) != quarter:
@@ -705,11 +763,11 @@ def agent_group() -> None:
     """The user agent's encrypted cache of sensitive parameter values."""
 
 
-def _open_cache() -> agent.AgentCache:
+def _open_cache() -> secret_cache.SecretCache:
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
         "agent password", hide_input=True, err=True
     )
-    return agent.AgentCache(agent.default_path(), password)
+    return secret_cache.SecretCache(secret_cache.default_path(), password)
 
 
 @agent_group.command("set")
@@ -718,7 +776,7 @@ def _open_cache() -> agent.AgentCache:
 def agent_set(key: str, cvl_file: str) -> None:
     """Cache the value of sensitive parameter KEY (e.g. l.rootpw) of FILE.cvl."""
     cache = _open_cache()
-    cache.set(agent.cache_key(Path(cvl_file), key), _ask(key))
+    cache.set(secret_cache.cache_key(Path(cvl_file), key), _ask(key))
     cache.save()
     click.echo(f"cached {key}")
 
@@ -736,7 +794,7 @@ def agent_list() -> None:
 def agent_forget(key: str, cvl_file: str) -> None:
     """Drop a cached value."""
     cache = _open_cache()
-    if cache.forget(agent.cache_key(Path(cvl_file), key)):
+    if cache.forget(secret_cache.cache_key(Path(cvl_file), key)):
         cache.save()
         click.echo(f"forgot {key}")
     else:

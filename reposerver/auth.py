@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import secrets
+
+from werkzeug.datastructures import Authorization
 
 
 def token_digest(token: str) -> str:
@@ -25,13 +25,11 @@ def authenticated_user(header: str | None, users: dict[str, str]) -> str | None:
     Digests are compared with `hmac.compare_digest`, and a digest is computed even for an
     unknown user, so timing tells nothing about which users or tokens exist.
     """
-    if not header or not header.startswith("Basic "):
+    parsed = Authorization.from_header(header)
+    if parsed is None or parsed.type != "basic":
         return None
-    try:
-        user, sep, token = base64.b64decode(header[6:], validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    if not sep:
+    user, token = parsed.username, parsed.password
+    if user is None or token is None:
         return None
     expected = users.get(user, "0" * 64)
     ok = hmac.compare_digest(token_digest(token), expected)

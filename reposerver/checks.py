@@ -1,10 +1,12 @@
 """The rules every write to a repository obeys, whoever writes (git push, HTTP, cui publish).
 
-Only `refs/heads/*` and `refs/tags/vN` may change. A version tag is created once, as an
-annotated tag named `vN` for N = latest + 1, on a commit whose tree checks: exactly one
-top-level CVL file that evaluates, the domain XML each local VM appliance names, and for every
-program disk a Git LFS pointer whose object is in the store (or staged by an LFS upload, see
-`objects.StagedView`) with the right size and hash and a content-addressed backing chain.
+Every git object of a push first passes the checks of `git fsck --strict` (`reposerver.fsck`
+over `reposerver.pushed_objects`). Only `refs/heads/*` and `refs/tags/vN` may change. A version
+tag is created once, as an annotated tag named `vN` for N = latest + 1, on a commit whose tree
+checks: exactly one top-level CVL file that evaluates, the domain XML each local VM appliance
+names, and for every program disk a Git LFS pointer whose object is in the store (or staged by
+an LFS upload, see `objects.StagedView`) with the right size and hash and a backing chain of
+qcow2 objects meeting `reposerver.qcow2`'s policy.
 Existing versions can never be moved or deleted. Under a require-signed policy the tag's
 signature must verify against the repository's trusted keys.
 
@@ -22,7 +24,7 @@ from typing import Any
 from dulwich.objects import Commit, Tag
 from dulwich.refs import Ref, check_ref_format
 
-from reposerver import domain_xml, lfs_pointer, signatures
+from reposerver import domain_xml, fsck, lfs_pointer, pushed_objects, signatures
 from reposerver.disks import chain
 from reposerver.errors import (
     BadRequest,
@@ -36,7 +38,7 @@ from reposerver.errors import (
 from reposerver.names import file_path, version_of_ref
 from reposerver.objects import StagedView
 from reposerver.repository import Repository, tree_files
-from reposerver.validate import describe_appliance
+from reposerver.validate import ApplianceSpec, describe_appliance
 
 ZERO = b"0" * 40
 
@@ -94,6 +96,7 @@ def check_updates(
         PushRefused: the first rule broken, with a message naming the ref.
     """
     objects = objects if objects is not None else repository.git.object_store
+    check_git_objects(repository, objects, updates)
     existing = repository.version_tags()
     expected = max(existing, default=0) + 1
     accepted = []
@@ -129,6 +132,23 @@ def check_updates(
     return accepted
 
 
+def check_git_objects(repository: Repository, objects: Any, updates: Sequence[RefUpdate]) -> int:
+    """Every object the push brings passes `git fsck --strict`'s checks (`reposerver.fsck`).
+
+    Returns how many objects were checked.
+
+    Raises:
+        BadGitObject: the first object that does not.
+    """
+    main = repository.git.object_store
+    existing = [sha for sha in repository.git.refs.as_dict().values() if sha]
+    tips = [u.new for u in updates if u.new != ZERO]
+    return fsck.check_objects(
+        pushed_objects.pushed(objects, main, existing, tips),
+        lambda sha: pushed_objects.raw(objects, sha),
+    )
+
+
 def _get(objects: Any, sha: bytes) -> Any:
     try:
         return objects[sha]
@@ -150,8 +170,9 @@ def _check_version(
     commit = _get(objects, tag.object[1])
     if not isinstance(commit, Commit):
         raise PushRefused(f"{name}: a version tag must point at a commit")
-    lfs_objects = check_tree(repository, objects, commit.tree, name, resolver)
-    status = signatures.verify(repository.path, tag.as_raw_string())
+    specs: list[ApplianceSpec] = []
+    lfs_objects = check_tree(repository, objects, commit.tree, name, resolver, specs)
+    status = _bound_signature(repository, tag, name, specs[0].appliance if specs else None)
     if repository.config.require_signed and status.signer is None:
         raise SignatureRefused(
             f"{name}: this repository requires signed versions: {status.problem}"
@@ -161,12 +182,36 @@ def _check_version(
     )
 
 
+def _bound_signature(
+    repository: Repository, tag: Tag, name: str, appliance: str | None
+) -> signatures.SignatureStatus:
+    """The tag's signature status, counting a signature only when it is bound to this
+    repository and appliance; a valid signature bound to another one is refused outright."""
+    raw = tag.as_raw_string()
+    status = signatures.verify(repository.path, raw)
+    if status.signer is None:
+        return status
+    problem = signatures.binding_problem(raw, repository.name, appliance)
+    if problem is None:
+        return status
+    bound = signatures.binding(signatures.split_signature(raw)[0])
+    if bound.repository is not None or bound.appliance is not None:
+        raise SignatureRefused(f"{name}: {problem}")
+    return signatures.SignatureStatus(True, None, problem)
+
+
 def check_tree(
-    repository: Repository, objects: Any, tree_id: bytes, name: str, resolver: Any = None
+    repository: Repository,
+    objects: Any,
+    tree_id: bytes,
+    name: str,
+    resolver: Any = None,
+    specs: list[ApplianceSpec] | None = None,
 ) -> list[str]:
     """Check that a version's tree is a complete appliance (see the module docstring).
 
-    Returns the LFS object ids of every program disk's chain (stored or staged).
+    Returns the LFS object ids of every program disk's chain (stored or staged); appends
+    what the CVL file declares to `specs` when given. Errors never quote imported content.
     """
     lfs_objects: list[str] = []
     files = tree_files(objects, tree_id)
@@ -182,7 +227,9 @@ def check_tree(
         )
     cvl_name = cvl_files[0]
     text = objects[files[cvl_name]].as_raw_string().decode("utf-8", errors="replace")
-    spec = describe_appliance(text, cvl_name, resolver=resolver)
+    spec = describe_appliance(text, cvl_name, resolver=resolver, quote_imports=False)
+    if specs is not None:
+        specs.append(spec)
     for vm in spec.vm_files:
         vm_path = _inside(vm, "", f"{name}:{cvl_name}: vm")
         if vm_path not in files:

@@ -10,7 +10,7 @@ Because every overlay names its parent as `../../ab/cd/<sha256>`, a fully fetche
 usable qcow2 chain in the cache as it is. The utility calls::
 
     top = open_repository(url).fetch_disk(version, "disk.qcow2", cache_dir)
-    # then: qemu-img create -f qcow2 -F <disk["format"]> -b <top> instance.qcow2
+    # then: qemu-img create -f qcow2 -F qcow2 -b <top> instance.qcow2
 """
 
 from __future__ import annotations
@@ -60,13 +60,23 @@ class _DiskFetching:
     def fetch_disk(
         self, version: int, name: str, cache_dir: Path, progress: Progress | None = None
     ) -> Path:
-        """Fetch every object of disk `name` of `version`; return the top object's path."""
+        """Fetch every object of disk `name` of `version`; return the top object's path.
+
+        The fetched chain is checked with our own qcow2 parser (`disks.check_fetched_chain`)
+        before it is returned, so no qemu process ever opens a chain the server made up.
+        """
+        from reposerver.disks import check_fetched_chain
+
         for disk in self.disks(version):
             if disk["name"] == name:
-                path = Path()
-                for link in disk["chain"]:
-                    path = self.fetch_object(link["sha256"], cache_dir, progress)
-                return path
+                links = [
+                    (str(link["sha256"]), self.fetch_object(link["sha256"], cache_dir, progress))
+                    for link in disk["chain"]
+                ]
+                if not links or links[-1][0] != disk["sha256"]:
+                    raise IntegrityError(f"disk {name!r}: its chain does not end in its object")
+                check_fetched_chain(links)
+                return links[-1][1]
         raise NotFound(f"version {version} has no disk {name!r}")
 
 
@@ -120,12 +130,17 @@ class HttpRepository(_DiskFetching):
     """A repository served by `reposerver` at `base` (`http://HOST/NAME`)."""
 
     def __init__(
-        self, base: str, timeout: float = 30.0, auth: tuple[str, str] | None = None
+        self,
+        base: str,
+        timeout: float = 30.0,
+        auth: tuple[str, str] | None = None,
+        deadline: float = 120.0,
     ) -> None:
         import requests
 
         self.base = base.rstrip("/")
         self.timeout = timeout
+        self.deadline = deadline
         self.session = requests.Session()
         if auth:
             self.session.auth = auth
@@ -134,8 +149,10 @@ class HttpRepository(_DiskFetching):
         import requests
 
         url = f"{self.base}/{path}"
+        streamed = kwargs.pop("stream", False)
         try:
-            response = self.session.get(url, timeout=self.timeout, **kwargs)
+            response = self.session.get(url, timeout=self.timeout, stream=True, **kwargs)
+            _within_deadline(response, url, self.deadline, streamed)
         except requests.RequestException as exc:
             raise Unreachable(f"cannot reach {url}: {exc}") from None
         if response.status_code == 404:
@@ -206,6 +223,38 @@ class HttpRepository(_DiskFetching):
             cache.put_stream(f, expected_oid=sha256)
         partial.unlink()
         return cache.verified_path(sha256)
+
+
+MIN_RATE = 256 * 1024
+"""Bytes per second a streamed download must average (beyond the deadline) to continue."""
+
+
+def _within_deadline(response: Any, url: str, deadline: float, streamed: bool) -> None:
+    """Bound the whole transfer, not only each read: a server that answers a byte per timeout
+    could otherwise hold a fetch forever. Small answers are read now within `deadline` seconds;
+    a streamed one gets `deadline` plus its Content-Length at `MIN_RATE`."""
+    import time
+
+    size = int(response.headers.get("Content-Length") or 0) if streamed else 0
+    end = time.monotonic() + deadline + size / MIN_RATE
+    raw = response.raw
+    # read1 returns as soon as any bytes arrive, so the deadline is checked between arrivals
+    read = getattr(raw, "read1", None) or (lambda n, decode_content: raw.read(1024, decode_content))
+
+    def bounded(_chunk_size: int = CHUNK) -> Any:
+        while True:
+            if time.monotonic() > end:
+                response.close()
+                raise Unreachable(f"{url}: not received within its deadline; gave up")
+            chunk = read(CHUNK, decode_content=True)
+            if not chunk:
+                return
+            yield chunk
+
+    if streamed:
+        response.iter_content = bounded
+    else:
+        response._content = b"".join(bounded())
 
 
 def _message(response: Any) -> str:

@@ -10,28 +10,26 @@ I/O on the (thin) overlay, which the utility only reads through its own instance
 
 The overlay's backing-file name is `../../ab/cd/<parent sha256>` (see
 `objects.backing_reference`), so the chain resolves in any directory with the Git LFS object
-layout: the repository's store or a client's cache. Untrusted images are checked by reading the
-qcow2 header ourselves: a backing name that is not such a reference, or an external data file,
-is refused, so a pushed image can never make qemu open a host path.
+layout: the repository's store or a client's cache. Every object is checked by our own parser
+(`reposerver.qcow2`: qcow2 v3, backing format qcow2, backing name such a reference, no external
+data file, no encryption, not truncated), at push and again by the runner after fetching, and
+every qemu-img call names its formats, so a pushed image can never make qemu open a host path
+or probe a format. A publisher's raw image is converted to qcow2 by `cui publish`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
-import struct
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reposerver import qcow2
 from reposerver.errors import IntegrityError, ToolFailed
 from reposerver.objects import ObjectStore, backing_reference
 
 OVERLAY_CLUSTER_SIZE = 4096
-QCOW2_MAGIC = b"QFI\xfb"
-_BACKING_REF = re.compile(r"\.\./\.\./([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})")
-_INCOMPAT_DATA_FILE = 1 << 2
 MAX_CHAIN = 1000
 
 
@@ -45,41 +43,17 @@ class ImageHeader:
 
 
 def read_header(path: Path, where: str = "image") -> ImageHeader:
-    """Parse the header of a stored disk image without qemu (safe on untrusted bytes).
+    """Parse and check the header of a disk object with our own parser (never qemu).
 
-    A file that does not start with the qcow2 magic is a raw image.
+    Every object must meet `reposerver.qcow2.check_object`: qcow2 v3, complete, unencrypted,
+    no external data file, backing format qcow2, backing name a content-addressed reference.
 
     Raises:
-        IntegrityError: a qcow2 image whose backing name is not a content-addressed reference,
-            or that uses an external data file.
+        UnsafeImage: anything else (an IntegrityError), naming `where` and the rule broken.
     """
-    with open(path, "rb") as f:
-        head = f.read(104)
-        if not head.startswith(QCOW2_MAGIC):
-            return ImageHeader("raw", path.stat().st_size, None)
-        if len(head) < 72:
-            raise IntegrityError(f"{where}: truncated qcow2 header")
-        version, backing_offset, backing_size, _bits, size = struct.unpack(">IQIIQ", head[4:32])
-        if version >= 3 and len(head) >= 80:
-            (incompatible,) = struct.unpack(">Q", head[72:80])
-            if incompatible & _INCOMPAT_DATA_FILE:
-                raise IntegrityError(
-                    f"{where}: qcow2 images with an external data file are refused"
-                )
-        parent = None
-        if backing_offset:
-            if backing_size > 1023:
-                raise IntegrityError(f"{where}: qcow2 backing file name too long")
-            f.seek(backing_offset)
-            name = f.read(backing_size).decode("ascii", errors="replace")
-            match = _BACKING_REF.fullmatch(name)
-            if not match or match.group(3)[:4] != match.group(1) + match.group(2):
-                raise IntegrityError(
-                    f"{where}: qcow2 backing file {name!r} is not a content-addressed reference "
-                    "'../../ab/cd/<sha256>' to another object of the repository"
-                )
-            parent = match.group(3)
-    return ImageHeader("qcow2", size, parent)
+    header = qcow2.read(path, where)
+    parent = qcow2.check_object(header, where)
+    return ImageHeader("qcow2", header.size, parent)
 
 
 def chain(store: ObjectStore, top: str) -> list[str]:
@@ -101,6 +75,30 @@ def chain(store: ObjectStore, top: str) -> list[str]:
     return ids
 
 
+def check_fetched_chain(links: Sequence[tuple[str, Path]]) -> None:
+    """The runner's own check of a fetched chain `(object id, path)`, base first.
+
+    Whatever the server said, signed or not: every object meets the policy, the base has no
+    backing file and each overlay's backing name is exactly the object before it. Call before
+    any qemu process opens the chain.
+
+    Raises:
+        IntegrityError: an empty chain, an unsafe object, or links that do not follow.
+    """
+    if not links:
+        raise IntegrityError("empty disk chain")
+    expected: str | None = None
+    for oid, path in links:
+        parent = read_header(path, f"object sha256:{oid}").parent
+        if parent != expected:
+            raise IntegrityError(
+                f"object sha256:{oid}: its backing file is "
+                f"{'sha256:' + parent if parent else 'none'}, the chain says "
+                f"{'sha256:' + expected if expected else 'none'}"
+            )
+        expected = oid
+
+
 def _qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
     if result.returncode not in (0, 1) or (result.returncode == 1 and args[0] != "compare"):
@@ -109,11 +107,26 @@ def _qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def image_format(path: Path) -> str:
-    """The format qemu-img detects for a publisher's image (`qcow2`, `raw`, ...)."""
-    info = json.loads(_qemu_img("info", "--output=json", str(path)).stdout)
-    if info.get("backing-filename"):
-        return f"{info['format']}+backing"
-    return str(info["format"])
+    """`qcow2` when a publisher's local image starts with the qcow2 magic, else `raw`.
+
+    Decided by the magic ourselves, never by qemu's probing; the format is then named
+    explicitly in every qemu-img call on the image, and a local overlay must record its own
+    backing file's format (else qemu would probe that file).
+
+    Raises:
+        UnsafeImage: a qcow2 image whose header does not parse.
+        IntegrityError: a qcow2 overlay without a recorded backing format.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != qcow2.MAGIC:
+            return "raw"
+    header = qcow2.read(path)
+    if header.backing_name is not None and header.extension(qcow2.EXT_BACKING_FORMAT) is None:
+        raise IntegrityError(
+            f"{path}: its backing file's format is not recorded, so qemu would guess it; "
+            "publish a self-contained image or recreate the overlay with -F FORMAT"
+        )
+    return "qcow2"
 
 
 def same_content(a: Path, a_format: str, b: Path, b_format: str | None = None) -> bool:
@@ -121,21 +134,33 @@ def same_content(a: Path, a_format: str, b: Path, b_format: str | None = None) -
 
     `b_format` defaults to what `b`'s header says (for a stored object, checked as untrusted).
     """
-    b_format = b_format or read_header(b).format
+    b_format = b_format or read_header(b, str(b)).format
     result = _qemu_img("compare", "-f", a_format, "-F", b_format, str(a), str(b))
     return result.returncode == 0
 
 
 def store_base(store: ObjectStore, image: Path) -> str:
-    """Store `image` as a self-contained qcow2 object; return its id."""
+    """Store `image` as a self-contained qcow2 v3 object; return its id.
+
+    A local qcow2 image that already meets the policy without a backing file is stored as it
+    is; anything else (raw, qcow2 v2, an overlay of the publisher's own files...) is converted
+    with `qemu-img convert -f FORMAT -O qcow2`, so every stored object is qcow2.
+    """
     fmt = image_format(image)
-    if fmt == "qcow2":
-        read_header(image, str(image))
+    if fmt == "qcow2" and _standalone(image):
         return store.put_file(image)[0]
     with store.workspace() as scratch:
         out = scratch / "base.qcow2"
-        _qemu_img("convert", "-O", "qcow2", str(image), str(out))
+        _qemu_img("convert", "-f", fmt, "-O", "qcow2", "-o", "compat=1.1", str(image), str(out))
+        read_header(out, str(image))
         return store.put_file(out)[0]
+
+
+def _standalone(image: Path) -> bool:
+    try:
+        return read_header(image, str(image)).parent is None
+    except IntegrityError:
+        return False
 
 
 def write_delta(image: Path, parent_path: Path, parent: str, out: Path) -> None:
@@ -149,9 +174,9 @@ def write_delta(image: Path, parent_path: Path, parent: str, out: Path) -> None:
         IntegrityError: the overlay does not reproduce `image` (checked before the backing name
             is rewritten, while it still points at `parent_path`).
     """
-    fmt = image_format(image).replace("+backing", "")
+    fmt = image_format(image)
     parent_path = parent_path.resolve()
-    parent_fmt = read_header(parent_path).format
+    parent_fmt = read_header(parent_path, str(parent_path)).format
     _qemu_img(
         "create", "-q", "-f", "qcow2", "-o", f"cluster_size={OVERLAY_CLUSTER_SIZE}",
         "-b", str(image.resolve()), "-F", fmt, str(out),
@@ -169,7 +194,8 @@ def store_delta(store: ObjectStore, image: Path, parent: str) -> str:
 
     Returns the parent id itself when the image's data equals the parent's.
     """
-    fmt = image_format(image).replace("+backing", "")
+    fmt = image_format(image)
+    chain(store, parent)  # the whole stored chain meets the policy before qemu opens it
     parent_path = store.verified_path(parent).resolve()
     if same_content(image, fmt, parent_path):
         return parent

@@ -33,6 +33,10 @@ class IntegrityError(RepositoryError):
     """Stored or uploaded bytes do not match their hash or size, or an image is unsafe."""
 
 
+class UnsafeImage(IntegrityError):
+    """A disk image that is not a qcow2 object our policy accepts (see `reposerver.qcow2`)."""
+
+
 class PushRefused(RepositoryError):
     """A ref update (push, publish) refused by the repository's rules."""
 
@@ -49,8 +53,16 @@ class InvalidAppliance(PushRefused):
     """The version's CVL file or domain XML does not check."""
 
 
+class BadGitObject(PushRefused):
+    """A pushed git object that `git fsck --strict` would flag (see `reposerver.fsck`)."""
+
+
 class Unauthorized(RepositoryError):
     """A request that needs credentials came without valid ones."""
+
+
+class Forbidden(RepositoryError):
+    """Valid credentials, but not for this (e.g. another publisher's LFS lock)."""
 
 
 class ToolFailed(RepositoryError):

@@ -5,6 +5,12 @@ secrets (through a pipe, never a file) to a detached `python -m reposerver.event
 which POSTs each event with `X-Collective-Signature: sha256=<HMAC-SHA256 of the body>`, retries
 with exponential backoff, and appends one JSON line per attempt to the repository's
 `logs/deliveries.log`.
+
+The signed body carries a random event `id` and the `time` it was made (Unix seconds), so a
+receiver can refuse a replayed or stale event; its `repository` URL is the server's configured
+public URL (or a trusted host), never a pusher's Host header. Each POST goes to an address
+checked right before it (`reposerver.egress`): no loopback, link-local, metadata, unspecified
+or multicast address unless the administrator allowed its network; no redirects.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -25,13 +32,16 @@ DEFAULT_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def event(repository_url: str, number: int, commit: str, signer: str | None) -> dict[str, object]:
-    """The event announcing version `number` (the README's contract)."""
+    """The event announcing version `number` (the README's contract): a random `id` and the
+    `timestamp` let receivers refuse replays and stale events."""
     return {
         "repository": repository_url,
         "version": number,
         "tag": f"v{number}",
         "commit": commit,
         "signer": signer,
+        "id": secrets.token_hex(16),
+        "timestamp": time.time(),
     }
 
 
@@ -45,6 +55,7 @@ def announce(
     subscribers: Iterable[Subscriber],
     log_path: Path,
     delays: Sequence[float] = DEFAULT_DELAYS,
+    allowed_networks: Sequence[str] = (),
 ) -> subprocess.Popen[bytes] | None:
     """Start background delivery of `events` to `subscribers`; return the process (or None)."""
     targets = []
@@ -58,7 +69,13 @@ def announce(
     if not events or not targets:
         return None
     payload = json.dumps(
-        {"events": list(events), "targets": targets, "delays": list(delays), "log": str(log_path)}
+        {
+            "events": list(events),
+            "targets": targets,
+            "delays": list(delays),
+            "log": str(log_path),
+            "allowed_networks": list(allowed_networks),
+        }
     ).encode()
     proc = subprocess.Popen(
         [sys.executable, "-m", "reposerver.events"],
@@ -80,16 +97,30 @@ def _log(log_path: Path, record: dict[str, object]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def deliver(url: str, secret: bytes, body: bytes, delays: Sequence[float], log_path: Path) -> bool:
-    """POST `body` to `url` until a 2xx answer or the retries run out; log every attempt."""
-    import requests
+def deliver(
+    url: str,
+    secret: bytes,
+    body: bytes,
+    delays: Sequence[float],
+    log_path: Path,
+    allowed_networks: Sequence[str] = (),
+) -> bool:
+    """POST `body` to `url` until a 2xx answer or the retries run out; log every attempt.
+
+    The address is checked before every attempt; a refused address ends the delivery.
+    """
+    from reposerver.egress import pinned_post
+    from reposerver.errors import BadRequest
 
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(body, secret)}
     version = json.loads(body).get("version")
     for attempt in range(len(delays) + 1):
         try:
-            status: object = requests.post(url, data=body, headers=headers, timeout=10).status_code
-        except requests.RequestException as exc:
+            status: object = pinned_post(url, body, headers, allowed_networks)
+        except BadRequest as exc:
+            _log(log_path, {"url": url, "version": version, "refused": str(exc)})
+            return False
+        except OSError as exc:
             status = f"{type(exc).__name__}"
         ok = isinstance(status, int) and 200 <= status < 300
         _log(
@@ -116,7 +147,10 @@ def _deliver_in_order(target: dict[str, str], payload: dict[str, object]) -> Non
         body = json.dumps(item, sort_keys=True).encode()
         delays = payload["delays"]
         assert isinstance(delays, list)
-        deliver(target["url"], target["secret"].encode(), body, delays, Path(str(payload["log"])))
+        allowed = payload.get("allowed_networks", [])
+        assert isinstance(allowed, list)
+        log_path = Path(str(payload["log"]))
+        deliver(target["url"], target["secret"].encode(), body, delays, log_path, allowed)
 
 
 def _main() -> None:

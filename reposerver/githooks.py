@@ -6,6 +6,7 @@ of the quarantine and the repository's store; git then writes the refs with its 
 transaction (a version tag is only created if absent, so two racing pushes cannot both win).
 LFS objects uploaded over HTTP wait in the staging area; an accepted push promotes the ones its
 versions reference while the hook still holds the lock, just before git writes the refs.
+Pushed CVL is evaluated with the same restricted resolver as over HTTP (`hook_resolver`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reposerver.checks import RefUpdate, check_updates, promote_accepted
 from reposerver.errors import RepositoryError
 from reposerver.receive import announce_refs
 from reposerver.repository import Repository
+from reposerver.server_resolver import hook_resolver
 
 
 def parse_updates(lines: Iterable[str]) -> list[RefUpdate]:
@@ -48,7 +50,9 @@ def pre_receive(
         repository = Repository(git_dir)
         updates = parse_updates(lines)
         with repository.lock():
-            accepted = check_updates(repository, updates, objects=_objects(repository, environ))
+            objects = _objects(repository, environ)
+            resolver = hook_resolver(repository.path.parent)
+            accepted = check_updates(repository, updates, objects, resolver)
             promote_accepted(repository, accepted)
     except RepositoryError as exc:
         return 1, f"refused: {exc}"

@@ -16,6 +16,7 @@ rendered; every page carries a Content-Security-Policy that allows no inline scr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import threading
@@ -24,16 +25,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from lark import Lark
 
-from reposerver import errors
+import webui
+from reposerver import errors, version_record
 from reposerver.disks import read_header
 from reposerver.names import repository_name, version_number
 from reposerver.repository import Repository, list_repositories, open_repository
+from webui import wants_html
 
 bp = Blueprint(
     "repository_pages",
@@ -43,10 +45,7 @@ bp = Blueprint(
     static_url_path="/-/static",
 )
 
-CSP = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+CSP = webui.csp(connect=False, form_action="'self'")
 REQUIRED_PLACEHOLDER = "REQUIREDxVALUExSETxBYxTHExUSER"
 """Stands in for a required parameter while a published definition is evaluated; alphanumeric,
 so it survives map encoding and any value derived from it can be recognised."""
@@ -68,17 +67,9 @@ _TOKEN_CLASS = {
 # -- content negotiation --------------------------------------------------------------------
 
 
-def wants_html() -> bool:
-    """True when the client prefers HTML to JSON (a browser); `*/*` and no header mean JSON."""
-    accept = request.accept_mimetypes
-    return accept["text/html"] > accept["application/json"]
-
-
 def _page(template: str, status: int = 200, **context: Any) -> Response:
     response = Response(render_template(template, **context), status=status, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
+    webui.secure(response, CSP)
     response.headers["Cache-Control"] = "no-cache"
     response.vary.add("Accept")
     return response
@@ -94,35 +85,40 @@ def _error_page(exc: errors.RepositoryError) -> Response:
     return response
 
 
-def _negotiated(json_view: Callable[..., Any], html_view: Callable[..., Response]) -> Callable:
-    """A view answering with `html_view` for browsers and the original `json_view` otherwise."""
+def _html_for_browsers() -> Response | None:
+    """For a browser, the page of a JSON endpoint that has one (None: the endpoint answers).
 
-    def view(**kwargs: Any) -> Any:
-        if not wants_html():
-            response = json_view(**kwargs)
-            if isinstance(response, Response):
-                response.vary.add("Accept")
-            return response
-        try:
-            return html_view(**kwargs)
-        except errors.RepositoryError as exc:
-            return _error_page(exc)
+    Registered after the server's own request hooks, so read protection has already run.
+    """
+    html_view = NEGOTIATED.get(request.endpoint or "")
+    if html_view is None or not wants_html():
+        return None
+    try:
+        return html_view(**(request.view_args or {}))
+    except errors.RepositoryError as exc:
+        return _error_page(exc)
 
-    view.__name__ = json_view.__name__
-    view.__doc__ = json_view.__doc__
-    return view
+
+def _vary_on_accept(response: Response) -> Response:
+    """Both answers of a negotiated URL say that they depend on `Accept`."""
+    if request.endpoint in NEGOTIATED:
+        response.vary.add("Accept")
+    return response
 
 
 def init_app(app: Flask) -> Flask:
     """Register the pages on the server's app (HTML beside the JSON of `/` and `/NAME/`)."""
     app.register_blueprint(bp)
-    app.view_functions["reposerver.index"] = _negotiated(
-        app.view_functions["reposerver.index"], index_page
-    )
-    app.view_functions["reposerver.repository_index"] = _negotiated(
-        app.view_functions["reposerver.repository_index"], repository_page
-    )
+    app.before_request(_html_for_browsers)
+    app.after_request(_vary_on_accept)
+    webui.add_filters(app)
     return app
+
+
+@bp.get("/-/static/base.css")
+def base_css() -> Response:
+    """The style sheet both UIs share (`webui`)."""
+    return webui.base_css()
 
 
 @bp.errorhandler(errors.RepositoryError)
@@ -371,59 +367,81 @@ _evaluations_lock = threading.Lock()
 
 
 def declaration(repo: Repository, number: int) -> Declaration:
-    """Evaluate version `number`'s CVL as a definition (required parameters left to the user).
+    """What version `number`'s CVL declares, as its accepted push recorded it.
 
-    Imports resolve like the push checks resolve them. Results are kept for a minute: the text
-    of a version never changes, but an unpinned import's latest version can.
+    A page viewer never makes the server fetch anything: the push evaluated the CVL once under
+    its restricted resolver and wrote `version_record`. A version without a record (published
+    before records existed, or by `cui publish` on the server's disk) is evaluated here with
+    imports of this server's own repositories only, read in-process, no network; kept a minute.
     """
+    tag_id = repo.tag(number).id.decode()
+    record = version_record.read(repo.path, number)
+    if record is not None and record.get("tag") == tag_id:
+        found = declaration_from_record(record.get("declaration"))
+        if found is not None:
+            return found
     name, text = cvl_file(repo, number)
-    key = (str(repo.path), repo.tag(number).id.decode(), name)
+    key = (str(repo.path), tag_id, name)
     now = time.monotonic()
     with _evaluations_lock:
         hit = _evaluations.get(key)
         if hit and now - hit[0] < EVALUATION_TTL:
             return hit[1]
-    result = _evaluate(text, name, _OwnRepositoriesFirst(base_url(), Path(_root())))
+    result = evaluate_version(repo, number, _page_resolver())
     with _evaluations_lock:
         _evaluations[key] = (now, result)
     return result
 
 
-class _OwnRepositoriesFirst:
-    """A CVL resolver that reads imports of this server's own repositories from disk.
-
-    A page that evaluates `import { url => "http://THIS-SERVER/DNS" ... }` would otherwise ask
-    this very server over HTTP while serving the page, which with one sync worker waits for
-    itself. Any other URL goes to the resolver the push checks use.
-    """
-
-    def __init__(self, base: str, root: Path) -> None:
-        from reposerver.client import make_resolver
-
-        self.base = base.rstrip("/") + "/"
-        self.root = root
-        self.fallback = make_resolver()
-
-    def fetch(
-        self, url: str, cvl: str, version: str | None, base_dir: str | None
-    ) -> tuple[str, str]:
-        """`(text, resolved version)` of `cvl` in the repository at `url`."""
-        name = url.rstrip("/")[len(self.base) :] if url.startswith(self.base) else ""
-        if name.endswith(".git"):
-            name = name[: -len(".git")]
-        if name and "/" not in name and _valid_repository_name(name):
-            from reposerver.client import read_cvl
-
-            return read_cvl(self.root / name, cvl, version)
-        return self.fallback.fetch(url, cvl, version, base_dir)  # type: ignore[no-any-return]
+def evaluate_version(repo: Repository, number: int, resolver: Any) -> Declaration:
+    """Evaluate version `number`'s CVL as a definition (required parameters left to the user);
+    errors located in imported files never quote their text."""
+    name, text = cvl_file(repo, number)
+    return _evaluate(text, name, resolver)
 
 
-def _valid_repository_name(name: str) -> bool:
+def record_version(repo: Repository, number: int, resolver: Any) -> None:
+    """Evaluate version `number` once and write its record (the accepted push calls this)."""
+    found = evaluate_version(repo, number, resolver)
+    record = {
+        "version": number,
+        "tag": repo.tag(number).id.decode(),
+        "declaration": declaration_to_record(found),
+    }
+    version_record.write(repo.path, number, record)
+
+
+def declaration_to_record(found: Declaration) -> dict[str, Any]:
+    """A Declaration as JSON data."""
+    return {
+        "appliance": found.appliance,
+        "params": [dataclasses.asdict(p) for p in found.params],
+        "components": [dataclasses.asdict(c) for c in found.components],
+        "errors": list(found.errors),
+        "sensitive": sorted(found.sensitive),
+    }
+
+
+def declaration_from_record(data: Any) -> Declaration | None:
+    """The Declaration a record holds, or None when it is not one (then it is re-evaluated)."""
     try:
-        repository_name(name)
-    except errors.BadRequest:
-        return False
-    return True
+        return Declaration(
+            data["appliance"],
+            tuple(ParamRow(**p) for p in data["params"]),
+            tuple(ComponentRow(**c) for c in data["components"]),
+            tuple(str(e) for e in data["errors"]),
+            frozenset(str(n) for n in data["sensitive"]),
+        )
+    except (KeyError, TypeError):
+        return None
+
+
+def _page_resolver() -> Any:
+    """Own repositories only, read in-process: a page view never fetches."""
+    from reposerver.server_resolver import server_resolver
+    from reposerver.web import settings
+
+    return server_resolver(settings(), base_url(), network=False)
 
 
 def _evaluate(text: str, filename: str, resolver: Any) -> Declaration:
@@ -440,7 +458,10 @@ def _evaluate(text: str, filename: str, resolver: Any) -> Declaration:
         analysis = cvl.analyse_text(text, filename, resolver=resolver, overrides=placeholders)
     model = analysis.model
     if model is None:
-        return Declaration(None, (), (), tuple(e.render() for e in analysis.errors))
+        from reposerver.validate import render_error
+
+        shown = tuple(render_error(e, filename, False) for e in analysis.errors)
+        return Declaration(None, (), (), shown)
     root = model.root
     params = []
     for pname, declared in sorted(root.declared.items()):
@@ -688,20 +709,8 @@ def diff_page(name: str, old: str, new: str) -> Response:
         repo.git.close()
 
 
-@bp.app_template_filter("size")
-def format_bytes(value: int | None) -> str:
-    """Bytes for people: 1536 -> '1.5 KiB'."""
-    if value is None:
-        return "?"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
-@bp.app_template_filter("utc")
-def format_time(value: datetime) -> str:
-    """A UTC timestamp for people."""
-    return value.strftime("%Y-%m-%d %H:%M UTC")
+NEGOTIATED: dict[str, Callable[..., Response]] = {
+    "reposerver.index": index_page,
+    "reposerver.repository_index": repository_page,
+}
+"""JSON endpoints of `reposerver.web` that answer browsers with a page instead."""

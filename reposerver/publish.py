@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dulwich.config import StackedConfig
 from dulwich.index import commit_tree
 from dulwich.objects import Blob, Commit, Tag
 from dulwich.refs import Ref
 
-from reposerver import disks, domain_xml, lfs_pointer
+from reposerver import disks, domain_xml, lfs_pointer, signatures
 from reposerver.checks import ZERO, RefUpdate, check_updates
 from reposerver.errors import BadRequest, ImmutableVersion, InvalidAppliance, NotFound
 from reposerver.names import file_path, version_ref
@@ -64,10 +65,34 @@ class PublishResult:
         return sum(d.image_bytes for d in self.disks)
 
 
-def _identity() -> bytes:
-    name = os.environ.get("GIT_COMMITTER_NAME", "cui publish")
-    email = os.environ.get("GIT_COMMITTER_EMAIL", "publisher@localhost")
+def _identity(role: str, config: StackedConfig | None = None) -> bytes:
+    """`Name <email>` the way git picks it: `GIT_<ROLE>_NAME/EMAIL`, else `user.name/email`
+    from git's configuration (the repository's own, then global, then system)."""
+    config = config if config is not None else StackedConfig.default()
+    found = []
+    for key in ("name", "email"):
+        value = os.environ.get(f"GIT_{role}_{key.upper()}")
+        if not value:
+            try:
+                value = config.get((b"user",), key.encode()).decode()
+            except KeyError:
+                value = ""
+        found.append(value.strip())
+    name, email = found
+    if not name or not email:
+        raise BadRequest(
+            "who is publishing? set `git config --global user.name NAME` and "
+            "`git config --global user.email EMAIL` (or GIT_COMMITTER_NAME/GIT_COMMITTER_EMAIL), "
+            "as git itself requires"
+        )
+    if any(c in name + email for c in "<>\n"):
+        raise BadRequest("user.name and user.email must not contain '<', '>' or a line break")
     return f"{name} <{email}>".encode()
+
+
+def repository_config(git: Any) -> StackedConfig:
+    """git's configuration as seen from this repository: its own first, then global, system."""
+    return StackedConfig([git.get_config(), *StackedConfig.default_backends()])
 
 
 def _version_path(path: str, base: str, where: str) -> str:
@@ -81,8 +106,8 @@ def _version_path(path: str, base: str, where: str) -> str:
         ) from None
 
 
-def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dict[str, Path]]:
-    """The plain files and the disk images (version path -> local path) of an appliance."""
+def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dict[str, Path], str]:
+    """The plain files, the disk images (version path -> local path) and the appliance name."""
     cvl_file = Path(cvl_file)
     text = cvl_file.read_text()
     spec = describe_appliance(text, cvl_file.name, resolver=resolver, base_dir=cvl_file.parent)
@@ -102,7 +127,15 @@ def collect(cvl_file: Path, resolver: Any = None) -> tuple[dict[str, bytes], dic
             if not local_disk.is_file():
                 raise InvalidAppliance(f"{where}: no such image {local_disk}")
             images[disk_path] = local_disk
-    return files, images
+    return files, images, spec.appliance
+
+
+def binding_trailers(repository: str, appliance: str) -> bytes:
+    """The trailers that bind a signed tag to its repository and appliance (README)."""
+    return (
+        f"\n{signatures.REPOSITORY_TRAILER}: {repository}\n"
+        f"{signatures.APPLIANCE_TRAILER}: {appliance}\n"
+    ).encode()
 
 
 def publish(
@@ -114,7 +147,7 @@ def publish(
 ) -> PublishResult:
     """Publish the appliance described by `cvl_file` as the next version of the repository."""
     repository = Repository(Path(repo_path))
-    files, images = collect(Path(cvl_file), resolver)
+    files, images, appliance = collect(Path(cvl_file), resolver)
     previous = repository.latest()
     stored: list[StoredDisk] = []
     for name, image in sorted(images.items()):
@@ -148,7 +181,9 @@ def publish(
     commit = Commit()
     commit.tree = tree_id
     commit.parents = [main] if main else []
-    commit.author = commit.committer = _identity()
+    config = repository_config(git)
+    commit.author = _identity("AUTHOR", config)
+    commit.committer = _identity("COMMITTER", config)
     commit.author_time = commit.commit_time = now
     commit.author_timezone = commit.commit_timezone = 0
     commit.message = text
@@ -156,10 +191,10 @@ def publish(
     tag = Tag()
     tag.object = (Commit, commit.id)
     tag.name = f"v{number}".encode()
-    tag.tagger = _identity()
+    tag.tagger = commit.committer
     tag.tag_time = now
     tag.tag_timezone = 0
-    tag.message = text
+    tag.message = text + binding_trailers(repository.name, appliance) if sign else text
     if sign:
         # Signing may wait for a passphrase, so it happens before the lock is taken.
         tag.signature = sign_payload(tag.as_raw_string(), sign)

@@ -29,8 +29,14 @@ def announce_refs(
     public_url: str | None = None,
     extra_subscribers: Sequence[Subscriber] = (),
     delays: Sequence[float] = events.DEFAULT_DELAYS,
+    allowed_networks: Sequence[str] | None = None,
 ) -> Any:
-    """Send one event per version tag created by `updates` to every subscriber, in background."""
+    """Send one event per version tag created by `updates` to every subscriber, in background.
+
+    `allowed_networks` (subscriber addresses the administrator allows, see `reposerver.egress`)
+    defaults to the server config's, read from `COLLECTIVE_REPOSERVER_CONFIG` when that is set
+    (a local publish or git hook has no running server), else none.
+    """
     found = []
     for update in updates:
         number = version_of_ref(update.ref)
@@ -41,4 +47,25 @@ def announce_refs(
             events.event(repository_url(repository, public_url), number, info.commit, info.signer)
         )
     subscribers = list(repository.config.subscribers) + list(extra_subscribers)
-    return events.announce(found, subscribers, repository.path / "logs" / "deliveries.log", delays)
+    log_path = repository.path / "logs" / "deliveries.log"
+    if allowed_networks is None:
+        allowed_networks = configured_networks()
+    return events.announce(found, subscribers, log_path, delays, allowed_networks)
+
+
+def configured_networks() -> tuple[str, ...]:
+    """`allowed_subscriber_networks` of the server config file named in the environment."""
+    import json
+    import os
+    from pathlib import Path
+
+    from reposerver.settings import CONFIG_ENV
+
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return ()
+    try:
+        value = json.loads(Path(path).read_text()).get("allowed_subscriber_networks", [])
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()

@@ -196,11 +196,12 @@ class Repository:
         return self.tag(number).as_raw_string()
 
     def signature(self, number: int) -> signatures.SignatureStatus:
-        """Signature status of version `number`, verified against the trusted keys (memoised)."""
+        """Signature status of version `number`, verified against the trusted keys and bound to
+        this repository by name (memoised; the push checked the appliance binding)."""
         tag = self.tag(number)
         key = (str(self.path), tag.id, self._trust_stamp())
         if key not in _signature_memo:
-            _signature_memo[key] = signatures.verify(self.path, tag.as_raw_string())
+            _signature_memo[key] = signatures.verify(self.path, tag.as_raw_string(), self.name)
         return _signature_memo[key]
 
     def _trust_stamp(self) -> str:

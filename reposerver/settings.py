@@ -7,10 +7,18 @@ kept only as sha256 digests; make one with `cui token`), `read_protected` (reads
 credentials too), `subscribers` (like a repository's), `public_url` (base URL in events),
 `max_upload_bytes`, `delivery_delays` (seconds between retries), `staging_ttl_seconds` (how
 long an LFS upload no accepted push referenced is kept in staging; default 24 h).
+
+Security keys (README "Threat model"): `allowed_import_origins` (http(s) origins pushed CVL may
+import from besides this server's own repositories; default none), `import_timeout_seconds`,
+`trusted_hosts` (Host header values events may name the server by when `public_url` is unset),
+`allowed_subscriber_networks` (CIDRs of otherwise refused subscriber addresses, e.g.
+`["127.0.0.0/8", "::1/128"]` for tests on loopback; default none), `max_push_bytes` (largest
+git request body, chunked or not).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,6 +33,7 @@ from reposerver.repo_config import Subscriber, parse_subscribers
 CONFIG_ENV = "COLLECTIVE_REPOSERVER_CONFIG"
 ROOT_ENV = "COLLECTIVE_REPOSERVER_ROOT"
 DEFAULT_MAX_UPLOAD = 64 << 30
+DEFAULT_MAX_PUSH = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,30 @@ class ServerSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     delivery_delays: tuple[float, ...] = DEFAULT_DELAYS
     staging_ttl_seconds: float = DEFAULT_STAGING_TTL
+    allowed_import_origins: tuple[str, ...] = ()
+    import_timeout_seconds: float = 10.0
+    trusted_hosts: tuple[str, ...] = ()
+    allowed_subscriber_networks: tuple[str, ...] = ()
+    max_push_bytes: int = DEFAULT_MAX_PUSH
+
+
+def _strings(config: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = config.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{where}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def _networks(config: dict[str, Any], where: str) -> tuple[str, ...]:
+    found = _strings(config, "allowed_subscriber_networks", where)
+    for value in found:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise BadRequest(
+                f"{where}: allowed_subscriber_networks: {value!r} is not a network (CIDR)"
+            ) from None
+    return found
 
 
 def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
@@ -81,4 +114,9 @@ def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
         max_upload_bytes=int(config.get("max_upload_bytes", DEFAULT_MAX_UPLOAD)),
         delivery_delays=tuple(float(d) for d in config.get("delivery_delays", DEFAULT_DELAYS)),
         staging_ttl_seconds=ttl,
+        allowed_import_origins=_strings(config, "allowed_import_origins", where),
+        import_timeout_seconds=float(config.get("import_timeout_seconds", 10.0)),
+        trusted_hosts=tuple(h.lower() for h in _strings(config, "trusted_hosts", where)),
+        allowed_subscriber_networks=_networks(config, where),
+        max_push_bytes=int(config.get("max_push_bytes", DEFAULT_MAX_PUSH)),
     )

@@ -3,7 +3,14 @@
 A tag's signature is verified here with `gpg` and `ssh-keygen` directly, against only the
 repository's trusted keys (a throw-away GnuPG home holding just those keys; the repository's
 `allowed_signers`), never with dulwich's `verify_tag`, which accepts an unsigned tag unless key
-ids are given. The signed payload is the tag object up to the signature block, as git signs it.
+ids are given. The signed payload is the tag object up to the signature block, found the way
+git's `parse_signed_buffer` finds it: the signature starts at the LAST line that begins with a
+signature marker of any format (so a message that quotes a PGP armour line, followed by a real
+SSH signature, is split at the SSH block, as git splits it).
+
+A signature is bound to one repository and one appliance by trailers in the signed message
+(`Collective-Repository: NAME`, `Collective-Appliance: NAME`; `binding` reads them), so a tag
+signed for repository A proves nothing when pushed into repository B.
 """
 
 from __future__ import annotations
@@ -18,6 +25,15 @@ from reposerver.repo_config import allowed_signers_file, gpg_key_dir
 
 PGP_MARKER = b"-----BEGIN PGP SIGNATURE-----"
 SSH_MARKER = b"-----BEGIN SSH SIGNATURE-----"
+_MARKERS = (
+    (PGP_MARKER, "gpg"),
+    (b"-----BEGIN PGP MESSAGE-----", "gpg"),
+    (b"-----BEGIN SIGNED MESSAGE-----", "x509"),
+    (SSH_MARKER, "ssh"),
+)
+"""Every line start git's gpg-interface.c recognises as the beginning of a signature."""
+REPOSITORY_TRAILER = "Collective-Repository"
+APPLIANCE_TRAILER = "Collective-Appliance"
 
 
 @dataclass(frozen=True)
@@ -30,14 +46,69 @@ class SignatureStatus:
 
 
 def split_signature(raw: bytes) -> tuple[bytes, bytes | None, str | None]:
-    """Split a raw tag object into (signed payload, signature block, "gpg"|"ssh"|None)."""
-    for marker, kind in ((PGP_MARKER, "gpg"), (SSH_MARKER, "ssh")):
-        if raw.startswith(marker):
-            return b"", raw, kind
-        index = raw.rfind(b"\n" + marker)
-        if index >= 0:
-            return raw[: index + 1], raw[index + 1 :], kind
-    return raw, None, None
+    """Split a raw tag object into (signed payload, signature block, "gpg"|"ssh"|"x509"|None).
+
+    Like git's `parse_signed_buffer`: the block starts at the last line beginning with a known
+    signature marker, whatever markers earlier lines of the message carry.
+    """
+    start, kind, pos = len(raw), None, 0
+    while pos < len(raw):
+        for marker, marker_kind in _MARKERS:
+            if raw.startswith(marker, pos):
+                start, kind = pos, marker_kind
+        end = raw.find(b"\n", pos)
+        pos = len(raw) if end < 0 else end + 1
+    if kind is None:
+        return raw, None, None
+    return raw[:start], raw[start:], kind
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a signed tag says it releases: the repository and the appliance it names."""
+
+    repository: str | None
+    appliance: str | None
+
+
+def binding(payload: bytes) -> Binding:
+    """The `Collective-Repository` / `Collective-Appliance` trailers of a tag's signed payload.
+
+    Only the message (after the header's blank line) counts; a trailer given twice with
+    different values names nothing (None), so an ambiguous tag binds to no repository.
+    """
+    _, _, message = payload.partition(b"\n\n")
+    found: dict[str, set[str]] = {REPOSITORY_TRAILER: set(), APPLIANCE_TRAILER: set()}
+    for line in message.decode("utf-8", errors="replace").split("\n"):
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in found and value.strip():
+            found[key.strip()].add(value.strip())
+    repo, appliance = found[REPOSITORY_TRAILER], found[APPLIANCE_TRAILER]
+    return Binding(
+        next(iter(repo)) if len(repo) == 1 else None,
+        next(iter(appliance)) if len(appliance) == 1 else None,
+    )
+
+
+def binding_problem(raw_tag: bytes, repository: str, appliance: str | None) -> str | None:
+    """Why the signed tag `raw_tag` does not release `appliance` of `repository` (None if it
+    does). `appliance` None skips the appliance check (a caller that has not evaluated it)."""
+    payload, _, _ = split_signature(raw_tag)
+    bound = binding(payload)
+    if bound.repository is None:
+        return (
+            f"the signed tag names no repository (its message needs the trailer "
+            f"'{REPOSITORY_TRAILER}: {repository}')"
+        )
+    if bound.repository != repository:
+        return (
+            f"the tag was signed for repository {bound.repository!r}, not {repository!r}: "
+            "a signature is bound to its repository"
+        )
+    if appliance is not None and bound.appliance != appliance:
+        named = repr(bound.appliance) if bound.appliance else "no appliance"
+        return f"the tag was signed for {named}, not appliance {appliance!r}"
+    return None
 
 
 def _verify_gpg(repo_path: Path, payload: bytes, signature: bytes) -> str:
@@ -111,9 +182,16 @@ def _verify_ssh(repo_path: Path, payload: bytes, signature: bytes) -> str:
     return f"{principal} (ssh)"
 
 
-def verify(repo_path: Path, raw_tag: bytes) -> SignatureStatus:
+def verify(
+    repo_path: Path,
+    raw_tag: bytes,
+    repository: str | None = None,
+    appliance: str | None = None,
+) -> SignatureStatus:
     """Check the signature of the raw tag object `raw_tag` against the repository's keys.
 
+    With `repository`, a valid signature counts only when the tag's binding names that
+    repository (and `appliance`, when given); otherwise the status has no signer and says why.
     Never raises for a bad signature; the status says what is wrong.
     """
     payload, signature, kind = split_signature(raw_tag)
@@ -122,7 +200,14 @@ def verify(repo_path: Path, raw_tag: bytes) -> SignatureStatus:
             False, None, "tag is not signed (use git tag -s, or cui publish --sign)"
         )
     try:
+        if kind == "x509":
+            raise SignatureRefused("tag has an X.509 signature; only GPG and SSH are supported")
         check = _verify_gpg if kind == "gpg" else _verify_ssh
-        return SignatureStatus(True, check(Path(repo_path), payload, signature))
+        signer = check(Path(repo_path), payload, signature)
     except SignatureRefused as exc:
         return SignatureStatus(True, None, str(exc))
+    if repository is not None:
+        problem = binding_problem(raw_tag, repository, appliance)
+        if problem is not None:
+            return SignatureStatus(True, None, problem)
+    return SignatureStatus(True, signer)

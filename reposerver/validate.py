@@ -24,10 +24,27 @@ class ApplianceSpec:
     data_devices: frozenset[str]
 
 
+def render_error(error: Any, filename: str, quote_imports: bool) -> str:
+    """One CVL error for a refusal message; without `quote_imports`, an error located in an
+    imported file says only where it is, never its text (that text was fetched, not pushed)."""
+    if quote_imports or error.file == filename:
+        return str(error.render())
+    where = f"{error.file}:{error.line}" if error.line > 0 else str(error.file)
+    lines = [f"{where}: error in an imported file (its content is not shown)"]
+    lines.extend(f"  imported from {site}" for site in reversed(error.chain))
+    return "\n".join(lines)
+
+
 def describe_appliance(
-    text: str, filename: str, resolver: Any = None, base_dir: Path | None = None
+    text: str,
+    filename: str,
+    resolver: Any = None,
+    base_dir: Path | None = None,
+    quote_imports: bool = True,
 ) -> ApplianceSpec:
     """Evaluate CVL `text` and return its VM files and data-disk devices.
+
+    The server passes `quote_imports=False`: its refusals must never repeat fetched content.
 
     Raises:
         InvalidAppliance: the CVL does not check; the message holds every error, rendered.
@@ -50,7 +67,10 @@ def describe_appliance(
         errors = [
             e for e in analysis.errors if not isinstance(e, CvlMissingError)
         ] or analysis.errors
-        rendered = "\n".join(e.render() for e in errors) or "evaluation produced no model"
+        rendered = (
+            "\n".join(render_error(e, filename, quote_imports) for e in errors)
+            or "evaluation produced no model"
+        )
         raise InvalidAppliance(f"{filename} does not check:\n{rendered}")
     model = analysis.model
     data = model.to_json()

@@ -4,24 +4,32 @@ Every name in a URL goes through `reposerver.names` before it reaches a reposito
 `RepositoryError` becomes a 4xx/5xx with a JSON body `{"error": ..., "message": ...}` (the
 second key is what git-lfs prints). `GitDispatcher` sends `/NAME.git/...` (except the LFS API)
 to dulwich after authentication, dropping `HTTP_TRANSFER_ENCODING` when the server already
-de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second time.
+de-chunked the body (gunicorn, werkzeug), or dulwich would decode it a second time. A git
+request body without Content-Length (chunked) is read first, up to `max_push_bytes`, into a
+spooled file: a malformed one is a 400 and a too-large one a 413 before dulwich answers, and
+dulwich then reads a body of known length. Only the smart-HTTP paths reach dulwich; any other
+path under `/NAME.git/` is a 404.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import logging
+import posixpath
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from dulwich.objects import ObjectID
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, request, send_file
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from reposerver import auth, errors, repo_config
+from reposerver import auth, errors, lfs_locks, repo_config
+from reposerver.egress import check_url
 from reposerver.git_http import git_application, request_base_url
 from reposerver.names import (
     git_repository_name,
@@ -37,13 +45,17 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 log = logging.getLogger(__name__)
 LFS_JSON = "application/vnd.git-lfs+json"
 MAX_BATCH_BODY = 1 << 20
+MAX_SUBSCRIBER_BODY = 64 << 10
 _GIT_PATH = re.compile(r"/([^/]*)\.git(/.*)?\Z")
+_GIT_SERVICE_PATH = re.compile(r"(/info/refs|/git-upload-pack|/git-receive-pack|/HEAD)?\Z")
+_SPOOL_IN_MEMORY = 1 << 20
 _STATUS: list[tuple[type[errors.RepositoryError], int]] = [
     (errors.NotFound, 404),
     (errors.PayloadTooLarge, 413),
     (errors.RangeNotSatisfiable, 416),
     (errors.BadRequest, 400),
     (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
     (errors.IntegrityError, 422),
     (errors.PushRefused, 409),
     (errors.Unreachable, 502),
@@ -113,17 +125,54 @@ def _repository_error(exc: errors.RepositoryError) -> Response:
 
 @bp.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
-    return _error_response(exc.code or 500, exc.description or exc.name)
+    response = _error_response(exc.code or 500, exc.description or exc.name)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
+
+
+def _revalidated(response: Response) -> Response:
+    """A changing JSON answer: a weak ETag of its body (valid under any content coding),
+    `no-cache`, and 304 when the client's copy is current."""
+    response.set_etag(hashlib.sha256(response.get_data()).hexdigest()[:32], weak=True)
+    response.headers["Cache-Control"] = "no-cache"
+    response.make_conditional(request)
+    return response
+
+
+COMPRESSIBLE = frozenset({"application/json", "text/html", "text/css", "application/javascript"})
+
+
+@bp.after_app_request
+def _compress(response: Response) -> Response:
+    """gzip JSON and HTML answers for clients that accept it (objects are sent as they are)."""
+    response.vary.add("Accept-Encoding")
+    if (
+        response.mimetype not in COMPRESSIBLE
+        or response.direct_passthrough
+        or response.status_code != 200
+        or "Content-Encoding" in response.headers
+        or not request.accept_encodings["gzip"]
+    ):
+        return response
+    data = response.get_data()
+    if len(data) < 512:
+        return response
+    response.set_data(gzip.compress(data, compresslevel=6, mtime=0))
+    response.headers["Content-Encoding"] = "gzip"
+    return response
 
 
 @bp.get("/")
 def index() -> Response:
     """Every repository with its latest version."""
-    return jsonify(
-        [
-            {"name": r.name, "latest": r.latest()}
-            for r in map(_opened, list_repositories(settings().root))
-        ]
+    return _revalidated(
+        jsonify(
+            [
+                {"name": r.name, "latest": r.latest()}
+                for r in map(_opened, list_repositories(settings().root))
+            ]
+        )
     )
 
 
@@ -138,8 +187,7 @@ def repository_index(name: str) -> Response:
             "versions": [v.to_json() for v in repo.versions()],
         }
     )
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return _revalidated(response)
 
 
 def _immutable(response: Response, etag: str) -> Response:
@@ -149,23 +197,53 @@ def _immutable(response: Response, etag: str) -> Response:
     return response
 
 
-def _check_range() -> None:
+def _usable_range() -> None:
+    """Drop a Range header we will not honour, so the answer is the whole object (200).
+
+    RFC 9110 lets a server ignore Range: unknown units (`items=0-3`) must be ignored, and a
+    multi-range request is answered whole rather than as multipart/byteranges.
+    """
     header = request.headers.get("Range")
     if header is None:
         return
     parsed = parse_range_header(header)
-    if parsed is None or parsed.units != "bytes":
-        raise errors.BadRequest(f"malformed Range header {header!r}: expected bytes=START-END")
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        request.environ.pop("HTTP_RANGE", None)  # request.headers is a live view of environ
+        request.__dict__.pop("range", None)  # werkzeug's cached parse of the header
 
 
-def _object_response(repo: Repository, oid: str) -> Response:
-    _check_range()
+def _object_response(repo: Repository, oid: str, download_name: str | None = None) -> Response:
+    _usable_range()
     path = repo.store.verified_path(object_id(oid))
-    response = send_file(
-        path, mimetype="application/octet-stream", conditional=True, etag=oid, max_age=31536000
-    )
+    size = path.stat().st_size
+    try:
+        response = send_file(
+            path,
+            mimetype="application/octet-stream",
+            conditional=True,
+            etag=oid,
+            max_age=31536000,
+            download_name=download_name or oid,
+        )
+    except RequestedRangeNotSatisfiable:
+        response = Response(status=416)
+        response.headers["Content-Range"] = f"bytes */{size}"
     response.headers["Cache-Control"] = IMMUTABLE
     return response
+
+
+_TYPES = {
+    ".cvl": "text/plain; charset=utf-8",
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+}
+
+
+def _file_type(name: str) -> str:
+    """The media type of a version's file by its extension (octet-stream when unknown)."""
+    return _TYPES.get(posixpath.splitext(name)[1].lower(), "application/octet-stream")
 
 
 @bp.get("/<name>/versions/<version>/<path:file>")
@@ -183,8 +261,8 @@ def version_file(name: str, version: str, file: str) -> Response:
         return _immutable(response, "disks-" + tag.id.decode())
     entry = repo.file(number, file)
     if entry.pointer is not None:
-        return _object_response(repo, entry.pointer.oid)
-    response = Response(entry.data, mimetype="application/octet-stream")
+        return _object_response(repo, entry.pointer.oid, posixpath.basename(file))
+    response = Response(entry.data, content_type=_file_type(file))
     return _immutable(response, entry.blob_id)
 
 
@@ -197,7 +275,7 @@ def latest_file(name: str, file: str) -> WerkzeugResponse:
         raise errors.NotFound(f"{repo.name} has no versions yet")
     if file not in ("tag", "disks.json"):
         repo.file(latest, file)
-    response = redirect(f"/{repo.name}/versions/{latest}/{file}", code=302)
+    response = redirect(f"{request.script_root}/{repo.name}/versions/{latest}/{file}", code=302)
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -235,6 +313,7 @@ def _subscriber_request(name: str) -> tuple[Repository, str, dict[str, Any]]:
     user = _require(write=True)
     assert user is not None
     repo = _repository(name)
+    request.max_content_length = MAX_SUBSCRIBER_BODY
     data = request.get_json(silent=True) if request.method != "GET" else {}
     if not isinstance(data, dict):
         raise errors.BadRequest("expected a JSON object body")
@@ -263,6 +342,7 @@ def subscribers(name: str) -> Response | tuple[Response, int]:
         secret = data.get("secret")
         if secret is not None and not isinstance(secret, str):
             raise errors.BadRequest("field 'secret' must be a string")
+        check_url(url, settings().allowed_subscriber_networks)
         _, value = repo_config.subscribe(repo.path, url, secret)
     current_app.logger.info("%s subscribed %s to %s", user, url, repo.name)
     answer = {"repository": repo.name, "url": url}
@@ -300,7 +380,7 @@ def lfs_batch(name: str) -> Response:
     operation, objects = _lfs_objects(request.get_json(silent=True, force=True))
     if operation == "upload":
         _require(write=True)
-    base = settings().public_url or request.host_url
+    base = settings().public_url or request.url_root
     href = f"{base.rstrip('/')}/{repo.name}.git/info/lfs/objects/"
     header = (
         {"Authorization": request.headers["Authorization"]}
@@ -390,6 +470,8 @@ class GitDispatcher:
         match = _GIT_PATH.match(path)
         if not match or (match.group(2) or "").startswith("/info/lfs/"):
             return self.flask_wsgi(environ, start_response)
+        if not _GIT_SERVICE_PATH.match(match.group(2) or ""):
+            return _plain(start_response, 404, f"{path}: not a git smart-HTTP path")
         try:
             name = git_repository_name(f"/{match.group(1)}.git")
             open_repository(self.settings.root, name).git.close()
@@ -407,13 +489,57 @@ class GitDispatcher:
                     "credentials required to push: HTTP basic with a user and token",
                     [("WWW-Authenticate", 'Basic realm="collective"')],
                 )
-        if environ.get("wsgi.input_terminated"):
-            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        try:
+            _buffer_unsized_body(environ, self.settings.max_push_bytes)
+        except errors.RepositoryError as exc:
+            return _plain(start_response, status_of(exc), str(exc))
         host = environ.get("HTTP_HOST") or "{}:{}".format(
             environ.get("SERVER_NAME"), environ.get("SERVER_PORT")
         )
         request_base_url.set(f"{environ.get('wsgi.url_scheme', 'http')}://{host}")
         return self.git_wsgi(environ, start_response)
+
+
+def _buffer_unsized_body(environ: dict[str, Any], limit: int) -> None:
+    """Replace a body without Content-Length by a spooled copy of known length.
+
+    Raises:
+        BadRequest: the chunked encoding is malformed (or the connection broke).
+        PayloadTooLarge: the body is larger than `limit`.
+    """
+    import tempfile
+
+    from dulwich.web import ChunkReader
+
+    chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    if environ.get("REQUEST_METHOD") != "POST" or (environ.get("CONTENT_LENGTH") and not chunked):
+        return
+    if not chunked:  # HTTP/1.1: no length and not chunked means no body; never read the socket
+        import io
+
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(b""), "0"
+        return
+    stream = environ["wsgi.input"]
+    if chunked and not environ.get("wsgi.input_terminated"):
+        stream = ChunkReader(stream)
+    spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, prefix="cv-body-")
+    size = 0
+    try:
+        while block := stream.read(65536):
+            size += len(block)
+            if size > limit:
+                raise errors.PayloadTooLarge(f"request body larger than {limit} bytes")
+            spool.write(block)
+    except (OSError, ValueError, EOFError) as exc:
+        spool.close()
+        raise errors.BadRequest(f"malformed request body: {type(exc).__name__}") from None
+    except errors.RepositoryError:
+        spool.close()
+        raise
+    spool.seek(0)
+    environ["wsgi.input"] = spool
+    environ["CONTENT_LENGTH"] = str(size)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
 def _plain(
@@ -443,5 +569,6 @@ def build_app(cfg: ServerSettings) -> Flask:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.register_blueprint(bp)
+    app.register_blueprint(lfs_locks.locks_bp)
     app.wsgi_app = GitDispatcher(app.wsgi_app, git_application(cfg), cfg)  # type: ignore[method-assign]
     return app

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -163,7 +162,9 @@ class GroupwareLab:
         for name in APPLIANCES.values():
             repo = Repository.create(root / name)
             add_ssh_signer(repo.path, signer)  # the server shows who signed each version
-        self.server = self.stack.enter_context(running_server(root, workers=2))
+        # the utility listens on loopback: the server refuses that unless its config allows it
+        loopback = {"allowed_subscriber_networks": ["127.0.0.0/8"]}
+        self.server = self.stack.enter_context(running_server(root, workers=2, extra=loopback))
 
     def push(self, name: str, image: str, message: str) -> float:
         """Publish the built `image` as the next version of repository `name` with stock git:
@@ -202,6 +203,8 @@ class GroupwareLab:
                 "-s",
                 "-m",
                 message,
+                "-m",  # the binding the signature covers (README, Threat model)
+                f"Collective-Repository: {name}\nCollective-Appliance: {name}",
                 f"v{version}",
             ],
             cwd=work,
@@ -435,8 +438,9 @@ class GroupwareLab:
 
     def update_events(self) -> list[tuple[float, str]]:
         """(time, kind) of the daemon's recorded events, oldest first."""
-        with sqlite3.connect(self.work / "state" / "utility.sqlite3") as db:
-            return list(db.execute("SELECT at, kind FROM events ORDER BY id"))
+        from utility.adapters.store import Store
+
+        return [(float(str(e["at"])), str(e["kind"])) for e in Store(self.work / "state").events()]
 
     def close(self) -> None:
         """Stop the VAP, remove namespaces, stop the daemon and the server; then sweep anything
@@ -559,7 +563,7 @@ def _show(text: str) -> None:
 def demo(host_uri: str) -> None:
     """The Groupware story with progress output; on `test:` hosts, without guests to probe."""
     if host_uri == "test":
-        from utility.simulation import simulated_host_uri
+        from utility.adapters.simulation import simulated_host_uri
 
         sim = Path(tempfile.mkdtemp(prefix="gw-sim-"))
         try:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conformance import pytest_runtest_makereport  # noqa: F401 - the hook
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "artifacts"
 

@@ -1,6 +1,6 @@
 """The utility's exception hierarchy. A leaf module: it imports nothing of the project.
 
-Errors become HTTP statuses in `utility.api` and exit codes in `cui.main`, nowhere else.
+Errors become HTTP statuses in `utility.web.api` and exit codes in `cui.main`, nowhere else.
 """
 
 from __future__ import annotations
@@ -94,11 +94,36 @@ class StartFailed(UtilityError):
     http_status = 500
 
 
-class AgentError(UtilityError):
-    """The user agent could not open, decrypt or update its encrypted cache."""
+class SecretCacheError(UtilityError):
+    """The user's secret cache could not open, decrypt or update its encrypted cache."""
 
 
 class TrustRefused(UtilityError):
     """Trust policy refuses a version, or a file does not match the version's signed tag."""
 
     http_status = 422
+
+
+class DaemonRunning(UtilityError):
+    """Another daemon holds this state directory's lock."""
+
+    http_status = 409
+
+
+class DatabaseRefused(UtilityError):
+    """The state database is missing, corrupt or too new where VAPs existed: no silent start."""
+
+    http_status = 500
+
+
+class PayloadTooLarge(UtilityError):
+    """A request body over its route's limit (read no further)."""
+
+    http_status = 413
+
+
+class EventRefused(UtilityError):
+    """A correctly signed publish event that is replayed, stale, from the future or names a
+    version the repository does not have."""
+
+    http_status = 409

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench import Row, median_time
 
-from utility.channel import GuestChannel
+from utility.adapters.guest_channel import GuestChannel
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-appliances"
@@ -234,7 +234,9 @@ def extract_boot_files(image_dir: Path, work: Path) -> tuple[Path, Path]:
     """Kernel and initramfs copied out of the program disk's FAT filesystem."""
     (base,) = image_dir.glob("*.qcow2")
     raw = work / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(base), str(raw)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(base), str(raw)], check=True
+    )
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     for name in ("vmlinuz", "initrd.gz"):
         subprocess.run(

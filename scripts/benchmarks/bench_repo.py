@@ -92,7 +92,10 @@ def _delta_rows(tmp: Path) -> Iterable[Row]:
         before = sum(p.stat().st_size for p in (cache / "objects").rglob("*") if p.is_file())
         top = HttpRepository(server.url + "/Delta").fetch_disk(2, "root.qcow2", cache, progress)
         after = sum(p.stat().st_size for p in (cache / "objects").rglob("*") if p.is_file())
-        check = subprocess.run(["qemu-img", "compare", str(image), str(top)], capture_output=True)
+        check = subprocess.run(
+            ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(image), str(top)],
+            capture_output=True,
+        )
     transferred = after - before
     yield Row(
         "repo: delta v2 transferred to a host holding v1",

@@ -16,7 +16,6 @@ One component (Mail) gets a new version pushed, three times. Measured per push:
 from __future__ import annotations
 
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import Row
+
+if TYPE_CHECKING:
+    from utility.adapters.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CUI = [sys.executable, "-m", "cui.main"]
@@ -71,12 +74,11 @@ def _daemon(state: Path, port: int, log: Path) -> Iterator[subprocess.Popen[byte
         proc.wait(30)
 
 
-def _wait_history(db: Path, count: int, timeout: float = 30.0) -> None:
+def _wait_history(store: Store, count: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with sqlite3.connect(db) as conn:
-            if conn.execute("SELECT COUNT(*) FROM history").fetchone()[0] >= count:
-                return
+        if len(store.history()) >= count:
+            return
         time.sleep(0.02)
     raise RuntimeError(f"no automatic update recorded within {timeout:.0f} s of the push")
 
@@ -86,8 +88,9 @@ def measure() -> dict[str, list[float]]:
     from reposerver.publish import publish
     from reposerver.repository import Repository
     from reposerver.testing import free_port, running_server, sample_appliance, write_pattern
-    from utility.client import UtilityClient
-    from utility.simulation import simulated_host_uri
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.adapters.store import Store
+    from utility.client.daemon_client import UtilityClient
 
     found: dict[str, list[float]] = {"restarted": [], "update": [], "push": [], "baseline": []}
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
@@ -97,7 +100,8 @@ def measure() -> dict[str, list[float]]:
         for kind in COMPONENTS.values():
             repo = Repository.create(root / kind)
             publish(repo.path, sample_appliance(where / "src" / kind, kind))
-        with running_server(root, workers=2) as server:
+        loopback = {"allowed_subscriber_networks": ["127.0.0.0/8"]}  # the utility's address
+        with running_server(root, workers=2, extra=loopback) as server:
             imports = "\n".join(
                 f'import {{ url => "{server.url}/{kind}", cvl => "{kind}.cvl" }} {kind};'
                 for kind in COMPONENTS.values()
@@ -146,7 +150,7 @@ def measure() -> dict[str, list[float]]:
                 _run(
                     ["git", "remote", "set-url", "--push", "origin", server.push_url("Mail")], work
                 )
-                db = state / "utility.sqlite3"
+                store = Store(state)  # read through the state layer, as the daemon writes it
                 for n in range(2, 2 + PUSHES):
                     before = {
                         c["path"]: c["started"] for c in client.status(str(cvl))[0]["components"]
@@ -156,15 +160,9 @@ def measure() -> dict[str, list[float]]:
                     _run(["git", "tag", "-a", f"v{n}", "-m", f"version {n}"], work)
                     _run(["git", "push", "-q", "origin", "main", f"v{n}"], work)
                     returned = time.time()
-                    _wait_history(db, n - 1)
-                    with sqlite3.connect(db) as conn:
-                        start = conn.execute(
-                            "SELECT at FROM events WHERE kind='auto-update' "
-                            "ORDER BY id DESC LIMIT 1"
-                        ).fetchone()[0]
-                        end, result = conn.execute(
-                            "SELECT at, result FROM history ORDER BY id DESC LIMIT 1"
-                        ).fetchone()
+                    _wait_history(store, n - 1)
+                    start = [e["at"] for e in store.events() if e["kind"] == "auto-update"][-1]
+                    end, result = store.history()[-1]["at"], store.history()[-1]["result"]
                     if result != "applied":
                         raise RuntimeError(f"automatic update v{n}: {result}")
                     after = {c["path"]: c for c in client.status(str(cvl))[0]["components"]}

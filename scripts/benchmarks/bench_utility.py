@@ -22,9 +22,9 @@ from pathlib import Path
 
 from bench import Row, median_time
 
-from utility.cluster import Caller, ClusterManager
-from utility.placement import HostRoom, VmDemand, place
-from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.core.placement import HostRoom, VmDemand, place
+from utility.service.manager import Caller, ClusterManager
 
 PAPER_START_SECONDS = 66.0
 ADMIN = Caller("bench", "admin")

@@ -4,8 +4,9 @@ The images come from `scripts/build-appliances` (cached, so only a cold run buil
 defines transient domains from the appliances' published domain XML, rewritten the way the
 utility does (disk sources onto fresh copy-on-write overlays, NIC onto a network of our own, the
 console to a file, serial port 1 onto a Unix socket), and talks to the guest agent with
-`utility.channel.GuestChannel`. The agent's console lines (`collective-agent <epoch> <event> …`)
-are what the tests read to see what the guest did and in which order.
+`utility.adapters.guest_channel.GuestChannel`. The agent's console lines
+(`collective-agent <epoch> <event> …`) are what the tests read to see what the guest did and in
+which order.
 
 Network traffic goes only over an isolated libvirt network (a bridge with no `<forward>`) that
 the test creates on a random 10.251.N.0/24 and removes afterwards.
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from cvl.maps import encode
-from utility.channel import GuestChannel
+from utility.adapters.guest_channel import GuestChannel
 from utility.errors import GuestChannelError
 
 libvirt = pytest.importorskip("libvirt")
@@ -629,7 +630,9 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     junk_raw = workdir / f"junk-{tag}.raw"
     junk_raw.write_bytes(secrets.token_bytes(1 << 20) + bytes(9 << 20))
     junk = workdir / f"junk-{tag}.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(junk_raw), str(junk)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(junk_raw), str(junk)], check=True
+    )
     # A filesystem written by a later release (data format 9): v1 must not touch it.
     later = workdir / f"later-{tag}"
     (later / ".collective").mkdir(parents=True)
@@ -640,7 +643,8 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     )
     later_disk = workdir / f"later-{tag}.qcow2"
     subprocess.run(
-        ["qemu-img", "convert", "-O", "qcow2", str(later_raw), str(later_disk)], check=True
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(later_raw), str(later_disk)],
+        check=True,
     )
     fresh = workdir / f"fresh-{tag}.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(fresh), "100M"], check=True)
@@ -671,6 +675,7 @@ def test_bad_disks_are_refused_and_a_bad_release_never_says_ready(
     assert "service-started" in events and "ready" not in events and "failed" not in events
     raw = junk_raw.read_bytes()[: 1 << 20]
     subprocess.run(
-        ["qemu-img", "convert", "-U", "-O", "raw", str(junk), str(junk_raw)], check=True
+        ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(junk), str(junk_raw)],
+        check=True,
     )  # -U: the VM still has it open
     assert junk_raw.read_bytes()[: 1 << 20] == raw, "the unknown disk must be left untouched"

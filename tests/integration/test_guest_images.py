@@ -38,7 +38,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 def fat_files(disk: Path, tmp: Path) -> dict[str, bytes]:
     raw = tmp / f"{disk.stem}.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)], check=True
+    )
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     listing = subprocess.run(
         ["mdir", "-a", "-b", "-i", str(raw), "::"],
@@ -211,5 +213,7 @@ def test_a_new_release_changes_little_of_the_program_disk(
         check=True,
     )
     assert delta.stat().st_size < new.stat().st_size / 10
-    check = subprocess.run(["qemu-img", "compare", "-q", str(delta), str(new)])
+    check = subprocess.run(
+        ["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(delta), str(new)]
+    )
     assert check.returncode == 0, "the overlay over v1 must read exactly as v2"

@@ -13,10 +13,8 @@ A screenshot of each page goes to `artifacts/pages-*.png`.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,15 +29,15 @@ from reposerver.publish import publish
 from reposerver.repo_config import RepoConfig, Subscriber
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
-from tests.conftest import REPO_ROOT, free_port
-from utility.simulation import paper_tree, simulated_host_uri
+from tests.conftest import REPO_ROOT
+from tests.daemons import UtilityDaemon
+from utility.adapters.simulation import paper_tree, simulated_host_uri
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver",
 )
-CUI = [sys.executable, "-m", "cui.main"]
 SECRET = "s3cret-rootpw-never-shown"
 WEB_V1 = """CVL = "0.8";
 /* A web server whose title holds markup */
@@ -168,60 +166,27 @@ def test_repository_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_di
 # -- utility pages --------------------------------------------------------------------------
 
 
-class Daemon:
-    """`cui utility serve --listen` on a free port, with an admin token and an events secret."""
-
-    def __init__(self, state: Path, events_secret: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = subprocess.run(
-            [*CUI, "utility", "token", "add", "admin", "--role", "admin", "--state", str(state)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO_ROOT,
-        ).stdout.strip()
-        self.log = state.parent / "daemon.log"
-        self.proc = subprocess.Popen(
-            [*CUI, "utility", "serve", "--state", str(state), "--listen", f"127.0.0.1:{self.port}"],
-            cwd=REPO_ROOT,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "COLLECTIVE_EVENTS_SECRET": events_secret},
-        )
-        deadline = time.monotonic() + 30
-        while "listening on" not in self.log.read_text():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.1)
-
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        answer = requests.request(
-            method,
-            self.url + path,
-            json=body,
-            timeout=120,
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
-        assert answer.status_code < 300, answer.text
-        return answer.json()
-
-    def page(self, path: str) -> str:
-        """The page URL with the token as Basic password (Chromium answers the challenge)."""
-        return f"http://admin:{self.token}@127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+def page(daemon: UtilityDaemon, path: str) -> str:
+    """The page URL with the token as Basic password (Chromium answers the challenge)."""
+    return f"http://admin:{daemon.token}@127.0.0.1:{daemon.port}{path}"
 
 
-def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: Path) -> None:
+def test_utility_pages_in_chromium(
+    browser: Any, tmp_path: Path, artifacts_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    # The utility listens on loopback; a local publish announces there only when the server
+    # config allows it.
+    server_config = tmp_path / "server-config.json"
+    server_config.write_text('{"allowed_subscriber_networks": ["127.0.0.0/8"]}')
+    monkeypatch.setenv("COLLECTIVE_REPOSERVER_CONFIG", str(server_config))
 
     shared = secrets.token_hex(16)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    daemon = Daemon(state, shared)
+    daemon = UtilityDaemon(state, tcp=True, env={"COLLECTIVE_EVENTS_SECRET": shared})
     try:
         # Groupware whose DNS comes, unpinned, from a repository that announces to the utility.
         acme = paper_tree(REPO_ROOT / "examples" / "paper", tmp_path / "acme")
@@ -265,12 +230,12 @@ def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: 
         publish(dns_repo.path, acme.parent / "DNS" / "DNS.cvl")  # announces v2: automatic update
         deadline = time.monotonic() + 20
         while versions()["d"] != "2":
-            assert time.monotonic() < deadline, daemon.log.read_text()
+            assert time.monotonic() < deadline, daemon.output()
             time.sleep(0.2)
         daemon.api("POST", "/v1/blacklist", {"url": dns_repo.path.as_uri(), "version": "2"})
         [status] = daemon.api("GET", "/v1/vaps")
 
-        browser.get(daemon.page("/ui/"))
+        browser.get(page(daemon, "/ui/"))
         assert browser.title.startswith("Cluster")
         hosts = text(browser, "#hosts")
         assert "h1" in hosts and "192.0 MiB of 1.0 GiB" in hosts and "3 of 8 VMs" in hosts
@@ -287,7 +252,7 @@ def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: 
         )
         WebDriverWait(browser, 15).until(lambda d: "h2" in text(d, "#hosts"))
 
-        browser.get(daemon.page(f"/ui/vaps/{vap_id}"))
+        browser.get(page(daemon, f"/ui/vaps/{vap_id}"))
         boxes = browser.find_elements(By.CSS_SELECTOR, "#vap-picture g.comp")
         assert sorted(b.get_attribute("data-path") for b in boxes) == ["d", "f", "l"]
         picture = browser.execute_script(
@@ -305,20 +270,20 @@ def test_utility_pages_in_chromium(browser: Any, tmp_path: Path, artifacts_dir: 
         )
         screenshot(browser, artifacts_dir / "pages-utility-vap.png")
 
-        browser.get(daemon.page("/ui/history"))
+        browser.get(page(daemon, "/ui/history"))
         row = text(browser, "#history tbody tr")
         assert "automatic push" in row and "d v1 → v2" in row and "applied" in row
         screenshot(browser, artifacts_dir / "pages-utility-history.png")
 
-        browser.get(daemon.page("/ui/blacklist"))
+        browser.get(page(daemon, "/ui/blacklist"))
         assert "d v2" in text(browser, "#violations")
         screenshot(browser, artifacts_dir / "pages-utility-blacklist.png")
 
         for path in ("/ui/", f"/ui/vaps/{vap_id}", "/ui/history", "/ui/blacklist"):
-            browser.get(daemon.page(path))
+            browser.get(page(daemon, path))
             assert SECRET not in browser.page_source
             assert not browser.find_elements(By.CSS_SELECTOR, "main form, main button")
         # Without the token the pages are refused, like the API.
         assert requests.get(daemon.url + "/ui/", timeout=10).status_code == 401
     finally:
-        daemon.stop()
+        daemon.kill()

@@ -49,12 +49,28 @@ class Receiver:
             time.sleep(0.05)
 
 
+def delivery_marks(log: Path) -> set[tuple[str, int, object]]:
+    """(url, version, "ok") per delivered event and (url, version, attempt) per attempt."""
+    marks: set[tuple[str, int, object]] = set()
+    for line in log.read_text().splitlines() if log.exists() else ():
+        record = json.loads(line)
+        if "version" in record:
+            marks.add((record["url"], record["version"], record["attempt"]))
+            if record["delivered"]:
+                marks.add((record["url"], record["version"], "ok"))
+    return marks
+
+
 def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     tmp_path: Path, monkeypatch
 ) -> None:
     receiver = Receiver()
     dead = f"http://127.0.0.1:{free_port()}/nobody"
     monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    # The receivers run on loopback, which the server refuses unless its administrator allows it.
+    local_config = tmp_path / "server.json"
+    local_config.write_text(json.dumps({"allowed_subscriber_networks": ["127.0.0.0/8"]}))
+    monkeypatch.setenv("COLLECTIVE_REPOSERVER_CONFIG", str(local_config))
     repo = Repository.create(
         tmp_path / "root" / "DNS",
         repo_config.RepoConfig(
@@ -66,7 +82,9 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     extra = {
         "subscribers": [{"url": dead, "secret": "x"}],
         "delivery_delays": [0.2, 0.2],
-        "public_url": None,  # events then name the URL the push came in on
+        "public_url": None,  # events then name the URL the push came in on, if trusted
+        "trusted_hosts": ["127.0.0.1"],
+        "allowed_subscriber_networks": ["127.0.0.0/8"],
     }
     with running_server(repo.path.parent, extra=extra) as server:
         work = tmp_path / "work"
@@ -92,7 +110,14 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
         )
         assert time.monotonic() - start < 10, "a dead subscriber must not slow the push"
         receiver.wait_for(2)
-        time.sleep(1.5)  # give duplicates (there must be none) and the dead one's retries time
+        # every delivery process is done once its log shows each target's last attempt: the
+        # receiver's success for v1 and v2, the dead one's third (final) try for v2
+        finished = {(receiver.url, 1, "ok"), (receiver.url, 2, "ok"), (dead, 2, 3)}
+        log = repo.path / "logs" / "deliveries.log"
+        deadline = time.monotonic() + 20
+        while not finished <= delivery_marks(log):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
     events = [json.loads(body) for _, body in receiver.received]
     assert sorted(e["version"] for e in events) == [1, 2]
     for headers, body in receiver.received:
@@ -102,6 +127,8 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     assert by_version[2]["repository"] == f"{server.url}/DNS"
     assert by_version[2]["tag"] == "v2" and by_version[2]["signer"] is None
     assert by_version[2]["commit"] == repo.version(2).commit
+    assert len({e["id"] for e in events}) == 2, "every event has its own id"
+    assert all(abs(e["timestamp"] - time.time()) < 120 for e in events)
     log = [
         json.loads(line)
         for line in (repo.path / "logs" / "deliveries.log").read_text().splitlines()

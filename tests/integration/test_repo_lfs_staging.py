@@ -184,8 +184,10 @@ def test_stale_staged_objects_are_pruned_on_upload(tmp_path: Path) -> None:
         url = f"{server.url}/DNS.git/info/lfs/objects/"
         auth = (server.user, server.token)
         assert requests.put(url + stale_oid, data=stale, auth=auth).status_code == 200
-        assert (staging / stale_oid[:2] / stale_oid[2:4] / stale_oid).is_file()
-        time.sleep(2.5)
+        staged = staging / stale_oid[:2] / stale_oid[2:4] / stale_oid
+        assert staged.is_file()
+        aged = time.time() - 60  # older than the 2 s staging TTL, without waiting for it
+        os.utime(staged, (aged, aged))
         fresh = os.urandom(4096)
         fresh_oid = hashlib.sha256(fresh).hexdigest()
         assert requests.put(url + fresh_oid, data=fresh, auth=auth).status_code == 200

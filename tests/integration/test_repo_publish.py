@@ -29,7 +29,11 @@ def git(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 def identical(a: Path, b: Path) -> bool:
     return (
-        subprocess.run(["qemu-img", "compare", str(a), str(b)], capture_output=True).returncode == 0
+        subprocess.run(
+            ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(a), str(b)],
+            capture_output=True,
+        ).returncode
+        == 0
     )
 
 
@@ -188,7 +192,7 @@ def test_checks_refuse_unsafe_disk_reference(two_versions, tmp_path: Path) -> No
             "-f",
             "qcow2",
             "-F",
-            "raw",
+            "qcow2",
             "-b",
             "/etc/hostname",
             "-u",
@@ -227,3 +231,33 @@ def test_van_importing_a_repository_version_publishes_cvl_only(two_versions, tmp
     result = publish(van.path, source)
     assert result.version == 1 and result.disks == []
     assert sorted(van.files(1)) == ["Svc.cvl"]
+
+
+def test_publish_takes_the_tagger_from_git_config_like_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("NAME", "EMAIL"):
+        monkeypatch.delenv(f"GIT_COMMITTER_{var}", raising=False)
+        monkeypatch.delenv(f"GIT_AUTHOR_{var}", raising=False)
+    runner = CliRunner()
+    repo = tmp_path / "repo"
+    assert runner.invoke(cli, ["create", str(repo)]).exit_code == 0
+    cvl = sample_appliance(tmp_path / "app")
+    refused = runner.invoke(cli, ["publish", str(repo), str(cvl)])
+    assert refused.exit_code == 1 and "git config --global user.name" in refused.output
+    assert Repository(repo).latest() == 0
+    subprocess.run(["git", "config", "--global", "user.name", "Ada Publisher"], check=True)
+    subprocess.run(["git", "config", "--global", "user.email", "ada@example.org"], check=True)
+    result = runner.invoke(cli, ["publish", str(repo), str(cvl)])
+    assert result.exit_code == 0, result.output
+    shown = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "tag", "v1"], capture_output=True, text=True
+    )
+    assert "\ntagger Ada Publisher <ada@example.org> " in shown.stdout
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "From Env")
+    subprocess.run(["git", "-C", str(repo), "config", "user.email", "repo@example.org"], check=True)
+    assert runner.invoke(cli, ["publish", str(repo), str(cvl)]).exit_code == 0
+    shown = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "tag", "v2"], capture_output=True, text=True
+    )
+    assert "\ntagger From Env <repo@example.org> " in shown.stdout

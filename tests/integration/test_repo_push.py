@@ -308,5 +308,8 @@ def test_git_publisher_pushes_a_delta_made_with_cui_delta(served, tmp_path: Path
     assert [c["sha256"] for c in disk["chain"][:-1]] == [c["sha256"] for c in chain_v1]
     assert disk["chain"][-1]["size"] < 300 * 1024, "only the changed clusters were pushed"
     top = open_repository(server.url + "/DNS").fetch_disk(2, "root.qcow2", tmp_path / "cache")
-    same = subprocess.run(["qemu-img", "compare", str(image), str(top)], capture_output=True)
+    same = subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(image), str(top)],
+        capture_output=True,
+    )
     assert same.returncode == 0

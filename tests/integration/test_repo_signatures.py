@@ -18,6 +18,10 @@ from reposerver.trust import add_gpg_key, add_ssh_signer, set_require_signed
 pytestmark = pytest.mark.slow
 
 
+BOUND_V2 = "v2\n\nCollective-Repository: DNS\nCollective-Appliance: DNS\n"
+"""A stock `git tag -s` message bound to repository DNS, appliance DNS (README)."""
+
+
 def run(
     *args: str, cwd: Path | None = None, check: bool = True, **kw
 ) -> subprocess.CompletedProcess[str]:
@@ -102,11 +106,11 @@ def test_gpg_signed_versions_verify_and_untrusted_or_unsigned_are_refused(
         run("git", "config", "lfs.locksverify", "false", cwd=work)
         write_pattern(work / "root.qcow2", 0x44, "1M", "64k")
         run("git", "commit", "-q", "-am", "v2", cwd=work)
-        run("git", "tag", "-s", "-u", stranger, "-m", "v2", "v2", cwd=work)
+        run("git", "tag", "-s", "-u", stranger, "-m", BOUND_V2, "v2", cwd=work)
         refused = run("git", "push", server.push_url("DNS"), "main", "v2", cwd=work, check=False)
         assert refused.returncode != 0 and "does not trust" in refused.stderr
         run("git", "tag", "-d", "v2", cwd=work)
-        run("git", "tag", "-s", "-u", trusted, "-m", "v2", "v2", cwd=work)
+        run("git", "tag", "-s", "-u", trusted, "-m", BOUND_V2, "v2", cwd=work)
         run("git", "push", server.push_url("DNS"), "main", "v2", cwd=work)
         versions = requests.get(server.url + "/DNS/").json()["versions"]
     assert [v["signed"] for v in versions] == [True, True]
@@ -144,7 +148,7 @@ def test_ssh_signed_versions_verify_and_untrusted_is_refused(signed_repo, tmp_pa
             "tag",
             "-s",
             "-m",
-            "v2",
+            BOUND_V2,
             "v2",
             cwd=work,
         )

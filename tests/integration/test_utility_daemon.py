@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,71 +24,31 @@ import libvirt
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utility.simulation import base_image, paper_tree, publisher_domain_xml, simulated_host_uri
+from tests.daemons import CUI, UtilityDaemon, run_cui
+from utility.adapters.simulation import (
+    base_image,
+    paper_tree,
+    publisher_domain_xml,
+    simulated_host_uri,
+)
+from utility.adapters.store import Store
 
 PAPER = REPO_ROOT / "examples" / "paper"
-CUI = [sys.executable, "-m", "cui.main"]
 
 
-class Daemon:
-    """A `cui utility serve` subprocess on a state directory."""
-
-    def __init__(self, state: Path, *extra: str) -> None:
-        self.state = state
-        self.socket = state / "utility.sock"
-        self.log = (state.parent / f"daemon-{state.name}-{time.monotonic_ns()}.log").open("a")
-        self.proc = subprocess.Popen(
-            [*CUI, "utility", "serve", "--state", str(state), *extra],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
-        deadline = time.monotonic() + 30
-        while not self._listening():
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, "daemon did not come up: " + self.output()
-            time.sleep(0.1)
-
-    def _listening(self) -> bool:
-        return "listening on" in self.output()
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-
-
-def cui(
-    *args: str, env: dict[str, str] | None = None, ok: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [*CUI, *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-        input=stdin,
-        timeout=300,
-    )
-    if ok:
-        assert done.returncode == 0, f"cui {' '.join(args)}: {done.stderr}"
-    return done
+cui = functools.partial(run_cui, ok=True)
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[UtilityDaemon]:
     state = tmp_path / "state"
-    running = Daemon(state)
+    running = UtilityDaemon(state)
     monkeypatch.setenv("COLLECTIVE_UTILITY", f"unix://{running.socket}")
     yield running
     running.kill()
 
 
-def test_cli_start_status_stop_over_the_unix_socket(daemon: Daemon, tmp_path: Path) -> None:
+def test_cli_start_status_stop_over_the_unix_socket(daemon: UtilityDaemon, tmp_path: Path) -> None:
     assert daemon.socket.stat().st_mode & 0o777 == 0o600
     assert daemon.state.stat().st_mode & 0o777 == 0o711  # traversable for qemu, not listable
     assert (daemon.state / "utility.sqlite3").stat().st_mode & 0o777 == 0o600
@@ -124,19 +84,27 @@ def test_tcp_needs_a_token_and_tokens_have_roles(tmp_path: Path) -> None:
     from tests.conftest import free_port
 
     port = free_port()
-    local = Daemon(state, "--listen", f"127.0.0.1:{port}")
+    local = UtilityDaemon(state, "--listen", f"127.0.0.1:{port}")
     try:
         url = f"http://127.0.0.1:{port}"
         denied = cui("host", "list", "--utility", url, ok=False)
         assert denied.returncode == 1 and "bearer token" in denied.stderr
-        bad = cui("host", "list", "--utility", url, "--token", "nope", ok=False)
+        bad = cui("host", "list", "--utility", url, "--token-file", "-", stdin="nope\n", ok=False)
         assert "invalid token" in bad.stderr
+        token_file = tmp_path / "token"
+        token_file.write_text("nope-from-a-file\n")
+        bad = cui("host", "list", "--utility", url, "--token-file", str(token_file), ok=False)
+        assert "invalid token" in bad.stderr
+        empty = cui("host", "list", "--utility", url, "--token-file", "-", stdin="", ok=False)
+        assert empty.returncode == 2 and "no secret" in empty.stderr
+        flag = cui("host", "list", "--utility", url, "--token", "nope", ok=False)
+        assert flag.returncode == 2 and "No such option" in flag.stderr
     finally:
         local.kill()
 
 
 def test_grep_cui_start_with_the_agent_leaves_no_clear_sensitive_value(
-    daemon: Daemon, tmp_path: Path
+    daemon: UtilityDaemon, tmp_path: Path
 ) -> None:
     value = "grep-me-" + secrets.token_hex(8)
     apps = tmp_path / "apps"
@@ -190,7 +158,7 @@ def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(
 ) -> None:
     prefix = "k" + secrets.token_hex(2)  # unique domain/network/bridge names on the real host
     state = tmp_path / "state"
-    first = Daemon(state, "--prefix", prefix, "--ready-timeout", "120")
+    first = UtilityDaemon(state, "--prefix", prefix, "--ready-timeout", "120")
     monkeypatch.setenv("COLLECTIVE_UTILITY", f"unix://{first.socket}")
     conn = libvirt.open("qemu:///system")
     try:
@@ -220,7 +188,7 @@ def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(
         assert starter.returncode == 3, starter.stderr  # could not reach the cluster manager
         assert domain in [d.name() for d in conn.listAllDomains()]  # would leak without reconcile
 
-        second = Daemon(state, "--prefix", prefix)
+        second = UtilityDaemon(state, "--prefix", prefix)
         try:
             assert f"{cvl} was interrupted mid-operation; rolled back" in second.output()
             assert [d.name() for d in conn.listAllDomains() if d.name().startswith(prefix)] == []
@@ -229,12 +197,9 @@ def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(
             assert status["status"] == "failed" and "interrupted" in status["error"]
             pools = json.loads(cui("host", "list", "--json").stdout)
             assert pools[0]["vms"] == 0 and pools[0]["used_memory"] == 0
-            import sqlite3
-
-            db = sqlite3.connect(state / "utility.sqlite3")
-            assert db.execute("SELECT COUNT(*) FROM addresses").fetchone()[0] == 0
-            held = db.execute("SELECT COUNT(*) FROM vlans WHERE vap_id IS NOT NULL").fetchone()[0]
-            assert held == 0
+            store = Store(state)  # what the restarted daemon recorded, read through the state layer
+            assert store.all_addresses() == []
+            assert [v for v in store.pools()["vlans"] if v["vap_id"] is not None] == []
         finally:
             second.kill()
     finally:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from utility.allocation import Settings
-from utility.cluster import Caller, ClusterManager
-from utility.executor import Timeouts
+from utility.adapters.executor import Timeouts
+from utility.service.desired import Settings
+from utility.service.manager import Caller, ClusterManager
 
 libvirt = pytest.importorskip("libvirt")
 

@@ -19,8 +19,8 @@ from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server
 from tests.conftest import REPO_ROOT
-from utility.cluster import Caller, ClusterManager
-from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
 
 PAPER = REPO_ROOT / "examples" / "paper"
 ADMIN = Caller("root", "admin")
@@ -40,7 +40,14 @@ def publish_all(root: Path, work: Path, url: str) -> None:
         base_image(src / "system.qcow2")
         for n in range(count):
             subprocess.run(
-                ["qemu-io", "-c", f"write -P {n + 1} 0 64k", str(src / "system.qcow2")],
+                [
+                    "qemu-io",
+                    "-f",
+                    "qcow2",
+                    "-c",
+                    f"write -P {n + 1} 0 64k",
+                    str(src / "system.qcow2"),
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -85,7 +92,15 @@ def test_acme_groupware_with_imports_from_the_repository_server(tmp_path: Path) 
         assert result["boot_order"].index("d") < result["boot_order"].index("l")
         # the overlay's backing chain is the cached, hash-named objects of DNS v3
         info = subprocess.run(
-            ["qemu-img", "info", "--backing-chain", "--output=json", str(user / "d" / "vda.qcow2")],
+            [
+                "qemu-img",
+                "info",
+                "-f",
+                "qcow2",
+                "--backing-chain",
+                "--output=json",
+                str(user / "d" / "vda.qcow2"),
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -11,9 +11,9 @@ import pytest
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import sample_appliance, write_pattern
-from utility.cluster import Caller, ClusterManager
+from utility.adapters.simulation import simulated_host_uri
 from utility.errors import CheckFailed
-from utility.simulation import simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
 
 ADMIN = Caller("root", "admin")
 

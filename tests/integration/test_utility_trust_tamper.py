@@ -19,10 +19,10 @@ import requests
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance
-from utility import appliance_files
-from utility.cluster import Caller, ClusterManager
+from utility.adapters import appliance_files
+from utility.adapters.simulation import simulated_host_uri
 from utility.errors import ApplianceError, CheckFailed, TrustRefused
-from utility.simulation import simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
 
 ADMIN = Caller("root", "admin")
 Tamper = Callable[[str, bytes], bytes]

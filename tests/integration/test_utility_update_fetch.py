@@ -10,8 +10,8 @@ from pathlib import Path
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
-from utility.cluster import Caller, ClusterManager
-from utility.simulation import simulated_host_uri
+from utility.adapters.simulation import simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
 
 ADMIN = Caller("root", "admin")
 

@@ -22,8 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import utility.channel as channel_mod
-from utility.channel import GuestChannel, decode_params, encode_params, params_line, parse_line
+import utility.adapters.guest_channel as channel_mod
+from utility.adapters.guest_channel import (
+    GuestChannel,
+    decode_params,
+    encode_params,
+    params_line,
+    parse_line,
+)
 from utility.errors import GuestChannelError
 
 AGENT = Path(__file__).resolve().parents[2] / "examples" / "appliances" / "agent"
@@ -312,7 +318,10 @@ def test_resend_reconfigures_and_a_stale_ready_does_not_answer_it(sock_path: Pat
     fake = FakeGuest(sock_path, guest)
     with GuestChannel(sock_path, connect_timeout=5) as ch:
         ch.deliver(PARAMS, timeout=5)
-        time.sleep(0.2)  # let the duplicate READY arrive before the resend
+        deadline = time.monotonic() + 5  # the duplicate READY has arrived before the resend
+        while [line for _, line in ch.transcript].count("COLLECTIVE READY") < 2:
+            assert time.monotonic() < deadline, ch.transcript
+            time.sleep(0.01)
         with pytest.raises(GuestChannelError, match="forwarders: bad address"):
             ch.resend({**PARAMS, "forwarders": ["bad"]}, timeout=5)
         ch.resend({**PARAMS, "forwarders": ["c"]}, timeout=5)

@@ -207,3 +207,30 @@ def test_missing_placeholders_fill_only_unset_required_parameters(tmp_path):
     bad.write_text('A extends VMAppliance {\n  var "required" x;\n  nope = "1";\n}\n')
     # another kind of error is never papered over with placeholders
     assert cvl.analyse_file(bad).missing_placeholders("X") is None
+
+
+def test_check_json_reports_ok_and_the_summary():
+    result = run("check", "--json", str(ACME))
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["ok"] is True and data["appliance"] == "AcmeGroupware"
+    assert data["summary"] == {"vms": 3, "vans": 1, "imports": 4, "pending": 19}
+    assert data["errors"] == [] and len(data["warnings"]) == 2
+
+
+def test_check_json_reports_every_error_with_its_position_and_exits_1(tmp_path):
+    shutil.copytree(PAPER, tmp_path / "paper")
+    user = tmp_path / "paper" / "Forgetful.cvl"
+    user.write_text(
+        'import {\n    url => "file:Groupware",\n    cvl => "Groupware.cvl",\n'
+        "} Groupware;\n\nForgetful extends Groupware {\n  nope = x;\n}\n"
+    )
+    result = run("check", "--json", str(user))
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False and data["summary"] is None
+    where = {(e["line"], e["column"], e["kind"]) for e in data["errors"]}
+    assert (6, 1, "CvlMissingError") in where
+    assert any(e["line"] == 7 for e in data["errors"])
+    missing = next(e for e in data["errors"] if e["kind"] == "CvlMissingError")
+    assert missing["path"] == "domain" and missing["file"] == str(user)

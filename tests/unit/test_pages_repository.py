@@ -100,7 +100,7 @@ def test_browsers_get_html_with_a_strict_content_security_policy(client: Any) ->
         csp = page.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert "Accept" in page.headers["Vary"]
-    assert client.get("/-/static/pages.css").status_code == 200
+    assert client.get("/-/static/base.css").status_code == 200
 
 
 def test_index_lists_latest_version_and_signature_state(client: Any) -> None:

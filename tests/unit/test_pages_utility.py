@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import REPO_ROOT
-from utility.api import create_app
-from utility.cluster import Caller, ClusterManager
-from utility.pages import basic_password, network_picture, version_note
-from utility.simulation import paper_tree, simulated_host_uri
+from utility.adapters.simulation import paper_tree, simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
+from utility.web.api import create_app
+from utility.web.pages import basic_password, network_picture, version_note
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 ADMIN = Caller("root", "admin")
@@ -50,7 +50,7 @@ def manager(tmp_path: Path) -> Iterator[ClusterManager]:
         )
     )
     manager.start(ADMIN, str(acme), secrets={"l.rootpw": SECRET})
-    manager.record_history(
+    manager.store.add_history(
         str(acme), "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
     )
     manager.store.add_token("alice", "admin", "tok-admin")
@@ -311,7 +311,7 @@ def test_latest_version_asks_the_repository_and_remembers(tmp_path: Path) -> Non
     from reposerver.publish import publish
     from reposerver.repository import Repository
     from reposerver.testing import sample_appliance
-    from utility import pages
+    from utility.web import pages
 
     repo = Repository.create(tmp_path / "DNS")
     publish(repo.path, sample_appliance(tmp_path / "src", "DNS", size="4M", fill_bytes="64k"))

@@ -151,3 +151,15 @@ def test_basic_auth_against_token_digests() -> None:
         "Basic " + base64.b64encode(b"nocolon").decode(),
     ]:
         assert authenticated_user(header, users) is None
+
+
+@given(header=st.one_of(st.text(max_size=80), st.binary(max_size=60).map(
+    lambda raw: "Basic " + base64.b64encode(raw).decode()
+)))  # fmt: skip
+def test_basic_auth_never_raises_and_only_the_token_authenticates(header: str) -> None:
+    users = {"alice": token_digest("t1")}
+    who = authenticated_user(header, users)
+    assert who is None or header.lower().startswith("basic ")
+    if who is not None:
+        raw = base64.b64decode(header.split(" ", 1)[1]).decode()
+        assert raw == "alice:t1"

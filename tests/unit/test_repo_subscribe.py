@@ -24,7 +24,13 @@ def app_for(tmp_path: Path):  # type: ignore[no-untyped-def]
     root = tmp_path / "root"
     root.mkdir()
     Repository.create(root / "DNS")
-    app = create_app({"root": str(root), "users": {"pub": {"token_sha256": token_digest(TOKEN)}}})
+    app = create_app(
+        {
+            "root": str(root),
+            "users": {"pub": {"token_sha256": token_digest(TOKEN)}},
+            "allowed_subscriber_networks": ["127.0.0.0/8"],  # EVENTS is on loopback
+        }
+    )
     return app.test_client(), root / "DNS"
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utility.addresses import PUBLIC, assign, parse_range, segment_of, subnet_for_vlan
+from utility.core.addresses import PUBLIC, assign, parse_range, segment_of, subnet_for_vlan
+from utility.core.model_view import ModelView
 from utility.errors import PoolExhausted, UtilityError
-from utility.model_view import ModelView
 
 
 def comp(kind: str, type_: str = "T", **params: list[str]) -> dict[str, object]:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utility.api import create_app
-from utility.cluster import ClusterManager
-from utility.simulation import paper_tree, simulated_host_uri
+from utility.adapters.simulation import paper_tree, simulated_host_uri
+from utility.service.manager import ClusterManager
+from utility.web.api import create_app
 
 PAPER = REPO_ROOT / "examples" / "paper"
 
@@ -145,8 +145,8 @@ def test_check_failures_list_every_problem(setup) -> None:  # type: ignore[no-un
 
 
 def test_users_may_be_confined_to_a_directory_of_cvl_files(tmp_path: Path) -> None:
-    from utility.cluster import Caller
     from utility.errors import Forbidden
+    from utility.service.manager import Caller
 
     manager = ClusterManager(tmp_path / "state", user_root=tmp_path / "users")
     with pytest.raises(Forbidden, match="only start CVL files under"):

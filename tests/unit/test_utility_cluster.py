@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utility.allocation import Settings
-from utility.cluster import Caller, ClusterManager
+from utility.adapters.executor import Executor
+from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.errors import CheckFailed, Conflict, StartFailed, UtilityError
-from utility.executor import Executor
-from utility.simulation import paper_tree, simulated_host_uri
+from utility.service.desired import Settings
+from utility.service.manager import Caller, ClusterManager
 
 ADMIN = Caller("root", "admin")
 MiB = 1 << 20

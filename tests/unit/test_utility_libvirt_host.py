@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from utility.adapters.libvirt_host import HostPool, LibvirtHost
+from utility.adapters.simulation import simulated_host_uri
+from utility.core.network_xml import NetworkXml
 from utility.errors import HostUnreachable, UtilityError
-from utility.libvirt_host import HostPool, LibvirtHost
-from utility.network_xml import NetworkXml
-from utility.simulation import simulated_host_uri
 
 DOMAIN = (
     "<domain type='qemu'><name>{}</name><memory unit='MiB'>16</memory>"

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from utility.core.placement import HostRoom, VmDemand, place
 from utility.errors import PlacementError
-from utility.placement import HostRoom, VmDemand, place
 
 MiB = 1 << 20
 

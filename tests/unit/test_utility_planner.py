@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from utility.dependencies import Services, boot_needs, find_cycle, waves
-from utility.desired_state import MASK, Disk, Interface, Network, VapState, Vm, from_json, to_json
-from utility.planner import Op, diff, start_plan, stop_plan
+from utility.core.dependencies import Services, boot_needs, find_cycle, waves
+from utility.core.desired_state import (
+    MASK,
+    Disk,
+    Interface,
+    Network,
+    VapState,
+    Vm,
+    from_json,
+    to_json,
+)
+from utility.core.planner import Op, diff, start_plan, stop_plan
 
 
 def vm(

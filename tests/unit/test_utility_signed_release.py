@@ -1,6 +1,6 @@
-"""The utility's own walk of a signed commit's tree (`utility.signed_release`), against trees and
-blobs that dulwich encodes: every file is found and accepted with its bytes, refused with any
-other bytes; a served object whose hash does not match is refused."""
+"""The utility's own walk of a signed commit's tree (`utility.adapters.signed_release`),
+against trees and blobs that dulwich encodes: every file is found and accepted with its bytes,
+refused with any other bytes; a served object whose hash does not match is refused."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reposerver.lfs_pointer import Pointer
+from utility.adapters.signed_release import SignedRelease
 from utility.errors import TrustRefused
-from utility.signed_release import SignedRelease
 
 NAMES = st.text(alphabet="abcdefghij._-", min_size=1, max_size=8).filter(
     lambda n: n not in (".", "..")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from utility.cluster import Caller, ClusterManager
+from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
 from utility.errors import NotFound, UtilityError
-from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
+from utility.service.manager import Caller, ClusterManager
 
 ADMIN = Caller("root", "admin")
 APPS = {  # name: CVL body
@@ -140,12 +140,14 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
     """Test hosts have no guest, so the new version's readiness failure is injected."""
     import subprocess
 
-    from utility.executor import Executor
+    from utility.adapters.executor import Executor
 
     manager, cvl = setup
     data = cvl.parent / "d" / "data-vdb.qcow2"
     subprocess.run(
-        ["qemu-io", "-c", "write -P 0x5a 0 64k", str(data)], check=True, capture_output=True
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", str(data)],
+        check=True,
+        capture_output=True,
     )
     before = data.read_bytes()
     real_boot = Executor.boot
@@ -154,7 +156,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
         if (vm.origin or {}).get("url", "").endswith("/DNS2"):
             # the new version scribbles on its data disk, then never says READY
             subprocess.run(
-                ["qemu-io", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
+                ["qemu-io", "-f", "qcow2", "-c", "write -P 0x66 0 64k", vm.disks[-1].path],
                 check=True,
                 capture_output=True,
             )

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utility import domain_xml
-from utility.desired_state import Disk, Interface, Vm
-from utility.errors import ApplianceError, UtilityError
-from utility.network_xml import NetworkXml
-from utility.vm_spec import parse_vm_spec
+from common.publisher_xml import PublisherXmlError, parse_vm_spec
+from utility.core import domain_xml
+from utility.core.desired_state import Disk, Interface, Vm
+from utility.core.network_xml import NetworkXml
+from utility.errors import UtilityError
 
 GOLDEN = Path(__file__).parent / "golden" / "utility"
 
@@ -133,7 +133,7 @@ def test_publisher_xml_is_read_and_bad_files_name_themselves() -> None:
     )
     assert spec.memory == 128 << 20 and spec.vcpus == 2 and spec.disks[0].source == "sys.qcow2"
     assert spec.machine == "pc" and spec.acpi
-    with pytest.raises(ApplianceError, match="DNS v3: dns.vmx: <memory>"):
+    with pytest.raises(PublisherXmlError, match="DNS v3: dns.vmx: <memory>"):
         parse_vm_spec(b"<domain/>", "DNS v3: dns.vmx")
-    with pytest.raises(ApplianceError, match="x.vmx: not valid domain XML"):
+    with pytest.raises(PublisherXmlError, match="x.vmx: not valid domain XML"):
         parse_vm_spec(b"<domain", "x.vmx")

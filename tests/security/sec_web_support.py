@@ -1,0 +1,191 @@
+"""Shared by the sec-web security tests (server resolution, signature binding, events, serve).
+
+Real parts only: stock git and git-lfs, gunicorn (`reposerver.testing.running_server`) and
+`cui serve`, a loopback HTTP listener that records every request it gets, and a snapshot of a
+repository's store (refs, every object file's hash, version records, `git fsck --strict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+from reposerver.auth import token_digest
+from reposerver.testing import Server, free_port
+
+MARKER = "PLANTED-MARKER-7f3c9e1d"
+"""A string that lives only in a host file or a loopback listener's answers: if it ever shows
+up in a response, the server read it on someone else's behalf."""
+
+
+def git(
+    *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run stock git (no prompts); with `check`, fail the test with its output."""
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def clone(server: Server, name: str, where: Path) -> Path:
+    """A work tree of repository `name`, pushing with the server's credentials."""
+    git("clone", "-q", f"{server.url}/{name}.git", str(where))
+    git("config", "lfs.locksverify", "false", cwd=where)
+    git("remote", "set-url", "--push", "origin", server.push_url(name), cwd=where)
+    return where
+
+
+def store_state(repo_path: Path) -> dict[str, object]:
+    """Everything a refused push must leave as it was: refs, every file under the git and LFS
+    object stores (by hash), the version records and the config; `git fsck --strict` clean."""
+    refs = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo_path).stdout
+    files = {}
+    for sub in ("objects", "lfs/objects", "versions", "secrets", "trust"):
+        for path in sorted((repo_path / sub).rglob("*")):
+            if path.is_file():
+                files[str(path.relative_to(repo_path))] = hashlib.sha256(
+                    path.read_bytes()
+                ).hexdigest()
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=repo_path, check=False)
+    assert fsck.returncode == 0, f"git fsck --strict failed:\n{fsck.stdout}{fsck.stderr}"
+    config = (repo_path / "collective.json").read_text()
+    return {"refs": refs, "files": files, "config": config}
+
+
+class Listener:
+    """A loopback HTTP server that logs each request and answers with `MARKER` (or a redirect,
+    or a configured body), so a test can assert the server under test never asked it."""
+
+    def __init__(self, body: str = MARKER, redirect: str | None = None) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.body = body
+        self.redirect = redirect
+        self.delay = 0.0
+        """Seconds to wait before answering (a slow origin)."""
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else b""
+                listener.requests.append((self.command, self.path, data))
+                time.sleep(listener.delay)
+                if listener.redirect is not None:
+                    self.send_response(302)
+                    self.send_header("Location", listener.redirect + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                payload = listener.body.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _answer  # noqa: N815 - the names http.server calls
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def listening(body: str = MARKER, redirect: str | None = None) -> Iterator[Listener]:
+    """A `Listener` for the duration of the block."""
+    listener = Listener(body, redirect)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+@contextmanager
+def cui_serve(root: Path, extra: dict[str, object] | None = None) -> Iterator[Server]:
+    """`cui serve ROOT` (the werkzeug development server the README shows) on a free port."""
+    port = free_port()
+    token = "test-token-" + os.urandom(8).hex()
+    config = {
+        "users": {"publisher": {"token_sha256": token_digest(token)}},
+        "public_url": f"http://127.0.0.1:{port}",
+        **(extra or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="cv-serve-") as tmp:
+        config_file = Path(tmp) / "server.json"
+        config_file.write_text(json.dumps(config))
+        log = open(Path(tmp) / "serve.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cui.main", "serve", str(root), "--port", str(port)]
+            + ["--config", str(config_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    requests.get(url + "/", timeout=5)
+                    break
+                except requests.RequestException:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.flush()
+                        raise RuntimeError(
+                            "cui serve did not start:\n" + (Path(tmp) / "serve.log").read_text()
+                        ) from None
+                    time.sleep(0.1)
+            yield Server(url, "publisher", token, Path(root))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def raw_http(url: str, request: bytes, timeout: float = 30) -> tuple[int | None, bytes]:
+    """Send `request` as is to the server at `url`, half-close, and return (status, answer).
+
+    The status is None when the server closed the connection without an HTTP answer.
+    """
+    host, _, port = url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    if not answer.startswith(b"HTTP/"):
+        return None, answer
+    return int(answer.split(b" ", 2)[1]), answer

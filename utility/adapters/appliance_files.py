@@ -1,0 +1,231 @@
+"""Where a VM appliance's files come from: its repository version, or the CVL file's directory.
+
+The README contract: files a VM appliance names (`vm`, disks) resolve against its origin's
+repository version, or against the CVL file's directory when the origin is null. This module is
+the adapter over `reposerver.client`; everything above it sees `ApplianceFiles`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from utility.adapters.signed_release import SignedRelease
+from utility.core.model_view import Origin
+from utility.core.sizes import format_size
+from utility.errors import ApplianceError, TrustRefused
+
+Progress = Callable[[int, int], None]
+"""`progress(bytes_done, bytes_total)` while an object downloads."""
+
+MEMO_ENTRIES = 512
+MEMO_LARGEST = 1 << 20
+"""Small answers about repository versions (domain XML, disk lists) kept in memory."""
+_MEMO: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+
+
+class ApplianceFiles(Protocol):
+    """Read access to one appliance version's files."""
+
+    label: str
+
+    def read(self, name: str) -> bytes:
+        """The bytes of file `name`; raises ApplianceError when it does not exist."""
+        ...
+
+    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+        """A local file with the content of `name` (a program disk: a usable qcow2 chain);
+        `progress` hears about each download."""
+        ...
+
+
+class DirectoryFiles:
+    """Files of a plain directory: a wholly local appliance or an unversioned file: import."""
+
+    def __init__(self, directory: Path, label: str) -> None:
+        self.directory = directory
+        self.label = label
+
+    def _path(self, name: str) -> Path:
+        path = (self.directory / name).resolve()
+        if not path.is_relative_to(self.directory.resolve()):
+            raise ApplianceError(f"{self.label}: {name!r} points outside {self.directory}")
+        if not path.is_file():
+            raise ApplianceError(f"{self.label}: file {name!r} not found in {self.directory}")
+        return path
+
+    def read(self, name: str) -> bytes:
+        return self._path(name).read_bytes()
+
+    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+        return self._path(name)
+
+
+class FetchProgress:
+    """Progress of one object download, on the daemon's stderr: a bar on a terminal, else a line
+    at each quarter (objects already in the cache are not downloaded and print nothing)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        quarter = min(4, done * 4 // total)
+        if sys.stderr.isatty():
+            bar = "#" * (done * 30 // total)
+            sys.stderr.write(
+                f"\rfetching {self.label} [{bar:<30}] {format_size(done)}/{format_size(total)}"
+            )
+            if done >= total:
+                sys.stderr.write("\n")
+        elif quarter != self.shown:
+            sys.stderr.write(f"fetching {self.label}: {quarter * 25}% of {format_size(total)}\n")
+        self.shown = quarter
+        sys.stderr.flush()
+
+
+class RepositoryFiles:
+    """Files of one version of a repository, read through `reposerver.client`.
+
+    With a `release` (the version's signed tag verified,
+    `utility.adapters.signed_release`), every file read and every disk chain fetched is checked
+    against the signed commit's tree first.
+    """
+
+    def __init__(self, origin: Origin, release: SignedRelease | None = None) -> None:
+        from reposerver.client import open_repository
+
+        self.origin = origin
+        self.release = release
+        self.label = f"{origin.name or origin.url} v{origin.version}"
+        self.repository = open_repository(origin.url)
+
+    def _remembered(self, what: tuple[str, ...], fetch: Callable[[], Any]) -> Any:
+        """`fetch()`, answered from memory when this version's `what` was fetched before: a
+        version never changes, so an update re-reads only the versions it moves to."""
+        key = (self.origin.url.rstrip("/"), str(self.origin.version), *what)
+        with _MEMO_LOCK:
+            if key in _MEMO:
+                _MEMO.move_to_end(key)
+                return _MEMO[key]
+        value = fetch()
+        if isinstance(value, bytes) and len(value) > MEMO_LARGEST:
+            return value
+        with _MEMO_LOCK:
+            _MEMO[key] = value
+            while len(_MEMO) > MEMO_ENTRIES:
+                _MEMO.popitem(last=False)
+        return value
+
+    def _forget(self, what: tuple[str, ...]) -> None:
+        with _MEMO_LOCK:
+            _MEMO.pop((self.origin.url.rstrip("/"), str(self.origin.version), *what), None)
+
+    def _checked(
+        self, what: tuple[str, ...], fetch: Callable[[], Any], check: Callable[[Any], None]
+    ) -> Any:
+        """A remembered answer that passes `check`; one that fails is forgotten and fetched
+        again once (it may predate a repair of the server), then refused."""
+        for last in (False, True):
+            value = self._remembered(what, fetch)
+            if self.release is None:
+                return value
+            try:
+                check(value)
+                return value
+            except TrustRefused:
+                self._forget(what)
+                if last:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read(self, name: str) -> bytes:
+        version = int(self.origin.version)
+        assert_signed = self.release.check_file if self.release else (lambda _n, _d: None)
+        try:
+            return bytes(
+                self._checked(
+                    ("file", name),
+                    lambda: bytes(self.repository.read_file(version, name)),
+                    lambda data: assert_signed(name, data),
+                )
+            )
+        except TrustRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
+            raise ApplianceError(f"{self.label}: cannot read {name!r}: {exc}") from exc
+
+    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+        version = int(self.origin.version)
+
+        def signed_top(listed: list[dict[str, Any]]) -> None:
+            for d in listed:
+                if d["name"] == name and self.release is not None:
+                    self.release.check_disk(name, str(d["sha256"]))
+
+        try:
+            listed = self._checked(("disks",), lambda: self.repository.disks(version), signed_top)
+        except TrustRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
+            raise ApplianceError(f"{self.label}: cannot list disks: {exc}") from exc
+        found = [d for d in listed if d["name"] == name]
+        if found:
+            disk = found[0]
+            if not disk["chain"] or disk["chain"][-1]["sha256"] != disk["sha256"]:
+                raise ApplianceError(
+                    f"{self.label}: disk {name!r}: its chain does not end in "
+                    f"its top object sha256:{str(disk['sha256'])[:12]}"
+                )
+            report = progress or FetchProgress(f"{self.label} {name}")
+            try:
+                from reposerver.disks import check_fetched_chain
+
+                links = [
+                    (
+                        str(link["sha256"]),
+                        Path(
+                            self.repository.fetch_object(
+                                link["sha256"], cache_dir / "objects", report
+                            )
+                        ),
+                    )
+                    for link in disk["chain"]
+                ]
+                check_fetched_chain(links)  # our own parser, before any qemu process sees it
+                return links[-1][1]
+            except Exception as exc:  # noqa: BLE001 - the repository's errors become ours
+                raise ApplianceError(f"{self.label}: cannot fetch disk {name!r}: {exc}") from exc
+        target = cache_dir / "files" / self.origin.url.replace("/", "_") / str(version) / name
+        if not target.exists():
+            data = self.read(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        elif self.release is not None:
+            self.release.check_file(name, target.read_bytes())  # the cache is checked too
+        return target
+
+
+def files_for(
+    origin: Origin | None, cvl_dir: Path, release: SignedRelease | None = None
+) -> ApplianceFiles:
+    """The files of a component: its origin's repository version, or the CVL file's directory
+    (`release`: the verified signed version its files are checked against)."""
+    if origin is None:
+        return DirectoryFiles(cvl_dir, f"local appliance in {cvl_dir}")
+    parsed = urlparse(origin.url)
+    if parsed.scheme == "file":
+        directory = Path(unquote(parsed.path))
+        if (directory / origin.cvl).is_file():
+            return DirectoryFiles(directory, f"{origin.name or origin.url} (unversioned)")
+    return RepositoryFiles(origin, release)

@@ -1,0 +1,491 @@
+"""The cluster manager's durable state: SQLite (WAL) in the state directory.
+
+Hosts, VLAN and public-IP pools, the blacklist, API tokens, VAPs with their current state, and
+every allocation. Allocations have UNIQUE constraints, so no VLAN, IP or MAC can be held twice
+even if two starts race; each start allocates in one `BEGIN IMMEDIATE` transaction. Sensitive
+values are never passed in: `VapState` is stored masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from utility.core.desired_state import VapState, from_json, to_json
+from utility.errors import Conflict, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts (
+  name TEXT PRIMARY KEY, uri TEXT NOT NULL, memory INTEGER NOT NULL, max_vms INTEGER NOT NULL,
+  embedded INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS vlans (vlan INTEGER PRIMARY KEY, vap_id INTEGER, segment TEXT);
+CREATE TABLE IF NOT EXISTS public_ips (ip TEXT PRIMARY KEY, vap_id INTEGER, iface TEXT);
+CREATE TABLE IF NOT EXISTS blacklist (url TEXT NOT NULL, version TEXT NOT NULL,
+  PRIMARY KEY (url, version));
+CREATE TABLE IF NOT EXISTS tokens (digest TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL,
+  role TEXT NOT NULL CHECK (role IN ('admin', 'user')));
+CREATE TABLE IF NOT EXISTS vaps (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, cvl_path TEXT NOT NULL, owner TEXT NOT NULL,
+  status TEXT NOT NULL, state_json TEXT, error TEXT, updated REAL NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS vaps_active ON vaps (cvl_path)
+  WHERE status IN ('starting', 'running', 'stopping', 'updating');
+CREATE TABLE IF NOT EXISTS addresses (address TEXT PRIMARY KEY, kind TEXT NOT NULL,
+  vap_id INTEGER NOT NULL, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vms (
+  vap_id INTEGER NOT NULL, path TEXT NOT NULL, host TEXT NOT NULL, domain TEXT NOT NULL,
+  memory INTEGER NOT NULL, state TEXT NOT NULL, started REAL, boot_seq INTEGER,
+  PRIMARY KEY (vap_id, path));
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+  vap_id INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failed_versions (cvl_path TEXT NOT NULL, url TEXT NOT NULL,
+  version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (cvl_path, url, version));
+CREATE TABLE IF NOT EXISTS secret_keys (vap_id INTEGER NOT NULL, key TEXT NOT NULL,
+  PRIMARY KEY (vap_id, key));
+CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+  cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
+  result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+ACTIVE = ("starting", "running", "stopping", "updating")
+
+
+@dataclass(frozen=True)
+class HostRow:
+    """A registered host."""
+
+    name: str
+    uri: str
+    memory: int
+    max_vms: int
+    embedded: bool = False
+
+
+@dataclass(frozen=True)
+class VapRow:
+    """A VAP record."""
+
+    id: int
+    cvl_path: str
+    owner: str
+    status: str
+    state: VapState | None
+    error: str | None
+    updated: float
+
+
+@dataclass(frozen=True)
+class VmRow:
+    """A component VM's runtime record."""
+
+    vap_id: int
+    path: str
+    host: str
+    domain: str
+    memory: int
+    state: str
+    started: float | None
+    boot_seq: int | None
+
+
+def token_digest(token: str) -> str:
+    """Tokens are stored only as their SHA-256 (they are random 256-bit strings)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """The state database. Thread-safe: one connection per thread, writes serialised by SQLite."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "utility.sqlite3"
+        # The state directory is traversable (qemu reads the disk cache inside it); the database
+        # is the owner's alone, and SQLite gives its -wal and -shm files the same mode.
+        self.path.touch(mode=0o600, exist_ok=True)
+        self.path.chmod(0o600)
+        self._local = threading.local()
+        with self.transaction() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locking) transaction, committed on success, rolled back on error."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def read(self) -> sqlite3.Connection:
+        """A connection for reads outside a transaction."""
+        return self._db()
+
+    # -- hosts ----------------------------------------------------------------------------------
+
+    def add_host(self, host: HostRow) -> None:
+        """Register a host; Conflict if the name exists."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM hosts WHERE name=?", (host.name,)).fetchone():
+                raise Conflict(f"host {host.name} is already registered")
+            db.execute(
+                "DELETE FROM hosts WHERE embedded=1 AND NOT EXISTS "
+                "(SELECT 1 FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=hosts.name "
+                f"AND a.status IN {ACTIVE})"
+            )
+            db.execute(
+                "INSERT INTO hosts VALUES (?,?,?,?,?)",
+                (host.name, host.uri, host.memory, host.max_vms, int(host.embedded)),
+            )
+
+    def hosts(self) -> list[HostRow]:
+        """Every registered host by name."""
+        rows = self.read().execute("SELECT * FROM hosts ORDER BY name").fetchall()
+        return [
+            HostRow(r["name"], r["uri"], r["memory"], r["max_vms"], bool(r["embedded"]))
+            for r in rows
+        ]
+
+    def remove_host(self, name: str) -> None:
+        """Forget a host; refused while it runs VMs of an active VAP."""
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM hosts WHERE name=?", (name,)).fetchone():
+                raise NotFound(f"no host named {name}")
+            busy = db.execute(
+                "SELECT COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=? "
+                f"AND a.status IN {ACTIVE} AND v.state != 'stopped'",
+                (name,),
+            ).fetchone()[0]
+            if busy:
+                raise Conflict(f"host {name} runs {busy} VM(s); stop them before removing it")
+            db.execute("DELETE FROM hosts WHERE name=?", (name,))
+
+    def usage(self, db: sqlite3.Connection | None = None) -> dict[str, tuple[int, int]]:
+        """host -> (memory in use, VMs) over the VMs of active VAPs (recomputed, never cached)."""
+        db = db or self.read()
+        rows = db.execute(
+            "SELECT v.host, SUM(v.memory), COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id "
+            f"WHERE a.status IN {ACTIVE} AND v.state != 'stopped' GROUP BY v.host"
+        ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    # -- pools ----------------------------------------------------------------------------------
+
+    def add_vlans(self, vlans: list[int]) -> int:
+        """Add VLAN tags to the pool; returns how many were new."""
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO vlans (vlan) VALUES (?)", [(v,) for v in vlans])
+            return db.total_changes - before
+
+    def add_public_ips(self, ips: list[str]) -> int:
+        """Add public IPs to the pool; returns how many were new."""
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO public_ips (ip) VALUES (?)", [(i,) for i in ips])
+            return db.total_changes - before
+
+    def pools(self) -> dict[str, list[dict[str, object]]]:
+        """Both pools with their holders."""
+        db = self.read()
+        return {
+            "vlans": [dict(r) for r in db.execute("SELECT * FROM vlans ORDER BY vlan")],
+            "public_ips": [dict(r) for r in db.execute("SELECT * FROM public_ips ORDER BY ip")],
+        }
+
+    # -- blacklist ------------------------------------------------------------------------------
+
+    def blacklist_add(self, url: str, version: str) -> None:
+        """Blacklist one version of a repository, or all of them ("all")."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO blacklist VALUES (?,?)", (url.rstrip("/"), version))
+
+    def blacklist_remove(self, url: str, version: str) -> None:
+        """Remove an entry; NotFound if absent."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "DELETE FROM blacklist WHERE url=? AND version=?", (url.rstrip("/"), version)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"{url} {version} is not blacklisted")
+
+    def blacklist(self) -> list[tuple[str, str]]:
+        """Every (url, version|"all")."""
+        return [
+            (r[0], r[1])
+            for r in self.read().execute("SELECT url, version FROM blacklist ORDER BY url, version")
+        ]
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def add_token(self, name: str, role: str, token: str) -> None:
+        """Record a token's digest for `name` with `role`."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM tokens WHERE name=?", (name,)).fetchone():
+                raise Conflict(f"a token named {name} exists")
+            db.execute("INSERT INTO tokens VALUES (?,?,?)", (token_digest(token), name, role))
+
+    def who(self, token: str) -> tuple[str, str] | None:
+        """(name, role) for a token, or None."""
+        row = (
+            self.read()
+            .execute("SELECT name, role FROM tokens WHERE digest=?", (token_digest(token),))
+            .fetchone()
+        )
+        return (row[0], row[1]) if row else None
+
+    # -- VAPs -----------------------------------------------------------------------------------
+
+    def _vap(self, row: sqlite3.Row) -> VapRow:
+        return VapRow(
+            row["id"],
+            row["cvl_path"],
+            row["owner"],
+            row["status"],
+            from_json(row["state_json"]) if row["state_json"] else None,
+            row["error"],
+            row["updated"],
+        )
+
+    def new_vap(self, db: sqlite3.Connection, cvl_path: str, owner: str) -> int:
+        """Insert a VAP in status 'starting' (inside the caller's transaction)."""
+        try:
+            cur = db.execute(
+                "INSERT INTO vaps (cvl_path, owner, status, updated) VALUES (?,?,'starting',?)",
+                (cvl_path, owner, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"{cvl_path} is already running (stop it, or use cui update)") from None
+        return int(cur.lastrowid or 0)
+
+    def vap(self, vap_id: int) -> VapRow:
+        """One VAP by id."""
+        row = self.read().execute("SELECT * FROM vaps WHERE id=?", (vap_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no VAP with id {vap_id}")
+        return self._vap(row)
+
+    def vap_by_path(self, cvl_path: str) -> VapRow | None:
+        """The newest VAP record of a CVL file, or None."""
+        row = (
+            self.read()
+            .execute("SELECT * FROM vaps WHERE cvl_path=? ORDER BY id DESC LIMIT 1", (cvl_path,))
+            .fetchone()
+        )
+        return self._vap(row) if row else None
+
+    def vaps(self, statuses: tuple[str, ...] | None = None) -> list[VapRow]:
+        """The newest record of every CVL file (optionally only those in `statuses`)."""
+        rows = (
+            self.read()
+            .execute(
+                "SELECT * FROM vaps WHERE id IN (SELECT MAX(id) FROM vaps GROUP BY cvl_path) "
+                "ORDER BY id"
+            )
+            .fetchall()
+        )
+        vaps = [self._vap(r) for r in rows]
+        return [v for v in vaps if statuses is None or v.status in statuses]
+
+    def set_vap(
+        self,
+        vap_id: int,
+        *,
+        status: str | None = None,
+        state: VapState | None = None,
+        error: str | None = None,
+        db: sqlite3.Connection | None = None,
+    ) -> None:
+        """Update a VAP's status, stored (masked) state, and error."""
+        sets: list[str] = ["updated=?"]
+        args: list[object] = [time.time()]
+        if status is not None:
+            sets.append("status=?")
+            args.append(status)
+        if state is not None:
+            sets.append("state_json=?")
+            args.append(to_json(state))
+        if error is not None or status in ("running",):
+            sets.append("error=?")
+            args.append(error)
+        sql = f"UPDATE vaps SET {', '.join(sets)} WHERE id=?"
+        if db is not None:
+            db.execute(sql, (*args, vap_id))
+        else:
+            with self.transaction() as tx:
+                tx.execute(sql, (*args, vap_id))
+
+    def release(self, db: sqlite3.Connection, vap_id: int) -> None:
+        """Free every VLAN, public IP, address and VM record of a VAP."""
+        db.execute("UPDATE vlans SET vap_id=NULL, segment=NULL WHERE vap_id=?", (vap_id,))
+        db.execute("UPDATE public_ips SET vap_id=NULL, iface=NULL WHERE vap_id=?", (vap_id,))
+        db.execute("DELETE FROM addresses WHERE vap_id=?", (vap_id,))
+        db.execute("DELETE FROM vms WHERE vap_id=?", (vap_id,))
+
+    def set_secret_keys(
+        self, vap_id: int, keys: list[str], db: sqlite3.Connection | None = None
+    ) -> None:
+        """Record which parameter keys of a VAP got sensitive values from its user (the keys
+        only: the values live in the daemon's memory), so a restart knows what it lost."""
+
+        def write(tx: sqlite3.Connection) -> None:
+            tx.execute("DELETE FROM secret_keys WHERE vap_id=?", (vap_id,))
+            tx.executemany(
+                "INSERT INTO secret_keys VALUES (?,?)", [(vap_id, k) for k in sorted(set(keys))]
+            )
+
+        if db is not None:
+            write(db)
+        else:
+            with self.transaction() as tx:
+                write(tx)
+
+    def secret_keys(self, vap_id: int) -> set[str]:
+        """The keys `set_secret_keys` recorded for a VAP."""
+        return {
+            r[0]
+            for r in self.read().execute("SELECT key FROM secret_keys WHERE vap_id=?", (vap_id,))
+        }
+
+    # -- VMs ------------------------------------------------------------------------------------
+
+    def vms(self, vap_id: int) -> list[VmRow]:
+        """The VM records of a VAP by boot order then path."""
+        rows = (
+            self.read()
+            .execute(
+                "SELECT * FROM vms WHERE vap_id=? ORDER BY boot_seq IS NULL, boot_seq, path",
+                (vap_id,),
+            )
+            .fetchall()
+        )
+        return [VmRow(**dict(r)) for r in rows]
+
+    def set_vm(
+        self,
+        vap_id: int,
+        path: str,
+        state: str,
+        *,
+        started: float | None = None,
+        boot: bool = False,
+    ) -> None:
+        """Record a VM's state; `boot` assigns the next boot sequence number of its VAP."""
+        with self.transaction() as db:
+            if boot:
+                seq = db.execute(
+                    "SELECT COALESCE(MAX(boot_seq), 0) + 1 FROM vms WHERE vap_id=?", (vap_id,)
+                ).fetchone()[0]
+                db.execute(
+                    "UPDATE vms SET state=?, started=?, boot_seq=? WHERE vap_id=? AND path=?",
+                    (state, started, seq, vap_id, path),
+                )
+            else:
+                db.execute(
+                    "UPDATE vms SET state=? WHERE vap_id=? AND path=?", (state, vap_id, path)
+                )
+
+    def all_addresses(self) -> list[tuple[str, str, int, str]]:
+        """Every held (address, kind, vap id, path): what the tests check for duplicates."""
+        return [
+            tuple(r)
+            for r in self.read().execute(  # type: ignore[misc]
+                "SELECT address, kind, vap_id, path FROM addresses ORDER BY address"
+            )
+        ]
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def event(self, vap_id: int | None, kind: str, text: str) -> None:
+        """Append to the event log (never a sensitive value: callers pass paths and keys)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (at, vap_id, kind, text) VALUES (?,?,?,?)",
+                (time.time(), vap_id, kind, text),
+            )
+
+    def add_history(
+        self,
+        cvl_path: str,
+        trigger: str,
+        actions: list[str],
+        versions: dict[str, list[str | None]],
+        result: str,
+    ) -> None:
+        """Record one update: when, why, what, from and to which versions, and how it ended."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
+                "VALUES (?,?,?,?,?,?)",
+                (time.time(), cvl_path, trigger, json.dumps(actions), json.dumps(versions), result),
+            )
+
+    def mark_failed(self, cvl_path: str, url: str, version: str) -> None:
+        """Remember that `version` of `url` never became ready in this VAP (no automatic retry)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO failed_versions VALUES (?,?,?,?)",
+                (cvl_path, url, version, time.time()),
+            )
+
+    def failed_versions(self, cvl_path: str) -> set[tuple[str, str]]:
+        """(url, version) pairs that failed in this VAP."""
+        return {
+            (r[0], r[1])
+            for r in self.read().execute(
+                "SELECT url, version FROM failed_versions WHERE cvl_path=?", (cvl_path,)
+            )
+        }
+
+    def history(self, cvl_path: str | None = None) -> list[dict[str, object]]:
+        """Every recorded update, oldest first (of one CVL file if given)."""
+        sql = "SELECT * FROM history" + (" WHERE cvl_path=?" if cvl_path else "")
+        rows = self.read().execute(sql + " ORDER BY id", (cvl_path,) if cvl_path else ())
+        return [
+            {**dict(r), "actions": json.loads(r["actions"]), "versions": json.loads(r["versions"])}
+            for r in rows
+        ]
+
+    def events(self, vap_id: int | None = None) -> list[dict[str, object]]:
+        """The event log, oldest first."""
+        sql = "SELECT * FROM events" + (" WHERE vap_id=?" if vap_id is not None else "")
+        args = (vap_id,) if vap_id is not None else ()
+        return [dict(r) for r in self.read().execute(sql + " ORDER BY id", args)]
+
+    # -- publish events (replay guard) ----------------------------------------------------------
+
+    def remember_event(self, event_id: str, at: float, forget_before: float) -> bool:
+        """Record publish event `event_id` (timestamp `at`); False if it was already recorded.
+
+        Ids of events with a timestamp before `forget_before` are forgotten first (such events
+        are refused as stale anyway), so the table holds one window of ids.
+        """
+        with self.transaction() as db:
+            db.execute("DELETE FROM seen_events WHERE at < ?", (forget_before,))
+            added = db.execute(
+                "INSERT OR IGNORE INTO seen_events (id, at) VALUES (?, ?)", (event_id, at)
+            )
+            return added.rowcount == 1

@@ -1,0 +1,249 @@
+"""Start, stop, rollback and reconciliation of VAPs.
+
+Start is crash-safe: allocations and the VAP record (status `starting`) are committed in one
+transaction before any host is touched; domains and networks are named from the VAP id. If the
+daemon dies mid-start, `reconcile` on the next start-up finds the `starting` VAP, destroys
+whatever of it exists, and releases its allocations. Authorisation is the facade's
+(`utility.service.manager`); this service only does what it is asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from utility.adapters.allocations import Allocations
+from utility.adapters.db_check import mark_vaps_exist
+from utility.adapters.store import ACTIVE, Store, VapRow
+from utility.core.desired_state import VapState
+from utility.errors import CheckFailed, NotFound, StartFailed, UtilityError
+from utility.service.allocator import Allocator
+from utility.service.apply import Applier
+from utility.service.desired import Settings
+from utility.service.hosts import Hosts
+from utility.service.locks import VapLocks
+from utility.service.pipeline import FetchReport, Pipeline
+from utility.service.secrets import HeldSecrets
+from utility.service.status import StatusView
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What start, stop and update work with (one of each per cluster manager)."""
+
+    store: Store
+    allocations: Allocations
+    allocator: Allocator
+    pipeline: Pipeline
+    applier: Applier
+    hosts: Hosts
+    secrets: HeldSecrets
+    locks: VapLocks
+    status: StatusView
+    settings: Settings
+
+
+class Lifecycle:
+    """Start and stop of VAPs, rollback of a failed operation, reconciliation at start-up."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.store = parts.store
+
+    def active(self, cvl_path: str) -> VapRow:
+        """The active VAP of a CVL file (NotFound otherwise)."""
+        vap = self.store.vap_by_path(cvl_path)
+        if vap is None or vap.status not in ACTIVE:
+            raise NotFound(f"{cvl_path} is not running")
+        return vap
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(
+        self,
+        owner: str,
+        path: Path,
+        secrets: Mapping[str, str],
+        progress: FetchReport | None = None,
+    ) -> dict[str, Any]:
+        """Start the VAP the CVL file at `path` describes, owned by `owner`.
+
+        Raises:
+            CheckFailed: every pre-start problem, before anything ran.
+            StartFailed: a later step failed; the VAP was rolled back to stopped.
+        """
+        p = self.parts
+        with p.locks.for_path(str(path)):
+            notes = p.hosts.ensure_default()
+            checked = p.pipeline.check(path, secrets)
+            with p.allocator.session() as db:  # a first proposal, for its problems only
+                problems = (
+                    checked.problems
+                    + p.allocator.propose(db, checked.model, checked.prepared).problems
+                )
+            if problems:
+                raise CheckFailed(problems)
+            bases = p.pipeline.fetch_bases(checked.prepared, progress)
+            with p.allocator.session() as db:
+                vap_id = self.store.new_vap(db, str(path), owner)
+                mark_vaps_exist(self.store.path.parent)
+                p.secrets.remember(vap_id, str(path), secrets, db)
+                proposal = p.allocator.propose(db, checked.model, checked.prepared)
+                if proposal.problems:
+                    raise CheckFailed(proposal.problems)
+                p.allocator.reserve(db, vap_id, proposal, checked.prepared)
+            try:
+                state = p.pipeline.desired_state(
+                    vap_id, checked, proposal.addressing, proposal.placement, bases, secrets
+                )
+                self.store.set_vap(vap_id, state=state)
+                outcome = p.applier.apply(vap_id, None, state).outcome
+                if not outcome.ok:
+                    raise UtilityError(outcome.error or "start failed")
+            except BaseException as exc:
+                self.roll_back(vap_id, f"start failed: {exc}")
+                if isinstance(exc, UtilityError) and not isinstance(exc, CheckFailed):
+                    raise StartFailed(
+                        f"start of {path} failed and was rolled back (VAP stopped, addresses "
+                        f"released, data disks kept): {exc}"
+                    ) from exc
+                raise
+            self.store.set_vap(vap_id, status="running")
+            self.store.event(vap_id, "start", f"{owner} started {path}")
+            return {"id": vap_id, "notes": notes, **p.status.vap_status(vap_id)}
+
+    # -- rollback -------------------------------------------------------------------------------
+
+    def roll_back(self, vap_id: int, error: str) -> list[str]:
+        """Stop whatever of a VAP exists, release its allocations, mark it failed."""
+        p = self.parts
+        vap = self.store.vap(vap_id)
+        notes: list[str] = []
+        if vap.state is not None:
+            forced = dataclasses.replace(p.applier.timeouts, stop=0.0)  # force: it never ran
+            outcome = p.applier.apply(vap_id, vap.state, None, keep_going=True, timeouts=forced)
+            notes = (
+                [outcome.outcome.error] if outcome.outcome.error else []
+            ) + outcome.outcome.notes
+        for row in self.store.vms(vap_id):
+            try:
+                p.hosts.host(row.host).destroy_domain(row.domain)
+            except UtilityError as exc:
+                notes.append(str(exc))
+        networks = [f"{p.settings.prefix}-v{v}" for v in p.allocations.held_vlans(vap_id)]
+        for name in [*networks, f"{p.settings.prefix}-x{vap_id}"]:
+            notes += p.hosts.remove_network_everywhere(name)
+        with self.store.transaction() as db:
+            p.allocations.release(db, vap_id)
+            self.store.set_vap(vap_id, status="failed", error=error, db=db)
+        self.store.event(vap_id, "rollback", error)
+        return notes
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(
+        self,
+        who: str,
+        cvl_path: str,
+        component: str | None = None,
+        stop_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Stop a VAP in reverse boot order, or only `component` (a dotted path) and its parts.
+
+        Returns:
+            {"stopped": [paths], "warnings": [...], "problems": [...]}; a warning names each
+            running component that requires a stopped one.
+        """
+        p = self.parts
+        with p.locks.for_path(cvl_path):
+            vap = self.active(cvl_path)
+            state = vap.state
+            if state is None:
+                raise NotFound(f"{cvl_path} has no recorded state")
+            timeouts = (
+                dataclasses.replace(p.applier.timeouts, stop=stop_timeout)
+                if stop_timeout is not None
+                else None
+            )
+            target = state.without(component) if component else None
+            kept = {vm.path for vm in target.vms} if target else set()
+            gone = {vm.path for vm in state.vms} - kept
+            if component and not gone:
+                raise NotFound(f"{cvl_path}: no running component {component!r}")
+            if not component:
+                self.store.set_vap(vap.id, status="stopping")
+            outcome = p.applier.apply(vap.id, state, target, keep_going=True, timeouts=timeouts)
+            if target is not None:
+                self.store.set_vap(vap.id, state=target)
+            else:
+                with self.store.transaction() as db:
+                    p.allocations.release(db, vap.id)
+                    self.store.set_vap(vap.id, status="stopped", db=db, error=outcome.outcome.error)
+            self.store.event(vap.id, "stop", f"{who} stopped {component or 'all'} of {cvl_path}")
+            error = outcome.outcome.error
+            problems = ([error] if error else []) + outcome.outcome.notes
+            return {
+                "stopped": sorted(gone),
+                "warnings": _warnings(target, gone),
+                "problems": problems,
+            }
+
+    # -- reconciliation -------------------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, Any]:
+        """Bring the recorded state in line with what the hosts report (run at daemon start).
+
+        - a VAP caught mid-start/stop/update is rolled back to stopped, allocations released;
+        - a running VAP's VM whose domain is gone or not running is marked `dead`;
+        - a domain on a host that no active VAP owns is reported, never killed.
+        """
+        report: dict[str, Any] = {"rolled_back": [], "dead": [], "unowned": [], "unreachable": []}
+        for vap in self.store.vaps(("starting", "stopping", "updating")):
+            self.roll_back(
+                vap.id, f"interrupted: the cluster manager stopped during {vap.status}; rolled back"
+            )
+            report["rolled_back"].append(vap.cvl_path)
+        owned: set[tuple[str, str]] = set()
+        for vap in self.store.vaps(("running",)):
+            owned.update(self._mark_dead(vap, report["dead"]))
+        for host in self.store.hosts():
+            try:
+                domains = self.parts.hosts.pool.get(host.name, host.uri).domains()
+            except UtilityError as exc:
+                report["unreachable"].append(str(exc))
+                continue
+            for info in domains:
+                if (host.name, info.name) not in owned:
+                    report["unowned"].append({"host": host.name, "domain": info.name})
+        return report
+
+    def _mark_dead(self, vap: VapRow, dead: list[str]) -> set[tuple[str, str]]:
+        """Mark the VAP's running VMs whose domain is gone `dead`; its (host, domain) pairs."""
+        owned = set()
+        for row in self.store.vms(vap.id):
+            owned.add((row.host, row.domain))
+            if row.state != "running":
+                continue
+            try:
+                info = self.parts.hosts.host(row.host).domain(row.domain)
+            except UtilityError:
+                continue
+            if info is None or not info.running:
+                self.store.set_vm(vap.id, row.path, "dead")
+                self.store.event(
+                    vap.id, "dead", f"{row.path}: domain {row.domain} on {row.host} is gone"
+                )
+                dead.append(f"{vap.cvl_path}:{row.path}")
+        return owned
+
+
+def _warnings(target: VapState | None, gone: set[str]) -> list[str]:
+    """A warning for each VM that stays running but requires one being stopped."""
+    return [
+        f"warning: {vm.path} requires {need} ({', '.join(vm.requires)}), which is being stopped"
+        for vm in (target.vms if target else ())
+        for need in vm.needs
+        if need in gone
+    ]

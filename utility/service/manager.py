@@ -1,0 +1,319 @@
+"""The cluster manager: a small facade over its services, and the one place that authorises.
+
+Each public method asks the `Policy` first, then hands the work to one service:
+`Administration` (pools, blacklist, tokens), `Hosts`, `Lifecycle` (start, stop, rollback,
+reconciliation), `Updating` (update, history) and `StatusView`. Start, stop, update and rollback
+all go through `Applier.apply(current, desired)`; start and update share the `Pipeline` (check,
+fetch, the address-filled evaluation) and the `Allocator` (propose, then reserve exactly). The
+constructor is the composition root: every service gets its dependencies explicitly and can be
+built alone (tests/unit/test_utility_services.py). Errors become HTTP statuses in
+`utility.web.api` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from utility.adapters.allocations import Allocations
+from utility.adapters.event_guard import EventRules, accept_event
+from utility.adapters.executor import Timeouts
+from utility.adapters.libvirt_host import HostPool, LibvirtHost
+from utility.adapters.store import HostRow, Store
+from utility.adapters.subscriptions import Subscriptions
+from utility.adapters.trust_policy import TrustPolicy
+from utility.core.addresses import parse_range
+from utility.core.desired_state import VapState
+from utility.core.validation import check_public_ips
+from utility.errors import NotFound
+from utility.service.administration import Administration
+from utility.service.allocator import Allocator
+from utility.service.apply import Applier
+from utility.service.desired import Settings
+from utility.service.hosts import EMBEDDED_HOST, Hosts
+from utility.service.lifecycle import Lifecycle, Parts
+from utility.service.locks import VapLocks
+from utility.service.pipeline import FetchReport, Pipeline
+from utility.service.policy import Caller, Policy
+from utility.service.secrets import HeldSecrets
+from utility.service.status import StatusView
+from utility.service.updating import Updating
+
+# Search permission for others, no listing: qemu (user libvirt-qemu) must open the backing files
+# in `cache/`; everything else in the directory (database, run/, secrets) is 0600/0700.
+STATE_DIR_MODE = 0o711
+
+
+class ClusterManager:
+    """One cluster manager over a state directory.
+
+    Args:
+        state_dir: holds the SQLite database, the object cache and guest sockets.
+        settings: naming, addressing base and placement policy.
+        timeouts: readiness and clean-shutdown timeouts.
+        default_uri: the embedded default host's URI; probed (`qemu:///system` or
+            `test:///default`) when None.
+        user_root: when set, users (not administrators) may only start CVL files under it; the
+            daemon reads their CVL and writes disks next to it with its own privileges.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: Settings | None = None,
+        timeouts: Timeouts | None = None,
+        default_uri: str | None = None,
+        user_root: Path | None = None,
+    ) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
+        cache_dir, run_dir = state_dir / "cache", state_dir / "run"
+        cache_dir.mkdir(exist_ok=True, mode=0o755)  # published objects only, no secrets
+        run_dir.mkdir(exist_ok=True, mode=0o700)
+        settings = settings or Settings()
+        self.settings = settings
+        self.store = Store(state_dir)
+        self.trust = TrustPolicy(state_dir)
+        self.subscriptions = Subscriptions(state_dir)
+        self.policy = Policy(user_root)
+        self.hosts_service = Hosts(self.store, HostPool(), default_uri)
+        allocations = Allocations(self.store)
+        self.parts = Parts(
+            store=self.store,
+            allocations=allocations,
+            allocator=Allocator(self.store, allocations, settings),
+            pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir),
+            applier=Applier(
+                self.store, self.hosts_service.host, timeouts or Timeouts(), state_dir / "attic"
+            ),
+            hosts=self.hosts_service,
+            secrets=HeldSecrets(self.store),
+            locks=VapLocks(),
+            status=StatusView(self.store),
+            settings=settings,
+        )
+        self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
+        self.lifecycle = Lifecycle(self.parts)
+        self.updating = Updating(self.parts, self.lifecycle)
+        self.unowned: list[dict[str, str]] = []
+
+    def close(self) -> None:
+        """Close every host connection."""
+        self.hosts_service.close()
+
+    def host(self, name: str) -> LibvirtHost:
+        """The libvirt wrapper of registered host `name` (for the daemon and tests)."""
+        return self.hosts_service.host(name)
+
+    def authenticate(self, token: str) -> Caller | None:
+        """The caller a bearer token stands for, or None."""
+        who = self.store.who(token)
+        return Caller(*who) if who else None
+
+    # -- VAPs -----------------------------------------------------------------------------------
+
+    def start(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        secrets: Mapping[str, str] | None = None,
+        progress: FetchReport | None = None,
+    ) -> dict[str, Any]:
+        """Start the VAP a CVL file describes (`caller` becomes its owner).
+
+        `secrets` are sensitive parameter values (override keys like `l.rootpw`), held only in
+        memory and passed only to the VMs; `progress` is told `(label, bytes done, bytes total)`
+        while disk objects download.
+        """
+        path = Path(cvl_path).resolve()
+        self.policy.require_use(caller, path)
+        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress)
+
+    def stop(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        component: str | None = None,
+        stop_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
+        path = str(Path(cvl_path).resolve())
+        self.policy.require_owner(caller, self.lifecycle.active(path), "control")
+        return self.lifecycle.stop(caller.name, path, component, stop_timeout)
+
+    def update(
+        self,
+        caller: Caller,
+        cvl_path: str,
+        component: str | None = None,
+        *,
+        dry_run: bool = False,
+        secrets: Mapping[str, str] | None = None,
+        trigger: str = "user",
+        progress: FetchReport | None = None,
+    ) -> dict[str, Any]:
+        """Re-evaluate a running VAP's CVL and apply the difference (see `Updating.update`)."""
+        path = Path(cvl_path).resolve()
+        self.policy.require_use(caller, path)
+        self.policy.require_owner(caller, self.lifecycle.active(str(path)), "control")
+        return self.updating.update(
+            path, component, dry_run=dry_run, secrets=secrets, trigger=trigger, progress=progress
+        )
+
+    def reconcile(self) -> dict[str, Any]:
+        """Bring the records in line with the hosts (the daemon, at start-up)."""
+        report = self.lifecycle.reconcile()
+        self.unowned = report["unowned"]
+        return report
+
+    def unowned_domains(self, caller: Caller) -> list[dict[str, str]]:
+        """Domains no VAP owns, as the last reconciliation found them."""
+        self.policy.require_read(caller, "reconciliation reports")
+        return self.unowned
+
+    def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
+        view = self.parts.status
+        if cvl_path is None:
+            return [view.vap_status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
+        path = str(Path(cvl_path).resolve())
+        vap = self.store.vap_by_path(path)
+        if vap is None:
+            raise NotFound(f"{path} was never started")
+        self.policy.require_owner(caller, vap, "see")
+        return [view.vap_status(vap.id)]
+
+    def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:
+        """One VAP for its page: status, state, events, and the versions that failed in it."""
+        vap = self.store.vap(vap_id)
+        vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
+        self.policy.require_owner(caller, vap, "see")
+        return {
+            "status": self.parts.status.vap_status(vap.id),
+            "state": vap.state,
+            "cvl_path": vap.cvl_path,
+            "events": self.store.events(vap.id),
+            "failed": self.store.failed_versions(vap.cvl_path),
+        }
+
+    def vap_ids(self, caller: Caller) -> dict[str, int]:
+        """CVL path -> VAP id of the VAPs the caller may see."""
+        return {v.cvl_path: v.id for v in self.policy.visible(caller, self.store.vaps())}
+
+    def history(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
+        """The update history of the caller's VAPs (every VAP for administrators)."""
+        return self.updating.history(set(self.vap_ids(caller)), cvl_path)
+
+    def record_refusal(self, cvl_path: str, trigger: str, reason: str) -> None:
+        """Record in the history that an automatic update of `cvl_path` was refused."""
+        self.store.add_history(str(Path(cvl_path).resolve()), trigger, [], {}, reason)
+
+    # -- hosts, pools, blacklist ----------------------------------------------------------------
+
+    def add_host(self, caller: Caller, name: str, uri: str, memory: int, max_vms: int) -> HostRow:
+        """Register a host; its libvirt connection is checked first."""
+        self.policy.require_admin(caller, "add hosts")
+        return self.hosts_service.add(name, uri, memory, max_vms)
+
+    def remove_host(self, caller: Caller, name: str) -> None:
+        """Forget a host; refused while it runs VMs."""
+        self.policy.require_admin(caller, "remove hosts")
+        self.hosts_service.remove(name)
+
+    def hosts(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every host with its capacity and use."""
+        self.policy.require_read(caller, "hosts")
+        return self.hosts_service.listing()
+
+    def add_vlans(self, caller: Caller, spec: str) -> int:
+        """Add a VLAN range such as "100-163"."""
+        self.policy.require_admin(caller, "change the VLAN pool")
+        return self.admin.add_vlans(spec)
+
+    def add_public_ips(self, caller: Caller, spec: str) -> int:
+        """Add a public IP range such as "192.0.2.10-192.0.2.20"."""
+        self.policy.require_admin(caller, "change the public IP pool")
+        check_public_ips(
+            parse_range(spec),
+            self.settings.address_base,
+            [h.uri for h in self.store.hosts()],
+            len(self.store.pools()["public_ips"]),
+        )
+        return self.admin.add_public_ips(spec)
+
+    def pools(self, caller: Caller) -> dict[str, Any]:
+        """Both pools with their holders."""
+        self.policy.require_read(caller, "pools")
+        return self.store.pools()
+
+    def blacklist(self, caller: Caller) -> list[dict[str, str]]:
+        """The blacklist."""
+        self.policy.require_read(caller, "blacklist")
+        return self.admin.blacklist()
+
+    def blacklist_add(self, caller: Caller, url: str, version: str) -> None:
+        """Blacklist a repository version or "all"."""
+        self.policy.require_admin(caller, "change the blacklist")
+        self.admin.blacklist_add(url, version)
+
+    def blacklist_remove(self, caller: Caller, url: str, version: str) -> None:
+        """Remove a blacklist entry."""
+        self.policy.require_admin(caller, "change the blacklist")
+        self.store.blacklist_remove(url, version)
+
+    def violations(self, caller: Caller) -> list[dict[str, Any]]:
+        """Active VAPs that run a blacklisted version (they are not stopped)."""
+        self.policy.require_admin(caller, "list blacklist violations")
+        return self.admin.violations()
+
+    # -- trust, subscriptions, tokens -----------------------------------------------------------
+
+    def trust_policy(self, caller: Caller) -> list[dict[str, Any]]:
+        """The trust policy: require-signed and key counts, global and per URL."""
+        self.policy.require_read(caller, "trust")
+        return self.trust.describe()
+
+    def set_trust(self, caller: Caller, url: str | None, require_signed: bool) -> None:
+        """Set `require-signed` globally or for one repository URL."""
+        self.policy.require_admin(caller, "change the trust policy")
+        self.trust.set_require_signed(url, require_signed)
+
+    def trust_key(self, caller: Caller, url: str | None, key: str) -> str:
+        """Trust a signing key globally or for one URL."""
+        self.policy.require_admin(caller, "change the trust policy")
+        return self.trust.add_key(url, key)
+
+    def subscription_list(self, caller: Caller) -> list[dict[str, Any]]:
+        """The repositories this utility is subscribed to."""
+        self.policy.require_read(caller, "subscriptions")
+        return self.subscriptions.list()
+
+    def subscribe(
+        self, caller: Caller, repository: str, events_url: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        """Register for publish events of `repository`."""
+        self.policy.require_admin(caller, "subscribe to repositories")
+        return self.subscriptions.subscribe(repository, events_url, auth)
+
+    def unsubscribe(
+        self, caller: Caller, repository: str, auth: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        """Stop publish events of `repository`."""
+        self.policy.require_admin(caller, "unsubscribe from repositories")
+        return self.subscriptions.unsubscribe(repository, auth)
+
+    def accept_event(
+        self, body: bytes, header: str | None, fallback: bytes | None, rules: EventRules
+    ) -> dict[str, Any]:
+        """A publish event that passes every rule of `utility.adapters.event_guard` (signature
+        by the subscription's secret, else `fallback`, checked before parsing; exact fields;
+        fresh; never seen before), else the refusal."""
+        return accept_event(body, header, self.subscriptions.secrets(), fallback, self.store, rules)
+
+    def add_token(self, caller: Caller, name: str, role: str) -> str:
+        """A new bearer token for `name` with `role` (printed once, stored as its hash)."""
+        self.policy.require_admin(caller, "create tokens")
+        return self.admin.add_token(name, role)
+
+
+__all__ = ["EMBEDDED_HOST", "Caller", "ClusterManager", "FetchReport", "VapState"]

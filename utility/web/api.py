@@ -1,0 +1,346 @@
+"""The cluster manager's HTTP API (Flask app factory); `utility.web.daemon_server` serves it.
+
+Transport only: each route authenticates (who is asking), calls one `ClusterManager` method
+(which decides whether they may, `utility.service.policy`), returns JSON. This is the one place
+`UtilityError`s (and CVL errors) become HTTP statuses: a refusal is a JSON 401/403/404/409/422,
+anything unexpected a logged JSON 500.
+
+Authentication: `Authorization: Bearer TOKEN`; tokens are created with `cui utility token add`
+and stored as SHA-256 digests. Over the daemon's Unix socket (directory 0700, socket 0600, so
+only its owner can connect) a request without a token acts as the local administrator; on TCP
+every request needs a valid token.
+
+Progress: `POST /v1/vaps/start` and `/v1/vaps/update` with `Accept: application/x-ndjson`
+answer a stream of JSON lines instead: `{"progress": {"label", "done", "total"}}` while disk
+objects download, then `{"result": ...}` or `{"error", "kind", "status", "problems"?}` (the
+HTTP status is already 200 by then, so the error's status travels in the line).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from utility.adapters.event_guard import EventRules, check_size
+from utility.core import validation as valid
+from utility.errors import CheckFailed, Unauthorized, UtilityError
+from utility.service.manager import Caller, ClusterManager, FetchReport
+from utility.web.pages import init_app as init_pages
+
+LOCAL_ADMIN = Caller("local", "admin")
+SOCKET_NAME = "utility.sock"
+
+
+EVENTS_PATH = "/v1/events/publish"
+NDJSON = "application/x-ndjson"
+PROGRESS_INTERVAL = 0.1
+"""Seconds between progress lines of one download (the last one always comes)."""
+
+
+def create_app(
+    manager: ClusterManager,
+    *,
+    require_token: bool = True,
+    events_secret: bytes | None = None,
+    events_url: str | None = None,
+    event_rules: EventRules | None = None,
+) -> Flask:
+    """The API application over `manager`.
+
+    Args:
+        manager: the cluster manager it serves.
+        require_token: True on TCP; False on the owner-only Unix socket.
+        events_secret: the global shared secret of publish events (HMAC-SHA256), used for
+            repositories without a subscription of their own; None: only subscribed ones.
+        events_url: this daemon's publish-events URL as repository servers reach it (the
+            default of `cui utility subscribe`); None on the Unix socket.
+    """
+    from utility.service.autoupdate import AutoUpdater
+
+    app = Flask("utility")
+    app.config["MAX_CONTENT_LENGTH"] = valid.MAX_REQUEST_BYTES  # a 413 beyond, never read
+    app.config["MANAGER"] = manager
+    updater = AutoUpdater(manager)
+    app.config["AUTO_UPDATER"] = updater
+    app.config["EVENTS_URL"] = events_url
+
+    @app.before_request
+    def authenticate() -> None:
+        if request.path == EVENTS_PATH:
+            return  # authenticated by the event's HMAC signature instead
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthorized("malformed Authorization header: use 'Bearer TOKEN'")
+            who = manager.authenticate(token.strip())
+            if who is None:
+                raise Unauthorized("invalid token")
+            g.caller = who
+        elif require_token:
+            raise Unauthorized("this API needs a bearer token (cui --token or $COLLECTIVE_TOKEN)")
+        else:
+            g.caller = LOCAL_ADMIN
+
+    def error_answer(exc: Exception) -> tuple[dict[str, Any], int]:
+        """The JSON body and HTTP status of any error (the one conversion of this edge)."""
+        from cvl.errors import CvlError
+
+        if isinstance(exc, UtilityError):
+            body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+            if isinstance(exc, CheckFailed):
+                body["problems"] = exc.problems
+            return body, exc.http_status
+        if isinstance(exc, HTTPException):
+            return {"error": exc.description, "kind": type(exc).__name__}, exc.code or 500
+        if isinstance(exc, CvlError):
+            text = exc.render() if hasattr(exc, "render") else str(exc)
+            return {"error": text, "kind": "CvlError"}, 422
+        app.logger.exception("unexpected error")
+        return {
+            "error": f"internal error: {type(exc).__name__}: {exc}",
+            "kind": "InternalError",
+        }, 500
+
+    @app.errorhandler(Exception)
+    def any_error(exc: Exception) -> Any:
+        body, status = error_answer(exc)
+        return jsonify(body), status
+
+    def streamed(work: Callable[[FetchReport], Any]) -> Response:
+        """Run `work` in a thread and answer NDJSON: progress lines, then one result or error
+        line (`{"progress": {...}}`, `{"result": ...}`, `{"error", "kind", "status", ...}`).
+        The work finishes even if the client goes away."""
+        lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        last: dict[str, float] = {}
+
+        def report(label: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - last.get(label, 0.0) < PROGRESS_INTERVAL:
+                return
+            last[label] = now
+            lines.put({"progress": {"label": label, "done": done, "total": total}})
+
+        def run() -> None:
+            try:
+                lines.put({"result": work(report)})
+            except Exception as exc:  # noqa: BLE001 - converted like the error handlers do
+                body, status = error_answer(exc)
+                lines.put({**body, "status": status})
+            finally:
+                lines.put(None)
+
+        threading.Thread(target=run, daemon=True, name="streamed request").start()
+
+        def generate() -> Iterator[str]:
+            while (item := lines.get()) is not None:
+                yield json.dumps(item) + "\n"
+
+        return Response(generate(), mimetype=NDJSON)
+
+    def wants_stream() -> bool:
+        return NDJSON in request.headers.get("Accept", "")
+
+    def caller() -> Caller:
+        return g.caller  # type: ignore[no-any-return]
+
+    def body() -> dict[str, Any]:
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:  # nested deeper than the JSON parser's recursion allows
+            data = None
+        if not isinstance(data, dict):
+            raise UtilityError("request body must be a JSON object")
+        return data
+
+    def field(data: dict[str, Any], name: str, kind: type = str) -> Any:
+        if kind is int:
+            return valid.integer(data, name, 1, 100_000)
+        return valid.text(data, name)
+
+    def query(name: str) -> str | None:
+        return valid.optional_text(dict(request.args), name)
+
+    @app.get("/v1/whoami")
+    def whoami() -> Any:
+        return jsonify({"name": caller().name, "role": caller().role})
+
+    @app.get("/v1/hosts")
+    def hosts() -> Any:
+        return jsonify(manager.hosts(caller()))
+
+    @app.post("/v1/hosts")
+    def add_host() -> Any:
+        data = body()
+        memory, uri = valid.memory(data), field(data, "uri")
+        name, max_vms = field(data, "name"), field(data, "max_vms", int)
+        valid.check_new_host_uri(uri, [h.uri for h in manager.store.hosts()])
+        row = manager.add_host(caller(), name, uri, memory, max_vms)
+        return jsonify(
+            {"name": row.name, "uri": row.uri, "memory": row.memory, "max_vms": row.max_vms}
+        ), 201
+
+    @app.delete("/v1/hosts/<name>")
+    def remove_host(name: str) -> Any:
+        manager.remove_host(caller(), valid.clean_text(name, "name"))
+        return jsonify({"removed": name})
+
+    @app.post("/v1/vlans")
+    def add_vlans() -> Any:
+        return jsonify({"added": manager.add_vlans(caller(), field(body(), "range"))})
+
+    @app.post("/v1/publicips")
+    def add_public_ips() -> Any:
+        spec = field(body(), "range")
+        return jsonify({"added": manager.add_public_ips(caller(), spec)})
+
+    @app.get("/v1/pools")
+    def pools() -> Any:
+        return jsonify(manager.pools(caller()))
+
+    @app.get("/v1/blacklist")
+    def blacklist() -> Any:
+        return jsonify(manager.blacklist(caller()))
+
+    @app.post("/v1/blacklist")
+    def blacklist_add() -> Any:
+        data = body()
+        manager.blacklist_add(caller(), field(data, "url"), str(field(data, "version")))
+        return jsonify({"blacklisted": data}), 201
+
+    @app.post("/v1/blacklist/remove")
+    def blacklist_remove() -> Any:
+        data = body()
+        manager.blacklist_remove(caller(), field(data, "url"), str(field(data, "version")))
+        return jsonify({"removed": data})
+
+    @app.get("/v1/trust")
+    def trust() -> Any:
+        return jsonify(manager.trust_policy(caller()))
+
+    @app.post("/v1/trust")
+    def set_trust() -> Any:
+        data = body()
+        manager.set_trust(
+            caller(), valid.optional_text(data, "url"), valid.boolean(data, "require_signed")
+        )
+        return jsonify(manager.trust_policy(caller()))
+
+    @app.post("/v1/trust/keys")
+    def trust_key() -> Any:
+        data = body()
+        kind = manager.trust_key(caller(), valid.optional_text(data, "url"), field(data, "key"))
+        return jsonify({"trusted": kind}), 201
+
+    @app.get("/v1/blacklist/violations")
+    def violations() -> Any:
+        return jsonify(manager.violations(caller()))
+
+    @app.post("/v1/vaps/start")
+    def start() -> Any:
+        data = body()
+        secrets = valid.string_map(data, "secrets")
+        who, cvl = caller(), field(data, "cvl")
+        if wants_stream():
+            return streamed(lambda report: manager.start(who, cvl, secrets, report))
+        return jsonify(manager.start(who, cvl, secrets))
+
+    @app.post("/v1/vaps/stop")
+    def stop() -> Any:
+        data = body()
+        timeout = valid.seconds(data, "timeout")
+        component = valid.optional_text(data, "component")
+        return jsonify(manager.stop(caller(), field(data, "cvl"), component, timeout))
+
+    @app.post("/v1/vaps/update")
+    def update() -> Any:
+        data = body()
+        secrets = valid.string_map(data, "secrets")
+        who, cvl, component = caller(), field(data, "cvl"), valid.optional_text(data, "component")
+        dry_run = valid.boolean(data, "dry_run")
+        if wants_stream():
+            return streamed(
+                lambda report: manager.update(
+                    who, cvl, component, dry_run=dry_run, secrets=secrets, progress=report
+                )
+            )
+        return jsonify(manager.update(who, cvl, component, dry_run=dry_run, secrets=secrets))
+
+    @app.post(EVENTS_PATH)
+    def publish_event() -> Any:
+        check_size(request.content_length)
+        event = manager.accept_event(
+            request.get_data(),
+            request.headers.get("X-Collective-Signature"),
+            events_secret,
+            event_rules or EventRules(),
+        )
+        return jsonify({"scheduled": updater.on_event(event)}), 202
+
+    def repository_auth(data: dict[str, Any]) -> tuple[str, str] | None:
+        user, token = data.get("user"), data.get("token")
+        if user is None and token is None:
+            return None
+        if not isinstance(user, str) or not isinstance(token, str):
+            raise UtilityError(
+                "fields 'user' and 'token' (repository server credentials) must both be strings"
+            )
+        return valid.clean_text(user, "user"), valid.clean_text(token, "token")
+
+    @app.get("/v1/subscriptions")
+    def subscriptions() -> Any:
+        return jsonify(manager.subscription_list(caller()))
+
+    @app.post("/v1/subscriptions")
+    def subscribe() -> Any:
+        data = body()
+        target = valid.url(data, "events_url", required=False) or app.config["EVENTS_URL"]
+        if not isinstance(target, str):
+            raise UtilityError(
+                "this daemon listens on a Unix socket that repository servers "
+                "cannot reach: give events_url (cui utility subscribe "
+                "--events-url http://HOST:PORT/v1/events/publish)"
+            )
+        return jsonify(
+            manager.subscribe(
+                caller(), str(valid.url(data, "repository")), target, repository_auth(data)
+            )
+        ), 201
+
+    @app.post("/v1/subscriptions/remove")
+    def unsubscribe() -> Any:
+        data = body()
+        return jsonify(
+            manager.unsubscribe(caller(), field(data, "repository"), repository_auth(data))
+        )
+
+    @app.get("/v1/history")
+    def history() -> Any:
+        return jsonify(manager.history(caller(), query("cvl")))
+
+    @app.get("/v1/vaps")
+    def status() -> Any:
+        return jsonify(manager.status(caller(), query("cvl")))
+
+    @app.get("/v1/reconcile")
+    def reconcile_report() -> Any:
+        return jsonify({"unowned": manager.unowned_domains(caller())})
+
+    @app.post("/v1/tokens")
+    def add_token() -> Any:
+        data = body()
+        role = valid.optional_text(data, "role") or "user"
+        if role not in ("admin", "user"):
+            raise UtilityError("role must be 'admin' or 'user'")
+        token = manager.add_token(caller(), field(data, "name"), role)
+        return jsonify({"name": data["name"], "role": role, "token": token}), 201
+
+    init_pages(app)
+    return app
