@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from utility.simulation import paper_tree, simulated_host_uri
 
 from tests.conftest import REPO_ROOT, free_port
-from tests.integration.test_utility_daemon import CUI, PAPER, Daemon, cui
+from tests.daemons import CUI, run_cui
+from tests.daemons import UtilityDaemon as Daemon
+from utility.adapters.simulation import paper_tree, simulated_host_uri
 
 HOST = '{"name": "h2", "uri": "test:///default", "memory": "1G", "max_vms": 4, %s}'
+
+
+PAPER = REPO_ROOT / "examples" / "paper"
+
+
+def cui(
+    *args: str, env: dict[str, str] | None = None, ok: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`cui ARGS` (must succeed unless `ok` is False)."""
+    return run_cui(*args, env=env, ok=ok, stdin=stdin)
 
 
 def host(extra: str) -> bytes:

@@ -15,11 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
-from utility.simulation import paper_tree, simulated_host_uri
 
 from tests.conftest import REPO_ROOT
-from tests.integration.test_utility_daemon import CUI, PAPER, Daemon, cui
+from tests.daemons import CUI, run_cui
+from tests.daemons import UtilityDaemon as Daemon
+from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.client.daemon_client import UtilityClient
+
+PAPER = REPO_ROOT / "examples" / "paper"
+
+
+def cui(
+    *args: str, env: dict[str, str] | None = None, ok: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`cui ARGS` (must succeed unless `ok` is False)."""
+    return run_cui(*args, env=env, ok=ok, stdin=stdin)
 
 
 def _serve(state: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utility.simulation import base_image, publisher_domain_xml, simulated_host_uri
-
 from reposerver.client import open_repository
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import sample_appliance, write_pattern
+from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
 from utility.service.manager import Caller, ClusterManager
 from utility.web.api import EVENTS_PATH, create_app
 

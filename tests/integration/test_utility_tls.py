@@ -18,10 +18,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import REPO_ROOT, free_port
-from tests.integration.test_utility_daemon import CUI, Daemon, cui
+from tests.daemons import CUI, run_cui
+from tests.daemons import UtilityDaemon as Daemon
 from utility.adapters.tls import is_loopback
 from utility.client.daemon_client import UtilityClient
 from utility.errors import UtilityError
+
+
+def cui(
+    *args: str, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`cui ARGS` (must succeed unless `ok` is False)."""
+    return run_cui(*args, env=env, ok=ok)
 
 
 def _name(common: str) -> x509.Name:

@@ -330,9 +330,8 @@ def test_runner_refuses_hostile_chain_before_qemu(
     hostile_push_tampering_server: TamperingServer, hostile_push_qemu_spy: Path,
     tmp_path: Path, case: str,
 ) -> None:  # fmt: skip
-    from utility.appliance_files import RepositoryFiles
-    from utility.model_view import Origin
-
+    from utility.adapters.appliance_files import RepositoryFiles
+    from utility.core.model_view import Origin
     from utility.errors import ApplianceError
 
     chain, message = _runner_chains(tmp_path)[case]
@@ -351,8 +350,8 @@ def test_runner_accepts_a_good_chain_control(
 ) -> None:
     """The same tampering server serving an honest chain is accepted: the refusals above are
     the checks, not the fake server."""
-    from utility.appliance_files import RepositoryFiles
-    from utility.model_view import Origin
+    from utility.adapters.appliance_files import RepositoryFiles
+    from utility.core.model_view import Origin
 
     base = tmp_path / "base.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", str(base), "16M")

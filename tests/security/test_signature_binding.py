@@ -18,7 +18,6 @@ import requests
 from dulwich.objects import Tag
 from hypothesis import given
 from hypothesis import strategies as st
-from utility.trust_policy import TrustPolicy
 
 from reposerver.publish import publish
 from reposerver.repository import Repository
@@ -27,6 +26,7 @@ from reposerver.tag_signing import sign_payload
 from reposerver.testing import running_server, sample_appliance
 from reposerver.trust import add_ssh_signer, set_require_signed
 from tests.security.sec_web_support import clone, git, store_state
+from utility.adapters.trust_policy import TrustPolicy
 from utility.errors import TrustRefused
 
 SSH_BLOCK = b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"
