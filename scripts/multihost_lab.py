@@ -161,7 +161,9 @@ def _make(count: int) -> Lab:
     _make_bridge()
     hosts = [_make_host(index, keyfile) for index in range(1, count + 1)]
     known_hosts = LAB_DIR / "known_hosts"
-    lines = [f"{h.ip} {Path(h.directory, 'run/lab/host_key.pub').read_text().strip()}" for h in hosts]
+    lines = [
+        f"{h.ip} {Path(h.directory, 'run/lab/host_key.pub').read_text().strip()}" for h in hosts
+    ]
     _write_atomic(known_hosts, "\n".join(lines) + "\n")
     _write_ssh_drop_in(keyfile, known_hosts)
     for host in hosts:
@@ -207,7 +209,21 @@ def _make_host(index: int, keyfile: Path) -> LabHost:
 def _make_underlay_link(host: LabHost, index: int) -> None:
     outer = f"{NETNS_PREFIX}{index}u"
     run(["ip", "netns", "add", host.netns])
-    run(["ip", "link", "add", outer, "type", "veth", "peer", "name", "underlay0", "netns", host.netns])
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "underlay0",
+            "netns",
+            host.netns,
+        ]
+    )
     run(["ip", "link", "set", outer, "master", BRIDGE, "up"])
     inside = ["ip", "-n", host.netns]
     run([*inside, "addr", "add", f"{host.ip}/{SUBNET.prefixlen}", "dev", "underlay0"])
@@ -220,7 +236,7 @@ def _make_directories(host: LabHost, keyfile: Path) -> None:
     directory = Path(host.directory)
     for sub in PRIVATE_DIRS.values():
         (directory / sub).mkdir(parents=True, mode=0o755)
-    for sub in ("run/libvirt", "run/sshd", "run/lab", "lib/images", "lib/dnsmasq"):
+    for sub in ("run/libvirt", "run/sshd", "run/lab", "lib/images", "lib/dnsmasq", "log/qemu"):
         (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o755)
     (directory / "run/lab").chmod(0o700)
     etc = directory / "etc-libvirt"
@@ -230,7 +246,20 @@ def _make_directories(host: LabHost, keyfile: Path) -> None:
     for sub in ("qemu/networks/autostart", "storage/autostart", "secrets", "nwfilter"):
         (etc / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     lab = directory / "run/lab"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(lab / "host_key")])
+    run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            host.name,
+            "-f",
+            str(lab / "host_key"),
+        ]
+    )
     shutil.copy(keyfile.with_suffix(".pub"), lab / "authorized_keys")
     (lab / "authorized_keys").chmod(0o600)
     _write_atomic(lab / "sshd_config", _sshd_config(host.ip), 0o600)
