@@ -446,6 +446,11 @@ def test_down_removes_guests_networks_processes_namespaces_links_and_files(lab: 
     segment = Segment(lab.hosts, vni=4242)
     segment.make()  # a bridge and VXLAN port per host, FDB entries
     stray = subprocess.Popen([*host.nsenter(), "sleep", "600"])
+    host_net = os.readlink(f"/proc/{host.pids['libvirtd']}/ns/net")
+    deadline = time.monotonic() + 10
+    while os.readlink(f"/proc/{stray.pid}/ns/net") != host_net:  # nsenter has not entered yet
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     pids = [int(p) for h in lab.hosts for p in run(["ip", "netns", "pids", h.netns]).split()]
     assert stray.pid in pids and host.pids["libvirtd"] in pids
     system_pid = Path("/run/libvirtd.pid").read_text()
