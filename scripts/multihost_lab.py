@@ -236,7 +236,15 @@ def _make_directories(host: LabHost, keyfile: Path) -> None:
     directory = Path(host.directory)
     for sub in PRIVATE_DIRS.values():
         (directory / sub).mkdir(parents=True, mode=0o755)
-    for sub in ("run/libvirt", "run/sshd", "run/lab", "lib/images", "lib/dnsmasq", "log/qemu"):
+    for sub in (
+        "run/libvirt",
+        "run/sshd",
+        "run/lab",
+        "run/lock",
+        "lib/images",
+        "lib/dnsmasq",
+        "log/qemu",
+    ):
         (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o755)
     (directory / "run/lab").chmod(0o700)
     etc = directory / "etc-libvirt"

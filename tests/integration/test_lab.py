@@ -8,16 +8,20 @@ inside the VXLAN-joined bridges. Measurements go to `artifacts/lab-measurements.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import queue
 import random
 import re
 import secrets
 import subprocess
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,8 @@ from lab_fixture import (  # the fixtures are used by name
     leftovers,
 )
 
+from cvl.maps import encode
+
 libvirt = pytest.importorskip("libvirt")
 
 pytestmark = [pytest.mark.lab, pytest.mark.vm, pytest.mark.xdist_group("lab")]
@@ -41,6 +47,7 @@ ARTIFACTS = ROOT / "artifacts"
 MEASUREMENTS = ARTIFACTS / "lab-measurements.json"
 VXLAN_MTU = 1450  # endpoints' MTU: a 1500-byte underlay minus 50 bytes of VXLAN encapsulation
 BOOT_TIMEOUT = 180.0
+POOL_BUILD = 1  # libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD: make the pool's directory
 
 
 def record(key: str, value: object) -> None:
@@ -343,7 +350,7 @@ def test_vxlan_segment_carries_pings_across_hosts_and_nowhere_else(
     record("endpoint_mtu", VXLAN_MTU)
 
 
-# --- a real VM on a lab host, its disk in that host's pool ----------------------------------
+# --- real VMs on lab hosts: disks from the hosts' pools, parameters over the libvirt stream ----
 
 
 @pytest.fixture(scope="module")
@@ -357,33 +364,126 @@ def web_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(json.loads(proc.stdout.splitlines()[0])["dir"])
 
 
-def lab_domain_xml(image_dir: Path, name: str, pool: str, volume: str, console: str) -> str:
-    """The appliance's published domain XML with its disk in a lab pool and a file console."""
+class StreamChannel:
+    """The guest channel (serial port 1, a pty on the host) reached through
+    `virDomainOpenConsole` over the host's libvirt connection, so it works over qemu+ssh where
+    the host's Unix sockets are out of reach. Speaks the README's "Utility ↔ guest" lines.
+
+    A thread does the blocking reads (a remote stream without an event loop only moves data
+    while a call is in progress); it ends when the stream ends (the domain is destroyed)."""
+
+    def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> None:
+        self.stream = conn.newStream(0)
+        domain.openConsole("serial1", self.stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        try:
+            while chunk := self.stream.recv(4096):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, _, buffer = buffer.partition(b"\n")
+                    self.lines.put(line.decode("ascii", "replace").rstrip("\r"))
+        except libvirt.libvirtError:
+            pass
+
+    def next_line(self, deadline: float) -> str:
+        try:
+            return self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError("the guest channel said nothing in time") from None
+
+    def deliver(self, params: dict[str, str], timeout: float) -> str:
+        """Wait for HELLO, send PARAMS, return the READY/FAILED line."""
+        deadline = time.monotonic() + timeout
+        while not self.next_line(deadline).startswith("COLLECTIVE HELLO"):
+            pass
+        payload = base64.b64encode(encode(sorted(params.items())).encode()).decode()
+        line = f"COLLECTIVE PARAMS {payload}\n".encode()
+        while line:
+            line = line[self.stream.send(line) :]
+        while True:
+            got = self.next_line(deadline)
+            if got.startswith(("COLLECTIVE READY", "COLLECTIVE FAILED")):
+                return got
+
+
+def lab_domain_xml(
+    image_dir: Path, name: str, pool: str, volume: str, bridge: str, mac: str
+) -> str:
+    """The appliance's published domain XML, wired for a lab host: the disk a volume of the
+    host's pool, the NIC on a VXLAN segment bridge with MTU 1450, the console (serial 0) to a
+    file and the guest channel (serial 1) on a pty reached through libvirt."""
     (xml_file,) = image_dir.glob("*.xml")
     root = ET.fromstring(xml_file.read_text())
     root.find("name").text = name  # type: ignore[union-attr]
     devices = root.find("devices")
     assert devices is not None and root.get("type") == "qemu"
-    for old in (
-        devices.findall("interface") + devices.findall("serial") + devices.findall("console")
-    ):
+    for old in devices.findall("interface") + devices.findall("serial"):
+        devices.remove(old)
+    for old in devices.findall("console"):
         devices.remove(old)
     disk = devices.find("disk")
     assert disk is not None
     disk.set("type", "volume")
     disk.remove(disk.find("source"))  # type: ignore[arg-type]
     ET.SubElement(disk, "source", pool=pool, volume=volume)
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=console)
-    ET.SubElement(serial, "target", port="0")
+    nic = ET.SubElement(devices, "interface", type="bridge")
+    ET.SubElement(nic, "source", bridge=bridge)
+    ET.SubElement(nic, "mac", address=mac)
+    ET.SubElement(nic, "model", type="virtio")
+    ET.SubElement(nic, "mtu", size=str(VXLAN_MTU))
+    console = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(console, "source", path=f"/var/log/libvirt/qemu/{name}.console")
+    ET.SubElement(console, "target", port="0")
+    channel = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(channel, "target", port="1")
     return ET.tostring(root, encoding="unicode")
 
 
-def test_real_vm_boots_on_a_lab_host_from_a_volume_uploaded_over_ssh(
-    remote_pool, web_image: Path
-) -> None:
-    host, conn, pool = remote_pool
-    (program_disk,) = web_image.glob("*.qcow2")
+@dataclass
+class LabVM:
+    host: LabHost
+    conn: libvirt.virConnect
+    pool: libvirt.virStoragePool
+    name: str
+    mac: str
+    domain: libvirt.virDomain | None = None
+
+    def console(self) -> str:
+        path = Path(self.host.directory, "log", "qemu", f"{self.name}.console")
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def lab_pools(
+    lab: Lab,
+) -> Iterator[list[tuple[LabHost, libvirt.virConnect, libvirt.virStoragePool]]]:
+    """A dir pool on each lab host, made over qemu+ssh; removed with its volumes afterwards."""
+    made = []
+    try:
+        for host in lab.hosts:
+            conn = open_remote(host)
+            name = f"clab-pool-{secrets.token_hex(3)}"
+            xml = (
+                f"<pool type='dir'><name>{name}</name>"
+                f"<target><path>/var/lib/libvirt/images/{name}</path></target></pool>"
+            )
+            made.append((host, conn, conn.storagePoolCreateXML(xml, POOL_BUILD)))
+        yield made
+    finally:
+        for _host, conn, pool in made:
+            for vol in pool.listAllVolumes():
+                vol.delete()
+            pool.destroy()
+            conn.close()
+
+
+def place_vm(host, conn, pool, image: Path, bridge: str) -> LabVM:  # type: ignore[no-untyped-def]
+    """Upload the program disk into the host's pool, let the host make an overlay, start."""
+    (program_disk,) = image.glob("*.qcow2")
     data = program_disk.read_bytes()
     base = pool.createXML(volume_xml("web-base.qcow2", len(data)), 0)
     upload(conn, base, data)
@@ -394,30 +494,62 @@ def test_real_vm_boots_on_a_lab_host_from_a_volume_uploaded_over_ssh(
         f"<backingStore><path>{base.path()}</path><format type='qcow2'/></backingStore>"
         "</volume>"
     )
-    pool.createXML(overlay_xml, 0)  # the overlay is made on the host, by its libvirtd
-    name = f"clab-vm-{secrets.token_hex(3)}"
-    console = f"/var/log/libvirt/qemu/{name}.console"
-    xml = lab_domain_xml(web_image, name, pool.name(), "web-overlay.qcow2", console)
+    pool.createXML(overlay_xml, 0)  # made on the host, by its libvirtd (qemu-img there)
+    vm = LabVM(host, conn, pool, f"clab-vm-{secrets.token_hex(3)}", random_mac())
+    xml = lab_domain_xml(image, vm.name, pool.name(), "web-overlay.qcow2", bridge, vm.mac)
+    vm.domain = conn.createXML(xml, 0)
+    return vm
+
+
+def random_mac() -> str:
+    return "52:54:00:{:02x}:{:02x}:{:02x}".format(*secrets.token_bytes(3))
+
+
+def test_real_vms_on_two_hosts_get_parameters_over_ssh_and_talk_over_vxlan(
+    lab_pools, web_image: Path, segment: Segment
+) -> None:
+    prefix = f"10.213.{random.randrange(1, 255)}"
     started = time.monotonic()
-    domain = conn.createXML(xml, 0)
+    vms = [place_vm(*made, web_image, segment.bridge) for made in lab_pools[:2]]
     try:
-        console_on_disk = Path(host.directory, "log", "qemu", f"{name}.console")
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        text = ""
-        while "agent-start" not in text:
-            assert time.monotonic() < deadline, f"no agent-start on {host.name}:\n{text[-2000:]}"
-            time.sleep(0.5)
-            text = console_on_disk.read_text(errors="replace") if console_on_disk.exists() else ""
-        record("vm_boot_to_agent_s", round(time.monotonic() - started, 1))
-        assert "collective-agent" in text and "appliance=Web" in text
-        # The qemu process runs inside the lab host's network namespace.
-        qemu_pids = in_host(host, ["pgrep", "-f", f"guest={name}"]).stdout.split()
-        assert qemu_pids
-        assert os.readlink(f"/proc/{qemu_pids[0]}/ns/net") == os.readlink(
-            f"/proc/{host.pids['libvirtd']}/ns/net"
-        )
+        for index, vm in enumerate(vms):
+            channel = StreamChannel(vm.conn, vm.domain)
+            answer = channel.deliver(
+                {
+                    "domain": f"lab{index}.test",
+                    "title": f"served from {vm.host.name}",
+                    "ethernet0.ip": f"{prefix}.{11 + index}",
+                    "ethernet0.netmask": "255.255.255.0",
+                    "ethernet0.mac": vm.mac,
+                },
+                timeout=BOOT_TIMEOUT,
+            )
+            assert answer == "COLLECTIVE READY", f"{answer}\n{vm.console()[-2000:]}"
+            # qemu runs inside the lab host's network namespace, not the machine's.
+            pids = in_host(vm.host, ["pgrep", "-f", f"guest={vm.name}"]).stdout.split()
+            assert pids
+            assert os.readlink(f"/proc/{pids[0]}/ns/net") == os.readlink(
+                f"/proc/{vm.host.pids['libvirtd']}/ns/net"
+            )
+        record("two_vms_ready_s", round(time.monotonic() - started, 1))
+        one, two = segment.hosts
+        probe = segment.endpoint(one, f"{prefix}.1")  # on host one's bridge
+        same = ping(probe, f"{prefix}.11", "-c", "20", "-i", "0.05")
+        cross = ping(probe, f"{prefix}.12", "-c", "20", "-i", "0.05")
+        assert same.returncode == 0, same.stdout + vms[0].console()[-2000:]
+        assert cross.returncode == 0, cross.stdout + vms[1].console()[-2000:]
+        # The web page of the VM on host two, fetched from host one over the VXLAN segment.
+        page = in_netns(probe, ["curl", "-sS", "--max-time", "10", f"http://{prefix}.12/"])
+        assert "served from lab2" in page.stdout, page.stderr
+        # A full 1450-byte frame (DF set) crosses: guest and segment agree on the MTU.
+        full = ping(probe, f"{prefix}.12", "-c", "2", "-M", "do", "-s", str(VXLAN_MTU - 28))
+        assert full.returncode == 0, full.stdout + full.stderr
+        record("vm_rtt_same_host_ms", avg_rtt_ms(same.stdout))
+        record("vm_rtt_cross_host_ms", avg_rtt_ms(cross.stdout))
     finally:
-        domain.destroy()
+        for vm in vms:
+            if vm.domain is not None:
+                vm.domain.destroy()
 
 
 # --- 4. scripts/lab down leaves nothing behind ------------------------------------------------
