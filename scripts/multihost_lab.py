@@ -16,6 +16,8 @@ removes all of it, also after a half-finished `up()`: it finds leftovers by name
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -23,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +98,22 @@ class Lab:
             raise LabError(f"no lab is up ({path} is missing); run scripts/lab up N") from exc
         raw["hosts"] = [LabHost(**host) for host in raw["hosts"]]
         return cls(**raw)
+
+
+@contextlib.contextmanager
+def lab_lock() -> Iterator[None]:
+    """One lab operation at a time on this machine (an exclusive flock on LAB_DIR's parent
+    directory, so no lock file is left behind). A caller that already holds it (a test fixture
+    running `scripts/lab` under its own lock) sets COLLECTIVE_LAB_LOCKED=1 to skip it."""
+    if os.environ.get("COLLECTIVE_LAB_LOCKED") == "1":
+        yield
+        return
+    fd = os.open(LAB_DIR.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run(args: list[str], *, check: bool = True, timeout: float = 60) -> str:
@@ -463,16 +482,21 @@ def _destroy_guests() -> None:
 
 def _stop_processes(pids: list[int]) -> None:
     """SIGTERM, up to 5 s of grace, then SIGKILL for what is left."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            _signal(pid, sig)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+            time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no namespace; its parent reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

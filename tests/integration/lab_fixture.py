@@ -1,10 +1,11 @@
 """The multi-host lab (`scripts/lab`) as a pytest fixture, and small helpers to look inside it.
 
-`lab` yields a running lab of `LAB_HOSTS` hosts: it is brought up once per session (in the one
-xdist worker that runs the `lab` group) and brought up again if a test took it down, and
-`scripts/lab down` runs at the end of the session. Helpers run commands inside a host's
-namespaces the way an administrator of that host would; the utility itself reaches hosts only
-through `host.uri`.
+`lab` yields a running lab of `LAB_HOSTS` hosts, holding the machine-wide lab lock for the
+test (so xdist workers take turns: `--dist loadgroup` does not keep a group on one worker with
+pytest 9 + xdist 3.8 here). The lab is brought up when missing (first use, or a test took it
+down) and `scripts/lab down` runs at the end of each worker's session. Helpers run commands
+inside a host's namespaces the way an administrator of that host would; the utility itself
+reaches hosts only through `host.uri`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ LAB_SCRIPT = ROOT / "scripts" / "lab"
 LAB_HOSTS = 2
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from multihost_lab import Lab, LabHost, leftovers  # noqa: E402
+from multihost_lab import Lab, LabHost, lab_lock, leftovers  # noqa: E402
 
 __all__ = [
     "Lab",
@@ -85,11 +86,13 @@ def lab_session_fixture() -> Iterator[_LabSession]:
         pytest.skip("the multi-host lab needs root (namespaces, bridges, daemons)")
     session = _LabSession()
     yield session
-    proc = lab_cli("down")
+    with lab_lock():
+        proc = lab_cli("down")
     assert proc.returncode == 0, proc.stderr
 
 
 @pytest.fixture(name="lab")
-def lab_fixture(lab_session: _LabSession) -> Lab:
-    """A running lab of LAB_HOSTS hosts."""
-    return lab_session.ensure()
+def lab_fixture(lab_session: _LabSession) -> Iterator[Lab]:
+    """A running lab of LAB_HOSTS hosts, this test's alone while it runs."""
+    with lab_lock():
+        yield lab_session.ensure()

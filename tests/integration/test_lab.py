@@ -32,6 +32,7 @@ from lab_fixture import (  # the fixtures are used by name
     in_netns,
     lab_cli,
     lab_fixture,  # noqa: F401
+    lab_lock,
     lab_session_fixture,  # noqa: F401
     leftovers,
 )
@@ -613,18 +614,19 @@ def test_down_removes_guests_networks_processes_namespaces_links_and_files(lab: 
 
 
 def test_up_clears_what_a_failed_lab_left_behind() -> None:
-    lab_cli("down")
-    run(["ip", "netns", "add", "clab7"])
-    run(["ip", "link", "add", "clab0", "type", "bridge"])
-    Path("/run/collective-lab/lab7").mkdir(parents=True)
-    assert set(leftovers()) == {"namespaces", "links", "files"}
-    started = time.monotonic()
-    proc = lab_cli("up", "2")
-    assert proc.returncode == 0, proc.stderr
-    record("lab_up_2_hosts_s", round(time.monotonic() - started, 2))
-    assert "clab7" not in run(["ip", "netns", "list"])
-    assert not Path("/run/collective-lab/lab7").exists()
-    lab_now = Lab.load()
-    assert [h.name for h in lab_now.hosts] == ["lab1", "lab2"]
-    assert lab_cli("down").returncode == 0
-    assert leftovers() == {}
+    with lab_lock():  # no fixture: this test makes its own leftovers
+        lab_cli("down")
+        run(["ip", "netns", "add", "clab7"])
+        run(["ip", "link", "add", "clab0", "type", "bridge"])
+        Path("/run/collective-lab/lab7").mkdir(parents=True)
+        assert set(leftovers()) == {"namespaces", "links", "files"}
+        started = time.monotonic()
+        proc = lab_cli("up", "2")
+        assert proc.returncode == 0, proc.stderr
+        record("lab_up_2_hosts_s", round(time.monotonic() - started, 2))
+        assert "clab7" not in run(["ip", "netns", "list"])
+        assert not Path("/run/collective-lab/lab7").exists()
+        lab_now = Lab.load()
+        assert [h.name for h in lab_now.hosts] == ["lab1", "lab2"]
+        assert lab_cli("down").returncode == 0
+        assert leftovers() == {}
