@@ -41,7 +41,10 @@ __all__ = [
 
 def lab_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run `scripts/lab ARGS` with the system Python (as an operator would)."""
-    return subprocess.run([str(LAB_SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "COLLECTIVE_LAB_LOCKED": "1"}  # the calling test holds the lab lock
+    return subprocess.run(
+        [str(LAB_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def in_host(
