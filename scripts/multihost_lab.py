@@ -486,11 +486,11 @@ def _stop_processes(pids: list[int]) -> None:
         for pid in pids:
             _signal(pid, sig)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        while time.monotonic() < deadline and any(is_running(pid) for pid in pids):
             time.sleep(0.1)
 
 
-def _running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """Alive and not a zombie (a zombie holds no namespace; its parent reaps it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

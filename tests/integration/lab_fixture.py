@@ -24,7 +24,7 @@ LAB_SCRIPT = ROOT / "scripts" / "lab"
 LAB_HOSTS = 2
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from multihost_lab import Lab, LabHost, lab_lock, leftovers  # noqa: E402
+from multihost_lab import Lab, LabHost, is_running, lab_lock, leftovers  # noqa: E402
 
 __all__ = [
     "Lab",
@@ -34,6 +34,8 @@ __all__ = [
     "lab_session_fixture",
     "lab_cli",
     "leftovers",
+    "is_running",
+    "lab_lock",
     "in_host",
     "in_netns",
 ]

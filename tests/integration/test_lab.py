@@ -30,6 +30,7 @@ from lab_fixture import (  # the fixtures are used by name
     LabHost,
     in_host,
     in_netns,
+    is_running,
     lab_cli,
     lab_fixture,  # noqa: F401
     lab_lock,
@@ -595,7 +596,7 @@ def test_down_removes_guests_networks_processes_namespaces_links_and_files(lab: 
     stray.wait(timeout=10)
 
     assert leftovers() == {}
-    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert not [p for p in pids if is_running(p)]  # gone, or a zombie waiting for its reaper
     assert not [n for n in run(["ip", "netns", "list"]).split() if n.startswith("clab")]
     links = run(["ip", "-o", "link", "show"])
     assert "clab0" not in links and "clab1u" not in links
