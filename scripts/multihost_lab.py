@@ -165,7 +165,8 @@ def up(count: int) -> Lab:
         _write_atomic(STATE, json.dumps(asdict(lab), indent=2) + "\n")
         return lab
     except BaseException:
-        down()
+        with contextlib.suppress(LabError):  # report the first failure, not the clean-up's
+            down()
         raise
 
 
