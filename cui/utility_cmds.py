@@ -182,6 +182,15 @@ def utility_group() -> None:
     help="Also poll unpinned imports' repositories every this many seconds.",
 )
 @click.option(
+    "--boot-order",
+    type=click.Choice(["overlapped", "strict"]),
+    default="overlapped",
+    show_default=True,
+    help="overlapped: boot every VM of a start or update at once and hold each one's "
+    "parameters until the appliances it requires are READY; strict: boot a VM only after "
+    "they are READY.",
+)
+@click.option(
     "--user-root",
     type=click.Path(file_okay=False),
     default=None,
@@ -209,6 +218,7 @@ def serve_command(
     events_secret_env: str,
     poll_interval: float | None,
     user_root: str | None,
+    boot_order: str,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.adapters.event_guard import EventRules
@@ -230,7 +240,12 @@ def serve_command(
         Path(state_dir) if state_dir else default_state_dir(),
         listen,
         lambda d: ClusterManager(
-            d, settings, timeouts, default_host, Path(user_root) if user_root else None
+            d,
+            settings,
+            timeouts,
+            default_host,
+            Path(user_root) if user_root else None,
+            boot_order=boot_order,
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,

@@ -5,10 +5,21 @@ boot in parallel). A VM counts as started when its guest said READY over the cha
 hosts there is no guest, so readiness is immediate (documented contract for simulated hosts).
 The first failure stops new actions from starting; running ones finish; the outcome names the
 failed action, its host and the error, and lists what completed so the caller can roll back.
+
+Boot order. `strict`: a VM's domain is created only after every VM it requires is READY, so
+boots run one after another along the dependency chain. `overlapped` (the default): a VM's
+domain is created as soon as its networks are up, and its configuration (the PARAMS line, and so
+its services) is held after HELLO until the VMs it requires are READY. Services start in the same
+order; only the boots overlap. If a required VM fails, a held VM is destroyed unconfigured (an
+updated one goes back to its previous version) and the outcome is the strict order's.
+Deadlock freedom with a bounded pool: a held action is submitted only after the actions it waits
+for, and the pool runs submissions first in, first out, so the oldest unfinished action always
+holds a slot and waits for nothing unfinished.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -21,6 +32,9 @@ from utility.core.desired_state import Vm
 from utility.core.network_xml import NetworkXml
 from utility.core.planner import Action, Op, Plan
 from utility.errors import UtilityError
+
+BOOT_ORDERS = ("overlapped", "strict")
+"""Ways to boot the VMs of a start or update (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,38 @@ class RolledBack(UtilityError):
     """An updated VM never became ready; the previous version runs again, data restored."""
 
 
+class Cancelled(UtilityError):
+    """A booted VM was never configured: a VM it requires failed, or the run stopped."""
+
+
+class _Gates:
+    """Which actions of one run finished and how; held VMs wait here for their requirements."""
+
+    def __init__(self, keep_going: bool) -> None:
+        self._cond = threading.Condition()
+        self._finished: dict[str, bool] = {}
+        self._aborted = False
+        self._keep_going = keep_going
+
+    def finish(self, key: str, ok: bool) -> None:
+        """Record that `key` finished; a failure stops every held VM unless keep_going."""
+        with self._cond:
+            self._finished[key] = ok
+            self._aborted = self._aborted or (not ok and not self._keep_going)
+            self._cond.notify_all()
+
+    def wait(self, keys: tuple[str, ...], path: str) -> None:
+        """Return once all `keys` finished well (or at all, with keep_going); else Cancelled."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._aborted or all(k in self._finished for k in keys))
+            failed = [k for k in keys if self._finished.get(k) is False]
+            complete = all(k in self._finished for k in keys)
+            if complete and (self._keep_going or not failed):
+                return
+        reason = f"{', '.join(failed)} failed" if failed else "the run stopped"
+        raise Cancelled(f"{path} was not configured: {reason}")
+
+
 class Executor:
     """Applies plans for one VAP.
 
@@ -64,6 +110,7 @@ class Executor:
         attic: where REMOVE moves a component's directory.
         report: progress callback (the service records boot order and states through it).
         workers: most actions in flight at once.
+        boot_order: "overlapped" or "strict" (module docstring).
     """
 
     def __init__(
@@ -74,48 +121,83 @@ class Executor:
         attic: Path,
         report: Reporter | None = None,
         workers: int = 8,
+        boot_order: str = "overlapped",
     ) -> None:
+        if boot_order not in BOOT_ORDERS:
+            raise UtilityError(f"boot order {boot_order!r} is not one of {', '.join(BOOT_ORDERS)}")
         self.hosts = hosts
         self.vap_id = vap_id
         self.timeouts = timeouts
         self.attic = attic
         self.report = report or (lambda _a, _s: None)
         self.workers = workers
+        self.boot_order = boot_order
+        self._gates = _Gates(False)
+        self._holds: dict[str, tuple[str, ...]] = {}
+
+    def _held_needs(self, plan: Plan) -> dict[str, tuple[str, ...]]:
+        """Per START/UPDATE key, the VM actions whose READY its configuration waits for
+        (overlapped order); empty in strict order, where they are ordinary needs."""
+        if self.boot_order == "strict":
+            return {}
+        booting = {a.key for a in plan.actions if a.op in (Op.START, Op.UPDATE)}
+        return {
+            a.key: tuple(n for n in a.needs if n in booting)
+            for a in plan.actions
+            if a.key in booting
+        }
 
     def run(self, plan: Plan, *, keep_going: bool = False) -> Outcome:
         """Apply `plan`. With `keep_going` (rollback), failures are noted and the rest still run."""
         outcome = Outcome()
         pending = {a.key: a for a in plan.actions}
         keys = set(pending)
+        held = self._held_needs(plan)
+        self._gates = _Gates(keep_going)
+        self._holds = {a.vm.path: held[a.key] for a in plan.actions if a.vm and held.get(a.key)}
         finished: set[str] = set()
+        submitted: set[str] = set()
         running: dict[Future[None], Action] = {}
+
+        def ready(a: Action) -> bool:
+            waits_later = held.get(a.key, ())
+            return all(
+                n in finished or n not in keys or (n in waits_later and n in submitted)
+                for n in a.needs
+            )
+
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             while pending or running:
                 if outcome.ok or keep_going:
-                    for key in [
-                        k
-                        for k, a in pending.items()
-                        if all(n in finished or n not in keys for n in a.needs)
-                    ]:
-                        action = pending.pop(key)
-                        running[pool.submit(self._apply, action)] = action
+                    progress = True
+                    while progress:  # a held action right after what it waits for, in order
+                        progress = False
+                        for key in [k for k, a in pending.items() if ready(a)]:
+                            action = pending.pop(key)
+                            submitted.add(key)
+                            running[pool.submit(self._apply, action)] = action
+                            progress = True
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
                     action = running.pop(future)
+                    self._finished(outcome, action, future.exception())
                     finished.add(action.key)
-                    exc = future.exception()
-                    if exc is None:
-                        outcome.done.append(action.key)
-                        continue
-                    message = f"{action.describe()}: {exc}"
-                    if outcome.ok:
-                        outcome.failed, outcome.error = action.key, message
-                        outcome.exception = exc
-                    else:
-                        outcome.notes.append(message)
         return outcome
+
+    def _finished(self, outcome: Outcome, action: Action, exc: BaseException | None) -> None:
+        """Record one finished action in the outcome and release what waits for it."""
+        if exc is None:
+            outcome.done.append(action.key)
+        elif isinstance(exc, Cancelled) and not outcome.ok:
+            pass  # never configured because of the failure already reported: as in strict order
+        elif outcome.ok:
+            outcome.failed, outcome.error = action.key, f"{action.describe()}: {exc}"
+            outcome.exception = exc
+        else:
+            outcome.notes.append(f"{action.describe()}: {exc}")
+        self._gates.finish(action.key, exc is None)
 
     # -- one action ---------------------------------------------------------------------------
 
@@ -146,16 +228,31 @@ class Executor:
         self.hosts(net.host).remove_network(net.name)
 
     def boot(self, vm: Vm) -> None:
-        """Fresh disks, create the domain, deliver parameters, wait until ready."""
+        """Fresh disks, create the domain, deliver parameters, wait until ready.
+
+        In overlapped order the parameters wait (after HELLO) until the VMs this one requires
+        are READY; if one of them fails the domain is destroyed unconfigured (Cancelled).
+        """
         host = self.hosts(vm.host)
         disks.prepare(vm)
         Path(vm.guest_socket).unlink(missing_ok=True)
         xml = domain_xml.from_vm(vm, self.vap_id, host.domain_type()).to_xml()
+        waits_for = self._holds.pop(vm.path, ())  # once: a rollback boot of the old VM never waits
+        gates = self._gates
+
+        def hold() -> None:
+            gates.wait(waits_for, vm.path)
+
         host.create_domain(xml)
-        if host.is_test:
-            return  # simulated host: no guest, ready at once
         try:
-            guest_channel.deliver(vm.guest_socket, vm.param_map(), self.timeouts.ready)
+            if host.is_test:
+                hold()  # simulated host: no guest, ready once its requirements are
+                return
+            guest_channel.deliver(vm.guest_socket, vm.param_map(), self.timeouts.ready, hold)
+        except Cancelled:
+            host.destroy_domain(vm.domain)
+            Path(vm.guest_socket).unlink(missing_ok=True)
+            raise
         except UtilityError as exc:
             raise UtilityError(f"{vm.path} on host {vm.host} did not become ready: {exc}") from None
 
@@ -193,6 +290,8 @@ class Executor:
             disks.restore_data(snapshots)
             self.boot(action.old)
             self.report(Action(op=Op.START, key=action.key, vm=action.old), "done")
+            if isinstance(exc, Cancelled):
+                raise  # never configured: back on the old version, as if never touched
             old = (action.old.origin or {}).get("version")
             raise RolledBack(
                 f"{exc}; rolled back to {'v' + old if old else 'the previous image'}"

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,9 +219,17 @@ class GuestChannel:
                 self._send_params(params)
                 sent_at = time.monotonic()
 
-    def deliver(self, params: Mapping[str, Sequence[str]], timeout: float) -> None:
-        """Wait for the guest's HELLO, send PARAMS, wait for READY, all within `timeout` seconds.
+    def deliver(
+        self,
+        params: Mapping[str, Sequence[str]],
+        timeout: float,
+        hold: Callable[[], None] | None = None,
+    ) -> None:
+        """Wait for the guest's HELLO, send PARAMS, wait for READY, each within `timeout` seconds.
 
+        `hold`, when given, runs between HELLO and PARAMS (the executor waits there until the
+        appliances this VM requires are READY; the agent repeats HELLO meanwhile, and those
+        repeats predate PARAMS so they never count as a restart). It may raise to give up.
         Raises GuestChannelError with the guest's reason on FAILED, or on timeout or a closed
         channel with the last lines seen.
         """
@@ -229,6 +237,9 @@ class GuestChannel:
         encode_params(params)  # a bad parameter set is an error before any waiting
         while self._next(deadline, "HELLO").kind != "HELLO":
             pass
+        if hold is not None:
+            hold()
+            deadline = time.monotonic() + timeout  # the wait was for others, not this guest
         self._send_params(params)
         self._await_ready(params, time.monotonic(), deadline)
 
@@ -264,10 +275,16 @@ class GuestChannel:
         self.close()
 
 
-def deliver(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:
-    """Wait for the guest's HELLO, send PARAMS, wait for READY (GuestChannelError otherwise)."""
+def deliver(
+    socket_path: str,
+    params: Mapping[str, Sequence[str]],
+    timeout: float,
+    hold: Callable[[], None] | None = None,
+) -> None:
+    """Wait for the guest's HELLO, run `hold`, send PARAMS, wait for READY (GuestChannelError
+    otherwise)."""
     with GuestChannel(Path(socket_path)) as channel:
-        channel.deliver(params, timeout)
+        channel.deliver(params, timeout, hold)
 
 
 def resend(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:

@@ -38,6 +38,8 @@ class Applier:
         timeouts: readiness and clean-shutdown timeouts (each call may pass its own).
         attic: where removed components' directories go unless a call names another.
         clock: the time recorded as a VM's start (tests pass their own).
+        boot_order: "overlapped" (boots overlap, configuration waits for requirements) or
+            "strict" (a VM boots only after its requirements are READY); see the executor.
     """
 
     def __init__(
@@ -47,12 +49,14 @@ class Applier:
         timeouts: Timeouts,
         attic: Path,
         clock: Callable[[], float] = time.time,
+        boot_order: str = "overlapped",
     ) -> None:
         self.store = store
         self.hosts = hosts
         self.timeouts = timeouts
         self.attic = attic
         self.clock = clock
+        self.boot_order = boot_order
 
     @staticmethod
     def plan(current: VapState | None, desired: VapState | None, *, vanished: Op = Op.STOP) -> Plan:
@@ -79,6 +83,7 @@ class Applier:
             timeouts or self.timeouts,
             attic or self.attic,
             report=lambda action, phase: self._record(vap_id, action, phase),
+            boot_order=self.boot_order,
         )
         return Applied(plan, executor.run(plan, keep_going=keep_going))
 

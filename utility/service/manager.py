@@ -56,6 +56,8 @@ class ClusterManager:
             `test:///default`) when None.
         user_root: when set, users (not administrators) may only start CVL files under it; the
             daemon reads their CVL and writes disks next to it with its own privileges.
+        boot_order: "overlapped" (default) or "strict": how the VMs of a start or update boot
+            (`utility.adapters.executor`).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class ClusterManager:
         timeouts: Timeouts | None = None,
         default_uri: str | None = None,
         user_root: Path | None = None,
+        boot_order: str = "overlapped",
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
         cache_dir, run_dir = state_dir / "cache", state_dir / "run"
@@ -84,7 +87,11 @@ class ClusterManager:
             allocator=Allocator(self.store, allocations, settings),
             pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir),
             applier=Applier(
-                self.store, self.hosts_service.host, timeouts or Timeouts(), state_dir / "attic"
+                self.store,
+                self.hosts_service.host,
+                timeouts or Timeouts(),
+                state_dir / "attic",
+                boot_order=boot_order,
             ),
             hosts=self.hosts_service,
             secrets=HeldSecrets(self.store),
