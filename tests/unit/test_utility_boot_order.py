@@ -1,0 +1,224 @@
+"""Boot order: overlapped boots hold each VM's PARAMS until its requirements are READY.
+
+The executor, the planner and the guest channel are the real ones; only the host and the guest
+are fakes (no libvirt domain or appliance image is needed to show ordering): `FakeHost` reads
+the guest socket path from the real domain XML and starts a `FakeGuest` that binds that Unix
+socket and speaks the agent's side of README's "Utility ↔ guest" contract (HELLO repeated until
+PARAMS, then READY or FAILED after a configuration delay).
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from utility.adapters.executor import Executor, Outcome, Timeouts
+from utility.core.desired_state import VapState, Vm
+from utility.core.planner import diff
+from utility.errors import UtilityError
+
+BOOT = 0.3  # seconds from domain creation to the first HELLO
+CONFIGURE = 0.2  # seconds from PARAMS to READY
+
+
+class Log:
+    """(time, event, vm path) in the order things happened, shared by host and guests."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+
+    def add(self, event: str, path: str) -> None:
+        with self._lock:
+            self.events.append((time.monotonic(), event, path))
+
+    def at(self, event: str, path: str) -> float:
+        return next(t for t, e, p in self.events if e == event and p == path)
+
+    def has(self, event: str, path: str) -> bool:
+        return any(e == event and p == path for _, e, p in self.events)
+
+
+class FakeGuest(threading.Thread):
+    """The agent's side of the channel: HELLO every 0.05 s until PARAMS, then READY/FAILED."""
+
+    def __init__(self, sock_path: str, path: str, log: Log, fail: bool) -> None:
+        super().__init__(daemon=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(sock_path)  # bound before create_domain returns, as qemu does
+        self.server.listen(1)
+        self.path, self.log, self.fail = path, log, fail
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        conn, _ = self.server.accept()
+        conn.settimeout(0.05)
+        time.sleep(BOOT)
+        buf = b""
+        while b"\n" not in buf and not self.stopped.is_set():
+            try:
+                conn.sendall(b"COLLECTIVE HELLO fake\n")
+                buf += conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+        if self.stopped.is_set() or not buf.startswith(b"COLLECTIVE PARAMS "):
+            return
+        self.log.add("params", self.path)
+        time.sleep(CONFIGURE)
+        self.log.add("failed" if self.fail else "ready", self.path)
+        conn.sendall(b"COLLECTIVE FAILED injected\n" if self.fail else b"COLLECTIVE READY\n")
+        conn.close()
+
+
+class FakeHost:
+    """A non-test host whose domains are `FakeGuest`s; records create and destroy."""
+
+    is_test = False
+
+    def __init__(self, log: Log, failing: set[str]) -> None:
+        self.log, self.failing = log, failing
+        self.guests: dict[str, FakeGuest] = {}
+
+    def domain_type(self) -> str:
+        return "kvm"
+
+    def create_domain(self, xml: str) -> None:
+        root = ET.fromstring(xml)
+        name = root.findtext("name") or ""
+        source = root.find("./devices/serial[@type='unix']/source")
+        assert source is not None
+        path = name.rsplit("-", 1)[-1]
+        self.log.add("create", path)
+        guest = FakeGuest(source.attrib["path"], path, self.log, path in self.failing)
+        self.guests[name] = guest
+        guest.start()
+
+    def destroy_domain(self, name: str) -> bool:
+        self.log.add("destroy", name.rsplit("-", 1)[-1])
+        self.guests[name].stopped.set()
+        return True
+
+    def shutdown_domain(self, name: str, timeout: float) -> str:
+        self.destroy_domain(name)
+        return "clean"
+
+
+def vm(root: Path, path: str, needs: tuple[str, ...] = ()) -> Vm:
+    return Vm(
+        path=path,
+        type=path.upper(),
+        origin=None,
+        host="h",
+        domain=f"col-1-{path}",
+        memory=64,
+        vcpus=1,
+        vm_dir=str(root / path),
+        guest_socket=str(root / f"{path}.sock"),
+        disks=(),
+        interfaces=(),
+        params=(("domain", ("acme.org",)),),
+        sensitive=(),
+        provides=(),
+        requires=(),
+        needs=needs,
+    )
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="boot-") as d:  # short: Unix socket paths ≤ 107
+        yield Path(d)
+
+
+def chain(root: Path, length: int) -> VapState:
+    """v0 <- v1 <- … (each needs the one before) plus an independent VM `x`."""
+    vms = [vm(root, f"v{i}", (f"v{i - 1}",) if i else ()) for i in range(length)]
+    return VapState("a.cvl", "A", {}, (*vms, vm(root, "x")), ())
+
+
+def run(
+    root: Path, state: VapState, order: str, failing: set[str] = frozenset(), workers: int = 8
+) -> tuple[Outcome, Log]:
+    log = Log()
+    host = FakeHost(log, set(failing))
+    executor = Executor(
+        lambda _name: host,  # type: ignore[arg-type,return-value]
+        1,
+        Timeouts(ready=20, stop=5),
+        root / "attic",
+        workers=workers,
+        boot_order=order,
+    )
+    return executor.run(diff(None, state)), log
+
+
+def assert_params_after_requirements_ready(state: VapState, log: Log) -> None:
+    for v in state.vms:
+        for need in v.needs:
+            assert log.at("ready", need) < log.at("params", v.path), (v.path, need)
+
+
+def test_overlapped_creates_every_domain_before_the_first_params(root: Path) -> None:
+    state = chain(root, 3)
+    outcome, log = run(root, state, "overlapped")
+    assert outcome.ok and sorted(outcome.done) == ["vm:v0", "vm:v1", "vm:v2", "vm:x"]
+    creates = [t for t, e, _ in log.events if e == "create"]
+    first_params = min(t for t, e, _ in log.events if e == "params")
+    assert len(creates) == 4 and max(creates) < first_params
+    assert_params_after_requirements_ready(state, log)
+
+
+def test_strict_boots_a_vm_only_after_its_requirements_are_ready(root: Path) -> None:
+    state = chain(root, 3)
+    outcome, log = run(root, state, "strict")
+    assert outcome.ok and sorted(outcome.done) == ["vm:v0", "vm:v1", "vm:v2", "vm:x"]
+    assert log.at("ready", "v0") < log.at("create", "v1")
+    assert log.at("ready", "v1") < log.at("create", "v2")
+    assert_params_after_requirements_ready(state, log)
+
+
+def test_a_chain_longer_than_the_pool_still_finishes_in_order(root: Path) -> None:
+    state = chain(root, 5)
+    outcome, log = run(root, state, "overlapped", workers=2)
+    assert outcome.ok and len(outcome.done) == 6
+    assert_params_after_requirements_ready(state, log)
+
+
+@pytest.mark.parametrize("order", ["overlapped", "strict"])
+def test_a_failed_requirement_stops_its_dependents_configuration(root: Path, order: str) -> None:
+    state = chain(root, 3)
+    outcome, log = run(root, state, order, failing={"v0"})
+    assert outcome.failed == "vm:v0"
+    assert outcome.error is not None and "injected" in outcome.error
+    assert outcome.done == ["vm:x"] and outcome.notes == []
+    assert not log.has("params", "v1") and not log.has("params", "v2")
+    if order == "overlapped":  # booted, never configured, destroyed
+        assert log.has("destroy", "v1") and log.has("destroy", "v2")
+    else:  # never booted
+        assert not log.has("create", "v1") and not log.has("create", "v2")
+
+
+def test_the_outcome_of_a_failure_is_the_same_in_both_orders(root: Path) -> None:
+    state = chain(root, 3)
+    strict, _ = run(root, state, "strict", failing={"v0"})
+    overlapped, _ = run(root, state, "overlapped", failing={"v0"})
+    assert (overlapped.failed, overlapped.error, overlapped.done, overlapped.notes) == (
+        strict.failed,
+        strict.error,
+        strict.done,
+        strict.notes,
+    )
+
+
+def test_an_unknown_boot_order_is_refused_by_name(root: Path) -> None:
+    with pytest.raises(UtilityError, match="boot order 'sideways' is not one of overlapped"):
+        Executor(lambda _n: None, 1, Timeouts(), root, boot_order="sideways")  # type: ignore[arg-type,return-value]
