@@ -146,7 +146,7 @@ def chain(root: Path, length: int) -> VapState:
 
 
 def run(
-    root: Path, state: VapState, order: str, failing: set[str] = frozenset(), workers: int = 8
+    root: Path, state: VapState, order: str, failing: frozenset[str] = frozenset(), workers: int = 8
 ) -> tuple[Outcome, Log]:
     log = Log()
     host = FakeHost(log, set(failing))
@@ -196,7 +196,7 @@ def test_a_chain_longer_than_the_pool_still_finishes_in_order(root: Path) -> Non
 @pytest.mark.parametrize("order", ["overlapped", "strict"])
 def test_a_failed_requirement_stops_its_dependents_configuration(root: Path, order: str) -> None:
     state = chain(root, 3)
-    outcome, log = run(root, state, order, failing={"v0"})
+    outcome, log = run(root, state, order, failing=frozenset({"v0"}))
     assert outcome.failed == "vm:v0"
     assert outcome.error is not None and "injected" in outcome.error
     assert outcome.done == ["vm:x"] and outcome.notes == []
@@ -209,8 +209,8 @@ def test_a_failed_requirement_stops_its_dependents_configuration(root: Path, ord
 
 def test_the_outcome_of_a_failure_is_the_same_in_both_orders(root: Path) -> None:
     state = chain(root, 3)
-    strict, _ = run(root, state, "strict", failing={"v0"})
-    overlapped, _ = run(root, state, "overlapped", failing={"v0"})
+    strict, _ = run(root, state, "strict", failing=frozenset({"v0"}))
+    overlapped, _ = run(root, state, "overlapped", failing=frozenset({"v0"}))
     assert (overlapped.failed, overlapped.error, overlapped.done, overlapped.notes) == (
         strict.failed,
         strict.error,
