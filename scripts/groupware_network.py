@@ -120,6 +120,7 @@ class GroupwareLab:
     say: Callable[[str], None] = lambda _msg: None
     prefix: str = field(default_factory=lambda: "gw" + secrets.token_hex(2))
     ready_timeout: float = 240.0
+    boot_order: str = "overlapped"  # `cui utility serve --boot-order`
     images: dict[str, Path] = field(default_factory=dict)
     server: Server | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -129,6 +130,7 @@ class GroupwareLab:
     pushed: dict[str, int] = field(default_factory=dict)
     stack: ExitStack = field(default_factory=ExitStack)
     timings: dict[str, float] = field(default_factory=dict)
+    daemon: subprocess.Popen[bytes] | None = None  # the `cui utility serve` process
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -234,36 +236,7 @@ class GroupwareLab:
             "COLLECTIVE_REPO_TOKEN": self.server.token,
             "HOME": str(self.work / "home"),
         }  # the user agent's cache stays in the lab
-        log = self.work / "utility.log"
-        daemon_env = {k: v for k, v in os.environ.items() if k != "COLLECTIVE_EVENTS_SECRET"}
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [
-                    *CUI,
-                    "utility",
-                    "serve",
-                    "--state",
-                    str(state),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--prefix",
-                    self.prefix,
-                    "--ready-timeout",
-                    str(self.ready_timeout),
-                    "--stop-timeout",
-                    "60",
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=daemon_env,
-            )
-        self.stack.callback(_terminate, proc)
-        deadline = time.monotonic() + 60
-        while "listening on" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError("the utility daemon did not start:\n" + log.read_text())
-            time.sleep(0.1)
+        self._spawn_daemon(state, port)
         vlan = 3000 + secrets.randbelow(900)
         third = 1 + secrets.randbelow(250)
         self.cui("host", "add", "local", "--uri", self.host_uri, "--memory", "4G", "--max-vms", "8")
@@ -279,6 +252,49 @@ class GroupwareLab:
                 "utility", "trust", "add-key", str(self.work / "publisher.signer"), "--url", url
             )
         self.cui("utility", "subscribe", f"{self.server.url}/DNS", "--user", self.server.user)
+
+    def _spawn_daemon(self, state: Path, port: int) -> None:
+        log = self.work / "utility.log"
+        daemon_env = {k: v for k, v in os.environ.items() if k != "COLLECTIVE_EVENTS_SECRET"}
+        with log.open("a") as out:
+            began = out.tell()
+            proc = subprocess.Popen(
+                [
+                    *CUI,
+                    "utility",
+                    "serve",
+                    "--state",
+                    str(state),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--prefix",
+                    self.prefix,
+                    "--ready-timeout",
+                    str(self.ready_timeout),
+                    "--stop-timeout",
+                    "60",
+                    "--boot-order",
+                    self.boot_order,
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=daemon_env,
+            )
+        self.stack.callback(_terminate, proc)
+        self.daemon = proc
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text()[began:]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError("the utility daemon did not start:\n" + log.read_text())
+            time.sleep(0.1)
+
+    def restart_utility(self, boot_order: str) -> None:
+        """Run the daemon again on the same state and port with another boot order."""
+        assert self.daemon is not None
+        _terminate(self.daemon)
+        self.boot_order = boot_order
+        self._spawn_daemon(self.work / "state", int(self.env["COLLECTIVE_UTILITY"].split(":")[-1]))
 
     def write_user_files(self) -> Path:
         """Groupware.cvl importing the published repositories, and the user's AcmeGroupware."""
