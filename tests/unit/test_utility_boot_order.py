@@ -98,13 +98,16 @@ class FakeHost:
         assert source is not None
         path = name.rsplit("-", 1)[-1]
         self.log.add("create", path)
-        guest = FakeGuest(source.attrib["path"], path, self.log, path in self.failing)
+        fails = path in self.failing
+        self.failing.discard(path)  # only the first boot fails (a rollback's boot works)
+        guest = FakeGuest(source.attrib["path"], path, self.log, fails)
         self.guests[name] = guest
         guest.start()
 
     def destroy_domain(self, name: str) -> bool:
         self.log.add("destroy", name.rsplit("-", 1)[-1])
-        self.guests[name].stopped.set()
+        if name in self.guests:  # an update halts VMs this fake never started
+            self.guests[name].stopped.set()
         return True
 
     def shutdown_domain(self, name: str, timeout: float) -> str:
@@ -112,11 +115,11 @@ class FakeHost:
         return "clean"
 
 
-def vm(root: Path, path: str, needs: tuple[str, ...] = ()) -> Vm:
+def vm(root: Path, path: str, needs: tuple[str, ...] = (), version: str = "1") -> Vm:
     return Vm(
         path=path,
         type=path.upper(),
-        origin=None,
+        origin={"version": version},
         host="h",
         domain=f"col-1-{path}",
         memory=64,
@@ -146,7 +149,12 @@ def chain(root: Path, length: int) -> VapState:
 
 
 def run(
-    root: Path, state: VapState, order: str, failing: frozenset[str] = frozenset(), workers: int = 8
+    root: Path,
+    state: VapState,
+    order: str,
+    failing: frozenset[str] = frozenset(),
+    workers: int = 8,
+    current: VapState | None = None,
 ) -> tuple[Outcome, Log]:
     log = Log()
     host = FakeHost(log, set(failing))
@@ -158,7 +166,7 @@ def run(
         workers=workers,
         boot_order=order,
     )
-    return executor.run(diff(None, state)), log
+    return executor.run(diff(current, state)), log
 
 
 def assert_params_after_requirements_ready(state: VapState, log: Log) -> None:
@@ -222,3 +230,23 @@ def test_the_outcome_of_a_failure_is_the_same_in_both_orders(root: Path) -> None
 def test_an_unknown_boot_order_is_refused_by_name(root: Path) -> None:
     with pytest.raises(UtilityError, match="boot order 'sideways' is not one of overlapped"):
         Executor(lambda _n: None, 1, Timeouts(), root, boot_order="sideways")  # type: ignore[arg-type,return-value]
+
+
+def test_a_failed_update_of_a_requirement_leaves_dependents_on_their_old_version(
+    root: Path,
+) -> None:
+    old = chain(root, 2)
+    new = VapState(
+        "a.cvl", "A", {}, tuple(vm(root, v.path, v.needs, version="2") for v in old.vms), ()
+    )
+    results = {}
+    for order in ("strict", "overlapped"):
+        outcome, log = run(root, new, order, failing=frozenset({"v0"}), current=old)
+        results[order] = (outcome.failed, outcome.done, outcome.notes)
+        assert outcome.failed == "vm:v0" and "rolled back" in (outcome.error or "")
+        # v1 is configured once at most: by its old version, after v0's rollback was READY
+        v1_params = [t for t, e, p in log.events if e == "params" and p == "v1"]
+        assert all(t > log.at("failed", "v0") for t in v1_params)
+        if order == "overlapped":
+            assert len(v1_params) == 1 and log.has("destroy", "v1")
+    assert results["overlapped"] == results["strict"]
