@@ -182,6 +182,14 @@ def utility_group() -> None:
     help="Also poll unpinned imports' repositories every this many seconds.",
 )
 @click.option(
+    "--check-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Check every VM this often (seconds; libvirt lifecycle events wake the check sooner); "
+    "a VM that stopped on its own is marked crashed and restarted. 0 turns the check off.",
+)
+@click.option(
     "--user-root",
     type=click.Path(file_okay=False),
     default=None,
@@ -208,6 +216,7 @@ def serve_command(
     ready_timeout: float,
     events_secret_env: str,
     poll_interval: float | None,
+    check_interval: float,
     user_root: str | None,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
@@ -237,6 +246,7 @@ def serve_command(
         reinitialise=reinitialise,
         tls=tls,
         event_rules=EventRules(window=event_window),
+        check_interval=check_interval,
     )
 
 
@@ -453,6 +463,22 @@ def host_remove(name: str, client: UtilityClient) -> None:
     click.echo(f"removed host {name}")
 
 
+@host_group.command("dead")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def host_dead(name: str, as_json: bool, client: UtilityClient) -> None:
+    """Declare a host gone for good: its VMs are lost, stops waiting for it complete and
+    release their addresses (recorded in each VAP's history)."""
+
+    def render(r: dict[str, Any]) -> None:
+        click.echo(f"host {name} declared dead: {len(r['dead'])} VM(s) lost")
+        for path in r["stopped"]:
+            click.echo(f"pending stop of {path} completed")
+
+    emit(client.host_dead(name), as_json, render)
+
+
 @click.group("vlan")
 def vlan_group() -> None:
     """The VLAN pool."""
@@ -619,17 +645,24 @@ class DiskProgress:
 @click.command("start")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress).")
+@click.option(
+    "--restart",
+    type=click.Choice(["always", "never"]),
+    default="always",
+    show_default=True,
+    help="Restart a VM that stopped on its own (with backoff), or leave it crashed.",
+)
 @client_options
-def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
+def start_command(file: str, as_json: bool, restart: str, client: UtilityClient) -> None:
     """Start the appliance FILE.cvl describes (disk downloads shown with progress bars)."""
     path = Path(file).resolve()
     began = time.monotonic()
     secrets = _secrets_for(path)
     if as_json:
-        result = client.start(str(path), secrets)
+        result = client.start(str(path), secrets, restart=restart)
     else:
         with DiskProgress() as progress:
-            result = client.start(str(path), secrets, progress)
+            result = client.start(str(path), secrets, progress, restart)
     for note in result.get("notes", []):
         click.echo(note, err=True)
 
@@ -730,6 +763,7 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
     for vap in vaps:
         click.echo(
             f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
+            + (f"  restart {vap['restart']}" if vap.get("restart") else "")
             + (f"  error: {vap['error']}" if vap.get("error") else "")
         )
         click.echo(
@@ -739,9 +773,10 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
         for c in vap["components"]:
             ifaces = ", ".join(f"{i['name']} {i['ip']} {i['mac']}" for i in c["interfaces"])
             up = f"{c['uptime']:.0f}s" if c.get("uptime") is not None else "-"
+            state = c["state"] + (f" ({c['restarts']} restarts)" if c.get("restarts") else "")
             click.echo(
                 f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
-                f"{c['host']:10} {c['state']:8} {up:>8}  {ifaces}"
+                f"{c['host']:10} {state:8} {up:>8}  {ifaces}"
             )
 
 

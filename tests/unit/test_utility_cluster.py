@@ -291,7 +291,7 @@ def test_embedded_default_host_is_used_and_announced(tmp_path: Path) -> None:
     manager.close()
 
 
-def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(tmp_path: Path) -> None:
+def test_reconcile_after_restart_marks_crashed_and_reports_unowned(tmp_path: Path) -> None:
     first = make_cluster(tmp_path)
     running = paper_tree(PAPER, tmp_path / "running")
     first.start(ADMIN, str(running))
@@ -309,7 +309,7 @@ def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(tmp_p
     )
     report = second.reconcile()
     assert report["rolled_back"] == [str(interrupted)]
-    assert sorted(report["dead"]) == [f"{running}:{p}" for p in ("d", "f", "l")]
+    assert sorted(report["crashed"]) == [f"{running}:{p}" for p in ("d", "f", "l")]
     assert {"host": "h1", "domain": "stranger"} in report["unowned"]
     assert h1.domain("stranger") is not None  # reported, never killed
     held = {a[2] for a in second.store.all_addresses()}

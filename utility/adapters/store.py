@@ -52,9 +52,15 @@ CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REA
   cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TEXT NOT NULL
+  CHECK (policy IN ('always', 'never')));
 """
 
 ACTIVE = ("starting", "running", "stopping", "updating")
+# VM states that may hold a host's resources: a crashed, dead or stopped VM runs nowhere; an
+# `unknown` one (its host did not answer) may still run, so it keeps counting.
+NOT_RUNNING = ("stopped", "crashed", "dead")
+RESTART_POLICIES = ("always", "never")
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class Store:
                 raise NotFound(f"no host named {name}")
             busy = db.execute(
                 "SELECT COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=? "
-                f"AND a.status IN {ACTIVE} AND v.state != 'stopped'",
+                f"AND a.status IN {ACTIVE} AND v.state NOT IN {NOT_RUNNING}",
                 (name,),
             ).fetchone()[0]
             if busy:
@@ -188,7 +194,7 @@ class Store:
         db = db or self.read()
         rows = db.execute(
             "SELECT v.host, SUM(v.memory), COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id "
-            f"WHERE a.status IN {ACTIVE} AND v.state != 'stopped' GROUP BY v.host"
+            f"WHERE a.status IN {ACTIVE} AND v.state NOT IN {NOT_RUNNING} GROUP BY v.host"
         ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
@@ -426,6 +432,23 @@ class Store:
                 "INSERT INTO events (at, vap_id, kind, text) VALUES (?,?,?,?)",
                 (time.time(), vap_id, kind, text),
             )
+
+    def set_restart_policy(self, vap_id: int, policy: str) -> None:
+        """Record whether VAP `vap_id`'s crashed VMs are restarted (`always`) or not (`never`)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)",
+                (vap_id, policy),
+            )
+
+    def restart_policy(self, vap_id: int) -> str:
+        """The VAP's restart policy (`always` unless one was recorded)."""
+        row = (
+            self.read()
+            .execute("SELECT policy FROM restart_policy WHERE vap_id=?", (vap_id,))
+            .fetchone()
+        )
+        return str(row[0]) if row else "always"
 
     def add_history(
         self,

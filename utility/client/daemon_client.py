@@ -187,6 +187,9 @@ class UtilityClient:
     def remove_host(self, name: str) -> Any:
         return self.request("DELETE", f"/v1/hosts/{quote(name, safe='')}")
 
+    def host_dead(self, name: str) -> Any:
+        return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/dead")
+
     def add_vlans(self, spec: str) -> Any:
         return self.request("POST", "/v1/vlans", {"range": spec})
 
@@ -222,8 +225,9 @@ class UtilityClient:
         cvl: str,
         secrets: dict[str, str] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        restart: str = "always",
     ) -> Any:
-        body = {"cvl": cvl, "secrets": secrets or {}}
+        body = {"cvl": cvl, "secrets": secrets or {}, "restart": restart}
         if progress is not None:
             return self.streamed("/v1/vaps/start", body, progress)
         return self.request("POST", "/v1/vaps/start", body)

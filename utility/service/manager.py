@@ -12,14 +12,15 @@ built alone (tests/unit/test_utility_services.py). Errors become HTTP statuses i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from utility.adapters.allocations import Allocations
 from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
-from utility.adapters.libvirt_host import HostPool, LibvirtHost
+from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
 from utility.adapters.store import HostRow, Store
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
@@ -39,6 +40,7 @@ from utility.service.policy import Caller, Policy
 from utility.service.secrets import HeldSecrets
 from utility.service.status import StatusView
 from utility.service.updating import Updating
+from utility.service.watchdog import Backoff, Watchdog
 
 # Search permission for others, no listing: qemu (user libvirt-qemu) must open the backing files
 # in `cache/`; everything else in the directory (database, run/, secrets) is 0600/0700.
@@ -56,6 +58,9 @@ class ClusterManager:
             `test:///default`) when None.
         user_root: when set, users (not administrators) may only start CVL files under it; the
             daemon reads their CVL and writes disks next to it with its own privileges.
+        host_fault: says whether a host is cut off (tests make a host unreachable with it).
+        clock: monotonic seconds for restart backoff (tests pass their own).
+        backoff: restart pacing for crashed VMs.
     """
 
     def __init__(
@@ -65,6 +70,10 @@ class ClusterManager:
         timeouts: Timeouts | None = None,
         default_uri: str | None = None,
         user_root: Path | None = None,
+        *,
+        host_fault: Fault = never_cut_off,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
         cache_dir, run_dir = state_dir / "cache", state_dir / "run"
@@ -76,7 +85,7 @@ class ClusterManager:
         self.trust = TrustPolicy(state_dir)
         self.subscriptions = Subscriptions(state_dir)
         self.policy = Policy(user_root)
-        self.hosts_service = Hosts(self.store, HostPool(), default_uri)
+        self.hosts_service = Hosts(self.store, HostPool(host_fault), default_uri)
         allocations = Allocations(self.store)
         self.parts = Parts(
             store=self.store,
@@ -95,6 +104,8 @@ class ClusterManager:
         self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
         self.lifecycle = Lifecycle(self.parts)
         self.updating = Updating(self.parts, self.lifecycle)
+        self.watchdog = Watchdog(self.parts, self.lifecycle, clock, backoff)
+        self.hosts_service.pool.on_stopped = self.watchdog.domain_stopped
         self.unowned: list[dict[str, str]] = []
 
     def close(self) -> None:
@@ -118,8 +129,10 @@ class ClusterManager:
         cvl_path: str,
         secrets: Mapping[str, str] | None = None,
         progress: FetchReport | None = None,
+        restart: str = "always",
     ) -> dict[str, Any]:
-        """Start the VAP a CVL file describes (`caller` becomes its owner).
+        """Start the VAP a CVL file describes (`caller` becomes its owner); `restart` is its
+        restart policy for crashed VMs (`always` or `never`).
 
         `secrets` are sensitive parameter values (override keys like `l.rootpw`), held only in
         memory and passed only to the VMs; `progress` is told `(label, bytes done, bytes total)`
@@ -127,7 +140,7 @@ class ClusterManager:
         """
         path = Path(cvl_path).resolve()
         self.policy.require_use(caller, path)
-        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress)
+        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress, restart)
 
     def stop(
         self,
@@ -166,6 +179,10 @@ class ClusterManager:
         self.unowned = report["unowned"]
         return report
 
+    def check(self) -> dict[str, list[str]]:
+        """One watchdog round: crashed VMs marked and restarted, pending stops finished."""
+        return self.watchdog.check()
+
     def unowned_domains(self, caller: Caller) -> list[dict[str, str]]:
         """Domains no VAP owns, as the last reconciliation found them."""
         self.policy.require_read(caller, "reconciliation reports")
@@ -173,15 +190,23 @@ class ClusterManager:
 
     def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
         """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
-        view = self.parts.status
         if cvl_path is None:
-            return [view.vap_status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
+            return [self._status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
         path = str(Path(cvl_path).resolve())
         vap = self.store.vap_by_path(path)
         if vap is None:
             raise NotFound(f"{path} was never started")
         self.policy.require_owner(caller, vap, "see")
-        return [view.vap_status(vap.id)]
+        return [self._status(vap.id)]
+
+    def _status(self, vap_id: int) -> dict[str, Any]:
+        """A VAP's status with its restart policy and each component's recent restarts."""
+        status = self.parts.status.vap_status(vap_id)
+        restarts = self.watchdog.restarts(vap_id)
+        status["restart"] = self.store.restart_policy(vap_id)
+        for component in status["components"]:
+            component["restarts"] = restarts.get(component["path"], 0)
+        return status
 
     def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:
         """One VAP for its page: status, state, events, and the versions that failed in it."""
@@ -219,6 +244,13 @@ class ClusterManager:
         """Forget a host; refused while it runs VMs."""
         self.policy.require_admin(caller, "remove hosts")
         self.hosts_service.remove(name)
+
+    def host_dead(self, caller: Caller, name: str) -> dict[str, list[str]]:
+        """Declare host `name` gone for good: its VMs are lost, stops waiting for it complete
+        (their allocations released); recorded in events and history."""
+        self.policy.require_admin(caller, "declare hosts dead")
+        self.hosts_service.host(name)  # NotFound for an unknown host
+        return self.lifecycle.host_dead(name, caller.name)
 
     def hosts(self, caller: Caller) -> list[dict[str, Any]]:
         """Every host with its capacity and use."""

@@ -192,6 +192,10 @@ def create_app(
         manager.remove_host(caller(), valid.clean_text(name, "name"))
         return jsonify({"removed": name})
 
+    @app.post("/v1/hosts/<name>/dead")
+    def host_dead(name: str) -> Any:
+        return jsonify(manager.host_dead(caller(), valid.clean_text(name, "name")))
+
     @app.post("/v1/vlans")
     def add_vlans() -> Any:
         return jsonify({"added": manager.add_vlans(caller(), field(body(), "range"))})
@@ -248,9 +252,10 @@ def create_app(
         data = body()
         secrets = valid.string_map(data, "secrets")
         who, cvl = caller(), field(data, "cvl")
+        restart = valid.optional_text(data, "restart", 16) or "always"
         if wants_stream():
-            return streamed(lambda report: manager.start(who, cvl, secrets, report))
-        return jsonify(manager.start(who, cvl, secrets))
+            return streamed(lambda report: manager.start(who, cvl, secrets, report, restart))
+        return jsonify(manager.start(who, cvl, secrets, restart=restart))
 
     @app.post("/v1/vaps/stop")
     def stop() -> Any:
