@@ -242,8 +242,12 @@ class Lifecycle:
             return False
         p = self.parts
         if vap.state is not None:
+            current = vap.state
+            for row in self.store.vms(vap.id):
+                if row.state == "dead":  # on a host declared dead: nothing to reach there
+                    current = current.without(row.path)
             forced = dataclasses.replace(p.applier.timeouts, stop=0.0)
-            p.applier.apply(vap.id, vap.state, None, keep_going=True, timeouts=forced)
+            p.applier.apply(vap.id, current, None, keep_going=True, timeouts=forced)
         for row in self.store.vms(vap.id):
             if row.state not in NOT_RUNNING:
                 self.store.set_vm(vap.id, row.path, "stopped")
