@@ -329,3 +329,49 @@ def test_only_an_administrator_may_declare_a_host_dead(tmp_path: Path) -> None:
     assert rig.status(cvl)["status"] == "running"
     assert not any(h["trigger"] == "host-dead" for h in rig.history(cvl))
     rig.manager.close()
+
+
+# -- interrupted starts and updates ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["starting", "updating"])
+def test_an_interrupted_operation_is_reconciled_per_component(rig: Rig, status: str) -> None:
+    """As a daemon killed while booting `l` leaves it: the VAP `starting`/`updating`, `l`'s
+    record `booting` and its domain gone, `d` and `f` running as before."""
+    cvl = rig.start("acme")["cvl"]
+    before = {c["path"]: c for c in rig.status(cvl)["components"]}
+    vap_id = rig.status(cvl)["id"]
+    addresses = sorted(rig.manager.store.all_addresses())
+    rig.manager.store.set_vap(vap_id, status=status)
+    rig.manager.store.set_vm(vap_id, "l", "booting")
+    rig.crash(cvl, "l")
+    report = rig.manager.reconcile()
+    assert report["recovered"] == [cvl] and report["rolled_back"] == []
+    after = {c["path"]: c for c in rig.status(cvl)["components"]}
+    assert rig.status(cvl)["status"] == "running"
+    assert {p: c["state"] for p, c in after.items()} == dict.fromkeys("dfl", "running")
+    for untouched in ("d", "f"):  # kept running, never rebooted
+        assert after[untouched]["boot_seq"] == before[untouched]["boot_seq"]
+        assert after[untouched]["started"] == before[untouched]["started"]
+    assert after["l"]["boot_seq"] > before["l"]["boot_seq"]
+    assert after["l"]["interfaces"] == before["l"]["interfaces"]
+    assert sorted(rig.manager.store.all_addresses()) == addresses
+    assert any("per component" in h["result"] for h in rig.history(cvl))
+    live_allocations_are_unique_and_held(rig)
+
+
+def test_an_interrupted_update_with_an_unreachable_host_keeps_everything(rig: Rig) -> None:
+    cvl = rig.start("acme")["cvl"]
+    vap_id = rig.status(cvl)["id"]
+    addresses = sorted(rig.manager.store.all_addresses())
+    rig.manager.store.set_vap(vap_id, status="updating")
+    rig.cut.add(rig.component(cvl, "l")["host"])
+    report = rig.manager.reconcile()
+    assert report["recovered"] == [] and report["rolled_back"] == [cvl]
+    status = rig.status(cvl)
+    assert status["status"] == "stopping"  # held: it may still run there
+    assert rig.component(cvl, "l")["state"] == "unknown"
+    assert sorted(rig.manager.store.all_addresses()) == addresses
+    rig.cut.clear()
+    assert rig.manager.check()["stopped"] == [cvl]
+    assert rig.manager.store.all_addresses() == []

@@ -10,7 +10,7 @@ whatever of it exists, and releases its allocations. Authorisation is the facade
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -282,12 +282,13 @@ class Lifecycle:
 
     # -- reconciliation -------------------------------------------------------------------------
 
-    def reconcile(self) -> dict[str, Any]:
+    def reconcile(self, recover: Callable[[VapRow], bool] | None = None) -> dict[str, Any]:
         """Bring the recorded state in line with what the hosts report (run at daemon start).
 
         - a VAP caught mid-stop finishes stopping once every host of its VMs answers;
-        - a VAP caught mid-start/update is rolled back to stopped, allocations released (held,
-          and the VAP left `stopping`, while a host of its VMs does not answer);
+        - a VAP caught mid-start/update is reconciled per component by `recover` (see
+          `utility.service.recovery`); when it cannot be, rolled back to stopped, allocations
+          released (held, and the VAP left `stopping`, while a host of its VMs does not answer);
         - a running VAP's VM whose domain is gone or not running is marked `crashed` (the
           watchdog restarts it under the VAP's restart policy);
         - a domain on a host that no active VAP owns is reported, never killed.
@@ -298,11 +299,15 @@ class Lifecycle:
             "unowned": [],
             "unreachable": [],
             "pending": [],
+            "recovered": [],
         }
         for vap in self.store.vaps(("stopping",)):
             if not self.finish_stop(vap):
                 report["pending"].append(vap.cvl_path)
         for vap in self.store.vaps(("starting", "updating")):
+            if recover is not None and recover(vap):
+                report["recovered"].append(vap.cvl_path)
+                continue
             self.roll_back(
                 vap.id, f"interrupted: the cluster manager stopped during {vap.status}; rolled back"
             )

@@ -37,6 +37,7 @@ from utility.service.lifecycle import Lifecycle, Parts
 from utility.service.locks import VapLocks
 from utility.service.pipeline import FetchReport, Pipeline
 from utility.service.policy import Caller, Policy
+from utility.service.recovery import Recovery
 from utility.service.secrets import HeldSecrets
 from utility.service.status import StatusView
 from utility.service.updating import Updating
@@ -104,6 +105,7 @@ class ClusterManager:
         self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
         self.lifecycle = Lifecycle(self.parts)
         self.updating = Updating(self.parts, self.lifecycle)
+        self.recovery = Recovery(self.parts, self.lifecycle)
         self.watchdog = Watchdog(self.parts, self.lifecycle, clock, backoff)
         self.hosts_service.pool.on_stopped = self.watchdog.domain_stopped
         self.unowned: list[dict[str, str]] = []
@@ -175,7 +177,7 @@ class ClusterManager:
 
     def reconcile(self) -> dict[str, Any]:
         """Bring the records in line with the hosts (the daemon, at start-up)."""
-        report = self.lifecycle.reconcile()
+        report = self.lifecycle.reconcile(self.recovery.recover)
         self.unowned = report["unowned"]
         return report
 

@@ -79,6 +79,8 @@ def _reconcile(manager: ClusterManager, announce: Callable[[str], None]) -> None
         announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")
     for item in report["crashed"]:
         announce(f"reconcile: {item} is no longer running (marked crashed)")
+    for path in report["recovered"]:
+        announce(f"reconcile: {path} was interrupted mid-operation; reconciled per component")
     for path in report["pending"]:
         announce(f"reconcile: stop of {path} waits for an unreachable host (allocations held)")
     for item in report["unowned"]:
