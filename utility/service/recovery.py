@@ -81,6 +81,9 @@ class Recovery:
             join_path(vm.path, i.name): {i.mac, i.ip} for vm in state.vms for i in vm.interfaces
         }
         running = {vm.path for vm in state.vms}
+        stopped_on_request = {
+            r.path for r in self.store.vms(vap_id) if r.state == "stopped" and r.path not in running
+        }
         self.parts.allocations.settle(
-            vap_id, HeldRows(in_use, running, set(), set(state.vlans.values()))
+            vap_id, HeldRows(in_use, running, stopped_on_request, set(state.vlans.values()))
         )
