@@ -433,13 +433,12 @@ class Store:
                 (time.time(), vap_id, kind, text),
             )
 
-    def set_restart_policy(self, vap_id: int, policy: str) -> None:
-        """Record whether VAP `vap_id`'s crashed VMs are restarted (`always`) or not (`never`)."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)",
-                (vap_id, policy),
-            )
+    def set_restart_policy(self, db: sqlite3.Connection, vap_id: int, policy: str) -> None:
+        """Record (in transaction `db`) whether VAP `vap_id`'s crashed VMs are restarted
+        (`always`) or not (`never`)."""
+        db.execute(
+            "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)", (vap_id, policy)
+        )
 
     def restart_policy(self, vap_id: int) -> str:
         """The VAP's restart policy (`always` unless one was recorded)."""

@@ -92,10 +92,7 @@ class Lifecycle:
             bases = p.pipeline.fetch_bases(checked.prepared, progress)
             with p.allocator.session() as db:
                 vap_id = self.store.new_vap(db, str(path), owner)
-                db.execute(
-                    "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)",
-                    (vap_id, restart),
-                )
+                self.store.set_restart_policy(db, vap_id, restart)
                 mark_vaps_exist(self.store.path.parent)
                 p.secrets.remember(vap_id, str(path), secrets, db)
                 proposal = p.allocator.propose(db, checked.model, checked.prepared)
