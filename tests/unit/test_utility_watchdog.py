@@ -145,6 +145,7 @@ def test_restart_never_leaves_the_vm_crashed(rig: Rig) -> None:
         "crashed": [f"{cvl}:l"],
         "restarted": [],
         "gave_up": [],
+        "waiting": [],
         "stopped": [],
     }
     rig.now[0] += 3600
@@ -203,6 +204,24 @@ def test_only_running_vms_count_against_host_capacity(tmp_path: Path) -> None:
     assert second["status"] == "running"
     assert rig.api.get("/v1/hosts").get_json()[0]["vms"] == 5
     live_allocations_are_unique_and_held(rig)
+    rig.manager.close()
+
+
+def test_a_crashed_vm_whose_slot_was_taken_waits_instead_of_overcommitting(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, hosts=1, max_vms=5)
+    first = rig.start("first")["cvl"]
+    rig.crash(first, "d")
+    # as a check that saw the crash records it, before any restart was due
+    rig.manager.store.set_vm(rig.status(first)["id"], "d", "crashed")
+    second = rig.start("second")  # takes the freed slot: 2 + 3 = 5
+    assert second["status"] == "running"
+    report = rig.manager.check()
+    assert report["restarted"] == [] and report["waiting"] == [f"{first}:d"]
+    assert rig.component(first, "d")["state"] == "crashed"
+    assert rig.api.get("/v1/hosts").get_json()[0]["vms"] == 5
+    assert rig.api.post("/v1/vaps/stop", json={"cvl": second["cvl"]}).status_code == 200
+    assert rig.manager.check()["restarted"] == [f"{first}:d"]
+    assert rig.api.get("/v1/hosts").get_json()[0]["vms"] == 3
     rig.manager.close()
 
 

@@ -100,6 +100,7 @@ class Watchdog:
             "crashed": [],
             "restarted": [],
             "gave_up": [],
+            "waiting": [],
             "stopped": [],
         }
         for vap in self.store.vaps(("running", "stopping")):
@@ -154,6 +155,9 @@ class Watchdog:
                 continue
             if not due:
                 continue
+            if not self._room(vm.host, vm.memory):
+                report["waiting"].append(f"{vap.cvl_path}:{row.path}")
+                continue  # its slot was given away meanwhile: no overcommit, try next round
             self.backoff.record(key, now)
             attempt = len(self.backoff.recent(key, now))
             try:
@@ -165,6 +169,12 @@ class Watchdog:
             self.store.event(vap.id, "restart", text)
             self.store.add_history(vap.cvl_path, "restart", [f"↻ {row.path}"], {}, text)
             report["restarted"].append(f"{vap.cvl_path}:{row.path}")
+
+    def _room(self, host: str, memory: int) -> bool:
+        """Whether `host` has room for one more VM of `memory` bytes (crashed VMs hold none)."""
+        used, count = self.store.usage().get(host, (0, 0))
+        row = next((h for h in self.store.hosts() if h.name == host), None)
+        return row is not None and used + memory <= row.memory and count + 1 <= row.max_vms
 
     def _give_up(self, vap: VapRow, path: str, why: str) -> None:
         self.gave_up.add((vap.id, path))
