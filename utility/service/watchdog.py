@@ -91,8 +91,8 @@ class Watchdog:
                 return
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - a failed round must not end the watchdog
-                continue
+            except Exception as exc:  # noqa: BLE001 - a failed round must not end the watchdog
+                self.store.event(None, "watchdog", f"check failed: {type(exc).__name__}: {exc}")
 
     def check(self) -> dict[str, list[str]]:
         """One round: mark crashed VMs, restart what is due, finish pending stops."""
