@@ -37,9 +37,17 @@ from reposerver.repository import Repository  # noqa: E402
 from reposerver.testing import Server, free_port, running_server  # noqa: E402
 
 CUI = [sys.executable, "-m", "cui.main"]
-APPLIANCES = {"h": "DHCP", "d": "DNS", "l": "LDAP", "w": "Web", "f": "Firewall"}
-VARIANTS = ("DNS-v2", "DNS-bad")
+APPLIANCES = {"h": "DHCP", "d": "DNS", "l": "LDAP", "m": "Mail", "w": "Web", "f": "Firewall"}
+VARIANTS = ("DNS-v2", "DNS-bad", "Mail-v2")
 ROOT_PASSWORD = "s3cret & more"  # the user's sensitive rootdnpass (given on stdin, never a file)
+# Figure 5's four sensitive parameters, as the user gives them to the user agent (never a file).
+SECRETS = {
+    "rootdnpass": ROOT_PASSWORD,
+    "proxypw": "proxy/pw #1",
+    "smtppw": "smtp pw & 2",
+    "rootpw": "root: pw 3",
+}
+MAIL_USER = ("alice@acme.org", "alice's pw", "acme.org/alice/")  # address, password, Maildir
 PUBLIC_NET = "198.51.100"  # the public pool (TEST-NET-2), only ever on the VAP's own bridge
 
 
@@ -300,11 +308,14 @@ class GroupwareLab:
         return run([*CUI, *args], env=self.env, stdin=stdin, timeout=timeout).stdout
 
     def start(self) -> float:
-        """`cui start` AcmeGroupware (rootdnpass on stdin, for the user agent); its seconds."""
+        """`cui start` AcmeGroupware (the sensitive values given to the user agent first, with
+        `cui agent set`, as a user would); its seconds."""
         assert self.cvl is not None
+        for key, value in SECRETS.items():
+            self.cui("agent", "set", key, "--cvl", str(self.cvl), stdin=value + "\n")
         began = time.monotonic()
         self.stack.callback(self._stop_quietly)
-        self.cui("start", str(self.cvl), "--json", stdin=ROOT_PASSWORD + "\n")
+        self.cui("start", str(self.cvl), "--json")
         self.timings["start"] = time.monotonic() - began
         return self.timings["start"]
 
