@@ -12,6 +12,7 @@ print the subjects found). The result is one JSON object on stdout.
 from __future__ import annotations
 
 import email
+import hashlib
 import imaplib
 import json
 import poplib
@@ -73,7 +74,8 @@ def imaps(host: str, ctx: ssl.SSLContext, user: str, pw: str, _subject: str) -> 
             _, parts = imap.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
             raw = parts[0][1] if parts and isinstance(parts[0], tuple) else b""
             subjects.append(str(email.message_from_bytes(raw)["Subject"]))
-        return {"subjects": subjects, "cert": imap.sock.getpeercert()["subject"]}
+        der = imap.sock.getpeercert(binary_form=True) or b""
+        return {"subjects": subjects, "cert": hashlib.sha256(der).hexdigest()}
     finally:
         imap.logout()
 

@@ -162,9 +162,9 @@ tls_certificate() {
     _i=0
     # (no wget -T: it crashes busybox 1.35; timeout bounds each try)
     until timeout 10 wget -q -O "$_dir/$_name.crt.tmp" --post-file "$_dir/$_name.csr" "$_ca/cgi-bin/sign" \
-        && timeout 10 wget -q -O "$_dir/ca.crt.tmp" "$_ca/ca.crt"; do
+        2> "$_dir/wget.err" && timeout 10 wget -q -O "$_dir/ca.crt.tmp" "$_ca/ca.crt" 2> "$_dir/wget.err"; do
         _i=$((_i + 1))
-        [ $_i -lt 10 ] || { echo "the certificate authority at $_ca does not answer" >&2; return 1; }
+        [ $_i -lt 10 ] || { echo "the certificate authority at $_ca: $(tail -n 1 "$_dir/wget.err")" >&2; return 1; }
         sleep 1
     done
     openssl verify -CAfile "$_dir/ca.crt.tmp" "$_dir/$_name.crt.tmp" > /dev/null 2>&1 \
