@@ -395,6 +395,71 @@ class GroupwareLab:
         outside = self.plug("out", public_bridge, _host_250(public_ip))
         return inside, outside
 
+    # -- mail and certificates, as a user outside the firewall sees them ----------------------
+
+    def ca_certificate(self) -> Path:
+        """The VAN's CA certificate as a user fetches it: `http://<public address>/ca.crt`,
+        from the outside namespace."""
+        public = self.param("f", "ethernet1.ip")
+        text = self.namespaces["out"].fetch(f"http://{public}/ca.crt")
+        if not text.startswith("-----BEGIN CERTIFICATE-----"):
+            raise LabError(f"no CA certificate at http://{public}/ca.crt")
+        path = self.work / "ca.crt"
+        path.write_text(text)
+        return path
+
+    def add_mail_user(self) -> None:
+        """MAIL_USER (alice) with her Maildir location, added to LDAP by the directory's
+        administrator (the root DN, rootdnpass) from the VAN."""
+        address, password, mailbox = MAIL_USER
+        ldif = (
+            "dn: uid=alice,ou=people,dc=acme,dc=org\nobjectClass: inetOrgPerson\n"
+            "objectClass: extensibleObject\nuid: alice\ncn: Alice\nsn: Example\n"
+            f"mail: {address}\nuserPassword: {password}\nmailbox: {mailbox}\n"
+        )
+        ldap = self.param("l", "ethernet0.ip")
+        add = 'printf "%s" "$0" | ldapadd -x -H "ldap://$1" -D cn=admin,dc=acme,dc=org -w "$2"'
+        done = self.namespaces["in"].run(["sh", "-c", add, ldif, ldap, ROOT_PASSWORD])
+        if done.returncode not in (0, 68):  # 68: already there
+            raise LabError(f"ldapadd alice: {done.stderr.strip()}")
+
+    def mail(
+        self, action: str, password: str, subject: str = "", cafile: Path | None = None
+    ) -> dict[str, object]:
+        """`scripts/mail_probe.py ACTION` as MAIL_USER from the outside namespace, through the
+        firewall's public address, TLS verified for m.acme.org against the VAN's CA (or
+        `cafile`)."""
+        done = self.namespaces["out"].run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "mail_probe.py"),
+                action,
+                self.param("f", "ethernet1.ip"),
+                "m.acme.org",
+                str(cafile or self.work / "ca.crt"),
+                MAIL_USER[0],
+                password,
+                subject,
+            ]
+        )
+        try:
+            return json.loads(done.stdout)  # type: ignore[no-any-return]
+        except json.JSONDecodeError:
+            return {"error": done.stderr.strip()[-500:]}
+
+    def wait_mail(self, action: str, subject: str, timeout: float = 30) -> list[str]:
+        """The subjects in MAIL_USER's mailbox once `subject` is among them (delivery is
+        asynchronous); raises LabError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.mail(action, MAIL_USER[1])
+            subjects = [str(x) for x in found.get("subjects", [])]  # type: ignore[attr-defined]
+            if subject in subjects:
+                return subjects
+            if time.monotonic() > deadline:
+                raise LabError(f"{subject!r} not in the mailbox over {action}: {found}")
+            time.sleep(1)
+
     # -- reading the guests' consoles ---------------------------------------------------------
 
     def events(self, component: str) -> list[tuple[float, str, str]]:

@@ -14,6 +14,7 @@ firewall).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,7 +276,7 @@ def test_the_user_file_sets_exactly_the_14_parameters_of_figure_5(groupware: Gro
 def test_ca_certificate_is_published_by_the_web_appliance(
     groupware: GroupwareLab, tmp_path: Path
 ) -> None:
-    ca = fetch_ca(groupware, tmp_path)
+    ca = groupware.ca_certificate()
     text = ca.read_text()
     assert text.startswith("-----BEGIN CERTIFICATE-----")
     import ssl
@@ -307,7 +308,7 @@ def test_ldaps_serves_a_certificate_from_the_vans_ca(
     groupware: GroupwareLab, tmp_path: Path
 ) -> None:
     g = groupware
-    ca = fetch_ca(g, tmp_path)
+    ca = g.ca_certificate()
     search = g.namespaces["in"].run(
         [
             "env",
@@ -331,20 +332,46 @@ def test_mail_from_outside_is_read_back_over_imaps_and_pop3s_and_kept_by_a_v2_up
     groupware: GroupwareLab, tmp_path: Path
 ) -> None:
     g = groupware
-    ca = fetch_ca(g, tmp_path)
-    add_mail_user(g)
-    sent = mail(g, ca, "send", MAIL_USER[1], "first through the firewall")
+    g.ca_certificate()
+    g.add_mail_user()
+    sent = g.mail("send", MAIL_USER[1], "first through the firewall")
     assert sent == {"refused": {}}, sent
-    assert wait_subjects(g, ca, "imaps", "first through the firewall")
-    assert "first through the firewall" in mail(g, ca, "pop3s", MAIL_USER[1])["subjects"]
-    wrong = mail(g, ca, "imaps", "not alice's password")
-    assert "error" in wrong and "AUTHENTICATIONFAILED" in wrong["error"], wrong
-    # submission (587): STARTTLS and a login with the user's LDAP password
-    assert mail(g, ca, "submit", MAIL_USER[1], "submitted") == {"refused": {}}
-    assert wait_subjects(g, ca, "imaps", "submitted")
+    g.wait_mail("imaps", "first through the firewall")
+    assert "first through the firewall" in g.mail("pop3s", MAIL_USER[1])["subjects"]  # type: ignore[operator]
+    wrong = g.mail("imaps", "not alice's password")
+    assert "AUTHENTICATIONFAILED" in str(wrong.get("error")), wrong
+    # submission (587): STARTTLS, then a login with the user's LDAP password
+    assert g.mail("submit", MAIL_USER[1], "submitted") == {"refused": {}}
+    g.wait_mail("imaps", "submitted")
+    # a client trusting another CA refuses the server: the chain really is the VAN's
+    other = tmp_path / "other-ca.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "other.key"),
+            "-out",
+            str(other),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Another CA",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    refused = g.mail("imaps", MAIL_USER[1], cafile=other)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.get("error")), refused
 
     # Mail v2: `cui update` restarts only Mail, and the mailbox (data disk) is still there.
-    cert = mail(g, ca, "imaps", MAIL_USER[1])["cert"]
+    cert = g.mail("imaps", MAIL_USER[1])["cert"]
     before = g.domain_ids()
     g.push("Mail", "Mail-v2", "Mail 2")
     result = g.update()
@@ -355,66 +382,6 @@ def test_mail_from_outside_is_read_back_over_imaps_and_pop3s_and_kept_by_a_v2_up
         c: i for c, i in before.items() if c != "m"
     }
     assert g.status()["m"]["version"] == "2"
-    subjects = mail(g, ca, "imaps", MAIL_USER[1])["subjects"]
-    assert "first through the firewall" in subjects and "submitted" in subjects, subjects
-    assert mail(g, ca, "imaps", MAIL_USER[1])["cert"] == cert, "the certificate was kept"
-
-
-def fetch_ca(g: GroupwareLab, tmp_path: Path) -> Path:
-    """The VAN's CA certificate, as a user fetches it: http://<public address>/ca.crt."""
-    ca = tmp_path / "ca.crt"
-    ca.write_text(g.namespaces["out"].fetch(f"http://{ip(g, 'f', 'ethernet1')}/ca.crt"))
-    return ca
-
-
-def add_mail_user(g: GroupwareLab) -> None:
-    """alice, with her Maildir location, added by the directory's administrator (rootdnpass)."""
-    address, password, mailbox = MAIL_USER
-    ldif = (
-        "dn: uid=alice,ou=people,dc=acme,dc=org\nobjectClass: inetOrgPerson\n"
-        "objectClass: extensibleObject\nuid: alice\ncn: Alice\nsn: Example\n"
-        f"mail: {address}\nuserPassword: {password}\nmailbox: {mailbox}\n"
-    )
-    done = g.namespaces["in"].run(
-        [
-            "sh",
-            "-c",
-            'printf "%s" "$0" | ldapadd -x -H "ldap://$1" -D cn=admin,dc=acme,dc=org -w "$2"',
-            ldif,
-            ip(g, "l"),
-            ROOT_PASSWORD,
-        ]
-    )
-    assert done.returncode in (0, 68), done.stderr  # 68: already there (a rerun)
-
-
-def mail(g: GroupwareLab, ca: Path, action: str, password: str, subject: str = "") -> dict:
-    """The mail probe from the outside namespace, through the firewall's public address."""
-    import json
-
-    done = g.namespaces["out"].run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "mail_probe.py"),
-            action,
-            ip(g, "f", "ethernet1"),
-            "m.acme.org",
-            str(ca),
-            MAIL_USER[0],
-            password,
-            subject,
-        ]
-    )
-    return json.loads(done.stdout or "{}") or {"error": done.stderr}  # type: ignore[no-any-return]
-
-
-def wait_subjects(g: GroupwareLab, ca: Path, action: str, subject: str) -> bool:
-    """Whether `subject` reaches alice's mailbox within 30 s (delivery is asynchronous)."""
-    import time
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if subject in mail(g, ca, action, MAIL_USER[1]).get("subjects", []):
-            return True
-        time.sleep(1)
-    return False
+    subjects = g.wait_mail("imaps", "submitted")
+    assert "first through the firewall" in subjects, subjects
+    assert g.mail("imaps", MAIL_USER[1])["cert"] == cert, "the certificate was kept"
