@@ -668,7 +668,7 @@ def demo(host_uri: str) -> None:
         _show(f"daemon at {g.env['COLLECTIVE_UTILITY']}, host {host_uri}, prefix {g.prefix}")
         cvl = g.write_user_files()
         _step(
-            f"cui start {cvl.name}: five VMs in dependency order"
+            f"cui start {cvl.name}: six VMs in dependency order"
             + (" (qemu, TCG)" if real else " (test driver: no guests boot)")
         )
         _show(cvl.read_text().split("*/", 1)[-1].strip())
@@ -711,6 +711,19 @@ def demo(host_uri: str) -> None:
                 f"port 8053 (not a service) through the firewall: "
                 f"{'open' if outside.connects(public, 8053) else 'dropped'}"
             )
+            _step(f"the VAN's CA certificate, as a user fetches it: http://{public}/ca.crt")
+            ca = g.ca_certificate()
+            _show(
+                run(
+                    ["openssl", "x509", "-in", str(ca), "-noout", "-subject", "-fingerprint"]
+                ).stdout.strip()
+            )
+            _step("mail: alice added to LDAP; SMTP from outside through the firewall (STARTTLS)")
+            g.add_mail_user()
+            _show(f"send: {g.mail('send', MAIL_USER[1], 'Hello from outside')}")
+            _show("IMAPS (993), certificate verified against the VAN's CA for m.acme.org: ")
+            _show(f"  subjects {g.wait_mail('imaps', 'Hello from outside')}")
+            _show(f"POP3S (995): {g.mail('pop3s', MAIL_USER[1])}")
             _step("a record written to DNS's data disk (its admin port, from the VAN)")
             _show(inside.fetch(f"http://{dns}:8053/cgi-bin/records?name=kept&ip=192.0.2.7"))
             _show("dig kept.acme.org: " + " ".join(inside.dig(dns, "kept.acme.org")))
