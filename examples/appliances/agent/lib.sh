@@ -3,12 +3,17 @@
 # busybox ash; no bashisms.
 
 AGENT_VERSION=1
-RUN=/run/collective                 # tmpfs: parameters and state live in RAM only
+# The COLLECTIVE_* overrides exist for the host-side unit tests (tests/unit/test_agent_lib.py);
+# in the guest nothing sets them.
+AGENT=${COLLECTIVE_AGENT:-/agent}   # the agent's own files (lib.sh, mapdecode.awk, openssl.cnf)
+RUN=${COLLECTIVE_RUN:-/run/collective}  # tmpfs: parameters and state live in RAM only
 PARAMS=$RUN/params                  # one file per parameter, one value per line
 SVC=$RUN/svc                        # pid files of the service's processes
 APPLIANCE=/appliance                # the appliance's own files: info, hooks/, templates/
-DATA=/data                          # the data disk's mount point (when the appliance has one)
-export OPENSSL_CONF=/agent/openssl.cnf  # for appliances that carry openssl (certificates)
+DATA=${COLLECTIVE_DATA:-/data}      # the data disk's mount point (when the appliance has one)
+CONSOLE=${COLLECTIVE_CONSOLE:-/dev/console}
+SHADOW=${COLLECTIVE_SHADOW:-/etc/shadow}
+export OPENSSL_CONF=$AGENT/openssl.cnf  # for appliances that carry openssl (certificates)
 
 # Wall-clock seconds with microseconds (busybox date has no %N; adjtimex does).
 stamp() {
@@ -18,7 +23,7 @@ stamp() {
 
 # log EVENT [DETAILS...]: one console line per boot milestone, for people and for tests.
 log() {
-    echo "collective-agent $(stamp) $*" > /dev/console
+    echo "collective-agent $(stamp) $*" > "$CONSOLE"
 }
 
 # info KEY: a value from the image's /appliance/info (KEY=VALUE lines written at build time).
@@ -53,7 +58,7 @@ require_param() {
 # map_get MAPSTRING KEY: the first value of KEY in a CVL map string (for map-valued parameters
 # such as dnshosts entries "name=l&ip=10.0.1.3").
 map_get() {
-    printf '%s\n' "$1" | awk -v key="$2" -f /agent/mapdecode.awk | head -n 1
+    printf '%s\n' "$1" | awk -v key="$2" -f "$AGENT/mapdecode.awk" | head -n 1
 }
 
 # render TEMPLATE OUT: copy TEMPLATE to OUT replacing each {{name}} by the first value of
@@ -123,8 +128,8 @@ set_root_password() {
     if has_param rootpw; then
         _hash=$(param rootpw | tr -d '\n' | mkpasswd -m sha512 -P 0) || return 1
     fi
-    printf 'root:%s:0:0:99999:7:::\n' "$_hash" > /etc/shadow.new && chmod 600 /etc/shadow.new \
-        && mv /etc/shadow.new /etc/shadow
+    printf 'root:%s:0:0:99999:7:::\n' "$_hash" > "$SHADOW.new" && chmod 600 "$SHADOW.new" \
+        && mv "$SHADOW.new" "$SHADOW"
 }
 
 # subject_dn: the X.509 subject from the certificate parameters (country, state, city, org, ou,
