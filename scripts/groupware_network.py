@@ -715,7 +715,16 @@ def demo(host_uri: str) -> None:
             ca = g.ca_certificate()
             _show(
                 run(
-                    ["openssl", "x509", "-in", str(ca), "-noout", "-subject", "-fingerprint"]
+                    [
+                        "openssl",
+                        "x509",
+                        "-in",
+                        str(ca),
+                        "-noout",
+                        "-subject",
+                        "-fingerprint",
+                        "-sha256",
+                    ]
                 ).stdout.strip()
             )
             _step("mail: alice added to LDAP; SMTP from outside through the firewall (STARTTLS)")
