@@ -484,6 +484,8 @@ def test_ldap_dhcp_and_a_firewall_forwarding_exactly_its_services(
         ldap: {
             "domain": ["acme.test"],
             "rootdnpass": [secret],
+            "proxypw": ["proxy-" + secret],
+            "smtppw": ["smtp-" + secret],
             "datadisks": [encode([("device", "vdb"), ("size", "100mb")])],
             "ethernet0.ip": [f"{p}.4"],
             "ethernet0.netmask": mask,
