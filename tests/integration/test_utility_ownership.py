@@ -225,3 +225,39 @@ def test_tokens_are_listed_without_secrets_and_revocation_is_immediate(
         for r in json.loads(cluster.cui("admin", "utility", "token", "list", "--json").stdout)
     ]
     assert names == ["admin", "bob"]
+
+
+def test_a_token_named_local_never_becomes_the_unix_sockets_caller(tmp_path: Path) -> None:
+    """The attack: the socket's caller is `local`; a TCP token of that name owned its VAPs.
+    Such a token cannot be made any more, and one an older database holds is refused."""
+    state = tmp_path / "state"
+    with UtilityDaemon(state) as socket_daemon:
+        assert socket_daemon.socket.stat().st_mode & 0o777 == 0o600  # the administrator's door
+        socket_daemon.provision(tmp_path, vlans="100-103", public_ips="192.0.2.10-192.0.2.13")
+        acme = paper_tree(PAPER, tmp_path / "mine")
+        started = json.loads(socket_daemon.cui("start", str(acme), "--json"))
+        assert started["owner"] == "local"
+    store = Store(state)
+
+    def snapshot() -> tuple[Any, ...]:
+        return (store.vap_by_path(str(acme)), store.vms(started["id"]), store.all_addresses())
+
+    made = run_cui("utility", "token", "add", "local", "--state", str(state))
+    assert made.returncode == 1 and "reserved" in made.stderr
+    store.add_token("local", "user", "old-local-token")  # as a database from before holds it
+    with UtilityDaemon(state, tcp=True) as tcp_daemon:
+        before = snapshot()  # after the restart's reconciliation (test-driver VMs die with it)
+        headers = {"Authorization": "Bearer old-local-token"}
+        for method, path, body in (
+            ("GET", "/v1/vaps", None),
+            ("POST", "/v1/vaps/stop", {"cvl": str(acme)}),
+        ):
+            answer = requests.request(
+                method, tcp_daemon.url + path, json=body, headers=headers, timeout=60
+            )
+            assert answer.status_code == 401 and answer.json()["error"] == "invalid token"
+        env = {"COLLECTIVE_UTILITY": tcp_daemon.url, "COLLECTIVE_TOKEN": "old-local-token"}
+        assert "invalid token" in refusal(run_cui("stop", str(acme), env=env))
+        # the administrator still sees it, owned by the socket's caller
+        assert [v["owner"] for v in tcp_daemon.api("GET", "/v1/vaps")] == ["local"]
+        assert snapshot() == before
