@@ -158,6 +158,11 @@ def test_bob_cannot_start_alices_cvl_path_running_or_stopped(
     taken = refusal(cluster.cui("bob", "start", str(acme)))
     assert "no such CVL file of yours" in taken and names_nobody(taken, acme)
     assert "running" not in taken  # the refusal does not tell it runs
+    link = tmp_path / "bobs" / "Mine.cvl"  # the same file under a name of bob's
+    link.parent.mkdir()
+    link.symlink_to(acme)
+    via_link = refusal(cluster.cui("bob", "start", str(link)))
+    assert "no such CVL file of yours" in via_link and names_nobody(via_link, acme)
     assert cluster.snapshot(acme) == before
 
     assert cluster.cui("alice", "stop", str(acme)).returncode == 0
