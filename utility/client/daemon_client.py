@@ -264,6 +264,12 @@ class UtilityClient:
     def add_token(self, name: str, role: str) -> Any:
         return self.request("POST", "/v1/tokens", {"name": name, "role": role})
 
+    def tokens(self) -> Any:
+        return self.request("GET", "/v1/tokens")
+
+    def revoke_token(self, name: str) -> Any:
+        return self.request("DELETE", "/v1/tokens/" + quote(name, safe=""))
+
     def unowned(self) -> Any:
         return self.request("GET", "/v1/reconcile")
 
