@@ -1,7 +1,8 @@
 """The Collective Utility's commands: the daemon, administration, start/stop/status, the agent.
 
     cui utility serve --state DIR [--listen HOST:PORT]     the cluster manager daemon
-    cui utility token add NAME [--role user|admin]          a bearer token (printed once)
+    cui utility token add NAME [--role user|admin] [--json] a bearer token (printed once)
+    cui utility token list [--json] | token revoke NAME     names, roles, created; revoke
     cui utility subscribe URL | unsubscribe URL | subscriptions   publish events of a repository
     cui host add NAME --uri URI --memory SIZE --max-vms N | host list | host remove NAME
     cui vlan add 100-163 | cui publicip add A-B
@@ -251,14 +252,18 @@ def serve_command(
 
 
 @utility_group.command("unowned")
+@click.option("--json", "as_json", is_flag=True)
 @client_options
-def unowned_command(client: UtilityClient) -> None:
+def unowned_command(as_json: bool, client: UtilityClient) -> None:
     """Domains on the hosts that no VAP owns (found at start-up; reported, never killed)."""
-    rows = client.unowned()["unowned"]
-    for r in rows:
-        click.echo(f"{r['host']}: {r['domain']}")
-    if not rows:
-        click.echo("no unowned domains")
+
+    def render(rows: list[dict[str, str]]) -> None:
+        for r in rows:
+            click.echo(f"{r['host']}: {r['domain']}")
+        if not rows:
+            click.echo("no unowned domains")
+
+    emit(client.unowned()["unowned"], as_json, render)
 
 
 def _repository_auth(user: str | None, token_env: str) -> tuple[str, str] | None:
@@ -357,15 +362,44 @@ def token_group() -> None:
     help="Write into this state directory directly (bootstrap a TCP-only daemon's "
     "first administrator) instead of asking the daemon.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print name, role and token as JSON.")
 @client_options
-def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
+def token_add(
+    name: str, role: str, state_dir: str | None, as_json: bool, client: UtilityClient
+) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
     if state_dir:
         from utility.service.administration import bootstrap_token
 
-        click.echo(bootstrap_token(Path(state_dir), name, role))
-        return
-    click.echo(client.add_token(name, role)["token"])
+        made = {"name": name, "role": role, "token": bootstrap_token(Path(state_dir), name, role)}
+    else:
+        made = client.add_token(name, role)
+    emit(made, as_json, lambda m: click.echo(m["token"]))
+
+
+@token_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def token_list(as_json: bool, client: UtilityClient) -> None:
+    """Every token's name, role and creation time (never the token: only its hash is kept)."""
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        click.echo(f"{'NAME':24} {'ROLE':6} CREATED")
+        for r in rows:
+            created = r["created"]
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created)) if created else "-"
+            click.echo(f"{r['name']:24} {r['role']:6} {when}")
+
+    emit(client.tokens(), as_json, render)
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@client_options
+def token_revoke(name: str, client: UtilityClient) -> None:
+    """Revoke NAME's token: its next request is refused."""
+    client.revoke_token(name)
+    click.echo(f"revoked the token of {name}")
 
 
 @utility_group.group("trust")
@@ -817,9 +851,15 @@ def agent_set(key: str, cvl_file: str) -> None:
 
 
 @agent_group.command("list")
-def agent_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print [{cvl, key}] as JSON.")
+def agent_list(as_json: bool) -> None:
     """The cached keys (never the values)."""
-    for key in _open_cache().keys():
+    keys = list(_open_cache().keys())
+    if as_json:
+        rows = [dict(zip(("cvl", "key"), k.rsplit("#", 1), strict=True)) for k in keys]
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for key in keys:
         click.echo(key)
 
 

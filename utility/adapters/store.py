@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS public_ips (ip TEXT PRIMARY KEY, vap_id INTEGER, ifac
 CREATE TABLE IF NOT EXISTS blacklist (url TEXT NOT NULL, version TEXT NOT NULL,
   PRIMARY KEY (url, version));
 CREATE TABLE IF NOT EXISTS tokens (digest TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL,
-  role TEXT NOT NULL CHECK (role IN ('admin', 'user')));
+  role TEXT NOT NULL CHECK (role IN ('admin', 'user')), created REAL);
 CREATE TABLE IF NOT EXISTS vaps (
   id INTEGER PRIMARY KEY AUTOINCREMENT, cvl_path TEXT NOT NULL, owner TEXT NOT NULL,
   status TEXT NOT NULL, state_json TEXT, error TEXT, updated REAL NOT NULL);
@@ -106,6 +106,13 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def add_token_created(db: sqlite3.Connection) -> None:
+    """Give a `tokens` table made before version 3 its `created` column (idempotent)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(tokens)")}
+    if "created" not in columns:
+        db.execute("ALTER TABLE tokens ADD COLUMN created REAL")
+
+
 class Store:
     """The state database. Thread-safe: one connection per thread, writes serialised by SQLite."""
 
@@ -120,6 +127,7 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            add_token_created(db)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -252,7 +260,22 @@ class Store:
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM tokens WHERE name=?", (name,)).fetchone():
                 raise Conflict(f"a token named {name} exists")
-            db.execute("INSERT INTO tokens VALUES (?,?,?)", (token_digest(token), name, role))
+            db.execute(
+                "INSERT INTO tokens (digest, name, role, created) VALUES (?,?,?,?)",
+                (token_digest(token), name, role, time.time()),
+            )
+
+    def tokens(self) -> list[dict[str, object]]:
+        """Every token's name, role and creation time (None for tokens older than the column),
+        by name; never the digest."""
+        rows = self.read().execute("SELECT name, role, created FROM tokens ORDER BY name")
+        return [dict(r) for r in rows]
+
+    def revoke_token(self, name: str) -> None:
+        """Delete the token of `name` (NotFound if there is none)."""
+        with self.transaction() as db:
+            if db.execute("DELETE FROM tokens WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"no token named {name}")
 
     def who(self, token: str) -> tuple[str, str] | None:
         """(name, role) for a token, or None."""

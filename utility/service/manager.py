@@ -36,7 +36,14 @@ from utility.service.hosts import EMBEDDED_HOST, Hosts
 from utility.service.lifecycle import Lifecycle, Parts
 from utility.service.locks import VapLocks
 from utility.service.pipeline import FetchReport, Pipeline
-from utility.service.policy import Caller, Policy
+from utility.service.policy import (
+    RESERVED_NAMES,
+    Caller,
+    Policy,
+    never_started,
+    no_vap_id,
+    not_running,
+)
 from utility.service.recovery import Recovery
 from utility.service.secrets import HeldSecrets
 from utility.service.status import StatusView
@@ -121,7 +128,9 @@ class ClusterManager:
     def authenticate(self, token: str) -> Caller | None:
         """The caller a bearer token stands for, or None."""
         who = self.store.who(token)
-        return Caller(*who) if who else None
+        if who is None or who[0] in RESERVED_NAMES:  # an old database's token named `local`
+            return None
+        return Caller(*who)
 
     # -- VAPs -----------------------------------------------------------------------------------
 
@@ -141,7 +150,7 @@ class ClusterManager:
         while disk objects download.
         """
         path = Path(cvl_path).resolve()
-        self.policy.require_use(caller, path)
+        self.policy.require_startable(caller, path, self.store.vap_by_path(str(path)))
         return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress, restart)
 
     def stop(
@@ -153,7 +162,7 @@ class ClusterManager:
     ) -> dict[str, Any]:
         """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
         path = str(Path(cvl_path).resolve())
-        self.policy.require_owner(caller, self.lifecycle.active(path), "control")
+        self.policy.require_owner(caller, self.store.vap_by_path(path), not_running(path))
         return self.lifecycle.stop(caller.name, path, component, stop_timeout)
 
     def update(
@@ -169,8 +178,9 @@ class ClusterManager:
     ) -> dict[str, Any]:
         """Re-evaluate a running VAP's CVL and apply the difference (see `Updating.update`)."""
         path = Path(cvl_path).resolve()
+        hidden = not_running(str(path))
+        self.policy.require_owner(caller, self.store.vap_by_path(str(path)), hidden)
         self.policy.require_use(caller, path)
-        self.policy.require_owner(caller, self.lifecycle.active(str(path)), "control")
         return self.updating.update(
             path, component, dry_run=dry_run, secrets=secrets, trigger=trigger, progress=progress
         )
@@ -195,10 +205,7 @@ class ClusterManager:
         if cvl_path is None:
             return [self._status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
         path = str(Path(cvl_path).resolve())
-        vap = self.store.vap_by_path(path)
-        if vap is None:
-            raise NotFound(f"{path} was never started")
-        self.policy.require_owner(caller, vap, "see")
+        vap = self.policy.require_owner(caller, self.store.vap_by_path(path), never_started(path))
         return [self._status(vap.id)]
 
     def _status(self, vap_id: int) -> dict[str, Any]:
@@ -212,9 +219,12 @@ class ClusterManager:
 
     def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:
         """One VAP for its page: status, state, events, and the versions that failed in it."""
-        vap = self.store.vap(vap_id)
+        try:
+            vap = self.store.vap(vap_id)
+        except NotFound:
+            raise no_vap_id(vap_id) from None
         vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
-        self.policy.require_owner(caller, vap, "see")
+        self.policy.require_owner(caller, vap, no_vap_id(vap_id))
         return {
             "status": self.parts.status.vap_status(vap.id),
             "state": vap.state,
@@ -348,6 +358,17 @@ class ClusterManager:
         """A new bearer token for `name` with `role` (printed once, stored as its hash)."""
         self.policy.require_admin(caller, "create tokens")
         return self.admin.add_token(name, role)
+
+    def tokens(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every token's name, role and creation time (never the token or its digest)."""
+        self.policy.require_admin(caller, "list tokens")
+        return self.store.tokens()
+
+    def revoke_token(self, caller: Caller, name: str) -> None:
+        """Forget the token of `name`: its next request is refused (tokens are looked up on
+        every request)."""
+        self.policy.require_admin(caller, "revoke tokens")
+        self.store.revoke_token(name)
 
 
 __all__ = ["EMBEDDED_HOST", "Caller", "ClusterManager", "FetchReport", "VapState"]

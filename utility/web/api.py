@@ -8,7 +8,9 @@ anything unexpected a logged JSON 500.
 Authentication: `Authorization: Bearer TOKEN`; tokens are created with `cui utility token add`
 and stored as SHA-256 digests. Over the daemon's Unix socket (directory 0700, socket 0600, so
 only its owner can connect) a request without a token acts as the local administrator; on TCP
-every request needs a valid token.
+every request needs a valid token. Tokens are looked up on every request, so a revoked one is
+refused from the next request on; no token may be named `local` (the socket's caller) or
+`auto-update` (`utility.service.policy.RESERVED_NAMES`).
 
 Progress: `POST /v1/vaps/start` and `/v1/vaps/update` with `Accept: application/x-ndjson`
 answer a stream of JSON lines instead: `{"progress": {"label", "done", "total"}}` while disk
@@ -32,9 +34,10 @@ from utility.adapters.event_guard import EventRules, check_size
 from utility.core import validation as valid
 from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.service.manager import Caller, ClusterManager, FetchReport
+from utility.service.policy import LOCAL
 from utility.web.pages import init_app as init_pages
 
-LOCAL_ADMIN = Caller("local", "admin")
+LOCAL_ADMIN = Caller(LOCAL, "admin")
 SOCKET_NAME = "utility.sock"
 
 
@@ -344,8 +347,19 @@ def create_app(
         role = valid.optional_text(data, "role") or "user"
         if role not in ("admin", "user"):
             raise UtilityError("role must be 'admin' or 'user'")
-        token = manager.add_token(caller(), field(data, "name"), role)
-        return jsonify({"name": data["name"], "role": role, "token": token}), 201
+        name = field(data, "name")
+        token = manager.add_token(caller(), name, role)
+        return jsonify({"name": name, "role": role, "token": token}), 201
+
+    @app.get("/v1/tokens")
+    def tokens() -> Any:
+        return jsonify(manager.tokens(caller()))
+
+    @app.delete("/v1/tokens/<name>")
+    def revoke_token(name: str) -> Any:
+        name = valid.clean_text(name, "name")
+        manager.revoke_token(caller(), name)
+        return jsonify({"revoked": name})
 
     init_pages(app)
     return app
