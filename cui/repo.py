@@ -174,6 +174,34 @@ def token_cmd() -> None:
     click.echo(f"token:        {token}\ntoken_sha256: {token_digest(token)}")
 
 
+def _resolvable_parent(parent: Path, parent_id: str) -> Path:
+    """`parent`, or the same object under the checkout's `.git/lfs/objects` when `parent` is an
+    overlay whose store-relative backing name does not resolve beside it (a `git lfs pull`
+    checkout or a download). Refuses with what to do when neither works."""
+    from reposerver.errors import InvalidAppliance
+    from reposerver.objects import object_relpath
+    from reposerver.qcow2 import checked_parent
+
+    try:
+        below = checked_parent(parent)
+    except Exception as exc:  # noqa: BLE001 - our own parser's refusal, said plainly
+        raise InvalidAppliance(f"{parent}: not a usable published disk: {exc}") from None
+    if below is None or (parent.resolve().parent / "../.." / object_relpath(below)).is_file():
+        return parent
+    for directory in parent.resolve().parents:
+        candidate = directory / ".git" / "lfs" / "objects" / object_relpath(parent_id)
+        if candidate.is_file():
+            deeper = candidate.parent / "../.." / object_relpath(below)
+            if deeper.is_file():
+                return candidate
+            break
+    raise InvalidAppliance(
+        f"{parent} is an overlay of sha256:{below[:12]}, which is not next to it: run "
+        "`git lfs fetch --all` in the checkout (cui delta then reads the chain from "
+        ".git/lfs/objects), or `cui fetch URL VERSION DIR` and give DIR/objects/…/<sha256>"
+    )
+
+
 @click.command("delta")
 @click.argument("parent", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
@@ -184,9 +212,9 @@ def delta_cmd(parent: Path, image: Path, out: Path) -> None:
     For publishers who push with git: PARENT is the previous version's disk object as git-lfs
     checked it out (byte-identical to the stored object); commit OUT in its place and push. The
     server stores only the changed clusters and checks that PARENT's object is in the repository.
-    When the previous version is itself an overlay, its backing chain must resolve: run
-    `git lfs fetch --all` and give PARENT as its path under `.git/lfs/objects/` (the same
-    `ab/cd/<sha256>` layout the references use).
+    When the previous version is itself an overlay, its backing chain must resolve: after
+    `git lfs fetch --all` the checked-out file is enough (the chain is read from the
+    checkout's `.git/lfs/objects/`, the `ab/cd/<sha256>` layout the references use).
     """
     import os
     import tempfile
@@ -195,6 +223,7 @@ def delta_cmd(parent: Path, image: Path, out: Path) -> None:
     from reposerver.objects import hash_file
 
     parent_id, _ = hash_file(parent)
+    parent = _resolvable_parent(parent, parent_id)
     fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=".cui-delta-")
     os.close(fd)
     os.unlink(tmp)

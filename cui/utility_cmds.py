@@ -1,7 +1,8 @@
 """The Collective Utility's commands: the daemon, administration, start/stop/status, the agent.
 
     cui utility serve --state DIR [--listen HOST:PORT]     the cluster manager daemon
-    cui utility token add NAME [--role user|admin]          a bearer token (printed once)
+    cui utility token add NAME [--role user|admin] [--json] a bearer token (printed once)
+    cui utility token list [--json] | token revoke NAME     names, roles, created; revoke
     cui utility subscribe URL | unsubscribe URL | subscriptions   publish events of a repository
     cui host add NAME --uri URI --memory SIZE --max-vms N | host list | host remove NAME
     cui vlan add 100-163 | cui publicip add A-B
@@ -191,6 +192,14 @@ def utility_group() -> None:
     "they are READY.",
 )
 @click.option(
+    "--check-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Check every VM this often (seconds; libvirt lifecycle events wake the check sooner); "
+    "a VM that stopped on its own is marked crashed and restarted. 0 turns the check off.",
+)
+@click.option(
     "--user-root",
     type=click.Path(file_okay=False),
     default=None,
@@ -217,6 +226,7 @@ def serve_command(
     ready_timeout: float,
     events_secret_env: str,
     poll_interval: float | None,
+    check_interval: float,
     user_root: str | None,
     boot_order: str,
 ) -> None:
@@ -252,18 +262,23 @@ def serve_command(
         reinitialise=reinitialise,
         tls=tls,
         event_rules=EventRules(window=event_window),
+        check_interval=check_interval,
     )
 
 
 @utility_group.command("unowned")
+@click.option("--json", "as_json", is_flag=True)
 @client_options
-def unowned_command(client: UtilityClient) -> None:
+def unowned_command(as_json: bool, client: UtilityClient) -> None:
     """Domains on the hosts that no VAP owns (found at start-up; reported, never killed)."""
-    rows = client.unowned()["unowned"]
-    for r in rows:
-        click.echo(f"{r['host']}: {r['domain']}")
-    if not rows:
-        click.echo("no unowned domains")
+
+    def render(rows: list[dict[str, str]]) -> None:
+        for r in rows:
+            click.echo(f"{r['host']}: {r['domain']}")
+        if not rows:
+            click.echo("no unowned domains")
+
+    emit(client.unowned()["unowned"], as_json, render)
 
 
 def _repository_auth(user: str | None, token_env: str) -> tuple[str, str] | None:
@@ -362,15 +377,44 @@ def token_group() -> None:
     help="Write into this state directory directly (bootstrap a TCP-only daemon's "
     "first administrator) instead of asking the daemon.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print name, role and token as JSON.")
 @client_options
-def token_add(name: str, role: str, state_dir: str | None, client: UtilityClient) -> None:
+def token_add(
+    name: str, role: str, state_dir: str | None, as_json: bool, client: UtilityClient
+) -> None:
     """Create a token for NAME and print it (it is stored only as a hash)."""
     if state_dir:
         from utility.service.administration import bootstrap_token
 
-        click.echo(bootstrap_token(Path(state_dir), name, role))
-        return
-    click.echo(client.add_token(name, role)["token"])
+        made = {"name": name, "role": role, "token": bootstrap_token(Path(state_dir), name, role)}
+    else:
+        made = client.add_token(name, role)
+    emit(made, as_json, lambda m: click.echo(m["token"]))
+
+
+@token_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def token_list(as_json: bool, client: UtilityClient) -> None:
+    """Every token's name, role and creation time (never the token: only its hash is kept)."""
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        click.echo(f"{'NAME':24} {'ROLE':6} CREATED")
+        for r in rows:
+            created = r["created"]
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created)) if created else "-"
+            click.echo(f"{r['name']:24} {r['role']:6} {when}")
+
+    emit(client.tokens(), as_json, render)
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@client_options
+def token_revoke(name: str, client: UtilityClient) -> None:
+    """Revoke NAME's token: its next request is refused."""
+    client.revoke_token(name)
+    click.echo(f"revoked the token of {name}")
 
 
 @utility_group.group("trust")
@@ -466,6 +510,22 @@ def host_remove(name: str, client: UtilityClient) -> None:
     """Forget a host (refused while it runs VMs)."""
     client.remove_host(name)
     click.echo(f"removed host {name}")
+
+
+@host_group.command("dead")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def host_dead(name: str, as_json: bool, client: UtilityClient) -> None:
+    """Declare a host gone for good: its VMs are lost, stops waiting for it complete and
+    release their addresses (recorded in each VAP's history)."""
+
+    def render(r: dict[str, Any]) -> None:
+        click.echo(f"host {name} declared dead: {len(r['dead'])} VM(s) lost")
+        for path in r["stopped"]:
+            click.echo(f"pending stop of {path} completed")
+
+    emit(client.host_dead(name), as_json, render)
 
 
 @click.group("vlan")
@@ -634,17 +694,24 @@ class DiskProgress:
 @click.command("start")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress).")
+@click.option(
+    "--restart",
+    type=click.Choice(["always", "never"]),
+    default="always",
+    show_default=True,
+    help="Restart a VM that stopped on its own (with backoff), or leave it crashed.",
+)
 @client_options
-def start_command(file: str, as_json: bool, client: UtilityClient) -> None:
+def start_command(file: str, as_json: bool, restart: str, client: UtilityClient) -> None:
     """Start the appliance FILE.cvl describes (disk downloads shown with progress bars)."""
     path = Path(file).resolve()
     began = time.monotonic()
     secrets = _secrets_for(path)
     if as_json:
-        result = client.start(str(path), secrets)
+        result = client.start(str(path), secrets, restart=restart)
     else:
         with DiskProgress() as progress:
-            result = client.start(str(path), secrets, progress)
+            result = client.start(str(path), secrets, progress, restart)
     for note in result.get("notes", []):
         click.echo(note, err=True)
 
@@ -745,6 +812,7 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
     for vap in vaps:
         click.echo(
             f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
+            + (f"  restart {vap['restart']}" if vap.get("restart") else "")
             + (f"  error: {vap['error']}" if vap.get("error") else "")
         )
         click.echo(
@@ -754,9 +822,10 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
         for c in vap["components"]:
             ifaces = ", ".join(f"{i['name']} {i['ip']} {i['mac']}" for i in c["interfaces"])
             up = f"{c['uptime']:.0f}s" if c.get("uptime") is not None else "-"
+            state = c["state"] + (f" ({c['restarts']} restarts)" if c.get("restarts") else "")
             click.echo(
                 f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
-                f"{c['host']:10} {c['state']:8} {up:>8}  {ifaces}"
+                f"{c['host']:10} {state:8} {up:>8}  {ifaces}"
             )
 
 
@@ -797,9 +866,15 @@ def agent_set(key: str, cvl_file: str) -> None:
 
 
 @agent_group.command("list")
-def agent_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print [{cvl, key}] as JSON.")
+def agent_list(as_json: bool) -> None:
     """The cached keys (never the values)."""
-    for key in _open_cache().keys():
+    keys = list(_open_cache().keys())
+    if as_json:
+        rows = [dict(zip(("cvl", "key"), k.rsplit("#", 1), strict=True)) for k in keys]
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for key in keys:
         click.echo(key)
 
 

@@ -36,9 +36,17 @@ from reposerver.repository import Repository  # noqa: E402
 from reposerver.testing import Server, free_port, running_server  # noqa: E402
 
 CUI = [sys.executable, "-m", "cui.main"]
-APPLIANCES = {"h": "DHCP", "d": "DNS", "l": "LDAP", "w": "Web", "f": "Firewall"}
-VARIANTS = ("DNS-v2", "DNS-bad")
+APPLIANCES = {"h": "DHCP", "d": "DNS", "l": "LDAP", "m": "Mail", "w": "Web", "f": "Firewall"}
+VARIANTS = ("DNS-v2", "DNS-bad", "Mail-v2")
 ROOT_PASSWORD = "s3cret & more"  # the user's sensitive rootdnpass (given on stdin, never a file)
+# Figure 5's four sensitive parameters, as the user gives them to the user agent (never a file).
+SECRETS = {
+    "rootdnpass": ROOT_PASSWORD,
+    "proxypw": "proxy/pw #1",
+    "smtppw": "smtp pw & 2",
+    "rootpw": "root: pw 3",
+}
+MAIL_USER = ("alice@acme.org", "alice's pw", "acme.org/alice/")  # address, password, Maildir
 PUBLIC_NET = "198.51.100"  # the public pool (TEST-NET-2), only ever on the VAP's own bridge
 
 
@@ -319,11 +327,14 @@ class GroupwareLab:
         return run([*CUI, *args], env=self.env, stdin=stdin, timeout=timeout).stdout
 
     def start(self) -> float:
-        """`cui start` AcmeGroupware (rootdnpass on stdin, for the user agent); its seconds."""
+        """`cui start` AcmeGroupware (the sensitive values given to the user agent first, with
+        `cui agent set`, as a user would); its seconds."""
         assert self.cvl is not None
+        for key, value in SECRETS.items():
+            self.cui("agent", "set", key, "--cvl", str(self.cvl), stdin=value + "\n")
         began = time.monotonic()
         self.stack.callback(self._stop_quietly)
-        self.cui("start", str(self.cvl), "--json", stdin=ROOT_PASSWORD + "\n")
+        self.cui("start", str(self.cvl), "--json")
         self.timings["start"] = time.monotonic() - began
         return self.timings["start"]
 
@@ -402,6 +413,71 @@ class GroupwareLab:
         inside = self.plug("in", van_bridge, _host_250(van_ip))
         outside = self.plug("out", public_bridge, _host_250(public_ip))
         return inside, outside
+
+    # -- mail and certificates, as a user outside the firewall sees them ----------------------
+
+    def ca_certificate(self) -> Path:
+        """The VAN's CA certificate as a user fetches it: `http://<public address>/ca.crt`,
+        from the outside namespace."""
+        public = self.param("f", "ethernet1.ip")
+        text = self.namespaces["out"].fetch(f"http://{public}/ca.crt")
+        if not text.startswith("-----BEGIN CERTIFICATE-----"):
+            raise LabError(f"no CA certificate at http://{public}/ca.crt")
+        path = self.work / "ca.crt"
+        path.write_text(text)
+        return path
+
+    def add_mail_user(self) -> None:
+        """MAIL_USER (alice) with her Maildir location, added to LDAP by the directory's
+        administrator (the root DN, rootdnpass) from the VAN."""
+        address, password, mailbox = MAIL_USER
+        ldif = (
+            "dn: uid=alice,ou=people,dc=acme,dc=org\nobjectClass: inetOrgPerson\n"
+            "objectClass: extensibleObject\nuid: alice\ncn: Alice\nsn: Example\n"
+            f"mail: {address}\nuserPassword: {password}\nmailbox: {mailbox}\n"
+        )
+        ldap = self.param("l", "ethernet0.ip")
+        add = 'printf "%s" "$0" | ldapadd -x -H "ldap://$1" -D cn=admin,dc=acme,dc=org -w "$2"'
+        done = self.namespaces["in"].run(["sh", "-c", add, ldif, ldap, ROOT_PASSWORD])
+        if done.returncode not in (0, 68):  # 68: already there
+            raise LabError(f"ldapadd alice: {done.stderr.strip()}")
+
+    def mail(
+        self, action: str, password: str, subject: str = "", cafile: Path | None = None
+    ) -> dict[str, object]:
+        """`scripts/mail_probe.py ACTION` as MAIL_USER from the outside namespace, through the
+        firewall's public address, TLS verified for m.acme.org against the VAN's CA (or
+        `cafile`)."""
+        done = self.namespaces["out"].run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "mail_probe.py"),
+                action,
+                self.param("f", "ethernet1.ip"),
+                "m.acme.org",
+                str(cafile or self.work / "ca.crt"),
+                MAIL_USER[0],
+                password,
+                subject,
+            ]
+        )
+        try:
+            return json.loads(done.stdout)  # type: ignore[no-any-return]
+        except json.JSONDecodeError:
+            return {"error": done.stderr.strip()[-500:]}
+
+    def wait_mail(self, action: str, subject: str, timeout: float = 30) -> list[str]:
+        """The subjects in MAIL_USER's mailbox once `subject` is among them (delivery is
+        asynchronous); raises LabError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.mail(action, MAIL_USER[1])
+            subjects = [str(x) for x in found.get("subjects", [])]  # type: ignore[attr-defined]
+            if subject in subjects:
+                return subjects
+            if time.monotonic() > deadline:
+                raise LabError(f"{subject!r} not in the mailbox over {action}: {found}")
+            time.sleep(1)
 
     # -- reading the guests' consoles ---------------------------------------------------------
 
@@ -612,7 +688,7 @@ def demo(host_uri: str) -> None:
         _show(f"daemon at {g.env['COLLECTIVE_UTILITY']}, host {host_uri}, prefix {g.prefix}")
         cvl = g.write_user_files()
         _step(
-            f"cui start {cvl.name}: five VMs in dependency order"
+            f"cui start {cvl.name}: six VMs in dependency order"
             + (" (qemu, TCG)" if real else " (test driver: no guests boot)")
         )
         _show(cvl.read_text().split("*/", 1)[-1].strip())
@@ -655,6 +731,28 @@ def demo(host_uri: str) -> None:
                 f"port 8053 (not a service) through the firewall: "
                 f"{'open' if outside.connects(public, 8053) else 'dropped'}"
             )
+            _step(f"the VAN's CA certificate, as a user fetches it: http://{public}/ca.crt")
+            ca = g.ca_certificate()
+            _show(
+                run(
+                    [
+                        "openssl",
+                        "x509",
+                        "-in",
+                        str(ca),
+                        "-noout",
+                        "-subject",
+                        "-fingerprint",
+                        "-sha256",
+                    ]
+                ).stdout.strip()
+            )
+            _step("mail: alice added to LDAP; SMTP from outside through the firewall (STARTTLS)")
+            g.add_mail_user()
+            _show(f"send: {g.mail('send', MAIL_USER[1], 'Hello from outside')}")
+            _show("IMAPS (993), certificate verified against the VAN's CA for m.acme.org: ")
+            _show(f"  subjects {g.wait_mail('imaps', 'Hello from outside')}")
+            _show(f"POP3S (995): {g.mail('pop3s', MAIL_USER[1])}")
             _step("a record written to DNS's data disk (its admin port, from the VAN)")
             _show(inside.fetch(f"http://{dns}:8053/cgi-bin/records?name=kept&ip=192.0.2.7"))
             _show("dig kept.acme.org: " + " ".join(inside.dig(dns, "kept.acme.org")))

@@ -1,4 +1,4 @@
-"""The paper's Groupware experiment timed on this machine: five real VMs (qemu under TCG through
+"""The paper's Groupware experiment timed on this machine: six real VMs (qemu under TCG through
 libvirtd, 2 cores) started through the Collective Utility (`scripts/groupware_network.py`:
 appliances published with git push + signed tags to gunicorn, `cui utility serve`, `cui start`).
 
@@ -35,8 +35,8 @@ sys.path.insert(0, str(SCRIPTS))
 from groupware_network import APPLIANCES, GroupwareLab, lab  # noqa: E402
 
 NAMES = [
-    "Groupware: cui start -> all 5 appliances READY (cold cache, TCG)",
-    "Groupware: cui start -> all 5 appliances READY (warm cache, TCG)",
+    "Groupware: cui start -> all 6 appliances READY (cold cache, TCG)",
+    "Groupware: cui start -> all 6 appliances READY (warm cache, TCG)",
     "Groupware: cluster manager's share of the cold start",
     "Groupware: automatic update of DNS, git push -> READY",
     "Groupware: all appliances READY, overlapped boots vs strict order (warm)",

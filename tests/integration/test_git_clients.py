@@ -11,8 +11,9 @@ import pytest
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
+from tests.security.sec_web_support import cui_serve
 
-SERVERS = ["gunicorn"]
+SERVERS = ["gunicorn", "cui serve"]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     publish(repo.path, cvl)
     write_pattern(source / "root.qcow2", 0x22, "2M", "64k")
     publish(repo.path, cvl)
-    with running_server(root) as server:
-        yield {"gunicorn": server.url}
+    with running_server(root) as server, cui_serve(root) as dev:
+        yield {"gunicorn": server.url, "cui serve": dev.url}
 
 
 def git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

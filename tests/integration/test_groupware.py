@@ -14,6 +14,7 @@ firewall).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,14 @@ libvirt = pytest.importorskip("libvirt")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from groupware_network import ROOT_PASSWORD, GroupwareLab, Namespace, lab  # noqa: E402
+from groupware_network import (  # noqa: E402
+    MAIL_USER,
+    ROOT_PASSWORD,
+    SECRETS,
+    GroupwareLab,
+    Namespace,
+    lab,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("groupware")]
 READY_TIMEOUT = 120.0  # per VM; a quiet TCG boot to READY is ~15 s, the bad release waits it out
@@ -62,18 +70,18 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
     g = groupware
     vap = g.vap()
     assert vap["status"] == "running"
-    assert {c: row["state"] for c, row in g.status().items()} == dict.fromkeys("dfhlw", "running")
-    assert {c: row["version"] for c, row in g.status().items()} == dict.fromkeys("dfhlw", "1")
+    assert {c: row["state"] for c, row in g.status().items()} == dict.fromkeys("dfhlmw", "running")
+    assert {c: row["version"] for c, row in g.status().items()} == dict.fromkeys("dfhlmw", "1")
 
     # Order from the guests' own console timestamps (wall clock from the emulated RTC), with the
     # default overlapped boot order: LDAP got its parameters (so started its service) only after
-    # DHCP and DNS said READY, the web server only after LDAP; yet their kernels booted while
-    # those were still coming up (the boots overlapped).
-    ready = {c: g.wait_event(c, "ready")[0][0] for c in "hdlfw"}
-    booted = {c: g.wait_event(c, "boot")[0][0] for c in "hdlfw"}
-    params = {c: g.wait_event(c, "params")[0][0] for c in "hdlfw"}
+    # DHCP and DNS said READY, the web server and Mail only after LDAP; yet their kernels booted
+    # while those were still coming up (the boots overlapped).
+    ready = {c: g.wait_event(c, "ready")[0][0] for c in "hdlmfw"}
+    booted = {c: g.wait_event(c, "boot")[0][0] for c in "hdlmfw"}
+    params = {c: g.wait_event(c, "params")[0][0] for c in "hdlmfw"}
     assert max(ready["h"], ready["d"]) < params["l"], (ready, params)
-    assert ready["l"] < params["w"], (ready, params)
+    assert ready["l"] < params["w"] and ready["l"] < params["m"], (ready, params)
     assert booted["l"] < max(ready["h"], ready["d"]) and booted["w"] < ready["l"], (ready, booted)
 
     inside, outside = g.namespaces["in"], g.namespaces["out"]
@@ -115,14 +123,15 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
         ]
     )
     assert wrong.returncode == 49  # invalid credentials
-    for component in "hdlfw":
+    for component in "hdlmfw":
         console = (g.cvl.parent / component / "console.log").read_text(errors="replace")  # type: ignore[union-attr]
-        assert ROOT_PASSWORD not in console
+        for secret in SECRETS.values():
+            assert secret not in console
 
     # The firewall's public address, from outside: exactly the configured services get through.
     public = ip(g, "f", "ethernet1")
     page = outside.fetch(f"http://{public}/")
-    assert "<title>Acme intranet</title>" in page and "acme.org" in page
+    assert "<title>Acme Widgets</title>" in page and "acme.org" in page
     assert outside.dig(public, "l.acme.org") == [ip(g, "l")]  # 53/udp is a service
     ldap_through = outside.run(
         [
@@ -141,6 +150,7 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
     assert inside.connects(ip(g, "d"), 8053)  # DNS's record admin is up on the VAN...
     assert not outside.connects(public, 8053)  # ...but it is not a service: dropped
     assert not outside.connects(public, 22)
+    assert not outside.connects(public, 8440)  # the CA signs only on the VAN
     assert not outside.connects(ip(g, "w"), 80)  # no route from outside but the firewall
 
 
@@ -227,3 +237,154 @@ def _v2_is_applied_automatically_and_keeps_the_data_disk(groupware: GroupwareLab
     assert inside.dig(dns, "appliance.acme.org", "TXT") == ['"collective DNS 2"']
     assert inside.dig(dns, "kept.acme.org") == ["192.0.2.7"]  # still there after the update
     assert inside.dig(dns, "l.acme.org") == [ip(g, "l")]
+
+
+# -- the Mail appliance, certificates from the VAN's CA, the 14 parameters --------------------
+
+
+def test_the_user_file_sets_exactly_the_14_parameters_of_figure_5(groupware: GroupwareLab) -> None:
+    """AcmeGroupware assigns 10 values and the user agent holds the 4 sensitive ones; nothing
+    else was given, yet all six appliances run (checked above) and got what they need."""
+    import re
+
+    assert groupware.cvl is not None
+    text = groupware.cvl.read_text().split("*/", 1)[1]
+    assigned = set(re.findall(r"^\s*([a-z]+)\s*=", text, re.M))
+    paper = {
+        "hostname",
+        "domain",
+        "rootdnpass",
+        "proxypw",
+        "smtppw",
+        "country",
+        "state",
+        "city",
+        "org",
+        "ou",
+        "certemail",
+        "defmailhost",
+        "forwarders",
+        "rootpw",
+    }
+    assert assigned | set(SECRETS) == paper and not assigned & set(SECRETS)
+    assert len(paper) == 14
+    listed = groupware.cui("agent", "list")
+    assert all(key in listed for key in SECRETS)
+    # rootpw reached every appliance's channel and only its hash a file: the agent says so.
+    for component in "hdlmfw":
+        keys = [d for _, e, d in groupware.events(component) if e == "params"][0]
+        assert "rootpw" in keys, (component, keys)
+
+
+def test_ca_certificate_is_published_by_the_web_appliance(
+    groupware: GroupwareLab, tmp_path: Path
+) -> None:
+    ca = groupware.ca_certificate()
+    text = ca.read_text()
+    assert text.startswith("-----BEGIN CERTIFICATE-----")
+    import ssl
+
+    # HTTPS through the firewall: the chain verifies against that CA for w.acme.org.
+    outside = groupware.namespaces["out"]
+    public = ip(groupware, "f", "ethernet1")
+    probe = (
+        "import socket,ssl,sys\n"
+        "ctx=ssl.create_default_context(cafile=sys.argv[2])\n"
+        "s=ctx.wrap_socket(socket.create_connection((sys.argv[1],443),timeout=20),"
+        "server_hostname='w.acme.org')\n"
+        "s.sendall(b'GET / HTTP/1.0\\r\\nHost: w.acme.org\\r\\n\\r\\n')\n"
+        "print(dict(x[0] for x in s.getpeercert()['subject'])['organizationName'])\n"
+        "sys.stdout.write(s.recv(65536).decode())\n"
+    )
+    done = outside.run([sys.executable, "-c", probe, public, str(ca)])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Acme Widgets\n") and "<title>Acme Widgets</title>" in done.stdout
+    # A client that does not trust the VAN's CA refuses the same server.
+    untrusted = outside.run(
+        [sys.executable, "-c", probe.replace("cafile=sys.argv[2]", ""), public, str(ca)]
+    )
+    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    assert ssl.PEM_cert_to_DER_cert(text)  # a well-formed certificate
+
+
+def test_ldaps_serves_a_certificate_from_the_vans_ca(
+    groupware: GroupwareLab, tmp_path: Path
+) -> None:
+    g = groupware
+    ca = g.ca_certificate()
+    search = g.namespaces["in"].run(
+        [
+            "env",
+            f"LDAPTLS_CACERT={ca}",
+            "LDAPTLS_REQCERT=demand",
+            "ldapsearch",
+            "-x",
+            "-LLL",
+            "-H",
+            f"ldaps://{ip(g, 'l')}",
+            "-b",
+            "dc=acme,dc=org",
+            "(ou=people)",
+            "dn",
+        ]
+    )
+    assert "dn: ou=people,dc=acme,dc=org" in search.stdout, search.stderr
+
+
+def test_mail_from_outside_is_read_back_over_imaps_and_pop3s_and_kept_by_a_v2_update(
+    groupware: GroupwareLab, tmp_path: Path
+) -> None:
+    g = groupware
+    g.ca_certificate()
+    g.add_mail_user()
+    sent = g.mail("send", MAIL_USER[1], "first through the firewall")
+    assert sent == {"refused": {}}, sent
+    g.wait_mail("imaps", "first through the firewall")
+    assert "first through the firewall" in g.mail("pop3s", MAIL_USER[1])["subjects"]  # type: ignore[operator]
+    wrong = g.mail("imaps", "not alice's password")
+    assert "AUTHENTICATIONFAILED" in str(wrong.get("error")), wrong
+    # submission (587): STARTTLS, then a login with the user's LDAP password
+    assert g.mail("submit", MAIL_USER[1], "submitted") == {"refused": {}}
+    g.wait_mail("imaps", "submitted")
+    # a client trusting another CA refuses the server: the chain really is the VAN's
+    other = tmp_path / "other-ca.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "other.key"),
+            "-out",
+            str(other),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Another CA",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    refused = g.mail("imaps", MAIL_USER[1], cafile=other)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.get("error")), refused
+
+    # Mail v2: `cui update` restarts only Mail, and the mailbox (data disk) is still there.
+    cert = g.mail("imaps", MAIL_USER[1])["cert"]
+    before = g.domain_ids()
+    g.push("Mail", "Mail-v2", "Mail 2")
+    result = g.update()
+    assert any(line.startswith("~ m") for line in result["lines"]), result  # type: ignore[attr-defined]
+    after = g.domain_ids()
+    assert after["m"] != before["m"]
+    assert {c: i for c, i in after.items() if c != "m"} == {
+        c: i for c, i in before.items() if c != "m"
+    }
+    assert g.status()["m"]["version"] == "2"
+    subjects = g.wait_mail("imaps", "submitted")
+    assert "first through the firewall" in subjects, subjects
+    assert g.mail("imaps", MAIL_USER[1])["cert"] == cert, "the certificate was kept"

@@ -313,3 +313,17 @@ def test_git_publisher_pushes_a_delta_made_with_cui_delta(served, tmp_path: Path
         capture_output=True,
     )
     assert same.returncode == 0
+    # A fresh checkout of v2 (an overlay): the checked-out file is a usable parent once the
+    # whole chain is in .git/lfs/objects, and a clear instruction before that.
+    again = clone(server, tmp_path / "again")
+    image3 = tmp_path / "v3-image.qcow2"
+    shutil.copy(image, image3)
+    write_pattern(image3, 0x77, "3M", "64k")
+    out = tmp_path / "v3.qcow2"
+    early = CliRunner().invoke(cli, ["delta", str(again / "root.qcow2"), str(image3), str(out)])
+    assert early.exit_code == 1 and "git lfs fetch --all" in early.output
+    assert "qemu-img" not in early.output and not out.exists()
+    git("lfs", "fetch", "--all", cwd=again)
+    made = CliRunner().invoke(cli, ["delta", str(again / "root.qcow2"), str(image3), str(out)])
+    assert made.exit_code == 0, made.output
+    assert out.stat().st_size < 1024 * 1024

@@ -58,3 +58,36 @@ def test_update_downloads_without_holding_the_state_write_lock(tmp_path: Path) -
         status = manager.status(ADMIN, str(cvl))[0]["components"][0]
         assert status["version"] == "2" and status["state"] == "running"
         manager.close()
+
+
+def test_dry_run_plans_from_the_disk_list_and_downloads_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    repo = Repository.create(root / "DNS")
+    src = sample_appliance(tmp_path / "src", "DNS", size="32M", fill_bytes="4M")
+    publish(repo.path, src)
+    with running_server(root, workers=2) as server:
+        cvl = tmp_path / "user" / "MyDNS.cvl"
+        cvl.parent.mkdir()
+        cvl.write_text(
+            f'import {{ url => "{server.url}/DNS", cvl => "DNS.cvl" }} DNS;\n'
+            'MyDNS extends DNS { domain = "acme.org"; }\n'
+        )
+        manager = ClusterManager(tmp_path / "state")
+        manager.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)
+        manager.add_vlans(ADMIN, "100-101")
+        manager.add_public_ips(ADMIN, "192.0.2.1-192.0.2.2")
+        manager.start(ADMIN, str(cvl))
+        cache = tmp_path / "state" / "cache"
+        before = sorted(p.name for p in cache.rglob("*") if p.is_file())
+        assert before, "the start filled the disk cache"
+        write_pattern(src.parent / "root.qcow2", 0x33, "8M", "3M")
+        publish(repo.path, src)
+        heard: list[str] = []
+        plan = manager.update(
+            ADMIN, str(cvl), dry_run=True, progress=lambda label, *_: heard.append(label)
+        )
+        assert not plan["applied"] and any(line.startswith("~") for line in plan["lines"])
+        assert heard == [], "a dry run downloads nothing"
+        assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == before
+        manager.close()

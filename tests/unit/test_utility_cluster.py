@@ -291,7 +291,7 @@ def test_embedded_default_host_is_used_and_announced(tmp_path: Path) -> None:
     manager.close()
 
 
-def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(tmp_path: Path) -> None:
+def test_reconcile_after_restart_marks_crashed_and_reports_unowned(tmp_path: Path) -> None:
     first = make_cluster(tmp_path)
     running = paper_tree(PAPER, tmp_path / "running")
     first.start(ADMIN, str(running))
@@ -308,11 +308,14 @@ def test_reconcile_after_restart_marks_dead_rolls_back_and_reports_unowned(tmp_p
         "<os><type>hvm</type></os></domain>"
     )
     report = second.reconcile()
-    assert report["rolled_back"] == [str(interrupted)]
-    assert sorted(report["dead"]) == [f"{running}:{p}" for p in ("d", "f", "l")]
+    # every domain died with the first daemon: the interrupted start is completed per component
+    assert report["recovered"] == [str(interrupted)] and report["rolled_back"] == []
+    assert sorted(report["crashed"]) == [f"{running}:{p}" for p in ("d", "f", "l")]
     assert {"host": "h1", "domain": "stranger"} in report["unowned"]
     assert h1.domain("stranger") is not None  # reported, never killed
     held = {a[2] for a in second.store.all_addresses()}
-    assert held == {second.store.vap_by_path(str(running)).id}  # type: ignore[union-attr]
-    assert second.status(ADMIN, str(interrupted))[0]["status"] == "failed"
+    assert held == {second.store.vap_by_path(str(p)).id for p in (running, interrupted)}  # type: ignore[union-attr]
+    status = second.status(ADMIN, str(interrupted))[0]
+    assert status["status"] == "running"
+    assert [c["state"] for c in status["components"]] == ["running"] * 3
     second.close()

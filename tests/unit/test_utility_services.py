@@ -17,7 +17,7 @@ from utility.adapters.libvirt_host import HostPool
 from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.adapters.store import HostRow, Store, VapRow
 from utility.adapters.trust_policy import TrustPolicy
-from utility.errors import Conflict, Forbidden
+from utility.errors import Conflict, Forbidden, NotFound
 from utility.service.allocator import Allocator
 from utility.service.apply import Applier
 from utility.service.desired import Settings
@@ -40,10 +40,16 @@ def vap_row(owner: str, path: str = "/u/a.cvl") -> VapRow:
 def test_policy_alone_decides_every_kind_of_request(tmp_path: Path) -> None:
     policy = Policy(user_root=tmp_path / "users")
     mine = vap_row("alice")
-    policy.require_owner(ALICE, mine, "control")
-    policy.require_owner(ROOT, mine, "control")
-    with pytest.raises(Forbidden, match="bob may not control /u/a.cvl"):
-        policy.require_owner(BOB, mine, "control")
+    policy.require_owner(ROOT, mine, NotFound("-"))
+    hidden = NotFound("/u/a.cvl is not running")
+    assert policy.require_owner(ALICE, mine, hidden) is mine
+    with pytest.raises(NotFound) as refused:
+        policy.require_owner(BOB, mine, hidden)
+    assert refused.value is hidden and "alice" not in str(refused.value)
+    with pytest.raises(NotFound, match="no such CVL file of yours"):
+        Policy().require_startable(BOB, Path("/u/a.cvl"), mine)
+    Policy().require_startable(ALICE, Path("/u/a.cvl"), mine)
+    Policy().require_startable(ROOT, Path("/u/a.cvl"), mine)
     assert policy.visible(BOB, [mine]) == [] and policy.visible(ROOT, [mine]) == [mine]
     for readable in ("hosts", "blacklist", "trust"):
         policy.require_read(BOB, readable)

@@ -39,9 +39,13 @@ class ApplianceFiles(Protocol):
         """The bytes of file `name`; raises ApplianceError when it does not exist."""
         ...
 
-    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+    def local_path(
+        self, name: str, cache_dir: Path, progress: Progress | None = None, fetch: bool = True
+    ) -> Path:
         """A local file with the content of `name` (a program disk: a usable qcow2 chain);
-        `progress` hears about each download."""
+        `progress` hears about each download. With `fetch` False a program disk is not
+        downloaded: the answer is where its top object lands, from the version's disk list
+        (what a dry run plans with)."""
         ...
 
 
@@ -63,7 +67,9 @@ class DirectoryFiles:
     def read(self, name: str) -> bytes:
         return self._path(name).read_bytes()
 
-    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+    def local_path(
+        self, name: str, cache_dir: Path, progress: Progress | None = None, fetch: bool = True
+    ) -> Path:
         return self._path(name)
 
 
@@ -163,7 +169,9 @@ class RepositoryFiles:
         except Exception as exc:  # noqa: BLE001 - the repository's errors become ours, with where
             raise ApplianceError(f"{self.label}: cannot read {name!r}: {exc}") from exc
 
-    def local_path(self, name: str, cache_dir: Path, progress: Progress | None = None) -> Path:
+    def local_path(
+        self, name: str, cache_dir: Path, progress: Progress | None = None, fetch: bool = True
+    ) -> Path:
         version = int(self.origin.version)
 
         def signed_top(listed: list[dict[str, Any]]) -> None:
@@ -185,6 +193,10 @@ class RepositoryFiles:
                     f"{self.label}: disk {name!r}: its chain does not end in "
                     f"its top object sha256:{str(disk['sha256'])[:12]}"
                 )
+            if not fetch:
+                from reposerver.objects import ObjectStore
+
+                return ObjectStore(cache_dir / "objects" / "objects").path(str(disk["sha256"]))
             report = progress or FetchProgress(f"{self.label} {name}")
             try:
                 from reposerver.disks import check_fetched_chain

@@ -35,7 +35,18 @@ def _seen_events(_db: sqlite3.Connection) -> None:
     """Version 2: `seen_events` (publish-event replay guard), also created by `Store`."""
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _baseline, 2: _seen_events}
+def _token_created(db: sqlite3.Connection) -> None:
+    """Version 3: `tokens.created` (`cui utility token list`); `Store` adds it too."""
+    from utility.adapters.store import add_token_created
+
+    add_token_created(db)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _baseline,
+    2: _seen_events,
+    3: _token_created,
+}
 """Migration to version N, applied in ascending order; a new schema change appends one."""
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -70,19 +70,67 @@ class DomainInfo:
     xml: str
 
 
+# Called with (host name, domain name) when a domain stops or crashes on its own or is destroyed.
+DomainStopped = Callable[[str, str], None]
+# Says whether a host name is cut off (tests inject one; a real host is never cut off).
+Fault = Callable[[str], bool]
+
+_STOPPED_EVENTS = {libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_CRASHED}
+_event_loop: list[threading.Thread] = []
+_event_guard = threading.Lock()
+
+
+def start_event_loop() -> bool:
+    """Run libvirt's default event loop in a daemon thread (once per process).
+
+    Must run before the connections that register for events are opened. Returns True when the
+    loop runs (False if libvirt refused to register it).
+    """
+    with _event_guard:
+        if _event_loop:
+            return True
+        if libvirt.virEventRegisterDefaultImpl() != 0:
+            return False
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        thread = threading.Thread(target=run, daemon=True, name="libvirt-events")
+        thread.start()
+        _event_loop.append(thread)
+        return True
+
+
+def never_cut_off(_name: str) -> bool:
+    """The fault of a real host pool: none."""
+    return False
+
+
 class LibvirtHost:
     """One host manager: a libvirt URI with a lazily opened, re-opened connection.
 
     Args:
         name: the host's registered name (used in every error message).
         uri: the libvirt connection URI.
+        on_stopped: told about each domain that stops (registered when a connection opens and
+            the libvirt event loop runs).
+        fault: says whether this host is cut off (then every call is `HostUnreachable`).
     """
 
-    def __init__(self, name: str, uri: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        uri: str,
+        on_stopped: DomainStopped | None = None,
+        fault: Fault = never_cut_off,
+    ) -> None:
         self.name = name
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._on_stopped = on_stopped
+        self._fault = fault
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -92,6 +140,8 @@ class LibvirtHost:
         Raises:
             HostUnreachable: libvirt cannot connect; names the host and URI.
         """
+        if self._fault(self.name):
+            raise HostUnreachable(f"host {self.name}: cannot connect to {self.uri}: cut off")
         with self._lock:
             if self._conn is not None:
                 try:
@@ -106,7 +156,25 @@ class LibvirtHost:
                 raise HostUnreachable(
                     f"host {self.name}: cannot connect to {self.uri}: {exc.get_error_message()}"
                 ) from None
+            self._watch(self._conn)
             return self._conn
+
+    def _watch(self, conn: libvirt.virConnect) -> None:
+        """Register for domain lifecycle events when someone listens and the event loop runs."""
+        if self._on_stopped is None or not _event_loop:
+            return
+        listener = self._on_stopped
+
+        def lifecycle(_c: object, dom: libvirt.virDomain, event: int, _d: int, _o: object) -> None:
+            if event in _STOPPED_EVENTS:
+                listener(self.name, dom.name())
+
+        try:
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None
+            )
+        except libvirt.libvirtError:
+            pass  # no events from this driver: the periodic check still sees the domain stop
 
     def close(self) -> None:
         """Close the connection (a test: host's private instance ends with it)."""
@@ -304,11 +372,17 @@ class LibvirtHost:
 
 
 class HostPool:
-    """The open `LibvirtHost` of every registered host, keyed by name; one per daemon."""
+    """The open `LibvirtHost` of every registered host, keyed by name; one per daemon.
 
-    def __init__(self) -> None:
+    Args:
+        fault: says whether a host is cut off (tests inject one to make a host unreachable).
+    """
+
+    def __init__(self, fault: Fault = never_cut_off) -> None:
         self._hosts: dict[str, LibvirtHost] = {}
         self._lock = threading.Lock()
+        self.fault = fault
+        self.on_stopped: DomainStopped | None = None
 
     def get(self, name: str, uri: str) -> LibvirtHost:
         """The wrapper for host `name`, replaced if its URI changed."""
@@ -317,9 +391,13 @@ class HostPool:
             if host is None or host.uri != uri:
                 if host is not None:
                     host.close()
-                host = LibvirtHost(name, uri)
+                host = LibvirtHost(name, uri, self._stopped, self.fault)
                 self._hosts[name] = host
             return host
+
+    def _stopped(self, host: str, domain: str) -> None:
+        if self.on_stopped is not None:
+            self.on_stopped(host, domain)
 
     def drop(self, name: str) -> None:
         """Close and forget host `name`."""

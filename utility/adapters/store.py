@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS public_ips (ip TEXT PRIMARY KEY, vap_id INTEGER, ifac
 CREATE TABLE IF NOT EXISTS blacklist (url TEXT NOT NULL, version TEXT NOT NULL,
   PRIMARY KEY (url, version));
 CREATE TABLE IF NOT EXISTS tokens (digest TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL,
-  role TEXT NOT NULL CHECK (role IN ('admin', 'user')));
+  role TEXT NOT NULL CHECK (role IN ('admin', 'user')), created REAL);
 CREATE TABLE IF NOT EXISTS vaps (
   id INTEGER PRIMARY KEY AUTOINCREMENT, cvl_path TEXT NOT NULL, owner TEXT NOT NULL,
   status TEXT NOT NULL, state_json TEXT, error TEXT, updated REAL NOT NULL);
@@ -52,9 +52,15 @@ CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REA
   cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TEXT NOT NULL
+  CHECK (policy IN ('always', 'never')));
 """
 
 ACTIVE = ("starting", "running", "stopping", "updating")
+# VM states that may hold a host's resources: a crashed, dead or stopped VM runs nowhere; an
+# `unknown` one (its host did not answer) may still run, so it keeps counting.
+NOT_RUNNING = ("stopped", "crashed", "dead")
+RESTART_POLICIES = ("always", "never")
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,13 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def add_token_created(db: sqlite3.Connection) -> None:
+    """Give a `tokens` table made before version 3 its `created` column (idempotent)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(tokens)")}
+    if "created" not in columns:
+        db.execute("ALTER TABLE tokens ADD COLUMN created REAL")
+
+
 class Store:
     """The state database. Thread-safe: one connection per thread, writes serialised by SQLite."""
 
@@ -114,6 +127,7 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            add_token_created(db)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -176,7 +190,7 @@ class Store:
                 raise NotFound(f"no host named {name}")
             busy = db.execute(
                 "SELECT COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=? "
-                f"AND a.status IN {ACTIVE} AND v.state != 'stopped'",
+                f"AND a.status IN {ACTIVE} AND v.state NOT IN {NOT_RUNNING}",
                 (name,),
             ).fetchone()[0]
             if busy:
@@ -188,7 +202,7 @@ class Store:
         db = db or self.read()
         rows = db.execute(
             "SELECT v.host, SUM(v.memory), COUNT(*) FROM vms v JOIN vaps a ON a.id=v.vap_id "
-            f"WHERE a.status IN {ACTIVE} AND v.state != 'stopped' GROUP BY v.host"
+            f"WHERE a.status IN {ACTIVE} AND v.state NOT IN {NOT_RUNNING} GROUP BY v.host"
         ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
@@ -246,7 +260,22 @@ class Store:
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM tokens WHERE name=?", (name,)).fetchone():
                 raise Conflict(f"a token named {name} exists")
-            db.execute("INSERT INTO tokens VALUES (?,?,?)", (token_digest(token), name, role))
+            db.execute(
+                "INSERT INTO tokens (digest, name, role, created) VALUES (?,?,?,?)",
+                (token_digest(token), name, role, time.time()),
+            )
+
+    def tokens(self) -> list[dict[str, object]]:
+        """Every token's name, role and creation time (None for tokens older than the column),
+        by name; never the digest."""
+        rows = self.read().execute("SELECT name, role, created FROM tokens ORDER BY name")
+        return [dict(r) for r in rows]
+
+    def revoke_token(self, name: str) -> None:
+        """Delete the token of `name` (NotFound if there is none)."""
+        with self.transaction() as db:
+            if db.execute("DELETE FROM tokens WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"no token named {name}")
 
     def who(self, token: str) -> tuple[str, str] | None:
         """(name, role) for a token, or None."""
@@ -426,6 +455,22 @@ class Store:
                 "INSERT INTO events (at, vap_id, kind, text) VALUES (?,?,?,?)",
                 (time.time(), vap_id, kind, text),
             )
+
+    def set_restart_policy(self, db: sqlite3.Connection, vap_id: int, policy: str) -> None:
+        """Record (in transaction `db`) whether VAP `vap_id`'s crashed VMs are restarted
+        (`always`) or not (`never`)."""
+        db.execute(
+            "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)", (vap_id, policy)
+        )
+
+    def restart_policy(self, vap_id: int) -> str:
+        """The VAP's restart policy (`always` unless one was recorded)."""
+        row = (
+            self.read()
+            .execute("SELECT policy FROM restart_policy WHERE vap_id=?", (vap_id,))
+            .fetchone()
+        )
+        return str(row[0]) if row else "always"
 
     def add_history(
         self,

@@ -2,14 +2,13 @@
 
 - `check_listen`: the daemon refuses a plain-TCP listener on anything but a loopback address
   (tokens would cross the network in clear); with `--tls-cert/--tls-key` any address is fine.
-- `https_connection` / `check_token_transport`: the client speaks https verifying the server
+- `client_context` / `check_token_transport`: the client speaks https verifying the server
   against a CA file (`--ca-file`, `$COLLECTIVE_CA`, else the system store), and refuses to send a
   token over plain http to a host that is not loopback.
 """
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import os
 import ssl
@@ -67,13 +66,6 @@ def client_context(ca_file: str | None) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
     except (OSError, ssl.SSLError) as exc:
         raise UtilityError(f"CA file {ca}: {exc}") from None
-
-
-def https_connection(
-    host: str, port: int, timeout: float | None, ca_file: str | None
-) -> http.client.HTTPSConnection:
-    """An https connection that verifies the server's certificate and name."""
-    return http.client.HTTPSConnection(host, port, timeout=timeout, context=client_context(ca_file))
 
 
 def check_token_transport(scheme: str, host: str, has_token: bool) -> None:

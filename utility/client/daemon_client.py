@@ -7,16 +7,16 @@ subclasses the daemon raised, so `cui.main` maps them to exit codes in one place
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from utility.adapters.tls import check_token_transport, https_connection
+import httpx
+
+from utility.adapters.tls import check_token_transport, client_context
 from utility.errors import (
     CheckFailed,
     Conflict,
@@ -60,22 +60,8 @@ def default_url() -> str:
     return os.environ.get("COLLECTIVE_UTILITY") or f"unix://{default_state_dir() / 'utility.sock'}"
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """http.client over a Unix stream socket."""
-
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
 class UtilityClient:
-    """A client of the cluster manager API.
+    """A client of the cluster manager API (httpx: Unix socket, http, or https with a CA).
 
     Args:
         url: `unix:///path/utility.sock`, `https://host:port` or `http://host:port`
@@ -97,16 +83,20 @@ class UtilityClient:
         self.timeout = timeout
         self.ca_file = ca_file
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _client(self) -> httpx.Client:
+        """An httpx client for `self.url` (one per call: `cui` makes a request or two)."""
         parts = urlsplit(self.url)
+        timeout = httpx.Timeout(self.timeout)
         if parts.scheme == "unix":
-            return _UnixConnection(parts.path, self.timeout)
+            transport = httpx.HTTPTransport(uds=parts.path)
+            return httpx.Client(transport=transport, base_url="http://localhost", timeout=timeout)
         host = parts.hostname or "127.0.0.1"
         check_token_transport(parts.scheme, host, bool(self.token))
         if parts.scheme == "https":
-            return https_connection(host, parts.port or 443, self.timeout, self.ca_file)
+            base = f"https://{parts.netloc}"
+            return httpx.Client(base_url=base, timeout=timeout, verify=client_context(self.ca_file))
         if parts.scheme == "http":
-            return http.client.HTTPConnection(host, parts.port or 80, timeout=self.timeout)
+            return httpx.Client(base_url=f"http://{parts.netloc}", timeout=timeout)
         raise UtilityError(
             f"utility URL {self.url!r}: use unix:///PATH, https://HOST:PORT or http://HOST:PORT"
         )
@@ -119,7 +109,7 @@ class UtilityClient:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
-    def _unreachable(self, exc: OSError) -> HostUnreachable:
+    def _unreachable(self, exc: Exception) -> HostUnreachable:
         return HostUnreachable(
             f"cannot reach the cluster manager at {self.url}: {exc} "
             "(start it with `cui utility serve`)"
@@ -128,45 +118,45 @@ class UtilityClient:
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; return the decoded JSON answer or raise the matching error."""
         payload = json.dumps(body).encode() if body is not None else None
-        conn = self._connection()
         try:
-            conn.request(
-                method, path, body=payload, headers=self._headers(body, "application/json")
-            )
-            response = conn.getresponse()
-            raw = response.read()
-        except OSError as exc:
+            with self._client() as client:
+                response = client.request(
+                    method, path, content=payload, headers=self._headers(body, "application/json")
+                )
+        except (httpx.TransportError, OSError) as exc:
             raise self._unreachable(exc) from None
-        finally:
-            conn.close()
-        return _answer(response.status, raw)
+        return _answer(response.status_code, response.content)
 
     def streamed(
         self, path: str, body: dict[str, Any], progress: Callable[[str, int, int], None]
     ) -> Any:
         """POST asking for NDJSON progress: call `progress(label, done, total)` for each
         progress line, return the final result or raise its error (see `utility.web.api`)."""
-        conn = self._connection()
+        payload = json.dumps(body).encode()
         try:
-            conn.request(
-                "POST", path, body=json.dumps(body).encode(), headers=self._headers(body, NDJSON)
-            )
-            response = conn.getresponse()
-            if response.status >= 400 or NDJSON not in (response.getheader("Content-Type") or ""):
-                return _answer(response.status, response.read())
-            while line := response.readline():
-                item = json.loads(line)
-                if "progress" in item:
-                    p = item["progress"]
-                    progress(str(p["label"]), int(p["done"]), int(p["total"]))
-                elif "result" in item:
-                    return item["result"]
-                else:
-                    raise _error(int(item.get("status", 500)), item)
-        except OSError as exc:
+            with (
+                self._client() as client,
+                client.stream(
+                    "POST", path, content=payload, headers=self._headers(body, NDJSON)
+                ) as response,
+            ):
+                if response.status_code >= 400 or NDJSON not in response.headers.get(
+                    "Content-Type", ""
+                ):
+                    return _answer(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if "progress" in item:
+                        p = item["progress"]
+                        progress(str(p["label"]), int(p["done"]), int(p["total"]))
+                    elif "result" in item:
+                        return item["result"]
+                    else:
+                        raise _error(int(item.get("status", 500)), item)
+        except (httpx.TransportError, OSError) as exc:
             raise self._unreachable(exc) from None
-        finally:
-            conn.close()
         raise UtilityError(
             f"the cluster manager at {self.url} ended the answer without a result (did it stop?)"
         )
@@ -186,6 +176,9 @@ class UtilityClient:
 
     def remove_host(self, name: str) -> Any:
         return self.request("DELETE", f"/v1/hosts/{quote(name, safe='')}")
+
+    def host_dead(self, name: str) -> Any:
+        return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/dead")
 
     def add_vlans(self, spec: str) -> Any:
         return self.request("POST", "/v1/vlans", {"range": spec})
@@ -222,8 +215,9 @@ class UtilityClient:
         cvl: str,
         secrets: dict[str, str] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        restart: str = "always",
     ) -> Any:
-        body = {"cvl": cvl, "secrets": secrets or {}}
+        body = {"cvl": cvl, "secrets": secrets or {}, "restart": restart}
         if progress is not None:
             return self.streamed("/v1/vaps/start", body, progress)
         return self.request("POST", "/v1/vaps/start", body)
@@ -273,6 +267,12 @@ class UtilityClient:
 
     def add_token(self, name: str, role: str) -> Any:
         return self.request("POST", "/v1/tokens", {"name": name, "role": role})
+
+    def tokens(self) -> Any:
+        return self.request("GET", "/v1/tokens")
+
+    def revoke_token(self, name: str) -> Any:
+        return self.request("DELETE", "/v1/tokens/" + quote(name, safe=""))
 
     def unowned(self) -> Any:
         return self.request("GET", "/v1/reconcile")

@@ -15,6 +15,7 @@ from utility.adapters.trust_policy import TrustPolicy
 from utility.core import addresses
 from utility.errors import UtilityError
 from utility.service.hosts import Hosts
+from utility.service.policy import check_token_name
 
 ROLES = ("admin", "user")
 
@@ -87,6 +88,7 @@ def add_token(store: Store, name: str, role: str) -> str:
     """A new bearer token for `name` with `role`, recorded in `store`; the token itself."""
     if role not in ROLES:
         raise UtilityError("role must be 'admin' or 'user'")
+    check_token_name(name)
     token = token_source.token_urlsafe(32)
     store.add_token(name, role, token)
     return token

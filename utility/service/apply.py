@@ -17,7 +17,7 @@ from pathlib import Path
 from utility.adapters.executor import Executor, Outcome, Timeouts
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.store import Store
-from utility.core.desired_state import VapState
+from utility.core.desired_state import VapState, Vm
 from utility.core.planner import Action, Op, Plan, diff
 
 
@@ -87,6 +87,18 @@ class Applier:
         )
         return Applied(plan, executor.run(plan, keep_going=keep_going))
 
+    def restart(self, vap_id: int, vm: Vm) -> None:
+        """Boot a crashed VM again where it was (fresh program overlays, its data disks)."""
+        executor = Executor(self.hosts, vap_id, self.timeouts, self.attic, report=_ignore)
+        self.hosts(vm.host).destroy_domain(vm.domain)
+        self.store.set_vm(vap_id, vm.path, "booting")
+        try:
+            executor.boot(vm)
+        except BaseException:
+            self.store.set_vm(vap_id, vm.path, "crashed")
+            raise
+        self.store.set_vm(vap_id, vm.path, "running", started=self.clock(), boot=True)
+
     def _record(self, vap_id: int, action: Action, phase: str) -> None:
         if action.vm is None:
             return
@@ -98,3 +110,7 @@ class Applier:
                 self.store.set_vm(vap_id, path, "running", started=self.clock(), boot=True)
         elif action.op in (Op.STOP, Op.REMOVE) and phase == "done":
             self.store.set_vm(vap_id, path, "stopped")
+
+
+def _ignore(_action: Action, _phase: str) -> None:
+    """A report nobody reads (a restart records its own states)."""

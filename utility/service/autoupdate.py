@@ -23,8 +23,9 @@ from typing import Any
 from utility.adapters.event_guard import check_version, exact_versions
 from utility.errors import UtilityError
 from utility.service.manager import Caller, ClusterManager
+from utility.service.policy import AUTO_UPDATE
 
-SYSTEM = Caller("auto-update", "admin")
+SYSTEM = Caller(AUTO_UPDATE, "admin")
 COALESCE_SECONDS = 0.2
 
 

@@ -10,15 +10,15 @@ whatever of it exists, and releases its allocations. Authorisation is the facade
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from utility.adapters.allocations import Allocations
 from utility.adapters.db_check import mark_vaps_exist
-from utility.adapters.store import ACTIVE, Store, VapRow
+from utility.adapters.store import ACTIVE, NOT_RUNNING, RESTART_POLICIES, Store, VapRow
 from utility.core.desired_state import VapState
-from utility.errors import CheckFailed, NotFound, StartFailed, UtilityError
+from utility.errors import CheckFailed, HostUnreachable, NotFound, StartFailed, UtilityError
 from utility.service.allocator import Allocator
 from utility.service.apply import Applier
 from utility.service.desired import Settings
@@ -67,14 +67,18 @@ class Lifecycle:
         path: Path,
         secrets: Mapping[str, str],
         progress: FetchReport | None = None,
+        restart: str = "always",
     ) -> dict[str, Any]:
-        """Start the VAP the CVL file at `path` describes, owned by `owner`.
+        """Start the VAP the CVL file at `path` describes, owned by `owner`; `restart` is its
+        restart policy (`always`: crashed VMs are booted again; `never`).
 
         Raises:
             CheckFailed: every pre-start problem, before anything ran.
             StartFailed: a later step failed; the VAP was rolled back to stopped.
         """
         p = self.parts
+        if restart not in RESTART_POLICIES:
+            raise UtilityError(f"field 'restart' must be one of {', '.join(RESTART_POLICIES)}")
         with p.locks.for_path(str(path)):
             notes = p.hosts.ensure_default()
             checked = p.pipeline.check(path, secrets)
@@ -88,6 +92,7 @@ class Lifecycle:
             bases = p.pipeline.fetch_bases(checked.prepared, progress)
             with p.allocator.session() as db:
                 vap_id = self.store.new_vap(db, str(path), owner)
+                self.store.set_restart_policy(db, vap_id, restart)
                 mark_vaps_exist(self.store.path.parent)
                 p.secrets.remember(vap_id, str(path), secrets, db)
                 proposal = p.allocator.propose(db, checked.model, checked.prepared)
@@ -132,6 +137,8 @@ class Lifecycle:
                 p.hosts.host(row.host).destroy_domain(row.domain)
             except UtilityError as exc:
                 notes.append(str(exc))
+        if self._hold_if_unreachable(vap, error):
+            return notes
         networks = [f"{p.settings.prefix}-v{v}" for v in p.allocations.held_vlans(vap_id)]
         for name in [*networks, f"{p.settings.prefix}-x{vap_id}"]:
             notes += p.hosts.remove_network_everywhere(name)
@@ -175,39 +182,136 @@ class Lifecycle:
             if not component:
                 self.store.set_vap(vap.id, status="stopping")
             outcome = p.applier.apply(vap.id, state, target, keep_going=True, timeouts=timeouts)
+            error = outcome.outcome.error
+            problems = ([error] if error else []) + outcome.outcome.notes
             if target is not None:
                 self.store.set_vap(vap.id, state=target)
+            elif self._hold_if_unreachable(vap, "stop pending"):
+                problems.append(
+                    f"stop of {cvl_path} is pending: {self.store.vap(vap.id).error}; its "
+                    "addresses stay held until the host answers or is declared dead"
+                )
             else:
                 with self.store.transaction() as db:
                     p.allocations.release(db, vap.id)
-                    self.store.set_vap(vap.id, status="stopped", db=db, error=outcome.outcome.error)
+                    self.store.set_vap(vap.id, status="stopped", db=db, error=error)
             self.store.event(vap.id, "stop", f"{who} stopped {component or 'all'} of {cvl_path}")
-            error = outcome.outcome.error
-            problems = ([error] if error else []) + outcome.outcome.notes
             return {
                 "stopped": sorted(gone),
                 "warnings": _warnings(target, gone),
                 "problems": problems,
             }
 
+    # -- unreachable hosts ----------------------------------------------------------------------
+
+    def unreachable(self, vap_id: int) -> dict[str, str]:
+        """Host -> why, for each host of the VAP's possibly running VMs that does not answer."""
+        out: dict[str, str] = {}
+        for row in self.store.vms(vap_id):
+            if row.state in NOT_RUNNING or row.host in out:
+                continue
+            try:
+                self.parts.hosts.host(row.host).connection()
+            except HostUnreachable as exc:
+                out[row.host] = str(exc)
+            except UtilityError:
+                continue
+        return out
+
+    def _hold_if_unreachable(self, vap: VapRow, why: str) -> bool:
+        """If a host of the VAP's VMs does not answer: its VMs become `unknown`, the VAP stays
+        `stopping` with its allocations (they may still run); True. Otherwise False."""
+        away = self.unreachable(vap.id)
+        if not away:
+            return False
+        for row in self.store.vms(vap.id):
+            if row.host in away and row.state not in NOT_RUNNING:
+                self.store.set_vm(vap.id, row.path, "unknown")
+        error = f"{why}: host {', '.join(sorted(away))} unreachable"
+        self.store.set_vap(vap.id, status="stopping", error=error)
+        self.store.event(vap.id, "pending", error)
+        return True
+
+    def finish_stop(self, vap: VapRow) -> bool:
+        """Complete a pending stop once every host of its VMs answers (or is declared dead);
+        True when the VAP is now stopped and its allocations released."""
+        if self.unreachable(vap.id):
+            return False
+        p = self.parts
+        if vap.state is not None:
+            current = vap.state
+            for row in self.store.vms(vap.id):
+                if row.state == "dead":  # on a host declared dead: nothing to reach there
+                    current = current.without(row.path)
+            forced = dataclasses.replace(p.applier.timeouts, stop=0.0)
+            p.applier.apply(vap.id, current, None, keep_going=True, timeouts=forced)
+        for row in self.store.vms(vap.id):
+            if row.state not in NOT_RUNNING:
+                self.store.set_vm(vap.id, row.path, "stopped")
+        with self.store.transaction() as db:
+            p.allocations.release(db, vap.id)
+            self.store.set_vap(vap.id, status="stopped", db=db, error=None)
+        text = f"pending stop of {vap.cvl_path} completed; allocations released"
+        self.store.event(vap.id, "stop", text)
+        self.store.add_history(vap.cvl_path, "stop", ["■ all"], {}, text)
+        return True
+
+    def host_dead(self, host: str, who: str) -> dict[str, list[str]]:
+        """An administrator says `host` is gone for good: its VMs are `dead` (they no longer
+        count or hold anything), pending stops that waited for it complete; recorded."""
+        report: dict[str, list[str]] = {"dead": [], "stopped": []}
+        for vap in self.store.vaps(ACTIVE):
+            rows = [r for r in self.store.vms(vap.id) if r.host == host]
+            if not rows:
+                continue
+            with self.parts.locks.for_path(vap.cvl_path):
+                for row in rows:
+                    if row.state not in NOT_RUNNING:
+                        self.store.set_vm(vap.id, row.path, "dead")
+                        report["dead"].append(f"{vap.cvl_path}:{row.path}")
+                text = f"{who} declared host {host} dead: {', '.join(r.path for r in rows)} lost"
+                self.store.event(vap.id, "host-dead", text)
+                self.store.add_history(vap.cvl_path, "host-dead", [], {}, text)
+                current = self.store.vap(vap.id)
+                if current.status == "stopping" and self.finish_stop(current):
+                    report["stopped"].append(vap.cvl_path)
+        return report
+
     # -- reconciliation -------------------------------------------------------------------------
 
-    def reconcile(self) -> dict[str, Any]:
+    def reconcile(self, recover: Callable[[VapRow], bool] | None = None) -> dict[str, Any]:
         """Bring the recorded state in line with what the hosts report (run at daemon start).
 
-        - a VAP caught mid-start/stop/update is rolled back to stopped, allocations released;
-        - a running VAP's VM whose domain is gone or not running is marked `dead`;
+        - a VAP caught mid-stop finishes stopping once every host of its VMs answers;
+        - a VAP caught mid-start/update is reconciled per component by `recover` (see
+          `utility.service.recovery`); when it cannot be, rolled back to stopped, allocations
+          released (held, and the VAP left `stopping`, while a host of its VMs does not answer);
+        - a running VAP's VM whose domain is gone or not running is marked `crashed` (the
+          watchdog restarts it under the VAP's restart policy);
         - a domain on a host that no active VAP owns is reported, never killed.
         """
-        report: dict[str, Any] = {"rolled_back": [], "dead": [], "unowned": [], "unreachable": []}
-        for vap in self.store.vaps(("starting", "stopping", "updating")):
+        report: dict[str, Any] = {
+            "rolled_back": [],
+            "crashed": [],
+            "unowned": [],
+            "unreachable": [],
+            "pending": [],
+            "recovered": [],
+        }
+        for vap in self.store.vaps(("stopping",)):
+            if not self.finish_stop(vap):
+                report["pending"].append(vap.cvl_path)
+        for vap in self.store.vaps(("starting", "updating")):
+            if recover is not None and recover(vap):
+                report["recovered"].append(vap.cvl_path)
+                continue
             self.roll_back(
                 vap.id, f"interrupted: the cluster manager stopped during {vap.status}; rolled back"
             )
             report["rolled_back"].append(vap.cvl_path)
         owned: set[tuple[str, str]] = set()
         for vap in self.store.vaps(("running",)):
-            owned.update(self._mark_dead(vap, report["dead"]))
+            owned.update(self._mark_crashed(vap, report["crashed"]))
         for host in self.store.hosts():
             try:
                 domains = self.parts.hosts.pool.get(host.name, host.uri).domains()
@@ -219,8 +323,8 @@ class Lifecycle:
                     report["unowned"].append({"host": host.name, "domain": info.name})
         return report
 
-    def _mark_dead(self, vap: VapRow, dead: list[str]) -> set[tuple[str, str]]:
-        """Mark the VAP's running VMs whose domain is gone `dead`; its (host, domain) pairs."""
+    def _mark_crashed(self, vap: VapRow, crashed: list[str]) -> set[tuple[str, str]]:
+        """Mark the VAP's running VMs whose domain is gone `crashed`; its (host, domain) pairs."""
         owned = set()
         for row in self.store.vms(vap.id):
             owned.add((row.host, row.domain))
@@ -231,11 +335,11 @@ class Lifecycle:
             except UtilityError:
                 continue
             if info is None or not info.running:
-                self.store.set_vm(vap.id, row.path, "dead")
+                self.store.set_vm(vap.id, row.path, "crashed")
                 self.store.event(
-                    vap.id, "dead", f"{row.path}: domain {row.domain} on {row.host} is gone"
+                    vap.id, "crashed", f"{row.path}: domain {row.domain} on {row.host} is gone"
                 )
-                dead.append(f"{vap.cvl_path}:{row.path}")
+                crashed.append(f"{vap.cvl_path}:{row.path}")
         return owned
 
 

@@ -12,14 +12,15 @@ built alone (tests/unit/test_utility_services.py). Errors become HTTP statuses i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from utility.adapters.allocations import Allocations
 from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
-from utility.adapters.libvirt_host import HostPool, LibvirtHost
+from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
 from utility.adapters.store import HostRow, Store
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
@@ -35,10 +36,19 @@ from utility.service.hosts import EMBEDDED_HOST, Hosts
 from utility.service.lifecycle import Lifecycle, Parts
 from utility.service.locks import VapLocks
 from utility.service.pipeline import FetchReport, Pipeline
-from utility.service.policy import Caller, Policy
+from utility.service.policy import (
+    RESERVED_NAMES,
+    Caller,
+    Policy,
+    never_started,
+    no_vap_id,
+    not_running,
+)
+from utility.service.recovery import Recovery
 from utility.service.secrets import HeldSecrets
 from utility.service.status import StatusView
 from utility.service.updating import Updating
+from utility.service.watchdog import Backoff, Watchdog
 
 # Search permission for others, no listing: qemu (user libvirt-qemu) must open the backing files
 # in `cache/`; everything else in the directory (database, run/, secrets) is 0600/0700.
@@ -58,6 +68,9 @@ class ClusterManager:
             daemon reads their CVL and writes disks next to it with its own privileges.
         boot_order: "overlapped" (default) or "strict": how the VMs of a start or update boot
             (`utility.adapters.executor`).
+        host_fault: says whether a host is cut off (tests make a host unreachable with it).
+        clock: monotonic seconds for restart backoff (tests pass their own).
+        backoff: restart pacing for crashed VMs.
     """
 
     def __init__(
@@ -68,6 +81,10 @@ class ClusterManager:
         default_uri: str | None = None,
         user_root: Path | None = None,
         boot_order: str = "overlapped",
+        *,
+        host_fault: Fault = never_cut_off,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
         cache_dir, run_dir = state_dir / "cache", state_dir / "run"
@@ -79,7 +96,7 @@ class ClusterManager:
         self.trust = TrustPolicy(state_dir)
         self.subscriptions = Subscriptions(state_dir)
         self.policy = Policy(user_root)
-        self.hosts_service = Hosts(self.store, HostPool(), default_uri)
+        self.hosts_service = Hosts(self.store, HostPool(host_fault), default_uri)
         allocations = Allocations(self.store)
         self.parts = Parts(
             store=self.store,
@@ -102,6 +119,9 @@ class ClusterManager:
         self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
         self.lifecycle = Lifecycle(self.parts)
         self.updating = Updating(self.parts, self.lifecycle)
+        self.recovery = Recovery(self.parts, self.lifecycle)
+        self.watchdog = Watchdog(self.parts, self.lifecycle, clock, backoff)
+        self.hosts_service.pool.on_stopped = self.watchdog.domain_stopped
         self.unowned: list[dict[str, str]] = []
 
     def close(self) -> None:
@@ -115,7 +135,9 @@ class ClusterManager:
     def authenticate(self, token: str) -> Caller | None:
         """The caller a bearer token stands for, or None."""
         who = self.store.who(token)
-        return Caller(*who) if who else None
+        if who is None or who[0] in RESERVED_NAMES:  # an old database's token named `local`
+            return None
+        return Caller(*who)
 
     # -- VAPs -----------------------------------------------------------------------------------
 
@@ -125,16 +147,18 @@ class ClusterManager:
         cvl_path: str,
         secrets: Mapping[str, str] | None = None,
         progress: FetchReport | None = None,
+        restart: str = "always",
     ) -> dict[str, Any]:
-        """Start the VAP a CVL file describes (`caller` becomes its owner).
+        """Start the VAP a CVL file describes (`caller` becomes its owner); `restart` is its
+        restart policy for crashed VMs (`always` or `never`).
 
         `secrets` are sensitive parameter values (override keys like `l.rootpw`), held only in
         memory and passed only to the VMs; `progress` is told `(label, bytes done, bytes total)`
         while disk objects download.
         """
         path = Path(cvl_path).resolve()
-        self.policy.require_use(caller, path)
-        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress)
+        self.policy.require_startable(caller, path, self.store.vap_by_path(str(path)))
+        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress, restart)
 
     def stop(
         self,
@@ -145,7 +169,7 @@ class ClusterManager:
     ) -> dict[str, Any]:
         """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
         path = str(Path(cvl_path).resolve())
-        self.policy.require_owner(caller, self.lifecycle.active(path), "control")
+        self.policy.require_owner(caller, self.store.vap_by_path(path), not_running(path))
         return self.lifecycle.stop(caller.name, path, component, stop_timeout)
 
     def update(
@@ -161,17 +185,22 @@ class ClusterManager:
     ) -> dict[str, Any]:
         """Re-evaluate a running VAP's CVL and apply the difference (see `Updating.update`)."""
         path = Path(cvl_path).resolve()
+        hidden = not_running(str(path))
+        self.policy.require_owner(caller, self.store.vap_by_path(str(path)), hidden)
         self.policy.require_use(caller, path)
-        self.policy.require_owner(caller, self.lifecycle.active(str(path)), "control")
         return self.updating.update(
             path, component, dry_run=dry_run, secrets=secrets, trigger=trigger, progress=progress
         )
 
     def reconcile(self) -> dict[str, Any]:
         """Bring the records in line with the hosts (the daemon, at start-up)."""
-        report = self.lifecycle.reconcile()
+        report = self.lifecycle.reconcile(self.recovery.recover)
         self.unowned = report["unowned"]
         return report
+
+    def check(self) -> dict[str, list[str]]:
+        """One watchdog round: crashed VMs marked and restarted, pending stops finished."""
+        return self.watchdog.check()
 
     def unowned_domains(self, caller: Caller) -> list[dict[str, str]]:
         """Domains no VAP owns, as the last reconciliation found them."""
@@ -180,21 +209,29 @@ class ClusterManager:
 
     def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
         """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
-        view = self.parts.status
         if cvl_path is None:
-            return [view.vap_status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
+            return [self._status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
         path = str(Path(cvl_path).resolve())
-        vap = self.store.vap_by_path(path)
-        if vap is None:
-            raise NotFound(f"{path} was never started")
-        self.policy.require_owner(caller, vap, "see")
-        return [view.vap_status(vap.id)]
+        vap = self.policy.require_owner(caller, self.store.vap_by_path(path), never_started(path))
+        return [self._status(vap.id)]
+
+    def _status(self, vap_id: int) -> dict[str, Any]:
+        """A VAP's status with its restart policy and each component's recent restarts."""
+        status = self.parts.status.vap_status(vap_id)
+        restarts = self.watchdog.restarts(vap_id)
+        status["restart"] = self.store.restart_policy(vap_id)
+        for component in status["components"]:
+            component["restarts"] = restarts.get(component["path"], 0)
+        return status
 
     def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:
         """One VAP for its page: status, state, events, and the versions that failed in it."""
-        vap = self.store.vap(vap_id)
+        try:
+            vap = self.store.vap(vap_id)
+        except NotFound:
+            raise no_vap_id(vap_id) from None
         vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
-        self.policy.require_owner(caller, vap, "see")
+        self.policy.require_owner(caller, vap, no_vap_id(vap_id))
         return {
             "status": self.parts.status.vap_status(vap.id),
             "state": vap.state,
@@ -226,6 +263,13 @@ class ClusterManager:
         """Forget a host; refused while it runs VMs."""
         self.policy.require_admin(caller, "remove hosts")
         self.hosts_service.remove(name)
+
+    def host_dead(self, caller: Caller, name: str) -> dict[str, list[str]]:
+        """Declare host `name` gone for good: its VMs are lost, stops waiting for it complete
+        (their allocations released); recorded in events and history."""
+        self.policy.require_admin(caller, "declare hosts dead")
+        self.hosts_service.host(name)  # NotFound for an unknown host
+        return self.lifecycle.host_dead(name, caller.name)
 
     def hosts(self, caller: Caller) -> list[dict[str, Any]]:
         """Every host with its capacity and use."""
@@ -321,6 +365,17 @@ class ClusterManager:
         """A new bearer token for `name` with `role` (printed once, stored as its hash)."""
         self.policy.require_admin(caller, "create tokens")
         return self.admin.add_token(name, role)
+
+    def tokens(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every token's name, role and creation time (never the token or its digest)."""
+        self.policy.require_admin(caller, "list tokens")
+        return self.store.tokens()
+
+    def revoke_token(self, caller: Caller, name: str) -> None:
+        """Forget the token of `name`: its next request is refused (tokens are looked up on
+        every request)."""
+        self.policy.require_admin(caller, "revoke tokens")
+        self.store.revoke_token(name)
 
 
 __all__ = ["EMBEDDED_HOST", "Caller", "ClusterManager", "FetchReport", "VapState"]

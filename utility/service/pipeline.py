@@ -84,9 +84,13 @@ class Pipeline:
         return Checked(path, model, prepared, problems, trust, fetched)
 
     def fetch_bases(
-        self, prepared: Mapping[str, Prepared], progress: FetchReport | None = None
+        self,
+        prepared: Mapping[str, Prepared],
+        progress: FetchReport | None = None,
+        fetch: bool = True,
     ) -> dict[tuple[str, str], str]:
-        """Local paths of each program disk's top image and of direct-boot kernels."""
+        """Local paths of each program disk's top image and of direct-boot kernels (with `fetch`
+        False, where the disks would land, from the versions' disk lists: nothing downloaded)."""
         bases: dict[tuple[str, str], str] = {}
         for vm_path, prep in prepared.items():
             data = {device for device, _ in prep.data_disks}
@@ -94,7 +98,7 @@ class Pipeline:
                 if disk.target not in data:
                     label = f"{vm_path or '(root)'} {disk.source} ({prep.files.label})"
                     report = functools.partial(progress, label) if progress else None
-                    local = prep.files.local_path(disk.source, self.cache_dir, report)
+                    local = prep.files.local_path(disk.source, self.cache_dir, report, fetch)
                     bases[(vm_path, disk.target)] = str(local)
             for key in ("kernel", "initrd"):
                 name = getattr(prep.spec, key)

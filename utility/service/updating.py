@@ -81,7 +81,9 @@ class Updating:
             if checked.problems + proposal.problems:
                 raise CheckFailed(checked.problems + proposal.problems)
             # 2. downloads and the address-filled evaluation, holding no state lock
-            desired = self._desired(vap.id, checked, proposal, current, rows, secrets, progress)
+            desired = self._desired(
+                vap.id, checked, proposal, current, rows, secrets, progress, fetch=not dry_run
+            )
             if component:
                 desired = _merge(current, desired, component)
             plan = p.applier.plan(current, desired, vanished=Op.REMOVE)
@@ -104,15 +106,17 @@ class Updating:
         rows: list[VmRow],
         secrets: Mapping[str, str],
         progress: FetchReport | None,
+        fetch: bool = True,
     ) -> VapState:
-        """The desired state: existing VMs keep their host, new ones go where proposed."""
+        """The desired state: existing VMs keep their host, new ones go where proposed (with
+        `fetch` False, planned from the disk lists without downloading: a dry run)."""
         placement = {
             **{vm.path: vm.host for vm in current.vms if vm.path in checked.prepared},
             **proposal.placement,
         }
         for row in rows:  # VMs stopped on request (not in the current state) keep their host
             placement.setdefault(row.path, row.host)
-        bases = self.parts.pipeline.fetch_bases(checked.prepared, progress)
+        bases = self.parts.pipeline.fetch_bases(checked.prepared, progress, fetch)
         return self.parts.pipeline.desired_state(
             vap_id, checked, proposal.addressing, placement, bases, secrets
         )

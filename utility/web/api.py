@@ -8,7 +8,9 @@ anything unexpected a logged JSON 500.
 Authentication: `Authorization: Bearer TOKEN`; tokens are created with `cui utility token add`
 and stored as SHA-256 digests. Over the daemon's Unix socket (directory 0700, socket 0600, so
 only its owner can connect) a request without a token acts as the local administrator; on TCP
-every request needs a valid token.
+every request needs a valid token. Tokens are looked up on every request, so a revoked one is
+refused from the next request on; no token may be named `local` (the socket's caller) or
+`auto-update` (`utility.service.policy.RESERVED_NAMES`).
 
 Progress: `POST /v1/vaps/start` and `/v1/vaps/update` with `Accept: application/x-ndjson`
 answer a stream of JSON lines instead: `{"progress": {"label", "done", "total"}}` while disk
@@ -32,9 +34,10 @@ from utility.adapters.event_guard import EventRules, check_size
 from utility.core import validation as valid
 from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.service.manager import Caller, ClusterManager, FetchReport
+from utility.service.policy import LOCAL
 from utility.web.pages import init_app as init_pages
 
-LOCAL_ADMIN = Caller("local", "admin")
+LOCAL_ADMIN = Caller(LOCAL, "admin")
 SOCKET_NAME = "utility.sock"
 
 
@@ -192,6 +195,10 @@ def create_app(
         manager.remove_host(caller(), valid.clean_text(name, "name"))
         return jsonify({"removed": name})
 
+    @app.post("/v1/hosts/<name>/dead")
+    def host_dead(name: str) -> Any:
+        return jsonify(manager.host_dead(caller(), valid.clean_text(name, "name")))
+
     @app.post("/v1/vlans")
     def add_vlans() -> Any:
         return jsonify({"added": manager.add_vlans(caller(), field(body(), "range"))})
@@ -248,9 +255,10 @@ def create_app(
         data = body()
         secrets = valid.string_map(data, "secrets")
         who, cvl = caller(), field(data, "cvl")
+        restart = valid.optional_text(data, "restart", 16) or "always"
         if wants_stream():
-            return streamed(lambda report: manager.start(who, cvl, secrets, report))
-        return jsonify(manager.start(who, cvl, secrets))
+            return streamed(lambda report: manager.start(who, cvl, secrets, report, restart))
+        return jsonify(manager.start(who, cvl, secrets, restart=restart))
 
     @app.post("/v1/vaps/stop")
     def stop() -> Any:
@@ -339,8 +347,19 @@ def create_app(
         role = valid.optional_text(data, "role") or "user"
         if role not in ("admin", "user"):
             raise UtilityError("role must be 'admin' or 'user'")
-        token = manager.add_token(caller(), field(data, "name"), role)
-        return jsonify({"name": data["name"], "role": role, "token": token}), 201
+        name = field(data, "name")
+        token = manager.add_token(caller(), name, role)
+        return jsonify({"name": name, "role": role, "token": token}), 201
+
+    @app.get("/v1/tokens")
+    def tokens() -> Any:
+        return jsonify(manager.tokens(caller()))
+
+    @app.delete("/v1/tokens/<name>")
+    def revoke_token(name: str) -> Any:
+        name = valid.clean_text(name, "name")
+        manager.revoke_token(caller(), name)
+        return jsonify({"revoked": name})
 
     init_pages(app)
     return app

@@ -24,6 +24,7 @@ from gunicorn.app.base import BaseApplication
 from utility.adapters.daemon_lock import hold_state_lock
 from utility.adapters.db_check import check_database, migrate
 from utility.adapters.event_guard import EventRules
+from utility.adapters.libvirt_host import start_event_loop
 from utility.adapters.tls import check_listen, split_listen
 from utility.service.manager import STATE_DIR_MODE, ClusterManager
 from utility.web.api import EVENTS_PATH, SOCKET_NAME, create_app
@@ -48,6 +49,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self.build()
 
 
+DEFAULT_CHECK_INTERVAL = 10.0
+
+
 def _die_with_master() -> None:
     """Ask Linux to SIGKILL this worker when the gunicorn master dies (`kill -9` of the daemon
     must end the whole daemon, not leave a worker finishing a start and holding the lock)."""
@@ -68,12 +72,17 @@ def _reconcile(manager: ClusterManager, announce: Callable[[str], None]) -> None
         None,
         "reconcile",
         f"process {os.getpid()}: {len(report['rolled_back'])} rolled back, "
-        f"{len(report['dead'])} dead, {len(report['unowned'])} unowned",
+        f"{len(report['crashed'])} crashed, {len(report['pending'])} pending stops, "
+        f"{len(report['unowned'])} unowned",
     )
     for path in report["rolled_back"]:
         announce(f"reconcile: {path} was interrupted mid-operation; rolled back to stopped")
-    for item in report["dead"]:
-        announce(f"reconcile: {item} is no longer running (marked dead)")
+    for item in report["crashed"]:
+        announce(f"reconcile: {item} is no longer running (marked crashed)")
+    for path in report["recovered"]:
+        announce(f"reconcile: {path} was interrupted mid-operation; reconciled per component")
+    for path in report["pending"]:
+        announce(f"reconcile: stop of {path} waits for an unreachable host (allocations held)")
     for item in report["unowned"]:
         announce(
             f"reconcile: domain {item['domain']} on {item['host']} belongs to no VAP (left running)"
@@ -90,6 +99,7 @@ def serve(
     reinitialise: bool = False,
     tls: tuple[Path, Path] | None = None,
     event_rules: EventRules | None = None,
+    check_interval: float = DEFAULT_CHECK_INTERVAL,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (see the module docstring).
 
@@ -97,6 +107,8 @@ def serve(
         state_dir: the state directory (created 0711: see `manager_base.STATE_DIR_MODE`).
         listen: None for the Unix socket `state_dir/utility.sock`; `HOST:PORT` for TCP.
         tls: (certificate, key) PEM files for https; required unless `listen` is loopback.
+        check_interval: seconds between the watchdog's checks of every VM (libvirt lifecycle
+            events wake it sooner); 0 turns the watchdog off.
     """
     state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
     os.chmod(state_dir, STATE_DIR_MODE)
@@ -111,6 +123,7 @@ def serve(
     def build() -> Any:
         """In the worker, after the fork: the manager, reconcile, polling, the app."""
         _die_with_master()
+        start_event_loop()  # before any connection opens, so each registers for events
         manager = manager_factory(state_dir)
         migrate(manager.store.read())
         _reconcile(manager, announce)
@@ -121,6 +134,13 @@ def serve(
             event_rules=event_rules,
         )
         live.update(manager=manager, app=app, stopping=threading.Event())
+        if check_interval > 0:
+            threading.Thread(
+                target=manager.watchdog.run_forever,
+                args=(check_interval, live["stopping"]),
+                daemon=True,
+                name="watchdog",
+            ).start()
         if poll_interval:
             threading.Thread(
                 target=app.config["AUTO_UPDATER"].poll_forever,
@@ -142,6 +162,7 @@ def serve(
     def worker_exit(_server: Any, _worker: Any) -> None:
         if "manager" in live:
             live["stopping"].set()
+            live["manager"].watchdog.wake.set()
             live["manager"].close()
 
     options: dict[str, Any] = {
