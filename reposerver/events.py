@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import tenacity
+
 from reposerver.repo_config import Subscriber
 
 SIGNATURE_HEADER = "X-Collective-Signature"
@@ -97,6 +99,10 @@ def _log(log_path: Path, record: dict[str, object]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+class _NotDelivered(Exception):
+    """One attempt that got no 2xx answer (retried by tenacity)."""
+
+
 def deliver(
     url: str,
     secret: bytes,
@@ -107,37 +113,45 @@ def deliver(
 ) -> bool:
     """POST `body` to `url` until a 2xx answer or the retries run out; log every attempt.
 
-    The address is checked before every attempt; a refused address ends the delivery.
+    tenacity paces the retries (`delays` between attempts). Each attempt goes through
+    `egress.pinned_post`, which resolves and checks the address again (DNS rebinding), so a
+    refused address ends the delivery at once instead of being retried.
     """
     from reposerver.egress import pinned_post
     from reposerver.errors import BadRequest
 
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(body, secret)}
     version = json.loads(body).get("version")
-    for attempt in range(len(delays) + 1):
+    attempts = iter(range(1, len(delays) + 2))
+
+    def attempt() -> None:
+        number = next(attempts)
         try:
             status: object = pinned_post(url, body, headers, allowed_networks)
-        except BadRequest as exc:
-            _log(log_path, {"url": url, "version": version, "refused": str(exc)})
-            return False
         except OSError as exc:
             status = f"{type(exc).__name__}"
         ok = isinstance(status, int) and 200 <= status < 300
-        _log(
-            log_path,
-            {
-                "url": url,
-                "version": version,
-                "attempt": attempt + 1,
-                "status": status,
-                "delivered": ok,
-            },
-        )
-        if ok:
-            return True
-        if attempt < len(delays):
-            time.sleep(delays[attempt])
-    return False
+        record = {"url": url, "version": version, "attempt": number, "status": status}
+        _log(log_path, {**record, "delivered": ok})
+        if not ok:
+            raise _NotDelivered(str(status))
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(len(delays) + 1),
+        wait=tenacity.wait_chain(*(tenacity.wait_fixed(d) for d in delays))
+        if delays
+        else tenacity.wait_none(),
+        retry=tenacity.retry_if_exception_type(_NotDelivered),
+        reraise=True,
+    )
+    try:
+        retrying(attempt)
+    except BadRequest as exc:
+        _log(log_path, {"url": url, "version": version, "refused": str(exc)})
+        return False
+    except _NotDelivered:
+        return False
+    return True
 
 
 def _deliver_in_order(target: dict[str, str], payload: dict[str, object]) -> None:
