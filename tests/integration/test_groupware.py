@@ -80,8 +80,13 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
     ready = {c: g.wait_event(c, "ready")[0][0] for c in "hdlmfw"}
     booted = {c: g.wait_event(c, "boot")[0][0] for c in "hdlmfw"}
     params = {c: g.wait_event(c, "params")[0][0] for c in "hdlmfw"}
-    assert max(ready["h"], ready["d"]) < params["l"], (ready, params)
-    assert ready["l"] < params["w"] and ready["l"] < params["m"], (ready, params)
+    # Guest clocks differ by up to about a second (each RTC is read at its own boot), and under
+    # overlapped order PARAMS follows the requirement's READY within milliseconds on the host, so
+    # the cross-VM comparison allows that skew; the exact order is proven with a fake guest in
+    # tests/unit/test_utility_boot_order.py.
+    skew = 1.5
+    assert max(ready["h"], ready["d"]) < params["l"] + skew, (ready, params)
+    assert ready["l"] < params["w"] + skew and ready["l"] < params["m"] + skew, (ready, params)
     assert booted["l"] < max(ready["h"], ready["d"]) and booted["w"] < ready["l"], (ready, booted)
 
     inside, outside = g.namespaces["in"], g.namespaces["out"]

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "scripts" / "build-appliances"
-EVERY = ["DHCP", "DNS", "DNS-bad", "DNS-v2", "Firewall", "LDAP", "Web"]
+EVERY = ["DHCP", "DNS", "DNS-bad", "DNS-v2", "Firewall", "LDAP", "Mail", "Mail-v2", "Web"]
 
 
 def build(out: Path, *only: str) -> list[dict]:

@@ -427,8 +427,9 @@ def lab_domain_xml(
         devices.remove(old)
     for old in devices.findall("console"):
         devices.remove(old)
-    disk = devices.find("disk")
-    assert disk is not None
+    disk, *data_disks = devices.findall("disk")
+    for extra in data_disks:  # the program disk only: no data disk is given in these tests
+        devices.remove(extra)
     disk.set("type", "volume")
     disk.remove(disk.find("source"))  # type: ignore[arg-type]
     ET.SubElement(disk, "source", pool=pool, volume=volume)

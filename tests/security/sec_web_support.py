@@ -180,8 +180,11 @@ def raw_http(url: str, request: bytes, timeout: float = 30) -> tuple[int | None,
     """
     host, _, port = url.removeprefix("http://").partition(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered early (e.g. 413) and closed: read what it said
+            pass
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
