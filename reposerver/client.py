@@ -15,6 +15,7 @@ usable qcow2 chain in the cache as it is. The utility calls::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from collections.abc import Callable
@@ -197,10 +198,27 @@ class HttpRepository(_DiskFetching):
             return cache.verified_path(sha256)
         partial_dir = cache.root / ".partial"
         partial_dir.mkdir(parents=True, exist_ok=True)
-        partial = partial_dir / sha256
+        # One download of an object at a time (threads and processes sharing the cache, as the
+        # updates one publish event starts do); whoever waited finds it in the cache.
+        with open(partial_dir / f"{sha256}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cache.has(sha256):
+                return cache.verified_path(sha256)
+            return self._download(sha256, cache, partial_dir / sha256, progress)
+
+    def _download(
+        self, sha256: str, cache: ObjectStore, partial: Path, progress: Progress | None
+    ) -> Path:
+        """Fetch (resuming a partial download), verify, and move into the cache."""
         done = partial.stat().st_size if partial.exists() else 0
         headers = {"Range": f"bytes={done}-"} if done else {}
-        response = self._get(f"objects/sha256/{sha256}", headers=headers, stream=True)
+        try:
+            response = self._get(f"objects/sha256/{sha256}", headers=headers, stream=True)
+        except RepositoryError as exc:
+            if not done or "HTTP 416" not in str(exc):
+                raise
+            partial.unlink()  # the partial file is already whole (or longer): start again
+            done, response = 0, self._get(f"objects/sha256/{sha256}", stream=True)
         if response.status_code != 206:
             done = 0
         total = done + int(response.headers.get("Content-Length", 0))

@@ -123,3 +123,24 @@ def test_the_readme_curl_recipe_gives_an_image_qemu_img_opens(two_versions, tmp_
         capture_output=True,
     )  # fmt: skip
     assert same.returncode == 0
+
+
+def test_concurrent_fetches_of_one_object_share_the_cache(two_versions, tmp_path: Path) -> None:
+    """The updates one publish event starts fetch the same new disk at once: every one gets
+    the verified object (they used to collide on one partial file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reposerver.client import open_repository
+
+    server, _ = two_versions
+    cache = tmp_path / "cache"
+
+    def fetch(_: int) -> Path:
+        return open_repository(f"{server.url}/DNS").fetch_disk(2, "root.qcow2", cache)
+
+    with ThreadPoolExecutor(8) as pool:
+        tops = list(pool.map(fetch, range(8)))
+    assert len(set(tops)) == 1 and tops[0].is_file()
+    assert not [
+        p for p in (cache / "objects" / ".partial").iterdir() if not p.name.endswith(".lock")
+    ]
