@@ -199,6 +199,8 @@ def fleet_update(server: Any, where: Path, vaps: int, hosts: int, pushes: int) -
                 raise RuntimeError(f"{len(wrong)} VAPs do not run Mail v{version}")
             found["seconds"].append(max(float(h["at"]) for h in done[-vaps:]) - pushed)
             found["restarted"].append(sum(1 for k, t in before.items() if after[k] != t))
+        # the server would keep delivering this fleet's events to a daemon that is gone
+        client.unsubscribe(f"{server.url}/Mail", (server.user, server.token))
     return found
 
 
@@ -284,7 +286,7 @@ def _fleet_rows(only: Callable[[str], bool], names: dict[str, str]) -> Iterable[
 
     vaps, base = _size("FLEET_VAPS", 100), _size("FLEET_BASE_VAPS", 10)
     hosts, pushes = _size("FLEET_HOSTS", 20), _size("FLEET_PUSHES", 2)
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-", ignore_cleanup_errors=True) as tmp:
         where = Path(tmp)
         for kind in KINDS:
             repo = Repository.create(where / "root" / kind)
@@ -318,7 +320,7 @@ def _fleet_rows(only: Callable[[str], bool], names: dict[str, str]) -> Iterable[
 def _held_rows(only: Callable[[str], bool], names: dict[str, str]) -> Iterable[Row]:
     held, base = _size("FLEET_HELD", 1000), _size("FLEET_BASE_VAPS", 10)
     hosts = _size("FLEET_HOSTS", 20)
-    with tempfile.TemporaryDirectory(prefix="bench-held-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-held-", ignore_cleanup_errors=True) as tmp:
         small = held_status(Path(tmp) / "small", base, hosts)
         large = held_status(Path(tmp) / "large", held, hosts)
     label = f"{base} VAPs held, same run"
