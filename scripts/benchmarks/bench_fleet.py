@@ -7,9 +7,9 @@
     < 10 s), and VMs restarted across the fleet (goal exactly one per VAP, the Mail VM; counted
     from each component's start time in the daemon's status). Baseline: the same with
     FLEET_BASE_VAPS (default 10) VAPs, same run, same repository server. FLEET_PUSHES pushes
-    (default 2) per fleet; medians reported. The new Mail disk is put in the daemon's object cache
-    before each push (FLEET_PREWARM=0 turns that off): concurrent updates fetching one object
-    race on `reposerver.client.fetch_object`'s shared `.partial/<sha256>` file and fail.
+    (default 2) per fleet; medians reported. The updates download the new Mail disk themselves
+    (one download, the others wait on its lock); FLEET_PREWARM=1 puts it in the daemon's cache
+    before each push instead, to time the control plane alone.
 (b) With FLEET_HELD (default 1,000) VAPs held, each a 1-VM VAP of a local appliance (to keep the
     set-up quick; every VM on a test host): `cui status FILE` and `cui status` of all, timed as the
     user runs them (a `cui` subprocess against the daemon over loopback HTTP, interpreter start
@@ -43,7 +43,7 @@ CUI = [sys.executable, "-m", "cui.main"]
 KINDS = ("Mail", "DNS", "Web")  # Mail is the tracked repository; one VM each
 HOST_MEMORY_MIB = 64 * 1024
 HOST_MAX_VMS = 128
-PREWARM = os.environ.get("FLEET_PREWARM", "1") != "0"
+PREWARM = os.environ.get("FLEET_PREWARM", "0") != "0"
 
 
 def _run(args: list[str], cwd: Path) -> str:
