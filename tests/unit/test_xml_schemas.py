@@ -55,3 +55,14 @@ def test_the_validator_refuses_an_invalid_domain(tmp_path: Path) -> None:
     bad = tmp_path / "bad.xml"
     bad.write_text("<domain type='qemu'><name>x</name><memory>nope</memory></domain>")
     assert validate(bad).returncode != 0
+
+
+@pytest.mark.conformance("virt-xml-validate", "generated network with a VLAN tag (vlan {vlan})")
+@pytest.mark.parametrize("vlan", [1, 4094])
+def test_generated_network_with_a_vlan_validates(vlan: int, tmp_path: Path) -> None:
+    from utility.core.network_xml import NetworkXml
+
+    path = tmp_path / "net.xml"
+    path.write_text(NetworkXml(f"col-v{vlan}", f"col-v{vlan}", vlan).to_xml())
+    done = validate(path)
+    assert done.returncode == 0, done.stderr
