@@ -99,9 +99,15 @@ class Server:
 
 @contextmanager
 def running_server(
-    root: Path, workers: int = 4, extra: dict[str, object] | None = None
+    root: Path,
+    workers: int = 4,
+    extra: dict[str, object] | None = None,
+    server: str = "gunicorn",
 ) -> Iterator[Server]:
-    """Run gunicorn serving `root` on a free port until the block ends."""
+    """Serve `root` on a free port until the block ends: with `server="gunicorn"` as production
+    does, with `server="cui serve"` through the development server the README shows."""
+    if server not in ("gunicorn", "cui serve"):
+        raise ValueError(f"unknown server {server!r}")
     port = free_port()
     token = "test-token-" + os.urandom(8).hex()
     config = {
@@ -112,30 +118,21 @@ def running_server(
     }
     with tempfile.TemporaryDirectory(prefix="cv-srv-") as tmp:
         config_file = Path(tmp) / "server.json"
-        config_file.write_text(json.dumps(config))
         env = {**os.environ, "COLLECTIVE_REPOSERVER_CONFIG": str(config_file)}
-        log = open(Path(tmp) / "gunicorn.log", "wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-w",
-                str(workers),
-                "-k",
-                "gthread",
-                "--threads",
-                "4",
-                "-b",
-                f"127.0.0.1:{port}",
-                "--timeout",
-                "300",
+        if server == "gunicorn":
+            command = [
+                *(sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread"),
+                *("--threads", "4", "-b", f"127.0.0.1:{port}", "--timeout", "300"),
                 "reposerver:create_app()",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+            ]
+        else:
+            del config["root"]  # given on the command line
+            del env["COLLECTIVE_REPOSERVER_CONFIG"]
+            command = [sys.executable, "-m", "cui.main", "serve", str(root), "--port", str(port)]
+            command += ["--config", str(config_file)]
+        config_file.write_text(json.dumps(config))
+        log = open(Path(tmp) / "server.log", "wb")
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 30
@@ -147,7 +144,7 @@ def running_server(
                     if proc.poll() is not None or time.monotonic() > deadline:
                         log.flush()
                         raise RuntimeError(
-                            "gunicorn did not start:\n" + (Path(tmp) / "gunicorn.log").read_text()
+                            f"{server} did not start:\n" + (Path(tmp) / "server.log").read_text()
                         ) from None
                     time.sleep(0.1)
             yield Server(url, "publisher", token, Path(root))

@@ -46,6 +46,13 @@ SECRETS = {
     "smtppw": "smtp pw & 2",
     "rootpw": "root: pw 3",
 }
+# The paper's Figure 5: the 14 values a Groupware user sets (the four above among them).
+FIGURE5 = frozenset(
+    {
+        *("hostname", "domain", "rootdnpass", "proxypw", "smtppw", "country", "state"),
+        *("city", "org", "ou", "certemail", "defmailhost", "forwarders", "rootpw"),
+    }
+)
 MAIL_USER = ("alice@acme.org", "alice's pw", "acme.org/alice/")  # address, password, Maildir
 PUBLIC_NET = "198.51.100"  # the public pool (TEST-NET-2), only ever on the VAP's own bridge
 
@@ -533,6 +540,19 @@ class GroupwareLab:
         from utility.adapters.store import Store
 
         return [(float(str(e["at"])), str(e["kind"])) for e in Store(self.work / "state").events()]
+
+    def boot_times(self) -> dict[str, dict[str, float]]:
+        """Per VM path, the host-clock time of its first `booting`, `parameters sent` and
+        `ready` (the utility's boot events; comparable across VMs, unlike guest clocks)."""
+        from utility.adapters.store import Store
+
+        times: dict[str, dict[str, float]] = {}
+        for e in Store(self.work / "state").events():
+            if e["kind"] != "boot":
+                continue
+            path, _, what = str(e["text"]).partition(": ")
+            times.setdefault(path, {}).setdefault(what, float(str(e["at"])))
+        return times
 
     def close(self) -> None:
         """Stop the VAP, remove namespaces, stop the daemon and the server; then sweep anything

@@ -11,7 +11,6 @@ import pytest
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
-from tests.security.sec_web_support import cui_serve
 
 SERVERS = ["gunicorn", "cui serve"]
 
@@ -25,7 +24,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     publish(repo.path, cvl)
     write_pattern(source / "root.qcow2", 0x22, "2M", "64k")
     publish(repo.path, cvl)
-    with running_server(root) as server, cui_serve(root) as dev:
+    with running_server(root) as server, running_server(root, server="cui serve") as dev:
         yield {"gunicorn": server.url, "cui serve": dev.url}
 
 

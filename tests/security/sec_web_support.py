@@ -8,12 +8,9 @@ repository's store (refs, every object file's hash, version records, `git fsck -
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,10 +18,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import requests
-
-from reposerver.auth import token_digest
-from reposerver.testing import Server, free_port
+from reposerver.testing import Server
 
 MARKER = "PLANTED-MARKER-7f3c9e1d"
 """A string that lives only in a host file or a loopback listener's answers: if it ever shows
@@ -127,50 +121,6 @@ def listening(body: str = MARKER, redirect: str | None = None) -> Iterator[Liste
         yield listener
     finally:
         listener.close()
-
-
-@contextmanager
-def cui_serve(root: Path, extra: dict[str, object] | None = None) -> Iterator[Server]:
-    """`cui serve ROOT` (the werkzeug development server the README shows) on a free port."""
-    port = free_port()
-    token = "test-token-" + os.urandom(8).hex()
-    config = {
-        "users": {"publisher": {"token_sha256": token_digest(token)}},
-        "public_url": f"http://127.0.0.1:{port}",
-        **(extra or {}),
-    }
-    with tempfile.TemporaryDirectory(prefix="cv-serve-") as tmp:
-        config_file = Path(tmp) / "server.json"
-        config_file.write_text(json.dumps(config))
-        log = open(Path(tmp) / "serve.log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cui.main", "serve", str(root), "--port", str(port)]
-            + ["--config", str(config_file)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    requests.get(url + "/", timeout=5)
-                    break
-                except requests.RequestException:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        log.flush()
-                        raise RuntimeError(
-                            "cui serve did not start:\n" + (Path(tmp) / "serve.log").read_text()
-                        ) from None
-                    time.sleep(0.1)
-            yield Server(url, "publisher", token, Path(root))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
 
 
 def raw_http(url: str, request: bytes, timeout: float = 30) -> tuple[int | None, bytes]:

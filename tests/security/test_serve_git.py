@@ -20,7 +20,7 @@ import pytest
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import Server, running_server, sample_appliance
-from tests.security.sec_web_support import clone, cui_serve, git, raw_http, store_state
+from tests.security.sec_web_support import clone, git, raw_http, store_state
 
 pytestmark = pytest.mark.slow
 LIMIT = 1 << 20
@@ -31,7 +31,7 @@ SERVERS = ("cui-serve", "gunicorn")
 def serving(kind: str, root: Path) -> Iterator[Server]:
     extra = {"max_push_bytes": LIMIT}
     if kind == "cui-serve":
-        with cui_serve(root, extra) as server:
+        with running_server(root, extra=extra, server="cui serve") as server:
             yield server
     else:
         with running_server(root, workers=2, extra=extra) as server:

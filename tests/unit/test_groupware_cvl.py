@@ -7,26 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import cvl
+from scripts.groupware_network import FIGURE5
+from scripts.groupware_network import SECRETS as LAB_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME = ROOT / "examples" / "appliances" / "Groupware" / "AcmeGroupware.cvl"
-FIGURE5 = {
-    "hostname",
-    "domain",
-    "rootdnpass",
-    "proxypw",
-    "smtppw",
-    "country",
-    "state",
-    "city",
-    "org",
-    "ou",
-    "certemail",
-    "defmailhost",
-    "forwarders",
-    "rootpw",
-}
-SENSITIVE = {"rootdnpass", "proxypw", "smtppw", "rootpw"}
+SENSITIVE = set(LAB_SECRETS)  # the four sensitive ones of Figure 5
 SECRETS = {key: f"secret-{key}" for key in SENSITIVE}
 
 

@@ -155,14 +155,18 @@ def run(
     failing: frozenset[str] = frozenset(),
     workers: int = 8,
     current: VapState | None = None,
+    log: Log | None = None,
 ) -> tuple[Outcome, Log]:
-    log = Log()
+    log = log or Log()
     host = FakeHost(log, set(failing))
     executor = Executor(
         lambda _name: host,  # type: ignore[arg-type,return-value]
         1,
         Timeouts(ready=20, stop=5),
         root / "attic",
+        report=lambda action, phase: log.add(
+            f"report-{phase}", action.vm.path if action.vm else ""
+        ),
         workers=workers,
         boot_order=order,
     )
@@ -192,6 +196,21 @@ def test_strict_boots_a_vm_only_after_its_requirements_are_ready(root: Path) -> 
     assert log.at("ready", "v0") < log.at("create", "v1")
     assert log.at("ready", "v1") < log.at("create", "v2")
     assert_params_after_requirements_ready(state, log)
+
+
+@pytest.mark.parametrize("order", ["overlapped", "strict"])
+def test_the_reports_bracket_what_the_guests_saw(root: Path, order: str) -> None:
+    """`begin` before the domain exists, `configure` just before its PARAMS and after every
+    requirement's READY, `done` after its READY: the host-clock record the utility keeps."""
+    state = chain(root, 3)
+    outcome, log = run(root, state, order)
+    assert outcome.ok
+    for v in state.vms:
+        assert log.at("report-begin", v.path) < log.at("create", v.path)
+        assert log.at("report-configure", v.path) < log.at("params", v.path)
+        assert log.at("ready", v.path) < log.at("report-done", v.path)
+        for need in v.needs:
+            assert log.at("report-done", need) < log.at("report-configure", v.path)
 
 
 def test_a_chain_longer_than_the_pool_still_finishes_in_order(root: Path) -> None:

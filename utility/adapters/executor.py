@@ -227,11 +227,13 @@ class Executor:
         assert net is not None
         self.hosts(net.host).remove_network(net.name)
 
-    def boot(self, vm: Vm) -> None:
+    def boot(self, vm: Vm, configured: Callable[[], None] | None = None) -> None:
         """Fresh disks, create the domain, deliver parameters, wait until ready.
 
         In overlapped order the parameters wait (after HELLO) until the VMs this one requires
         are READY; if one of them fails the domain is destroyed unconfigured (Cancelled).
+        `configured` runs just before the parameters are sent (the host-clock record of when
+        this VM was let go).
         """
         host = self.hosts(vm.host)
         disks.prepare(vm)
@@ -242,6 +244,8 @@ class Executor:
 
         def hold() -> None:
             gates.wait(waits_for, vm.path)
+            if configured is not None:
+                configured()
 
         host.create_domain(xml)
         try:
@@ -258,7 +262,7 @@ class Executor:
 
     def _start(self, action: Action) -> None:
         assert action.vm is not None
-        self.boot(action.vm)
+        self.boot(action.vm, lambda: self.report(action, "configure"))
 
     def halt(self, vm: Vm) -> str:
         """Clean shutdown, forced after the stop timeout; test hosts are simply destroyed."""
@@ -284,7 +288,7 @@ class Executor:
         self.halt(action.old)
         snapshots = disks.snapshot_data(action.old)
         try:
-            self.boot(action.vm)
+            self.boot(action.vm, lambda: self.report(action, "configure"))
         except UtilityError as exc:
             self.halt(action.vm)
             disks.restore_data(snapshots)

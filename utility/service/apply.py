@@ -104,10 +104,16 @@ class Applier:
             return
         path = action.vm.path
         if action.op in (Op.START, Op.UPDATE):
+            # The boot events carry the host's clock: the order in which VMs were let go and
+            # became READY, comparable across VMs (guest clocks are not).
             if phase == "begin":
                 self.store.set_vm(vap_id, path, "booting")
+                self.store.event(vap_id, "boot", f"{path}: booting")
+            elif phase == "configure":
+                self.store.event(vap_id, "boot", f"{path}: parameters sent")
             else:
                 self.store.set_vm(vap_id, path, "running", started=self.clock(), boot=True)
+                self.store.event(vap_id, "boot", f"{path}: ready")
         elif action.op in (Op.STOP, Op.REMOVE) and phase == "done":
             self.store.set_vm(vap_id, path, "stopped")
 
