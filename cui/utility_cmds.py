@@ -200,6 +200,14 @@ def utility_group() -> None:
     "a VM that stopped on its own is marked crashed and restarted. 0 turns the check off.",
 )
 @click.option(
+    "--host-grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a host's libvirt connection may fail (keepalive, the periodic check) before "
+    "the host is failed and its VMs are restarted elsewhere; it is suspect meanwhile.",
+)
+@click.option(
     "--user-root",
     type=click.Path(file_okay=False),
     default=None,
@@ -229,6 +237,7 @@ def serve_command(
     check_interval: float,
     user_root: str | None,
     boot_order: str,
+    host_grace: float = 30.0,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.adapters.event_guard import EventRules
@@ -256,6 +265,7 @@ def serve_command(
             default_host,
             Path(user_root) if user_root else None,
             boot_order=boot_order,
+            host_grace=host_grace,
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
@@ -498,6 +508,10 @@ def host_list(as_json: bool, client: UtilityClient) -> None:
             mem = f"{format_size(r['used_memory'])}/{format_size(r['memory'])}"
             vms = f"{r['vms']}/{r['max_vms']}"
             tag = " (embedded default)" if r["embedded"] else ""
+            if r.get("health", "up") != "up":
+                tag += f" {r['health'].upper()}"
+            if r.get("drained"):
+                tag += " drained"
             click.echo(f"{r['name']:12} {r['uri']:40} {mem:>16} {vms:>8}{tag}")
 
     emit(client.hosts(), as_json, render)
