@@ -1,8 +1,8 @@
 """Moving VMs between hosts: drain, undrain, move, rebalance (README "Moves and host failures").
 
-    cui host drain NAME | cui host undrain NAME        close a host and move its VMs off / reopen
-    cui move FILE.cvl COMPONENT --to HOST               live-migrate one VM
-    cui rebalance [--dry-run] [--json]                  even out memory use across hosts
+cui host drain NAME | cui host undrain NAME        close a host and move its VMs off / reopen
+cui move FILE.cvl COMPONENT --to HOST               live-migrate one VM
+cui rebalance [--dry-run] [--json]                  even out memory use across hosts
 """
 
 from __future__ import annotations

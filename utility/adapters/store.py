@@ -275,9 +275,7 @@ class Store:
     def move_vm(self, vap_id: int, path: str, host: str, state: VapState) -> None:
         """Record in one transaction that a VM now runs on `host`, with the VAP's new state."""
         with self.transaction() as db:
-            db.execute(
-                "UPDATE vms SET host=? WHERE vap_id=? AND path=?", (host, vap_id, path)
-            )
+            db.execute("UPDATE vms SET host=? WHERE vap_id=? AND path=?", (host, vap_id, path))
             self.set_vap(vap_id, state=state, db=db)
 
     def record_restore(self, vap_id: int, path: str, source: str) -> None:

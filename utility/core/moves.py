@@ -50,8 +50,7 @@ def relocate(state: VapState, moves: Mapping[str, str]) -> VapState:
     Everything that names the VM (domain, MACs, addresses, disks) stays: only `host` changes.
     """
     vms = tuple(
-        dataclasses.replace(vm, host=moves[vm.path]) if vm.path in moves else vm
-        for vm in state.vms
+        dataclasses.replace(vm, host=moves[vm.path]) if vm.path in moves else vm for vm in state.vms
     )
     templates = {n.name: n for n in state.networks}
     wanted: dict[tuple[str, str], Network] = {}
@@ -60,9 +59,7 @@ def relocate(state: VapState, moves: Mapping[str, str]) -> VapState:
             template = templates.get(iface.network)
             if template is None:
                 continue
-            wanted.setdefault(
-                (vm.host, template.name), dataclasses.replace(template, host=vm.host)
-            )
+            wanted.setdefault((vm.host, template.name), dataclasses.replace(template, host=vm.host))
     return dataclasses.replace(
         state, vms=vms, networks=tuple(sorted(wanted.values(), key=lambda n: (n.host, n.name)))
     )
@@ -124,7 +121,9 @@ def rebalance(
     moves: list[Move] = []
     for _ in range(limit):
         loaded = max(state.values(), key=lambda r: (_load(r), r.name), default=None)
-        targets = [r for r in state.values() if r.available and r.name != getattr(loaded, "name", "")]
+        targets = [
+            r for r in state.values() if r.available and r.name != getattr(loaded, "name", "")
+        ]
         if loaded is None or not targets:
             break
         best: tuple[float, str, str] | None = None
@@ -167,5 +166,7 @@ def _merged(moves: list[Move]) -> list[Move]:
         first.setdefault(move.key, move)
         last[move.key] = move.target
     return [
-        dataclasses.replace(m, target=last[m.key]) for m in first.values() if m.source != last[m.key]
+        dataclasses.replace(m, target=last[m.key])
+        for m in first.values()
+        if m.source != last[m.key]
     ]

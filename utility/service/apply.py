@@ -90,7 +90,12 @@ class Applier:
     def run(self, vap_id: int, plan: Plan, *, keep_going: bool = False) -> Outcome:
         """Carry out a plan made elsewhere (a move's network steps) with the one executor."""
         executor = Executor(
-            self.hosts, vap_id, self.timeouts, self.attic, report=_ignore, boot_order=self.boot_order
+            self.hosts,
+            vap_id,
+            self.timeouts,
+            self.attic,
+            report=_ignore,
+            boot_order=self.boot_order,
         )
         return executor.run(plan, keep_going=keep_going)
 

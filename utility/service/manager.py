@@ -27,12 +27,12 @@ from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
 from utility.core.addresses import parse_range
 from utility.core.desired_state import VapState
+from utility.core.moves import DEFAULT_GRACE
 from utility.core.validation import check_public_ips
 from utility.errors import NotFound
 from utility.service.administration import Administration
 from utility.service.allocator import Allocator
 from utility.service.apply import Applier
-from utility.core.moves import DEFAULT_GRACE
 from utility.service.desired import Settings
 from utility.service.failover import HostMonitor
 from utility.service.hosts import EMBEDDED_HOST, Hosts

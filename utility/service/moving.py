@@ -227,4 +227,3 @@ def _networks_added(before: VapState, after: VapState) -> list[Any]:
 
 def _net(op: Op, network: Any) -> Action:
     return Action(op=op, key=net_key(network), network=network)
-
