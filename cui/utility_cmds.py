@@ -841,6 +841,8 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
                 f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
                 f"{c['host']:10} {state:8} {up:>8}  {ifaces}"
             )
+            if c.get("restored"):
+                click.echo(f"    restored after its host failed; data: {c['restored']['source']}")
 
 
 @click.command("status")

@@ -248,7 +248,7 @@ class ClusterManager:
         vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
         self.policy.require_owner(caller, vap, no_vap_id(vap_id))
         return {
-            "status": self.parts.status.vap_status(vap.id),
+            "status": self._status(vap.id),
             "state": vap.state,
             "cvl_path": vap.cvl_path,
             "events": self.store.events(vap.id),
