@@ -22,12 +22,12 @@ silent host) and steps its health with `utility.core.moves.next_health`:
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.restore import restore_data_disks
 from utility.adapters.store import ACTIVE, VapRow
 from utility.core.desired_state import VapState
@@ -63,7 +63,7 @@ class HostMonitor:
         self.wall = wall
         self.last_ok: dict[str, float] = {}
         self.said: set[tuple[int, str, str]] = set()
-        self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
+        self._hung: dict[str, threading.Thread] = {}
 
     # -- one round ------------------------------------------------------------------------------
 
@@ -97,19 +97,29 @@ class HostMonitor:
         return report
 
     def _probe_all(self) -> dict[str, bool]:
-        """Host name -> answered, probing in parallel; a probe slower than half the grace
-        period counts as silence (keepalive ends it later)."""
-        futures = {
-            row.name: self._probes.submit(self.parts.hosts.pool.get(row.name, row.uri).probe)
-            for row in self.store.hosts()
-        }
-        out = {}
-        for name, future in futures.items():
-            try:
-                out[name] = bool(future.result(timeout=max(1.0, self.grace / 2)))
-            except FutureTimeout:
-                out[name] = False
-        return out
+        """Host name -> answered, probing in parallel (daemon threads: a hung probe never holds
+        up the daemon's exit); a probe slower than half the grace period counts as silence, and
+        a host whose last probe still hangs is not probed again until it returns."""
+        answers: dict[str, bool] = {}
+        started: dict[str, threading.Thread] = {}
+        for row in self.store.hosts():
+            if row.name in self._hung and self._hung[row.name].is_alive():
+                answers[row.name] = False
+                continue
+            host = self.parts.hosts.pool.get(row.name, row.uri)
+
+            def probe(name: str = row.name, host: LibvirtHost = host) -> None:
+                answers[name] = host.probe()
+
+            thread = threading.Thread(target=probe, daemon=True, name=f"probe-{row.name}")
+            thread.start()
+            started[row.name] = thread
+        deadline = time.monotonic() + max(1.0, self.grace / 2)
+        for name, thread in started.items():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._hung[name] = thread
+        return {name: answers.get(name) is True for name in set(started) | set(answers)}
 
     # -- failed ---------------------------------------------------------------------------------
 
