@@ -361,3 +361,64 @@ def test_rebalance_dry_run_changes_nothing_then_the_plan_runs(tmp_path: Path) ->
         assert answer.status_code == 400
     finally:
         rig.manager.close()
+
+
+# -- adapters: migration flags, the restore source, the schema step ------------------------------
+
+
+def test_migration_flags_follow_the_domain_and_the_storage() -> None:
+    import libvirt
+
+    from utility.adapters.migration import LibvirtMigrator
+
+    base = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+    persist = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    assert LibvirtMigrator().flags(persistent=False) == base
+    assert LibvirtMigrator().flags(persistent=True) == base | persist
+    copying = LibvirtMigrator(shared_storage=False).flags(persistent=False)
+    assert copying == base | libvirt.VIR_MIGRATE_NON_SHARED_INC
+
+
+def test_the_restore_source_says_where_each_data_disk_came_from(tmp_path: Path) -> None:
+    import dataclasses
+    import time
+
+    from utility.adapters.disks import BACKUP_SUFFIX
+    from utility.adapters.restore import restore_data_disks
+    from utility.core.desired_state import Disk
+
+    held, kept, none = (tmp_path / f"{n}.qcow2" for n in ("held", "kept", "none"))
+    held.write_bytes(b"data")
+    Path(str(kept) + BACKUP_SUFFIX).write_bytes(b"before the update")
+    vm = dataclasses.replace(
+        _vm("a", "h1", "n"),
+        disks=(
+            Disk("vda", str(tmp_path / "p.qcow2"), "program", base="/b"),
+            Disk("vdb", str(held), "data", 1),
+            Disk("vdc", str(kept), "data", 1),
+            Disk("vdd", str(none), "data", 1),
+        ),
+    )
+    said = restore_data_disks(vm, time.time())
+    assert "vdb: the utility's copy" in said
+    assert "vdc: the copy kept before the last update" in said
+    assert kept.read_bytes() == b"before the update"  # put back in place
+    assert "vdd: a fresh empty disk" in said and "lost" in said
+    assert "vda" not in said  # program disks are always fresh overlays
+    assert restore_data_disks(dataclasses.replace(vm, disks=()), 0.0) == "no data disks"
+
+
+def test_schema_step_4_adds_host_health_to_an_old_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    from utility.adapters.db_check import SCHEMA_VERSION, migrate
+
+    db = sqlite3.connect(tmp_path / "old.sqlite3", isolation_level=None)
+    db.execute("CREATE TABLE tokens (digest TEXT PRIMARY KEY, name TEXT, role TEXT)")
+    db.execute("PRAGMA user_version = 3")
+    assert migrate(db) == SCHEMA_VERSION >= 4
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"host_health", "vm_restores"} <= tables
+    db.execute("INSERT INTO host_health (name, health) VALUES ('h1', 'failed')")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO host_health (name, health) VALUES ('h2', 'sleepy')")

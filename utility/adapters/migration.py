@@ -8,9 +8,10 @@ credentials for `qemu+ssh`), the utility drives the same migration with both con
 the domain: a persistent domain also gets `PERSIST_DEST | UNDEFINE_SOURCE` (the utility's own
 domains are transient); when the hosts do not share the disks' storage, `NON_SHARED_INC`
 copies each disk's top image (program overlays and data disks), the content-addressed backing
-chain being present on the target already. The domain keeps its name, XML, MACs and so its
-addresses. If libvirt reports failure, the domain still runs on the source (libvirt's
-contract; checked, and said otherwise).
+chain being present on the target already. The memory stream goes to the address in the
+target's URI (`tcp://ADDRESS`, not the host's own name, which other hosts may not resolve). The
+domain keeps its name, XML, MACs and so its addresses. If libvirt reports failure, the domain
+still runs on the source (libvirt's contract; checked, and said otherwise).
 
 libvirt's test driver cannot migrate; the control-plane tests use a stand-in at this boundary.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -84,6 +86,9 @@ class LibvirtMigrator:
             ) from None
         flags = self.flags(persistent)
         params: dict[str, object] = {}
+        address = urlsplit(target.uri).hostname
+        if address:  # the stream goes to the address the utility uses, not the host's own name
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_bracketed(address)}"
         if self.bandwidth_mib:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib
         notes: list[str] = []
@@ -115,6 +120,11 @@ class LibvirtMigrator:
             f"migration of {domain} from {source.name} to {target.name} failed "
             f"({exc.get_error_message()}); it now runs on {where}"
         )
+
+
+def _bracketed(address: str) -> str:
+    """An IPv6 literal in brackets, for a URI."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _still_on(host: LibvirtHost, domain: str) -> bool:
