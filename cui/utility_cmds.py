@@ -208,6 +208,14 @@ def utility_group() -> None:
     "the host is failed and its VMs are restarted elsewhere; it is suspect meanwhile.",
 )
 @click.option(
+    "--rebalance-interval",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Rebalance memory use across hosts with live migrations this often (seconds); "
+    "0 turns the automatic rebalance off (cui rebalance still works).",
+)
+@click.option(
     "--user-root",
     type=click.Path(file_okay=False),
     default=None,
@@ -238,6 +246,7 @@ def serve_command(
     user_root: str | None,
     boot_order: str,
     host_grace: float = 30.0,
+    rebalance_interval: float = 0.0,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.adapters.event_guard import EventRules
@@ -273,6 +282,7 @@ def serve_command(
         tls=tls,
         event_rules=EventRules(window=event_window),
         check_interval=check_interval,
+        rebalance_interval=rebalance_interval,
     )
 
 

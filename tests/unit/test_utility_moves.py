@@ -11,6 +11,7 @@ target from the source's XML, destroy it on the source); the real one runs in th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,18 +337,47 @@ def test_drain_moves_every_vm_off_and_takes_no_new_ones_until_undrained(rig: Rig
     live_allocations_are_unique_and_held(rig)
 
 
-def test_rebalance_dry_run_changes_nothing_then_the_plan_runs(tmp_path: Path) -> None:
+def _one_loaded_host_then_two_empty(tmp_path: Path) -> tuple[Rig, str]:
+    """A rig whose three VMs all run on h1, then h2 and h3 registered empty."""
     rig = make_rig(tmp_path, hosts=1)
     rig.manager.mover.migrator = CopyMigrator()
+    cvl = rig.start("acme")["cvl"]
+    for name in ("h2", "h3"):
+        uri = rig.manager.store.hosts()[0].uri.replace("h1-", f"{name}-")
+        Path(uri.removeprefix("test://")).write_text(
+            Path(rig.manager.store.hosts()[0].uri.removeprefix("test://")).read_text()
+        )
+        body = {"name": name, "uri": uri, "memory": "1G", "max_vms": 8}
+        assert rig.api.post("/v1/hosts", json=body).status_code == 201
+    return rig, cvl
+
+
+def test_automatic_rebalance_is_off_unless_asked_and_then_spreads(tmp_path: Path) -> None:
+    import threading
+
+    rig, cvl = _one_loaded_host_then_two_empty(tmp_path)
+    stopping = threading.Event()
     try:
-        cvl = rig.start("acme")["cvl"]
-        for name in ("h2", "h3"):
-            uri = rig.manager.store.hosts()[0].uri.replace("h1-", f"{name}-")
-            Path(uri.removeprefix("test://")).write_text(
-                Path(rig.manager.store.hosts()[0].uri.removeprefix("test://")).read_text()
-            )
-            body = {"name": name, "uri": uri, "memory": "1G", "max_vms": 8}
-            assert rig.api.post("/v1/hosts", json=body).status_code == 201
+        loop = threading.Thread(target=rig.manager.mover.rebalance_forever, args=(0.01, stopping))
+        loop.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if len({c["host"] for c in rig.status(cvl)["components"]}) == 3:
+                break
+            time.sleep(0.05)
+        stopping.set()
+        loop.join(5)
+        assert not loop.is_alive()
+        assert sorted(c["host"] for c in rig.status(cvl)["components"]) == ["h1", "h2", "h3"]
+        assert any("2 VM(s) moved" in str(e["text"]) for e in rig.manager.store.events())
+    finally:
+        stopping.set()
+        rig.manager.close()
+
+
+def test_rebalance_dry_run_changes_nothing_then_the_plan_runs(tmp_path: Path) -> None:
+    rig, cvl = _one_loaded_host_then_two_empty(tmp_path)
+    try:
         before = rig.status(cvl)
         dry = rig.api.post("/v1/rebalance", json={"dry_run": True}).get_json()
         assert len(dry["lines"]) == 2 and not dry["applied"]

@@ -10,11 +10,12 @@ runs where it was, and networks made for it on the target are removed again.
 `drain` closes a host to new placements and moves each VM off it to a host the placement policy
 chooses (crashed VMs there are only re-homed: the watchdog boots them on the new host);
 `undrain` reopens it. `rebalance` plans with `utility.core.moves.rebalance` and, unless a dry
-run, carries the plan out move by move.
+run, carries the plan out move by move; `rebalance_forever` is its automatic variant.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -203,6 +204,19 @@ class Mover:
             except UtilityError as exc:
                 result["failed"].append(f"{move.key}: {exc}")
         return result
+
+    def rebalance_forever(self, interval: float, stopping: threading.Event) -> None:
+        """The automatic variant (`cui utility serve --rebalance-interval`, off by default):
+        plan and carry out a rebalance every `interval` seconds until `stopping`."""
+        while not stopping.wait(interval):
+            try:
+                result = self.rebalance("auto-rebalance", dry_run=False)
+            except Exception as exc:  # noqa: BLE001 - a failed round must not end the loop
+                self.store.event(None, "rebalance", f"failed: {type(exc).__name__}: {exc}")
+                continue
+            if result["lines"]:
+                moved, failed = len(result["moved"]), len(result["failed"])
+                self.store.event(None, "rebalance", f"{moved} VM(s) moved, {failed} not")
 
     def plan(self) -> list[Move]:
         """The rebalance plan over the running VMs of up hosts (pure: `core.moves.rebalance`)."""
