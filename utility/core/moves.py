@@ -13,6 +13,7 @@ Nothing here touches a host: `utility.service.moving` applies what these functio
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +77,10 @@ def evacuation(
     return place(demands, rooms, policy)
 
 
+CANDIDATES = 8
+"""How many of the least loaded hosts a rebalance step considers as targets."""
+
+
 @dataclass(frozen=True)
 class Resident:
     """A VM that runs somewhere: its key (`VAP:path`), host and memory."""
@@ -108,28 +113,35 @@ def rebalance(
 ) -> list[Move]:
     """Moves that even out memory use (as a fraction of each host's memory) across hosts.
 
-    Under `spread` each step moves one VM from the most loaded host to the least loaded
-    available one, the VM chosen so that the larger of the two loads after the move is
-    smallest; a step is taken only if it lowers that larger load, so the plan ends and never
-    moves a VM back. Under `pack` the hosts are meant to be uneven: no moves. Unavailable
-    hosts (failed, suspect, drained) take nothing; a target needs memory and a VM slot.
+    Under `spread` each step moves one VM from the most loaded host to one of the `CANDIDATES`
+    least loaded available hosts, the VM and target chosen so that the larger of the two loads
+    after the move is smallest (ties: VM key, host name); a step is taken only if it lowers
+    that larger load, so the plan ends and never moves a VM back; at most `limit` steps. Under
+    `pack` the hosts are meant to be uneven: no moves. Unavailable hosts (failed, suspect,
+    drained) take nothing; a target needs memory and a VM slot. Each step costs
+    O(hosts + VMs on the loaded host).
     """
     if policy != "spread":
         return []
     state = {r.name: r for r in rooms}
-    where = {r.key: r for r in residents}
+    on: dict[str, dict[str, Resident]] = {name: {} for name in state}
+    for r in residents:
+        if r.host in on:
+            on[r.host][r.key] = r
     moves: list[Move] = []
     for _ in range(limit):
-        loaded = max(state.values(), key=lambda r: (_load(r), r.name), default=None)
-        targets = [
-            r for r in state.values() if r.available and r.name != getattr(loaded, "name", "")
-        ]
-        if loaded is None or not targets:
+        if not state:
             break
+        loaded = max(state.values(), key=lambda r: (_load(r), r.name))
+        open_hosts = [r for r in state.values() if r.available and r.name != loaded.name]
+        targets = heapq.nsmallest(CANDIDATES, open_hosts, key=lambda r: (_load(r), r.name))
+        smallest_of_size: dict[int, Resident] = {}
+        for vm in on[loaded.name].values():  # VMs of one size are interchangeable here
+            kept = smallest_of_size.get(vm.memory)
+            if kept is None or vm.key < kept.key:
+                smallest_of_size[vm.memory] = vm
         best: tuple[float, str, str] | None = None
-        for vm in sorted(where.values(), key=lambda v: v.key):
-            if vm.host != loaded.name:
-                continue
+        for vm in smallest_of_size.values():
             for target in targets:
                 if target.used_vms >= target.max_vms:
                     continue
@@ -145,7 +157,7 @@ def rebalance(
         if best is None or best[0] >= _load(loaded) - 1e-9:
             break
         _, key, target_name = best
-        vm = where[key]
+        vm = on[loaded.name].pop(key)
         target = state[target_name]
         state[loaded.name] = dataclasses.replace(
             loaded, used_memory=loaded.used_memory - vm.memory, used_vms=loaded.used_vms - 1
@@ -153,7 +165,7 @@ def rebalance(
         state[target_name] = dataclasses.replace(
             target, used_memory=target.used_memory + vm.memory, used_vms=target.used_vms + 1
         )
-        where[key] = dataclasses.replace(vm, host=target_name)
+        on[target_name][key] = dataclasses.replace(vm, host=target_name)
         moves.append(Move(key, loaded.name, target_name, vm.memory))
     return _merged(moves)
 
