@@ -452,3 +452,20 @@ def test_schema_step_4_adds_host_health_to_an_old_database(tmp_path: Path) -> No
     db.execute("INSERT INTO host_health (name, health) VALUES ('h1', 'failed')")
     with pytest.raises(sqlite3.IntegrityError):
         db.execute("INSERT INTO host_health (name, health) VALUES ('h2', 'sleepy')")
+
+
+def test_a_busy_vap_is_marked_lost_and_restarted_once_its_operation_ends(rig: Rig) -> None:
+    cvl = rig.start("acme")["cvl"]
+    host = rig.component(cvl, "f")["host"]
+    rig.cut.add(host)
+    rig.manager.check()
+    rig.now[0] += 31
+    lock = rig.manager.parts.locks.for_path(cvl)
+    with lock:  # a stop, start or update of this VAP is under way
+        report = rig.manager.check()
+        assert report["failed"] == [host] and "moved" not in report
+        assert rig.component(cvl, "f")["state"] == "running"  # untouched while busy
+    report = rig.manager.check()
+    assert report["moved"] == [f"{cvl}:f"]
+    assert rig.component(cvl, "f")["host"] != host
+    assert rig.component(cvl, "f")["state"] == "running"

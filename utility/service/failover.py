@@ -86,12 +86,13 @@ class HostMonitor:
             if new == "suspect":
                 report["suspect"].append(name)
             elif new == "failed":
-                self._lose(name)
-                report["failed"].append(name)
+                report["failed"].append(name)  # its VMs are marked lost just below
             elif new == "fencing" and self.fence(name):
                 report["fenced"].append(name)
         for name, h in self.store.host_health().items():
-            if h.health == "fencing" and name not in report["fenced"] and self.fence(name):
+            if h.health == "failed":
+                self._lose(name)  # VAPs that were busy when the host failed, now
+            elif h.health == "fencing" and name not in report["fenced"] and self.fence(name):
                 report["fenced"].append(name)  # a fence that failed last round, again
         report["moved"] = self.route_around()
         return report
@@ -124,14 +125,24 @@ class HostMonitor:
     # -- failed ---------------------------------------------------------------------------------
 
     def _lose(self, host: str) -> None:
-        """Mark every VM that may run on `host` lost; record it per VAP."""
+        """Mark every VM that may run on failed `host` lost; record it per VAP. A VAP whose
+        lock is held (an operation under way) is done in a later round (idempotent)."""
         for vap in self.store.vaps(ACTIVE):
             rows = [r for r in self.store.vms(vap.id) if r.host == host]
-            lost = [r.path for r in rows if r.state not in ("stopped", "dead", LOST)]
+            if not any(r.state not in ("stopped", "dead", LOST) for r in rows):
+                continue
+            lock = self.parts.locks.for_path(vap.cvl_path)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                rows = [r for r in self.store.vms(vap.id) if r.host == host]
+                lost = [r.path for r in rows if r.state not in ("stopped", "dead", LOST)]
+                for path in lost:
+                    self.store.set_vm(vap.id, path, LOST)
+            finally:
+                lock.release()
             if not lost:
                 continue
-            for path in lost:
-                self.store.set_vm(vap.id, path, LOST)
             text = (
                 f"host {host} failed (silent for {self.grace:.0f} s): "
                 f"{', '.join(p or '(root)' for p in lost)} lost"

@@ -70,8 +70,9 @@ class Mover:
         if health[target].health != "up" or health[target].drained:
             state = "drained" if health[target].drained else health[target].health
             raise Conflict(f"host {target} takes no VMs now ({state})")
-        if health[source].health != "up":
-            raise Conflict(f"host {source} is {health[source].health}: nothing to migrate from")
+        source_health = health[source].health if source in health else "not registered"
+        if source_health != "up":
+            raise Conflict(f"host {source} is {source_health}: nothing to migrate from")
         with self.parts.allocator.session() as db:
             room = next(r for r in self.parts.allocations.rooms(db) if r.name == target)
         if room.used_vms + 1 > room.max_vms or room.used_memory + vm_memory > room.memory:
