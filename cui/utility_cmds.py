@@ -847,6 +847,8 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
             ifaces = ", ".join(f"{i['name']} {i['ip']} {i['mac']}" for i in c["interfaces"])
             up = f"{c['uptime']:.0f}s" if c.get("uptime") is not None else "-"
             state = c["state"] + (f" ({c['restarts']} restarts)" if c.get("restarts") else "")
+            if c.get("host_health"):
+                state += f" (host {c['host_health']})"
             click.echo(
                 f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
                 f"{c['host']:10} {state:8} {up:>8}  {ifaces}"

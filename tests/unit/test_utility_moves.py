@@ -180,6 +180,7 @@ def test_a_silent_host_is_suspect_then_failed_its_vms_restart_elsewhere_and_it_i
     assert report.get("suspect") == [dead_host]
     assert health(rig)[dead_host] == "suspect"
     assert rig.component(cvl, "d")["state"] == "running"  # not yet: within the grace period
+    assert rig.component(cvl, "d")["host_health"] == "suspect"  # but never silently
 
     rig.now[0] += 31
     report = rig.manager.check()

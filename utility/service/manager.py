@@ -227,14 +227,19 @@ class ClusterManager:
         return [self._status(vap.id)]
 
     def _status(self, vap_id: int) -> dict[str, Any]:
-        """A VAP's status with its restart policy, each component's recent restarts, and where
-        a VM restored after its host failed got its data disks from."""
+        """A VAP's status with its restart policy, each component's recent restarts, its host's
+        health when not `up`, and where a VM restored after its host failed got its data disks
+        from."""
         status = self.parts.status.vap_status(vap_id)
         restarts = self.watchdog.restarts(vap_id)
         restores = self.store.restores(vap_id)
+        health = self.store.host_health()
         status["restart"] = self.store.restart_policy(vap_id)
         for component in status["components"]:
             component["restarts"] = restarts.get(component["path"], 0)
+            host = health.get(component.get("host", ""))
+            if host is not None and host.health != "up":
+                component["host_health"] = host.health  # e.g. running, but its host is suspect
             if component["path"] in restores:
                 component["restored"] = restores[component["path"]]
         return status
