@@ -470,3 +470,20 @@ def test_a_busy_vap_is_marked_lost_and_restarted_once_its_operation_ends(rig: Ri
     assert report["moved"] == [f"{cvl}:f"]
     assert rig.component(cvl, "f")["host"] != host
     assert rig.component(cvl, "f")["state"] == "running"
+
+
+def test_the_pages_show_a_failed_host_and_where_restored_data_came_from(rig: Rig) -> None:
+    cvl = rig.start("acme")["cvl"]
+    host = rig.component(cvl, "d")["host"]
+    rig.cut.add(host)
+    rig.manager.check()
+    rig.now[0] += 31
+    rig.manager.check()
+    overview = rig.api.get("/ui/", headers={"Accept": "text/html"})
+    assert overview.status_code == 200, overview.data[:300]
+    page = overview.get_data(as_text=True)
+    assert f'{host} <span class="badge health-failed">failed</span>' in page
+    vap_id = rig.status(cvl)["id"]
+    vap = rig.api.get(f"/ui/vaps/{vap_id}", headers={"Accept": "text/html"})
+    assert vap.status_code == 200, vap.data[:300]
+    assert "restored after its host failed; data: hdb: the utility" in vap.get_data(as_text=True)
