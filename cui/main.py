@@ -83,7 +83,7 @@ def completion(shell: str) -> None:
 
 def _register() -> None:
     """Attach the commands of each area; an area that fails to import is a bug, not hidden."""
-    for name in ("lang", "repo", "utility_cmds"):
+    for name in ("lang", "repo", "utility_cmds", "move_cmds"):
         try:
             module = __import__(f"cui.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -200,6 +200,22 @@ def utility_group() -> None:
     "a VM that stopped on its own is marked crashed and restarted. 0 turns the check off.",
 )
 @click.option(
+    "--host-grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a host's libvirt connection may fail (keepalive, the periodic check) before "
+    "the host is failed and its VMs are restarted elsewhere; it is suspect meanwhile.",
+)
+@click.option(
+    "--rebalance-interval",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Rebalance memory use across hosts with live migrations this often (seconds); "
+    "0 turns the automatic rebalance off (cui rebalance still works).",
+)
+@click.option(
     "--user-root",
     type=click.Path(file_okay=False),
     default=None,
@@ -229,6 +245,8 @@ def serve_command(
     check_interval: float,
     user_root: str | None,
     boot_order: str,
+    host_grace: float = 30.0,
+    rebalance_interval: float = 0.0,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.adapters.event_guard import EventRules
@@ -256,6 +274,7 @@ def serve_command(
             default_host,
             Path(user_root) if user_root else None,
             boot_order=boot_order,
+            host_grace=host_grace,
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
@@ -263,6 +282,7 @@ def serve_command(
         tls=tls,
         event_rules=EventRules(window=event_window),
         check_interval=check_interval,
+        rebalance_interval=rebalance_interval,
     )
 
 
@@ -498,6 +518,10 @@ def host_list(as_json: bool, client: UtilityClient) -> None:
             mem = f"{format_size(r['used_memory'])}/{format_size(r['memory'])}"
             vms = f"{r['vms']}/{r['max_vms']}"
             tag = " (embedded default)" if r["embedded"] else ""
+            if r.get("health", "up") != "up":
+                tag += f" {r['health'].upper()}"
+            if r.get("drained"):
+                tag += " drained"
             click.echo(f"{r['name']:12} {r['uri']:40} {mem:>16} {vms:>8}{tag}")
 
     emit(client.hosts(), as_json, render)
@@ -823,10 +847,14 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
             ifaces = ", ".join(f"{i['name']} {i['ip']} {i['mac']}" for i in c["interfaces"])
             up = f"{c['uptime']:.0f}s" if c.get("uptime") is not None else "-"
             state = c["state"] + (f" ({c['restarts']} restarts)" if c.get("restarts") else "")
+            if c.get("host_health"):
+                state += f" (host {c['host_health']})"
             click.echo(
                 f"  {c['path']:10} {c.get('type', '?'):12} {str(c.get('version')):>8} "
                 f"{c['host']:10} {state:8} {up:>8}  {ifaces}"
             )
+            if c.get("restored"):
+                click.echo(f"    restored after its host failed; data: {c['restored']['source']}")
 
 
 @click.command("status")

@@ -72,10 +72,18 @@ class Allocations:
         return FreePools(vlans, ips, macs, taken)
 
     def rooms(self, db: sqlite3.Connection) -> list[HostRoom]:
-        """Every host with the memory and VM count active VAPs use on it."""
+        """Every host with the memory and VM count active VAPs use on it; a host that is not
+        `up` (suspect, failed, fencing) or is drained is not available for new VMs."""
         usage = self.store.usage(db)
+        health = self.store.host_health()
         return [
-            HostRoom(h.name, h.memory, h.max_vms, *usage.get(h.name, (0, 0)))
+            HostRoom(
+                h.name,
+                h.memory,
+                h.max_vms,
+                *usage.get(h.name, (0, 0)),
+                available=health[h.name].health == "up" and not health[h.name].drained,
+            )
             for h in self.store.hosts()
         ]
 

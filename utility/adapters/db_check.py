@@ -42,10 +42,18 @@ def _token_created(db: sqlite3.Connection) -> None:
     add_token_created(db)
 
 
+def _moves(db: sqlite3.Connection) -> None:
+    """Version 4: `host_health` (failure detection, drain) and `vm_restores`; `Store` too."""
+    from utility.adapters.store import add_moves_tables
+
+    add_moves_tables(db)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _baseline,
     2: _seen_events,
     3: _token_created,
+    4: _moves,
 }
 """Migration to version N, applied in ascending order; a new schema change appends one."""
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -107,6 +107,11 @@ def never_cut_off(_name: str) -> bool:
     return False
 
 
+KEEPALIVE = (5, 3)
+"""libvirt keepalive (interval seconds, missed probes) on remote connections: a host silent for
+about 20 s has its connection closed, so calls fail instead of hanging."""
+
+
 class LibvirtHost:
     """One host manager: a libvirt URI with a lazily opened, re-opened connection.
 
@@ -131,6 +136,7 @@ class LibvirtHost:
         self._lock = threading.Lock()
         self._on_stopped = on_stopped
         self._fault = fault
+        self.keepalive: tuple[int, int] | None = KEEPALIVE
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -157,7 +163,26 @@ class LibvirtHost:
                     f"host {self.name}: cannot connect to {self.uri}: {exc.get_error_message()}"
                 ) from None
             self._watch(self._conn)
+            self._keep_alive(self._conn)
             return self._conn
+
+    def _keep_alive(self, conn: libvirt.virConnect) -> None:
+        """Ask libvirt to close the connection when the host stops answering keepalive probes
+        (needs the event loop; remote URIs only: local and test connections have none)."""
+        if not _event_loop or self.keepalive is None or "+" not in self.uri.split(":", 1)[0]:
+            return
+        try:
+            conn.setKeepAlive(*self.keepalive)
+        except libvirt.libvirtError:
+            pass  # the periodic probe still notices a silent host
+
+    def probe(self) -> bool:
+        """Whether the host answers now: a connection and one round trip to its libvirtd."""
+        try:
+            self._call("probe", lambda c: c.getLibVersion())
+        except UtilityError:
+            return False
+        return True
 
     def _watch(self, conn: libvirt.virConnect) -> None:
         """Register for domain lifecycle events when someone listens and the event loop runs."""

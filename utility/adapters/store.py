@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TE
   CHECK (policy IN ('always', 'never')));
 """
 
+MOVES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS host_health (name TEXT PRIMARY KEY,
+  health TEXT NOT NULL DEFAULT 'up' CHECK (health IN ('up', 'suspect', 'failed', 'fencing')),
+  since REAL, drained INTEGER NOT NULL DEFAULT 0, note TEXT);
+CREATE TABLE IF NOT EXISTS vm_restores (vap_id INTEGER NOT NULL, path TEXT NOT NULL,
+  at REAL NOT NULL, source TEXT NOT NULL, PRIMARY KEY (vap_id, path));
+"""
+"""Host health and drain, and where a restored VM's data disks came from (schema version 4)."""
+
 ACTIVE = ("starting", "running", "stopping", "updating")
 # VM states that may hold a host's resources: a crashed, dead or stopped VM runs nowhere; an
 # `unknown` one (its host did not answer) may still run, so it keeps counting.
@@ -113,6 +122,24 @@ def add_token_created(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE tokens ADD COLUMN created REAL")
 
 
+def add_moves_tables(db: sqlite3.Connection) -> None:
+    """Create the tables of `MOVES_SCHEMA` (idempotent)."""
+    for statement in MOVES_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    """A host's health as the failure detector last saw it, and whether it is drained."""
+
+    name: str
+    health: str = "up"
+    since: float | None = None
+    drained: bool = False
+    note: str | None = None
+
+
 class Store:
     """The state database. Thread-safe: one connection per thread, writes serialised by SQLite."""
 
@@ -128,6 +155,7 @@ class Store:
                 if statement.strip():
                     db.execute(statement)
             add_token_created(db)
+            add_moves_tables(db)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -196,6 +224,7 @@ class Store:
             if busy:
                 raise Conflict(f"host {name} runs {busy} VM(s); stop them before removing it")
             db.execute("DELETE FROM hosts WHERE name=?", (name,))
+            db.execute("DELETE FROM host_health WHERE name=?", (name,))
 
     def usage(self, db: sqlite3.Connection | None = None) -> dict[str, tuple[int, int]]:
         """host -> (memory in use, VMs) over the VMs of active VAPs (recomputed, never cached)."""
@@ -205,6 +234,64 @@ class Store:
             f"WHERE a.status IN {ACTIVE} AND v.state NOT IN {NOT_RUNNING} GROUP BY v.host"
         ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    # -- host health and drain (failure detection, moves) --------------------------------------
+
+    def host_health(self) -> dict[str, HostHealth]:
+        """Host name -> health and drain; a host never seen by the detector is `up`."""
+        rows = self.read().execute("SELECT * FROM host_health").fetchall()
+        known = {r["name"]: r for r in rows}
+        out = {}
+        for host in self.hosts():
+            r = known.get(host.name)
+            out[host.name] = (
+                HostHealth(host.name, r["health"], r["since"], bool(r["drained"]), r["note"])
+                if r
+                else HostHealth(host.name)
+            )
+        return out
+
+    def set_host_health(self, name: str, health: str, note: str | None = None) -> None:
+        """Record a host's new health (its `since` is now)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO host_health (name, health, since, note) VALUES (?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET health=excluded.health, since=excluded.since, "
+                "note=excluded.note",
+                (name, health, time.time(), note),
+            )
+
+    def set_drained(self, name: str, drained: bool) -> None:
+        """Close a host to new placements (drained) or reopen it."""
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM hosts WHERE name=?", (name,)).fetchone():
+                raise NotFound(f"no host named {name}")
+            db.execute(
+                "INSERT INTO host_health (name, drained) VALUES (?,?) "
+                "ON CONFLICT(name) DO UPDATE SET drained=excluded.drained",
+                (name, int(drained)),
+            )
+
+    def move_vm(self, vap_id: int, path: str, host: str, state: VapState) -> None:
+        """Record in one transaction that a VM now runs on `host`, with the VAP's new state."""
+        with self.transaction() as db:
+            db.execute("UPDATE vms SET host=? WHERE vap_id=? AND path=?", (host, vap_id, path))
+            self.set_vap(vap_id, state=state, db=db)
+
+    def record_restore(self, vap_id: int, path: str, source: str) -> None:
+        """Remember where a VM restored on another host got its data disks from."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO vm_restores VALUES (?,?,?,?)",
+                (vap_id, path, time.time(), source),
+            )
+
+    def restores(self, vap_id: int) -> dict[str, dict[str, object]]:
+        """Path -> {at, source} for each VM of the VAP restored after its host failed."""
+        rows = self.read().execute(
+            "SELECT path, at, source FROM vm_restores WHERE vap_id=?", (vap_id,)
+        )
+        return {r["path"]: {"at": r["at"], "source": r["source"]} for r in rows}
 
     # -- pools ----------------------------------------------------------------------------------
 

@@ -180,6 +180,20 @@ class UtilityClient:
     def host_dead(self, name: str) -> Any:
         return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/dead")
 
+    def drain(self, name: str) -> Any:
+        return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/drain")
+
+    def undrain(self, name: str) -> Any:
+        return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/undrain")
+
+    def move(self, cvl: str, component: str, host: str) -> Any:
+        return self.request(
+            "POST", "/v1/vaps/move", {"cvl": cvl, "component": component, "host": host}
+        )
+
+    def rebalance(self, dry_run: bool) -> Any:
+        return self.request("POST", "/v1/rebalance", {"dry_run": dry_run})
+
     def add_vlans(self, spec: str) -> Any:
         return self.request("POST", "/v1/vlans", {"range": spec})
 

@@ -6,8 +6,10 @@ Policy (documented contract, chosen per cluster manager with `--placement`):
 - `pack`: VMs largest first, each to the host with the least free memory that still fits
   (best fit; ties by host name). Keeps whole hosts empty for big VMs or for power-off.
 A host takes a VM only if its free memory (registered memory minus the memory of the VMs it
-runs) covers the VM's memory and it runs fewer than its max-VMs. When some VM fits nowhere the
-whole placement is refused, naming every VM that did not fit and the best candidate's room.
+runs) covers the VM's memory and it runs fewer than its max-VMs, and only if it is available:
+a host that failed, is suspect, being fenced or drained (`HostRoom.available` False) takes no
+new VM. When some VM fits nowhere the whole placement is refused, naming every VM that did not
+fit and the best candidate's room.
 
 Runs in O(V log H): 10,000 VMs onto 1,000 hosts takes a few tens of milliseconds.
 """
@@ -34,6 +36,7 @@ class HostRoom:
     max_vms: int
     used_memory: int = 0
     used_vms: int = 0
+    available: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ def place(
     if policy not in POLICIES:
         raise PlacementError(f"unknown placement policy {policy!r} (use one of {POLICIES})")
     order = sorted(demands, key=lambda d: (-d.memory, d.path))
+    closed = sorted(h.name for h in hosts if not h.available)
+    hosts = [h for h in hosts if h.available]
     free = {h.name: h.memory - h.used_memory for h in hosts}
     slots = {h.name: h.max_vms - h.used_vms for h in hosts}
     count = {h.name: h.used_vms for h in hosts}
@@ -83,7 +88,13 @@ def place(
             if slots[name] > 0:
                 bisect.insort(ordered, (free[name], name))
     if misfits:
-        raise PlacementError(_refusal(misfits, hosts, free, slots))
+        reason = _refusal(misfits, hosts, free, slots)
+        if closed and not hosts:
+            listed = ", ".join(d.path or "(root)" for d in misfits)
+            reason = f"no host takes new VMs to place {listed}"
+        if closed:
+            reason += f" (hosts not taking VMs: {', '.join(closed)})"
+        raise PlacementError(reason)
     return chosen
 
 

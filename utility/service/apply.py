@@ -87,6 +87,18 @@ class Applier:
         )
         return Applied(plan, executor.run(plan, keep_going=keep_going))
 
+    def run(self, vap_id: int, plan: Plan, *, keep_going: bool = False) -> Outcome:
+        """Carry out a plan made elsewhere (a move's network steps) with the one executor."""
+        executor = Executor(
+            self.hosts,
+            vap_id,
+            self.timeouts,
+            self.attic,
+            report=_ignore,
+            boot_order=self.boot_order,
+        )
+        return executor.run(plan, keep_going=keep_going)
+
     def restart(self, vap_id: int, vm: Vm) -> None:
         """Boot a crashed VM again where it was (fresh program overlays, its data disks)."""
         executor = Executor(self.hosts, vap_id, self.timeouts, self.attic, report=_ignore)

@@ -21,20 +21,24 @@ from utility.adapters.allocations import Allocations
 from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
+from utility.adapters.migration import LibvirtMigrator, Migrator
 from utility.adapters.store import HostRow, Store
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
 from utility.core.addresses import parse_range
 from utility.core.desired_state import VapState
+from utility.core.moves import DEFAULT_GRACE
 from utility.core.validation import check_public_ips
 from utility.errors import NotFound
 from utility.service.administration import Administration
 from utility.service.allocator import Allocator
 from utility.service.apply import Applier
 from utility.service.desired import Settings
+from utility.service.failover import HostMonitor
 from utility.service.hosts import EMBEDDED_HOST, Hosts
 from utility.service.lifecycle import Lifecycle, Parts
 from utility.service.locks import VapLocks
+from utility.service.moving import Mover
 from utility.service.pipeline import FetchReport, Pipeline
 from utility.service.policy import (
     RESERVED_NAMES,
@@ -69,8 +73,10 @@ class ClusterManager:
         boot_order: "overlapped" (default) or "strict": how the VMs of a start or update boot
             (`utility.adapters.executor`).
         host_fault: says whether a host is cut off (tests make a host unreachable with it).
-        clock: monotonic seconds for restart backoff (tests pass their own).
+        clock: monotonic seconds for restart backoff and host silence (tests pass their own).
         backoff: restart pacing for crashed VMs.
+        host_grace: seconds a host may be silent before it is failed (`failover`).
+        migrator: live migration for moves (tests pass a stand-in: the test driver cannot).
     """
 
     def __init__(
@@ -85,6 +91,8 @@ class ClusterManager:
         host_fault: Fault = never_cut_off,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
+        host_grace: float = DEFAULT_GRACE,
+        migrator: Migrator | None = None,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
         cache_dir, run_dir = state_dir / "cache", state_dir / "run"
@@ -122,6 +130,9 @@ class ClusterManager:
         self.recovery = Recovery(self.parts, self.lifecycle)
         self.watchdog = Watchdog(self.parts, self.lifecycle, clock, backoff)
         self.hosts_service.pool.on_stopped = self.watchdog.domain_stopped
+        self.monitor = HostMonitor(self.parts, host_grace, clock)
+        self.watchdog.monitor = self.monitor
+        self.mover = Mover(self.parts, migrator or LibvirtMigrator())
         self.unowned: list[dict[str, str]] = []
 
     def close(self) -> None:
@@ -216,12 +227,21 @@ class ClusterManager:
         return [self._status(vap.id)]
 
     def _status(self, vap_id: int) -> dict[str, Any]:
-        """A VAP's status with its restart policy and each component's recent restarts."""
+        """A VAP's status with its restart policy, each component's recent restarts, its host's
+        health when not `up`, and where a VM restored after its host failed got its data disks
+        from."""
         status = self.parts.status.vap_status(vap_id)
         restarts = self.watchdog.restarts(vap_id)
+        restores = self.store.restores(vap_id)
+        health = self.store.host_health()
         status["restart"] = self.store.restart_policy(vap_id)
         for component in status["components"]:
             component["restarts"] = restarts.get(component["path"], 0)
+            host = health.get(component.get("host", ""))
+            if host is not None and host.health != "up":
+                component["host_health"] = host.health  # e.g. running, but its host is suspect
+            if component["path"] in restores:
+                component["restored"] = restores[component["path"]]
         return status
 
     def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:
@@ -233,7 +253,7 @@ class ClusterManager:
         vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
         self.policy.require_owner(caller, vap, no_vap_id(vap_id))
         return {
-            "status": self.parts.status.vap_status(vap.id),
+            "status": self._status(vap.id),
             "state": vap.state,
             "cvl_path": vap.cvl_path,
             "events": self.store.events(vap.id),
@@ -272,9 +292,38 @@ class ClusterManager:
         return self.lifecycle.host_dead(name, caller.name)
 
     def hosts(self, caller: Caller) -> list[dict[str, Any]]:
-        """Every host with its capacity and use."""
+        """Every host with its capacity, use, health and whether it is drained."""
         self.policy.require_read(caller, "hosts")
-        return self.hosts_service.listing()
+        health = self.store.host_health()
+        rows = self.hosts_service.listing()
+        for row in rows:
+            h = health.get(row["name"])
+            if h is not None:
+                row.update(health=h.health, since=h.since, drained=h.drained, note=h.note)
+        return rows
+
+    def drain(self, caller: Caller, name: str) -> dict[str, Any]:
+        """Close host `name` to new VMs and live-migrate every VM off it."""
+        self.policy.require_admin(caller, "drain hosts")
+        self.hosts_service.host(name)  # NotFound for an unknown host
+        return self.mover.drain(name, caller.name)
+
+    def undrain(self, caller: Caller, name: str) -> dict[str, Any]:
+        """Reopen a drained host to placements."""
+        self.policy.require_admin(caller, "undrain hosts")
+        self.hosts_service.host(name)
+        return self.mover.undrain(name, caller.name)
+
+    def move(self, caller: Caller, cvl_path: str, component: str, host: str) -> dict[str, Any]:
+        """Live-migrate one component VM of a running VAP to `host` (administrators: it
+        overrides placement)."""
+        self.policy.require_admin(caller, "move VMs between hosts")
+        return self.mover.move(str(Path(cvl_path).resolve()), component, host, caller.name)
+
+    def rebalance(self, caller: Caller, dry_run: bool) -> dict[str, Any]:
+        """Plan (and unless `dry_run`, carry out) moves that even out memory use."""
+        self.policy.require_admin(caller, "rebalance hosts")
+        return self.mover.rebalance(caller.name, dry_run)
 
     def add_vlans(self, caller: Caller, spec: str) -> int:
         """Add a VLAN range such as "100-163"."""

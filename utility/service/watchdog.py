@@ -15,11 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utility.adapters.store import VapRow
 from utility.errors import UtilityError
 from utility.service.lifecycle import Lifecycle, Parts
+
+if TYPE_CHECKING:
+    from utility.service.failover import HostMonitor
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Watchdog:
         self.backoff = backoff or Backoff()
         self.wake = threading.Event()
         self.gave_up: set[tuple[int, str]] = set()
+        self.monitor: HostMonitor | None = None
 
     def domain_stopped(self, _host: str, _domain: str) -> None:
         """A libvirt lifecycle event: check soon (from the event loop thread; never blocks)."""
@@ -95,7 +99,9 @@ class Watchdog:
                 self.store.event(None, "watchdog", f"check failed: {type(exc).__name__}: {exc}")
 
     def check(self) -> dict[str, list[str]]:
-        """One round: mark crashed VMs, restart what is due, finish pending stops."""
+        """One round: host health first (`failover.HostMonitor`: failed hosts, lost VMs
+        restarted elsewhere, returning hosts fenced), then mark crashed VMs, restart what is
+        due, finish pending stops."""
         report: dict[str, list[str]] = {
             "crashed": [],
             "restarted": [],
@@ -103,6 +109,8 @@ class Watchdog:
             "waiting": [],
             "stopped": [],
         }
+        if self.monitor is not None:
+            report.update({k: v for k, v in self.monitor.check().items() if v})
         for vap in self.store.vaps(("running", "stopping")):
             lock = self.parts.locks.for_path(vap.cvl_path)
             if not lock.acquire(blocking=False):
@@ -174,6 +182,9 @@ class Watchdog:
         """Whether `host` has room for one more VM of `memory` bytes (crashed VMs hold none)."""
         used, count = self.store.usage().get(host, (0, 0))
         row = next((h for h in self.store.hosts() if h.name == host), None)
+        health = self.store.host_health().get(host)
+        if health is not None and health.health != "up":
+            return False  # failed, suspect or being fenced: nothing boots there
         return row is not None and used + memory <= row.memory and count + 1 <= row.max_vms
 
     def _give_up(self, vap: VapRow, path: str, why: str) -> None:

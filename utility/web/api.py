@@ -199,6 +199,24 @@ def create_app(
     def host_dead(name: str) -> Any:
         return jsonify(manager.host_dead(caller(), valid.clean_text(name, "name")))
 
+    @app.post("/v1/hosts/<name>/drain")
+    def drain_host(name: str) -> Any:
+        return jsonify(manager.drain(caller(), valid.clean_text(name, "name")))
+
+    @app.post("/v1/hosts/<name>/undrain")
+    def undrain_host(name: str) -> Any:
+        return jsonify(manager.undrain(caller(), valid.clean_text(name, "name")))
+
+    @app.post("/v1/vaps/move")
+    def move() -> Any:
+        data = body()
+        cvl, component, host = field(data, "cvl"), field(data, "component"), field(data, "host")
+        return jsonify(manager.move(caller(), cvl, component, valid.clean_text(host, "host")))
+
+    @app.post("/v1/rebalance")
+    def rebalance() -> Any:
+        return jsonify(manager.rebalance(caller(), valid.boolean(body(), "dry_run")))
+
     @app.post("/v1/vlans")
     def add_vlans() -> Any:
         return jsonify({"added": manager.add_vlans(caller(), field(body(), "range"))})

@@ -100,6 +100,7 @@ def serve(
     tls: tuple[Path, Path] | None = None,
     event_rules: EventRules | None = None,
     check_interval: float = DEFAULT_CHECK_INTERVAL,
+    rebalance_interval: float = 0.0,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (see the module docstring).
 
@@ -140,6 +141,13 @@ def serve(
                 args=(check_interval, live["stopping"]),
                 daemon=True,
                 name="watchdog",
+            ).start()
+        if rebalance_interval > 0:
+            threading.Thread(
+                target=manager.mover.rebalance_forever,
+                args=(rebalance_interval, live["stopping"]),
+                daemon=True,
+                name="rebalance",
             ).start()
         if poll_interval:
             threading.Thread(

@@ -1,0 +1,244 @@
+"""Planned moves: one VM (`cui move`), every VM of a host (`cui host drain`), rebalance.
+
+A move is a live migration (`utility.adapters.migration`) of a running VM to another host,
+under the VAP's lock: the segment networks the VM needs are brought up on the target first
+(through the one executor), the VM migrates keeping its domain name, MACs and addresses, and
+only then is the new host recorded (VM row and VAP state in one transaction) and networks no
+VM uses any more on the source are taken down. A failed migration changes no record: the VM
+runs where it was, and networks made for it on the target are removed again.
+
+`drain` closes a host to new placements and moves each VM off it to a host the placement policy
+chooses (crashed VMs there are only re-homed: the watchdog boots them on the new host);
+`undrain` reopens it. `rebalance` plans with `utility.core.moves.rebalance` and, unless a dry
+run, carries the plan out move by move; `rebalance_forever` is its automatic variant.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from utility.adapters.migration import Migrator
+from utility.adapters.store import ACTIVE, VapRow
+from utility.core.desired_state import VapState
+from utility.core.moves import Move, Resident, rebalance, relocate
+from utility.core.placement import VmDemand, place
+from utility.core.planner import Action, Op, Plan, net_key
+from utility.errors import Conflict, NotFound, UtilityError
+from utility.service.lifecycle import Parts
+
+
+class Mover:
+    """Moves VMs between hosts (module docstring).
+
+    Args:
+        parts: the cluster manager's parts.
+        migrator: the live-migration adapter.
+        clock: seconds, for the time a move took.
+    """
+
+    def __init__(
+        self, parts: Parts, migrator: Migrator, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.parts = parts
+        self.store = parts.store
+        self.migrator = migrator
+        self.clock = clock
+
+    # -- one VM ---------------------------------------------------------------------------------
+
+    def move(self, cvl_path: str, component: str, target: str, who: str) -> dict[str, Any]:
+        """Live-migrate `component` of the VAP of `cvl_path` to host `target`."""
+        with self.parts.locks.for_path(cvl_path):
+            vap = self._running(cvl_path)
+            return self._move(vap, component, target, who)
+
+    def _running(self, cvl_path: str) -> VapRow:
+        vap = self.store.vap_by_path(cvl_path)
+        if vap is None or vap.status != "running" or vap.state is None:
+            raise NotFound(f"{cvl_path} is not running")
+        return vap
+
+    def _check_target(self, vm_memory: int, source: str, target: str) -> None:
+        health = self.store.host_health()
+        if target not in health:
+            raise NotFound(f"no host named {target}")
+        if target == source:
+            raise Conflict(f"the VM already runs on {target}")
+        if health[target].health != "up" or health[target].drained:
+            state = "drained" if health[target].drained else health[target].health
+            raise Conflict(f"host {target} takes no VMs now ({state})")
+        source_health = health[source].health if source in health else "not registered"
+        if source_health != "up":
+            raise Conflict(f"host {source} is {source_health}: nothing to migrate from")
+        with self.parts.allocator.session() as db:
+            room = next(r for r in self.parts.allocations.rooms(db) if r.name == target)
+        if room.used_vms + 1 > room.max_vms or room.used_memory + vm_memory > room.memory:
+            raise Conflict(
+                f"host {target} has no room: {room.memory - room.used_memory} bytes free, "
+                f"{room.max_vms - room.used_vms} VM slot(s)"
+            )
+
+    def _move(self, vap: VapRow, component: str, target: str, who: str) -> dict[str, Any]:
+        p = self.parts
+        state = vap.state
+        assert state is not None
+        vm = state.vm(component)
+        row = next((r for r in self.store.vms(vap.id) if r.path == component), None)
+        if vm is None or row is None:
+            raise NotFound(f"{vap.cvl_path}: no component {component!r}")
+        if row.state != "running":
+            raise Conflict(f"{component} is {row.state}, not running: only a running VM moves")
+        self._check_target(vm.memory, vm.host, target)
+        moved = relocate(state, {component: target})
+        new_nets = _networks_added(state, moved)
+        began = self.clock()
+        up = p.applier.run(vap.id, Plan(tuple(_net(Op.NETWORK_UP, n) for n in new_nets)))
+        if not up.ok:
+            self._networks_down(vap.id, new_nets)
+            raise UtilityError(f"move of {component} to {target}: {up.error}; nothing moved")
+        source, dest = p.hosts.host(vm.host), p.hosts.host(target)
+        try:
+            result = self.migrator.migrate(source, dest, vm.domain)
+        except UtilityError as exc:
+            self._networks_down(vap.id, new_nets)
+            text = f"move of {component} from {vm.host} to {target} failed: {exc}"
+            self.store.event(vap.id, "move", text)
+            self.store.add_history(vap.cvl_path, "move", [], {}, text)
+            raise
+        self.store.move_vm(vap.id, component, target, moved)
+        self._networks_down(vap.id, _networks_added(moved, state))
+        seconds = self.clock() - began
+        text = (
+            f"{who} moved {component} from {vm.host} to {target} ({result.mode} live migration, "
+            f"{seconds:.1f} s"
+            + (f", downtime {result.downtime_ms} ms" if result.downtime_ms is not None else "")
+            + ")"
+        )
+        self.store.event(vap.id, "move", text)
+        self.store.add_history(
+            vap.cvl_path, "move", [f"→ {component} {vm.host} → {target}"], {}, text
+        )
+        return {
+            "cvl": vap.cvl_path,
+            "path": component,
+            "from": vm.host,
+            "to": target,
+            "mode": result.mode,
+            "seconds": round(seconds, 3),
+            "downtime_ms": result.downtime_ms,
+            "bytes_copied": result.bytes_copied,
+            "notes": result.notes,
+        }
+
+    def _networks_down(self, vap_id: int, networks: list[Any]) -> None:
+        if networks:
+            self.parts.applier.run(
+                vap_id, Plan(tuple(_net(Op.NETWORK_DOWN, n) for n in networks)), keep_going=True
+            )
+
+    # -- drain ----------------------------------------------------------------------------------
+
+    def drain(self, host: str, who: str) -> dict[str, Any]:
+        """Close `host` to new VMs and move every VM off it (failures listed, VM left there)."""
+        self.store.set_drained(host, True)
+        self.store.event(None, "host", f"{who} drained host {host}")
+        moved: list[dict[str, Any]] = []
+        failed: list[str] = []
+        rehomed: list[str] = []
+        for vap in self.store.vaps(ACTIVE):
+            for row in self.store.vms(vap.id):
+                if row.host != host or row.state in ("stopped", "dead"):
+                    continue
+                key = f"{vap.cvl_path}:{row.path}"
+                try:
+                    with self.parts.locks.for_path(vap.cvl_path):
+                        current = self._running(vap.cvl_path)
+                        target = self._destination(row.path, row.memory)
+                        if row.state == "crashed":
+                            self._rehome(current, row.path, target)
+                            rehomed.append(f"{key} → {target}")
+                            continue
+                        moved.append(self._move(current, row.path, target, who))
+                except UtilityError as exc:
+                    failed.append(f"{key}: {exc}")
+        return {"host": host, "moved": moved, "rehomed": rehomed, "failed": failed}
+
+    def undrain(self, host: str, who: str) -> dict[str, Any]:
+        """Reopen a drained host to placements."""
+        self.store.set_drained(host, False)
+        self.store.event(None, "host", f"{who} undrained host {host}")
+        return {"host": host, "drained": False}
+
+    def _destination(self, path: str, memory: int) -> str:
+        """The host the placement policy chooses for one VM now (PlacementError if none)."""
+        with self.parts.allocator.session() as db:
+            rooms = self.parts.allocations.rooms(db)
+        return place([VmDemand(path, memory)], rooms, self.parts.settings.placement)[path]
+
+    def _rehome(self, vap: VapRow, path: str, target: str) -> None:
+        """Record a crashed VM on another host (no domain to migrate: it boots there)."""
+        assert vap.state is not None
+        self.store.move_vm(vap.id, path, target, relocate(vap.state, {path: target}))
+        self.store.event(vap.id, "move", f"crashed {path} re-homed to {target}")
+
+    # -- rebalance ------------------------------------------------------------------------------
+
+    def rebalance(self, who: str, dry_run: bool) -> dict[str, Any]:
+        """Plan moves that even out memory use; carry them out unless `dry_run`."""
+        plan = self.plan()
+        result: dict[str, Any] = {
+            "lines": [m.describe() for m in plan],
+            "moves": [m.__dict__ for m in plan],
+            "applied": not dry_run,
+            "moved": [],
+            "failed": [],
+        }
+        if dry_run or not plan:
+            return result
+        for move in plan:
+            cvl, _, path = move.key.rpartition(":")
+            try:
+                result["moved"].append(self.move(cvl, path, move.target, who))
+            except UtilityError as exc:
+                result["failed"].append(f"{move.key}: {exc}")
+        return result
+
+    def rebalance_forever(self, interval: float, stopping: threading.Event) -> None:
+        """The automatic variant (`cui utility serve --rebalance-interval`, off by default):
+        plan and carry out a rebalance every `interval` seconds until `stopping`."""
+        while not stopping.wait(interval):
+            try:
+                result = self.rebalance("auto-rebalance", dry_run=False)
+            except Exception as exc:  # noqa: BLE001 - a failed round must not end the loop
+                self.store.event(None, "rebalance", f"failed: {type(exc).__name__}: {exc}")
+                continue
+            if result["lines"]:
+                moved, failed = len(result["moved"]), len(result["failed"])
+                self.store.event(None, "rebalance", f"{moved} VM(s) moved, {failed} not")
+
+    def plan(self) -> list[Move]:
+        """The rebalance plan over the running VMs of up hosts (pure: `core.moves.rebalance`)."""
+        health = self.store.host_health()
+        up = {n for n, h in health.items() if h.health == "up"}
+        residents = [
+            Resident(f"{vap.cvl_path}:{row.path}", row.host, row.memory)
+            for vap in self.store.vaps(("running",))
+            for row in self.store.vms(vap.id)
+            if row.state == "running" and row.host in up
+        ]
+        with self.parts.allocator.session() as db:
+            rooms = [r for r in self.parts.allocations.rooms(db) if r.name in up]
+        return rebalance(residents, rooms, self.parts.settings.placement)
+
+
+def _networks_added(before: VapState, after: VapState) -> list[Any]:
+    """Networks of `after` that `before` does not have (by name and host)."""
+    have = {(n.host, n.name) for n in before.networks}
+    return [n for n in after.networks if (n.host, n.name) not in have]
+
+
+def _net(op: Op, network: Any) -> Action:
+    return Action(op=op, key=net_key(network), network=network)
