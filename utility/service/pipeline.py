@@ -5,7 +5,8 @@
 2. `fetch_bases`: download the program disks and kernels into the object cache;
 3. `desired_state`: the feedback loop — the addresses the allocator assigned are fed back as
    overrides into a second CVL evaluation (on the imported texts the checks saw), and the result
-   becomes the desired `VapState`.
+   becomes the desired `VapState`, refused when a VAN segment would be cut between real hosts
+   that VXLAN cannot join (a host without an underlay address).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from utility.adapters import cvl_adapter
 from utility.adapters.store import Store
 from utility.adapters.trust_policy import TrustPolicy, TrustSession
-from utility.core import addresses
+from utility.core import addresses, overlay
 from utility.core.desired_state import VapState
 from utility.core.model_view import ModelView
 from utility.errors import CheckFailed, TrustRefused, UtilityError
@@ -120,7 +121,8 @@ class Pipeline:
         assigned = addresses.overrides_for(checked.model, addressing, names)
         final = final_evaluation(checked.path, secrets, checked.trust, checked.fetched, assigned)
         _same_versions(checked.model, final)
-        return desired.build_state(
+        hosts = self.store.hosts()
+        state = desired.build_state(
             vap_id=vap_id,
             cvl_path=checked.path,
             model=final,
@@ -131,7 +133,14 @@ class Pipeline:
             secrets=secrets,
             settings=self.settings,
             run_dir=self.run_dir,
+            underlays={h.name: h.underlay for h in hosts},
         )
+        # a simulated (test:) host forwards nothing: its segments are joined only on paper
+        simulated = {h.name for h in hosts if h.uri.startswith("test:")}
+        cut = overlay.cut_segments(n for n in state.networks if n.host not in simulated)
+        if cut:
+            raise CheckFailed(cut)
+        return state
 
 
 def final_evaluation(
