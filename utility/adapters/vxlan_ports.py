@@ -170,7 +170,7 @@ class ShellPorts(VxlanPorts):
 
     def _run(self, words: list[str], what: str) -> str:
         shell = ["sh", "-s", "--", *words]
-        args = [*self.prefix, shlex.join(shell)] if self.remote else shell
+        args = [*self.prefix, shlex.join(shell)] if self.remote else [*self.prefix, *shell]
         try:
             proc = subprocess.run(
                 args, input=SCRIPT, capture_output=True, text=True, timeout=TIMEOUT

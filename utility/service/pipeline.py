@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from utility.adapters import cvl_adapter
-from utility.adapters.store import Store
+from utility.adapters.store import HostRow, Store
 from utility.adapters.trust_policy import TrustPolicy, TrustSession
 from utility.core import addresses, overlay
 from utility.core.desired_state import VapState
@@ -135,12 +135,22 @@ class Pipeline:
             run_dir=self.run_dir,
             underlays={h.name: h.underlay for h in hosts},
         )
-        # a simulated (test:) host forwards nothing: its segments are joined only on paper
-        simulated = {h.name for h in hosts if h.uri.startswith("test:")}
-        cut = overlay.cut_segments(n for n in state.networks if n.host not in simulated)
-        if cut:
-            raise CheckFailed(cut)
+        check_segments(state, hosts)
         return state
+
+
+def check_segments(state: VapState, hosts: Iterable[HostRow]) -> None:
+    """Refuse a state whose VAN segment spans real hosts VXLAN cannot join (no underlay).
+
+    A simulated (`test:`) host forwards nothing: its segments are joined only on paper.
+
+    Raises:
+        CheckFailed: one line per cut segment.
+    """
+    simulated = {h.name for h in hosts if h.uri.startswith("test:")}
+    cut = overlay.cut_segments(n for n in state.networks if n.host not in simulated)
+    if cut:
+        raise CheckFailed(cut)
 
 
 def final_evaluation(
