@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -380,7 +380,7 @@ class Probe:
 
     def ping(self, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ip", "netns", "exec", self.name, "ping", "-n", "-q", "-W", "2", *extra, address],
+            ["ip", "netns", "exec", self.name, "ping", "-n", "-W", "2", *extra, address],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 
@@ -396,9 +396,3 @@ class Probe:
 def rtt_ms(output: str) -> list[float]:
     """Each reply's round-trip time from `ping` output (without -q)."""
     return [float(m) for m in re.findall(r"time=([\d.]+) ms", output)]
-
-
-def median(values: Iterable[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

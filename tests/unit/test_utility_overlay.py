@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import sqlite3
 import subprocess
 import xml.etree.ElementTree as ET
@@ -261,8 +262,12 @@ def test_the_channel_follows_the_libvirt_uri() -> None:
         "h", "qemu+ssh://root@198.18.13.11:2222/system?keyfile=/k/id&no_verify=1"
     )
     assert isinstance(remote, ShellPorts) and remote.remote
+    mux = vxlan_ports.control_dir()
+    assert mux is not None and mux.stat().st_mode & 0o777 == 0o700
     assert remote.prefix == [
-        "ssh", "-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222",
+        "ssh", "-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+        "-o", "ControlMaster=auto", "-o", f"ControlPath={mux}/%C",
+        "-o", "ControlPersist=60", "-o", "ServerAliveInterval=5", "-p", "2222",
         "-l", "root", "-i", "/k/id", "-o", "StrictHostKeyChecking=no", "--", "198.18.13.11",
     ]  # fmt: skip
     for uri in ("qemu+tls://h/system", "qemu://h/system", "xen:///system"):
@@ -281,6 +286,19 @@ def test_the_channel_follows_the_libvirt_uri() -> None:
 def test_ssh_uris_that_would_be_read_as_options_are_refused(uri: str) -> None:
     with pytest.raises(UtilityError, match="not allowed|not a number"):
         vxlan_ports.ssh_prefix(uri)
+
+
+def test_ssh_connections_are_shared_only_through_a_private_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vxlan_ports.tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"collective-ssh-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # someone made it world-writable: their socket could run our commands
+    assert vxlan_ports.control_dir() is None
+    assert not any("ControlPath" in a for a in vxlan_ports.ssh_prefix("qemu+ssh://h/system"))
+    shared.chmod(0o700)
+    assert vxlan_ports.control_dir() == shared
 
 
 def test_a_remote_shell_quotes_every_word(tmp_path: Path) -> None:

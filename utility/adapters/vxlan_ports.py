@@ -20,13 +20,17 @@ addresses), and over ssh every word is shell-quoted as well.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import secrets
 import shlex
+import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from utility.core.overlay import VXLAN_UDP_PORT
@@ -267,6 +271,19 @@ def for_uri(host: str, uri: str, bridges: Callable[[], list[str]] | None = None)
     )
 
 
+def control_dir() -> Path | None:
+    """A directory for ssh control sockets that only this user can reach, or None (then every
+    call opens its own connection): a socket there runs commands as us on the host."""
+    path = Path(tempfile.gettempdir()) / f"collective-ssh-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    private = stat.S_ISDIR(info.st_mode) and info.st_mode & 0o077 == 0
+    return path if private and info.st_uid == os.getuid() else None
+
+
 def ssh_prefix(uri: str) -> list[str]:
     """The ssh command that reaches the host of a `qemu+ssh://` URI as libvirt does.
 
@@ -285,6 +302,10 @@ def ssh_prefix(uri: str) -> list[str]:
         raise UtilityError(f"host URI {uri!r}: the port is not a number") from None
     query = parse_qs(parts.query)
     args = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    mux = control_dir()
+    if mux is not None:  # one ssh connection per host, kept 60 s: later calls skip the handshake
+        args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={mux}/%C"]
+        args += ["-o", "ControlPersist=60", "-o", "ServerAliveInterval=5"]
     if port is not None:
         args += ["-p", str(port)]
     if parts.username:
