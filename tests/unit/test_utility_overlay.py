@@ -463,3 +463,28 @@ def test_an_old_hosts_table_gains_the_underlay_column_with_rows_kept(tmp_path: P
     with pytest.raises(sqlite3.IntegrityError):  # the unique index stands behind the check
         with store.transaction() as tx:
             tx.execute("UPDATE hosts SET underlay='198.51.100.4' WHERE name='old'")
+
+
+def test_the_api_takes_an_underlay_refuses_hostile_ones_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    from utility.web.api import create_app
+
+    manager = ClusterManager(tmp_path / "state")
+    client = create_app(manager, require_token=False).test_client()
+    uri = simulated_host_uri(tmp_path, "h1")
+    body = {"name": "h1", "uri": uri, "memory": "1G", "max_vms": 2}
+    for hostile in ("198.51.100.1 -oProxyCommand=x", "$(reboot)", "127.0.0.1", 7, "x" * 100):
+        answer = client.post("/v1/hosts", json={**body, "underlay": hostile})
+        assert answer.status_code == 400, hostile
+        assert "underlay" in answer.get_json()["error"], hostile
+        assert client.get("/v1/hosts").get_json() == []
+    answer = client.post("/v1/hosts", json={**body, "underlay": "198.51.100.1"})
+    assert answer.status_code == 201 and answer.get_json()["underlay"] == "198.51.100.1"
+    (listed,) = client.get("/v1/hosts").get_json()
+    assert listed["underlay"] == "198.51.100.1"
+    plain = client.post(
+        "/v1/hosts", json={**body, "name": "h2", "uri": simulated_host_uri(tmp_path, "h2")}
+    )
+    assert plain.status_code == 201 and plain.get_json()["underlay"] is None
+    manager.close()
