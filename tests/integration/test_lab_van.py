@@ -154,3 +154,28 @@ def port_tx(host: lab_van.LabHost, port: str) -> int:
         ).stdout  # fmt: skip
     )[0]
     return int(stats["stats64"]["tx"]["packets"])
+
+
+def test_host_add_checks_the_underlay_on_the_host_over_ssh(lab: Lab, tmp_path: Path) -> None:
+    """`cui host add --underlay` runs the probe on the lab host itself, over its qemu+ssh URI:
+    an address the host holds is accepted, one it does not is refused and nothing is stored."""
+    from utility.errors import UtilityError
+    from utility.service.manager import Caller, ClusterManager
+
+    admin = Caller("root", "admin")
+    one, two = lab.hosts
+    manager = ClusterManager(tmp_path / "state", default_uri="test:///default")
+    try:
+        with pytest.raises(UtilityError, match=f"{two.ip} is not an address of this host"):
+            manager.add_host(admin, one.name, one.uri, 1 << 30, 4, two.ip)
+        assert manager.store.hosts() == []
+        before = in_host(one, ["ip", "-o", "link"]).stdout
+        manager.add_host(admin, one.name, one.uri, 1 << 30, 4, one.ip)
+        manager.add_host(admin, two.name, two.uri, 1 << 30, 4, two.ip)
+        assert [(h.name, h.underlay) for h in manager.store.hosts()] == [
+            (one.name, one.ip),
+            (two.name, two.ip),
+        ]
+        assert in_host(one, ["ip", "-o", "link"]).stdout == before  # the probe port went again
+    finally:
+        manager.close()
