@@ -487,4 +487,6 @@ def test_the_api_takes_an_underlay_refuses_hostile_ones_and_changes_nothing(
         "/v1/hosts", json={**body, "name": "h2", "uri": simulated_host_uri(tmp_path, "h2")}
     )
     assert plain.status_code == 201 and plain.get_json()["underlay"] is None
+    page = client.get("/ui/").get_data(as_text=True)
+    assert page.count("underlay <code>") == 1 and "underlay <code>198.51.100.1</code>" in page
     manager.close()
