@@ -14,9 +14,12 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.daemons import UtilityDaemon, run_cui
+from utility.adapters.simulation import simulated_host_uri
 from utility.adapters.vxlan_ports import PortSpec, ShellPorts
 from utility.errors import UtilityError
 
@@ -112,3 +115,26 @@ def test_probe_accepts_a_held_address_and_refuses_another(ns: str) -> None:
     with pytest.raises(UtilityError, match="198.51.100.9 is not an address of this host"):
         ports.probe("198.51.100.9")
     assert ip(ns, "-o", "link") == before  # the probe port is gone again
+
+
+def test_cui_host_add_underlay_through_the_daemon(tmp_path: Path) -> None:
+    """The command line end to end: stored, shown in `host list` (table and JSON); a refused
+    address exits non-zero with the rule it broke and registers nothing."""
+    uri = simulated_host_uri(tmp_path, "h1")
+    with UtilityDaemon(tmp_path / "state") as daemon:
+        refused = run_cui(
+            "host", "add", "h0", "--uri", uri, "--memory", "1G", "--max-vms", "2",
+            "--underlay", "10.0.0.9", env=daemon.env,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "10.0.0.9 is inside the VAN address base" in refused.stderr
+        assert json.loads(daemon.cui("host", "list", "--json")) == []
+        added = daemon.cui(
+            "host", "add", "h1", "--uri", uri, "--memory", "1G", "--max-vms", "2",
+            "--underlay", "198.51.100.1",
+        )  # fmt: skip
+        assert added.strip() == f"added host h1 ({uri}, underlay 198.51.100.1)"
+        (row,) = json.loads(daemon.cui("host", "list", "--json"))
+        assert row["underlay"] == "198.51.100.1"
+        table = daemon.cui("host", "list").splitlines()
+        assert "UNDERLAY" in table[0] and "198.51.100.1" in table[1]
