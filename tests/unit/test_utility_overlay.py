@@ -490,3 +490,21 @@ def test_the_api_takes_an_underlay_refuses_hostile_ones_and_changes_nothing(
     page = client.get("/ui/").get_data(as_text=True)
     assert page.count("underlay <code>") == 1 and "underlay <code>198.51.100.1</code>" in page
     manager.close()
+
+
+def test_rollback_cleanup_removes_the_port_with_the_network_on_every_host(
+    tmp_path: Path,
+) -> None:
+    """`remove_network_everywhere` (the rollback's sweep by name) takes the VXLAN port too."""
+    manager = cluster(tmp_path, {"h1": "198.51.100.1", "h2": None})
+    for name in ("h1", "h2"):
+        host = manager.host(name)
+        host.ensure_network("col-v100", NetworkXml("col-v100", "col-v100").to_xml())
+    spec = PortSpec("col-vx100", "col-v100", 100, "198.51.100.1", 1450, ("198.51.100.2",))
+    manager.host("h1").ports.ensure(spec)
+    assert manager.hosts_service.remove_network_everywhere("col-v100") == []
+    assert ports_of(manager) == {"h1": {}, "h2": {}}
+    assert all("col-v100" not in manager.host(n).networks() for n in ("h1", "h2"))
+    # a public network's name has no port to remove
+    assert manager.hosts_service.remove_network_everywhere("col-x1") == []
+    manager.close()
