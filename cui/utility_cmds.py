@@ -4,7 +4,8 @@
     cui utility token add NAME [--role user|admin] [--json] a bearer token (printed once)
     cui utility token list [--json] | token revoke NAME     names, roles, created; revoke
     cui utility subscribe URL | unsubscribe URL | subscriptions   publish events of a repository
-    cui host add NAME --uri URI --memory SIZE --max-vms N | host list | host remove NAME
+    cui host add NAME --uri URI --memory SIZE --max-vms N [--underlay IP]
+    cui host list | host remove NAME
     cui vlan add 100-163 | cui publicip add A-B
     cui blacklist add URL VERSION|all | list | remove | violations
     cui start FILE.cvl | cui stop FILE.cvl [COMP] | cui status [FILE.cvl] [--json]
@@ -498,11 +499,20 @@ def host_group() -> None:
 )
 @click.option("--memory", required=True, help="Memory the utility may use, e.g. 16G.")
 @click.option("--max-vms", type=int, required=True, help="Most VMs at once.")
+@click.option(
+    "--underlay",
+    metavar="IP",
+    help="The host's IPv4 address other hosts reach it at: VAN segments that span hosts "
+    "run VXLAN between underlay addresses (checked on the host).",
+)
 @client_options
-def host_add(name: str, uri: str, memory: str, max_vms: int, client: UtilityClient) -> None:
+def host_add(
+    name: str, uri: str, memory: str, max_vms: int, underlay: str | None, client: UtilityClient
+) -> None:
     """Register a host."""
-    row = client.add_host(name, uri, memory, max_vms)
-    click.echo(f"added host {row['name']} ({row['uri']})")
+    row = client.add_host(name, uri, memory, max_vms, underlay)
+    via = f", underlay {row['underlay']}" if row.get("underlay") else ""
+    click.echo(f"added host {row['name']} ({row['uri']}{via})")
 
 
 @host_group.command("list")
@@ -513,7 +523,7 @@ def host_list(as_json: bool, client: UtilityClient) -> None:
     from utility.core.sizes import format_size
 
     def render(rows: list[dict[str, Any]]) -> None:
-        click.echo(f"{'NAME':12} {'URI':40} {'MEMORY':>16} {'VMS':>8}")
+        click.echo(f"{'NAME':12} {'URI':40} {'MEMORY':>16} {'VMS':>8} {'UNDERLAY':15}")
         for r in rows:
             mem = f"{format_size(r['used_memory'])}/{format_size(r['memory'])}"
             vms = f"{r['vms']}/{r['max_vms']}"
@@ -522,7 +532,8 @@ def host_list(as_json: bool, client: UtilityClient) -> None:
                 tag += f" {r['health'].upper()}"
             if r.get("drained"):
                 tag += " drained"
-            click.echo(f"{r['name']:12} {r['uri']:40} {mem:>16} {vms:>8}{tag}")
+            under = r.get("underlay") or "-"
+            click.echo(f"{r['name']:12} {r['uri']:40} {mem:>16} {vms:>8} {under:15}{tag}")
 
     emit(client.hosts(), as_json, render)
 

@@ -194,7 +194,7 @@ def test_a_failure_mid_start_rolls_back_and_keeps_data_disks(
 ) -> None:
     real_boot = Executor.boot
 
-    def failing_boot(self: Executor, vm):  # type: ignore[no-untyped-def]
+    def failing_boot(self: Executor, vm, configured=None):  # type: ignore[no-untyped-def]
         if vm.path == "l":
             raise UtilityError("injected: l's guest said FAILED")
         real_boot(self, vm)

@@ -152,7 +152,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
     before = data.read_bytes()
     real_boot = Executor.boot
 
-    def boot(self: Executor, vm) -> None:  # type: ignore[no-untyped-def]
+    def boot(self: Executor, vm, configured=None) -> None:  # type: ignore[no-untyped-def]
         if (vm.origin or {}).get("url", "").endswith("/DNS2"):
             # the new version scribbles on its data disk, then never says READY
             subprocess.run(
@@ -161,7 +161,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
                 capture_output=True,
             )
             raise UtilityError("d on host h1 did not become ready: no READY in 240 s")
-        real_boot(self, vm)
+        real_boot(self, vm, configured)
 
     monkeypatch.setattr(Executor, "boot", boot)
     cvl.write_text(office(dns_dir="DNS2"))

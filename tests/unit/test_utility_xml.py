@@ -6,6 +6,7 @@ Regenerate after an intended change:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -137,3 +138,17 @@ def test_publisher_xml_is_read_and_bad_files_name_themselves() -> None:
         parse_vm_spec(b"<domain/>", "DNS v3: dns.vmx")
     with pytest.raises(PublisherXmlError, match="x.vmx: not valid domain XML"):
         parse_vm_spec(b"<domain", "x.vmx")
+
+
+def test_vxlan_segment_network_and_nic_carry_the_mtu_and_match_golden_files() -> None:
+    """A VAN on a host with an underlay: bridge, taps and the virtio NIC (host_mtu) get 1450."""
+    text = NetworkXml("col-v100", "col-v100", mtu=1450).to_xml()
+    golden("network-vxlan-segment.xml", text)
+    assert ET.fromstring(text).find("mtu").get("size") == "1450"  # type: ignore[union-attr]
+    vm = sample_vm()
+    inside = dataclasses.replace(vm.interfaces[0], mtu=1450)
+    vm = dataclasses.replace(vm, interfaces=(inside, vm.interfaces[1]))
+    text = domain_xml.from_vm(vm, 7, "qemu").to_xml()
+    golden("domain-vxlan-nic.xml", text)
+    nics = ET.fromstring(text).findall("devices/interface")
+    assert [n.find("mtu") is not None for n in nics] == [True, False]

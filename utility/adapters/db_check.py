@@ -49,11 +49,19 @@ def _moves(db: sqlite3.Connection) -> None:
     add_moves_tables(db)
 
 
+def _host_underlay(db: sqlite3.Connection) -> None:
+    """Version 5: `hosts.underlay` (`cui host add --underlay`, VXLAN); `Store` adds it too."""
+    from utility.adapters.store import add_host_underlay
+
+    add_host_underlay(db)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _baseline,
     2: _seen_events,
     3: _token_created,
     4: _moves,
+    5: _host_underlay,
 }
 """Migration to version N, applied in ascending order; a new schema change appends one."""
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from utility.adapters import disks, guest_channel
 from utility.adapters.libvirt_host import LibvirtHost
-from utility.core import domain_xml
-from utility.core.desired_state import Vm
+from utility.adapters.vxlan_ports import PortSpec
+from utility.core import domain_xml, overlay
+from utility.core.desired_state import Network, Vm
 from utility.core.network_xml import NetworkXml
 from utility.core.planner import Action, Op, Plan
 from utility.errors import UtilityError
@@ -205,6 +206,7 @@ class Executor:
         self.report(action, "begin")
         handler = {
             Op.NETWORK_UP: self._network_up,
+            Op.NETWORK_LINK: self._network_link,
             Op.START: self._start,
             Op.UPDATE: self._update,
             Op.RESEND: self._resend,
@@ -216,16 +218,46 @@ class Executor:
         self.report(action, "done")
 
     def _network_up(self, action: Action) -> None:
+        """The segment's bridge; on a host with an underlay, its VXLAN port and flood list."""
         net = action.network
         assert net is not None
         host = self.hosts(net.host)
         vlan = net.vlan if host.supports_vlan() else None
-        host.ensure_network(net.name, NetworkXml(net.name, net.bridge, vlan).to_xml())
+        mtu = overlay.segment_mtu(net.underlay) if overlay.stretchable(net) else None
+        host.ensure_network(net.name, NetworkXml(net.name, net.bridge, vlan, mtu).to_xml())
+        if overlay.stretchable(net):
+            self._link(net, action.peers)
+
+    def _network_link(self, action: Action) -> None:
+        """A VM of the segment came to or left another host: the flood list follows."""
+        assert action.network is not None
+        self._link(action.network, action.peers)
+
+    def _link(self, net: Network, peers: tuple[str, ...]) -> None:
+        assert net.vlan is not None and net.underlay is not None
+        spec = PortSpec(
+            port=overlay.port_name(net.bridge),
+            bridge=net.bridge,
+            vni=net.vlan,
+            local=net.underlay,
+            mtu=overlay.SEGMENT_MTU,
+            peers=peers,
+        )
+        flood = self.hosts(net.host).ports.ensure(spec)
+        if set(flood) != set(peers):
+            raise UtilityError(
+                f"host {net.host}: VXLAN port {spec.port} floods to {', '.join(flood) or 'none'}"
+                f" instead of {', '.join(peers) or 'none'}"
+            )
 
     def _network_down(self, action: Action) -> None:
+        """The VXLAN port (with its flood entries) and the bridge."""
         net = action.network
         assert net is not None
-        self.hosts(net.host).remove_network(net.name)
+        host = self.hosts(net.host)
+        if overlay.stretchable(net):
+            host.ports.remove(overlay.port_name(net.bridge))
+        host.remove_network(net.name)
 
     def boot(self, vm: Vm, configured: Callable[[], None] | None = None) -> None:
         """Fresh disks, create the domain, deliver parameters, wait until ready.

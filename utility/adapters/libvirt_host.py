@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import libvirt
 
+from utility.adapters import vxlan_ports
 from utility.errors import HostUnreachable, UtilityError
 
 T = TypeVar("T")
@@ -137,6 +138,7 @@ class LibvirtHost:
         self._on_stopped = on_stopped
         self._fault = fault
         self.keepalive: tuple[int, int] | None = KEEPALIVE
+        self._ports: vxlan_ports.VxlanPorts | None = None
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -394,6 +396,28 @@ class LibvirtHost:
         return self._call(
             "list networks", lambda c: [n.name() for n in c.listAllNetworks(0) if n.isActive()]
         )
+
+    def bridges(self) -> list[str]:
+        """Bridge names of the host's active networks."""
+
+        def listing(c: libvirt.virConnect) -> list[str]:
+            return [n.bridgeName() for n in c.listAllNetworks(0) if n.isActive()]
+
+        return self._call("list bridges", listing)
+
+    @property
+    def ports(self) -> vxlan_ports.VxlanPorts:
+        """The host's VXLAN ports, set over the same credentials as its libvirt URI.
+
+        Raises:
+            HostUnreachable: the host is cut off.
+            UtilityError: the URI gives no way to run commands on the host.
+        """
+        if self._fault(self.name):
+            raise HostUnreachable(f"host {self.name}: cannot reach {self.uri}: cut off")
+        if self._ports is None:
+            self._ports = vxlan_ports.for_uri(self.name, self.uri, self.bridges)
+        return self._ports
 
 
 class HostPool:

@@ -24,7 +24,7 @@ from utility.errors import Conflict, NotFound
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
   name TEXT PRIMARY KEY, uri TEXT NOT NULL, memory INTEGER NOT NULL, max_vms INTEGER NOT NULL,
-  embedded INTEGER NOT NULL DEFAULT 0);
+  embedded INTEGER NOT NULL DEFAULT 0, underlay TEXT UNIQUE);
 CREATE TABLE IF NOT EXISTS vlans (vlan INTEGER PRIMARY KEY, vap_id INTEGER, segment TEXT);
 CREATE TABLE IF NOT EXISTS public_ips (ip TEXT PRIMARY KEY, vap_id INTEGER, iface TEXT);
 CREATE TABLE IF NOT EXISTS blacklist (url TEXT NOT NULL, version TEXT NOT NULL,
@@ -81,6 +81,7 @@ class HostRow:
     memory: int
     max_vms: int
     embedded: bool = False
+    underlay: str | None = None  # the address VXLAN ports use (`cui host add --underlay`)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,17 @@ class VmRow:
 def token_digest(token: str) -> str:
     """Tokens are stored only as their SHA-256 (they are random 256-bit strings)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_host_underlay(db: sqlite3.Connection) -> None:
+    """Give a `hosts` table made before VXLAN segments its `underlay` column (idempotent).
+
+    SQLite cannot add a UNIQUE column, so a unique index stands in for the constraint.
+    """
+    columns = {r[1] for r in db.execute("PRAGMA table_info(hosts)")}
+    if "underlay" not in columns:
+        db.execute("ALTER TABLE hosts ADD COLUMN underlay TEXT")
+        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS hosts_underlay ON hosts (underlay)")
 
 
 def add_token_created(db: sqlite3.Connection) -> None:
@@ -156,6 +168,7 @@ class Store:
                     db.execute(statement)
             add_token_created(db)
             add_moves_tables(db)
+            add_host_underlay(db)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -198,16 +211,32 @@ class Store:
                 "(SELECT 1 FROM vms v JOIN vaps a ON a.id=v.vap_id WHERE v.host=hosts.name "
                 f"AND a.status IN {ACTIVE})"
             )
+            if host.underlay is not None:
+                holder = db.execute(
+                    "SELECT name FROM hosts WHERE underlay=?", (host.underlay,)
+                ).fetchone()
+                if holder:
+                    raise Conflict(f"host {holder[0]} already has underlay {host.underlay}")
             db.execute(
-                "INSERT INTO hosts VALUES (?,?,?,?,?)",
-                (host.name, host.uri, host.memory, host.max_vms, int(host.embedded)),
+                "INSERT INTO hosts (name, uri, memory, max_vms, embedded, underlay) "
+                "VALUES (?,?,?,?,?,?)",
+                (
+                    host.name,
+                    host.uri,
+                    host.memory,
+                    host.max_vms,
+                    int(host.embedded),
+                    host.underlay,
+                ),
             )
 
     def hosts(self) -> list[HostRow]:
         """Every registered host by name."""
         rows = self.read().execute("SELECT * FROM hosts ORDER BY name").fetchall()
         return [
-            HostRow(r["name"], r["uri"], r["memory"], r["max_vms"], bool(r["embedded"]))
+            HostRow(
+                r["name"], r["uri"], r["memory"], r["max_vms"], bool(r["embedded"]), r["underlay"]
+            )
             for r in rows
         ]
 

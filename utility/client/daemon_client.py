@@ -169,10 +169,13 @@ class UtilityClient:
     def hosts(self) -> Any:
         return self.request("GET", "/v1/hosts")
 
-    def add_host(self, name: str, uri: str, memory: str, max_vms: int) -> Any:
-        return self.request(
-            "POST", "/v1/hosts", {"name": name, "uri": uri, "memory": memory, "max_vms": max_vms}
-        )
+    def add_host(
+        self, name: str, uri: str, memory: str, max_vms: int, underlay: str | None = None
+    ) -> Any:
+        body: dict[str, Any] = {"name": name, "uri": uri, "memory": memory, "max_vms": max_vms}
+        if underlay is not None:
+            body["underlay"] = underlay
+        return self.request("POST", "/v1/hosts", body)
 
     def remove_host(self, name: str) -> Any:
         return self.request("DELETE", f"/v1/hosts/{quote(name, safe='')}")

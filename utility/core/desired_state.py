@@ -37,17 +37,24 @@ class Interface:
     netmask: str
     network: str
     segment: str
+    mtu: int | None = None  # told to the guest (1450 on a VXLAN-capable host), None: 1500
 
 
 @dataclass(frozen=True)
 class Network:
-    """An isolated libvirt network (bridge, no uplink) for one segment on one host."""
+    """An isolated libvirt network (bridge, no uplink) for one segment on one host.
+
+    `vlan` is the segment's number from the pool (the VLAN tag, and the VXLAN VNI); `underlay`
+    is the host's underlay address when it has one: then the bridge gets a VXLAN port
+    (`utility.core.overlay`).
+    """
 
     name: str
     bridge: str
     host: str
     segment: str
     vlan: int | None
+    underlay: str | None = None
 
 
 @dataclass(frozen=True)

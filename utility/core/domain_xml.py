@@ -51,6 +51,7 @@ class InterfaceDevice:
     mac: str
     network: str
     model: str = "virtio"
+    mtu: int | None = None  # set on VXLAN segments: the tap and the virtio NIC (host_mtu)
 
     def element(self) -> ET.Element:
         return el(
@@ -60,6 +61,7 @@ class InterfaceDevice:
                 el("mac", {"address": self.mac}),
                 el("source", {"network": self.network}),
                 el("model", {"type": self.model}),
+                el("mtu", {"size": self.mtu}) if self.mtu is not None else None,
             ],
         )
 
@@ -198,7 +200,9 @@ def from_vm(vm: Vm, vap_id: int, domain_type: str) -> DomainXml:
         acpi=vm.os.get("acpi") == "on",
         owner=OwnerMetadata(vap_id=vap_id, path=vm.path),
         disks=tuple(DiskDevice(path=d.path, target=d.target) for d in vm.disks),
-        interfaces=tuple(InterfaceDevice(mac=i.mac, network=i.network) for i in vm.interfaces),
+        interfaces=tuple(
+            InterfaceDevice(mac=i.mac, network=i.network, mtu=i.mtu) for i in vm.interfaces
+        ),
         serials=(
             FileSerial(path=str(Path(vm.vm_dir) / "console.log")),
             UnixSerial(path=vm.guest_socket),

@@ -4,6 +4,8 @@ No `<forward>` element, so libvirt gives the bridge no uplink and no NAT: VAN tr
 the project's own bridge. No `<ip>` either: the host takes no address on a VAN, so it does not
 route or serve DHCP; appliances get their addresses as parameters. A VLAN tag is emitted only
 for hosts whose network driver supports it (Open vSwitch), see `LibvirtHost.supports_vlan`.
+An `<mtu>` is emitted for segments that may be stretched over VXLAN (`utility.core.overlay`):
+libvirt gives it to the bridge and to every tap on it.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ BRIDGE_NAME_MAX = 15
 
 @dataclass(frozen=True)
 class NetworkXml:
-    """An isolated network: name, bridge, optional VLAN tag."""
+    """An isolated network: name, bridge, optional VLAN tag and MTU."""
 
     name: str
     bridge: str
     vlan: int | None = None
+    mtu: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.bridge) <= BRIDGE_NAME_MAX:
             raise UtilityError(
                 f"bridge name {self.bridge!r} must be 1-{BRIDGE_NAME_MAX} characters"
             )
+        if self.mtu is not None and not 576 <= self.mtu <= 9000:
+            raise UtilityError(f"network {self.name}: MTU {self.mtu} is outside 576-9000")
 
     def element(self) -> ET.Element:
         return el(
@@ -38,6 +43,7 @@ class NetworkXml:
             [
                 el("name", text=self.name),
                 el("bridge", {"name": self.bridge, "stp": "off", "delay": "0"}),
+                el("mtu", {"size": self.mtu}) if self.mtu is not None else None,
                 el("vlan", {}, [el("tag", {"id": self.vlan})]) if self.vlan is not None else None,
             ],
         )

@@ -7,7 +7,12 @@ and the plan can be printed before anything happens (`--dry-run`).
 
 Symbols: `+` start, `-` remove (stop, data to the attic), `~` update version (stop, new program
 disks, start), `↻` resend changed parameters to a running VM, `■` stop (kept), and network
-`+net`/`-net` for the per-segment bridges.
+`+net`/`-net` for the per-segment bridges, `~net` for a bridge whose VXLAN flood list changes
+(a VM of its segment came to or left another host; see `utility.core.overlay`).
+
+Network actions carry the flood list (`peers`) their VXLAN port must have afterwards. A VM's
+boot needs every network action of its segments, on any host: its peers must reach it.
+A `~net` that drops hosts waits for the VMs stopping there.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from utility.core import overlay
 from utility.core.desired_state import Network, VapState, Vm
 
 
@@ -23,6 +29,7 @@ class Op(StrEnum):
     """What an action does."""
 
     NETWORK_UP = "network-up"
+    NETWORK_LINK = "network-link"
     START = "start"
     UPDATE = "update"
     RESEND = "resend"
@@ -33,6 +40,7 @@ class Op(StrEnum):
 
 SYMBOLS = {
     Op.NETWORK_UP: "+net",
+    Op.NETWORK_LINK: "~net",
     Op.START: "+",
     Op.UPDATE: "~",
     Op.RESEND: "↻",
@@ -54,6 +62,8 @@ class Action:
         network: for network actions.
         needs: keys of actions that must finish first.
         changed: for RESEND and UPDATE, the parameter keys whose values change.
+        peers: for NETWORK_UP and NETWORK_LINK of a VXLAN-capable network, the underlay
+            addresses of the other hosts its port floods to afterwards.
     """
 
     op: Op
@@ -63,6 +73,7 @@ class Action:
     network: Network | None = None
     needs: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
 
     @property
     def symbol(self) -> str:
@@ -74,6 +85,8 @@ class Action:
         if self.network is not None:
             n = self.network
             tag = f" vlan {n.vlan}" if n.vlan is not None else ""
+            if overlay.stretchable(n) and self.op is not Op.NETWORK_DOWN:
+                tag = f" vni {n.vlan}, peers {', '.join(self.peers) or 'none'}"
             return f"{self.symbol} network {n.name} on {n.host}{tag}"
         assert self.vm is not None
         vm = self.vm
@@ -113,6 +126,7 @@ class Plan:
                 "host": a.vm.host if a.vm else (a.network.host if a.network else None),
                 "needs": list(a.needs),
                 "changed": list(a.changed),
+                "peers": list(a.peers),
                 "text": a.describe(),
             }
             for a in self.actions
@@ -176,7 +190,18 @@ def diff(
 
     new_nets = [nets_want[k] for k in sorted(nets_want) if k not in nets_now]
     gone_nets = [nets_now[k] for k in sorted(nets_now) if k not in nets_want]
+    peers_now = overlay.peers(nets_now.values())
+    peers_want = overlay.peers(nets_want.values())
+    relinked = [
+        nets_want[k]
+        for k in sorted(nets_want)
+        if k in nets_now and peers_now.get(k, ()) != peers_want.get(k, ())
+    ]
     new_net_keys = {_net_id(n): net_key(n) for n in new_nets}
+    # every network action of a segment, on any host: a VM of that segment boots after them
+    segment_nets: dict[str, list[str]] = {}
+    for n in [*new_nets, *relinked]:
+        segment_nets.setdefault(n.name, []).append(net_key(n))
 
     ops: dict[str, Action] = {}
     for path in sorted(set(now) - set(want)):
@@ -191,9 +216,34 @@ def diff(
         elif params:
             ops[path] = Action(op=Op.RESEND, key=vm_key(path), vm=new, old=old, changed=params)
 
-    actions: list[Action] = [Action(op=Op.NETWORK_UP, key=net_key(n), network=n) for n in new_nets]
+    actions: list[Action] = [
+        Action(op=Op.NETWORK_UP, key=net_key(n), network=n, peers=peers_want.get(_net_id(n), ()))
+        for n in new_nets
+    ]
+    halting_ops = {p for p, a in ops.items() if a.op in (Op.STOP, Op.REMOVE)}
+    for n in relinked:
+        dropped = set(peers_now.get(_net_id(n), ())) - set(peers_want.get(_net_id(n), ()))
+        leaving = [
+            vm_key(p)
+            for p in sorted(halting_ops)
+            if any(
+                i.network == n.name
+                and nets_now.get((now[p].host, n.name)) is not None
+                and nets_now[(now[p].host, n.name)].underlay in dropped
+                for i in now[p].interfaces
+            )
+        ]
+        actions.append(
+            Action(
+                op=Op.NETWORK_LINK,
+                key=net_key(n),
+                network=n,
+                peers=peers_want.get(_net_id(n), ()),
+                needs=tuple(leaving),
+            )
+        )
     booting = {p for p, a in ops.items() if a.op in (Op.START, Op.UPDATE)}
-    halting = {p for p, a in ops.items() if a.op in (Op.STOP, Op.REMOVE)}
+    halting = halting_ops
     for path in _boot_order(want, booting):
         action = ops[path]
         vm = want[path]
@@ -202,6 +252,7 @@ def diff(
             for i in vm.interfaces
             if (vm.host, i.network) in new_net_keys
         ]
+        needs += [k for i in vm.interfaces for k in segment_nets.get(i.network, ())]
         needs += [vm_key(p) for p in vm.needs if p in booting]
         actions.append(_with_needs(action, needs))
     for path in sorted(p for p, a in ops.items() if a.op is Op.RESEND):
@@ -224,7 +275,24 @@ def diff(
         actions.append(
             Action(op=Op.NETWORK_DOWN, key=net_key(n), network=n, needs=tuple(sorted(set(users))))
         )
-    return Plan(actions=tuple(actions))
+    return Plan(actions=_serial(actions))
+
+
+def _serial(actions: list[Action]) -> tuple[Action, ...]:
+    """`actions` in a serial order of their needs, keeping the given order where it is one
+    (a `~net` that waits for a stop moves after it, and the boots that need it follow)."""
+    keys = {a.key for a in actions}
+    done: set[str] = set()
+    order: list[Action] = []
+    pending = list(actions)
+    while pending:
+        ready = next(
+            (a for a in pending if all(n in done or n not in keys for n in a.needs)), pending[0]
+        )  # pending[0]: a cycle cannot be built above; never loop forever
+        pending.remove(ready)
+        order.append(ready)
+        done.add(ready.key)
+    return tuple(order)
 
 
 def _with_needs(action: Action, needs: Iterable[str]) -> Action:
@@ -236,6 +304,7 @@ def _with_needs(action: Action, needs: Iterable[str]) -> Action:
         network=action.network,
         needs=tuple(sorted(set(needs))),
         changed=action.changed,
+        peers=action.peers,
     )
 
 

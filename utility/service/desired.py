@@ -16,6 +16,7 @@ from common.publisher_xml import PublisherXmlError, VmSpec, parse_vm_spec
 from utility.adapters import cvl_adapter
 from utility.adapters.appliance_files import ApplianceFiles, files_for
 from utility.adapters.signed_release import SignedRelease
+from utility.core import overlay
 from utility.core.addresses import PUBLIC, Addressing
 from utility.core.dependencies import Services, boot_needs
 from utility.core.desired_state import Disk, Interface, Network, VapState, Vm
@@ -188,10 +189,13 @@ def build_state(
     secrets: Mapping[str, str],
     settings: Settings,
     run_dir: Path,
+    underlays: Mapping[str, str | None] | None = None,
 ) -> VapState:
     """The desired state of a VAP from its final (address-filled) model and its allocations.
 
     Args:
+        underlays: host -> its underlay address: a VAN segment's network on such a host gets a
+            VXLAN port, and its interfaces the segment MTU (`utility.core.overlay`).
         bases: (VM path, disk target) -> local path of the program disk's top image.
         secrets: sensitive override key -> value (kept only in memory; masked when stored).
         run_dir: where guest sockets go when the VM directory's path is too long for a socket.
@@ -217,6 +221,8 @@ def build_state(
             address = addressing.interfaces[iface.path]
             name = leaf_name(iface.path)
             net = network_name(settings, address.segment, addressing.vlans, vap_id)
+            vlan = addressing.vlans.get(address.segment)
+            underlay = (underlays or {}).get(host) if vlan is not None else None
             networks.setdefault(
                 (net, host),
                 Network(
@@ -224,7 +230,8 @@ def build_state(
                     bridge=net,
                     host=host,
                     segment=address.segment,
-                    vlan=addressing.vlans.get(address.segment),
+                    vlan=vlan,
+                    underlay=underlay,
                 ),
             )
             interfaces.append(
@@ -235,6 +242,7 @@ def build_state(
                     netmask=address.netmask,
                     network=net,
                     segment=address.segment,
+                    mtu=overlay.segment_mtu(underlay),
                 )
             )
             for key, values in iface.params.items():

@@ -6,6 +6,7 @@ from typing import Any
 
 from utility.adapters.libvirt_host import HostPool, LibvirtHost, probe_default_uri
 from utility.adapters.store import HostRow, Store
+from utility.core import overlay
 from utility.errors import NotFound, UtilityError
 
 EMBEDDED_HOST = "local"
@@ -50,16 +51,32 @@ class Hosts:
             return []
         return [f"no host registered: using {reason}"]
 
-    def add(self, name: str, uri: str, memory: int, max_vms: int) -> HostRow:
-        """Register a host; its libvirt connection is checked first."""
+    def add(
+        self,
+        name: str,
+        uri: str,
+        memory: int,
+        max_vms: int,
+        underlay: overlay.Underlay | None = None,
+    ) -> HostRow:
+        """Register a host; its libvirt connection is checked first, and with an underlay
+        address, that the host holds it and can make VXLAN ports from it (over the same
+        credentials: `utility.adapters.vxlan_ports`). Nothing is stored when a check fails."""
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise UtilityError(f"host name {name!r}: use letters, digits, '-' and '_'")
         if memory <= 0 or max_vms <= 0:
             raise UtilityError("host memory and max VMs must be positive")
-        self.pool.get(name, uri).connection()
-        row = HostRow(name, uri, memory, max_vms)
+        host = self.pool.get(name, uri)
+        host.connection()
+        if underlay is not None:
+            host.ports.probe(underlay.address)
+        row = HostRow(name, uri, memory, max_vms, underlay=underlay.address if underlay else None)
         self.store.add_host(row)
         return row
+
+    def underlays(self) -> dict[str, str | None]:
+        """host name -> its underlay address (None: the host carries no VXLAN ports)."""
+        return {h.name: h.underlay for h in self.store.hosts()}
 
     def remove(self, name: str) -> None:
         """Forget a host; refused while it runs VMs."""
@@ -78,16 +95,21 @@ class Hosts:
                 "used_memory": usage.get(h.name, (0, 0))[0],
                 "vms": usage.get(h.name, (0, 0))[1],
                 "embedded": h.embedded,
+                "underlay": h.underlay,
             }
             for h in self.store.hosts()
         ]
 
     def remove_network_everywhere(self, name: str) -> list[str]:
-        """Remove libvirt network `name` from every host; the problems, as notes."""
+        """Remove libvirt network `name` from every host, with its VXLAN port on hosts that
+        have an underlay; the problems, as notes."""
         notes = []
         for row in self.store.hosts():
+            host = self.pool.get(row.name, row.uri)
             try:
-                self.pool.get(row.name, row.uri).remove_network(name)
+                if row.underlay is not None and overlay.is_segment_bridge(name):
+                    host.ports.remove(overlay.port_name(name))
+                host.remove_network(name)
             except UtilityError as exc:
                 notes.append(str(exc))
         return notes

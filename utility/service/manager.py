@@ -25,6 +25,7 @@ from utility.adapters.migration import LibvirtMigrator, Migrator
 from utility.adapters.store import HostRow, Store
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
+from utility.core import overlay
 from utility.core.addresses import parse_range
 from utility.core.desired_state import VapState
 from utility.core.moves import DEFAULT_GRACE
@@ -274,10 +275,24 @@ class ClusterManager:
 
     # -- hosts, pools, blacklist ----------------------------------------------------------------
 
-    def add_host(self, caller: Caller, name: str, uri: str, memory: int, max_vms: int) -> HostRow:
-        """Register a host; its libvirt connection is checked first."""
+    def add_host(
+        self,
+        caller: Caller,
+        name: str,
+        uri: str,
+        memory: int,
+        max_vms: int,
+        underlay: str | None = None,
+    ) -> HostRow:
+        """Register a host; its libvirt connection (and, with an underlay address, its VXLAN
+        support) is checked first."""
         self.policy.require_admin(caller, "add hosts")
-        return self.hosts_service.add(name, uri, memory, max_vms)
+        checked = None
+        if underlay is not None:
+            taken = {h.underlay: h.name for h in self.store.hosts() if h.underlay}
+            public = [str(r["ip"]) for r in self.store.pools()["public_ips"]]
+            checked = overlay.check_underlay(underlay, self.settings.address_base, taken, public)
+        return self.hosts_service.add(name, uri, memory, max_vms, checked)
 
     def remove_host(self, caller: Caller, name: str) -> None:
         """Forget a host; refused while it runs VMs."""

@@ -5,20 +5,21 @@
 2. `fetch_bases`: download the program disks and kernels into the object cache;
 3. `desired_state`: the feedback loop — the addresses the allocator assigned are fed back as
    overrides into a second CVL evaluation (on the imported texts the checks saw), and the result
-   becomes the desired `VapState`.
+   becomes the desired `VapState`, refused when a VAN segment would be cut between real hosts
+   that VXLAN cannot join (a host without an underlay address).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from utility.adapters import cvl_adapter
-from utility.adapters.store import Store
+from utility.adapters.store import HostRow, Store
 from utility.adapters.trust_policy import TrustPolicy, TrustSession
-from utility.core import addresses
+from utility.core import addresses, overlay
 from utility.core.desired_state import VapState
 from utility.core.model_view import ModelView
 from utility.errors import CheckFailed, TrustRefused, UtilityError
@@ -120,7 +121,8 @@ class Pipeline:
         assigned = addresses.overrides_for(checked.model, addressing, names)
         final = final_evaluation(checked.path, secrets, checked.trust, checked.fetched, assigned)
         _same_versions(checked.model, final)
-        return desired.build_state(
+        hosts = self.store.hosts()
+        state = desired.build_state(
             vap_id=vap_id,
             cvl_path=checked.path,
             model=final,
@@ -131,7 +133,24 @@ class Pipeline:
             secrets=secrets,
             settings=self.settings,
             run_dir=self.run_dir,
+            underlays={h.name: h.underlay for h in hosts},
         )
+        check_segments(state, hosts)
+        return state
+
+
+def check_segments(state: VapState, hosts: Iterable[HostRow]) -> None:
+    """Refuse a state whose VAN segment spans real hosts VXLAN cannot join (no underlay).
+
+    A simulated (`test:`) host forwards nothing: its segments are joined only on paper.
+
+    Raises:
+        CheckFailed: one line per cut segment.
+    """
+    simulated = {h.name for h in hosts if h.uri.startswith("test:")}
+    cut = overlay.cut_segments(n for n in state.networks if n.host not in simulated)
+    if cut:
+        raise CheckFailed(cut)
 
 
 def final_evaluation(

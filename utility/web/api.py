@@ -184,10 +184,17 @@ def create_app(
         data = body()
         memory, uri = valid.memory(data), field(data, "uri")
         name, max_vms = field(data, "name"), field(data, "max_vms", int)
+        underlay = valid.optional_text(data, "underlay", 64)
         valid.check_new_host_uri(uri, [h.uri for h in manager.store.hosts()])
-        row = manager.add_host(caller(), name, uri, memory, max_vms)
+        row = manager.add_host(caller(), name, uri, memory, max_vms, underlay)
         return jsonify(
-            {"name": row.name, "uri": row.uri, "memory": row.memory, "max_vms": row.max_vms}
+            {
+                "name": row.name,
+                "uri": row.uri,
+                "memory": row.memory,
+                "max_vms": row.max_vms,
+                "underlay": row.underlay,
+            }
         ), 201
 
     @app.delete("/v1/hosts/<name>")
