@@ -197,7 +197,7 @@ def test_a_failure_mid_start_rolls_back_and_keeps_data_disks(
     def failing_boot(self: Executor, vm, configured=None):  # type: ignore[no-untyped-def]
         if vm.path == "l":
             raise UtilityError("injected: l's guest said FAILED")
-        real_boot(self, vm)
+        real_boot(self, vm, configured)
 
     monkeypatch.setattr(Executor, "boot", failing_boot)
     with pytest.raises(StartFailed) as err:
