@@ -54,7 +54,7 @@ def format_bytes(value: int | None) -> str:
         return "?"
     size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+        if round(size, 1) < 1024 or unit == "TiB":  # 1023.96 KiB reads "1.0 MiB", not "1024.0"
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{value} B"
