@@ -446,6 +446,7 @@ def test_schema_step_4_adds_host_health_to_an_old_database(tmp_path: Path) -> No
 
     db = sqlite3.connect(tmp_path / "old.sqlite3", isolation_level=None)
     db.execute("CREATE TABLE tokens (digest TEXT PRIMARY KEY, name TEXT, role TEXT)")
+    db.execute("CREATE TABLE hosts (name TEXT PRIMARY KEY, uri TEXT NOT NULL)")  # every v3 has it
     db.execute("PRAGMA user_version = 3")
     assert migrate(db) == SCHEMA_VERSION >= 4
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
