@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utility.adapters import disks, guest_channel
+from utility.adapters import disks, guest_channel, killpoint
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.core import domain_xml
 from utility.core.desired_state import Vm
@@ -202,6 +202,7 @@ class Executor:
     # -- one action ---------------------------------------------------------------------------
 
     def _apply(self, action: Action) -> None:
+        killpoint.step(f"{action.key} begin")
         self.report(action, "begin")
         handler = {
             Op.NETWORK_UP: self._network_up,
@@ -214,6 +215,7 @@ class Executor:
         }[action.op]
         handler(action)
         self.report(action, "done")
+        killpoint.step(f"{action.key} done")
 
     def _network_up(self, action: Action) -> None:
         net = action.network
@@ -244,6 +246,7 @@ class Executor:
             gates.wait(waits_for, vm.path)
 
         host.create_domain(xml)
+        killpoint.step(f"{vm.path or 'root'} domain-created")
         try:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from utility.adapters import killpoint
 from utility.core.desired_state import VapState, from_json, to_json
 from utility.errors import Conflict, NotFound
 
@@ -153,6 +154,7 @@ class Store:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        killpoint.step("commit")
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction."""
