@@ -415,6 +415,20 @@ class Store:
         )
         return [VmRow(**dict(r)) for r in rows]
 
+    def vms_of(self, vap_ids: list[int]) -> dict[int, list[VmRow]]:
+        """The VM records of several VAPs in one query (status of all VAPs), each list ordered
+        as `vms` orders it."""
+        out: dict[int, list[VmRow]] = {i: [] for i in vap_ids}
+        if not vap_ids:
+            return out
+        rows = self.read().execute(
+            "SELECT * FROM vms ORDER BY vap_id, boot_seq IS NULL, boot_seq, path"
+        )
+        for r in rows:
+            if r["vap_id"] in out:
+                out[r["vap_id"]].append(VmRow(**dict(r)))
+        return out
+
     def set_vm(
         self,
         vap_id: int,
@@ -464,6 +478,11 @@ class Store:
         db.execute(
             "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)", (vap_id, policy)
         )
+
+    def restart_policies(self) -> dict[int, str]:
+        """Every recorded restart policy by VAP id (a VAP without one has `always`)."""
+        rows = self.read().execute("SELECT vap_id, policy FROM restart_policy")
+        return {int(r[0]): str(r[1]) for r in rows}
 
     def restart_policy(self, vap_id: int) -> str:
         """The VAP's restart policy (`always` unless one was recorded)."""
