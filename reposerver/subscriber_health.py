@@ -62,9 +62,7 @@ def read(path: Path) -> dict[str, dict[str, Any]]:
     return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
 
-def record(
-    path: Path, url: str, ok: bool, error: str, now: float, suspend_after: float
-) -> bool:
+def record(path: Path, url: str, ok: bool, error: str, now: float, suspend_after: float) -> bool:
     """Record one delivery attempt to `url`; True when the subscriber is (now) suspended."""
     with _locked(path) as records:
         if ok:

@@ -260,10 +260,7 @@ def test_kill_9_then_restart_keeps_allocations_and_untouched_components(
 
 
 def test_kill_hook_is_off_without_its_environment() -> None:
-    probe = (
-        "from utility.adapters import killpoint as k; k.arm(1); k.step('x'); "
-        "print(k.enabled())"
-    )
+    probe = "from utility.adapters import killpoint as k; k.arm(1); k.step('x'); print(k.enabled())"
     env = {k: v for k, v in os.environ.items() if k not in (ENV_AT, ENV_TRACE)}
     done = subprocess.run(
         [os.sys.executable, "-c", probe],  # type: ignore[attr-defined]

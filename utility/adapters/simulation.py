@@ -6,8 +6,8 @@ as the daemon. A *persistent* simulated host (`persistent=True`) outlives the da
 libvirtd does: its bare node description is kept beside it (`PATH.base.xml`), and after each
 change the wrapper (`libvirt_host`) rewrites `PATH.xml` as that node plus the active domains
 and networks, which the test driver loads again at the next connection (kill tests need the
-domains a SIGKILLed daemon leaves behind). The appliance helpers write a publisher's domain XML and a small qcow2 program
-disk next to each of the paper's example CVL files.
+domains a SIGKILLed daemon leaves behind). The appliance helpers write a publisher's domain
+XML and a small qcow2 program disk next to each of the paper's example CVL files.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-
 from typing import Any
 
 from utility.core.xml_nodes import el, render

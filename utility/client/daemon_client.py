@@ -146,7 +146,9 @@ class UtilityClient:
         payload = json.dumps(body).encode() if body is not None else None
         conn = self._connection()
         try:
-            conn.request(method, path, body=payload, headers=self._headers(body, "application/json"))
+            conn.request(
+                method, path, body=payload, headers=self._headers(body, "application/json")
+            )
             response = conn.getresponse()
             status, raw = response.status, response.read()
         except (http.client.HTTPException, OSError) as exc:
