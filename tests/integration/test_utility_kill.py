@@ -6,7 +6,9 @@ libvirtd's, so what a killed daemon left running is still there for the next one
 points are chosen deterministically: a reference run writes the daemon's steps (committed store
 transactions, executor action begin / domain created / done) with `COLLECTIVE_KILL_TRACE`; each
 case then runs the same requests with `COLLECTIVE_KILL_AT=N` (see `utility.adapters.killpoint`),
-N spread evenly over the start's steps (10 cases) and over the update's (10 cases).
+N spread evenly over the start's steps (8 cases) and over the update's (12 cases; with
+today's plan they include the rebuilt VM's boot, between its data disks' copy and the new
+version's readiness).
 
 The VAP is the paper's groupware (DNS `d`, OpenLDAP `l`, Firewall `f`, `l` and `f` requiring
 `d`); the update changes `l`'s hardware (a reboot), the domain name (parameters resent to `d`
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import xml.etree.ElementTree as ET
@@ -32,12 +35,13 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.daemons import UtilityDaemon, run_cui
+from utility.adapters.disks import BACKUP_SUFFIX
 from utility.adapters.killpoint import ENV_AT, ENV_TRACE
 from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.adapters.store import HostRow, Store
 
 PAPER = REPO_ROOT / "examples" / "paper"
-CASES = 10  # per phase
+CASES = {"start": 8, "update": 12}  # 20 kill points; the update has more kinds of step
 PREFIX = "kt"
 
 
@@ -109,27 +113,61 @@ def _steps(trace: Path) -> list[str]:
     return [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
 
 
+@dataclass
+class Reference:
+    """The reference run: step ranges per phase and the saved states cases start from.
+
+    Every case of a worker runs in the same directory (`case`), restored from a template made
+    there, so the absolute paths in the database and on the host stay right: `fresh` (pools and
+    host only) for kills during a start, `started` (the VAP running, daemon stopped cleanly)
+    for kills during an update.
+    """
+
+    case: Path
+    templates: Path
+    bounds: dict[str, tuple[int, int]]
+
+    def restore(self, template: str) -> Run:
+        shutil.rmtree(self.case, ignore_errors=True)
+        shutil.copytree(self.templates / template, self.case, symlinks=True)
+        return Run(self.case)
+
+
+def _save(run: Run, templates: Path, name: str) -> None:
+    shutil.copytree(run.root, templates / name, symlinks=True, ignore=_sockets)
+
+
+def _sockets(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith(".sock") or n == "trace"]
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, int]]:
-    """Per phase, the range of step numbers (first, last) its kill points are chosen from."""
-    run = _prepare(tmp_path_factory.mktemp("reference"))
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """Count the steps of a start and of an update (`COLLECTIVE_KILL_TRACE`), saving the
+    states the cases start from."""
+    base = tmp_path_factory.mktemp("kill")
+    run = _prepare(base / "case")
+    templates = base / "templates"
+    _save(run, templates, "fresh")
     trace = run.root / "trace"
     with _daemon(run, {ENV_TRACE: str(trace)}) as daemon:
         run_cui("start", str(run.acme), env=daemon.env, ok=True)
-        started = len(_steps(trace))
+    started = len(_steps(trace))
+    _save(run, templates, "started")
+    trace.unlink()
+    with _daemon(run, {ENV_TRACE: str(trace)}) as daemon:
         _edit_for_update(run)
         updated = run_cui("update", str(run.acme), env=daemon.env, ok=True)
         assert "d2" in updated.stdout, updated.stdout
-        total = len(_steps(trace))
     steps = _steps(trace)
-    assert any("domain-created" in s for s in steps[:started]), steps
-    assert any("domain-created" in s for s in steps[started:total]), steps
-    return {"start": (1, started), "update": (started + 1, total)}
+    assert started > 5 and len(steps) > 5, steps
+    assert any("l domain-created" in s for s in steps), steps  # the rebuilt VM's boot
+    return Reference(base / "case", templates, {"start": (1, started), "update": (1, len(steps))})
 
 
-def _point(bounds: tuple[int, int], case: int) -> int:
+def _point(bounds: tuple[int, int], case: int, cases: int) -> int:
     first, last = bounds
-    return first + round(case * (last - first) / (CASES - 1))
+    return first + round(case * (last - first) / (cases - 1))
 
 
 def _domains(node: Path) -> dict[str, tuple[str, list[str]]]:
@@ -203,23 +241,23 @@ def _check_allocations(run: Run) -> dict[int, dict[str, object]]:
     return live  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("phase", ["start", "update"])
-@pytest.mark.parametrize("case", range(CASES))
+@pytest.mark.parametrize(
+    ("phase", "case"), [(phase, case) for phase, n in CASES.items() for case in range(n)]
+)
 def test_kill_9_then_restart_keeps_allocations_and_untouched_components(
-    reference: dict[str, tuple[int, int]], tmp_path: Path, phase: str, case: int
+    reference: Reference, phase: str, case: int
 ) -> None:
-    point = _point(reference[phase], case)
-    run = _prepare(tmp_path)
+    point = _point(reference.bounds[phase], case, CASES[phase])
+    run = reference.restore("fresh" if phase == "start" else "started")
     trace = run.root / "trace"
+    before_update = _domains(run.node) if phase == "update" else None
     first = _daemon(run, {ENV_AT: str(point), ENV_TRACE: str(trace)})
     try:
-        before_update = None
-        killed = run_cui("start", str(run.acme), env=first.env, timeout=60)
         if phase == "update":
-            assert killed.returncode == 0, killed.stderr
-            before_update = _domains(run.node)
             _edit_for_update(run)
             killed = run_cui("update", str(run.acme), env=first.env, timeout=60)
+        else:
+            killed = run_cui("start", str(run.acme), env=first.env, timeout=60)
         first.proc.wait(timeout=30)
     finally:
         first.kill()
@@ -247,6 +285,8 @@ def test_kill_9_then_restart_keeps_allocations_and_untouched_components(
 
     with _daemon(run, {}) as second:
         live = _check_allocations(run)
+        leftover = sorted(run.acme.parent.rglob(f"*{BACKUP_SUFFIX}"))
+        assert leftover == [], "pre-update copies of data disks left behind"
         now = _domains(run.node)
         for name in untouched:  # the very same domain still runs
             assert now.get(name, ("gone",))[0] == left[name][0], (name, second.output())
