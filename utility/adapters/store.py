@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TE
   CHECK (policy IN ('always', 'never')));
 """
 
+PARSED_STATES = 4096
+"""Most parsed VAP states the store keeps (by their stored text) before starting afresh."""
+
 ACTIVE = ("starting", "running", "stopping", "updating")
 # VM states that may hold a host's resources: a crashed, dead or stopped VM runs nowhere; an
 # `unknown` one (its host did not answer) may still run, so it keeps counting.
@@ -124,6 +127,7 @@ class Store:
         self.path.touch(mode=0o600, exist_ok=True)
         self.path.chmod(0o600)
         self._local = threading.local()
+        self._parsed: dict[str, VapState] = {}
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -290,13 +294,25 @@ class Store:
 
     # -- VAPs -----------------------------------------------------------------------------------
 
+    def _state(self, text: str | None) -> VapState | None:
+        """The state stored as `text`, parsed once per distinct text: states are immutable, and
+        `cui status` of a thousand VAPs would otherwise parse a thousand of them each time."""
+        if not text:
+            return None
+        state = self._parsed.get(text)
+        if state is None:
+            if len(self._parsed) >= PARSED_STATES:
+                self._parsed.clear()
+            state = self._parsed[text] = from_json(text)
+        return state
+
     def _vap(self, row: sqlite3.Row) -> VapRow:
         return VapRow(
             row["id"],
             row["cvl_path"],
             row["owner"],
             row["status"],
-            from_json(row["state_json"]) if row["state_json"] else None,
+            self._state(row["state_json"]),
             row["error"],
             row["updated"],
         )

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from utility.adapters.store import ACTIVE, Store, VapRow, VmRow
+from utility.core.desired_state import MASK, Vm
+
+_NETWORK_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 class StatusView:
@@ -65,7 +68,7 @@ class StatusView:
                     if running and row and row.started
                     else None,
                     "started": row.started if running and row else None,
-                    "params": {k: list(v) for k, v in vm.masked().params},
+                    "params": _masked_params(vm),
                 }
             )
         for path, row in rows.items():
@@ -94,7 +97,22 @@ class StatusView:
             "error": vap.error,
             "appliance": state.appliance if state else None,
             "vlans": dict(state.vlans) if state and vap.status in ACTIVE else {},
-            "networks": [dataclasses.asdict(n) for n in state.networks] if state else [],
+            "networks": [_shallow(n) for n in state.networks] if state else [],
             "boot_order": boot_order,
             "components": components,
         }
+
+
+def _masked_params(vm: Vm) -> dict[str, list[str]]:
+    """The VM's parameters for display, sensitive values masked (as `Vm.masked`, without
+    copying the VM: status of a thousand VAPs renders every one)."""
+    hidden = set(vm.sensitive)
+    return {k: [MASK] * len(v) if k in hidden else list(v) for k, v in vm.params}
+
+
+def _shallow(item: Any) -> dict[str, Any]:
+    """A flat dataclass (a network) as a dict, without `dataclasses.asdict`'s deep copy."""
+    names = _NETWORK_FIELDS.get(type(item))
+    if names is None:
+        names = _NETWORK_FIELDS[type(item)] = tuple(f.name for f in dataclasses.fields(item))
+    return {name: getattr(item, name) for name in names}
