@@ -26,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +304,7 @@ def test_kill_hook_is_off_without_its_environment() -> None:
     probe = "from utility.adapters import killpoint as k; k.arm(1); k.step('x'); print(k.enabled())"
     env = {k: v for k, v in os.environ.items() if k not in (ENV_AT, ENV_TRACE)}
     done = subprocess.run(
-        [os.sys.executable, "-c", probe],  # type: ignore[attr-defined]
+        [sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         env=env,
