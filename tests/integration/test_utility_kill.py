@@ -291,6 +291,9 @@ def test_kill_9_then_restart_keeps_allocations_and_untouched_components(
         now = _domains(run.node)
         for name in untouched:  # the very same domain still runs
             assert now.get(name, ("gone",))[0] == left[name][0], (name, second.output())
+        for path in ("f", "d") if before_update else ():  # ... as before the update began
+            name = f"{PREFIX}-1-{path}"
+            assert now[name][0] == before_update[name][0], (name, second.output())
         if phase == "update":  # an update is completed or undone, never a failed VAP
             assert 1 in live, second.output()
             assert "rolled back" not in second.output()
