@@ -43,10 +43,10 @@ class Recovery:
         for row in self.store.vms(vap.id):
             if row.path not in untouched:
                 self.parts.hosts.host(row.host).destroy_domain(row.domain)
-        restored = [
-            path for vm in state.vms if vm.path not in untouched
-            for path in disks.restore_interrupted(vm)
-        ]  # fmt: skip
+        restored: list[str] = []
+        for vm in state.vms:
+            if vm.path not in untouched:
+                restored += disks.restore_interrupted(vm)
         self._settle(vap.id, state)
         kept = state
         for vm in state.vms:
