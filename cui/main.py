@@ -15,8 +15,46 @@ EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
 
 
+AREAS = ("lang", "repo", "utility_cmds", "move_cmds")
+"""The modules of `cui` that each register their commands (`register(cli)`)."""
+
+HOME = {
+    **dict.fromkeys(("check", "eval"), "lang"),
+    **dict.fromkeys(
+        ("create", "delta", "fetch", "publish", "serve", "subscribe", "token", "trust", "versions"),
+        "repo",
+    ),
+    **dict.fromkeys(
+        (
+            "agent", "blacklist", "history", "host", "publicip", "start", "status", "stop",
+            "update", "utility", "vlan",
+        ),
+        "utility_cmds",
+    ),
+    **dict.fromkeys(("move", "rebalance"), "move_cmds"),
+}  # fmt: skip
+"""Where each top-level command lives, so `cui status` imports the client and not the CVL
+language or the repository server; a command missing here is still found (every area loads)."""
+
+
 class CuiGroup(click.Group):
-    """A click group that maps every project error to a message and an exit code."""
+    """A click group that maps every project error to a message and an exit code, and loads
+    each area's commands only when one of them is asked for (start-up time of `cui status`)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None:
+            home = HOME.get(cmd_name)
+            _register(*((home,) if home else AREAS))
+            found = super().get_command(ctx, cmd_name)
+            if found is None and home:
+                _register(*AREAS)
+                found = super().get_command(ctx, cmd_name)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register(*AREAS)
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -81,9 +119,16 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "cui", "_CUI_COMPLETE").source())
 
 
-def _register() -> None:
-    """Attach the commands of each area; an area that fails to import is a bug, not hidden."""
-    for name in ("lang", "repo", "utility_cmds", "move_cmds"):
+_loaded: set[str] = set()
+
+
+def _register(*names: str) -> None:
+    """Attach the commands of the areas `names` (once each); an area that fails to import is a
+    bug, not hidden."""
+    for name in names:
+        if name in _loaded:
+            continue
+        _loaded.add(name)
         try:
             module = __import__(f"cui.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:
@@ -92,9 +137,6 @@ def _register() -> None:
             continue
         register: Callable[[click.Group], None] = module.register
         register(cli)
-
-
-_register()
 
 
 def main() -> None:

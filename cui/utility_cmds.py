@@ -26,12 +26,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from utility.client import secret_cache
 from utility.client.daemon_client import UtilityClient, default_state_dir
+
+if TYPE_CHECKING:
+    from utility.client import secret_cache
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -661,6 +663,8 @@ def _secrets_for(cvl_path: Path) -> dict[str, str]:
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
         "agent password", hide_input=True, err=True
     )
+    from utility.client import secret_cache  # cryptography: only when a secret is needed
+
     cache = secret_cache.SecretCache(secret_cache.default_path(), password)
     return secret_cache.obtain(cache, cvl_path, keys, _ask)
 
@@ -887,6 +891,8 @@ def agent_group() -> None:
 
 
 def _open_cache() -> secret_cache.SecretCache:
+    from utility.client import secret_cache
+
     password = os.environ.get("COLLECTIVE_AGENT_PASSWORD") or click.prompt(
         "agent password", hide_input=True, err=True
     )
@@ -898,6 +904,8 @@ def _open_cache() -> secret_cache.SecretCache:
 @click.option("--cvl", "cvl_file", required=True, type=click.Path(dir_okay=False))
 def agent_set(key: str, cvl_file: str) -> None:
     """Cache the value of sensitive parameter KEY (e.g. l.rootpw) of FILE.cvl."""
+    from utility.client import secret_cache
+
     cache = _open_cache()
     cache.set(secret_cache.cache_key(Path(cvl_file), key), _ask(key))
     cache.save()
@@ -922,6 +930,8 @@ def agent_list(as_json: bool) -> None:
 @click.option("--cvl", "cvl_file", required=True, type=click.Path(dir_okay=False))
 def agent_forget(key: str, cvl_file: str) -> None:
     """Drop a cached value."""
+    from utility.client import secret_cache
+
     cache = _open_cache()
     if cache.forget(secret_cache.cache_key(Path(cvl_file), key)):
         cache.save()

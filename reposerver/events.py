@@ -4,7 +4,9 @@
 secrets (through a pipe, never a file) to a detached `python -m reposerver.events` process,
 which POSTs each event with `X-Collective-Signature: sha256=<HMAC-SHA256 of the body>`, retries
 with exponential backoff, and appends one JSON line per attempt to the repository's
-`logs/deliveries.log`.
+`logs/deliveries.log`. Each attempt's outcome also goes to `logs/subscribers.json`
+(`reposerver.subscriber_health`): a subscriber that only failed for `suspend_after` seconds is
+suspended, its delivery stops, and later announcements skip it until it subscribes again.
 
 The signed body carries a random event `id` and the `time` it was made (Unix seconds), so a
 receiver can refuse a replayed or stale event; its `repository` URL is the server's configured
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import tenacity
 
+from reposerver import subscriber_health
 from reposerver.repo_config import Subscriber
 
 SIGNATURE_HEADER = "X-Collective-Signature"
@@ -58,10 +61,17 @@ def announce(
     log_path: Path,
     delays: Sequence[float] = DEFAULT_DELAYS,
     allowed_networks: Sequence[str] = (),
+    suspend_after: float = subscriber_health.DEFAULT_SUSPEND_AFTER,
 ) -> subprocess.Popen[bytes] | None:
-    """Start background delivery of `events` to `subscribers`; return the process (or None)."""
+    """Start background delivery of `events` to `subscribers` (suspended ones are skipped);
+    return the process (or None)."""
     targets = []
+    health = subscriber_health.health_path(log_path.parent)
+    gone = subscriber_health.suspended(health)
     for sub in subscribers:
+        if sub.url in gone:
+            _log(log_path, {"url": sub.url, "skipped": "suspended: it stopped answering"})
+            continue
         try:
             secret = sub.resolve_secret().decode()
         except Exception as exc:  # noqa: BLE001 - a misconfigured subscriber must not fail a push
@@ -77,6 +87,7 @@ def announce(
             "delays": list(delays),
             "log": str(log_path),
             "allowed_networks": list(allowed_networks),
+            "suspend_after": suspend_after,
         }
     ).encode()
     proc = subprocess.Popen(
@@ -103,6 +114,10 @@ class _NotDelivered(Exception):
     """One attempt that got no 2xx answer (retried by tenacity)."""
 
 
+class _Suspended(Exception):
+    """The subscriber failed for too long: no more attempts (not retried)."""
+
+
 def deliver(
     url: str,
     secret: bytes,
@@ -110,12 +125,14 @@ def deliver(
     delays: Sequence[float],
     log_path: Path,
     allowed_networks: Sequence[str] = (),
+    suspend_after: float = subscriber_health.DEFAULT_SUSPEND_AFTER,
 ) -> bool:
     """POST `body` to `url` until a 2xx answer or the retries run out; log every attempt.
 
     tenacity paces the retries (`delays` between attempts). Each attempt goes through
     `egress.pinned_post`, which resolves and checks the address again (DNS rebinding), so a
-    refused address ends the delivery at once instead of being retried.
+    refused address ends the delivery at once instead of being retried. Each outcome is
+    recorded in the subscriber's health; once it is suspended the delivery stops.
     """
     from reposerver.egress import pinned_post
     from reposerver.errors import BadRequest
@@ -133,6 +150,10 @@ def deliver(
         ok = isinstance(status, int) and 200 <= status < 300
         record = {"url": url, "version": version, "attempt": number, "status": status}
         _log(log_path, {**record, "delivered": ok})
+        health = subscriber_health.health_path(log_path.parent)
+        if subscriber_health.record(health, url, ok, str(status), time.time(), suspend_after):
+            _log(log_path, {"url": url, "version": version, "suspended": True})
+            raise _Suspended(url)
         if not ok:
             raise _NotDelivered(str(status))
 
@@ -149,7 +170,7 @@ def deliver(
     except BadRequest as exc:
         _log(log_path, {"url": url, "version": version, "refused": str(exc)})
         return False
-    except _NotDelivered:
+    except (_NotDelivered, _Suspended):
         return False
     return True
 
@@ -164,7 +185,14 @@ def _deliver_in_order(target: dict[str, str], payload: dict[str, object]) -> Non
         allowed = payload.get("allowed_networks", [])
         assert isinstance(allowed, list)
         log_path = Path(str(payload["log"]))
-        deliver(target["url"], target["secret"].encode(), body, delays, log_path, allowed)
+        suspend_after = float(str(payload.get("suspend_after", 0.0)))
+        if target["url"] in subscriber_health.suspended(
+            subscriber_health.health_path(log_path.parent)
+        ):
+            return  # suspended while an earlier event was being delivered
+        deliver(
+            target["url"], target["secret"].encode(), body, delays, log_path, allowed, suspend_after
+        )
 
 
 def _main() -> None:

@@ -114,6 +114,7 @@ class AnnounceHook(Hook):
                 self.settings.subscribers,
                 self.settings.delivery_delays,
                 self.settings.allowed_subscriber_networks,
+                self.settings.subscriber_suspend_after_seconds,
             )
         except Exception:  # noqa: BLE001 - announcing must never fail an accepted push
             log.exception("announcing versions of %s failed", self.repository.name)

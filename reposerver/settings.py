@@ -6,7 +6,9 @@ Keys: `root` (directory of repositories), `users` ({name: {"token_sha256": HEX}}
 kept only as sha256 digests; make one with `cui token`), `read_protected` (reads need
 credentials too), `subscribers` (like a repository's), `public_url` (base URL in events),
 `max_upload_bytes`, `delivery_delays` (seconds between retries), `staging_ttl_seconds` (how
-long an LFS upload no accepted push referenced is kept in staging; default 24 h).
+long an LFS upload no accepted push referenced is kept in staging; default 24 h),
+`subscriber_suspend_after_seconds` (a subscriber that only failed for this long is suspended;
+default 24 h, see `reposerver.subscriber_health`).
 
 Security keys (README "Threat model"): `allowed_import_origins` (http(s) origins pushed CVL may
 import from besides this server's own repositories; default none), `import_timeout_seconds`,
@@ -29,6 +31,7 @@ from reposerver.errors import BadRequest
 from reposerver.events import DEFAULT_DELAYS
 from reposerver.objects import DEFAULT_STAGING_TTL
 from reposerver.repo_config import Subscriber, parse_subscribers
+from reposerver.subscriber_health import DEFAULT_SUSPEND_AFTER
 
 CONFIG_ENV = "COLLECTIVE_REPOSERVER_CONFIG"
 ROOT_ENV = "COLLECTIVE_REPOSERVER_ROOT"
@@ -53,6 +56,7 @@ class ServerSettings:
     trusted_hosts: tuple[str, ...] = ()
     allowed_subscriber_networks: tuple[str, ...] = ()
     max_push_bytes: int = DEFAULT_MAX_PUSH
+    subscriber_suspend_after_seconds: float = DEFAULT_SUSPEND_AFTER
 
 
 def _strings(config: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -105,6 +109,13 @@ def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
         ttl = -1.0
     if not ttl >= 0:
         raise BadRequest(f"{where}: staging_ttl_seconds must be a non-negative number of seconds")
+    suspend_after = config.get("subscriber_suspend_after_seconds", DEFAULT_SUSPEND_AFTER)
+    if isinstance(suspend_after, bool) or not isinstance(suspend_after, int | float):
+        suspend_after = -1.0
+    if not 0 <= suspend_after < float("inf"):
+        raise BadRequest(
+            f"{where}: subscriber_suspend_after_seconds must be a non-negative number of seconds"
+        )
     return ServerSettings(
         root=root,
         users=users,
@@ -119,4 +130,5 @@ def load_settings(config: dict[str, Any] | None = None) -> ServerSettings:
         trusted_hosts=tuple(h.lower() for h in _strings(config, "trusted_hosts", where)),
         allowed_subscriber_networks=_networks(config, where),
         max_push_bytes=int(config.get("max_push_bytes", DEFAULT_MAX_PUSH)),
+        subscriber_suspend_after_seconds=float(suspend_after),
     )

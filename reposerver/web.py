@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestedRangeN
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from reposerver import auth, errors, lfs_locks, repo_config
+from reposerver import auth, errors, lfs_locks, repo_config, subscriber_health
 from reposerver.egress import check_url
 from reposerver.git_http import git_application, request_base_url
 from reposerver.names import (
@@ -324,12 +324,16 @@ def _subscriber_request(name: str) -> tuple[Repository, str, dict[str, Any]]:
 def subscribers(name: str) -> Response | tuple[Response, int]:
     """Subscribers of publish events (write credentials required for every method).
 
-    GET lists their URLs; POST `{"url": U, "secret": S?}` adds or replaces one and answers its
-    HMAC secret (generated when not given) once; DELETE `{"url": U}` removes one.
+    GET lists their URLs and delivery state (`status` active, failing or suspended: see
+    `reposerver.subscriber_health`); POST `{"url": U, "secret": S?}` adds or replaces one (and
+    lifts a suspension) and answers its HMAC secret (generated when not given) once; DELETE
+    `{"url": U}` removes one.
     """
     repo, user, data = _subscriber_request(name)
+    health = subscriber_health.health_path(repo.path / "logs")
     if request.method == "GET":
-        return jsonify([{"url": s.url} for s in repo.config.subscribers])
+        state = subscriber_health.describe(health)
+        return jsonify([{"url": s.url, **state(s.url)} for s in repo.config.subscribers])
     url = data.get("url")
     if not isinstance(url, str):
         raise errors.BadRequest("field 'url' (the subscriber's events URL) is missing")
@@ -337,6 +341,7 @@ def subscribers(name: str) -> Response | tuple[Response, int]:
         if request.method == "DELETE":
             if not repo_config.unsubscribe(repo.path, url):
                 raise errors.NotFound(f"{url} is not a subscriber of {repo.name}")
+            subscriber_health.clear(health, url)
             current_app.logger.info("%s removed subscriber %s of %s", user, url, repo.name)
             return jsonify({"removed": url})
         secret = data.get("secret")
@@ -344,6 +349,7 @@ def subscribers(name: str) -> Response | tuple[Response, int]:
             raise errors.BadRequest("field 'secret' must be a string")
         check_url(url, settings().allowed_subscriber_networks)
         _, value = repo_config.subscribe(repo.path, url, secret)
+        subscriber_health.clear(health, url)
     current_app.logger.info("%s subscribed %s to %s", user, url, repo.name)
     answer = {"repository": repo.name, "url": url}
     if secret is None:

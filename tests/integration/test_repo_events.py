@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reposerver import repo_config
+from reposerver import events, repo_config
 from reposerver.publish import publish
 from reposerver.repository import Repository
 from reposerver.testing import free_port, running_server, sample_appliance
@@ -138,3 +139,70 @@ def test_subscriber_gets_each_version_once_and_dead_one_harms_nothing(
     assert not any(r["delivered"] for r in dead_attempts)
     assert sum(1 for r in log if r["url"] == receiver.url and r["delivered"]) == 2
     receiver.server.shutdown()
+
+
+def test_a_subscriber_that_keeps_refusing_is_suspended_shown_and_skipped(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A loopback URL nobody listens on refuses every attempt: after `suspend_after` seconds of
+    only failures (3 attempts at least) delivery stops, the listing says `suspended`, the next
+    version is not sent to it at all, and subscribing again lifts the suspension."""
+    from reposerver import create_app
+    from reposerver.auth import token_digest
+
+    refusing = f"http://127.0.0.1:{free_port()}/gone"
+    config = tmp_path / "server.json"
+    config.write_text(
+        json.dumps(
+            {"allowed_subscriber_networks": ["127.0.0.0/8"], "subscriber_suspend_after_seconds": 1}
+        )
+    )
+    monkeypatch.setenv("COLLECTIVE_REPOSERVER_CONFIG", str(config))
+    root = tmp_path / "root"
+    repo = Repository.create(
+        root / "DNS",
+        repo_config.RepoConfig(subscribers=(repo_config.Subscriber(url=refusing, secret="x"),)),
+    )
+    log = repo.path / "logs" / "deliveries.log"
+    publish(repo.path, sample_appliance(tmp_path / "app"))  # v1: delays 1, 2, 4, 8, 16 s
+
+    def records() -> list[dict[str, object]]:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    deadline = time.monotonic() + 30
+    while not any(r.get("suspended") for r in records()):
+        assert time.monotonic() < deadline, records()
+        time.sleep(0.1)
+    attempts = [r for r in records() if r.get("version") == 1 and "attempt" in r]
+    assert [r["attempt"] for r in attempts] == [1, 2, 3], attempts  # not 6: it stopped
+    assert not any(r["delivered"] for r in attempts)
+
+    app = create_app(
+        {
+            "root": str(root),
+            "users": {"pub": {"token_sha256": token_digest("publisher-token")}},
+            "allowed_subscriber_networks": ["127.0.0.0/8"],
+        }
+    )
+    client = app.test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(b"pub:publisher-token").decode()}
+    (listed,) = client.get("/DNS/subscribers", headers=auth).get_json()
+    assert listed["url"] == refusing and listed["status"] == "suspended"
+    assert listed["failures"] == 3 and "ConnectionRefusedError" in listed["last_error"]
+    assert listed["suspended_at"] - listed["failing_since"] >= 1
+
+    cvl = tmp_path / "app" / "DNS.cvl"
+    cvl.write_text(cvl.read_text() + "/* v2 */\n")
+    before = len(records())
+    publish(repo.path, cvl)  # v2: the suspended subscriber is skipped when announcing
+    (skipped,) = records()[before:]
+    assert skipped == {**skipped, "url": refusing, "skipped": "suspended: it stopped answering"}
+    started = events.announce(
+        [events.event("file:///x", 2, "0" * 40, None)], repo.config.subscribers, log
+    )
+    assert started is None  # no delivery process at all for a suspended subscriber
+
+    again = client.post("/DNS/subscribers", json={"url": refusing}, headers=auth)
+    assert again.status_code == 201
+    (listed,) = client.get("/DNS/subscribers", headers=auth).get_json()
+    assert listed == {"url": refusing, "status": "active"}

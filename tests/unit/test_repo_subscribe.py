@@ -55,7 +55,8 @@ def test_subscribe_generates_or_takes_a_secret_kept_0600_out_of_the_config(tmp_p
     assert sub.url == EVENTS and sub.resolve_secret().decode() == secret
     assert stat.S_IMODE(os.stat(sub.secret_file or "").st_mode) == 0o600
     assert secret not in (repo / "collective.json").read_text()
-    assert client.get("/DNS/subscribers", headers=GOOD).get_json() == [{"url": EVENTS}]
+    listed = client.get("/DNS/subscribers", headers=GOOD).get_json()
+    assert listed == [{"url": EVENTS, "status": "active"}]
 
     given = "a-given-secret-of-enough-length"
     again = client.post("/DNS/subscribers", json={"url": EVENTS, "secret": given}, headers=GOOD)

@@ -133,6 +133,14 @@ def restore_data(paths: list[str]) -> None:
         os.replace(path + BACKUP_SUFFIX, path)
 
 
+def restore_interrupted(vm: Vm) -> list[str]:
+    """Put back the pre-update copies an interrupted update left of the VM's data disks (the
+    copy is complete once it has its name: `snapshot_data` renames it last); the paths."""
+    found = [d.path for d in vm.disks if d.role == "data" and Path(d.path + BACKUP_SUFFIX).exists()]
+    restore_data(found)
+    return found
+
+
 def drop_snapshots(paths: list[str]) -> None:
     """Delete the pre-update copies after a successful update."""
     for path in paths:

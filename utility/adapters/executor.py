@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utility.adapters import disks, guest_channel
+from utility.adapters import disks, guest_channel, killpoint
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.vxlan_ports import PortSpec
 from utility.core import domain_xml, overlay
@@ -203,6 +203,7 @@ class Executor:
     # -- one action ---------------------------------------------------------------------------
 
     def _apply(self, action: Action) -> None:
+        killpoint.step(f"{action.key} begin")
         self.report(action, "begin")
         handler = {
             Op.NETWORK_UP: self._network_up,
@@ -216,6 +217,7 @@ class Executor:
         }[action.op]
         handler(action)
         self.report(action, "done")
+        killpoint.step(f"{action.key} done")
 
     def _network_up(self, action: Action) -> None:
         """The segment's bridge; on a host with an underlay, its VXLAN port and flood list."""
@@ -280,6 +282,7 @@ class Executor:
                 configured()
 
         host.create_domain(xml)
+        killpoint.step(f"{vm.path or 'root'} domain-created")
         try:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are

@@ -24,6 +24,7 @@ from typing import TypeVar
 import libvirt
 
 from utility.adapters import vxlan_ports
+from utility.adapters.simulation import persisted_node, save_simulated_host
 from utility.errors import HostUnreachable, UtilityError
 
 T = TypeVar("T")
@@ -278,6 +279,16 @@ class LibvirtHost:
     def create_domain(self, xml: str) -> None:
         """Start a transient domain from XML."""
         self._call("start domain", lambda c: c.createXML(xml, 0))
+        self._save_simulated()
+
+    def _save_simulated(self) -> None:
+        """A persistent simulated host writes its domains and networks down after each change
+        (see `simulation`); every other host does nothing."""
+        if not self.is_test:
+            return
+        path = persisted_node(self.uri)
+        if path is not None:
+            self._call("save simulated host", lambda c: save_simulated_host(c, path))
 
     def domain(self, name: str) -> DomainInfo | None:
         """The domain called `name`, or None."""
@@ -325,7 +336,10 @@ class LibvirtHost:
                     dom.undefine()
             return True
 
-        return self._call(f"destroy domain {name}", kill)
+        gone = self._call(f"destroy domain {name}", kill)
+        if gone:
+            self._save_simulated()
+        return gone
 
     def shutdown_domain(self, name: str, timeout: float, poll: float = 0.2) -> str:
         """Ask the guest to shut down; force it off after `timeout` seconds.
@@ -373,7 +387,10 @@ class LibvirtHost:
             c.networkCreateXML(xml)
             return True
 
-        return self._call(f"start network {name}", up)
+        created = self._call(f"start network {name}", up)
+        if created:
+            self._save_simulated()
+        return created
 
     def remove_network(self, name: str) -> bool:
         """Stop (and forget) a network; False if it did not exist."""
@@ -389,7 +406,10 @@ class LibvirtHost:
                     net.undefine()
             return True
 
-        return self._call(f"stop network {name}", down)
+        removed = self._call(f"stop network {name}", down)
+        if removed:
+            self._save_simulated()
+        return removed
 
     def networks(self) -> list[str]:
         """Names of the host's active networks."""

@@ -2,23 +2,33 @@
 
 A `test:///PATH.xml` URI gives each libvirt connection a private, in-memory host whose size
 the node XML sets; the cluster manager keeps its connections open, so such a host lives as long
-as the daemon. The appliance helpers write a publisher's domain XML and a small qcow2 program
-disk next to each of the paper's example CVL files.
+as the daemon. A *persistent* simulated host (`persistent=True`) outlives the daemon like a real
+libvirtd does: its bare node description is kept beside it (`PATH.base.xml`), and after each
+change the wrapper (`libvirt_host`) rewrites `PATH.xml` as that node plus the active domains
+and networks, which the test driver loads again at the next connection (kill tests need the
+domains a SIGKILLed daemon leaves behind). The appliance helpers write a publisher's domain
+XML and a small qcow2 program disk next to each of the paper's example CVL files.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 from utility.core.xml_nodes import el, render
 
 VM_FILES = {"DNS": "dns.vmx", "OpenLDAP": "ldap.vmx", "Firewall": "fw.vmx"}
 
 
-def simulated_host_uri(directory: Path, name: str, memory_mib: int = 4096, cpus: int = 2) -> str:
-    """Write a test-driver node description and return its private-instance URI."""
+def simulated_host_uri(
+    directory: Path, name: str, memory_mib: int = 4096, cpus: int = 2, persistent: bool = False
+) -> str:
+    """Write a test-driver node description and return its private-instance URI (a host that
+    keeps its domains across daemon restarts with `persistent`, see the module docstring)."""
     node = el(
         "node",
         {},
@@ -40,7 +50,35 @@ def simulated_host_uri(directory: Path, name: str, memory_mib: int = 4096, cpus:
     )
     path = directory / f"{name}.xml"
     path.write_text(render(node))
+    if persistent:
+        path.with_suffix(BASE_SUFFIX).write_text(render(node))
     return f"test://{path}"
+
+
+BASE_SUFFIX = ".base.xml"
+_saving = threading.Lock()
+
+
+def persisted_node(uri: str) -> Path | None:
+    """The node file a persistent simulated host at `uri` is saved to, else None."""
+    if not uri.startswith("test:///"):
+        return None
+    path = Path(uri[len("test://") :])
+    return path if path.suffix == ".xml" and path.with_suffix(BASE_SUFFIX).is_file() else None
+
+
+def save_simulated_host(conn: Any, path: Path) -> None:
+    """Rewrite node file `path` as its bare node plus the active domains and networks of the
+    open test-driver connection `conn` (atomically: a crash leaves the previous snapshot)."""
+    with _saving:
+        items = [d.XMLDesc(0) for d in conn.listAllDomains() if d.isActive()]
+        items += [n.XMLDesc(0) for n in conn.listAllNetworks() if n.isActive()]
+        node = path.with_suffix(BASE_SUFFIX).read_text().strip()
+        assert node.endswith("</node>"), f"{path}: not a test-driver node description"
+        text = node[: -len("</node>")] + "\n".join(items) + "</node>\n"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def publisher_domain_xml(name: str, memory_mib: int, disk: str | None = "system.qcow2") -> str:

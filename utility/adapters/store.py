@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from utility.adapters import killpoint
 from utility.core.desired_state import VapState, from_json, to_json
 from utility.errors import Conflict, NotFound
 
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS vm_restores (vap_id INTEGER NOT NULL, path TEXT NOT N
   at REAL NOT NULL, source TEXT NOT NULL, PRIMARY KEY (vap_id, path));
 """
 """Host health and drain, and where a restored VM's data disks came from (schema version 4)."""
+
+PARSED_STATES = 4096
+"""Most parsed VAP states the store keeps (by their stored text) before starting afresh."""
 
 ACTIVE = ("starting", "running", "stopping", "updating")
 # VM states that may hold a host's resources: a crashed, dead or stopped VM runs nowhere; an
@@ -162,6 +166,7 @@ class Store:
         self.path.touch(mode=0o600, exist_ok=True)
         self.path.chmod(0o600)
         self._local = threading.local()
+        self._parsed: dict[str, VapState] = {}
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -194,6 +199,7 @@ class Store:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        killpoint.step("commit")
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction."""
@@ -315,12 +321,18 @@ class Store:
                 (vap_id, path, time.time(), source),
             )
 
-    def restores(self, vap_id: int) -> dict[str, dict[str, object]]:
-        """Path -> {at, source} for each VM of the VAP restored after its host failed."""
+    def restores(self, vap_id: int | None = None) -> dict[int, dict[str, dict[str, object]]]:
+        """VAP id -> path -> {at, source} for each VM restored after its host failed (of one
+        VAP, or of all in one query)."""
+        sql = "SELECT vap_id, path, at, source FROM vm_restores"
         rows = self.read().execute(
-            "SELECT path, at, source FROM vm_restores WHERE vap_id=?", (vap_id,)
+            sql + (" WHERE vap_id=?" if vap_id is not None else ""),
+            (vap_id,) if vap_id is not None else (),
         )
-        return {r["path"]: {"at": r["at"], "source": r["source"]} for r in rows}
+        out: dict[int, dict[str, dict[str, object]]] = {}
+        for r in rows:
+            out.setdefault(r["vap_id"], {})[r["path"]] = {"at": r["at"], "source": r["source"]}
+        return out
 
     # -- pools ----------------------------------------------------------------------------------
 
@@ -404,13 +416,25 @@ class Store:
 
     # -- VAPs -----------------------------------------------------------------------------------
 
+    def _state(self, text: str | None) -> VapState | None:
+        """The state stored as `text`, parsed once per distinct text: states are immutable, and
+        `cui status` of a thousand VAPs would otherwise parse a thousand of them each time."""
+        if not text:
+            return None
+        state = self._parsed.get(text)
+        if state is None:
+            if len(self._parsed) >= PARSED_STATES:
+                self._parsed.clear()
+            state = self._parsed[text] = from_json(text)
+        return state
+
     def _vap(self, row: sqlite3.Row) -> VapRow:
         return VapRow(
             row["id"],
             row["cvl_path"],
             row["owner"],
             row["status"],
-            from_json(row["state_json"]) if row["state_json"] else None,
+            self._state(row["state_json"]),
             row["error"],
             row["updated"],
         )
@@ -529,6 +553,20 @@ class Store:
         )
         return [VmRow(**dict(r)) for r in rows]
 
+    def vms_of(self, vap_ids: list[int]) -> dict[int, list[VmRow]]:
+        """The VM records of several VAPs in one query (status of all VAPs), each list ordered
+        as `vms` orders it."""
+        out: dict[int, list[VmRow]] = {i: [] for i in vap_ids}
+        if not vap_ids:
+            return out
+        rows = self.read().execute(
+            "SELECT * FROM vms ORDER BY vap_id, boot_seq IS NULL, boot_seq, path"
+        )
+        for r in rows:
+            if r["vap_id"] in out:
+                out[r["vap_id"]].append(VmRow(**dict(r)))
+        return out
+
     def set_vm(
         self,
         vap_id: int,
@@ -578,6 +616,11 @@ class Store:
         db.execute(
             "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)", (vap_id, policy)
         )
+
+    def restart_policies(self) -> dict[int, str]:
+        """Every recorded restart policy by VAP id (a VAP without one has `always`)."""
+        rows = self.read().execute("SELECT vap_id, policy FROM restart_policy")
+        return {int(r[0]): str(r[1]) for r in rows}
 
     def restart_policy(self, vap_id: int) -> str:
         """The VAP's restart policy (`always` unless one was recorded)."""

@@ -221,8 +221,17 @@ class ClusterManager:
 
     def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
         """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
-        if cvl_path is None:
-            return [self._status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
+        if cvl_path is None:  # a constant number of queries, however many VAPs there are
+            vaps = self.policy.visible(caller, self.store.vaps())
+            policies = self.store.restart_policies()
+            restarts = self.watchdog.restarts_by_vap()
+            health, restores = self.store.host_health(), self.store.restores()
+            out = self.parts.status.statuses(vaps)
+            for status in out:
+                self._decorate(
+                    status, policies.get(status["id"], "always"), restarts, health, restores
+                )
+            return out
         path = str(Path(cvl_path).resolve())
         vap = self.policy.require_owner(caller, self.store.vap_by_path(path), never_started(path))
         return [self._status(vap.id)]
@@ -232,17 +241,36 @@ class ClusterManager:
         health when not `up`, and where a VM restored after its host failed got its data disks
         from."""
         status = self.parts.status.vap_status(vap_id)
-        restarts = self.watchdog.restarts(vap_id)
-        restores = self.store.restores(vap_id)
-        health = self.store.host_health()
-        status["restart"] = self.store.restart_policy(vap_id)
+        restarts = {vap_id: self.watchdog.restarts(vap_id)}
+        return self._decorate(
+            status,
+            self.store.restart_policy(vap_id),
+            restarts,
+            self.store.host_health(),
+            self.store.restores(vap_id),
+        )
+
+    @staticmethod
+    def _decorate(
+        status: dict[str, Any],
+        policy: str,
+        restarts: dict[int, dict[str, Any]],
+        health: dict[str, Any],
+        restores: dict[int, dict[str, dict[str, object]]],
+    ) -> dict[str, Any]:
+        """Add to a VAP's status its restart policy, each component's recent restarts, its
+        host's health when not `up`, and where a VM restored after its host failed got its data
+        disks from."""
+        status["restart"] = policy
+        mine = restarts.get(status["id"], {})
+        restored = restores.get(status["id"], {})
         for component in status["components"]:
-            component["restarts"] = restarts.get(component["path"], 0)
+            component["restarts"] = mine.get(component["path"], 0)
             host = health.get(component.get("host", ""))
             if host is not None and host.health != "up":
                 component["host_health"] = host.health  # e.g. running, but its host is suspect
-            if component["path"] in restores:
-                component["restored"] = restores[component["path"]]
+            if component["path"] in restored:
+                component["restored"] = restored[component["path"]]
         return status
 
     def vap_details(self, caller: Caller, vap_id: int) -> dict[str, Any]:

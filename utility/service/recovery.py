@@ -5,13 +5,15 @@ it was booted before the update began (its `started` is not after the VAP's `upd
 the update set): it keeps running with its addresses. Every other component of the state
 of record is *interrupted*: its domain is destroyed and it is booted again from that state —
 for a start the start is completed, for an update the step is undone (the recorded state is the
-one before the update). VMs the update was adding are destroyed and their addresses released.
+one before the update; data disks the update had copied before booting the new version are put
+back from that copy). VMs the update was adding are destroyed and their addresses released.
 When that cannot be done safely (a host does not answer, or the VAP's sensitive values were only
 in memory), the caller falls back to the whole-VAP rollback.
 """
 
 from __future__ import annotations
 
+from utility.adapters import disks
 from utility.adapters.allocations import HeldRows
 from utility.adapters.store import VapRow
 from utility.core.desired_state import VapState
@@ -41,6 +43,10 @@ class Recovery:
         for row in self.store.vms(vap.id):
             if row.path not in untouched:
                 self.parts.hosts.host(row.host).destroy_domain(row.domain)
+        restored: list[str] = []
+        for vm in state.vms:
+            if vm.path not in untouched:
+                restored += disks.restore_interrupted(vm)
         self._settle(vap.id, state)
         kept = state
         for vm in state.vms:
@@ -57,6 +63,8 @@ class Recovery:
             f"{', '.join(sorted(untouched)) or 'nothing'} kept running"
         )
         self.store.set_vap(vap.id, status="running", state=state, error=None)
+        if restored:
+            text += f"; data disks as before the update: {', '.join(restored)}"
         self.store.event(vap.id, "reconcile", text)
         self.store.add_history(vap.cvl_path, "reconcile", [f"↻ {p}" for p in redone], {}, text)
         return True

@@ -7,7 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from utility.adapters.store import ACTIVE, Store
+from utility.adapters.store import ACTIVE, Store, VapRow, VmRow
+from utility.core.desired_state import MASK, Vm
+
+_NETWORK_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 class StatusView:
@@ -24,8 +27,16 @@ class StatusView:
 
     def vap_status(self, vap_id: int) -> dict[str, Any]:
         """One VAP's status: per component path, type, version, host, interfaces, state, uptime."""
-        vap = self.store.vap(vap_id)
-        rows = {r.path: r for r in self.store.vms(vap_id)}
+        return self.render(self.store.vap(vap_id), self.store.vms(vap_id))
+
+    def statuses(self, vaps: list[VapRow]) -> list[dict[str, Any]]:
+        """The status of each of `vaps`, read with one query however many there are."""
+        rows = self.store.vms_of([v.id for v in vaps])
+        return [self.render(v, rows[v.id]) for v in vaps]
+
+    def render(self, vap: VapRow, vm_rows: list[VmRow]) -> dict[str, Any]:
+        """The status of `vap` whose VM records are `vm_rows`."""
+        rows = {r.path: r for r in vm_rows}
         now = self.clock()
         components = []
         state = vap.state
@@ -57,7 +68,7 @@ class StatusView:
                     if running and row and row.started
                     else None,
                     "started": row.started if running and row else None,
-                    "params": {k: list(v) for k, v in vm.masked().params},
+                    "params": _masked_params(vm),
                 }
             )
         for path, row in rows.items():
@@ -86,7 +97,22 @@ class StatusView:
             "error": vap.error,
             "appliance": state.appliance if state else None,
             "vlans": dict(state.vlans) if state and vap.status in ACTIVE else {},
-            "networks": [dataclasses.asdict(n) for n in state.networks] if state else [],
+            "networks": [_shallow(n) for n in state.networks] if state else [],
             "boot_order": boot_order,
             "components": components,
         }
+
+
+def _masked_params(vm: Vm) -> dict[str, list[str]]:
+    """The VM's parameters for display, sensitive values masked (as `Vm.masked`, without
+    copying the VM: status of a thousand VAPs renders every one)."""
+    hidden = set(vm.sensitive)
+    return {k: [MASK] * len(v) if k in hidden else list(v) for k, v in vm.params}
+
+
+def _shallow(item: Any) -> dict[str, Any]:
+    """A flat dataclass (a network) as a dict, without `dataclasses.asdict`'s deep copy."""
+    names = _NETWORK_FIELDS.get(type(item))
+    if names is None:
+        names = _NETWORK_FIELDS[type(item)] = tuple(f.name for f in dataclasses.fields(item))
+    return {name: getattr(item, name) for name in names}

@@ -193,6 +193,14 @@ class Watchdog:
         self.store.event(vap.id, "restart", text)
         self.store.add_history(vap.cvl_path, "restart", [], {}, text)
 
+    def restarts_by_vap(self) -> dict[int, dict[str, int]]:
+        """Restart attempts inside the current window, per VAP id then component path."""
+        now = self.clock()
+        out: dict[int, dict[str, int]] = {}
+        for vid, path in list(self.backoff.attempts):
+            out.setdefault(vid, {})[path] = len(self.backoff.recent((vid, path), now))
+        return out
+
     def restarts(self, vap_id: int) -> dict[str, Any]:
         """Restart attempts per component path inside the current window (for status)."""
         now = self.clock()

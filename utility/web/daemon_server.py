@@ -21,6 +21,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from utility.adapters import killpoint
 from utility.adapters.daemon_lock import hold_state_lock
 from utility.adapters.db_check import check_database, migrate
 from utility.adapters.event_guard import EventRules
@@ -128,6 +129,7 @@ def serve(
         manager = manager_factory(state_dir)
         migrate(manager.store.read())
         _reconcile(manager, announce)
+        killpoint.arm(os.getppid())  # tests only (COLLECTIVE_KILL_AT): see `killpoint`
         app = create_app(
             manager,
             require_token=listen is not None,
