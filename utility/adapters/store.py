@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from utility.core.desired_state import VapState, from_json, to_json
-from utility.errors import Conflict, NotFound
+from utility.errors import Conflict, DatabaseRefused, NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -32,10 +33,14 @@ CREATE TABLE IF NOT EXISTS blacklist (url TEXT NOT NULL, version TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS tokens (digest TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL,
   role TEXT NOT NULL CHECK (role IN ('admin', 'user')), created REAL);
 CREATE TABLE IF NOT EXISTS vaps (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, cvl_path TEXT NOT NULL, owner TEXT NOT NULL,
+  id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, owner TEXT NOT NULL,
   status TEXT NOT NULL, state_json TEXT, error TEXT, updated REAL NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS vaps_active ON vaps (cvl_path)
-  WHERE status IN ('starting', 'running', 'stopping', 'updating');
+CREATE UNIQUE INDEX IF NOT EXISTS vaps_name ON vaps (name);
+CREATE TABLE IF NOT EXISTS bundles (digest TEXT PRIMARY KEY, root_dir TEXT NOT NULL,
+  root TEXT NOT NULL, manifest TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS vap_bundles (vap_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+  digest TEXT NOT NULL REFERENCES bundles (digest), at REAL NOT NULL,
+  PRIMARY KEY (vap_id, seq));
 CREATE TABLE IF NOT EXISTS addresses (address TEXT PRIMARY KEY, kind TEXT NOT NULL,
   vap_id INTEGER NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (
@@ -44,12 +49,12 @@ CREATE TABLE IF NOT EXISTS vms (
   PRIMARY KEY (vap_id, path));
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   vap_id INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS failed_versions (cvl_path TEXT NOT NULL, url TEXT NOT NULL,
-  version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (cvl_path, url, version));
+CREATE TABLE IF NOT EXISTS failed_versions (name TEXT NOT NULL, url TEXT NOT NULL,
+  version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (name, url, version));
 CREATE TABLE IF NOT EXISTS secret_keys (vap_id INTEGER NOT NULL, key TEXT NOT NULL,
   PRIMARY KEY (vap_id, key));
 CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
-  cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
+  name TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TEXT NOT NULL
@@ -79,7 +84,8 @@ class VapRow:
     """A VAP record."""
 
     id: int
-    cvl_path: str
+    name: str
+    """`owner/short name`: a VAP is identified by its owner and the name they gave it."""
     owner: str
     status: str
     state: VapState | None
@@ -113,6 +119,75 @@ def add_token_created(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE tokens ADD COLUMN created REAL")
 
 
+def short_name(name: str) -> str:
+    """The name a VAP's owner gave it (`alice/web` -> `web`)."""
+    return name.partition("/")[2] or name
+
+
+def old_layout_active(db: sqlite3.Connection) -> list[str]:
+    """CVL paths of active VAPs in a database of the old layout (VAPs keyed by CVL path)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(vaps)")}
+    if "cvl_path" not in columns:
+        return []
+    return [
+        r[0] for r in db.execute(f"SELECT cvl_path FROM vaps WHERE status IN {ACTIVE} ORDER BY id")
+    ]
+
+
+def vaps_by_name(db: sqlite3.Connection) -> None:
+    """Migrate a database of the old layout (VAPs keyed by CVL path) to VAPs by name, inside
+    the caller's transaction; nothing to do on a new one.
+
+    Each CVL path's newest record becomes VAP `owner/<file stem>` (made unique with `-2`, `-3`,
+    ...), older records of the same path are dropped (their events stay), history and failed
+    versions are renamed alike. Refused while a VAP of the old layout is active: its disks
+    lie next to its CVL file, where the new layout never looks (README, "Migration").
+    """
+    columns = {r[1] for r in db.execute("PRAGMA table_info(vaps)")}
+    if "cvl_path" not in columns:
+        return
+    active = old_layout_active(db)
+    if active:
+        raise DatabaseRefused(old_layout_refusal(active))
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    rows = db.execute("SELECT id, cvl_path, owner FROM vaps ORDER BY id DESC").fetchall()
+    renamed: list[tuple[str, int]] = []
+    for vap_id, path, owner in rows:
+        if path in names:
+            db.execute("DELETE FROM vaps WHERE id=?", (vap_id,))
+            continue
+        stem = re.sub(r"[^A-Za-z0-9._-]", "-", PurePosixPath(path).stem).lstrip("._-") or "vap"
+        stem = stem[:56]
+        candidate, n = f"{owner}/{stem}", 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{owner}/{stem}-{n}"
+        taken.add(candidate)
+        names[path] = candidate
+        renamed.append((candidate, vap_id))
+    db.execute("DROP INDEX IF EXISTS vaps_active")
+    db.execute("ALTER TABLE vaps RENAME COLUMN cvl_path TO name")
+    db.executemany("UPDATE vaps SET name=? WHERE id=?", renamed)
+    for table in ("history", "failed_versions"):
+        if "cvl_path" in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} RENAME COLUMN cvl_path TO name")
+            db.executemany(
+                f"UPDATE {table} SET name=? WHERE name=?", [(n, p) for p, n in names.items()]
+            )
+
+
+def old_layout_refusal(active: list[str]) -> str:
+    """How to recover from a state directory of the old layout with active VAPs."""
+    return (
+        f"the state database holds {len(active)} active VAP(s) of the old layout, keyed by CVL "
+        f"path ({', '.join(active[:5])}); their disks lie next to those files, which this "
+        "version never uses. Stop them with the previous version of the utility (cui stop "
+        "PATH), then start this version: stopped VAPs are migrated to names (README, "
+        "'Migration')"
+    )
+
+
 class Store:
     """The state database. Thread-safe: one connection per thread, writes serialised by SQLite."""
 
@@ -124,6 +199,7 @@ class Store:
         self.path.chmod(0o600)
         self._local = threading.local()
         with self.transaction() as db:
+            vaps_by_name(db)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -277,6 +353,11 @@ class Store:
             if db.execute("DELETE FROM tokens WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"no token named {name}")
 
+    def token_role(self, name: str) -> str | None:
+        """The role of the token named `name` (None: there is none, e.g. revoked)."""
+        row = self.read().execute("SELECT role FROM tokens WHERE name=?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
     def who(self, token: str) -> tuple[str, str] | None:
         """(name, role) for a token, or None."""
         row = (
@@ -291,7 +372,7 @@ class Store:
     def _vap(self, row: sqlite3.Row) -> VapRow:
         return VapRow(
             row["id"],
-            row["cvl_path"],
+            row["name"],
             row["owner"],
             row["status"],
             from_json(row["state_json"]) if row["state_json"] else None,
@@ -299,15 +380,26 @@ class Store:
             row["updated"],
         )
 
-    def new_vap(self, db: sqlite3.Connection, cvl_path: str, owner: str) -> int:
-        """Insert a VAP in status 'starting' (inside the caller's transaction)."""
-        try:
-            cur = db.execute(
-                "INSERT INTO vaps (cvl_path, owner, status, updated) VALUES (?,?,'starting',?)",
-                (cvl_path, owner, time.time()),
+    def new_vap(self, db: sqlite3.Connection, name: str, owner: str) -> int:
+        """The VAP `name` (`owner/short name`) in status 'starting' (inside the caller's
+        transaction): a stopped or failed VAP of that name is started again under its id (its
+        storage, data disks included, is kept by id); a new name gets a new id."""
+        row = db.execute("SELECT id, status FROM vaps WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            if row["status"] in ACTIVE:
+                raise Conflict(
+                    f"{short_name(name)} is already running (stop it, or use cui update)"
+                )
+            db.execute(
+                "UPDATE vaps SET status='starting', state_json=NULL, error=NULL, updated=? "
+                "WHERE id=?",
+                (time.time(), row["id"]),
             )
-        except sqlite3.IntegrityError:
-            raise Conflict(f"{cvl_path} is already running (stop it, or use cui update)") from None
+            return int(row["id"])
+        cur = db.execute(
+            "INSERT INTO vaps (name, owner, status, updated) VALUES (?,?,'starting',?)",
+            (name, owner, time.time()),
+        )
         return int(cur.lastrowid or 0)
 
     def vap(self, vap_id: int) -> VapRow:
@@ -317,27 +409,62 @@ class Store:
             raise NotFound(f"no VAP with id {vap_id}")
         return self._vap(row)
 
-    def vap_by_path(self, cvl_path: str) -> VapRow | None:
-        """The newest VAP record of a CVL file, or None."""
-        row = (
-            self.read()
-            .execute("SELECT * FROM vaps WHERE cvl_path=? ORDER BY id DESC LIMIT 1", (cvl_path,))
-            .fetchone()
-        )
+    def vap_by_name(self, name: str) -> VapRow | None:
+        """The VAP named `name` (`owner/short name`), or None."""
+        row = self.read().execute("SELECT * FROM vaps WHERE name=?", (name,)).fetchone()
         return self._vap(row) if row else None
 
     def vaps(self, statuses: tuple[str, ...] | None = None) -> list[VapRow]:
-        """The newest record of every CVL file (optionally only those in `statuses`)."""
-        rows = (
-            self.read()
-            .execute(
-                "SELECT * FROM vaps WHERE id IN (SELECT MAX(id) FROM vaps GROUP BY cvl_path) "
-                "ORDER BY id"
-            )
-            .fetchall()
-        )
+        """Every VAP by id (optionally only those in `statuses`)."""
+        rows = self.read().execute("SELECT * FROM vaps ORDER BY id").fetchall()
         vaps = [self._vap(r) for r in rows]
         return [v for v in vaps if statuses is None or v.status in statuses]
+
+    # -- bundles --------------------------------------------------------------------------------
+
+    def save_bundle(self, digest: str, root_dir: str, root: str, manifest: dict[str, str]) -> None:
+        """Record a bundle's manifest (its objects are written first); idempotent."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO bundles VALUES (?,?,?,?,?)",
+                (digest, root_dir, root, json.dumps(manifest, sort_keys=True), time.time()),
+            )
+
+    def bundle(self, digest: str) -> tuple[str, str, dict[str, str]]:
+        """(root_dir, root, manifest) of a stored bundle."""
+        row = self.read().execute("SELECT * FROM bundles WHERE digest=?", (digest,)).fetchone()
+        if row is None:
+            raise NotFound(f"no stored bundle {digest}")
+        return str(row["root_dir"]), str(row["root"]), dict(json.loads(row["manifest"]))
+
+    def add_vap_bundle(self, vap_id: int, digest: str, db: sqlite3.Connection | None = None) -> int:
+        """Record that VAP `vap_id` now runs bundle `digest` (unless it already does); the
+        version number (1, 2, ...) of the VAP's bundle."""
+
+        def write(tx: sqlite3.Connection) -> int:
+            last = tx.execute(
+                "SELECT seq, digest FROM vap_bundles WHERE vap_id=? ORDER BY seq DESC LIMIT 1",
+                (vap_id,),
+            ).fetchone()
+            if last is not None and last["digest"] == digest:
+                return int(last["seq"])
+            seq = int(last["seq"]) + 1 if last is not None else 1
+            tx.execute(
+                "INSERT INTO vap_bundles VALUES (?,?,?,?)", (vap_id, seq, digest, time.time())
+            )
+            return seq
+
+        if db is not None:
+            return write(db)
+        with self.transaction() as tx:
+            return write(tx)
+
+    def vap_bundles(self, vap_id: int) -> list[dict[str, object]]:
+        """Every bundle version of a VAP, oldest first: seq, digest, at."""
+        rows = self.read().execute(
+            "SELECT seq, digest, at FROM vap_bundles WHERE vap_id=? ORDER BY seq", (vap_id,)
+        )
+        return [dict(r) for r in rows]
 
     def set_vap(
         self,
@@ -474,7 +601,7 @@ class Store:
 
     def add_history(
         self,
-        cvl_path: str,
+        name: str,
         trigger: str,
         actions: list[str],
         versions: dict[str, list[str | None]],
@@ -483,32 +610,32 @@ class Store:
         """Record one update: when, why, what, from and to which versions, and how it ended."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
+                "INSERT INTO history (at, name, trigger, actions, versions, result) "
                 "VALUES (?,?,?,?,?,?)",
-                (time.time(), cvl_path, trigger, json.dumps(actions), json.dumps(versions), result),
+                (time.time(), name, trigger, json.dumps(actions), json.dumps(versions), result),
             )
 
-    def mark_failed(self, cvl_path: str, url: str, version: str) -> None:
+    def mark_failed(self, name: str, url: str, version: str) -> None:
         """Remember that `version` of `url` never became ready in this VAP (no automatic retry)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO failed_versions VALUES (?,?,?,?)",
-                (cvl_path, url, version, time.time()),
+                (name, url, version, time.time()),
             )
 
-    def failed_versions(self, cvl_path: str) -> set[tuple[str, str]]:
+    def failed_versions(self, name: str) -> set[tuple[str, str]]:
         """(url, version) pairs that failed in this VAP."""
         return {
             (r[0], r[1])
             for r in self.read().execute(
-                "SELECT url, version FROM failed_versions WHERE cvl_path=?", (cvl_path,)
+                "SELECT url, version FROM failed_versions WHERE name=?", (name,)
             )
         }
 
-    def history(self, cvl_path: str | None = None) -> list[dict[str, object]]:
-        """Every recorded update, oldest first (of one CVL file if given)."""
-        sql = "SELECT * FROM history" + (" WHERE cvl_path=?" if cvl_path else "")
-        rows = self.read().execute(sql + " ORDER BY id", (cvl_path,) if cvl_path else ())
+    def history(self, name: str | None = None) -> list[dict[str, object]]:
+        """Every recorded update, oldest first (of one VAP if given)."""
+        sql = "SELECT * FROM history" + (" WHERE name=?" if name else "")
+        rows = self.read().execute(sql + " ORDER BY id", (name,) if name else ())
         return [
             {**dict(r), "actions": json.loads(r["actions"]), "versions": json.loads(r["versions"])}
             for r in rows

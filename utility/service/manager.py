@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from utility.adapters.allocations import Allocations
+from utility.adapters.bundles import BundleStore, read_bundle
 from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
-from utility.adapters.store import HostRow, Store
+from utility.adapters.store import HostRow, Store, short_name
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
 from utility.core.addresses import parse_range
+from utility.core.bundle import Bundle, check_vap_name, default_name
 from utility.core.desired_state import VapState
 from utility.core.validation import check_public_ips
 from utility.errors import NotFound
@@ -64,8 +66,6 @@ class ClusterManager:
         timeouts: readiness and clean-shutdown timeouts.
         default_uri: the embedded default host's URI; probed (`qemu:///system` or
             `test:///default`) when None.
-        user_root: when set, users (not administrators) may only start CVL files under it; the
-            daemon reads their CVL and writes disks next to it with its own privileges.
         boot_order: "overlapped" (default) or "strict": how the VMs of a start or update boot
             (`utility.adapters.executor`).
         host_fault: says whether a host is cut off (tests make a host unreachable with it).
@@ -79,7 +79,6 @@ class ClusterManager:
         settings: Settings | None = None,
         timeouts: Timeouts | None = None,
         default_uri: str | None = None,
-        user_root: Path | None = None,
         boot_order: str = "overlapped",
         *,
         host_fault: Fault = never_cut_off,
@@ -95,14 +94,14 @@ class ClusterManager:
         self.store = Store(state_dir)
         self.trust = TrustPolicy(state_dir)
         self.subscriptions = Subscriptions(state_dir)
-        self.policy = Policy(user_root)
+        self.policy = Policy()
         self.hosts_service = Hosts(self.store, HostPool(host_fault), default_uri)
         allocations = Allocations(self.store)
         self.parts = Parts(
             store=self.store,
             allocations=allocations,
             allocator=Allocator(self.store, allocations, settings),
-            pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir),
+            pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir, state_dir),
             applier=Applier(
                 self.store,
                 self.hosts_service.host,
@@ -115,6 +114,7 @@ class ClusterManager:
             locks=VapLocks(),
             status=StatusView(self.store),
             settings=settings,
+            bundles=BundleStore(state_dir, self.store),
         )
         self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
         self.lifecycle = Lifecycle(self.parts)
@@ -141,56 +141,115 @@ class ClusterManager:
 
     # -- VAPs -----------------------------------------------------------------------------------
 
+    def vap_name(self, caller: Caller, ref: str | Path) -> str:
+        """The VAP (`owner/short name`) a caller means by `ref`: `NAME` (the caller's own),
+        `OWNER/NAME` (any owner's for administrators; a user may only name their own), or the
+        path of a CVL file (its default name, the file's stem: nothing is read).
+
+        Raises:
+            NotFound: a user naming another owner's VAP (the text a missing VAP gives).
+            BundleError: a malformed name.
+        """
+        text = str(ref)
+        if text.startswith("/"):
+            return f"{caller.name}/{default_name(PurePosixPath(text).name)}"
+        owner, slash, short = text.rpartition("/")
+        if not slash:
+            owner = caller.name
+        check_vap_name(short)
+        if not owner or "\0" in owner or (owner != caller.name and not caller.admin):
+            raise never_started(text)
+        return f"{owner}/{short}"
+
     def start(
         self,
         caller: Caller,
-        cvl_path: str,
+        source: Bundle | str | Path,
         secrets: Mapping[str, str] | None = None,
         progress: FetchReport | None = None,
         restart: str = "always",
+        *,
+        name: str | None = None,
     ) -> dict[str, Any]:
-        """Start the VAP a CVL file describes (`caller` becomes its owner); `restart` is its
-        restart policy for crashed VMs (`always` or `never`).
+        """Start VAP `name` (default: the CVL file's stem) of `caller` from a CVL bundle; `restart`
+        is its restart policy for crashed VMs (`always` or `never`).
 
-        `secrets` are sensitive parameter values (override keys like `l.rootpw`), held only in
-        memory and passed only to the VMs; `progress` is told `(label, bytes done, bytes total)`
-        while disk objects download.
+        `source` is the bundle a client submitted; a path (in-process callers only: the HTTP API
+        takes bundles) is read into a bundle here, as `cui start` would. `secrets` are sensitive
+        parameter values (override keys like `l.rootpw`), held only in memory and passed only to
+        the VMs; `progress` is told `(label, bytes done, bytes total)` while disk objects
+        download.
         """
-        path = Path(cvl_path).resolve()
-        self.policy.require_startable(caller, path, self.store.vap_by_path(str(path)))
-        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress, restart)
+        bundle = source if isinstance(source, Bundle) else read_bundle(Path(source))
+        short = check_vap_name(name) if name is not None else default_name(bundle.root)
+        qualified = f"{caller.name}/{short}"
+        return self.lifecycle.start(
+            caller.name, qualified, bundle, dict(secrets or {}), progress, restart
+        )
 
     def stop(
         self,
         caller: Caller,
-        cvl_path: str,
+        ref: str | Path,
         component: str | None = None,
         stop_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
-        path = str(Path(cvl_path).resolve())
-        self.policy.require_owner(caller, self.store.vap_by_path(path), not_running(path))
-        return self.lifecycle.stop(caller.name, path, component, stop_timeout)
+        name = self.vap_name(caller, ref)
+        self.policy.require_owner(caller, self.store.vap_by_name(name), not_running(str(ref)))
+        return self.lifecycle.stop(caller.name, name, component, stop_timeout)
 
     def update(
         self,
         caller: Caller,
-        cvl_path: str,
+        ref: str | Path,
         component: str | None = None,
         *,
+        bundle: Bundle | None = None,
         dry_run: bool = False,
         secrets: Mapping[str, str] | None = None,
         trigger: str = "user",
         progress: FetchReport | None = None,
     ) -> dict[str, Any]:
-        """Re-evaluate a running VAP's CVL and apply the difference (see `Updating.update`)."""
-        path = Path(cvl_path).resolve()
-        hidden = not_running(str(path))
-        self.policy.require_owner(caller, self.store.vap_by_path(str(path)), hidden)
-        self.policy.require_use(caller, path)
+        """Re-evaluate a running VAP's CVL (a newly submitted `bundle`, else the one it runs)
+        and apply the difference (see `Updating.update`)."""
+        name = self.vap_name(caller, ref)
+        vap = self.store.vap_by_name(name)
+        self.policy.require_owner(caller, vap, not_running(str(ref)))
         return self.updating.update(
-            path, component, dry_run=dry_run, secrets=secrets, trigger=trigger, progress=progress
+            name,
+            component,
+            bundle=bundle,
+            dry_run=dry_run,
+            secrets=secrets,
+            trigger=trigger,
+            progress=progress,
         )
+
+    def show(self, caller: Caller, ref: str | Path) -> dict[str, Any]:
+        """The CVL bundle VAP `ref` runs (its newest version), every file's text where it is
+        text, and the list of its bundle versions."""
+        name = self.vap_name(caller, ref)
+        vap = self.policy.require_owner(
+            caller, self.store.vap_by_name(name), never_started(str(ref))
+        )
+        bundle = self.lifecycle.current_bundle(vap)
+        described = bundle.describe()
+        texts = {}
+        for path in bundle.manifest:
+            if path.endswith(".cvl"):
+                try:
+                    texts[path] = bundle.read(path).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+        return {
+            "name": short_name(vap.name),
+            "owner": vap.owner,
+            "status": vap.status,
+            "versions": self.store.vap_bundles(vap.id),
+            **described,
+            "texts": texts,
+        }
 
     def reconcile(self) -> dict[str, Any]:
         """Bring the records in line with the hosts (the daemon, at start-up)."""
@@ -207,12 +266,13 @@ class ClusterManager:
         self.policy.require_read(caller, "reconciliation reports")
         return self.unowned
 
-    def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
-        """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
-        if cvl_path is None:
+    def status(self, caller: Caller, ref: str | Path | None = None) -> list[dict[str, Any]]:
+        """Status of the caller's VAPs (all of them for administrators), or of one VAP."""
+        if ref is None:
             return [self._status(v.id) for v in self.policy.visible(caller, self.store.vaps())]
-        path = str(Path(cvl_path).resolve())
-        vap = self.policy.require_owner(caller, self.store.vap_by_path(path), never_started(path))
+        name = self.vap_name(caller, ref)
+        hidden = never_started(str(ref))
+        vap = self.policy.require_owner(caller, self.store.vap_by_name(name), hidden)
         return [self._status(vap.id)]
 
     def _status(self, vap_id: int) -> dict[str, Any]:
@@ -230,27 +290,27 @@ class ClusterManager:
             vap = self.store.vap(vap_id)
         except NotFound:
             raise no_vap_id(vap_id) from None
-        vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
         self.policy.require_owner(caller, vap, no_vap_id(vap_id))
         return {
             "status": self.parts.status.vap_status(vap.id),
             "state": vap.state,
-            "cvl_path": vap.cvl_path,
+            "name": vap.name,
             "events": self.store.events(vap.id),
-            "failed": self.store.failed_versions(vap.cvl_path),
+            "failed": self.store.failed_versions(vap.name),
         }
 
     def vap_ids(self, caller: Caller) -> dict[str, int]:
-        """CVL path -> VAP id of the VAPs the caller may see."""
-        return {v.cvl_path: v.id for v in self.policy.visible(caller, self.store.vaps())}
+        """VAP name (`owner/short name`) -> VAP id of the VAPs the caller may see."""
+        return {v.name: v.id for v in self.policy.visible(caller, self.store.vaps())}
 
-    def history(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
-        """The update history of the caller's VAPs (every VAP for administrators)."""
-        return self.updating.history(set(self.vap_ids(caller)), cvl_path)
+    def history(self, caller: Caller, ref: str | Path | None = None) -> list[dict[str, Any]]:
+        """The update history of the caller's VAPs (every VAP for administrators), or of one."""
+        name = self.vap_name(caller, ref) if ref is not None else None
+        return self.updating.history(set(self.vap_ids(caller)), name)
 
-    def record_refusal(self, cvl_path: str, trigger: str, reason: str) -> None:
-        """Record in the history that an automatic update of `cvl_path` was refused."""
-        self.store.add_history(str(Path(cvl_path).resolve()), trigger, [], {}, reason)
+    def record_refusal(self, name: str, trigger: str, reason: str) -> None:
+        """Record in the history that an automatic update of VAP `name` was refused."""
+        self.store.add_history(name, trigger, [], {}, reason)
 
     # -- hosts, pools, blacklist ----------------------------------------------------------------
 

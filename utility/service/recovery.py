@@ -58,7 +58,7 @@ class Recovery:
         )
         self.store.set_vap(vap.id, status="running", state=state, error=None)
         self.store.event(vap.id, "reconcile", text)
-        self.store.add_history(vap.cvl_path, "reconcile", [f"↻ {p}" for p in redone], {}, text)
+        self.store.add_history(vap.name, "reconcile", [f"↻ {p}" for p in redone], {}, text)
         return True
 
     def _untouched(self, vap: VapRow, state: VapState) -> set[str]:

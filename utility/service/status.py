@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from utility.adapters.store import ACTIVE, Store
+from utility.adapters.store import ACTIVE, Store, short_name
 
 
 class StatusView:
@@ -80,7 +80,8 @@ class StatusView:
         ]
         return {
             "id": vap.id,
-            "cvl": vap.cvl_path,
+            "name": short_name(vap.name),
+            "vap": vap.name,
             "owner": vap.owner,
             "status": vap.status,
             "error": vap.error,

@@ -104,13 +104,13 @@ class Watchdog:
             "stopped": [],
         }
         for vap in self.store.vaps(("running", "stopping")):
-            lock = self.parts.locks.for_path(vap.cvl_path)
+            lock = self.parts.locks.for_path(vap.name)
             if not lock.acquire(blocking=False):
                 continue  # a start, stop or update is under way: its own steps decide
             try:
                 if vap.status == "stopping":
                     if self.lifecycle.finish_stop(vap):
-                        report["stopped"].append(vap.cvl_path)
+                        report["stopped"].append(vap.name)
                     continue
                 self._see_crashes(vap, report["crashed"])
                 self._restart_due(vap, report)
@@ -132,8 +132,8 @@ class Watchdog:
             self.gave_up.discard((vap.id, row.path))
             text = f"{row.path}: domain {row.domain} on {row.host} stopped on its own"
             self.store.event(vap.id, "crashed", text)
-            self.store.add_history(vap.cvl_path, "crash", [f"✗ {row.path}"], {}, text)
-            crashed.append(f"{vap.cvl_path}:{row.path}")
+            self.store.add_history(vap.name, "crash", [f"✗ {row.path}"], {}, text)
+            crashed.append(f"{vap.name}:{row.path}")
 
     def _restart_due(self, vap: VapRow, report: dict[str, list[str]]) -> None:
         if vap.state is None or self.store.restart_policy(vap.id) != "always":
@@ -145,18 +145,18 @@ class Watchdog:
                 continue
             if self.store.secret_keys(vap.id):
                 self._give_up(vap, row.path, "its sensitive values are not stored to boot it with")
-                report["gave_up"].append(f"{vap.cvl_path}:{row.path}")
+                report["gave_up"].append(f"{vap.name}:{row.path}")
                 continue
             now = self.clock()
             due = self.backoff.due(key, now)
             if due is None:
                 self._give_up(vap, row.path, f"{self.backoff.limit} restarts failed")
-                report["gave_up"].append(f"{vap.cvl_path}:{row.path}")
+                report["gave_up"].append(f"{vap.name}:{row.path}")
                 continue
             if not due:
                 continue
             if not self._room(vm.host, vm.memory):
-                report["waiting"].append(f"{vap.cvl_path}:{row.path}")
+                report["waiting"].append(f"{vap.name}:{row.path}")
                 continue  # its slot was given away meanwhile: no overcommit, try next round
             self.backoff.record(key, now)
             attempt = len(self.backoff.recent(key, now))
@@ -167,8 +167,8 @@ class Watchdog:
                 continue
             text = f"{row.path} restarted on {vm.host} (attempt {attempt})"
             self.store.event(vap.id, "restart", text)
-            self.store.add_history(vap.cvl_path, "restart", [f"↻ {row.path}"], {}, text)
-            report["restarted"].append(f"{vap.cvl_path}:{row.path}")
+            self.store.add_history(vap.name, "restart", [f"↻ {row.path}"], {}, text)
+            report["restarted"].append(f"{vap.name}:{row.path}")
 
     def _room(self, host: str, memory: int) -> bool:
         """Whether `host` has room for one more VM of `memory` bytes (crashed VMs hold none)."""
@@ -180,7 +180,7 @@ class Watchdog:
         self.gave_up.add((vap.id, path))
         text = f"{path} stays crashed: {why}"
         self.store.event(vap.id, "restart", text)
-        self.store.add_history(vap.cvl_path, "restart", [], {}, text)
+        self.store.add_history(vap.name, "restart", [], {}, text)
 
     def restarts(self, vap_id: int) -> dict[str, Any]:
         """Restart attempts per component path inside the current window (for status)."""
