@@ -152,11 +152,14 @@ def vaps_by_name(db: sqlite3.Connection) -> None:
     names: dict[str, str] = {}
     taken: set[str] = set()
     rows = db.execute("SELECT id, cvl_path, owner FROM vaps ORDER BY id DESC").fetchall()
-    renamed: list[tuple[str, int]] = []
+    newest: dict[str, tuple[int, str]] = {}
     for vap_id, path, owner in rows:
-        if path in names:
+        if path in newest:
             db.execute("DELETE FROM vaps WHERE id=?", (vap_id,))
-            continue
+        else:
+            newest[path] = (vap_id, owner)
+    renamed: list[tuple[str, int]] = []
+    for path, (vap_id, owner) in sorted(newest.items(), key=lambda item: item[1][0]):
         stem = re.sub(r"[^A-Za-z0-9._-]", "-", PurePosixPath(path).stem).lstrip("._-") or "vap"
         stem = stem[:56]
         candidate, n = f"{owner}/{stem}", 1

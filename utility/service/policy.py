@@ -5,8 +5,9 @@ VAP; a user sees and controls only their own VAPs. A VAP is identified by (owner
 users may each have a VAP `web`, and a user's start only ever names their own. Another user's VAP
 does not exist for a user: every refusal about it is the very `NotFound` a VAP that never
 existed gives (no owner, no existence leak). Everybody with a token may read the hosts, the
-blacklist and the trust policy (users need them to know where and what they may run). Names of internal callers (`local`, the
-Unix socket's; `auto-update`, the automatic updater's) are reserved: no token may take them.
+blacklist and the trust policy (users need them to know where and what they may run). Names of
+internal callers (`local`, the Unix socket's; `auto-update`, the automatic updater's) are
+reserved: no token may take them.
 The facade (`utility.service.manager`) asks this object before each operation; routes and pages
 never decide. Refusals are `Forbidden` or `NotFound`, turned into HTTP statuses only in
 `utility.web.api`.
