@@ -141,13 +141,19 @@ class ClusterManager:
 
     # -- VAPs -----------------------------------------------------------------------------------
 
-    def vap_name(self, caller: Caller, ref: str | Path) -> str:
+    def vap_name(
+        self,
+        caller: Caller,
+        ref: str | Path,
+        hidden: Callable[[str], NotFound] = never_started,
+    ) -> str:
         """The VAP (`owner/short name`) a caller means by `ref`: `NAME` (the caller's own),
         `OWNER/NAME` (any owner's for administrators; a user may only name their own), or the
         path of a CVL file (its default name, the file's stem: nothing is read).
 
         Raises:
-            NotFound: a user naming another owner's VAP (the text a missing VAP gives).
+            NotFound: a user naming another owner's VAP: `hidden(ref)`, the very refusal a
+                missing VAP of theirs gives.
             BundleError: a malformed name.
         """
         text = str(ref)
@@ -158,7 +164,7 @@ class ClusterManager:
             owner = caller.name
         check_vap_name(short)
         if not owner or "\0" in owner or (owner != caller.name and not caller.admin):
-            raise never_started(text)
+            raise hidden(text)
         return f"{owner}/{short}"
 
     def start(
@@ -195,7 +201,7 @@ class ClusterManager:
         stop_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
-        name = self.vap_name(caller, ref)
+        name = self.vap_name(caller, ref, not_running)
         self.policy.require_owner(caller, self.store.vap_by_name(name), not_running(str(ref)))
         return self.lifecycle.stop(caller.name, name, component, stop_timeout)
 
@@ -212,10 +218,13 @@ class ClusterManager:
         progress: FetchReport | None = None,
     ) -> dict[str, Any]:
         """Re-evaluate a running VAP's CVL (a newly submitted `bundle`, else the one it runs)
-        and apply the difference (see `Updating.update`)."""
-        name = self.vap_name(caller, ref)
+        and apply the difference (see `Updating.update`). A `Path` as `ref` (in-process callers
+        only: the HTTP API passes names as strings) is read as the new bundle."""
+        name = self.vap_name(caller, ref, not_running)
         vap = self.store.vap_by_name(name)
         self.policy.require_owner(caller, vap, not_running(str(ref)))
+        if isinstance(ref, Path) and bundle is None:  # in-process callers: the file as it is now
+            bundle = read_bundle(ref)
         return self.updating.update(
             name,
             component,
