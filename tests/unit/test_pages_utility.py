@@ -51,7 +51,7 @@ def manager(tmp_path: Path) -> Iterator[ClusterManager]:
     )
     manager.start(ADMIN, str(acme), secrets={"l.rootpw": SECRET})
     manager.store.add_history(
-        str(acme), "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
+        "root/AcmeGroupware", "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
     )
     manager.store.add_token("alice", "admin", "tok-admin")
     manager.store.add_token("bob", "user", "tok-user")
