@@ -369,3 +369,21 @@ def test_an_old_layout_with_a_running_vap_is_refused_with_the_way_out(tmp_path: 
     with pytest.raises(DatabaseRefused):
         Store(state)
     assert rows() == before
+
+
+def test_only_an_administrators_vap_may_import_the_daemons_own_directories(
+    cluster: ClusterManager, tmp_path: Path
+) -> None:
+    """The administrator owns the daemon's file system: their VAP may import an appliance
+    directory of it (as local repositories are used); the same bundle from a user may not."""
+    acme = paper_tree(PAPER, tmp_path / "site")
+    text = acme.read_text().replace('"file:Groupware"', f'"file:{acme.parent / "Groupware"}"')
+    mine = user_file(tmp_path / "admin", "Acme.cvl", text)
+    bundle = read_bundle(mine)
+    assert set(bundle.files) == {"Acme.cvl"}  # the import lies outside: not sent
+    with pytest.raises(CheckFailed, match="outside the submitted bundle"):
+        cluster.start(ALICE, bundle)
+    started = cluster.start(ADMIN, bundle)
+    assert started["status"] == "running" and started["owner"] == "root"
+    # an automatic update re-evaluates it with the rights it was started with
+    assert cluster.update(ADMIN, "root/Acme", dry_run=True)["error"] is None

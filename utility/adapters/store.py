@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REA
   name TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS local_files (vap_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TEXT NOT NULL
   CHECK (policy IN ('always', 'never')));
 """
@@ -356,11 +357,6 @@ class Store:
             if db.execute("DELETE FROM tokens WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"no token named {name}")
 
-    def token_role(self, name: str) -> str | None:
-        """The role of the token named `name` (None: there is none, e.g. revoked)."""
-        row = self.read().execute("SELECT role FROM tokens WHERE name=?", (name,)).fetchone()
-        return str(row[0]) if row else None
-
     def who(self, token: str) -> tuple[str, str] | None:
         """(name, role) for a token, or None."""
         row = (
@@ -592,6 +588,19 @@ class Store:
         db.execute(
             "INSERT OR REPLACE INTO restart_policy (vap_id, policy) VALUES (?,?)", (vap_id, policy)
         )
+
+    def set_local_files(self, db: sqlite3.Connection, vap_id: int, allowed: bool) -> None:
+        """Record (in transaction `db`) whether evaluations of VAP `vap_id` may read `file:`
+        imports outside its bundle from the daemon's file system (started by an
+        administrator, whose file system it is)."""
+        db.execute("DELETE FROM local_files WHERE vap_id=?", (vap_id,))
+        if allowed:
+            db.execute("INSERT INTO local_files (vap_id) VALUES (?)", (vap_id,))
+
+    def local_files(self, vap_id: int) -> bool:
+        """What `set_local_files` recorded (False when nothing was)."""
+        row = self.read().execute("SELECT 1 FROM local_files WHERE vap_id=?", (vap_id,))
+        return row.fetchone() is not None
 
     def restart_policy(self, vap_id: int) -> str:
         """The VAP's restart policy (`always` unless one was recorded)."""

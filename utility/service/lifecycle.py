@@ -34,7 +34,6 @@ from utility.service.desired import Settings
 from utility.service.hosts import Hosts
 from utility.service.locks import VapLocks
 from utility.service.pipeline import FetchReport, Pipeline
-from utility.service.policy import LOCAL
 from utility.service.secrets import HeldSecrets
 from utility.service.status import StatusView
 
@@ -70,11 +69,10 @@ class Lifecycle:
             raise NotFound(f"{short_name(name)} is not running")
         return vap
 
-    def source(self, owner: str, bundle: StoredBundle) -> Source:
-        """What an evaluation of `owner`'s VAP reads: `bundle`, and the daemon's own `file:`
-        directories only when the owner administers this daemon (it is their file system)."""
-        local_files = owner == LOCAL or self.store.token_role(owner) == "admin"
-        return Source(bundle, local_files)
+    def source(self, vap_id: int, bundle: StoredBundle) -> Source:
+        """What an evaluation of VAP `vap_id` reads: `bundle`, and the daemon's own `file:`
+        directories only if an administrator started it (it is their file system)."""
+        return Source(bundle, self.store.local_files(vap_id))
 
     def current_bundle(self, vap: VapRow) -> StoredBundle:
         """The bundle VAP `vap` runs (its newest recorded version)."""
@@ -96,9 +94,11 @@ class Lifecycle:
         secrets: Mapping[str, str],
         progress: FetchReport | None = None,
         restart: str = "always",
+        local_files: bool = False,
     ) -> dict[str, Any]:
-        """Start VAP `name` (`owner/short name`) from the stored CVL `bundle`; `restart` is its
-        restart policy (`always`: crashed VMs are booted again; `never`).
+        """Start VAP `name` (`owner/short name`) from the CVL `bundle`; `restart` is its
+        restart policy (`always`: crashed VMs are booted again; `never`); `local_files`: the
+        daemon may read `file:` imports outside the bundle (an administrator starts it).
 
         Raises:
             CheckFailed: every pre-start problem, before anything ran.
@@ -110,7 +110,7 @@ class Lifecycle:
         with p.locks.for_path(name):
             notes = p.hosts.ensure_default()
             pending = p.bundles.pending(bundle)
-            checked = p.pipeline.check(name, self.source(owner, pending), secrets)
+            checked = p.pipeline.check(name, Source(pending, local_files), secrets)
             with p.allocator.session() as db:  # a first proposal, for its problems only
                 problems = (
                     checked.problems
@@ -124,6 +124,7 @@ class Lifecycle:
                 vap_id = self.store.new_vap(db, name, owner)
                 self.store.add_vap_bundle(vap_id, pending.digest, db)
                 self.store.set_restart_policy(db, vap_id, restart)
+                self.store.set_local_files(db, vap_id, local_files)
                 mark_vaps_exist(self.store.path.parent)
                 p.secrets.remember(vap_id, name, secrets, db)
                 proposal = p.allocator.propose(db, checked.model, checked.prepared)

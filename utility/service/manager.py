@@ -190,7 +190,13 @@ class ClusterManager:
         short = check_vap_name(name) if name is not None else default_name(bundle.root)
         qualified = f"{caller.name}/{short}"
         return self.lifecycle.start(
-            caller.name, qualified, bundle, dict(secrets or {}), progress, restart
+            caller.name,
+            qualified,
+            bundle,
+            dict(secrets or {}),
+            progress,
+            restart,
+            local_files=caller.admin,
         )
 
     def stop(

@@ -51,7 +51,8 @@ class Pipeline:
         settings: naming and addressing choices.
         cache_dir: the object cache disks are downloaded into.
         run_dir: where guest sockets go when a VM directory's path is too long.
-        vaps_dir: the utility's per-VAP storage (`bundles.vap_dir`: VM disks, the attic).
+        state_dir: the state directory; each VAP's storage is under it (`bundles.vap_dir`: VM
+            disks, the attic).
     """
 
     def __init__(

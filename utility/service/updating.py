@@ -71,7 +71,7 @@ class Updating:
             if lost and trigger != "user":
                 return self._needs_user(vap.id, name, trigger, lost)
             stored = p.bundles.pending(bundle) if bundle else self.lifecycle.current_bundle(vap)
-            source = self.lifecycle.source(vap.owner, stored)
+            source = self.lifecycle.source(vap.id, stored)
             checked = p.pipeline.check(name, source, secrets)
             rows = self.store.vms(vap.id)
             fresh = {
