@@ -226,6 +226,14 @@ def test_cui_show_prints_the_bundle_that_runs(cluster: Cluster, tmp_path: Path) 
     text = cluster.cui("alice", "show", "AcmeGroupware").stdout
     assert text.startswith("AcmeGroupware (owner alice, running): bundle ")
     assert 'domain = "acme.org";' in text
+    # the same file under another name: a second VAP of alice's, the very same stored bundle
+    named = cluster.cui("alice", "start", str(acme), "--name", "web", "--json")
+    assert named.returncode == 0, named.stderr
+    assert (json.loads(named.stdout)["name"], json.loads(named.stdout)["owner"]) == ("web", "alice")
+    web = json.loads(cluster.cui("alice", "show", "web", "--json").stdout)
+    assert web["digest"] == shown["digest"]
+    assert "not allowed" in refusal(cluster.cui("alice", "start", str(acme), "--name", "../x"))
+    assert cluster.cui("alice", "stop", "web").returncode == 0
     acme.write_text(acme.read_text().replace("acme.org", "acme.example"))
     updated = cluster.cui("alice", "update", "AcmeGroupware", str(acme))
     assert updated.returncode == 0, updated.stderr
