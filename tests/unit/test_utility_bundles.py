@@ -387,3 +387,19 @@ def test_only_an_administrators_vap_may_import_the_daemons_own_directories(
     assert started["status"] == "running" and started["owner"] == "root"
     # an automatic update re-evaluates it with the rights it was started with
     assert cluster.update(ADMIN, "root/Acme", dry_run=True)["error"] is None
+
+
+def test_bundled_appliance_files_stay_inside_their_directory(tmp_path: Path) -> None:
+    from utility.adapters.appliance_files import BundleFiles
+    from utility.adapters.bundles import BundleStore
+    from utility.errors import ApplianceError
+
+    bundle = Bundle(
+        "/u", "w.cvl", {"w.cvl": b"x", "A/a.xml": b"<a/>", "B/secret.qcow2": b"private"}
+    )
+    stored = BundleStore(tmp_path, Store(tmp_path)).pending(bundle)
+    files = BundleFiles(stored, "A", "A (bundled)")
+    assert files.read("a.xml") == b"<a/>"
+    for name in ("../B/secret.qcow2", "/etc/passwd", "../../etc/passwd", "nothing.xml"):
+        with pytest.raises(ApplianceError):
+            files.read(name)

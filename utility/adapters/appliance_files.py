@@ -241,7 +241,8 @@ class BundleFiles:
 
     def _name(self, name: str) -> str:
         joined = posixpath.normpath(posixpath.join(self.directory, name))
-        if name.startswith("/") or joined == ".." or joined.startswith("../"):
+        inside = not self.directory or joined.startswith(self.directory + "/")
+        if name.startswith("/") or joined.startswith("..") or not inside:
             raise ApplianceError(f"{self.label}: {name!r} points outside its directory")
         if not self.bundle.has(joined):
             raise ApplianceError(f"{self.label}: file {name!r} is not in the submitted bundle")
