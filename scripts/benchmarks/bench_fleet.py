@@ -11,7 +11,7 @@
     (one download, the others wait on its lock); FLEET_PREWARM=1 puts it in the daemon's cache
     before each push instead, to time the control plane alone.
 (b) With FLEET_HELD (default 1,000) VAPs held, each a 1-VM VAP of a local appliance (to keep the
-    set-up quick; every VM on a test host): `cui status FILE` and `cui status` of all, timed as the
+    set-up quick; every VM on a test host): `cui status NAME` and `cui status` of all, timed as the
     user runs them (a `cui` subprocess against the daemon over loopback HTTP, interpreter start
     included; goal < 0.2 s / < 1 s), and one more start through the daemon's HTTP API (goal
     < 0.5 s). Baseline: the same with FLEET_BASE_VAPS VAPs held, same run.
@@ -224,7 +224,7 @@ def _local_vap(directory: Path, image: Path) -> Path:
 
 
 def held_status(where: Path, vaps: int, hosts: int) -> dict[str, float]:
-    """Hold `vaps` 1-VM VAPs under a fresh daemon; median seconds of `cui status FILE`,
+    """Hold `vaps` 1-VM VAPs under a fresh daemon; median seconds of `cui status NAME`,
     `cui status` (all) and of one more start via the HTTP API."""
     from reposerver.testing import free_port
     from utility.adapters.bundles import read_bundle
@@ -279,7 +279,7 @@ def _names() -> dict[str, str]:
     return {
         "push": f"{a}: push -> last VAP updated",
         "restarted": f"{a}: VMs restarted",
-        "one": f"{b}: cui status FILE",
+        "one": f"{b}: cui status NAME",
         "all": f"{b}: cui status (all)",
         "start": f"{b}: one more start (API)",
     }

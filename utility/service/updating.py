@@ -239,7 +239,7 @@ class Updating:
         """Release what a VAP no longer uses after an update; drop stale VM records.
 
         The rule: a VM running after the update holds exactly the MACs and IPs its state shows;
-        a VM stopped on request (`cui stop FILE COMP`) that the CVL still has (`members`) keeps
+        a VM stopped on request (`cui stop NAME COMP`) that the CVL still has (`members`) keeps
         its record, host, MACs and IPs, and the update that restarts it reuses them; every other
         address, VM record and unused VLAN of the VAP is released, including those of a
         component removed from the CVL while it was stopped, whose directory (data disks
