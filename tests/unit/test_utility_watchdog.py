@@ -44,7 +44,8 @@ class Rig:
     cut: set[str] = field(default_factory=set)
 
     def start(self, name: str, restart: Any = None, code: int = 200) -> dict[str, Any]:
-        cvl = paper_tree(PAPER, self.tmp / name)
+        made = self.tmp / name / "AcmeGroupware.cvl"
+        cvl = made if made.exists() else paper_tree(PAPER, self.tmp / name)
         body: dict[str, Any] = {"bundle": read_bundle(cvl).to_wire(), "name": name}
         if restart is not None:
             body["restart"] = restart
@@ -188,6 +189,12 @@ def test_restarts_back_off_exponentially_and_stop_after_the_limit(tmp_path: Path
     assert any("stays crashed: 4 restarts" in h["result"] for h in rig.history(cvl))
     rig.now[0] = 1000.0 + 200.0  # the window has passed, but it gave up: it stays crashed
     assert rig.manager.check()["restarted"] == []
+    # stopped and started again, it keeps its id (VAPs are named): a new run, a clean slate
+    assert rig.api.post("/v1/vaps/stop", json={"name": cvl}).status_code == 200
+    again = rig.start("acme")
+    assert again["vap"] == cvl and rig.component(cvl, "f")["restarts"] == 0
+    rig.crash(cvl, "f")
+    assert rig.manager.check()["restarted"] == [f"{cvl}:f"]
     rig.manager.close()
 
 

@@ -189,7 +189,7 @@ class ClusterManager:
         bundle = source if isinstance(source, Bundle) else read_bundle(Path(source))
         short = check_vap_name(name) if name is not None else default_name(bundle.root)
         qualified = f"{caller.name}/{short}"
-        return self.lifecycle.start(
+        started = self.lifecycle.start(
             caller.name,
             qualified,
             bundle,
@@ -198,6 +198,8 @@ class ClusterManager:
             restart,
             local_files=caller.admin,
         )
+        self.watchdog.forget(int(started["id"]))  # a stopped VAP started again: a new run
+        return started
 
     def stop(
         self,

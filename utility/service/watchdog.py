@@ -182,6 +182,13 @@ class Watchdog:
         self.store.event(vap.id, "restart", text)
         self.store.add_history(vap.name, "restart", [], {}, text)
 
+    def forget(self, vap_id: int) -> None:
+        """Forget the restart attempts of VAP `vap_id` (it starts again under the same id: a
+        new run begins with a clean slate)."""
+        self.gave_up = {key for key in self.gave_up if key[0] != vap_id}
+        for key in [k for k in self.backoff.attempts if k[0] == vap_id]:
+            del self.backoff.attempts[key]
+
     def restarts(self, vap_id: int) -> dict[str, Any]:
         """Restart attempts per component path inside the current window (for status)."""
         now = self.clock()
