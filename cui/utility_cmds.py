@@ -699,7 +699,11 @@ def _bundle(path: Path, root: str | None) -> dict[str, Any]:
     """The CVL bundle of `path` in its wire form (`utility.adapters.bundles.read_bundle`)."""
     from utility.adapters.bundles import read_bundle
 
-    return read_bundle(path, Path(root) if root else None).to_wire()
+    notes: list[str] = []
+    bundle = read_bundle(path, Path(root) if root else None, notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return bundle.to_wire()
 
 
 ROOT_HELP = (

@@ -78,8 +78,13 @@ def test_imports_outside_the_root_are_not_sent(tmp_path: Path) -> None:
     user = tmp_path / "me" / "web.cvl"
     user.parent.mkdir()
     user.write_text('import { url => "file:../elsewhere", cvl => "X.cvl" } X;\nWeb extends X { }\n')
-    bundle = read_bundle(user)
+    notes: list[str] = []
+    bundle = read_bundle(user, notes=notes)
     assert set(bundle.files) == {"web.cvl"}
+    assert notes == [
+        f"file:../elsewhere ({outside}) is outside the bundle root {user.parent}: not sent; the "
+        "utility resolves it on its own host only for VAPs an administrator starts"
+    ]
     assert read_bundle(user, root=tmp_path).files.keys() == {"me/web.cvl", "elsewhere/X.cvl"}
 
 

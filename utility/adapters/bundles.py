@@ -43,6 +43,7 @@ class _Reader:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.notes: list[str] = []
         self.files: dict[str, bytes] = {}
         self.total = 0
         self.seen: set[tuple[str, str]] = set()
@@ -111,7 +112,11 @@ class _Reader:
         except CvlError:
             return  # the daemon reports it where it is
         if not _inside(directory, str(self.root)):
-            return  # outside the bundle: the daemon decides (refused for users)
+            self.notes.append(
+                f"{url} ({directory}) is outside the bundle root {self.root}: not sent; the "
+                "utility resolves it on its own host only for VAPs an administrator starts"
+            )
+            return
         where = Path(directory)
         self.check_no_links(where)
         if not where.is_dir() or is_bare_repository(where):
@@ -140,9 +145,10 @@ def _file_imports(text: str, file: str) -> list[tuple[str, str]]:
     return found
 
 
-def read_bundle(cvl_file: Path, root: Path | None = None) -> Bundle:
+def read_bundle(cvl_file: Path, root: Path | None = None, notes: list[str] | None = None) -> Bundle:
     """The bundle of the user's CVL file (see the module docstring); `root` (default: the
-    file's directory) bounds what is bundled.
+    file's directory) bounds what is bundled; `notes` hears of each `file:` import left out
+    because it lies outside the root.
 
     Raises:
         BundleError: a symlink, a file outside `root`, or a bundle too large.
@@ -158,6 +164,8 @@ def read_bundle(cvl_file: Path, root: Path | None = None) -> Bundle:
     reader = _Reader(base)
     reader.add_directory(path.parent)
     reader.add_cvl(path, path.parent)
+    if notes is not None:
+        notes.extend(dict.fromkeys(reader.notes))
     return Bundle(str(base), reader.rel(path), reader.files)
 
 
