@@ -1,13 +1,12 @@
 """Moving VMs between hosts: drain, undrain, move, rebalance (README "Moves and host failures").
 
 cui host drain NAME | cui host undrain NAME        close a host and move its VMs off / reopen
-cui move FILE.cvl COMPONENT --to HOST               live-migrate one VM
+cui move NAME COMPONENT --to HOST                   live-migrate one VM
 cui rebalance [--dry-run] [--json]                  even out memory use across hosts
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -19,7 +18,7 @@ from utility.client.daemon_client import UtilityClient
 def _moved_line(m: dict[str, Any]) -> str:
     pause = f", downtime {m['downtime_ms']} ms" if m.get("downtime_ms") is not None else ""
     return (
-        f"moved {m['cvl']}:{m['path']} {m['from']} → {m['to']} "
+        f"moved {m['vap']}:{m['path']} {m['from']} → {m['to']} "
         f"({m['mode']}, {m['seconds']:.1f} s{pause})"
     )
 
@@ -57,17 +56,18 @@ def host_undrain(name: str, client: UtilityClient) -> None:
 
 
 @click.command("move")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("vap")
 @click.argument("component")
 @click.option("--to", "host", required=True, help="The host to migrate the VM to.")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
-def move_command(
-    file: str, component: str, host: str, as_json: bool, client: UtilityClient
-) -> None:
-    """Live-migrate COMPONENT of the running appliance FILE.cvl to HOST (same MACs and
-    addresses; if the migration fails the VM keeps running where it was)."""
-    result = client.move(str(Path(file).resolve()), component, host)
+def move_command(vap: str, component: str, host: str, as_json: bool, client: UtilityClient) -> None:
+    """Live-migrate COMPONENT of the running VAP (NAME, OWNER/NAME, or a .cvl file meaning its
+    stem) to HOST (same MACs and addresses; if the migration fails the VM keeps running where
+    it was)."""
+    from cui.utility_cmds import vap_ref
+
+    result = client.move(vap_ref(vap), component, host)
     emit(result, as_json, lambda m: click.echo(_moved_line(m)))
 
 

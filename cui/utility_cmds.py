@@ -8,8 +8,9 @@
     cui host list | host remove NAME
     cui vlan add 100-163 | cui publicip add A-B
     cui blacklist add URL VERSION|all | list | remove | violations
-    cui start FILE.cvl | cui stop FILE.cvl [COMP] | cui status [FILE.cvl] [--json]
-    cui update FILE.cvl [COMP] [--dry-run] [--json]
+    cui start FILE.cvl [--name NAME] | cui stop NAME [COMP] | cui status [NAME] [--json]
+    cui update NAME [FILE.cvl] [COMP] [--dry-run] [--json] | cui show NAME | cui history [NAME]
+    (NAME: a VAP's name, OWNER/NAME for administrators, or a .cvl file meaning its stem)
     cui agent set KEY --cvl FILE.cvl | agent list | agent forget KEY --cvl FILE.cvl
 
 Every client command takes `--utility URL` (default `$COLLECTIVE_UTILITY`, else the local
@@ -219,12 +220,6 @@ def utility_group() -> None:
     "0 turns the automatic rebalance off (cui rebalance still works).",
 )
 @click.option(
-    "--user-root",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Users (not administrators) may only start CVL files under this directory.",
-)
-@click.option(
     "--reinitialise",
     is_flag=True,
     help="Move a missing, corrupt or unreadable state database aside and start empty "
@@ -246,7 +241,6 @@ def serve_command(
     events_secret_env: str,
     poll_interval: float | None,
     check_interval: float,
-    user_root: str | None,
     boot_order: str,
     host_grace: float = 30.0,
     rebalance_interval: float = 0.0,
@@ -275,7 +269,6 @@ def serve_command(
             settings,
             timeouts,
             default_host,
-            Path(user_root) if user_root else None,
             boot_order=boot_order,
             host_grace=host_grace,
         ),
@@ -638,7 +631,7 @@ def blacklist_violations(as_json: bool, client: UtilityClient) -> None:
         as_json,
         lambda rows: echo_lines(
             [
-                f"{r['cvl']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}"
+                f"{r['vap']} {r['component']} ({r['owner']}): {r['url']} v{r['version']}"
                 for r in rows
             ]
             or ["no violations"]
@@ -730,8 +723,38 @@ class DiskProgress:
             self.bars.stop()
 
 
+def vap_ref(arg: str) -> str:
+    """The VAP a command means: NAME or OWNER/NAME as given, or for an existing .cvl file its
+    default name (the file's stem; how `cui start FILE.cvl` names it)."""
+    from utility.core.bundle import default_name
+
+    path = Path(arg)
+    if arg.endswith(".cvl") and path.is_file():
+        return default_name(path.name)
+    return arg
+
+
+def _bundle(path: Path, root: str | None) -> dict[str, Any]:
+    """The CVL bundle of `path` in its wire form (`utility.adapters.bundles.read_bundle`)."""
+    from utility.adapters.bundles import read_bundle
+
+    notes: list[str] = []
+    bundle = read_bundle(path, Path(root) if root else None, notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return bundle.to_wire()
+
+
+ROOT_HELP = (
+    "Bundle imports under this directory (default: the CVL file's directory); file: imports "
+    "outside it are not sent."
+)
+
+
 @click.command("start")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", default=None, help="The VAP's name (default: the file's stem).")
+@click.option("--root", default=None, type=click.Path(file_okay=False), help=ROOT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress).")
 @click.option(
     "--restart",
@@ -741,22 +764,31 @@ class DiskProgress:
     help="Restart a VM that stopped on its own (with backoff), or leave it crashed.",
 )
 @client_options
-def start_command(file: str, as_json: bool, restart: str, client: UtilityClient) -> None:
-    """Start the appliance FILE.cvl describes (disk downloads shown with progress bars)."""
+def start_command(
+    file: str,
+    name: str | None,
+    root: str | None,
+    as_json: bool,
+    restart: str,
+    client: UtilityClient,
+) -> None:
+    """Start the appliance FILE.cvl describes: the file and the file: imports it reaches are
+    sent to the utility, which keeps them (disk downloads shown with progress bars)."""
     path = Path(file).resolve()
     began = time.monotonic()
+    bundle = _bundle(path, root)
     secrets = _secrets_for(path)
     if as_json:
-        result = client.start(str(path), secrets, restart=restart)
+        result = client.start(bundle, secrets, restart=restart, name=name)
     else:
         with DiskProgress() as progress:
-            result = client.start(str(path), secrets, progress, restart)
+            result = client.start(bundle, secrets, progress, restart, name)
     for note in result.get("notes", []):
         click.echo(note, err=True)
 
     def render(r: dict[str, Any]) -> None:
         click.echo(
-            f"started {r['cvl']} in {time.monotonic() - began:.2f} s "
+            f"started {r['name']} in {time.monotonic() - began:.2f} s "
             f"(boot order: {', '.join(r['boot_order'])})"
         )
         _render_status([r])
@@ -765,7 +797,7 @@ def start_command(file: str, as_json: bool, restart: str, client: UtilityClient)
 
 
 @click.command("stop")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("vap", metavar="NAME")
 @click.argument("component", required=False)
 @click.option(
     "--timeout",
@@ -776,10 +808,10 @@ def start_command(file: str, as_json: bool, restart: str, client: UtilityClient)
 @click.option("--json", "as_json", is_flag=True)
 @client_options
 def stop_command(
-    file: str, component: str | None, timeout: float | None, as_json: bool, client: UtilityClient
+    vap: str, component: str | None, timeout: float | None, as_json: bool, client: UtilityClient
 ) -> None:
-    """Stop the appliance (or only COMPONENT, a dotted path such as g.f)."""
-    result = client.stop(str(Path(file).resolve()), component, timeout)
+    """Stop the appliance NAME (or only COMPONENT, a dotted path such as g.f)."""
+    result = client.stop(vap_ref(vap), component, timeout)
     for warning in result["warnings"]:
         click.echo(warning, err=True)
     for problem in result.get("problems", []):
@@ -788,26 +820,43 @@ def stop_command(
 
 
 @click.command("update")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("component", required=False)
+@click.argument("vap", metavar="NAME")
+@click.argument("rest", nargs=-1, metavar="[FILE.cvl] [COMPONENT]")
+@click.option("--root", default=None, type=click.Path(file_okay=False), help=ROOT_HELP)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
 def update_command(
-    file: str, component: str | None, dry_run: bool, as_json: bool, client: UtilityClient
+    vap: str,
+    rest: tuple[str, ...],
+    root: str | None,
+    dry_run: bool,
+    as_json: bool,
+    client: UtilityClient,
 ) -> None:
-    """Update a running appliance to what FILE.cvl now says (only COMPONENT if given).
+    """Update the running appliance NAME: to what FILE.cvl now says (sent as a new bundle), or
+    re-evaluated from the bundle it runs (new repository versions); only COMPONENT if given.
+    NAME may itself be the .cvl file (its stem is the name, and the file is sent).
 
     The plan is printed first: + start, - remove (data to the attic), ~ new version,
     ↻ resend changed parameters (sensitive values never shown).
     """
-    path = Path(file).resolve()
-    secrets = _secrets_for(path)
+    args = list(rest)
+    file = args.pop(0) if args and args[0].endswith(".cvl") else None
+    if file is None and vap.endswith(".cvl") and Path(vap).is_file():
+        file = vap
+    if len(args) > 1:
+        raise click.UsageError("expected NAME [FILE.cvl] [COMPONENT]")
+    component = args[0] if args else None
+    path = Path(file).resolve() if file else None
+    bundle = _bundle(path, root) if path else None
+    secrets = _secrets_for(path) if path else {}
+    name = vap_ref(vap)
     if as_json:
-        result = client.update(str(path), component, dry_run, secrets)
+        result = client.update(name, component, dry_run, secrets, bundle=bundle)
     else:
         with DiskProgress() as progress:
-            result = client.update(str(path), component, dry_run, secrets, progress)
+            result = client.update(name, component, dry_run, secrets, progress, bundle)
 
     def render(r: dict[str, Any]) -> None:
         if not r["lines"]:
@@ -824,11 +873,34 @@ def update_command(
         raise SystemExit(1)
 
 
-@click.command("history")
-@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.command("show")
+@click.argument("vap", metavar="NAME")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
-def history_command(file: str | None, as_json: bool, client: UtilityClient) -> None:
+def show_command(vap: str, as_json: bool, client: UtilityClient) -> None:
+    """The CVL bundle the appliance NAME runs: its files, their digests, and its CVL text."""
+
+    def render(r: dict[str, Any]) -> None:
+        versions = r["versions"]
+        click.echo(
+            f"{r['name']} (owner {r['owner']}, {r['status']}): bundle {r['digest'][:16]} "
+            f"version {versions[-1]['seq'] if versions else '?'} of {len(versions)}, "
+            f"from {r['root_dir']}/{r['root']}"
+        )
+        for path, info in r["files"].items():
+            click.echo(f"  {info['sha256'][:16]} {info['size']:>10}  {path}")
+        for path, text in r["texts"].items():
+            click.echo(f"--- {path}")
+            click.echo(text.rstrip("\n"))
+
+    emit(client.show(vap_ref(vap)), as_json, render)
+
+
+@click.command("history")
+@click.argument("vap", metavar="[NAME]", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def history_command(vap: str | None, as_json: bool, client: UtilityClient) -> None:
     """Every update: when, trigger (push, poll, user), from and to versions, result."""
 
     def render(rows: list[dict[str, Any]]) -> None:
@@ -840,17 +912,17 @@ def history_command(file: str | None, as_json: bool, client: UtilityClient) -> N
                 )
                 or "no version change"
             )
-            click.echo(f"{when} {h['trigger']:5} {h['cvl_path']}: {moves}: {h['result']}")
+            click.echo(f"{when} {h['trigger']:5} {h['name']}: {moves}: {h['result']}")
             for line in h["actions"]:
                 click.echo(f"    {line}")
 
-    emit(client.history(str(Path(file).resolve()) if file else None), as_json, render)
+    emit(client.history(vap_ref(vap) if vap else None), as_json, render)
 
 
 def _render_status(vaps: list[dict[str, Any]]) -> None:
     for vap in vaps:
         click.echo(
-            f"{vap['cvl']}  [{vap['status']}] owner {vap['owner']}"
+            f"{vap['name']}  [{vap['status']}] owner {vap['owner']}"
             + (f"  restart {vap['restart']}" if vap.get("restart") else "")
             + (f"  error: {vap['error']}" if vap.get("error") else "")
         )
@@ -873,12 +945,12 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
 
 
 @click.command("status")
-@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.argument("vap", metavar="[NAME]", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @client_options
-def status_command(file: str | None, as_json: bool, client: UtilityClient) -> None:
-    """Status of your appliances (all of them for administrators), or of FILE.cvl."""
-    result = client.status(str(Path(file).resolve()) if file else None)
+def status_command(vap: str | None, as_json: bool, client: UtilityClient) -> None:
+    """Status of your appliances (all of them for administrators), or of NAME."""
+    result = client.status(vap_ref(vap) if vap else None)
     emit(result, as_json, _render_status)
 
 
@@ -953,6 +1025,7 @@ def register(cli: click.Group) -> None:
         update_command,
         status_command,
         history_command,
+        show_command,
         agent_group,
     ):
         cli.add_command(command)

@@ -355,6 +355,13 @@ class GroupwareLab:
         assert self.cvl is not None
         return json.loads(self.cui("status", str(self.cvl), "--json"))[0]  # type: ignore[no-any-return]
 
+    def vm_dir(self, component: str) -> Path:
+        """Where the utility keeps a component's VM directory (console log, disks): its own
+        storage, `<state>/vaps/<VAP id>/<component>`, not next to the CVL file."""
+        vaps = self.work / "state" / "vaps"
+        found = sorted(vaps.glob(f"*/{component}"), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else vaps / "unknown" / component
+
     def param(self, component: str, key: str) -> str:
         values = self.status()[component]["params"]  # type: ignore[index]
         return str(values[key][0])  # type: ignore[index]
@@ -491,7 +498,7 @@ class GroupwareLab:
     def events(self, component: str) -> list[tuple[float, str, str]]:
         """The agent's console milestones of a component: (epoch, event, details)."""
         assert self.cvl is not None
-        console = self.cvl.parent / component / "console.log"
+        console = self.vm_dir(component) / "console.log"
         found = []
         text = console.read_text(errors="replace") if console.exists() else ""
         for line in text.splitlines():
@@ -652,7 +659,7 @@ def lab(
         try:
             if keep is not None and made.cvl is not None:
                 keep.mkdir(parents=True, exist_ok=True)
-                for console in made.cvl.parent.glob("*/console.log"):
+                for console in (work / "state" / "vaps").glob("*/*/console.log"):
                     shutil.copyfile(console, keep / f"{made.prefix}-{console.parent.name}.log")
                 shutil.copyfile(work / "utility.log", keep / f"{made.prefix}-utility.log")
         except OSError:

@@ -11,7 +11,7 @@
     (one download, the others wait on its lock); FLEET_PREWARM=1 puts it in the daemon's cache
     before each push instead, to time the control plane alone.
 (b) With FLEET_HELD (default 1,000) VAPs held, each a 1-VM VAP of a local appliance (to keep the
-    set-up quick; every VM on a test host): `cui status FILE` and `cui status` of all, timed as the
+    set-up quick; every VM on a test host): `cui status NAME` and `cui status` of all, timed as the
     user runs them (a `cui` subprocess against the daemon over loopback HTTP, interpreter start
     included; goal < 0.2 s / < 1 s), and one more start through the daemon's HTTP API (goal
     < 0.5 s). Baseline: the same with FLEET_BASE_VAPS VAPs held, same run.
@@ -117,7 +117,7 @@ def _fleet_cvl(directory: Path, url: str) -> Path:
 
 def _started(client: Any) -> dict[tuple[str, str], float]:
     return {
-        (vap["cvl"], c["path"]): c["started"] for vap in client.status() for c in vap["components"]
+        (vap["vap"], c["path"]): c["started"] for vap in client.status() for c in vap["components"]
     }
 
 
@@ -155,6 +155,7 @@ def fleet_update(server: Any, where: Path, vaps: int, hosts: int, pushes: int) -
     """Start `vaps` 3-VM VAPs under a fresh daemon, push Mail `pushes` times; per push: seconds
     from the push starting to the last update recorded, and VMs restarted."""
     from reposerver.testing import free_port, write_pattern
+    from utility.adapters.bundles import read_bundle
     from utility.adapters.store import Store
     from utility.client.daemon_client import UtilityClient
 
@@ -171,7 +172,8 @@ def fleet_update(server: Any, where: Path, vaps: int, hosts: int, pushes: int) -
         client.subscribe(f"{server.url}/Mail", None, (server.user, server.token))
         began = time.perf_counter()
         for n in range(vaps):
-            client.start(str(_fleet_cvl(where / "vaps" / f"v{n:04}", server.url)))
+            fleet = _fleet_cvl(where / "vaps" / f"v{n:04}", server.url)
+            client.start(read_bundle(fleet).to_wire(), name=f"v{n:04}")
         found["start"] = time.perf_counter() - began
         work = where / "work"
         _run(["git", "clone", "-q", f"{server.url}/Mail.git", str(work)], where)
@@ -192,7 +194,7 @@ def fleet_update(server: Any, where: Path, vaps: int, hosts: int, pushes: int) -
             done = _wait_applied(store, vaps * push, timeout=120 + vaps)
             after = _started(client)
             wrong = [
-                vap["cvl"]
+                vap["vap"]
                 for vap in client.status()
                 for c in vap["components"]
                 if c["path"] == "m" and str(c["version"]) != str(version)
@@ -222,9 +224,10 @@ def _local_vap(directory: Path, image: Path) -> Path:
 
 
 def held_status(where: Path, vaps: int, hosts: int) -> dict[str, float]:
-    """Hold `vaps` 1-VM VAPs under a fresh daemon; median seconds of `cui status FILE`,
+    """Hold `vaps` 1-VM VAPs under a fresh daemon; median seconds of `cui status NAME`,
     `cui status` (all) and of one more start via the HTTP API."""
     from reposerver.testing import free_port
+    from utility.adapters.bundles import read_bundle
     from utility.adapters.simulation import base_image
     from utility.client.daemon_client import UtilityClient
 
@@ -242,16 +245,17 @@ def held_status(where: Path, vaps: int, hosts: int) -> dict[str, float]:
         client.add_public_ips(_public_ips(vaps + 20))
         cvls = [_local_vap(where / "vaps" / f"v{n:04}", image) for n in range(vaps)]
         for cvl in cvls:
-            client.start(str(cvl))
+            client.start(read_bundle(cvl).to_wire(), name=cvl.parent.name)
         cui = [*CUI, "status", "--utility", url, "--token-file", str(token_file)]
 
         def status(shown: Path, *args: str) -> None:
-            if str(shown.parent) not in _run([*cui, *args], REPO_ROOT):
+            if shown.parent.name not in _run([*cui, *args], REPO_ROOT):
                 raise RuntimeError(f"cui status {' '.join(args)} did not show {shown}")
 
-        one = median_time(lambda: status(cvls[vaps // 2], str(cvls[vaps // 2])), repeat=5)
+        middle = cvls[vaps // 2]
+        one = median_time(lambda: status(middle, middle.parent.name), repeat=5)
         every = median_time(lambda: status(cvls[-1]), repeat=5)
-        api_one = median_time(lambda: client.status(str(cvls[vaps // 2])), repeat=5)
+        api_one = median_time(lambda: client.status(middle.parent.name), repeat=5)
         api_all = median_time(lambda: client.status(), repeat=5)
         listed = len(client.status())
         if listed != vaps:
@@ -260,9 +264,9 @@ def held_status(where: Path, vaps: int, hosts: int) -> dict[str, float]:
         samples = []
         for cvl in extra:
             began = time.perf_counter()
-            client.start(str(cvl))
+            client.start(read_bundle(cvl).to_wire(), name=cvl.parent.name)
             samples.append(time.perf_counter() - began)
-            client.stop(str(cvl))
+            client.stop(cvl.parent.name)
     start = statistics.median(samples[1:])
     return {"one": one, "all": every, "start": start, "api_one": api_one, "api_all": api_all}
 
@@ -275,7 +279,7 @@ def _names() -> dict[str, str]:
     return {
         "push": f"{a}: push -> last VAP updated",
         "restarted": f"{a}: VMs restarted",
-        "one": f"{b}: cui status FILE",
+        "one": f"{b}: cui status NAME",
         "all": f"{b}: cui status (all)",
         "start": f"{b}: one more start (API)",
     }

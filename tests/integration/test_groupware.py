@@ -132,7 +132,7 @@ def test_boots_in_dependency_order_and_every_service_answers(groupware: Groupwar
     )
     assert wrong.returncode == 49  # invalid credentials
     for component in "hdlmfw":
-        console = (g.cvl.parent / component / "console.log").read_text(errors="replace")  # type: ignore[union-attr]
+        console = (g.vm_dir(component) / "console.log").read_text(errors="replace")
         for secret in SECRETS.values():
             assert secret not in console
 

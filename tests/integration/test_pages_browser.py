@@ -31,6 +31,7 @@ from reposerver.repository import Repository
 from reposerver.testing import running_server, sample_appliance, write_pattern
 from tests.conftest import REPO_ROOT
 from tests.daemons import UtilityDaemon
+from utility.adapters.bundles import read_bundle
 from utility.adapters.simulation import paper_tree, simulated_host_uri
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -217,7 +218,9 @@ def test_utility_pages_in_chromium(
         daemon.api("POST", "/v1/vlans", {"range": "100-103"})
         daemon.api("POST", "/v1/publicips", {"range": "192.0.2.1-192.0.2.4"})
         started = daemon.api(
-            "POST", "/v1/vaps/start", {"cvl": str(acme), "secrets": {"l.rootpw": SECRET}}
+            "POST",
+            "/v1/vaps/start",
+            {"bundle": read_bundle(acme).to_wire(), "secrets": {"l.rootpw": SECRET}},
         )
         vap_id = started["id"]
 

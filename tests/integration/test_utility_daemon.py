@@ -192,7 +192,8 @@ def test_sigkill_mid_start_then_restart_leaves_a_consistent_state(
         # again and never says READY, so the whole VAP is then rolled back
         second = UtilityDaemon(state, "--prefix", prefix, "--ready-timeout", "5")
         try:
-            assert f"{cvl} was interrupted mid-operation; rolled back" in second.output()
+            name = f"local/{cvl.stem}"
+            assert f"{name} was interrupted mid-operation; rolled back" in second.output()
             assert [d.name() for d in conn.listAllDomains() if d.name().startswith(prefix)] == []
             assert [n.name() for n in conn.listAllNetworks() if n.name().startswith(prefix)] == []
             status = json.loads(cui("status", str(cvl), "--json").stdout)[0]

@@ -79,13 +79,15 @@ def test_dns_appliance_boots_gets_its_parameters_and_stops_cleanly(workdir: Path
         vm = result["components"][0]
         assert result["status"] == "running" and vm["state"] == "running"
         assert vm["domain"] in [d.name() for d in conn.listAllDomains()]
-        console = (apps / "root" / "console.log").read_text(errors="replace")
+        vm_dir = workdir / "state" / "vaps" / str(result["id"]) / "root"  # the utility's storage
+        assert not (apps / "root").exists()  # nothing next to the user's file
+        console = (vm_dir / "console.log").read_text(errors="replace")
         assert "collective-agent" in console, console[-2000:]
         assert "198.51.100.210" in json.dumps(vm["params"]["dnshosts"]).replace("%2E", ".")
         stopped = manager.stop(ADMIN, str(cvl))
         assert stopped["problems"] == []
         assert [d.name() for d in conn.listAllDomains() if d.name().startswith(prefix)] == []
-        assert (apps / "root" / "data-vdb.qcow2").is_file()
+        assert (vm_dir / "data-vdb.qcow2").is_file()
     finally:
         manager.close()
         for item in [*conn.listAllDomains(), *conn.listAllNetworks()]:

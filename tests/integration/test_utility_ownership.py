@@ -8,6 +8,7 @@ record, VMs and every allocation read straight from the state database through `
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -50,9 +51,9 @@ class Cluster:
             method, self.daemon.url + path, headers=headers, timeout=60, **kwargs
         )
 
-    def snapshot(self, cvl: Path) -> dict[str, Any]:
-        """Everything of the VAP of `cvl` in the state database, and every allocation."""
-        vap = self.store.vap_by_path(str(cvl))
+    def snapshot(self, name: str = "alice/AcmeGroupware") -> dict[str, Any]:
+        """Everything of VAP `name` in the state database, and every allocation."""
+        vap = self.store.vap_by_name(name)
         assert vap is not None
         return {
             "vap": (vap.id, vap.owner, vap.status, vap.state, vap.error),
@@ -76,16 +77,19 @@ def refusal(done: Any) -> str:
     return str(done.stderr)
 
 
-def same_refusal(theirs: str, nothing: str, cvl: Path, missing: Path) -> None:
-    """`theirs` (about another user's VAP) is `nothing` (about a path never used) word for word,
-    the path aside, and names no owner."""
-    assert theirs.replace(str(cvl), "PATH") == nothing.replace(str(missing), "PATH")
-    assert names_nobody(theirs, cvl)
+THEIRS, NOTHING = "alice/AcmeGroupware", "alice/Nothing"
 
 
-def names_nobody(text: str, cvl: Path) -> bool:
-    """Whether `text`, the path it was asked about aside, names neither alice nor any owner."""
-    rest = text.replace(str(cvl), "PATH").replace(json.dumps(str(cvl))[1:-1], "PATH")
+def same_refusal(theirs: str, nothing: str) -> None:
+    """`theirs` (about another user's VAP) is `nothing` (about a VAP never started) word for
+    word, the name aside, and names no owner."""
+    assert theirs.replace(THEIRS, "NAME") == nothing.replace(NOTHING, "NAME")
+    assert names_nobody(theirs)
+
+
+def names_nobody(text: str, asked: str = THEIRS) -> bool:
+    """Whether `text`, the name it was asked about aside, names neither alice nor any owner."""
+    rest = text.replace(asked, "NAME")
     return "alice" not in rest and "another" not in rest and "owner" not in rest
 
 
@@ -99,34 +103,32 @@ def start_as_alice(cluster: Cluster, tmp_path: Path) -> Path:
 
 def test_bob_can_neither_see_nor_touch_alices_vap(cluster: Cluster, tmp_path: Path) -> None:
     acme = start_as_alice(cluster, tmp_path)
-    missing = paper_tree(PAPER, tmp_path / "nobody")  # a real file no VAP ever used
-    before = cluster.snapshot(acme)
+    before = cluster.snapshot()
     vap_id = before["vap"][0]
 
     assert json.loads(cluster.cui("bob", "status", "--json").stdout) == []
-    for command in (
-        ["status"],
-        ["stop"],
-        ["update"],
-        ["update", "--dry-run"],
-    ):
-        theirs = refusal(cluster.cui("bob", *command, str(acme)))
-        nothing = refusal(cluster.cui("bob", *command, str(missing)))
-        same_refusal(theirs, nothing, acme, missing)
-    stop_one = refusal(cluster.cui("bob", "stop", str(acme), "d"))
-    assert "not running" in stop_one and names_nobody(stop_one, acme)
+    for command in (["status"], ["stop"], ["update"], ["update", "--dry-run"], ["show"]):
+        theirs = refusal(cluster.cui("bob", *command, THEIRS))
+        nothing = refusal(cluster.cui("bob", *command, NOTHING))
+        same_refusal(theirs, nothing)
+    # alice's file as bob's: his own name, a VAP he never started (nothing of alice's)
+    own = refusal(cluster.cui("bob", "status", str(acme)))
+    assert own.strip() == "error: AcmeGroupware was never started"
+    stop_one = refusal(cluster.cui("bob", "stop", THEIRS, "d"))
+    assert "not running" in stop_one and names_nobody(stop_one)
     assert json.loads(cluster.cui("bob", "history", "--json").stdout) == []
     assert json.loads(cluster.cui("bob", "history", str(acme), "--json").stdout) == []
 
     for method, path, body in (
-        ("GET", "/v1/vaps", {"params": {"cvl": str(acme)}}),
-        ("POST", "/v1/vaps/stop", {"json": {"cvl": str(acme)}}),
-        ("POST", "/v1/vaps/update", {"json": {"cvl": str(acme), "dry_run": True}}),
-        ("POST", "/v1/vaps/stop", {"json": {"cvl": str(acme), "component": "d"}}),
+        ("GET", "/v1/vaps", {"params": {"name": THEIRS}}),
+        ("GET", "/v1/vaps/bundle", {"params": {"name": THEIRS}}),
+        ("POST", "/v1/vaps/stop", {"json": {"name": THEIRS}}),
+        ("POST", "/v1/vaps/update", {"json": {"name": THEIRS, "dry_run": True}}),
+        ("POST", "/v1/vaps/stop", {"json": {"name": THEIRS, "component": "d"}}),
     ):
         answer = cluster.http("bob", method, path, **body)
         assert answer.status_code == 404, answer.text
-        assert names_nobody(answer.text, acme)
+        assert names_nobody(answer.text)
 
     page = cluster.http("bob", "GET", f"/ui/vaps/{vap_id}")
     nowhere = cluster.http("bob", "GET", "/ui/vaps/99999")
@@ -137,11 +139,12 @@ def test_bob_can_neither_see_nor_touch_alices_vap(cluster: Cluster, tmp_path: Pa
         html = cluster.http("bob", "GET", listing, headers={"Accept": "text/html"}).text
         assert "AcmeGroupware" not in html and str(acme.parent) not in html, listing
 
-    assert cluster.snapshot(acme) == before
+    assert cluster.snapshot() == before
     # alice and the administrator still see and control it
     assert json.loads(cluster.cui("alice", "status", str(acme), "--json").stdout)[0]["owner"] == (
         "alice"
     )
+    assert json.loads(cluster.cui("admin", "status", THEIRS, "--json").stdout)[0]["id"] == vap_id
     everything = json.loads(cluster.cui("admin", "status", "--json").stdout)
     assert [v["owner"] for v in everything] == ["alice"]
     assert cluster.http("admin", "GET", f"/ui/vaps/{vap_id}").status_code == 200
@@ -150,32 +153,93 @@ def test_bob_can_neither_see_nor_touch_alices_vap(cluster: Cluster, tmp_path: Pa
         assert "AcmeGroupware" in html, listing
 
 
-def test_bob_cannot_start_alices_cvl_path_running_or_stopped(
+def test_bob_starting_alices_cvl_gets_his_own_vap_never_hers(
     cluster: Cluster, tmp_path: Path
 ) -> None:
+    """The old attack: bob started alice's CVL path (running or stopped) and ran on her data
+    disks. Now a VAP is (owner, name): bob's start of the same file, or of a link to it, is his
+    own VAP with its own storage; alice's record, VMs and allocations do not change."""
     acme = start_as_alice(cluster, tmp_path)
-    before = cluster.snapshot(acme)
-    taken = refusal(cluster.cui("bob", "start", str(acme)))
-    assert "no such CVL file of yours" in taken and names_nobody(taken, acme)
-    assert "running" not in taken  # the refusal does not tell it runs
-    link = tmp_path / "bobs" / "Mine.cvl"  # the same file under a name of bob's
+    before = cluster.snapshot()
+    link = tmp_path / "bobs" / "AcmeGroupware.cvl"  # the same file under a path of bob's
     link.parent.mkdir()
     link.symlink_to(acme)
-    via_link = refusal(cluster.cui("bob", "start", str(link)))
-    assert "no such CVL file of yours" in via_link and names_nobody(via_link, acme)
-    assert cluster.snapshot(acme) == before
-
-    assert cluster.cui("alice", "stop", str(acme)).returncode == 0
-    stopped = cluster.snapshot(acme)
-    assert stopped["vap"][2] == "stopped"
-    again = refusal(cluster.cui("bob", "start", str(acme)))
-    assert again == taken  # stopped with its data disks kept: still alice's
-    answer = cluster.http("bob", "POST", "/v1/vaps/start", json={"cvl": str(acme)})
-    assert answer.status_code == 404 and names_nobody(answer.text, acme)
-    assert cluster.snapshot(acme) == stopped
-    # alice starts her own file again
+    started = cluster.cui("bob", "start", str(link), "--json")
+    assert started.returncode == 0, started.stderr
+    bobs = json.loads(started.stdout)
+    assert (bobs["name"], bobs["owner"]) == ("AcmeGroupware", "bob")
+    assert bobs["id"] != before["vap"][0]
+    after = cluster.snapshot()
+    assert (after["vap"], after["vms"]) == (before["vap"], before["vms"])
+    assert len({a[0] for a in after["addresses"]}) == len(after["addresses"])  # none shared
+    mine = {a for a in cluster.snapshot()["addresses"] if a[2] == before["vap"][0]}
+    assert mine == {a for a in before["addresses"] if a[2] == before["vap"][0]}
+    state = cluster.daemon.state
+    alice_disks = {p.name for p in (state / "vaps" / str(before["vap"][0])).iterdir()}
+    assert alice_disks == {"d", "f", "l"}
+    assert (state / "vaps" / str(bobs["id"]) / "d").is_dir()
+    assert not (acme.parent / "d").exists()  # nothing is ever written next to a user's file
+    # both stop their own; alice's stopped VAP (data disks kept) starts again as hers
+    assert cluster.cui("bob", "stop", "AcmeGroupware").returncode == 0
+    assert cluster.cui("alice", "stop", "AcmeGroupware").returncode == 0
     assert cluster.cui("alice", "start", str(acme)).returncode == 0
-    assert cluster.snapshot(acme)["vap"][1:3] == ("alice", "running")
+    assert cluster.snapshot()["vap"][:3] == (before["vap"][0], "alice", "running")
+    assert cluster.snapshot("bob/AcmeGroupware")["vap"][1:3] == ("bob", "stopped")
+
+
+def test_a_users_bundle_naming_files_outside_itself_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Attack: bob's CVL imports `file:` directories of the daemon's host (alice's appliance,
+    /etc): refused through cui and the API, and nothing changes."""
+    acme = start_as_alice(cluster, tmp_path)
+    before = cluster.snapshot()
+    hostile = tmp_path / "bob" / "steal.cvl"
+    hostile.parent.mkdir()
+    hostile.write_text(
+        f'import {{ url => "file:{acme.parent / "DNS"}", cvl => "DNS.cvl" }} D;\n'
+        'Steal extends D { domain = "x"; }\n'
+    )
+    done = refusal(cluster.cui("bob", "start", str(hostile)))
+    assert "outside the submitted bundle" in done and "reads no file of its own" in done
+    wire = {
+        "root_dir": "/etc",
+        "root": "w.cvl",
+        "files": {
+            "w.cvl": base64.b64encode(
+                b'import { url => "file:/etc", cvl => "passwd" } P;\nW extends P { }\n'
+            ).decode()
+        },
+    }
+    answer = cluster.http("bob", "POST", "/v1/vaps/start", json={"bundle": wire})
+    assert answer.status_code == 422 and "no file passwd in the submitted bundle" in answer.text
+    assert "root:" not in answer.text  # nothing of /etc/passwd comes back
+    assert cluster.snapshot() == before
+    assert json.loads(cluster.cui("bob", "status", "--json").stdout) == []
+
+
+def test_cui_show_prints_the_bundle_that_runs(cluster: Cluster, tmp_path: Path) -> None:
+    acme = start_as_alice(cluster, tmp_path)
+    shown = json.loads(cluster.cui("alice", "show", "AcmeGroupware", "--json").stdout)
+    assert shown["texts"]["AcmeGroupware.cvl"] == acme.read_text()
+    assert "Groupware/Groupware.cvl" in shown["files"] and len(shown["versions"]) == 1
+    text = cluster.cui("alice", "show", "AcmeGroupware").stdout
+    assert text.startswith("AcmeGroupware (owner alice, running): bundle ")
+    assert 'domain = "acme.org";' in text
+    # the same file under another name: a second VAP of alice's, the very same stored bundle
+    named = cluster.cui("alice", "start", str(acme), "--name", "web", "--json")
+    assert named.returncode == 0, named.stderr
+    assert (json.loads(named.stdout)["name"], json.loads(named.stdout)["owner"]) == ("web", "alice")
+    web = json.loads(cluster.cui("alice", "show", "web", "--json").stdout)
+    assert web["digest"] == shown["digest"]
+    assert "not allowed" in refusal(cluster.cui("alice", "start", str(acme), "--name", "../x"))
+    assert cluster.cui("alice", "stop", "web").returncode == 0
+    acme.write_text(acme.read_text().replace("acme.org", "acme.example"))
+    updated = cluster.cui("alice", "update", "AcmeGroupware", str(acme))
+    assert updated.returncode == 0, updated.stderr
+    again = json.loads(cluster.cui("alice", "show", "AcmeGroupware", "--json").stdout)
+    assert [v["seq"] for v in again["versions"]] == [1, 2]
+    assert "acme.example" in again["texts"]["AcmeGroupware.cvl"]
 
 
 def test_reserved_and_malformed_token_names_are_refused(cluster: Cluster) -> None:
@@ -214,7 +278,7 @@ def test_tokens_are_listed_without_secrets_and_revocation_is_immediate(
     assert refusal(cluster.cui("bob", "utility", "token", "list")).count("administrators") == 1
     assert cluster.http("bob", "DELETE", "/v1/tokens/alice").status_code == 403
 
-    before = cluster.snapshot(acme)
+    before = cluster.snapshot()
     assert cluster.cui("alice", "status", str(acme)).returncode == 0
     revoked = cluster.cui("admin", "utility", "token", "revoke", "alice")
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
@@ -224,7 +288,7 @@ def test_tokens_are_listed_without_secrets_and_revocation_is_immediate(
     assert "no token named alice" in refusal(
         cluster.cui("admin", "utility", "token", "revoke", "alice")
     )
-    assert cluster.snapshot(acme) == before  # revoking a token stops nothing
+    assert cluster.snapshot() == before  # revoking a token stops nothing
     names = [
         r["name"]
         for r in json.loads(cluster.cui("admin", "utility", "token", "list", "--json").stdout)
@@ -245,7 +309,11 @@ def test_a_token_named_local_never_becomes_the_unix_sockets_caller(tmp_path: Pat
     store = Store(state)
 
     def snapshot() -> tuple[Any, ...]:
-        return (store.vap_by_path(str(acme)), store.vms(started["id"]), store.all_addresses())
+        return (
+            store.vap_by_name("local/AcmeGroupware"),
+            store.vms(started["id"]),
+            store.all_addresses(),
+        )
 
     made = run_cui("utility", "token", "add", "local", "--state", str(state))
     assert made.returncode == 1 and "reserved" in made.stderr
@@ -255,7 +323,7 @@ def test_a_token_named_local_never_becomes_the_unix_sockets_caller(tmp_path: Pat
         headers = {"Authorization": "Bearer old-local-token"}
         for method, path, body in (
             ("GET", "/v1/vaps", None),
-            ("POST", "/v1/vaps/stop", {"cvl": str(acme)}),
+            ("POST", "/v1/vaps/stop", {"name": "local/AcmeGroupware"}),
         ):
             answer = requests.request(
                 method, tcp_daemon.url + path, json=body, headers=headers, timeout=60

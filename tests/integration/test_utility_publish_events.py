@@ -93,7 +93,8 @@ def test_publish_event_updates_just_the_tracking_component(tmp_path: Path) -> No
 
         before = status()
         assert before["d"]["version"] == "1"
-        data = user / "d" / "data-vdb.qcow2"
+        vap_id = json.loads(cui("status", str(cvl), "--json", env=env))[0]["id"]
+        data = tmp_path / "state" / "vaps" / str(vap_id) / "d" / "data-vdb.qcow2"  # utility's
         data_stat, data_bytes = data.stat().st_ino, hashlib.sha256(data.read_bytes()).digest()
 
         forged = json.dumps(

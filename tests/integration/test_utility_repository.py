@@ -99,7 +99,7 @@ def test_acme_groupware_with_imports_from_the_repository_server(tmp_path: Path) 
                 "qcow2",
                 "--backing-chain",
                 "--output=json",
-                str(user / "d" / "vda.qcow2"),
+                str(tmp_path / "state" / "vaps" / str(result["id"]) / "d" / "vda.qcow2"),
             ],
             capture_output=True,
             text=True,

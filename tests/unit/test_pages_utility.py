@@ -51,7 +51,7 @@ def manager(tmp_path: Path) -> Iterator[ClusterManager]:
     )
     manager.start(ADMIN, str(acme), secrets={"l.rootpw": SECRET})
     manager.store.add_history(
-        str(acme), "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
+        "root/AcmeGroupware", "push", ["~ d: new version 1 -> 2"], {"d": ["1", "2"]}, "applied"
     )
     manager.store.add_token("alice", "admin", "tok-admin")
     manager.store.add_token("bob", "user", "tok-user")
@@ -105,7 +105,7 @@ def test_overview_shows_hosts_pools_vaps_and_history(manager: ClusterManager) ->
     assert re.search(r'<meter min="0" max="8"[^>]* value="3"', html)
     assert "192.0.2.1" in html and "f.ethernet1" in html
     assert ">100</th>" in html and "1 of 4 in the pool" in html
-    assert "AcmeGroupware.cvl" in html
+    assert "AcmeGroupware</a>" in html
     assert "automatic" in html and "d</code> v1 → v2" in html
 
 
@@ -113,7 +113,7 @@ def test_users_see_their_own_vaps_and_no_pools(manager: ClusterManager) -> None:
     client = create_app(manager, require_token=True).test_client()
     html = client.get("/ui/", headers=basic("tok-user")).get_data(as_text=True)
     assert "Only administrators see the pools" in html and "192.0.2.1" not in html
-    assert "AcmeGroupware.cvl" not in html
+    assert "AcmeGroupware" not in html
     hidden = client.get("/ui/vaps/1", headers=basic("tok-user"))
     missing = client.get("/ui/vaps/99", headers=basic("tok-admin"))
     assert hidden.status_code == missing.status_code == 404

@@ -98,8 +98,8 @@ def test_only_unpinned_importers_are_affected(tmp_path: Path) -> None:
     # Groupware pins DNS v3 and Firewall v5; OpenLDAP and Groupware itself track latest
     assert updater.affected(f"{base}/DNS") == []
     assert updater.affected(f"{base}/Firewall/") == []
-    assert updater.affected(f"{base}/OpenLDAP") == [(str(acme), "l")]
-    assert updater.affected(f"{base}/Groupware") == [(str(acme), None)]
+    assert updater.affected(f"{base}/OpenLDAP") == [("root/AcmeGroupware", "l")]
+    assert updater.affected(f"{base}/Groupware") == [("root/AcmeGroupware", None)]
     manager.close()
 
 

@@ -36,6 +36,12 @@ def make_cluster(
     return manager
 
 
+def storage(manager: ClusterManager) -> Path:
+    """Where the utility keeps the only VAP's VM directories (not next to its CVL file)."""
+    (vap,) = manager.store.vaps()
+    return manager.parts.pipeline.vap_dir(vap.id)
+
+
 def our_domains(manager: ClusterManager) -> list[str]:
     names = []
     for host in manager.store.hosts():
@@ -87,10 +93,10 @@ def test_acme_groupware_starts_addresses_propagate_and_stop_releases_everything(
     assert comps["l"]["params"]["ethernet0.ip"] == [inside["l"]["ip"]]
     # real domains, disks in the CVL file's directory, one subdirectory per component
     assert sorted(our_domains(cluster)) == ["col-1-d", "col-1-f", "col-1-l"]
-    assert (acme.parent / "d" / "vda.qcow2").is_file()
-    assert (acme.parent / "d" / "data-hda.qcow2").is_file() is False
-    assert (acme.parent / "d" / "data-hdb.qcow2").is_file()  # ide0:1 -> hdb
-    assert not (acme.parent / "f" / "data-hdb.qcow2").exists()  # Firewall has no data disk
+    assert (storage(cluster) / "d" / "vda.qcow2").is_file()
+    assert (storage(cluster) / "d" / "data-hda.qcow2").is_file() is False
+    assert (storage(cluster) / "d" / "data-hdb.qcow2").is_file()  # ide0:1 -> hdb
+    assert not (storage(cluster) / "f" / "data-hdb.qcow2").exists()  # Firewall has no data disk
 
     stopped = cluster.stop(ADMIN, str(acme))
     assert sorted(stopped["stopped"]) == ["d", "f", "l"]
@@ -99,12 +105,12 @@ def test_acme_groupware_starts_addresses_propagate_and_stop_releases_everything(
     pools = cluster.store.pools()
     assert all(v["vap_id"] is None for v in pools["vlans"] + pools["public_ips"])
     assert cluster.status(ADMIN, str(acme))[0]["status"] == "stopped"
-    assert (acme.parent / "d" / "data-hdb.qcow2").is_file()  # data disks are kept
+    assert (storage(cluster) / "d" / "data-hdb.qcow2").is_file()  # data disks are kept
 
 
 def test_data_disks_are_never_touched_once_they_exist(cluster: ClusterManager, acme: Path) -> None:
     cluster.start(ADMIN, str(acme))
-    data = acme.parent / "d" / "data-hdb.qcow2"
+    data = storage(cluster) / "d" / "data-hdb.qcow2"
     before = data.stat().st_mtime_ns, data.read_bytes()
     cluster.stop(ADMIN, str(acme))
     cluster.start(ADMIN, str(acme))
@@ -119,7 +125,7 @@ def test_placement_spreads_over_three_small_hosts_and_refuses_clearly(tmp_path: 
     assert sorted(c["host"] for c in result["components"]) == ["h1", "h2", "h3"]
     other = paper_tree(PAPER, tmp_path / "other", memory_mib=64)
     with pytest.raises(CheckFailed) as err:
-        manager.start(ADMIN, str(other))
+        manager.start(ADMIN, str(other), name="other")
     assert "no host has room for d (64MiB), f (64MiB), l (64MiB)" in str(err.value)
     assert "36MiB on host h1" in str(err.value)
     assert len(our_domains(manager)) == 3
@@ -166,6 +172,7 @@ def test_every_check_fails_together_before_anything_runs(
     assert any("m requires 'SMTP' but no component provides it" in p for p in problems)
     assert any(p.endswith("is blacklisted by the administrator") and "DNS" in p for p in problems)
     assert our_domains(cluster) == [] and cluster.store.all_addresses() == []
+    assert not (tmp_path / "state" / "vaps").exists()  # no VM directory was made anywhere
     assert not (cvl.parent / "d").exists() and not (cvl.parent / "m").exists()
 
 
@@ -208,7 +215,7 @@ def test_a_failure_mid_start_rolls_back_and_keeps_data_disks(
     assert cluster.store.all_addresses() == []
     status = cluster.status(ADMIN, str(acme))[0]
     assert status["status"] == "failed" and "injected" in status["error"]
-    assert (acme.parent / "d" / "data-hdb.qcow2").is_file()
+    assert (storage(cluster) / "d" / "data-hdb.qcow2").is_file()
     monkeypatch.setattr(Executor, "boot", real_boot)
     assert cluster.start(ADMIN, str(acme))["status"] == "running"  # nothing leaked: starts again
 
@@ -294,10 +301,10 @@ def test_embedded_default_host_is_used_and_announced(tmp_path: Path) -> None:
 def test_reconcile_after_restart_marks_crashed_and_reports_unowned(tmp_path: Path) -> None:
     first = make_cluster(tmp_path)
     running = paper_tree(PAPER, tmp_path / "running")
-    first.start(ADMIN, str(running))
+    first.start(ADMIN, str(running), name="running")
     interrupted = paper_tree(PAPER, tmp_path / "interrupted")
-    first.start(ADMIN, str(interrupted))
-    vap_id = first.store.vap_by_path(str(interrupted)).id  # type: ignore[union-attr]
+    first.start(ADMIN, str(interrupted), name="interrupted")
+    vap_id = first.store.vap_by_name("root/interrupted").id  # type: ignore[union-attr]
     first.store.set_vap(vap_id, status="starting")  # as if the daemon died mid-start
     first.close()  # test hosts vanish with their connections, like a SIGKILLed daemon's
 
@@ -309,13 +316,13 @@ def test_reconcile_after_restart_marks_crashed_and_reports_unowned(tmp_path: Pat
     )
     report = second.reconcile()
     # every domain died with the first daemon: the interrupted start is completed per component
-    assert report["recovered"] == [str(interrupted)] and report["rolled_back"] == []
-    assert sorted(report["crashed"]) == [f"{running}:{p}" for p in ("d", "f", "l")]
+    assert report["recovered"] == ["root/interrupted"] and report["rolled_back"] == []
+    assert sorted(report["crashed"]) == [f"root/running:{p}" for p in ("d", "f", "l")]
     assert {"host": "h1", "domain": "stranger"} in report["unowned"]
     assert h1.domain("stranger") is not None  # reported, never killed
     held = {a[2] for a in second.store.all_addresses()}
-    assert held == {second.store.vap_by_path(str(p)).id for p in (running, interrupted)}  # type: ignore[union-attr]
-    status = second.status(ADMIN, str(interrupted))[0]
+    assert held == {second.store.vap_by_name(f"root/{n}").id for n in ("running", "interrupted")}  # type: ignore[union-attr]
+    status = second.status(ADMIN, "interrupted")[0]
     assert status["status"] == "running"
     assert [c["state"] for c in status["components"]] == ["running"] * 3
     second.close()

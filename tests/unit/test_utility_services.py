@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from utility.adapters.allocations import Allocations
+from utility.adapters.bundles import BundleStore, read_bundle
+from utility.adapters.cvl_adapter import Source
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import HostPool
 from utility.adapters.simulation import paper_tree, simulated_host_uri
@@ -31,25 +33,27 @@ MiB = 1 << 20
 ALICE, BOB, ROOT = Caller("alice", "user"), Caller("bob", "user"), Caller("root", "admin")
 
 
-def vap_row(owner: str, path: str = "/u/a.cvl") -> VapRow:
+def vap_row(owner: str, name: str = "a") -> VapRow:
     return VapRow(
-        id=1, cvl_path=path, owner=owner, status="running", state=None, error=None, updated=0.0
+        id=1,
+        name=f"{owner}/{name}",
+        owner=owner,
+        status="running",
+        state=None,
+        error=None,
+        updated=0.0,
     )
 
 
 def test_policy_alone_decides_every_kind_of_request(tmp_path: Path) -> None:
-    policy = Policy(user_root=tmp_path / "users")
+    policy = Policy()
     mine = vap_row("alice")
     policy.require_owner(ROOT, mine, NotFound("-"))
-    hidden = NotFound("/u/a.cvl is not running")
+    hidden = NotFound("alice/a is not running")
     assert policy.require_owner(ALICE, mine, hidden) is mine
     with pytest.raises(NotFound) as refused:
         policy.require_owner(BOB, mine, hidden)
-    assert refused.value is hidden and "alice" not in str(refused.value)
-    with pytest.raises(NotFound, match="no such CVL file of yours"):
-        Policy().require_startable(BOB, Path("/u/a.cvl"), mine)
-    Policy().require_startable(ALICE, Path("/u/a.cvl"), mine)
-    Policy().require_startable(ROOT, Path("/u/a.cvl"), mine)
+    assert refused.value is hidden
     assert policy.visible(BOB, [mine]) == [] and policy.visible(ROOT, [mine]) == [mine]
     for readable in ("hosts", "blacklist", "trust"):
         policy.require_read(BOB, readable)
@@ -57,10 +61,6 @@ def test_policy_alone_decides_every_kind_of_request(tmp_path: Path) -> None:
         with pytest.raises(Forbidden, match=f"only administrators may see the {guarded}"):
             policy.require_read(BOB, guarded)
         policy.require_read(ROOT, guarded)
-    policy.require_use(ALICE, tmp_path / "users" / "a.cvl")
-    policy.require_use(ROOT, tmp_path / "elsewhere.cvl")
-    with pytest.raises(Forbidden, match="only start CVL files under"):
-        policy.require_use(ALICE, tmp_path / "elsewhere.cvl")
 
 
 def test_held_secrets_alone_remember_values_in_memory_and_only_keys_on_disk(
@@ -68,13 +68,13 @@ def test_held_secrets_alone_remember_values_in_memory_and_only_keys_on_disk(
 ) -> None:
     store = Store(tmp_path)
     with store.transaction() as db:
-        vap_id = store.new_vap(db, "/u/a.cvl", "alice")
+        vap_id = store.new_vap(db, "alice/a", "alice")
     held = HeldSecrets(store)
-    held.remember(vap_id, "/u/a.cvl", {"l.rootpw": "Xyzzy-4711", "empty": ""})
-    assert held.values("/u/a.cvl") == {"l.rootpw": "Xyzzy-4711", "empty": ""}
+    held.remember(vap_id, "alice/a", {"l.rootpw": "Xyzzy-4711", "empty": ""})
+    assert held.values("alice/a") == {"l.rootpw": "Xyzzy-4711", "empty": ""}
     assert b"Xyzzy-4711" not in (tmp_path / "utility.sqlite3").read_bytes()
     restarted = HeldSecrets(store)
-    assert restarted.values("/u/a.cvl") == {}
+    assert restarted.values("alice/a") == {}
     assert restarted.lost(vap_id, {}) == ["l.rootpw"]
     assert restarted.lost(vap_id, {"l.rootpw": "again"}) == []
 
@@ -90,9 +90,11 @@ def built(tmp_path: Path) -> tuple[Store, Hosts, Checked, Settings]:
     settings = Settings(prefix="svc")
     cvl = paper_tree(REPO_ROOT / "examples" / "paper", tmp_path / "acme")
     pipeline = Pipeline(
-        store, TrustPolicy(tmp_path), settings, tmp_path / "cache", tmp_path / "run"
+        store, TrustPolicy(tmp_path), settings, tmp_path / "cache", tmp_path / "run", tmp_path
     )
-    checked = pipeline.check(cvl, {})
+    bundles = BundleStore(tmp_path, store)
+    bundle = bundles.save(read_bundle(cvl))
+    checked = pipeline.check("alice/acme", Source(bundle), {})
     assert checked.problems == []
     yield store, hosts, checked, settings
     hosts.close()
@@ -105,15 +107,15 @@ def test_allocator_alone_reserves_exactly_its_proposal_or_conflicts(built) -> No
         proposal = allocator.propose(db, checked.model, checked.prepared)
     assert proposal.problems == [] and set(proposal.placement.values()) == {"h1"}
     with allocator.session() as db:
-        first = store.new_vap(db, "/u/first.cvl", "alice")
+        first = store.new_vap(db, "alice/first", "alice")
         allocator.reserve(db, first, proposal, checked.prepared)
     held = (store.all_addresses(), store.pools())
     # the same proposal again, for another VAP: every part of it is taken now
     with pytest.raises(Conflict), allocator.session() as db:
-        second = store.new_vap(db, "/u/second.cvl", "bob")
+        second = store.new_vap(db, "bob/second", "bob")
         allocator.reserve(db, second, proposal, checked.prepared)
     assert (store.all_addresses(), store.pools()) == held
-    assert store.vap_by_path("/u/second.cvl") is None  # the whole transaction rolled back
+    assert store.vap_by_name("bob/second") is None  # the whole transaction rolled back
 
 
 def test_applier_alone_starts_and_stops_and_records_with_its_clock(built, tmp_path: Path) -> None:
@@ -121,10 +123,10 @@ def test_applier_alone_starts_and_stops_and_records_with_its_clock(built, tmp_pa
     allocations = Allocations(store)
     allocator = Allocator(store, allocations, settings)
     pipeline = Pipeline(
-        store, TrustPolicy(tmp_path), settings, tmp_path / "cache", tmp_path / "run"
+        store, TrustPolicy(tmp_path), settings, tmp_path / "cache", tmp_path / "run", tmp_path
     )
     with allocator.session() as db:
-        vap_id = store.new_vap(db, str(checked.path), "alice")
+        vap_id = store.new_vap(db, checked.name, "alice")
         proposal = allocator.propose(db, checked.model, checked.prepared)
         allocator.reserve(db, vap_id, proposal, checked.prepared)
     bases = pipeline.fetch_bases(checked.prepared)

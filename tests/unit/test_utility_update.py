@@ -71,6 +71,12 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     manager.close()
 
 
+def storage(manager: ClusterManager) -> Path:
+    """Where the utility keeps the VAP's VM directories and attic (not next to the CVL)."""
+    (vap,) = manager.store.vaps()
+    return manager.parts.pipeline.vap_dir(vap.id)
+
+
 def domain_ids(manager: ClusterManager) -> dict[str, int]:
     conn = manager.host("h1").connection()
     return {d.name(): d.ID() for d in conn.listAllDomains()}
@@ -78,15 +84,15 @@ def domain_ids(manager: ClusterManager) -> dict[str, int]:
 
 def test_nothing_changed_means_an_empty_plan(setup) -> None:  # type: ignore[no-untyped-def]
     manager, cvl = setup
-    assert manager.update(ADMIN, str(cvl), dry_run=True)["lines"] == []
-    assert manager.update(ADMIN, str(cvl))["applied"] is False
+    assert manager.update(ADMIN, cvl, dry_run=True)["lines"] == []
+    assert manager.update(ADMIN, cvl)["applied"] is False
 
 
 def test_dry_run_shows_exactly_the_four_actions_and_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
     manager, cvl = setup
     before = (domain_ids(manager), manager.store.all_addresses(), manager.status(ADMIN, str(cvl)))
     cvl.write_text(office(dns_dir="DNS2", motd="welcome", with_web=False, with_mail=True))
-    result = manager.update(ADMIN, str(cvl), dry_run=True)
+    result = manager.update(ADMIN, cvl, dry_run=True)
     symbols = sorted((a["symbol"], a["path"], tuple(a["changed"])) for a in result["plan"])
     assert symbols == [("+", "m", ()), ("-", "w", ()), ("~", "d", ()), ("↻", "l", ("motd",))]
     assert result["applied"] is False
@@ -99,19 +105,19 @@ def test_applying_touches_only_the_affected_vms_and_keeps_data(setup) -> None:  
     manager, cvl = setup
     ids = domain_ids(manager)
     status = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
-    data = cvl.parent / "d" / "data-vdb.qcow2"
+    data = storage(manager) / "d" / "data-vdb.qcow2"
     data_bytes = data.read_bytes()
     cvl.write_text(office(dns_dir="DNS2", motd="welcome", with_web=False, with_mail=True))
-    result = manager.update(ADMIN, str(cvl))
+    result = manager.update(ADMIN, cvl)
     assert result["applied"] and result["error"] is None
     after = domain_ids(manager)
     assert after["col-1-l"] == ids["col-1-l"]  # resent, not restarted
     assert after["col-1-d"] != ids["col-1-d"]  # new version: restarted
     assert "col-1-w" not in after and "col-1-m" in after
     assert data.read_bytes() == data_bytes
-    attic = list((cvl.parent / ".attic").iterdir())
+    attic = list((storage(manager) / ".attic").iterdir())
     assert len(attic) == 1 and attic[0].name.startswith("w-")
-    assert (attic[0] / "data-vdb.qcow2").is_file() and not (cvl.parent / "w").exists()
+    assert (attic[0] / "data-vdb.qcow2").is_file() and not (storage(manager) / "w").exists()
     now = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
     assert now["l"]["interfaces"] == status["l"]["interfaces"]  # addresses are kept
     assert now["d"]["interfaces"] == status["d"]["interfaces"]
@@ -119,7 +125,7 @@ def test_applying_touches_only_the_affected_vms_and_keeps_data(setup) -> None:  
     held = manager.store.all_addresses()
     assert {p for _, _, _, p in held} == {"d.ethernet0", "l.ethernet0", "m.ethernet0"}
     assert len({a for a, *_ in held}) == len(held) == 6
-    assert manager.update(ADMIN, str(cvl), dry_run=True)["lines"] == []  # converged
+    assert manager.update(ADMIN, cvl, dry_run=True)["lines"] == []  # converged
     manager.stop(ADMIN, str(cvl))
     assert manager.store.all_addresses() == [] and domain_ids(manager) == {}
 
@@ -127,10 +133,10 @@ def test_applying_touches_only_the_affected_vms_and_keeps_data(setup) -> None:  
 def test_update_of_one_component_leaves_the_others_alone(setup) -> None:  # type: ignore[no-untyped-def]
     manager, cvl = setup
     cvl.write_text(office(dns_dir="DNS2", motd="welcome"))
-    result = manager.update(ADMIN, str(cvl), "l", dry_run=True)
+    result = manager.update(ADMIN, cvl, "l", dry_run=True)
     assert [(a["symbol"], a["path"]) for a in result["plan"]] == [("↻", "l")]
     with pytest.raises(NotFound, match="no component 'zz'"):
-        manager.update(ADMIN, str(cvl), "zz", dry_run=True)
+        manager.update(ADMIN, cvl, "zz", dry_run=True)
 
 
 def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
@@ -143,7 +149,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
     from utility.adapters.executor import Executor
 
     manager, cvl = setup
-    data = cvl.parent / "d" / "data-vdb.qcow2"
+    data = storage(manager) / "d" / "data-vdb.qcow2"
     subprocess.run(
         ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", str(data)],
         check=True,
@@ -165,7 +171,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
 
     monkeypatch.setattr(Executor, "boot", boot)
     cvl.write_text(office(dns_dir="DNS2"))
-    result = manager.update(ADMIN, str(cvl))
+    result = manager.update(ADMIN, cvl)
     assert "rolled back" in result["error"]
     now = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
     assert now["d"]["repository"].endswith("/DNS") and now["d"]["state"] == "running"
@@ -174,10 +180,10 @@ def test_a_version_that_never_becomes_ready_is_rolled_back_with_its_data(
     history = manager.history(ADMIN, str(cvl))
     assert history[-1]["trigger"] == "user" and history[-1]["result"].startswith("failed:")
     # an automatic update does not try that version again; a manual one may
-    skipped = manager.update(ADMIN, str(cvl), trigger="push")
+    skipped = manager.update(ADMIN, cvl, trigger="push")
     assert skipped["applied"] is False and "failed before" in skipped["error"]
     monkeypatch.setattr(Executor, "boot", real_boot)
-    forced = manager.update(ADMIN, str(cvl))
+    forced = manager.update(ADMIN, cvl)
     assert forced["error"] is None
     assert manager.status(ADMIN, str(cvl))[0]["components"][0]["repository"].endswith("/DNS2")
 
@@ -193,9 +199,9 @@ def test_a_component_stopped_on_request_keeps_its_addresses_and_restarts_with_th
     assert len(held) == 2  # w.ethernet0: a MAC and an IP
     manager.stop(ADMIN, str(cvl), "w")
     assert addresses_of(manager, "w.") == held  # kept while stopped
-    rows = {r.path: r.state for r in manager.store.vms(manager.store.vap_by_path(str(cvl)).id)}
+    rows = {r.path: r.state for r in manager.store.vms(manager.store.vap_by_name("root/Office").id)}
     assert rows["w"] == "stopped"
-    result = manager.update(ADMIN, str(cvl))
+    result = manager.update(ADMIN, cvl)
     assert [line.split(" (")[0] for line in result["lines"]] == ["+ w"]
     after = {c["path"]: c for c in manager.status(ADMIN, str(cvl))[0]["components"]}
     assert after["w"]["state"] == "running"
@@ -205,17 +211,17 @@ def test_a_component_stopped_on_request_keeps_its_addresses_and_restarts_with_th
 
 def test_a_component_removed_from_the_cvl_while_stopped_is_cleaned_next_update(setup) -> None:  # type: ignore[no-untyped-def]
     manager, cvl = setup
-    vap_id = manager.store.vap_by_path(str(cvl)).id
+    vap_id = manager.store.vap_by_name("root/Office").id
     manager.stop(ADMIN, str(cvl), "w")
     cvl.write_text(office(with_web=False))
-    manager.update(ADMIN, str(cvl))
+    manager.update(ADMIN, cvl)
     assert addresses_of(manager, "w.") == set()
     assert "w" not in {r.path for r in manager.store.vms(vap_id)}
     assert {c["path"] for c in manager.status(ADMIN, str(cvl))[0]["components"]} == {"d", "l"}
     everything = manager.store.all_addresses()
     assert len({a for a, *_ in everything}) == len(everything) == 4  # d and l: MAC + IP each
-    assert not (cvl.parent / "w").exists()
-    assert [p.name.split("-")[0] for p in (cvl.parent / ".attic").iterdir()] == ["w"]
+    assert not (storage(manager) / "w").exists()
+    assert [p.name.split("-")[0] for p in (storage(manager) / ".attic").iterdir()] == ["w"]
 
 
 def test_after_a_daemon_restart_automatic_updates_wait_for_the_user_s_sensitive_values(
@@ -240,22 +246,22 @@ def test_after_a_daemon_restart_automatic_updates_wait_for_the_user_s_sensitive_
     first.add_public_ips(ADMIN, "192.0.2.1-192.0.2.2")
     first.start(ADMIN, str(cvl), {"pw": "hunter2"})
     cvl.write_text(cvl.read_text().replace('"one"', '"two"'))
-    resent = first.update(ADMIN, str(cvl), trigger="push")
+    resent = first.update(ADMIN, cvl, trigger="push")
     assert resent["applied"] and [line[0] for line in resent["lines"]] == ["↻"]
     first.close()
 
     again = ClusterManager(state)  # the daemon restarted: the value of pw is gone
     cvl.write_text(cvl.read_text().replace('"two"', '"three"'))
-    result = again.update(ADMIN, str(cvl), trigger="push")
+    result = again.update(ADMIN, cvl, trigger="push")
     assert result["applied"] is False and "waiting for its user" in result["error"]
     assert "pw" in result["error"] and "hunter2" not in json_of(again)
     (vap,) = again.status(ADMIN)
     assert vap["error"].startswith("waiting for its user") and vap["status"] == "running"
     assert again.history(ADMIN)[-1]["result"].startswith("waiting for its user")
-    assert again.update(ADMIN, str(cvl), secrets={"pw": "hunter2"})["applied"] is True
+    assert again.update(ADMIN, cvl, secrets={"pw": "hunter2"})["applied"] is True
     assert again.status(ADMIN)[0]["error"] is None
     cvl.write_text(cvl.read_text().replace('"three"', '"four"'))
-    assert again.update(ADMIN, str(cvl), trigger="push")["applied"] is True
+    assert again.update(ADMIN, cvl, trigger="push")["applied"] is True
     again.close()
     for path in tmp_path.rglob("*"):  # the value never reached a file (keys only, in memory)
         assert not path.is_file() or b"hunter2" not in path.read_bytes(), path

@@ -22,6 +22,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import REPO_ROOT
+from utility.adapters.bundles import read_bundle
 from utility.adapters.libvirt_host import start_event_loop
 from utility.adapters.simulation import paper_tree, simulated_host_uri
 from utility.adapters.store import ACTIVE
@@ -43,7 +44,9 @@ class Rig:
     cut: set[str] = field(default_factory=set)
 
     def start(self, name: str, restart: Any = None, code: int = 200) -> dict[str, Any]:
-        body: dict[str, Any] = {"cvl": str(paper_tree(PAPER, self.tmp / name))}
+        made = self.tmp / name / "AcmeGroupware.cvl"
+        cvl = made if made.exists() else paper_tree(PAPER, self.tmp / name)
+        body: dict[str, Any] = {"bundle": read_bundle(cvl).to_wire(), "name": name}
         if restart is not None:
             body["restart"] = restart
         answer = self.api.post("/v1/vaps/start", json=body)
@@ -51,7 +54,7 @@ class Rig:
         return dict(answer.get_json())
 
     def status(self, cvl: str) -> dict[str, Any]:
-        answer = self.api.get("/v1/vaps", query_string={"cvl": cvl})
+        answer = self.api.get("/v1/vaps", query_string={"name": cvl})
         assert answer.status_code == 200, answer.get_json()
         return dict(answer.get_json()[0])
 
@@ -64,7 +67,7 @@ class Rig:
         self.manager.host(c["host"]).connection().lookupByName(c["domain"]).destroy()
 
     def history(self, cvl: str) -> list[dict[str, Any]]:
-        return [h for h in self.api.get("/v1/history").get_json() if h["cvl_path"] == cvl]
+        return [h for h in self.api.get("/v1/history").get_json() if h["name"] == cvl]
 
 
 def make_rig(tmp: Path, hosts: int = 3, max_vms: int = 8, backoff: Backoff | None = None) -> Rig:
@@ -119,7 +122,7 @@ def live_allocations_are_unique_and_held(rig: Rig) -> None:
 
 
 def test_a_vm_that_stops_on_its_own_is_marked_crashed_and_restarted(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     assert rig.status(cvl)["restart"] == "always"
     before = rig.component(cvl, "d")
     rig.crash(cvl, "d")
@@ -139,7 +142,7 @@ def test_a_vm_that_stops_on_its_own_is_marked_crashed_and_restarted(rig: Rig) ->
 
 
 def test_restart_never_leaves_the_vm_crashed(rig: Rig) -> None:
-    cvl = rig.start("acme", restart="never")["cvl"]
+    cvl = rig.start("acme", restart="never")["vap"]
     rig.crash(cvl, "l")
     assert rig.manager.check() == {
         "crashed": [f"{cvl}:l"],
@@ -167,7 +170,7 @@ def test_an_unknown_restart_policy_is_refused_and_nothing_starts(rig: Rig, hosti
 
 def test_restarts_back_off_exponentially_and_stop_after_the_limit(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, backoff=Backoff(base=1.0, cap=2.0, limit=4, window=100.0))
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     restarted_at = []
     # crash again right after every restart; the clock says when each round runs
     for t in (0.0, 0.5, 1.0, 2.9, 3.0, 4.9, 5.0, 50.0):
@@ -186,12 +189,18 @@ def test_restarts_back_off_exponentially_and_stop_after_the_limit(tmp_path: Path
     assert any("stays crashed: 4 restarts" in h["result"] for h in rig.history(cvl))
     rig.now[0] = 1000.0 + 200.0  # the window has passed, but it gave up: it stays crashed
     assert rig.manager.check()["restarted"] == []
+    # stopped and started again, it keeps its id (VAPs are named): a new run, a clean slate
+    assert rig.api.post("/v1/vaps/stop", json={"name": cvl}).status_code == 200
+    again = rig.start("acme")
+    assert again["vap"] == cvl and rig.component(cvl, "f")["restarts"] == 0
+    rig.crash(cvl, "f")
+    assert rig.manager.check()["restarted"] == [f"{cvl}:f"]
     rig.manager.close()
 
 
 def test_only_running_vms_count_against_host_capacity(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, hosts=1, max_vms=5)
-    first = rig.start("first", restart="never")["cvl"]
+    first = rig.start("first", restart="never")["vap"]
     refused = rig.start("second", code=422)  # 3 + 3 VMs > 5
     assert "h1" in str(refused) or "capacity" in str(refused).lower() or refused["error"]
     hosts = rig.api.get("/v1/hosts").get_json()
@@ -209,7 +218,7 @@ def test_only_running_vms_count_against_host_capacity(tmp_path: Path) -> None:
 
 def test_a_crashed_vm_whose_slot_was_taken_waits_instead_of_overcommitting(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, hosts=1, max_vms=5)
-    first = rig.start("first")["cvl"]
+    first = rig.start("first")["vap"]
     rig.crash(first, "d")
     # as a check that saw the crash records it, before any restart was due
     rig.manager.store.set_vm(rig.status(first)["id"], "d", "crashed")
@@ -219,7 +228,7 @@ def test_a_crashed_vm_whose_slot_was_taken_waits_instead_of_overcommitting(tmp_p
     assert report["restarted"] == [] and report["waiting"] == [f"{first}:d"]
     assert rig.component(first, "d")["state"] == "crashed"
     assert rig.api.get("/v1/hosts").get_json()[0]["vms"] == 5
-    assert rig.api.post("/v1/vaps/stop", json={"cvl": second["cvl"]}).status_code == 200
+    assert rig.api.post("/v1/vaps/stop", json={"name": second["vap"]}).status_code == 200
     assert rig.manager.check()["restarted"] == [f"{first}:d"]
     assert rig.api.get("/v1/hosts").get_json()[0]["vms"] == 3
     rig.manager.close()
@@ -236,7 +245,7 @@ def test_lifecycle_events_wake_the_watchdog_without_waiting_for_the_interval(
     )
     thread.start()
     try:
-        cvl = rig.start("acme")["cvl"]
+        cvl = rig.start("acme")["vap"]
         rig.crash(cvl, "d")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # polls for a change that must come, then checks
@@ -257,12 +266,12 @@ def test_lifecycle_events_wake_the_watchdog_without_waiting_for_the_interval(
 
 
 def test_stop_on_an_unreachable_host_keeps_allocations_until_the_host_answers(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
-    other = rig.start("other")["cvl"]
+    cvl = rig.start("acme")["vap"]
+    other = rig.start("other")["vap"]
     d = rig.component(cvl, "d")
     held_before = {a for a in rig.manager.store.all_addresses() if a[2] == rig.status(cvl)["id"]}
     rig.cut.add(d["host"])
-    answer = rig.api.post("/v1/vaps/stop", json={"cvl": cvl})
+    answer = rig.api.post("/v1/vaps/stop", json={"name": cvl})
     assert answer.status_code == 200
     assert any("pending" in p for p in answer.get_json()["problems"])
     status = rig.status(cvl)
@@ -293,7 +302,7 @@ def test_stop_on_an_unreachable_host_keeps_allocations_until_the_host_answers(ri
 
 
 def test_a_crash_is_not_seen_on_an_unreachable_host(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     d = rig.component(cvl, "d")
     rig.crash(cvl, "d")
     rig.cut.add(d["host"])
@@ -304,10 +313,10 @@ def test_a_crash_is_not_seen_on_an_unreachable_host(rig: Rig) -> None:
 
 
 def test_host_dead_releases_a_pending_stop_and_is_recorded(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     d = rig.component(cvl, "d")
     rig.cut.add(d["host"])
-    rig.api.post("/v1/vaps/stop", json={"cvl": cvl})
+    rig.api.post("/v1/vaps/stop", json={"name": cvl})
     vap_id = rig.status(cvl)["id"]
     held = [a for a in rig.manager.store.all_addresses() if a[2] == vap_id]
     assert held
@@ -324,7 +333,7 @@ def test_host_dead_releases_a_pending_stop_and_is_recorded(rig: Rig) -> None:
 
 
 def test_host_dead_under_a_running_vap_loses_its_vm_for_good(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     d = rig.component(cvl, "d")
     rig.cut.add(d["host"])
     before = {h["name"]: h["vms"] for h in rig.api.get("/v1/hosts").get_json()}
@@ -342,7 +351,7 @@ def test_only_an_administrator_may_declare_a_host_dead(tmp_path: Path) -> None:
     rig = make_rig(tmp_path)
     tcp = create_app(rig.manager, require_token=True).test_client()
     token = rig.api.post("/v1/tokens", json={"name": "alice", "role": "user"}).get_json()["token"]
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     d = rig.component(cvl, "d")
     answer = tcp.post(f"/v1/hosts/{d['host']}/dead", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 403
@@ -359,7 +368,7 @@ def test_only_an_administrator_may_declare_a_host_dead(tmp_path: Path) -> None:
 def test_an_interrupted_operation_is_reconciled_per_component(rig: Rig, status: str) -> None:
     """As a daemon killed while booting `l` leaves it: the VAP `starting`/`updating`, `l`'s
     record `booting` and its domain gone, `d` and `f` running as before."""
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     before = {c["path"]: c for c in rig.status(cvl)["components"]}
     vap_id = rig.status(cvl)["id"]
     addresses = sorted(rig.manager.store.all_addresses())
@@ -382,7 +391,7 @@ def test_an_interrupted_operation_is_reconciled_per_component(rig: Rig, status: 
 
 
 def test_an_interrupted_update_with_an_unreachable_host_keeps_everything(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     vap_id = rig.status(cvl)["id"]
     addresses = sorted(rig.manager.store.all_addresses())
     rig.manager.store.set_vap(vap_id, status="updating")

@@ -7,6 +7,7 @@ the adapter over `reposerver.client`; everything above it sees `ApplianceFiles`.
 
 from __future__ import annotations
 
+import posixpath
 import sys
 import threading
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from utility.adapters.bundles import StoredBundle
 from utility.adapters.signed_release import SignedRelease
 from utility.core.model_view import Origin
 from utility.core.sizes import format_size
@@ -228,16 +230,57 @@ class RepositoryFiles:
         return target
 
 
+class BundleFiles:
+    """Files of a directory of a stored CVL bundle (the user's file's own directory, or a plain
+    `file:` import inside it): read from the bundle, never from where the user had them."""
+
+    def __init__(self, bundle: StoredBundle, directory: str, label: str) -> None:
+        self.bundle = bundle
+        self.directory = directory
+        self.label = label
+
+    def _name(self, name: str) -> str:
+        joined = posixpath.normpath(posixpath.join(self.directory, name))
+        inside = not self.directory or joined.startswith(self.directory + "/")
+        if name.startswith("/") or joined.startswith("..") or not inside:
+            raise ApplianceError(f"{self.label}: {name!r} points outside its directory")
+        if not self.bundle.has(joined):
+            raise ApplianceError(f"{self.label}: file {name!r} is not in the submitted bundle")
+        return joined
+
+    def read(self, name: str) -> bytes:
+        return self.bundle.read(self._name(name))
+
+    def local_path(
+        self, name: str, cache_dir: Path, progress: Progress | None = None, fetch: bool = True
+    ) -> Path:
+        return self.bundle.object_path(self._name(name))
+
+
 def files_for(
-    origin: Origin | None, cvl_dir: Path, release: SignedRelease | None = None
+    origin: Origin | None,
+    bundle: StoredBundle,
+    local_files: bool = False,
+    release: SignedRelease | None = None,
 ) -> ApplianceFiles:
-    """The files of a component: its origin's repository version, or the CVL file's directory
-    (`release`: the verified signed version its files are checked against)."""
+    """The files of a component: its origin's repository version, or the bundle (the user's
+    file's directory for a null origin, a bundled `file:` import); `local_files` lets the daemon
+    read a `file:` origin outside the bundle from its own file system (administrators' VAPs
+    only); `release`: the verified signed version the files are checked against."""
     if origin is None:
-        return DirectoryFiles(cvl_dir, f"local appliance in {cvl_dir}")
+        return BundleFiles(bundle, "", f"local appliance in {bundle.root_dir}")
     parsed = urlparse(origin.url)
     if parsed.scheme == "file":
-        directory = Path(unquote(parsed.path))
+        path = unquote(parsed.path)
+        relative = bundle.relative(path)
+        if relative is not None and bundle.has(posixpath.join(relative, origin.cvl)):
+            return BundleFiles(bundle, relative, f"{origin.name or origin.url} (bundled)")
+        if not local_files:
+            raise ApplianceError(
+                f"{origin.url} is not in the submitted bundle: the utility reads no file of its "
+                "own for a user"
+            )
+        directory = Path(path)
         if (directory / origin.cvl).is_file():
             return DirectoryFiles(directory, f"{origin.name or origin.url} (unversioned)")
     return RepositoryFiles(origin, release)

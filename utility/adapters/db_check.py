@@ -56,12 +56,21 @@ def _host_underlay(db: sqlite3.Connection) -> None:
     add_host_underlay(db)
 
 
+def _vaps_by_name(db: sqlite3.Connection) -> None:
+    """Version 6: VAPs identified by (owner, name), not by CVL path; bundles kept per version
+    (`Store` migrates too, before it creates the new tables)."""
+    from utility.adapters.store import vaps_by_name
+
+    vaps_by_name(db)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _baseline,
     2: _seen_events,
     3: _token_created,
     4: _moves,
     5: _host_underlay,
+    6: _vaps_by_name,
 }
 """Migration to version N, applied in ascending order; a new schema change appends one."""
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -101,6 +110,19 @@ def _problem(path: Path) -> str | None:
     return None
 
 
+def old_layout_problem(path: Path) -> str | None:
+    """The refusal text for a database of the old layout (VAPs keyed by CVL path) that still
+    has active VAPs (None otherwise: it is migrated when opened)."""
+    from utility.adapters.store import old_layout_active, old_layout_refusal
+
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        active = old_layout_active(db)
+    finally:
+        db.close()
+    return old_layout_refusal(active) if active else None
+
+
 def _refusal(path: Path, what: str) -> DatabaseRefused:
     return DatabaseRefused(
         f"state database {path} {what}. Restore {path.name} (with its -wal file, if any) "
@@ -134,6 +156,9 @@ def check_database(state_dir: Path, reinitialise: bool = False) -> None:
         return
     problem = _problem(path)
     if problem is None:
+        old = old_layout_problem(path)
+        if old is not None:
+            raise DatabaseRefused(f"state database {path}: {old}")
         return
     if not reinitialise:
         raise _refusal(path, problem)

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from utility.adapters import killpoint
 from utility.core.desired_state import VapState, from_json, to_json
-from utility.errors import Conflict, NotFound
+from utility.errors import Conflict, DatabaseRefused, NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -33,10 +34,14 @@ CREATE TABLE IF NOT EXISTS blacklist (url TEXT NOT NULL, version TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS tokens (digest TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL,
   role TEXT NOT NULL CHECK (role IN ('admin', 'user')), created REAL);
 CREATE TABLE IF NOT EXISTS vaps (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, cvl_path TEXT NOT NULL, owner TEXT NOT NULL,
+  id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, owner TEXT NOT NULL,
   status TEXT NOT NULL, state_json TEXT, error TEXT, updated REAL NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS vaps_active ON vaps (cvl_path)
-  WHERE status IN ('starting', 'running', 'stopping', 'updating');
+CREATE UNIQUE INDEX IF NOT EXISTS vaps_name ON vaps (name);
+CREATE TABLE IF NOT EXISTS bundles (digest TEXT PRIMARY KEY, root_dir TEXT NOT NULL,
+  root TEXT NOT NULL, manifest TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS vap_bundles (vap_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+  digest TEXT NOT NULL REFERENCES bundles (digest), at REAL NOT NULL,
+  PRIMARY KEY (vap_id, seq));
 CREATE TABLE IF NOT EXISTS addresses (address TEXT PRIMARY KEY, kind TEXT NOT NULL,
   vap_id INTEGER NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (
@@ -45,14 +50,15 @@ CREATE TABLE IF NOT EXISTS vms (
   PRIMARY KEY (vap_id, path));
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
   vap_id INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS failed_versions (cvl_path TEXT NOT NULL, url TEXT NOT NULL,
-  version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (cvl_path, url, version));
+CREATE TABLE IF NOT EXISTS failed_versions (name TEXT NOT NULL, url TEXT NOT NULL,
+  version TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (name, url, version));
 CREATE TABLE IF NOT EXISTS secret_keys (vap_id INTEGER NOT NULL, key TEXT NOT NULL,
   PRIMARY KEY (vap_id, key));
 CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
-  cvl_path TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
+  name TEXT NOT NULL, trigger TEXT NOT NULL, actions TEXT NOT NULL, versions TEXT NOT NULL,
   result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS local_files (vap_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS restart_policy (vap_id INTEGER PRIMARY KEY, policy TEXT NOT NULL
   CHECK (policy IN ('always', 'never')));
 """
@@ -93,7 +99,8 @@ class VapRow:
     """A VAP record."""
 
     id: int
-    cvl_path: str
+    name: str
+    """`owner/short name`: a VAP is identified by its owner and the name they gave it."""
     owner: str
     status: str
     state: VapState | None
@@ -156,6 +163,78 @@ class HostHealth:
     note: str | None = None
 
 
+def short_name(name: str) -> str:
+    """The name a VAP's owner gave it (`alice/web` -> `web`)."""
+    return name.partition("/")[2] or name
+
+
+def old_layout_active(db: sqlite3.Connection) -> list[str]:
+    """CVL paths of active VAPs in a database of the old layout (VAPs keyed by CVL path)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(vaps)")}
+    if "cvl_path" not in columns:
+        return []
+    return [
+        r[0] for r in db.execute(f"SELECT cvl_path FROM vaps WHERE status IN {ACTIVE} ORDER BY id")
+    ]
+
+
+def vaps_by_name(db: sqlite3.Connection) -> None:
+    """Migrate a database of the old layout (VAPs keyed by CVL path) to VAPs by name, inside
+    the caller's transaction; nothing to do on a new one.
+
+    Each CVL path's newest record becomes VAP `owner/<file stem>` (made unique with `-2`, `-3`,
+    ...), older records of the same path are dropped (their events stay), history and failed
+    versions are renamed alike. Refused while a VAP of the old layout is active: its disks
+    lie next to its CVL file, where the new layout never looks (README, "Migration").
+    """
+    columns = {r[1] for r in db.execute("PRAGMA table_info(vaps)")}
+    if "cvl_path" not in columns:
+        return
+    active = old_layout_active(db)
+    if active:
+        raise DatabaseRefused(old_layout_refusal(active))
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    rows = db.execute("SELECT id, cvl_path, owner FROM vaps ORDER BY id DESC").fetchall()
+    newest: dict[str, tuple[int, str]] = {}
+    for vap_id, path, owner in rows:
+        if path in newest:
+            db.execute("DELETE FROM vaps WHERE id=?", (vap_id,))
+        else:
+            newest[path] = (vap_id, owner)
+    renamed: list[tuple[str, int]] = []
+    for path, (vap_id, owner) in sorted(newest.items(), key=lambda item: item[1][0]):
+        stem = re.sub(r"[^A-Za-z0-9._-]", "-", PurePosixPath(path).stem).lstrip("._-") or "vap"
+        stem = stem[:56]
+        candidate, n = f"{owner}/{stem}", 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{owner}/{stem}-{n}"
+        taken.add(candidate)
+        names[path] = candidate
+        renamed.append((candidate, vap_id))
+    db.execute("DROP INDEX IF EXISTS vaps_active")
+    db.execute("ALTER TABLE vaps RENAME COLUMN cvl_path TO name")
+    db.executemany("UPDATE vaps SET name=? WHERE id=?", renamed)
+    for table in ("history", "failed_versions"):
+        if "cvl_path" in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} RENAME COLUMN cvl_path TO name")
+            db.executemany(
+                f"UPDATE {table} SET name=? WHERE name=?", [(n, p) for p, n in names.items()]
+            )
+
+
+def old_layout_refusal(active: list[str]) -> str:
+    """How to recover from a state directory of the old layout with active VAPs."""
+    return (
+        f"the state database holds {len(active)} active VAP(s) of the old layout, keyed by CVL "
+        f"path ({', '.join(active[:5])}); their disks lie next to those files, which this "
+        "version never uses. Stop them with the previous version of the utility (cui stop "
+        "PATH), then start this version: stopped VAPs are migrated to names (README, "
+        "'Migration')"
+    )
+
+
 class Store:
     """The state database. Thread-safe: one connection per thread, writes serialised by SQLite."""
 
@@ -168,6 +247,7 @@ class Store:
         self._local = threading.local()
         self._parsed: dict[str, VapState] = {}
         with self.transaction() as db:
+            vaps_by_name(db)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -431,7 +511,7 @@ class Store:
     def _vap(self, row: sqlite3.Row) -> VapRow:
         return VapRow(
             row["id"],
-            row["cvl_path"],
+            row["name"],
             row["owner"],
             row["status"],
             self._state(row["state_json"]),
@@ -439,15 +519,26 @@ class Store:
             row["updated"],
         )
 
-    def new_vap(self, db: sqlite3.Connection, cvl_path: str, owner: str) -> int:
-        """Insert a VAP in status 'starting' (inside the caller's transaction)."""
-        try:
-            cur = db.execute(
-                "INSERT INTO vaps (cvl_path, owner, status, updated) VALUES (?,?,'starting',?)",
-                (cvl_path, owner, time.time()),
+    def new_vap(self, db: sqlite3.Connection, name: str, owner: str) -> int:
+        """The VAP `name` (`owner/short name`) in status 'starting' (inside the caller's
+        transaction): a stopped or failed VAP of that name is started again under its id (its
+        storage, data disks included, is kept by id); a new name gets a new id."""
+        row = db.execute("SELECT id, status FROM vaps WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            if row["status"] in ACTIVE:
+                raise Conflict(
+                    f"{short_name(name)} is already running (stop it, or use cui update)"
+                )
+            db.execute(
+                "UPDATE vaps SET status='starting', state_json=NULL, error=NULL, updated=? "
+                "WHERE id=?",
+                (time.time(), row["id"]),
             )
-        except sqlite3.IntegrityError:
-            raise Conflict(f"{cvl_path} is already running (stop it, or use cui update)") from None
+            return int(row["id"])
+        cur = db.execute(
+            "INSERT INTO vaps (name, owner, status, updated) VALUES (?,?,'starting',?)",
+            (name, owner, time.time()),
+        )
         return int(cur.lastrowid or 0)
 
     def vap(self, vap_id: int) -> VapRow:
@@ -457,27 +548,62 @@ class Store:
             raise NotFound(f"no VAP with id {vap_id}")
         return self._vap(row)
 
-    def vap_by_path(self, cvl_path: str) -> VapRow | None:
-        """The newest VAP record of a CVL file, or None."""
-        row = (
-            self.read()
-            .execute("SELECT * FROM vaps WHERE cvl_path=? ORDER BY id DESC LIMIT 1", (cvl_path,))
-            .fetchone()
-        )
+    def vap_by_name(self, name: str) -> VapRow | None:
+        """The VAP named `name` (`owner/short name`), or None."""
+        row = self.read().execute("SELECT * FROM vaps WHERE name=?", (name,)).fetchone()
         return self._vap(row) if row else None
 
     def vaps(self, statuses: tuple[str, ...] | None = None) -> list[VapRow]:
-        """The newest record of every CVL file (optionally only those in `statuses`)."""
-        rows = (
-            self.read()
-            .execute(
-                "SELECT * FROM vaps WHERE id IN (SELECT MAX(id) FROM vaps GROUP BY cvl_path) "
-                "ORDER BY id"
-            )
-            .fetchall()
-        )
+        """Every VAP by id (optionally only those in `statuses`)."""
+        rows = self.read().execute("SELECT * FROM vaps ORDER BY id").fetchall()
         vaps = [self._vap(r) for r in rows]
         return [v for v in vaps if statuses is None or v.status in statuses]
+
+    # -- bundles --------------------------------------------------------------------------------
+
+    def save_bundle(self, digest: str, root_dir: str, root: str, manifest: dict[str, str]) -> None:
+        """Record a bundle's manifest (its objects are written first); idempotent."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO bundles VALUES (?,?,?,?,?)",
+                (digest, root_dir, root, json.dumps(manifest, sort_keys=True), time.time()),
+            )
+
+    def bundle(self, digest: str) -> tuple[str, str, dict[str, str]]:
+        """(root_dir, root, manifest) of a stored bundle."""
+        row = self.read().execute("SELECT * FROM bundles WHERE digest=?", (digest,)).fetchone()
+        if row is None:
+            raise NotFound(f"no stored bundle {digest}")
+        return str(row["root_dir"]), str(row["root"]), dict(json.loads(row["manifest"]))
+
+    def add_vap_bundle(self, vap_id: int, digest: str, db: sqlite3.Connection | None = None) -> int:
+        """Record that VAP `vap_id` now runs bundle `digest` (unless it already does); the
+        version number (1, 2, ...) of the VAP's bundle."""
+
+        def write(tx: sqlite3.Connection) -> int:
+            last = tx.execute(
+                "SELECT seq, digest FROM vap_bundles WHERE vap_id=? ORDER BY seq DESC LIMIT 1",
+                (vap_id,),
+            ).fetchone()
+            if last is not None and last["digest"] == digest:
+                return int(last["seq"])
+            seq = int(last["seq"]) + 1 if last is not None else 1
+            tx.execute(
+                "INSERT INTO vap_bundles VALUES (?,?,?,?)", (vap_id, seq, digest, time.time())
+            )
+            return seq
+
+        if db is not None:
+            return write(db)
+        with self.transaction() as tx:
+            return write(tx)
+
+    def vap_bundles(self, vap_id: int) -> list[dict[str, object]]:
+        """Every bundle version of a VAP, oldest first: seq, digest, at."""
+        rows = self.read().execute(
+            "SELECT seq, digest, at FROM vap_bundles WHERE vap_id=? ORDER BY seq", (vap_id,)
+        )
+        return [dict(r) for r in rows]
 
     def set_vap(
         self,
@@ -622,6 +748,19 @@ class Store:
         rows = self.read().execute("SELECT vap_id, policy FROM restart_policy")
         return {int(r[0]): str(r[1]) for r in rows}
 
+    def set_local_files(self, db: sqlite3.Connection, vap_id: int, allowed: bool) -> None:
+        """Record (in transaction `db`) whether evaluations of VAP `vap_id` may read `file:`
+        imports outside its bundle from the daemon's file system (started by an
+        administrator, whose file system it is)."""
+        db.execute("DELETE FROM local_files WHERE vap_id=?", (vap_id,))
+        if allowed:
+            db.execute("INSERT INTO local_files (vap_id) VALUES (?)", (vap_id,))
+
+    def local_files(self, vap_id: int) -> bool:
+        """What `set_local_files` recorded (False when nothing was)."""
+        row = self.read().execute("SELECT 1 FROM local_files WHERE vap_id=?", (vap_id,))
+        return row.fetchone() is not None
+
     def restart_policy(self, vap_id: int) -> str:
         """The VAP's restart policy (`always` unless one was recorded)."""
         row = (
@@ -633,7 +772,7 @@ class Store:
 
     def add_history(
         self,
-        cvl_path: str,
+        name: str,
         trigger: str,
         actions: list[str],
         versions: dict[str, list[str | None]],
@@ -642,32 +781,32 @@ class Store:
         """Record one update: when, why, what, from and to which versions, and how it ended."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO history (at, cvl_path, trigger, actions, versions, result) "
+                "INSERT INTO history (at, name, trigger, actions, versions, result) "
                 "VALUES (?,?,?,?,?,?)",
-                (time.time(), cvl_path, trigger, json.dumps(actions), json.dumps(versions), result),
+                (time.time(), name, trigger, json.dumps(actions), json.dumps(versions), result),
             )
 
-    def mark_failed(self, cvl_path: str, url: str, version: str) -> None:
+    def mark_failed(self, name: str, url: str, version: str) -> None:
         """Remember that `version` of `url` never became ready in this VAP (no automatic retry)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO failed_versions VALUES (?,?,?,?)",
-                (cvl_path, url, version, time.time()),
+                (name, url, version, time.time()),
             )
 
-    def failed_versions(self, cvl_path: str) -> set[tuple[str, str]]:
+    def failed_versions(self, name: str) -> set[tuple[str, str]]:
         """(url, version) pairs that failed in this VAP."""
         return {
             (r[0], r[1])
             for r in self.read().execute(
-                "SELECT url, version FROM failed_versions WHERE cvl_path=?", (cvl_path,)
+                "SELECT url, version FROM failed_versions WHERE name=?", (name,)
             )
         }
 
-    def history(self, cvl_path: str | None = None) -> list[dict[str, object]]:
-        """Every recorded update, oldest first (of one CVL file if given)."""
-        sql = "SELECT * FROM history" + (" WHERE cvl_path=?" if cvl_path else "")
-        rows = self.read().execute(sql + " ORDER BY id", (cvl_path,) if cvl_path else ())
+    def history(self, name: str | None = None) -> list[dict[str, object]]:
+        """Every recorded update, oldest first (of one VAP if given)."""
+        sql = "SELECT * FROM history" + (" WHERE name=?" if name else "")
+        rows = self.read().execute(sql + " ORDER BY id", (name,) if name else ())
         return [
             {**dict(r), "actions": json.loads(r["actions"]), "versions": json.loads(r["versions"])}
             for r in rows

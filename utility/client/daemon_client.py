@@ -216,9 +216,9 @@ class UtilityClient:
     def undrain(self, name: str) -> Any:
         return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/undrain")
 
-    def move(self, cvl: str, component: str, host: str) -> Any:
+    def move(self, name: str, component: str, host: str) -> Any:
         return self.request(
-            "POST", "/v1/vaps/move", {"cvl": cvl, "component": component, "host": host}
+            "POST", "/v1/vaps/move", {"name": name, "component": component, "host": host}
         )
 
     def rebalance(self, dry_run: bool) -> Any:
@@ -256,41 +256,56 @@ class UtilityClient:
 
     def start(
         self,
-        cvl: str,
+        bundle: dict[str, Any],
         secrets: dict[str, str] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         restart: str = "always",
+        name: str | None = None,
     ) -> Any:
-        body = {"cvl": cvl, "secrets": secrets or {}, "restart": restart}
+        """Start a VAP from a CVL bundle (`Bundle.to_wire()`), named `name` (default: the
+        file's stem)."""
+        body = {"bundle": bundle, "name": name, "secrets": secrets or {}, "restart": restart}
         if progress is not None:
             return self.streamed("/v1/vaps/start", body, progress)
         return self.request("POST", "/v1/vaps/start", body)
 
-    def stop(self, cvl: str, component: str | None = None, timeout: float | None = None) -> Any:
+    def stop(self, name: str, component: str | None = None, timeout: float | None = None) -> Any:
         return self.request(
-            "POST", "/v1/vaps/stop", {"cvl": cvl, "component": component, "timeout": timeout}
+            "POST", "/v1/vaps/stop", {"name": name, "component": component, "timeout": timeout}
         )
 
     def update(
         self,
-        cvl: str,
+        name: str,
         component: str | None = None,
         dry_run: bool = False,
         secrets: dict[str, str] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        bundle: dict[str, Any] | None = None,
     ) -> Any:
-        body = {"cvl": cvl, "component": component, "dry_run": dry_run, "secrets": secrets or {}}
+        """Update VAP `name` to a new CVL `bundle`, or re-evaluate the one it runs."""
+        body = {
+            "name": name,
+            "component": component,
+            "dry_run": dry_run,
+            "secrets": secrets or {},
+            "bundle": bundle,
+        }
         if progress is not None:
             return self.streamed("/v1/vaps/update", body, progress)
         return self.request("POST", "/v1/vaps/update", body)
 
-    def history(self, cvl: str | None = None) -> Any:
-        query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
+    def history(self, name: str | None = None) -> Any:
+        query = f"?name={quote(name, safe='')}" if name else ""
         return self.request("GET", f"/v1/history{query}")
 
-    def status(self, cvl: str | None = None) -> Any:
-        query = f"?cvl={quote(cvl, safe='')}" if cvl else ""
+    def status(self, name: str | None = None) -> Any:
+        query = f"?name={quote(name, safe='')}" if name else ""
         return self.request("GET", f"/v1/vaps{query}")
+
+    def show(self, name: str) -> Any:
+        """The CVL bundle VAP `name` runs."""
+        return self.request("GET", f"/v1/vaps/bundle?name={quote(name, safe='')}")
 
     def subscriptions(self) -> Any:
         return self.request("GET", "/v1/subscriptions")

@@ -95,6 +95,8 @@ class VapState:
     """A whole VAP: its VMs (the running ones, for a current state) and networks."""
 
     cvl_path: str
+    """The VAP's name, `owner/short name` (states stored before VAPs were kept by content hold
+    the CVL file's path; the stored JSON keeps the key)."""
     appliance: str
     vlans: Mapping[str, int]
     vms: tuple[Vm, ...]

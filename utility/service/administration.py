@@ -70,7 +70,7 @@ class Administration:
                 if (url, version) in banned or (url, "all") in banned:
                     found.append(
                         {
-                            "cvl": vap.cvl_path,
+                            "vap": vap.name,
                             "owner": vap.owner,
                             "component": vm.path,
                             "url": url,

@@ -66,7 +66,7 @@ class AutoUpdater:
                 for vm in state.vms
                 if _same_repo(str((vm.origin or {}).get("url", "")), repository)
             ]
-            found += [(vap.cvl_path, p) for p in users] if users else [(vap.cvl_path, None)]
+            found += [(vap.name, p) for p in users] if users else [(vap.name, None)]
         return found
 
     def on_event(self, event: dict[str, Any]) -> list[str]:
@@ -142,7 +142,7 @@ class AutoUpdater:
                 except Exception:  # noqa: BLE001 - an unreachable repository is retried next poll
                     continue
                 if latest[url] > int(str(imp["version"])):
-                    targets += [t for t in self.affected(url) if t[0] == vap.cvl_path]
+                    targets += [t for t in self.affected(url) if t[0] == vap.name]
         self.schedule(targets, "poll")
 
     def poll_forever(self, interval: float, stop: threading.Event) -> None:

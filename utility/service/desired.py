@@ -55,7 +55,7 @@ class Prepared:
 
 def prepare(
     model: ModelView,
-    cvl_dir: Path,
+    source: cvl_adapter.Source,
     releases: Callable[[str, str], SignedRelease | None] | None = None,
 ) -> tuple[dict[str, Prepared], list[str]]:
     """Read each VM appliance's domain XML and data disk list; collect problems, not raise.
@@ -71,7 +71,7 @@ def prepare(
             continue  # reported as a missing required parameter
         try:
             release = releases(vm.origin.url, vm.origin.version) if releases and vm.origin else None
-            files = files_for(vm.origin, cvl_dir, release)
+            files = files_for(vm.origin, source.bundle, source.local_files, release)
             spec = parse_vm_spec(files.read(vm_file), f"{files.label}: {vm_file}")
             data = tuple(_data_disks(vm.path, vm.value("datadisks")))
             program = {d.target for d in spec.disks}
@@ -180,7 +180,8 @@ def network_name(settings: Settings, segment: str, vlans: Mapping[str, int], vap
 def build_state(
     *,
     vap_id: int,
-    cvl_path: Path,
+    name: str,
+    vap_dir: Path,
     model: ModelView,
     prepared: Mapping[str, Prepared],
     addressing: Addressing,
@@ -196,20 +197,21 @@ def build_state(
     Args:
         underlays: host -> its underlay address: a VAN segment's network on such a host gets a
             VXLAN port, and its interfaces the segment MTU (`utility.core.overlay`).
+        name: the VAP's name (`owner/short name`).
+        vap_dir: the utility's storage of this VAP (`bundles.vap_dir`): VM directories go there.
         bases: (VM path, disk target) -> local path of the program disk's top image.
         secrets: sensitive override key -> value (kept only in memory; masked when stored).
         run_dir: where guest sockets go when the VM directory's path is too long for a socket.
     """
     needs, _ = boot_needs(services_of(model))
     secret_values = {v for v in secrets.values() if v}
-    cvl_dir = cvl_path.parent
     vms = []
     networks: dict[tuple[str, str], Network] = {}
     for vm in model.vms():
         prep = prepared[vm.path]
         host = placement[vm.path]
         slug = vm.path or "root"  # a CVL file whose root is itself a VM appliance
-        vm_dir = cvl_dir / slug
+        vm_dir = vap_dir / slug
         domain = domain_name(settings, vap_id, vm.path)
         socket = vm_dir / "guest.sock"
         if len(str(socket)) > SOCKET_PATH_MAX:
@@ -305,7 +307,7 @@ def build_state(
             )
         )
     return VapState(
-        cvl_path=str(cvl_path),
+        cvl_path=name,
         appliance=model.appliance,
         vlans=dict(addressing.vlans),
         vms=tuple(vms),

@@ -131,7 +131,7 @@ class HostMonitor:
             rows = [r for r in self.store.vms(vap.id) if r.host == host]
             if not any(r.state not in ("stopped", "dead", LOST) for r in rows):
                 continue
-            lock = self.parts.locks.for_path(vap.cvl_path)
+            lock = self.parts.locks.for_path(vap.name)
             if not lock.acquire(blocking=False):
                 continue
             try:
@@ -148,7 +148,7 @@ class HostMonitor:
                 f"{', '.join(p or '(root)' for p in lost)} lost"
             )
             self.store.event(vap.id, "host-failed", text)
-            self.store.add_history(vap.cvl_path, "host-failed", [f"✗ {p}" for p in lost], {}, text)
+            self.store.add_history(vap.name, "host-failed", [f"✗ {p}" for p in lost], {}, text)
 
     def route_around(self) -> list[str]:
         """Restart the lost VMs of failed hosts on good hosts; the `VAP:path`s restarted."""
@@ -160,7 +160,7 @@ class HostMonitor:
             lost = [r for r in self.store.vms(vap.id) if r.state == LOST and r.host in failed]
             if not lost or vap.state is None:
                 continue
-            lock = self.parts.locks.for_path(vap.cvl_path)
+            lock = self.parts.locks.for_path(vap.name)
             if not lock.acquire(blocking=False):
                 continue  # an operation is under way; next round
             try:
@@ -176,7 +176,7 @@ class HostMonitor:
             self.said.add(key)
             text = f"{', '.join(paths)} stay lost: {why}"
             self.store.event(vap.id, "host-failed", text)
-            self.store.add_history(vap.cvl_path, "host-failed", [], {}, text)
+            self.store.add_history(vap.name, "host-failed", [], {}, text)
         return []
 
     def _restart_elsewhere(self, vap: VapRow, paths: list[str]) -> list[str]:
@@ -222,8 +222,8 @@ class HostMonitor:
             + (f"; problems: {'; '.join(problems)}" if problems else "")
         )
         self.store.event(vap.id, "evacuate", text)
-        self.store.add_history(vap.cvl_path, "host-failed", lines, {}, text)
-        return [f"{vap.cvl_path}:{p}" for p in restarted]
+        self.store.add_history(vap.name, "host-failed", lines, {}, text)
+        return [f"{vap.name}:{p}" for p in restarted]
 
     # -- fencing --------------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class HostMonitor:
         touched = {row.vap_id for row in rows.values() if row.host == host}
         touched |= {row.vap_id for row in rows.values() if row.domain in destroyed}
         for vap in (vaps[i] for i in sorted(touched)):
-            self.store.add_history(vap.cvl_path, "fenced", [f"✗ {d}" for d in destroyed], {}, text)
+            self.store.add_history(vap.name, "fenced", [f"✗ {d}" for d in destroyed], {}, text)
         return True
 
     def _drop_stale_networks(self, host: str) -> None:

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from utility.adapters.allocations import Allocations
+from utility.adapters.bundles import BundleStore, StoredBundle
+from utility.adapters.cvl_adapter import Source
 from utility.adapters.db_check import mark_vaps_exist
-from utility.adapters.store import ACTIVE, NOT_RUNNING, RESTART_POLICIES, Store, VapRow
+from utility.adapters.store import (
+    ACTIVE,
+    NOT_RUNNING,
+    RESTART_POLICIES,
+    Store,
+    VapRow,
+    short_name,
+)
+from utility.core.bundle import Bundle
 from utility.core.desired_state import VapState
 from utility.errors import CheckFailed, HostUnreachable, NotFound, StartFailed, UtilityError
 from utility.service.allocator import Allocator
@@ -43,6 +52,7 @@ class Parts:
     locks: VapLocks
     status: StatusView
     settings: Settings
+    bundles: BundleStore
 
 
 class Lifecycle:
@@ -52,25 +62,43 @@ class Lifecycle:
         self.parts = parts
         self.store = parts.store
 
-    def active(self, cvl_path: str) -> VapRow:
-        """The active VAP of a CVL file (NotFound otherwise)."""
-        vap = self.store.vap_by_path(cvl_path)
+    def active(self, name: str) -> VapRow:
+        """The active VAP named `name` (NotFound otherwise)."""
+        vap = self.store.vap_by_name(name)
         if vap is None or vap.status not in ACTIVE:
-            raise NotFound(f"{cvl_path} is not running")
+            raise NotFound(f"{short_name(name)} is not running")
         return vap
+
+    def source(self, vap_id: int, bundle: StoredBundle) -> Source:
+        """What an evaluation of VAP `vap_id` reads: `bundle`, and the daemon's own `file:`
+        directories only if an administrator started it (it is their file system)."""
+        return Source(bundle, self.store.local_files(vap_id))
+
+    def current_bundle(self, vap: VapRow) -> StoredBundle:
+        """The bundle VAP `vap` runs (its newest recorded version)."""
+        versions = self.store.vap_bundles(vap.id)
+        if not versions:
+            raise NotFound(
+                f"{short_name(vap.name)} has no stored CVL bundle (started before VAPs were kept "
+                "by content): give the CVL file again (cui update NAME FILE.cvl)"
+            )
+        return self.parts.bundles.load(str(versions[-1]["digest"]))
 
     # -- start ----------------------------------------------------------------------------------
 
     def start(
         self,
         owner: str,
-        path: Path,
+        name: str,
+        bundle: Bundle,
         secrets: Mapping[str, str],
         progress: FetchReport | None = None,
         restart: str = "always",
+        local_files: bool = False,
     ) -> dict[str, Any]:
-        """Start the VAP the CVL file at `path` describes, owned by `owner`; `restart` is its
-        restart policy (`always`: crashed VMs are booted again; `never`).
+        """Start VAP `name` (`owner/short name`) from the CVL `bundle`; `restart` is its
+        restart policy (`always`: crashed VMs are booted again; `never`); `local_files`: the
+        daemon may read `file:` imports outside the bundle (an administrator starts it).
 
         Raises:
             CheckFailed: every pre-start problem, before anything ran.
@@ -79,9 +107,10 @@ class Lifecycle:
         p = self.parts
         if restart not in RESTART_POLICIES:
             raise UtilityError(f"field 'restart' must be one of {', '.join(RESTART_POLICIES)}")
-        with p.locks.for_path(str(path)):
+        with p.locks.for_path(name):
             notes = p.hosts.ensure_default()
-            checked = p.pipeline.check(path, secrets)
+            pending = p.bundles.pending(bundle)
+            checked = p.pipeline.check(name, Source(pending, local_files), secrets)
             with p.allocator.session() as db:  # a first proposal, for its problems only
                 problems = (
                     checked.problems
@@ -89,12 +118,15 @@ class Lifecycle:
                 )
             if problems:
                 raise CheckFailed(problems)
+            p.bundles.save(bundle)  # checked: what this VAP version runs is kept
             bases = p.pipeline.fetch_bases(checked.prepared, progress)
             with p.allocator.session() as db:
-                vap_id = self.store.new_vap(db, str(path), owner)
+                vap_id = self.store.new_vap(db, name, owner)
+                self.store.add_vap_bundle(vap_id, pending.digest, db)
                 self.store.set_restart_policy(db, vap_id, restart)
+                self.store.set_local_files(db, vap_id, local_files)
                 mark_vaps_exist(self.store.path.parent)
-                p.secrets.remember(vap_id, str(path), secrets, db)
+                p.secrets.remember(vap_id, name, secrets, db)
                 proposal = p.allocator.propose(db, checked.model, checked.prepared)
                 if proposal.problems:
                     raise CheckFailed(proposal.problems)
@@ -111,12 +143,12 @@ class Lifecycle:
                 self.roll_back(vap_id, f"start failed: {exc}")
                 if isinstance(exc, UtilityError) and not isinstance(exc, CheckFailed):
                     raise StartFailed(
-                        f"start of {path} failed and was rolled back (VAP stopped, addresses "
-                        f"released, data disks kept): {exc}"
+                        f"start of {short_name(name)} failed and was rolled back (VAP stopped, "
+                        f"addresses released, data disks kept): {exc}"
                     ) from exc
                 raise
             self.store.set_vap(vap_id, status="running")
-            self.store.event(vap_id, "start", f"{owner} started {path}")
+            self.store.event(vap_id, "start", f"{owner} started {name} ({pending.root_path})")
             return {"id": vap_id, "notes": notes, **p.status.vap_status(vap_id)}
 
     # -- rollback -------------------------------------------------------------------------------
@@ -153,7 +185,7 @@ class Lifecycle:
     def stop(
         self,
         who: str,
-        cvl_path: str,
+        name: str,
         component: str | None = None,
         stop_timeout: float | None = None,
     ) -> dict[str, Any]:
@@ -164,11 +196,11 @@ class Lifecycle:
             running component that requires a stopped one.
         """
         p = self.parts
-        with p.locks.for_path(cvl_path):
-            vap = self.active(cvl_path)
+        with p.locks.for_path(name):
+            vap = self.active(name)
             state = vap.state
             if state is None:
-                raise NotFound(f"{cvl_path} has no recorded state")
+                raise NotFound(f"{short_name(name)} has no recorded state")
             timeouts = (
                 dataclasses.replace(p.applier.timeouts, stop=stop_timeout)
                 if stop_timeout is not None
@@ -178,7 +210,7 @@ class Lifecycle:
             kept = {vm.path for vm in target.vms} if target else set()
             gone = {vm.path for vm in state.vms} - kept
             if component and not gone:
-                raise NotFound(f"{cvl_path}: no running component {component!r}")
+                raise NotFound(f"{short_name(name)}: no running component {component!r}")
             if not component:
                 self.store.set_vap(vap.id, status="stopping")
             outcome = p.applier.apply(vap.id, state, target, keep_going=True, timeouts=timeouts)
@@ -188,14 +220,16 @@ class Lifecycle:
                 self.store.set_vap(vap.id, state=target)
             elif self._hold_if_unreachable(vap, "stop pending"):
                 problems.append(
-                    f"stop of {cvl_path} is pending: {self.store.vap(vap.id).error}; its "
+                    f"stop of {short_name(name)} is pending: {self.store.vap(vap.id).error}; its "
                     "addresses stay held until the host answers or is declared dead"
                 )
             else:
                 with self.store.transaction() as db:
                     p.allocations.release(db, vap.id)
                     self.store.set_vap(vap.id, status="stopped", db=db, error=error)
-            self.store.event(vap.id, "stop", f"{who} stopped {component or 'all'} of {cvl_path}")
+            self.store.event(
+                vap.id, "stop", f"{who} stopped {component or 'all'} of {short_name(name)}"
+            )
             return {
                 "stopped": sorted(gone),
                 "warnings": _warnings(target, gone),
@@ -251,9 +285,9 @@ class Lifecycle:
         with self.store.transaction() as db:
             p.allocations.release(db, vap.id)
             self.store.set_vap(vap.id, status="stopped", db=db, error=None)
-        text = f"pending stop of {vap.cvl_path} completed; allocations released"
+        text = f"pending stop of {vap.name} completed; allocations released"
         self.store.event(vap.id, "stop", text)
-        self.store.add_history(vap.cvl_path, "stop", ["■ all"], {}, text)
+        self.store.add_history(vap.name, "stop", ["■ all"], {}, text)
         return True
 
     def host_dead(self, host: str, who: str) -> dict[str, list[str]]:
@@ -264,17 +298,17 @@ class Lifecycle:
             rows = [r for r in self.store.vms(vap.id) if r.host == host]
             if not rows:
                 continue
-            with self.parts.locks.for_path(vap.cvl_path):
+            with self.parts.locks.for_path(vap.name):
                 for row in rows:
                     if row.state not in NOT_RUNNING:
                         self.store.set_vm(vap.id, row.path, "dead")
-                        report["dead"].append(f"{vap.cvl_path}:{row.path}")
+                        report["dead"].append(f"{vap.name}:{row.path}")
                 text = f"{who} declared host {host} dead: {', '.join(r.path for r in rows)} lost"
                 self.store.event(vap.id, "host-dead", text)
-                self.store.add_history(vap.cvl_path, "host-dead", [], {}, text)
+                self.store.add_history(vap.name, "host-dead", [], {}, text)
                 current = self.store.vap(vap.id)
                 if current.status == "stopping" and self.finish_stop(current):
-                    report["stopped"].append(vap.cvl_path)
+                    report["stopped"].append(vap.name)
         return report
 
     # -- reconciliation -------------------------------------------------------------------------
@@ -300,15 +334,15 @@ class Lifecycle:
         }
         for vap in self.store.vaps(("stopping",)):
             if not self.finish_stop(vap):
-                report["pending"].append(vap.cvl_path)
+                report["pending"].append(vap.name)
         for vap in self.store.vaps(("starting", "updating")):
             if recover is not None and recover(vap):
-                report["recovered"].append(vap.cvl_path)
+                report["recovered"].append(vap.name)
                 continue
             self.roll_back(
                 vap.id, f"interrupted: the cluster manager stopped during {vap.status}; rolled back"
             )
-            report["rolled_back"].append(vap.cvl_path)
+            report["rolled_back"].append(vap.name)
         owned: set[tuple[str, str]] = set()
         for vap in self.store.vaps(("running",)):
             owned.update(self._mark_crashed(vap, report["crashed"]))
@@ -339,7 +373,7 @@ class Lifecycle:
                 self.store.event(
                     vap.id, "crashed", f"{row.path}: domain {row.domain} on {row.host} is gone"
                 )
-                crashed.append(f"{vap.cvl_path}:{row.path}")
+                crashed.append(f"{vap.name}:{row.path}")
         return owned
 
 

@@ -6,13 +6,13 @@ import threading
 
 
 class VapLocks:
-    """Locks by CVL path, created on first use."""
+    """Locks by VAP name, created on first use."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def for_path(self, cvl_path: str) -> threading.Lock:
-        """The lock of `cvl_path`."""
+    def for_path(self, name: str) -> threading.Lock:
+        """The lock of VAP `name` (`owner/short name`)."""
         with self._guard:
-            return self._locks.setdefault(cvl_path, threading.Lock())
+            return self._locks.setdefault(name, threading.Lock())

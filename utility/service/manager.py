@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from utility.adapters.allocations import Allocations
+from utility.adapters.bundles import BundleStore, read_bundle
 from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
 from utility.adapters.migration import LibvirtMigrator, Migrator
-from utility.adapters.store import HostRow, Store
+from utility.adapters.store import HostRow, Store, short_name
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
 from utility.core import overlay
 from utility.core.addresses import parse_range
+from utility.core.bundle import Bundle, check_vap_name, default_name
 from utility.core.desired_state import VapState
 from utility.core.moves import DEFAULT_GRACE
 from utility.core.validation import check_public_ips
@@ -69,8 +71,6 @@ class ClusterManager:
         timeouts: readiness and clean-shutdown timeouts.
         default_uri: the embedded default host's URI; probed (`qemu:///system` or
             `test:///default`) when None.
-        user_root: when set, users (not administrators) may only start CVL files under it; the
-            daemon reads their CVL and writes disks next to it with its own privileges.
         boot_order: "overlapped" (default) or "strict": how the VMs of a start or update boot
             (`utility.adapters.executor`).
         host_fault: says whether a host is cut off (tests make a host unreachable with it).
@@ -86,7 +86,6 @@ class ClusterManager:
         settings: Settings | None = None,
         timeouts: Timeouts | None = None,
         default_uri: str | None = None,
-        user_root: Path | None = None,
         boot_order: str = "overlapped",
         *,
         host_fault: Fault = never_cut_off,
@@ -104,14 +103,14 @@ class ClusterManager:
         self.store = Store(state_dir)
         self.trust = TrustPolicy(state_dir)
         self.subscriptions = Subscriptions(state_dir)
-        self.policy = Policy(user_root)
+        self.policy = Policy()
         self.hosts_service = Hosts(self.store, HostPool(host_fault), default_uri)
         allocations = Allocations(self.store)
         self.parts = Parts(
             store=self.store,
             allocations=allocations,
             allocator=Allocator(self.store, allocations, settings),
-            pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir),
+            pipeline=Pipeline(self.store, self.trust, settings, cache_dir, run_dir, state_dir),
             applier=Applier(
                 self.store,
                 self.hosts_service.host,
@@ -124,6 +123,7 @@ class ClusterManager:
             locks=VapLocks(),
             status=StatusView(self.store),
             settings=settings,
+            bundles=BundleStore(state_dir, self.store),
         )
         self.admin = Administration(self.store, self.hosts_service, self.trust, self.subscriptions)
         self.lifecycle = Lifecycle(self.parts)
@@ -153,56 +153,132 @@ class ClusterManager:
 
     # -- VAPs -----------------------------------------------------------------------------------
 
+    def vap_name(
+        self,
+        caller: Caller,
+        ref: str | Path,
+        hidden: Callable[[str], NotFound] = never_started,
+    ) -> str:
+        """The VAP (`owner/short name`) a caller means by `ref`: `NAME` (the caller's own),
+        `OWNER/NAME` (any owner's for administrators; a user may only name their own), or the
+        path of a CVL file (its default name, the file's stem: nothing is read).
+
+        Raises:
+            NotFound: a user naming another owner's VAP: `hidden(ref)`, the very refusal a
+                missing VAP of theirs gives.
+            BundleError: a malformed name.
+        """
+        text = str(ref)
+        if text.startswith("/"):
+            return f"{caller.name}/{default_name(PurePosixPath(text).name)}"
+        owner, slash, short = text.rpartition("/")
+        if not slash:
+            owner = caller.name
+        check_vap_name(short)
+        if not owner or "\0" in owner or (owner != caller.name and not caller.admin):
+            raise hidden(text)
+        return f"{owner}/{short}"
+
     def start(
         self,
         caller: Caller,
-        cvl_path: str,
+        source: Bundle | str | Path,
         secrets: Mapping[str, str] | None = None,
         progress: FetchReport | None = None,
         restart: str = "always",
+        *,
+        name: str | None = None,
     ) -> dict[str, Any]:
-        """Start the VAP a CVL file describes (`caller` becomes its owner); `restart` is its
-        restart policy for crashed VMs (`always` or `never`).
+        """Start VAP `name` (default: the CVL file's stem) of `caller` from a CVL bundle; `restart`
+        is its restart policy for crashed VMs (`always` or `never`).
 
-        `secrets` are sensitive parameter values (override keys like `l.rootpw`), held only in
-        memory and passed only to the VMs; `progress` is told `(label, bytes done, bytes total)`
-        while disk objects download.
+        `source` is the bundle a client submitted; a path (in-process callers only: the HTTP API
+        takes bundles) is read into a bundle here, as `cui start` would. `secrets` are sensitive
+        parameter values (override keys like `l.rootpw`), held only in memory and passed only to
+        the VMs; `progress` is told `(label, bytes done, bytes total)` while disk objects
+        download.
         """
-        path = Path(cvl_path).resolve()
-        self.policy.require_startable(caller, path, self.store.vap_by_path(str(path)))
-        return self.lifecycle.start(caller.name, path, dict(secrets or {}), progress, restart)
+        bundle = source if isinstance(source, Bundle) else read_bundle(Path(source))
+        short = check_vap_name(name) if name is not None else default_name(bundle.root)
+        qualified = f"{caller.name}/{short}"
+        started = self.lifecycle.start(
+            caller.name,
+            qualified,
+            bundle,
+            dict(secrets or {}),
+            progress,
+            restart,
+            local_files=caller.admin,
+        )
+        self.watchdog.forget(int(started["id"]))  # a stopped VAP started again: a new run
+        return started
 
     def stop(
         self,
         caller: Caller,
-        cvl_path: str,
+        ref: str | Path,
         component: str | None = None,
         stop_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Stop a VAP, or only `component` (a dotted path) and what lies under it."""
-        path = str(Path(cvl_path).resolve())
-        self.policy.require_owner(caller, self.store.vap_by_path(path), not_running(path))
-        return self.lifecycle.stop(caller.name, path, component, stop_timeout)
+        name = self.vap_name(caller, ref, not_running)
+        self.policy.require_owner(caller, self.store.vap_by_name(name), not_running(str(ref)))
+        return self.lifecycle.stop(caller.name, name, component, stop_timeout)
 
     def update(
         self,
         caller: Caller,
-        cvl_path: str,
+        ref: str | Path,
         component: str | None = None,
         *,
+        bundle: Bundle | None = None,
         dry_run: bool = False,
         secrets: Mapping[str, str] | None = None,
         trigger: str = "user",
         progress: FetchReport | None = None,
     ) -> dict[str, Any]:
-        """Re-evaluate a running VAP's CVL and apply the difference (see `Updating.update`)."""
-        path = Path(cvl_path).resolve()
-        hidden = not_running(str(path))
-        self.policy.require_owner(caller, self.store.vap_by_path(str(path)), hidden)
-        self.policy.require_use(caller, path)
+        """Re-evaluate a running VAP's CVL (a newly submitted `bundle`, else the one it runs)
+        and apply the difference (see `Updating.update`). A `Path` as `ref` (in-process callers
+        only: the HTTP API passes names as strings) is read as the new bundle."""
+        name = self.vap_name(caller, ref, not_running)
+        vap = self.store.vap_by_name(name)
+        self.policy.require_owner(caller, vap, not_running(str(ref)))
+        if isinstance(ref, Path) and bundle is None:  # in-process callers: the file as it is now
+            bundle = read_bundle(ref)
         return self.updating.update(
-            path, component, dry_run=dry_run, secrets=secrets, trigger=trigger, progress=progress
+            name,
+            component,
+            bundle=bundle,
+            dry_run=dry_run,
+            secrets=secrets,
+            trigger=trigger,
+            progress=progress,
         )
+
+    def show(self, caller: Caller, ref: str | Path) -> dict[str, Any]:
+        """The CVL bundle VAP `ref` runs (its newest version), every file's text where it is
+        text, and the list of its bundle versions."""
+        name = self.vap_name(caller, ref)
+        vap = self.policy.require_owner(
+            caller, self.store.vap_by_name(name), never_started(str(ref))
+        )
+        bundle = self.lifecycle.current_bundle(vap)
+        described = bundle.describe()
+        texts = {}
+        for path in bundle.manifest:
+            if path.endswith(".cvl"):
+                try:
+                    texts[path] = bundle.read(path).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+        return {
+            "name": short_name(vap.name),
+            "owner": vap.owner,
+            "status": vap.status,
+            "versions": self.store.vap_bundles(vap.id),
+            **described,
+            "texts": texts,
+        }
 
     def reconcile(self) -> dict[str, Any]:
         """Bring the records in line with the hosts (the daemon, at start-up)."""
@@ -219,9 +295,9 @@ class ClusterManager:
         self.policy.require_read(caller, "reconciliation reports")
         return self.unowned
 
-    def status(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
-        """Status of the caller's VAPs (all of them for administrators), or of one CVL file."""
-        if cvl_path is None:  # a constant number of queries, however many VAPs there are
+    def status(self, caller: Caller, ref: str | Path | None = None) -> list[dict[str, Any]]:
+        """Status of the caller's VAPs (all of them for administrators), or of one VAP."""
+        if ref is None:  # a constant number of queries, however many VAPs there are
             vaps = self.policy.visible(caller, self.store.vaps())
             policies = self.store.restart_policies()
             restarts = self.watchdog.restarts_by_vap()
@@ -232,8 +308,9 @@ class ClusterManager:
                     status, policies.get(status["id"], "always"), restarts, health, restores
                 )
             return out
-        path = str(Path(cvl_path).resolve())
-        vap = self.policy.require_owner(caller, self.store.vap_by_path(path), never_started(path))
+        name = self.vap_name(caller, ref)
+        hidden = never_started(str(ref))
+        vap = self.policy.require_owner(caller, self.store.vap_by_name(name), hidden)
         return [self._status(vap.id)]
 
     def _status(self, vap_id: int) -> dict[str, Any]:
@@ -279,27 +356,27 @@ class ClusterManager:
             vap = self.store.vap(vap_id)
         except NotFound:
             raise no_vap_id(vap_id) from None
-        vap = self.store.vap_by_path(vap.cvl_path) or vap  # an old id shows the file's latest VAP
         self.policy.require_owner(caller, vap, no_vap_id(vap_id))
         return {
             "status": self._status(vap.id),
             "state": vap.state,
-            "cvl_path": vap.cvl_path,
+            "name": vap.name,
             "events": self.store.events(vap.id),
-            "failed": self.store.failed_versions(vap.cvl_path),
+            "failed": self.store.failed_versions(vap.name),
         }
 
     def vap_ids(self, caller: Caller) -> dict[str, int]:
-        """CVL path -> VAP id of the VAPs the caller may see."""
-        return {v.cvl_path: v.id for v in self.policy.visible(caller, self.store.vaps())}
+        """VAP name (`owner/short name`) -> VAP id of the VAPs the caller may see."""
+        return {v.name: v.id for v in self.policy.visible(caller, self.store.vaps())}
 
-    def history(self, caller: Caller, cvl_path: str | None = None) -> list[dict[str, Any]]:
-        """The update history of the caller's VAPs (every VAP for administrators)."""
-        return self.updating.history(set(self.vap_ids(caller)), cvl_path)
+    def history(self, caller: Caller, ref: str | Path | None = None) -> list[dict[str, Any]]:
+        """The update history of the caller's VAPs (every VAP for administrators), or of one."""
+        name = self.vap_name(caller, ref) if ref is not None else None
+        return self.updating.history(set(self.vap_ids(caller)), name)
 
-    def record_refusal(self, cvl_path: str, trigger: str, reason: str) -> None:
-        """Record in the history that an automatic update of `cvl_path` was refused."""
-        self.store.add_history(str(Path(cvl_path).resolve()), trigger, [], {}, reason)
+    def record_refusal(self, name: str, trigger: str, reason: str) -> None:
+        """Record in the history that an automatic update of VAP `name` was refused."""
+        self.store.add_history(name, trigger, [], {}, reason)
 
     # -- hosts, pools, blacklist ----------------------------------------------------------------
 
@@ -357,11 +434,11 @@ class ClusterManager:
         self.hosts_service.host(name)
         return self.mover.undrain(name, caller.name)
 
-    def move(self, caller: Caller, cvl_path: str, component: str, host: str) -> dict[str, Any]:
-        """Live-migrate one component VM of a running VAP to `host` (administrators: it
-        overrides placement)."""
+    def move(self, caller: Caller, ref: str, component: str, host: str) -> dict[str, Any]:
+        """Live-migrate one component VM of a running VAP (`NAME`, `OWNER/NAME` or a CVL file)
+        to `host` (administrators: it overrides placement)."""
         self.policy.require_admin(caller, "move VMs between hosts")
-        return self.mover.move(str(Path(cvl_path).resolve()), component, host, caller.name)
+        return self.mover.move(self.vap_name(caller, ref), component, host, caller.name)
 
     def rebalance(self, caller: Caller, dry_run: bool) -> dict[str, Any]:
         """Plan (and unless `dry_run`, carry out) moves that even out memory use."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from utility.adapters.migration import Migrator
-from utility.adapters.store import ACTIVE, VapRow
+from utility.adapters.store import ACTIVE, VapRow, short_name
 from utility.core.desired_state import VapState
 from utility.core.moves import Move, Resident, rebalance, relocate
 from utility.core.placement import VmDemand, place
@@ -49,16 +49,16 @@ class Mover:
 
     # -- one VM ---------------------------------------------------------------------------------
 
-    def move(self, cvl_path: str, component: str, target: str, who: str) -> dict[str, Any]:
-        """Live-migrate `component` of the VAP of `cvl_path` to host `target`."""
-        with self.parts.locks.for_path(cvl_path):
-            vap = self._running(cvl_path)
+    def move(self, name: str, component: str, target: str, who: str) -> dict[str, Any]:
+        """Live-migrate `component` of VAP `name` (`owner/short name`) to host `target`."""
+        with self.parts.locks.for_path(name):
+            vap = self._running(name)
             return self._move(vap, component, target, who)
 
-    def _running(self, cvl_path: str) -> VapRow:
-        vap = self.store.vap_by_path(cvl_path)
+    def _running(self, name: str) -> VapRow:
+        vap = self.store.vap_by_name(name)
         if vap is None or vap.status != "running" or vap.state is None:
-            raise NotFound(f"{cvl_path} is not running")
+            raise NotFound(f"{short_name(name)} is not running")
         return vap
 
     def _check_target(self, vm_memory: int, source: str, target: str) -> None:
@@ -88,7 +88,7 @@ class Mover:
         vm = state.vm(component)
         row = next((r for r in self.store.vms(vap.id) if r.path == component), None)
         if vm is None or row is None:
-            raise NotFound(f"{vap.cvl_path}: no component {component!r}")
+            raise NotFound(f"{vap.name}: no component {component!r}")
         if row.state != "running":
             raise Conflict(f"{component} is {row.state}, not running: only a running VM moves")
         self._check_target(vm.memory, vm.host, target)
@@ -106,7 +106,7 @@ class Mover:
             self._networks_down(vap.id, new_nets)
             text = f"move of {component} from {vm.host} to {target} failed: {exc}"
             self.store.event(vap.id, "move", text)
-            self.store.add_history(vap.cvl_path, "move", [], {}, text)
+            self.store.add_history(vap.name, "move", [], {}, text)
             raise
         self.store.move_vm(vap.id, component, target, moved)
         self._networks_down(vap.id, _networks_added(moved, state))
@@ -118,11 +118,9 @@ class Mover:
             + ")"
         )
         self.store.event(vap.id, "move", text)
-        self.store.add_history(
-            vap.cvl_path, "move", [f"→ {component} {vm.host} → {target}"], {}, text
-        )
+        self.store.add_history(vap.name, "move", [f"→ {component} {vm.host} → {target}"], {}, text)
         return {
-            "cvl": vap.cvl_path,
+            "vap": short_name(vap.name),
             "path": component,
             "from": vm.host,
             "to": target,
@@ -152,10 +150,10 @@ class Mover:
             for row in self.store.vms(vap.id):
                 if row.host != host or row.state in ("stopped", "dead"):
                     continue
-                key = f"{vap.cvl_path}:{row.path}"
+                key = f"{vap.name}:{row.path}"
                 try:
-                    with self.parts.locks.for_path(vap.cvl_path):
-                        current = self._running(vap.cvl_path)
+                    with self.parts.locks.for_path(vap.name):
+                        current = self._running(vap.name)
                         target = self._destination(row.path, row.memory)
                         if row.state == "crashed":
                             self._rehome(current, row.path, target)
@@ -224,7 +222,7 @@ class Mover:
         health = self.store.host_health()
         up = {n for n, h in health.items() if h.health == "up"}
         residents = [
-            Resident(f"{vap.cvl_path}:{row.path}", row.host, row.memory)
+            Resident(f"{vap.name}:{row.path}", row.host, row.memory)
             for vap in self.store.vaps(("running",))
             for row in self.store.vms(vap.id)
             if row.state == "running" and row.host in up

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from utility.adapters import cvl_adapter
+from utility.adapters import bundles, cvl_adapter
 from utility.adapters.store import HostRow, Store
 from utility.adapters.trust_policy import TrustPolicy, TrustSession
 from utility.core import addresses, overlay
@@ -32,9 +32,10 @@ FetchReport = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Checked:
-    """A CVL file after the checks: its model, its appliances, and what is wrong with it."""
+    """A VAP's CVL bundle after the checks: its model, its appliances, and what is wrong."""
 
-    path: Path
+    name: str
+    source: cvl_adapter.Source
     model: ModelView
     prepared: dict[str, Prepared]
     problems: list[str]
@@ -51,6 +52,8 @@ class Pipeline:
         settings: naming and addressing choices.
         cache_dir: the object cache disks are downloaded into.
         run_dir: where guest sockets go when a VM directory's path is too long.
+        state_dir: the state directory; each VAP's storage is under it (`bundles.vap_dir`: VM
+            disks, the attic).
     """
 
     def __init__(
@@ -60,14 +63,20 @@ class Pipeline:
         settings: Settings,
         cache_dir: Path,
         run_dir: Path,
+        state_dir: Path,
     ) -> None:
         self.store = store
         self.trust = trust
         self.settings = settings
         self.cache_dir = cache_dir
         self.run_dir = run_dir
+        self.state_dir = state_dir
 
-    def check(self, path: Path, secrets: Mapping[str, str]) -> Checked:
+    def vap_dir(self, vap_id: int) -> Path:
+        """Where VAP `vap_id`'s VM directories and attic live (the utility's storage)."""
+        return bundles.vap_dir(self.state_dir, vap_id)
+
+    def check(self, name: str, source: cvl_adapter.Source, secrets: Mapping[str, str]) -> Checked:
         """Evaluate for the pre-start/pre-update checks and gather every static problem, so
         start and update report the same things the same way.
 
@@ -76,13 +85,13 @@ class Pipeline:
         """
         trust = self.trust.session()
         fetched: list[cvl_adapter.Fetched] = []
-        model, problems = cvl_adapter.evaluate_for_checks(path, secrets, fetched)
+        model, problems = cvl_adapter.evaluate_for_checks(source, secrets, fetched)
         if model is None:
             raise CheckFailed(problems)
         problems += trust.all_problems(versions_of(model), fetched)
-        prepared, more = desired.prepare(model, path.parent, trust.release_for)
+        prepared, more = desired.prepare(model, source, trust.release_for)
         problems += more + desired.static_problems(model, self.store.blacklist())
-        return Checked(path, model, prepared, problems, trust, fetched)
+        return Checked(name, source, model, prepared, problems, trust, fetched)
 
     def fetch_bases(
         self,
@@ -119,12 +128,13 @@ class Pipeline:
         """The desired state: the assigned addresses fed into a second evaluation, then built."""
         names = desired.component_names(checked.model)
         assigned = addresses.overrides_for(checked.model, addressing, names)
-        final = final_evaluation(checked.path, secrets, checked.trust, checked.fetched, assigned)
+        final = final_evaluation(checked.source, secrets, checked.trust, checked.fetched, assigned)
         _same_versions(checked.model, final)
         hosts = self.store.hosts()
         state = desired.build_state(
             vap_id=vap_id,
-            cvl_path=checked.path,
+            name=checked.name,
+            vap_dir=self.vap_dir(vap_id),
             model=final,
             prepared=checked.prepared,
             addressing=addressing,
@@ -154,7 +164,7 @@ def check_segments(state: VapState, hosts: Iterable[HostRow]) -> None:
 
 
 def final_evaluation(
-    path: Path,
+    source: cvl_adapter.Source,
     secrets: Mapping[str, str],
     trust: TrustSession,
     checked: list[cvl_adapter.Fetched],
@@ -164,7 +174,7 @@ def final_evaluation(
     on the imported texts the checks already saw (`checked`); anything it must fetch anew is
     checked like them."""
     fetched: list[cvl_adapter.Fetched] = []
-    final = cvl_adapter.evaluate(path, secrets, fetched, replay=checked, assigned=assigned)
+    final = cvl_adapter.evaluate(source, secrets, fetched, replay=checked, assigned=assigned)
     problems = trust.cvl_problems(fetched)
     if problems:
         raise TrustRefused("; ".join(problems))

@@ -1,13 +1,13 @@
 """Who asks the cluster manager, and every authorisation decision it makes (the one place).
 
 Administrators manage hosts, pools, the blacklist, trust, subscriptions and tokens, and see every
-VAP; a user sees and controls only their own VAPs, and (with a user root) starts only CVL files
-under it. Another user's VAP does not exist for a user: every refusal about it is the very
-`NotFound` a VAP that never existed gives (no owner, no existence leak), and a user may not
-start a CVL file whose newest VAP record (running, or stopped with its data disks kept) belongs
-to somebody else. Everybody with a token may read the hosts, the blacklist and the trust policy
-(users need them to know where and what they may run). Names of internal callers (`local`, the
-Unix socket's; `auto-update`, the automatic updater's) are reserved: no token may take them.
+VAP; a user sees and controls only their own VAPs. A VAP is identified by (owner, name), so two
+users may each have a VAP `web`, and a user's start only ever names their own. Another user's VAP
+does not exist for a user: every refusal about it is the very `NotFound` a VAP that never
+existed gives (no owner, no existence leak). Everybody with a token may read the hosts, the
+blacklist and the trust policy (users need them to know where and what they may run). Names of
+internal callers (`local`, the Unix socket's; `auto-update`, the automatic updater's) are
+reserved: no token may take them.
 The facade (`utility.service.manager`) asks this object before each operation; routes and pages
 never decide. Refusals are `Forbidden` or `NotFound`, turned into HTTP statuses only in
 `utility.web.api`.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from utility.adapters.store import VapRow
 from utility.errors import Forbidden, NotFound, UtilityError
@@ -76,14 +75,7 @@ class Caller:
 
 
 class Policy:
-    """The authorisation rules of one cluster manager.
-
-    Args:
-        user_root: when set, users (not administrators) may only start CVL files under it.
-    """
-
-    def __init__(self, user_root: Path | None = None) -> None:
-        self.user_root = user_root.resolve() if user_root else None
+    """The authorisation rules of one cluster manager."""
 
     def require_admin(self, caller: Caller, what: str) -> None:
         """Refuse unless `caller` administers; `what` completes "only administrators may"."""
@@ -102,19 +94,6 @@ class Policy:
         if vap is None or not self.owns(caller, vap):
             raise hidden
         return vap
-
-    def require_startable(self, caller: Caller, path: Path, newest: VapRow | None) -> None:
-        """Refuse to start `path` where its newest VAP record is another owner's: that VAP's
-        data disks lie next to the file and would be used. The text does not reveal it."""
-        self.require_use(caller, path)
-        if newest is not None and newest.owner != caller.name and not caller.admin:
-            raise NotFound(f"{path} cannot be started by {caller.name}: no such CVL file of yours")
-
-    def require_use(self, caller: Caller, path: Path) -> None:
-        """Users may only run CVL files under the configured user root (if any)."""
-        if caller.admin or self.user_root is None or path.is_relative_to(self.user_root):
-            return
-        raise Forbidden(f"{caller.name} may only start CVL files under {self.user_root}")
 
     @staticmethod
     def owns(caller: Caller, vap: VapRow) -> bool:

@@ -66,7 +66,7 @@ class Recovery:
         if restored:
             text += f"; data disks as before the update: {', '.join(restored)}"
         self.store.event(vap.id, "reconcile", text)
-        self.store.add_history(vap.cvl_path, "reconcile", [f"↻ {p}" for p in redone], {}, text)
+        self.store.add_history(vap.name, "reconcile", [f"↻ {p}" for p in redone], {}, text)
         return True
 
     def _untouched(self, vap: VapRow, state: VapState) -> set[str]:

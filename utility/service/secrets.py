@@ -13,25 +13,25 @@ from utility.adapters.store import Store
 
 
 class HeldSecrets:
-    """Per CVL path, the sensitive values its user last supplied."""
+    """Per VAP name, the sensitive values its user last supplied."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._values: dict[str, dict[str, str]] = {}
 
-    def values(self, cvl_path: str) -> dict[str, str]:
-        """What the daemon holds for `cvl_path` (empty after a restart)."""
-        return dict(self._values.get(cvl_path, {}))
+    def values(self, name: str) -> dict[str, str]:
+        """What the daemon holds for VAP `name` (empty after a restart)."""
+        return dict(self._values.get(name, {}))
 
     def remember(
         self,
         vap_id: int,
-        cvl_path: str,
+        name: str,
         secrets: Mapping[str, str],
         db: sqlite3.Connection | None = None,
     ) -> None:
         """Hold `secrets` for later updates and record their keys (in `db`'s transaction)."""
-        self._values[cvl_path] = dict(secrets)
+        self._values[name] = dict(secrets)
         self.store.set_secret_keys(vap_id, [k for k, v in secrets.items() if v], db)
 
     def lost(self, vap_id: int, secrets: Mapping[str, str]) -> list[str]:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from utility.adapters.store import ACTIVE, Store, VapRow, VmRow
+from utility.adapters.store import ACTIVE, Store, VapRow, VmRow, short_name
 from utility.core.desired_state import MASK, Vm
 
 _NETWORK_FIELDS: dict[type, tuple[str, ...]] = {}
@@ -91,7 +91,8 @@ class StatusView:
         ]
         return {
             "id": vap.id,
-            "cvl": vap.cvl_path,
+            "name": short_name(vap.name),
+            "vap": vap.name,
             "owner": vap.owner,
             "status": vap.status,
             "error": vap.error,

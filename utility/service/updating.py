@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from utility.adapters import disks
 from utility.adapters.allocations import HeldRows
 from utility.adapters.executor import RolledBack
-from utility.adapters.store import VapRow, VmRow
+from utility.adapters.store import VapRow, VmRow, short_name
 from utility.core import addresses
+from utility.core.bundle import Bundle
 from utility.core.desired_state import VapState
 from utility.core.model_view import ModelView, join_path
 from utility.core.planner import Op, Plan
@@ -38,18 +38,21 @@ class Updating:
 
     def update(
         self,
-        cvl_path: Path,
+        name: str,
         component: str | None = None,
         *,
+        bundle: Bundle | None = None,
         dry_run: bool = False,
         secrets: Mapping[str, str] | None = None,
         trigger: str = "user",
         progress: FetchReport | None = None,
     ) -> dict[str, Any]:
-        """Re-evaluate a running VAP's CVL, diff against what runs, print and apply the plan.
+        """Re-evaluate a running VAP's CVL (`bundle`, a newly submitted one, else the stored
+        bundle it runs), diff against what runs, print and apply the plan. The bundle becomes the
+        VAP's next version once applied (or when there was nothing to change).
 
         Existing components keep their host, MACs, IPs and VLANs; new ones are allocated like a
-        start; removed ones are stopped and their directory moved to `<CVL dir>/.attic/`.
+        start; removed ones are stopped and their directory moved to the VAP's `.attic/`.
         Dependents are not restarted when a provider is updated (no cascade): a provider's
         update is a short outage they must tolerate, and a dependent whose own parameters change
         gets them resent (after the provider is back). `dry_run` changes nothing.
@@ -57,17 +60,19 @@ class Updating:
         Returns:
             {"plan": [...], "lines": [...], "applied": bool, "error": str | None}
         """
-        p, path = self.parts, cvl_path
-        secrets = {**p.secrets.values(str(path)), **dict(secrets or {})}
-        with p.locks.for_path(str(path)):
-            vap = self.lifecycle.active(str(path))
+        p = self.parts
+        secrets = {**p.secrets.values(name), **dict(secrets or {})}
+        with p.locks.for_path(name):
+            vap = self.lifecycle.active(name)
             current = vap.state
             if current is None:
-                raise NotFound(f"{path} has no recorded state")
+                raise NotFound(f"{short_name(name)} has no recorded state")
             lost = p.secrets.lost(vap.id, secrets)
             if lost and trigger != "user":
-                return self._needs_user(vap.id, path, trigger, lost)
-            checked = p.pipeline.check(path, secrets)
+                return self._needs_user(vap.id, name, trigger, lost)
+            stored = p.bundles.pending(bundle) if bundle else self.lifecycle.current_bundle(vap)
+            source = self.lifecycle.source(vap.id, stored)
+            checked = p.pipeline.check(name, source, secrets)
             rows = self.store.vms(vap.id)
             fresh = {
                 vm_path: prep
@@ -80,6 +85,8 @@ class Updating:
                 proposal = p.allocator.propose(db, checked.model, fresh, keep)
             if checked.problems + proposal.problems:
                 raise CheckFailed(checked.problems + proposal.problems)
+            if bundle is not None and not dry_run:
+                p.bundles.save(bundle)  # checked: kept, recorded as a version once it runs
             # 2. downloads and the address-filled evaluation, holding no state lock
             desired = self._desired(
                 vap.id, checked, proposal, current, rows, secrets, progress, fetch=not dry_run
@@ -87,14 +94,14 @@ class Updating:
             if component:
                 desired = _merge(current, desired, component)
             plan = p.applier.plan(current, desired, vanished=Op.REMOVE)
-            skip = self._skip_reason(plan, path, trigger)
+            skip = self._skip_reason(plan, name, trigger)
             if not plan or dry_run or skip is not None:
                 return self._not_applied(
                     vap, checked, current, plan, trigger, secrets, dry_run, skip
                 )
             # 3. reserve exactly what was planned with, or refuse if another VAP took it
-            self._reserve(vap.id, path, proposal, fresh)
-            p.secrets.remember(vap.id, str(path), secrets)
+            self._reserve(vap.id, name, proposal, fresh)
+            p.secrets.remember(vap.id, name, secrets)
             return self._apply(vap.id, checked, current, desired, plan, trigger)
 
     def _desired(
@@ -121,9 +128,9 @@ class Updating:
             vap_id, checked, proposal.addressing, placement, bases, secrets
         )
 
-    def _skip_reason(self, plan: Plan, path: Path, trigger: str) -> str | None:
+    def _skip_reason(self, plan: Plan, name: str, trigger: str) -> str | None:
         """Why an automatic update does not retry versions that failed before (None: it runs)."""
-        retried = _retried_failures(plan, self.store.failed_versions(str(path)))
+        retried = _retried_failures(plan, self.store.failed_versions(name))
         if not retried or trigger == "user":
             return None
         return (
@@ -132,10 +139,10 @@ class Updating:
         )
 
     def _reserve(
-        self, vap_id: int, path: Path, proposal: Proposal, fresh: Mapping[str, Any]
+        self, vap_id: int, name: str, proposal: Proposal, fresh: Mapping[str, Any]
     ) -> None:
         taken = (
-            f"{path}: another VAP took addresses or host room while "
+            f"{short_name(name)}: another VAP took addresses or host room while "
             "this update was prepared; run it again"
         )
         with self.parts.allocator.session() as db:
@@ -157,15 +164,17 @@ class Updating:
         skip: str | None,
     ) -> dict[str, Any]:
         """A dry run, an empty plan or a skipped automatic update: settle, say so."""
-        path = checked.path
+        name = checked.name
         if not dry_run:
-            self._settle(vap.id, current, {vm.path for vm in checked.model.vms()}, set(), path)
+            self._settle(vap.id, current, {vm.path for vm in checked.model.vms()}, set())
+            if skip is None and not plan:  # the bundle evaluates to what runs: it is what runs
+                self.store.add_vap_bundle(vap.id, checked.source.bundle.digest)
             if trigger == "user":  # the user's values are what automatic updates use next
-                self.parts.secrets.remember(vap.id, str(path), secrets)
+                self.parts.secrets.remember(vap.id, name, secrets)
                 if (vap.error or "").startswith("waiting for its user"):
                     self.store.set_vap(vap.id, status="running")
         if skip:
-            self.record_history(path, trigger, plan, skip)
+            self.record_history(name, trigger, plan, skip)
         return {"plan": plan.to_json(), "lines": plan.lines(), "applied": False, "error": skip}
 
     def _apply(
@@ -177,9 +186,10 @@ class Updating:
         plan: Plan,
         trigger: str,
     ) -> dict[str, Any]:
-        path = checked.path
+        name = checked.name
+        attic = self.parts.pipeline.vap_dir(vap_id) / ".attic"
         outcome = self.parts.applier.apply(
-            vap_id, current, desired, vanished=Op.REMOVE, attic=path.parent / ".attic"
+            vap_id, current, desired, vanished=Op.REMOVE, attic=attic
         ).outcome
         after = _state_after(current, desired, plan, set(outcome.done))
         removed = {
@@ -187,14 +197,16 @@ class Updating:
             for a in plan.actions
             if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done
         }
-        self._settle(vap_id, after, {vm.path for vm in checked.model.vms()}, removed, path)
+        self._settle(vap_id, after, {vm.path for vm in checked.model.vms()}, removed)
         self.store.set_vap(vap_id, status="running", state=after, error=outcome.error)
+        if outcome.error is None:
+            self.store.add_vap_bundle(vap_id, checked.source.bundle.digest)
         if isinstance(outcome.exception, RolledBack):
             failed = next(a for a in plan.actions if a.key == outcome.failed)
             origin = (failed.vm.origin if failed.vm else None) or {}
-            self.store.mark_failed(str(path), str(origin.get("url")), str(origin.get("version")))
+            self.store.mark_failed(name, str(origin.get("url")), str(origin.get("version")))
         result = f"failed: {outcome.error}" if outcome.error else "applied"
-        self.record_history(path, trigger, plan, result)
+        self.record_history(name, trigger, plan, result)
         return {
             "plan": plan.to_json(),
             "lines": plan.lines(),
@@ -202,35 +214,32 @@ class Updating:
             "error": outcome.error,
         }
 
-    def _needs_user(self, vap_id: int, path: Path, trigger: str, lost: list[str]) -> dict[str, Any]:
+    def _needs_user(self, vap_id: int, name: str, trigger: str, lost: list[str]) -> dict[str, Any]:
         """An automatic update that cannot run: the VAP's sensitive values were held only in
         memory and the cluster manager restarted since. Say so in history and status; the
         user's next `cui update` (their secret cache supplies the values) clears it."""
         message = (
             f"waiting for its user: the sensitive values of {', '.join(lost)} are kept "
             "only in memory and were lost when the cluster manager restarted; run "
-            f"`cui update {path}` to supply them"
+            f"`cui update {short_name(name)}` to supply them"
         )
-        self.record_history(path, trigger, Plan(actions=()), message)
+        self.record_history(name, trigger, Plan(actions=()), message)
         self.store.set_vap(vap_id, error=message)
         return {"plan": [], "lines": [], "applied": False, "error": message}
 
-    def record_history(self, path: Path, trigger: str, plan: Plan, result: str) -> None:
+    def record_history(self, name: str, trigger: str, plan: Plan, result: str) -> None:
         """Append an update to the history (`cui history`)."""
-        self.store.add_history(str(path), trigger, plan.lines(), _version_changes(plan), result)
+        self.store.add_history(name, trigger, plan.lines(), _version_changes(plan), result)
 
-    def history(self, visible: set[str], cvl_path: str | None = None) -> list[dict[str, Any]]:
-        """The update history of the VAPs whose CVL path is in `visible`, or of one of them."""
-        path = str(Path(cvl_path).resolve()) if cvl_path else None
-        return [h for h in self.store.history(path) if h["cvl_path"] in visible]
+    def history(self, visible: set[str], name: str | None = None) -> list[dict[str, Any]]:
+        """The update history of the VAPs whose name is in `visible`, or of one of them."""
+        return [h for h in self.store.history(name) if h["name"] in visible]
 
-    def _settle(
-        self, vap_id: int, state: VapState, members: set[str], removed: set[str], cvl_path: Path
-    ) -> None:
+    def _settle(self, vap_id: int, state: VapState, members: set[str], removed: set[str]) -> None:
         """Release what a VAP no longer uses after an update; drop stale VM records.
 
         The rule: a VM running after the update holds exactly the MACs and IPs its state shows;
-        a VM stopped on request (`cui stop FILE COMP`) that the CVL still has (`members`) keeps
+        a VM stopped on request (`cui stop NAME COMP`) that the CVL still has (`members`) keeps
         its record, host, MACs and IPs, and the update that restarts it reuses them; every other
         address, VM record and unused VLAN of the VAP is released, including those of a
         component removed from the CVL while it was stopped, whose directory (data disks
@@ -242,9 +251,10 @@ class Updating:
         }
         keep = HeldRows(in_use, running, (members - removed) - running, set(state.vlans.values()))
         dropped = self.parts.allocations.settle(vap_id, keep)
+        storage = self.parts.pipeline.vap_dir(vap_id)
         for vm_path in [p for p in dropped if p not in members and p not in removed]:
             moved = disks.move_directory_to_attic(
-                cvl_path.parent / (vm_path or "root"), vm_path or "root", cvl_path.parent / ".attic"
+                storage / (vm_path or "root"), vm_path or "root", storage / ".attic"
             )
             self.store.event(
                 vap_id,
@@ -338,7 +348,7 @@ def _merge(current: VapState, desired: VapState, component: str) -> VapState:
     vms = [vm for vm in current.vms if not inside(vm.path)]
     vms += [vm for vm in desired.vms if inside(vm.path)]
     if not any(inside(vm.path) for vm in [*current.vms, *desired.vms]):
-        raise NotFound(f"no component {component!r} in {current.cvl_path}")
+        raise NotFound(f"no component {component!r} in {short_name(current.cvl_path)}")
     return _with_networks(
         dataclasses.replace(current, vms=tuple(sorted(vms, key=_path_key))),
         [*current.networks, *desired.networks],

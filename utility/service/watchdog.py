@@ -112,13 +112,13 @@ class Watchdog:
         if self.monitor is not None:
             report.update({k: v for k, v in self.monitor.check().items() if v})
         for vap in self.store.vaps(("running", "stopping")):
-            lock = self.parts.locks.for_path(vap.cvl_path)
+            lock = self.parts.locks.for_path(vap.name)
             if not lock.acquire(blocking=False):
                 continue  # a start, stop or update is under way: its own steps decide
             try:
                 if vap.status == "stopping":
                     if self.lifecycle.finish_stop(vap):
-                        report["stopped"].append(vap.cvl_path)
+                        report["stopped"].append(vap.name)
                     continue
                 self._see_crashes(vap, report["crashed"])
                 self._restart_due(vap, report)
@@ -140,8 +140,8 @@ class Watchdog:
             self.gave_up.discard((vap.id, row.path))
             text = f"{row.path}: domain {row.domain} on {row.host} stopped on its own"
             self.store.event(vap.id, "crashed", text)
-            self.store.add_history(vap.cvl_path, "crash", [f"✗ {row.path}"], {}, text)
-            crashed.append(f"{vap.cvl_path}:{row.path}")
+            self.store.add_history(vap.name, "crash", [f"✗ {row.path}"], {}, text)
+            crashed.append(f"{vap.name}:{row.path}")
 
     def _restart_due(self, vap: VapRow, report: dict[str, list[str]]) -> None:
         if vap.state is None or self.store.restart_policy(vap.id) != "always":
@@ -153,18 +153,18 @@ class Watchdog:
                 continue
             if self.store.secret_keys(vap.id):
                 self._give_up(vap, row.path, "its sensitive values are not stored to boot it with")
-                report["gave_up"].append(f"{vap.cvl_path}:{row.path}")
+                report["gave_up"].append(f"{vap.name}:{row.path}")
                 continue
             now = self.clock()
             due = self.backoff.due(key, now)
             if due is None:
                 self._give_up(vap, row.path, f"{self.backoff.limit} restarts failed")
-                report["gave_up"].append(f"{vap.cvl_path}:{row.path}")
+                report["gave_up"].append(f"{vap.name}:{row.path}")
                 continue
             if not due:
                 continue
             if not self._room(vm.host, vm.memory):
-                report["waiting"].append(f"{vap.cvl_path}:{row.path}")
+                report["waiting"].append(f"{vap.name}:{row.path}")
                 continue  # its slot was given away meanwhile: no overcommit, try next round
             self.backoff.record(key, now)
             attempt = len(self.backoff.recent(key, now))
@@ -175,8 +175,8 @@ class Watchdog:
                 continue
             text = f"{row.path} restarted on {vm.host} (attempt {attempt})"
             self.store.event(vap.id, "restart", text)
-            self.store.add_history(vap.cvl_path, "restart", [f"↻ {row.path}"], {}, text)
-            report["restarted"].append(f"{vap.cvl_path}:{row.path}")
+            self.store.add_history(vap.name, "restart", [f"↻ {row.path}"], {}, text)
+            report["restarted"].append(f"{vap.name}:{row.path}")
 
     def _room(self, host: str, memory: int) -> bool:
         """Whether `host` has room for one more VM of `memory` bytes (crashed VMs hold none)."""
@@ -191,7 +191,14 @@ class Watchdog:
         self.gave_up.add((vap.id, path))
         text = f"{path} stays crashed: {why}"
         self.store.event(vap.id, "restart", text)
-        self.store.add_history(vap.cvl_path, "restart", [], {}, text)
+        self.store.add_history(vap.name, "restart", [], {}, text)
+
+    def forget(self, vap_id: int) -> None:
+        """Forget the restart attempts of VAP `vap_id` (it starts again under the same id: a
+        new run begins with a clean slate)."""
+        self.gave_up = {key for key in self.gave_up if key[0] != vap_id}
+        for key in [k for k in self.backoff.attempts if k[0] == vap_id]:
+            del self.backoff.attempts[key]
 
     def restarts_by_vap(self) -> dict[int, dict[str, int]]:
         """Restart attempts inside the current window, per VAP id then component path."""

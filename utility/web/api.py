@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException
 
 from utility.adapters.event_guard import EventRules, check_size
 from utility.core import validation as valid
+from utility.core.bundle import Bundle
 from utility.errors import CheckFailed, Unauthorized, UtilityError
 from utility.service.manager import Caller, ClusterManager, FetchReport
 from utility.service.policy import LOCAL
@@ -217,8 +218,8 @@ def create_app(
     @app.post("/v1/vaps/move")
     def move() -> Any:
         data = body()
-        cvl, component, host = field(data, "cvl"), field(data, "component"), field(data, "host")
-        return jsonify(manager.move(caller(), cvl, component, valid.clean_text(host, "host")))
+        name, component, host = field(data, "name"), field(data, "component"), field(data, "host")
+        return jsonify(manager.move(caller(), name, component, valid.clean_text(host, "host")))
 
     @app.post("/v1/rebalance")
     def rebalance() -> Any:
@@ -275,36 +276,66 @@ def create_app(
     def violations() -> Any:
         return jsonify(manager.violations(caller()))
 
+    def bundle_of(data: dict[str, Any]) -> Bundle:
+        if "cvl" in data and "bundle" not in data:
+            raise UtilityError(
+                "field 'cvl' (a path on the daemon's host) is no longer accepted: send the CVL "
+                "as field 'bundle' (cui start FILE.cvl does)"
+            )
+        return Bundle.from_wire(data.get("bundle"))
+
+    def vap_ref(data: dict[str, Any]) -> str:
+        return str(valid.text(data, "name", 200))
+
     @app.post("/v1/vaps/start")
     def start() -> Any:
         data = body()
         secrets = valid.string_map(data, "secrets")
-        who, cvl = caller(), field(data, "cvl")
+        who, bundle = caller(), bundle_of(data)
+        name = valid.optional_text(data, "name", 200)
         restart = valid.optional_text(data, "restart", 16) or "always"
         if wants_stream():
-            return streamed(lambda report: manager.start(who, cvl, secrets, report, restart))
-        return jsonify(manager.start(who, cvl, secrets, restart=restart))
+            return streamed(
+                lambda report: manager.start(who, bundle, secrets, report, restart, name=name)
+            )
+        return jsonify(manager.start(who, bundle, secrets, restart=restart, name=name))
 
     @app.post("/v1/vaps/stop")
     def stop() -> Any:
         data = body()
         timeout = valid.seconds(data, "timeout")
         component = valid.optional_text(data, "component")
-        return jsonify(manager.stop(caller(), field(data, "cvl"), component, timeout))
+        return jsonify(manager.stop(caller(), vap_ref(data), component, timeout))
 
     @app.post("/v1/vaps/update")
     def update() -> Any:
         data = body()
         secrets = valid.string_map(data, "secrets")
-        who, cvl, component = caller(), field(data, "cvl"), valid.optional_text(data, "component")
+        who, name, component = caller(), vap_ref(data), valid.optional_text(data, "component")
+        bundle = bundle_of(data) if data.get("bundle") is not None else None
         dry_run = valid.boolean(data, "dry_run")
         if wants_stream():
             return streamed(
                 lambda report: manager.update(
-                    who, cvl, component, dry_run=dry_run, secrets=secrets, progress=report
+                    who,
+                    name,
+                    component,
+                    bundle=bundle,
+                    dry_run=dry_run,
+                    secrets=secrets,
+                    progress=report,
                 )
             )
-        return jsonify(manager.update(who, cvl, component, dry_run=dry_run, secrets=secrets))
+        return jsonify(
+            manager.update(who, name, component, bundle=bundle, dry_run=dry_run, secrets=secrets)
+        )
+
+    @app.get("/v1/vaps/bundle")
+    def show() -> Any:
+        name = query("name")
+        if name is None:
+            raise UtilityError("query parameter 'name' is missing")
+        return jsonify(manager.show(caller(), name))
 
     @app.post(EVENTS_PATH)
     def publish_event() -> Any:
@@ -356,11 +387,11 @@ def create_app(
 
     @app.get("/v1/history")
     def history() -> Any:
-        return jsonify(manager.history(caller(), query("cvl")))
+        return jsonify(manager.history(caller(), query("name")))
 
     @app.get("/v1/vaps")
     def status() -> Any:
-        return jsonify(manager.status(caller(), query("cvl")))
+        return jsonify(manager.status(caller(), query("name")))
 
     @app.get("/v1/reconcile")
     def reconcile_report() -> Any:

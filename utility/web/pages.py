@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from flask import (
@@ -38,6 +37,7 @@ from flask import (
 )
 
 import webui
+from utility.adapters.store import short_name
 from utility.core.addresses import PUBLIC
 from utility.errors import Forbidden
 from utility.service.manager import Caller, ClusterManager
@@ -578,9 +578,9 @@ def _history_rows(
         rows.append(
             {
                 "at": _when(float(h["at"])),
-                "cvl": str(h["cvl_path"]),
-                "name": Path(str(h["cvl_path"])).name,
-                "vap_id": ids.get(str(h["cvl_path"])),
+                "vap": str(h["name"]),
+                "name": short_name(str(h["name"])),
+                "vap_id": ids.get(str(h["name"])),
                 "trigger": trigger,
                 "automatic": trigger in ("push", "poll"),
                 "versions": [
@@ -612,7 +612,7 @@ def overview() -> Response:
     violations, _ = _admin_only(lambda: manager.violations(caller), [])
     vaps = manager.status(caller)
     ids = manager.vap_ids(caller)
-    names = {v["id"]: Path(str(v["cvl"])).name for v in vaps}
+    names = {v["id"]: str(v["name"]) for v in vaps}
     return _page(
         "overview.html",
         title="Cluster",
@@ -636,7 +636,7 @@ def vap_page(vap_id: int) -> Response:
     """One VAP: the picture of its network, its components' versions, its updates."""
     manager, caller = _manager(), _caller()
     details = manager.vap_details(caller, vap_id)  # the owner check happens there
-    status, state, cvl_path = details["status"], details["state"], details["cvl_path"]
+    status, state, name = details["status"], details["state"], details["name"]
     imports = list(state.imports) if state else []
     blacklist = [(b["url"], b["version"]) for b in manager.blacklist(caller)]
     failed = details["failed"]
@@ -649,13 +649,13 @@ def vap_page(vap_id: int) -> Response:
     events = [{**e, "at": _when(float(str(e["at"])))} for e in details["events"]][-12:]
     return _page(
         "vap.html",
-        title=Path(cvl_path).name,
+        title=short_name(name),
         nav="overview",
         vap=status,
         picture=picture,
         notes=notes,
         dependencies=dependencies,
-        history=_history_rows(manager.history(caller, cvl_path), manager.vap_ids(caller)),
+        history=_history_rows(manager.history(caller, name), manager.vap_ids(caller)),
         events=list(reversed(events)),
     )
 
