@@ -170,7 +170,7 @@ def test_rebalance_evens_memory_and_stops() -> None:
 def test_a_silent_host_is_suspect_then_failed_its_vms_restart_elsewhere_and_it_is_fenced(
     rig: Rig,
 ) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     victim = rig.component(cvl, "d")
     dead_host = victim["host"]
     before = {c["path"]: c for c in rig.status(cvl)["components"]}
@@ -200,7 +200,7 @@ def test_a_silent_host_is_suspect_then_failed_its_vms_restart_elsewhere_and_it_i
     events = [e["text"] for e in rig.manager.store.events()]
     assert f"host {dead_host}: suspect -> failed" in events
 
-    second = rig.start("second")["cvl"]  # nothing new is placed on the failed host
+    second = rig.start("second")["vap"]  # nothing new is placed on the failed host
     assert dead_host not in {c["host"] for c in rig.status(second)["components"]}
 
     rig.cut.discard(dead_host)
@@ -213,7 +213,7 @@ def test_a_silent_host_is_suspect_then_failed_its_vms_restart_elsewhere_and_it_i
 
 
 def test_a_host_that_answers_within_the_grace_period_loses_nothing(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     host = rig.component(cvl, "l")["host"]
     rig.cut.add(host)
     rig.manager.check()
@@ -230,7 +230,7 @@ def test_a_host_that_answers_within_the_grace_period_loses_nothing(rig: Rig) -> 
 def test_lost_vms_stay_lost_without_room_and_come_back_after_fencing(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, hosts=1)
     try:
-        cvl = rig.start("acme")["cvl"]
+        cvl = rig.start("acme")["vap"]
         rig.cut.add("h1")
         rig.manager.check()
         rig.now[0] += 31
@@ -254,10 +254,10 @@ def test_lost_vms_stay_lost_without_room_and_come_back_after_fencing(tmp_path: P
 
 
 def test_move_migrates_one_vm_and_keeps_its_addresses(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     before = rig.component(cvl, "d")
     target = next(h for h in ("h1", "h2", "h3") if h != before["host"])
-    answer = rig.api.post("/v1/vaps/move", json={"cvl": cvl, "component": "d", "host": target})
+    answer = rig.api.post("/v1/vaps/move", json={"name": cvl, "component": "d", "host": target})
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["downtime_ms"] == 7
     after = rig.component(cvl, "d")
@@ -274,13 +274,13 @@ def test_move_migrates_one_vm_and_keeps_its_addresses(rig: Rig) -> None:
 
 
 def test_a_failed_migration_leaves_the_vm_where_it_was(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     before = rig.status(cvl)
     d = rig.component(cvl, "d")
     target = next(h for h in ("h1", "h2", "h3") if h != d["host"])
     nets_before = rig.manager.host(target).networks()
     rig.manager.mover.migrator.fail = True  # type: ignore[attr-defined]
-    answer = rig.api.post("/v1/vaps/move", json={"cvl": cvl, "component": "d", "host": target})
+    answer = rig.api.post("/v1/vaps/move", json={"name": cvl, "component": "d", "host": target})
     assert answer.status_code == 502 and "still runs on" in answer.get_json()["error"]
     assert still(rig.status(cvl)) == still(before)
     assert running_on(rig, d["domain"]) == [d["host"]]
@@ -300,16 +300,16 @@ def test_a_failed_migration_leaves_the_vm_where_it_was(rig: Rig) -> None:
 def test_hostile_moves_are_refused_and_change_nothing(
     rig: Rig, body: dict[str, Any], code: int
 ) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     before = rig.status(cvl)
-    answer = rig.api.post("/v1/vaps/move", json={"cvl": cvl, **body})
+    answer = rig.api.post("/v1/vaps/move", json={"name": cvl, **body})
     assert answer.status_code == code, answer.get_json()
     assert still(rig.status(cvl)) == still(before)
     assert rig.manager.mover.migrator.calls == []  # type: ignore[attr-defined]
 
 
 def test_only_administrators_move_drain_and_rebalance(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     user = Caller("bob", "user")
     for call in (
         lambda: rig.manager.move(user, cvl, "d", "h1"),
@@ -322,7 +322,7 @@ def test_only_administrators_move_drain_and_rebalance(rig: Rig) -> None:
 
 
 def test_drain_moves_every_vm_off_and_takes_no_new_ones_until_undrained(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     host = rig.component(cvl, "d")["host"]
     answer = rig.api.post(f"/v1/hosts/{host}/drain")
     assert answer.status_code == 200, answer.get_json()
@@ -330,10 +330,10 @@ def test_drain_moves_every_vm_off_and_takes_no_new_ones_until_undrained(rig: Rig
     assert [m["path"] for m in result["moved"]] == ["d"] and result["failed"] == []
     assert host not in {c["host"] for c in rig.status(cvl)["components"]}
     assert rig.manager.host(host).domains() == []
-    second = rig.start("second")["cvl"]
+    second = rig.start("second")["vap"]
     assert host not in {c["host"] for c in rig.status(second)["components"]}
     assert rig.api.post(f"/v1/hosts/{host}/undrain").status_code == 200
-    third = rig.start("third")["cvl"]
+    third = rig.start("third")["vap"]
     assert host in {c["host"] for c in rig.status(third)["components"]}  # emptiest again
     live_allocations_are_unique_and_held(rig)
 
@@ -342,7 +342,7 @@ def _one_loaded_host_then_two_empty(tmp_path: Path) -> tuple[Rig, str]:
     """A rig whose three VMs all run on h1, then h2 and h3 registered empty."""
     rig = make_rig(tmp_path, hosts=1)
     rig.manager.mover.migrator = CopyMigrator()
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     for name in ("h2", "h3"):
         uri = rig.manager.store.hosts()[0].uri.replace("h1-", f"{name}-")
         Path(uri.removeprefix("test://")).write_text(
@@ -457,7 +457,7 @@ def test_schema_step_4_adds_host_health_to_an_old_database(tmp_path: Path) -> No
 
 
 def test_a_busy_vap_is_marked_lost_and_restarted_once_its_operation_ends(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     host = rig.component(cvl, "f")["host"]
     rig.cut.add(host)
     rig.manager.check()
@@ -474,7 +474,7 @@ def test_a_busy_vap_is_marked_lost_and_restarted_once_its_operation_ends(rig: Ri
 
 
 def test_the_pages_show_a_failed_host_and_where_restored_data_came_from(rig: Rig) -> None:
-    cvl = rig.start("acme")["cvl"]
+    cvl = rig.start("acme")["vap"]
     host = rig.component(cvl, "d")["host"]
     rig.cut.add(host)
     rig.manager.check()

@@ -40,17 +40,17 @@ def test_status_of_all_vaps_takes_the_same_queries_for_1_or_4_vaps(tmp_path: Pat
     manager.add_public_ips(ADMIN, "198.51.100.1-198.51.100.8")
     counts = []
     for n in range(4):
-        manager.start(ADMIN, str(paper_tree(PAPER, tmp_path / f"acme{n}")))
+        manager.start(ADMIN, str(paper_tree(PAPER, tmp_path / f"acme{n}")), name=f"acme{n}")
         status, count = _statements(manager)
         assert len(status) == n + 1
         assert {c["state"] for s in status for c in s["components"]} == {"running"}
         assert all(s["restart"] == "always" for s in status)
         counts.append(count)
-    manager.stop(ADMIN, str(tmp_path / "acme0" / "AcmeGroupware.cvl"))
+    manager.stop(ADMIN, "acme0")
     status, count = _statements(manager)
     assert [s["status"] for s in status] == ["stopped", "running", "running", "running"]
     assert len(set(counts + [count])) == 1, counts + [count]  # one query per kind, not per VAP
-    (single,) = manager.status(ADMIN, str(tmp_path / "acme2" / "AcmeGroupware.cvl"))
-    (same,) = [s for s in status if s["cvl"] == single["cvl"]]
+    (single,) = manager.status(ADMIN, "acme2")
+    (same,) = [s for s in status if s["vap"] == single["vap"]]
     assert _timeless(single) == _timeless(same)  # one VAP's status reads the same either way
     manager.close()

@@ -120,7 +120,7 @@ class Mover:
         self.store.event(vap.id, "move", text)
         self.store.add_history(vap.name, "move", [f"→ {component} {vm.host} → {target}"], {}, text)
         return {
-            "vap": short_name(vap.name),
+            "vap": vap.name,
             "path": component,
             "from": vm.host,
             "to": target,
