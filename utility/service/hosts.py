@@ -43,7 +43,10 @@ class Hosts:
             if self.default_uri
             else probe_default_uri()
         )
-        memory = self.pool.get(EMBEDDED_HOST, uri).memory()
+        host = self.pool.get(EMBEDDED_HOST, uri)
+        memory = host.memory()
+        if not host.is_test:
+            host.storage.ensure_pool()  # the disks of its VMs are volumes there
         try:
             self.store.add_host(HostRow(EMBEDDED_HOST, uri, memory, EMBEDDED_MAX_VMS, True))
         except UtilityError:
@@ -51,12 +54,16 @@ class Hosts:
         return [f"no host registered: using {reason}"]
 
     def add(self, name: str, uri: str, memory: int, max_vms: int) -> HostRow:
-        """Register a host; its libvirt connection is checked first."""
+        """Register a host; its libvirt connection is checked first, and the utility's storage
+        pool is made there (idempotent: an existing one is kept)."""
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise UtilityError(f"host name {name!r}: use letters, digits, '-' and '_'")
         if memory <= 0 or max_vms <= 0:
             raise UtilityError("host memory and max VMs must be positive")
-        self.pool.get(name, uri).connection()
+        host = self.pool.get(name, uri)
+        host.connection()
+        if not host.is_test:
+            host.storage.ensure_pool()
         row = HostRow(name, uri, memory, max_vms)
         self.store.add_host(row)
         return row
