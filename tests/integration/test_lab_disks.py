@@ -142,10 +142,19 @@ def test_vm_on_a_lab_host_gets_its_disks_through_the_pool_and_updates_by_delta(
             # the data disk came back to the VM directory at the halt and went up again
             assert (user / "root" / "data-vdb.qcow2").is_file()
 
+            # garbage collection keeps what a running VM needs, its delta's parent included
+            storage.grace = 0.0
+            assert storage.collect_garbage() == []
+            assert set(chain(repo.store, v2_top)) <= set(storage.objects())
+
             stopped = manager.stop(ADMIN, str(cvl))
             assert stopped["problems"] == []
             assert host_volumes(host) == []  # no volume left on the host
             assert conn.storagePoolLookupByName(VOLUME_POOL).listVolumes() == []
+            # nothing needs the objects any more: collected at the stop (grace 0 here)
+            assert storage.objects() == []
+            left = in_host(host, ["find", f"{POOL_ROOT}/objects", "-type", "f"])
+            assert left.returncode == 0 and left.stdout.split() == []
             assert (user / "root" / "data-vdb.qcow2").is_file()  # the data disk is kept here
             record("lab_boot_with_upload_s", round(boot_s, 1))
             record("lab_update_uploaded_bytes", delta_bytes)

@@ -9,6 +9,7 @@ PARAMS, then READY or FAILED after a configuration delay).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import threading
@@ -92,6 +93,14 @@ class LocalFiles:
     @staticmethod
     def release(vm: Vm, keep_data: bool = True) -> None:
         return None
+
+    @staticmethod
+    def collect_garbage() -> list[str]:
+        return []
+
+    @staticmethod
+    def in_use() -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
 
 class FakeHost:

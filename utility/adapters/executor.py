@@ -30,6 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,28 +283,38 @@ class Executor:
             return "forced" if host.destroy_domain(vm.domain) else "absent"
         return host.shutdown_domain(vm.domain, self.timeouts.stop)
 
-    def release(self, vm: Vm, keep_data: bool = True) -> None:
+    def release(self, vm: Vm, keep_data: bool = True, collect: bool = False) -> None:
         """After a halt: the VM's data disks back into its directory (unless not `keep_data`)
-        and its volumes deleted from the host's pool (nothing to do on a test host)."""
+        and its volumes deleted from the host's pool (nothing to do on a test host); with
+        `collect` (a stop or removal), the host's chain objects nothing needs any more go too
+        (`HostStorage.collect_garbage`: after its grace period)."""
         host = self.hosts(vm.host)
         if not host.is_test:
             host.storage.release(vm, keep_data)
+            if collect:
+                host.storage.collect_garbage()
 
     def _stop(self, action: Action) -> None:
         assert action.vm is not None
         self.halt(action.vm)
-        self.release(action.vm)
+        self.release(action.vm, collect=True)
         Path(action.vm.guest_socket).unlink(missing_ok=True)
 
     def _remove(self, action: Action) -> None:
         assert action.vm is not None
         self.halt(action.vm)
-        self.release(action.vm)
+        self.release(action.vm, collect=True)
         disks.move_to_attic(action.vm, self.attic)
 
     def _update(self, action: Action) -> None:
         """Stop, snapshot data disks, boot the new version; if it never becomes ready, roll back:
         the old version's program overlays, the data disks as they were, and the old VM again."""
+        assert action.vm is not None and action.old is not None
+        old_host = self.hosts(action.old.host)
+        with nullcontext() if old_host.is_test else old_host.storage.in_use():
+            self._replace(action)
+
+    def _replace(self, action: Action) -> None:
         assert action.vm is not None and action.old is not None
         self.halt(action.old)
         self.release(action.old)

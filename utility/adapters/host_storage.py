@@ -26,8 +26,12 @@ named, so qemu never probes a format.
 Data disks live in the pool while their VM runs; when it stops they are downloaded back into
 the VM's directory on the utility's machine (atomically) and the volume is deleted, so the
 record of a stopped VAP is the same file as before and a stopped VAP leaves no volume on any
-host. Objects are kept as a cache (never garbage-collected here): they are shared by every VM
-of every VAP on the host, content-addressed, and what an update's delta needs.
+host. Objects are a cache shared by every VM of every VAP on the host (an update's delta needs
+its parents there): after a VM's volumes are released, `collect_garbage` deletes the objects no
+volume of the pool needs any more (directly or as a parent of one that is needed) and that were
+uploaded more than `grace` seconds ago (24 h by default, so a restart or another utility's
+upload in flight finds its objects; within this process a collection never overlaps a boot on
+the same host).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ import hashlib
 import os
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +60,8 @@ POOL_ROOT = "/var/lib/libvirt/collective"
 VOLUME_POOL = "collective"
 OBJECT_POOL_PREFIX = "collective-o-"
 CHUNK = 1 << 20
+GC_GRACE = 24 * 3600.0
+"""Seconds an unneeded chain object stays on a host after its upload."""
 _SHA = re.compile(r"[0-9a-f]{64}")
 QCOW2_MAGIC = b"QFI\xfb"
 
@@ -218,8 +226,12 @@ class HostStorage:
         self.host = host
         self.root = root.rstrip("/")
         self.uploads = Uploads()
+        self.grace = GC_GRACE
         self._lock = threading.Lock()
         self._object_locks: dict[str, threading.Lock] = {}
+        self._busy = threading.Condition()
+        self._preparing = 0
+        self._collecting = False
 
     # -- pools ----------------------------------------------------------------------------------
 
@@ -392,10 +404,25 @@ class HostStorage:
         A data disk already in the pool (a restart) is kept; else the VM directory's copy is
         uploaded; else an empty one is made at its size. Returns disk target -> host path.
         """
+        with self.in_use():
+            try:
+                return self._prepare(vm)
+            except OSError as exc:
+                raise DiskError(f"{vm.path} on host {self.host.name}: {exc}") from None
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """No garbage collection on this host while the block runs (a boot preparing disks,
+        an update between releasing the old VM's volumes and booting the new one)."""
+        with self._busy:
+            self._busy.wait_for(lambda: not self._collecting)
+            self._preparing += 1
         try:
-            return self._prepare(vm)
-        except OSError as exc:
-            raise DiskError(f"{vm.path} on host {self.host.name}: {exc}") from None
+            yield
+        finally:
+            with self._busy:
+                self._preparing -= 1
+                self._busy.notify_all()
 
     def _prepare(self, vm: Vm) -> dict[str, str]:
         Path(vm.vm_dir).mkdir(parents=True, exist_ok=True)
@@ -509,6 +536,65 @@ class HostStorage:
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise
+
+    # -- garbage ------------------------------------------------------------------------------
+
+    def collect_garbage(self, now: float | None = None) -> list[str]:
+        """Delete the chain objects no volume needs that were uploaded over `grace` seconds ago;
+        their names. Skipped (empty answer) while a boot prepares disks on this host."""
+        with self._busy:
+            if self._preparing or self._collecting:
+                return []
+            self._collecting = True
+        try:
+            return self.host._call(
+                "collect unused objects", lambda c: self._sweep(c, now or time.time())
+            )
+        finally:
+            with self._busy:
+                self._collecting = False
+                self._busy.notify_all()
+
+    def _sweep(self, c: libvirt.virConnect, now: float) -> list[str]:
+        def parent(vol: Any) -> tuple[str | None, float]:
+            root = ET.fromstring(vol.XMLDesc(0))
+            name = Path(root.findtext("backingStore/path") or "").name
+            mtime = float(root.findtext("target/timestamps/mtime") or now)
+            return (name if _SHA.fullmatch(name) else None), mtime
+
+        needed: list[str] = []
+        try:
+            pool = c.storagePoolLookupByName(VOLUME_POOL)
+            if pool.isActive():
+                pool.refresh(0)
+                needed = [p for v in pool.listAllVolumes(0) if (p := parent(v)[0])]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+        objects: dict[str, tuple[Any, str | None, float]] = {}
+        for pool in c.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            if pool.name().startswith(OBJECT_POOL_PREFIX):
+                pool.refresh(0)
+                for vol in pool.listAllVolumes(0):
+                    if _SHA.fullmatch(vol.name()):
+                        objects[vol.name()] = (vol, *parent(vol))
+        keep: set[str] = set()
+        while needed:
+            sha = needed.pop()
+            if sha in objects and sha not in keep:
+                keep.add(sha)
+                if objects[sha][1]:
+                    needed.append(str(objects[sha][1]))
+        removed = []
+        for sha, (vol, _parent, mtime) in sorted(objects.items()):
+            if sha not in keep and now - mtime >= self.grace:
+                try:
+                    vol.delete(0)
+                    removed.append(sha)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
+        return removed
 
     # -- what is there --------------------------------------------------------------------------
 
