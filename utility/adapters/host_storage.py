@@ -205,6 +205,16 @@ def _pool_xml(name: str, path: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def _refresh(pool: Any) -> None:
+    """Let libvirt re-read a pool's directory (files changed outside it, a restarted libvirtd).
+    Only a hint: libvirt refuses while another volume of the pool is being written or made
+    ("asynchronous jobs running"), and what this utility made through libvirt is known anyway."""
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError:
+        pass
+
+
 def _physical(vol: Any) -> int:
     """The file bytes of a volume (libvirt's `<physical>`, else its allocation)."""
     root = ET.fromstring(vol.XMLDesc(0))
@@ -316,7 +326,7 @@ class HostStorage:
 
     def _ensure(self, c: libvirt.virConnect, link: Link) -> str:
         pool = self._object_pool(c, link.sha256)
-        pool.refresh(0)
+        _refresh(pool)
         try:
             vol = pool.storageVolLookupByName(link.sha256)
             if _physical(vol) == link.size:
@@ -456,7 +466,7 @@ class HostStorage:
 
         def bring(c: libvirt.virConnect) -> str:
             pool = self._volume_pool(c)
-            pool.refresh(0)
+            _refresh(pool)
             try:
                 return str(pool.storageVolLookupByName(name).path())
             except libvirt.libvirtError as exc:
@@ -493,7 +503,7 @@ class HostStorage:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
                     return
                 raise
-            pool.refresh(0)
+            _refresh(pool)
             for disk in vm.disks:
                 name = overlay_name(vm, disk)
                 if disk.role == "data" and keep_data:
@@ -566,7 +576,7 @@ class HostStorage:
         try:
             pool = c.storagePoolLookupByName(VOLUME_POOL)
             if pool.isActive():
-                pool.refresh(0)
+                _refresh(pool)
                 needed = [p for v in pool.listAllVolumes(0) if (p := parent(v)[0])]
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
@@ -574,7 +584,7 @@ class HostStorage:
         objects: dict[str, tuple[Any, str | None, float]] = {}
         for pool in c.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
             if pool.name().startswith(OBJECT_POOL_PREFIX):
-                pool.refresh(0)
+                _refresh(pool)
                 for vol in pool.listAllVolumes(0):
                     if _SHA.fullmatch(vol.name()):
                         objects[vol.name()] = (vol, *parent(vol))
@@ -610,7 +620,7 @@ class HostStorage:
                 raise
             if not pool.isActive():
                 return []
-            pool.refresh(0)
+            _refresh(pool)
             return sorted(v.name() for v in pool.listAllVolumes(0))
 
         return self.host._call("list volumes", listing)
@@ -622,7 +632,7 @@ class HostStorage:
             found = []
             for pool in c.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
                 if pool.name().startswith(OBJECT_POOL_PREFIX):
-                    pool.refresh(0)
+                    _refresh(pool)
                     found += [v.name() for v in pool.listAllVolumes(0)]
             return sorted(n for n in found if _SHA.fullmatch(n))
 
