@@ -12,6 +12,7 @@ domain is created as soon as its networks are up, and its configuration (the PAR
 its services) is held after HELLO until the VMs it requires are READY. Services start in the same
 order; only the boots overlap. If a required VM fails, a held VM is destroyed unconfigured (an
 updated one goes back to its previous version) and the outcome is the strict order's.
+
 Disks. On a real host the disks are volumes of the utility's libvirt storage pool there
 (`host_storage`): program-disk chain objects uploaded when the host lacks them, fresh overlays
 made by the host's libvirtd at every boot, data disks brought from the VM's directory at boot
