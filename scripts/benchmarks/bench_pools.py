@@ -7,6 +7,11 @@ so v2 is stored as a delta over v1. With v1's chain already on the host, measure
 - bytes uploaded to the host for the update (only the objects it lacks) vs the whole v2 image;
 - seconds to bring the update's disk to the host (pool look-ups, upload, read-back hash check)
   vs uploading the whole v2 image the same way; median of 3, the new objects deleted between.
+
+And the guest channel on the local host (`qemu:///system`), to decide whether the libvirt
+stream a remote host needs could serve local VMs as well: the DNS VM booted from the pool,
+serial port 1 a pty read through `virDomainOpenConsole` vs the Unix socket, timed from domain
+creation to the first HELLO and from PARAMS to the guest's answer; median of 3 each.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ REPEAT = 3
 NAMES = (
     "update upload to a lab host (DNS v1->v2): bytes",
     "update upload to a lab host (DNS v1->v2): seconds",
+)
+CHANNEL = (
+    "guest channel, local host: domain created -> HELLO",
+    "guest channel, local host: PARAMS -> READY",
 )
 
 
@@ -132,7 +141,72 @@ def _forget(host: object, shas: list[str]) -> None:
         pool.storageVolLookupByName(sha).delete(0)
 
 
+def _channel_round(image: Path, work: Path, stream: bool) -> tuple[float, float]:
+    """One boot of the DNS VM on qemu:///system: (create -> HELLO, PARAMS -> answer) seconds."""
+    import secrets
+
+    from utility.adapters import guest_channel
+    from utility.adapters.libvirt_host import LibvirtHost
+    from utility.core import domain_xml
+    from utility.core.desired_state import Disk, Vm
+
+    name = f"bench-ch-{secrets.token_hex(3)}"
+    vm_dir = work / name
+    vm = Vm(
+        path="dns", type="DNS", origin=None, host="local", domain=name, memory=96 << 20,
+        vcpus=1, vm_dir=str(vm_dir), guest_socket=str(vm_dir / "guest.sock"),
+        disks=(Disk("vda", str(vm_dir / "vda.qcow2"), "program", base=str(image)),
+               Disk("vdb", str(vm_dir / "data-vdb.qcow2"), "data", size=100 << 20)),
+        interfaces=(), params=(("domain", ("bench.test",)),), sensitive=(), provides=(),
+        requires=(), needs=(),
+    )  # fmt: skip
+    host = LibvirtHost("local", "qemu:///system")
+    try:
+        placed = host.storage.prepare(vm)
+        vm_dir.chmod(0o711)
+        xml = domain_xml.from_vm(vm, 0, "qemu", domain_xml.Placement(placed, remote=stream))
+        started = time.perf_counter()
+        host.create_domain(xml.to_xml())
+        hello: list[float] = []
+        transport = host.open_serial(name, "serial1") if stream else None
+        try:
+            guest_channel.deliver(
+                vm.guest_socket, vm.param_map(), 300.0,
+                lambda: hello.append(time.perf_counter()), transport,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - FAILED is an answer too; a timeout is not
+            if "could not configure" not in str(exc):
+                raise
+        answered = time.perf_counter()
+        return hello[0] - started, answered - hello[0]
+    finally:
+        host.destroy_domain(name)
+        host.storage.release(vm, keep_data=False)
+        host.close()
+
+
+def channel() -> dict[str, list[float]]:
+    with tempfile.TemporaryDirectory(prefix="bench-ch-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        image = _images(work / "images")["DNS"] / "dns.qcow2"
+        found: dict[str, list[float]] = {"socket": [], "stream": []}
+        for _ in range(REPEAT):
+            for kind in ("socket", "stream"):
+                found[kind].append(_channel_round(image, work, kind == "stream"))  # type: ignore[arg-type]
+        return found
+
+
 def rows(only: Callable[[str], bool]) -> Iterable[Row]:
+    if any(only(n) for n in CHANNEL):
+        rounds = channel()
+        for index, name in enumerate(CHANNEL):
+            ours = statistics.median(r[index] for r in rounds["stream"])  # type: ignore[index]
+            base = statistics.median(r[index] for r in rounds["socket"])  # type: ignore[index]
+            yield Row(
+                name, ours, "s", baseline=base, baseline_label="Unix socket (what local VMs use)",
+                note=f"ours: libvirt stream on a pty; median of {REPEAT}, alternating",
+            )  # fmt: skip
     if not any(only(n) for n in NAMES):
         return
     if os.geteuid() != 0:
