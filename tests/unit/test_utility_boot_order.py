@@ -108,6 +108,7 @@ class FakeHost:
 
     is_test = False
     is_local = True
+    channel_over_stream = False
     storage = LocalFiles()
 
     def __init__(self, log: Log, failing: set[str]) -> None:

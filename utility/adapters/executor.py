@@ -248,7 +248,11 @@ class Executor:
             disks.prepare(vm)
             placement = domain_xml.Placement()
         else:
-            placement = domain_xml.Placement(host.storage.prepare(vm), remote=not host.is_local)
+            placement = domain_xml.Placement(
+                host.storage.prepare(vm),
+                remote=not host.is_local,
+                pty_channel=host.channel_over_stream,
+            )
         Path(vm.guest_socket).unlink(missing_ok=True)
         xml = domain_xml.from_vm(vm, self.vap_id, host.domain_type(), placement).to_xml()
         waits_for = self._holds.pop(vm.path, ())  # once: a rollback boot of the old VM never waits
@@ -262,7 +266,7 @@ class Executor:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are
                 return
-            transport = None if host.is_local else host.open_serial(vm.domain, "serial1")
+            transport = host.open_serial(vm.domain, "serial1") if host.channel_over_stream else None
             guest_channel.deliver(
                 vm.guest_socket, vm.param_map(), self.timeouts.ready, hold, transport
             )
@@ -343,5 +347,5 @@ class Executor:
         host = self.hosts(vm.host)
         if host.is_test:
             return
-        transport = None if host.is_local else host.open_serial(vm.domain, "serial1")
+        transport = host.open_serial(vm.domain, "serial1") if host.channel_over_stream else None
         guest_channel.resend(vm.guest_socket, vm.param_map(), self.timeouts.ready, transport)

@@ -235,6 +235,13 @@ class LibvirtHost:
         parsed = urlparse(self.uri)
         return not parsed.netloc and parsed.scheme in ("qemu", "qemu+unix")
 
+    @property
+    def channel_over_stream(self) -> bool:
+        """Whether the guest channel is a pty reached through a libvirt stream: always on a
+        remote host; locally only with $COLLECTIVE_GUEST_CHANNEL=stream (measured as fast as
+        the Unix socket, `scripts/bench "guest channel"`; the socket stays the local default)."""
+        return not self.is_local or os.environ.get("COLLECTIVE_GUEST_CHANNEL") == "stream"
+
     def domain_type(self) -> str:
         """`kvm` only when the capabilities offer it and $COLLECTIVE_KVM=1, else `qemu` (TCG).
 

@@ -208,18 +208,21 @@ class Placement:
 
     disks: Mapping[str, str] = field(default_factory=dict)
     remote: bool = False
+    pty_channel: bool = False
+    """The guest channel on a pty even on a local host (`COLLECTIVE_GUEST_CHANNEL=stream`)."""
 
 
 def from_vm(vm: Vm, vap_id: int, domain_type: str, placement: Placement | None = None) -> DomainXml:
     """The domain XML of a desired VM on a host whose domain type is `domain_type`."""
     where = placement or Placement()
-    serials: tuple[UnixSerial | PtySerial | FileSerial, ...] = (
-        (FileSerial(path=f"{REMOTE_CONSOLE_DIR}/{vm.domain}.console"), PtySerial())
+    console = (
+        f"{REMOTE_CONSOLE_DIR}/{vm.domain}.console"
         if where.remote
-        else (
-            FileSerial(path=str(Path(vm.vm_dir) / "console.log")),
-            UnixSerial(path=vm.guest_socket),
-        )
+        else str(Path(vm.vm_dir) / "console.log")
+    )
+    serials: tuple[UnixSerial | PtySerial | FileSerial, ...] = (
+        FileSerial(path=console),
+        PtySerial() if where.remote or where.pty_channel else UnixSerial(path=vm.guest_socket),
     )
     return DomainXml(
         name=vm.domain,
