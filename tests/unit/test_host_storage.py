@@ -143,3 +143,11 @@ def test_a_local_vm_keeps_its_socket_and_console_file() -> None:
     kinds = [s.get("type") for s in root.findall("devices/serial")]
     assert kinds == ["file", "unix"]
     assert overlay_name(vm(), vm().disks[1]) == "c-v1-dns-data-vdb.qcow2"
+
+
+def test_a_local_vm_on_the_stream_channel_keeps_its_console_file() -> None:
+    placement = domain_xml.Placement(pty_channel=True)
+    root = ET.fromstring(domain_xml.from_vm(vm(), 1, "qemu", placement).to_xml())
+    serials = root.findall("devices/serial")
+    assert [s.get("type") for s in serials] == ["file", "pty"]
+    assert serials[0].find("source").get("path") == "/srv/apps/dns/console.log"  # type: ignore[union-attr]
