@@ -87,7 +87,10 @@ def test_dns_appliance_boots_gets_its_parameters_and_stops_cleanly(workdir: Path
         stopped = manager.stop(ADMIN, str(cvl))
         assert stopped["problems"] == []
         assert [d.name() for d in conn.listAllDomains() if d.name().startswith(prefix)] == []
-        assert (vm_dir / "data-vdb.qcow2").is_file()
+        assert (vm_dir / "data-vdb.qcow2").is_file()  # taken back from the pool
+        pool = conn.storagePoolLookupByName("collective")  # the disks were volumes there
+        pool.refresh(0)
+        assert [v for v in pool.listVolumes() if v.startswith(prefix)] == []
     finally:
         manager.close()
         for item in [*conn.listAllDomains(), *conn.listAllNetworks()]:

@@ -9,6 +9,7 @@ PARAMS, then READY or FAILED after a configuration delay).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from utility.adapters import disks
 from utility.adapters.executor import Executor, Outcome, Timeouts
 from utility.core.desired_state import VapState, Vm
 from utility.core.planner import diff
@@ -79,10 +81,35 @@ class FakeGuest(threading.Thread):
         conn.close()
 
 
+class LocalFiles:
+    """The fake host's storage: the VM directory's files (as `disks` makes them for test hosts);
+    the pools themselves are exercised on real libvirtds (integration tests)."""
+
+    @staticmethod
+    def prepare(vm: Vm) -> dict[str, str]:
+        disks.prepare(vm)
+        return {}
+
+    @staticmethod
+    def release(vm: Vm, keep_data: bool = True) -> None:
+        return None
+
+    @staticmethod
+    def collect_garbage() -> list[str]:
+        return []
+
+    @staticmethod
+    def in_use() -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
 class FakeHost:
-    """A non-test host whose domains are `FakeGuest`s; records create and destroy."""
+    """A non-test local host whose domains are `FakeGuest`s; records create and destroy."""
 
     is_test = False
+    is_local = True
+    channel_over_stream = False
+    storage = LocalFiles()
 
     def __init__(self, log: Log, failing: set[str]) -> None:
         self.log, self.failing = log, failing

@@ -12,6 +12,15 @@ domain is created as soon as its networks are up, and its configuration (the PAR
 its services) is held after HELLO until the VMs it requires are READY. Services start in the same
 order; only the boots overlap. If a required VM fails, a held VM is destroyed unconfigured (an
 updated one goes back to its previous version) and the outcome is the strict order's.
+
+Disks. On a real host the disks are volumes of the utility's libvirt storage pool there
+(`host_storage`): program-disk chain objects uploaded when the host lacks them, fresh overlays
+made by the host's libvirtd at every boot, data disks brought from the VM's directory at boot
+and taken back there when the VM stops (STOP, REMOVE, before an update's snapshot), so the
+pre-update copy and the attic work on the same local files as before and a stopped VM leaves no
+volume behind. Simulated `test:` hosts keep the local files of `disks` (nothing boots there).
+The guest channel is the Unix socket on a local host, a libvirt stream on a remote one.
+
 Deadlock freedom with a bounded pool: a held action is submitted only after the actions it waits
 for, and the pool runs submissions first in, first out, so the oldest unfinished action always
 holds a slot and waits for nothing unfinished.
@@ -22,6 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,9 +280,17 @@ class Executor:
         this VM was let go).
         """
         host = self.hosts(vm.host)
-        disks.prepare(vm)
+        if host.is_test:
+            disks.prepare(vm)
+            placement = domain_xml.Placement()
+        else:
+            placement = domain_xml.Placement(
+                host.storage.prepare(vm),
+                remote=not host.is_local,
+                pty_channel=host.channel_over_stream,
+            )
         Path(vm.guest_socket).unlink(missing_ok=True)
-        xml = domain_xml.from_vm(vm, self.vap_id, host.domain_type()).to_xml()
+        xml = domain_xml.from_vm(vm, self.vap_id, host.domain_type(), placement).to_xml()
         waits_for = self._holds.pop(vm.path, ())  # once: a rollback boot of the old VM never waits
         gates = self._gates
 
@@ -287,7 +305,10 @@ class Executor:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are
                 return
-            guest_channel.deliver(vm.guest_socket, vm.param_map(), self.timeouts.ready, hold)
+            transport = host.open_serial(vm.domain, "serial1") if host.channel_over_stream else None
+            guest_channel.deliver(
+                vm.guest_socket, vm.param_map(), self.timeouts.ready, hold, transport
+            )
         except Cancelled:
             host.destroy_domain(vm.domain)
             Path(vm.guest_socket).unlink(missing_ok=True)
@@ -306,26 +327,47 @@ class Executor:
             return "forced" if host.destroy_domain(vm.domain) else "absent"
         return host.shutdown_domain(vm.domain, self.timeouts.stop)
 
+    def release(self, vm: Vm, keep_data: bool = True, collect: bool = False) -> None:
+        """After a halt: the VM's data disks back into its directory (unless not `keep_data`)
+        and its volumes deleted from the host's pool (nothing to do on a test host); with
+        `collect` (a stop or removal), the host's chain objects nothing needs any more go too
+        (`HostStorage.collect_garbage`: after its grace period)."""
+        host = self.hosts(vm.host)
+        if not host.is_test:
+            host.storage.release(vm, keep_data)
+            if collect:
+                host.storage.collect_garbage()
+
     def _stop(self, action: Action) -> None:
         assert action.vm is not None
         self.halt(action.vm)
+        self.release(action.vm, collect=True)
         Path(action.vm.guest_socket).unlink(missing_ok=True)
 
     def _remove(self, action: Action) -> None:
         assert action.vm is not None
         self.halt(action.vm)
+        self.release(action.vm, collect=True)
         disks.move_to_attic(action.vm, self.attic)
 
     def _update(self, action: Action) -> None:
         """Stop, snapshot data disks, boot the new version; if it never becomes ready, roll back:
         the old version's program overlays, the data disks as they were, and the old VM again."""
         assert action.vm is not None and action.old is not None
+        old_host = self.hosts(action.old.host)
+        with nullcontext() if old_host.is_test else old_host.storage.in_use():
+            self._replace(action)
+
+    def _replace(self, action: Action) -> None:
+        assert action.vm is not None and action.old is not None
         self.halt(action.old)
+        self.release(action.old)
         snapshots = disks.snapshot_data(action.old)
         try:
             self.boot(action.vm, lambda: self.report(action, "configure"))
         except UtilityError as exc:
             self.halt(action.vm)
+            self.release(action.vm, keep_data=False)  # the snapshot is what comes back
             disks.restore_data(snapshots)
             self.boot(action.old)
             self.report(Action(op=Op.START, key=action.key, vm=action.old), "done")
@@ -341,6 +383,8 @@ class Executor:
     def _resend(self, action: Action) -> None:
         vm = action.vm
         assert vm is not None
-        if self.hosts(vm.host).is_test:
+        host = self.hosts(vm.host)
+        if host.is_test:
             return
-        guest_channel.resend(vm.guest_socket, vm.param_map(), self.timeouts.ready)
+        transport = host.open_serial(vm.domain, "serial1") if host.channel_over_stream else None
+        guest_channel.resend(vm.guest_socket, vm.param_map(), self.timeouts.ready, transport)

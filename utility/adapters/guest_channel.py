@@ -9,7 +9,11 @@ line protocol of README's "Utility ↔ guest" contract:
     host → guest   COLLECTIVE PARAMS <base64 map string>
     guest → host   COLLECTIVE READY | COLLECTIVE FAILED <reason>
 
-The socket is the only way parameters reach a guest, so sensitive values never touch a file: this
+On a remote host (`qemu+ssh://`) that socket would live on the other machine, so there the port
+is a pty and the same bytes travel through a libvirt stream (`virDomainOpenConsole` on
+`serial1`, `libvirt_host.StreamTransport`); protocol and timeouts are the same either way.
+
+The channel is the only way parameters reach a guest, so sensitive values never touch a file: this
 module keeps no copy of what it sent and its transcript records only the size of a PARAMS line.
 """
 
@@ -24,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cvl.maps import decode, encode
 from utility.errors import GuestChannelError
@@ -93,15 +98,81 @@ def parse_line(raw: bytes, at: float = 0.0) -> Message:
     return Message(at, "OTHER", line, line)
 
 
+class Transport(Protocol):
+    """The bytes of serial port 1: a Unix socket locally, a libvirt stream on a remote host."""
+
+    label: str
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes; b"" at the end; OSError when broken."""
+        ...
+
+    def sendall(self, data: bytes) -> None:
+        """Send everything; OSError when broken."""
+        ...
+
+    def close(self) -> None:
+        """End the transport (a blocked `recv` returns or raises)."""
+        ...
+
+
+class SocketTransport:
+    """The host-side Unix socket qemu listens on, connected with retries until it accepts."""
+
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        self.label = str(socket_path)
+        deadline = time.monotonic() + timeout
+        last: OSError | None = None
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(socket_path))
+                self._sock = sock
+                return
+            except OSError as exc:
+                sock.close()
+                last = exc
+            if time.monotonic() >= deadline:
+                raise GuestChannelError(
+                    f"cannot connect to the guest channel {socket_path} within "
+                    f"{timeout:.0f} s: {last}"
+                )
+            time.sleep(0.05)
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
 class GuestChannel:
     """One VM's serial-port channel: connect, deliver parameters, wait for readiness.
 
-    Connecting retries until the socket exists and qemu accepts (the VM may still be starting).
-    A reader thread turns incoming bytes into `Message`s; `deliver` and `resend` consume them.
+    Connecting retries until the socket exists and qemu accepts (the VM may still be starting);
+    a ready `transport` (a libvirt stream) is used as it is. A reader thread turns incoming
+    bytes into `Message`s; `deliver` and `resend` consume them.
     """
 
-    def __init__(self, socket_path: Path, connect_timeout: float = 30.0) -> None:
-        self.socket_path = Path(socket_path)
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        connect_timeout: float = 30.0,
+        transport: Transport | None = None,
+    ) -> None:
+        if transport is None:
+            if socket_path is None:
+                raise GuestChannelError("a guest channel needs a socket path or a transport")
+            transport = SocketTransport(Path(socket_path), connect_timeout)
+        self._sock = transport
+        self.socket_path = transport.label
         self.transcript: list[tuple[float, str]] = []
         self.hello_version: str | None = None
         self._messages: queue.Queue[Message] = queue.Queue()
@@ -109,31 +180,12 @@ class GuestChannel:
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._eof = threading.Event()
-        self._sock = self._connect(connect_timeout)
         self._reader = threading.Thread(
-            target=self._read_loop, name=f"guest-channel {socket_path}", daemon=True
+            target=self._read_loop, name=f"guest-channel {self.socket_path}", daemon=True
         )
         self._reader.start()
 
     # -- connection
-
-    def _connect(self, timeout: float) -> socket.socket:
-        deadline = time.monotonic() + timeout
-        last: OSError | None = None
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(str(self.socket_path))
-                return sock
-            except OSError as exc:
-                sock.close()
-                last = exc
-            if time.monotonic() >= deadline:
-                raise GuestChannelError(
-                    f"cannot connect to the guest channel {self.socket_path} within "
-                    f"{timeout:.0f} s: {last}"
-                )
-            time.sleep(0.05)
 
     def _read_loop(self) -> None:
         buf = b""
@@ -261,10 +313,6 @@ class GuestChannel:
     def close(self) -> None:
         """Close the socket and stop the reader thread (idempotent)."""
         self._closed.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
         self._reader.join(timeout=5)
 
@@ -280,14 +328,20 @@ def deliver(
     params: Mapping[str, Sequence[str]],
     timeout: float,
     hold: Callable[[], None] | None = None,
+    transport: Transport | None = None,
 ) -> None:
     """Wait for the guest's HELLO, run `hold`, send PARAMS, wait for READY (GuestChannelError
-    otherwise)."""
-    with GuestChannel(Path(socket_path)) as channel:
+    otherwise); over `transport` when given, else the Unix socket at `socket_path`."""
+    with GuestChannel(Path(socket_path), transport=transport) as channel:
         channel.deliver(params, timeout, hold)
 
 
-def resend(socket_path: str, params: Mapping[str, Sequence[str]], timeout: float) -> None:
+def resend(
+    socket_path: str,
+    params: Mapping[str, Sequence[str]],
+    timeout: float,
+    transport: Transport | None = None,
+) -> None:
     """Send PARAMS to a running guest and wait for READY again."""
-    with GuestChannel(Path(socket_path)) as channel:
+    with GuestChannel(Path(socket_path), transport=transport) as channel:
         channel.resend(params, timeout)

@@ -19,13 +19,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlparse
 
 import libvirt
 
 from utility.adapters import vxlan_ports
 from utility.adapters.simulation import persisted_node, save_simulated_host
-from utility.errors import HostUnreachable, UtilityError
+from utility.errors import GuestChannelError, HostUnreachable, UtilityError
+
+if TYPE_CHECKING:
+    from utility.adapters.host_storage import HostStorage
 
 T = TypeVar("T")
 
@@ -140,6 +144,17 @@ class LibvirtHost:
         self._fault = fault
         self.keepalive: tuple[int, int] | None = KEEPALIVE
         self._ports: vxlan_ports.VxlanPorts | None = None
+        self._storage: HostStorage | None = None
+
+    @property
+    def storage(self) -> HostStorage:
+        """The utility's storage pools on this host (`utility.adapters.host_storage`)."""
+        with self._lock:
+            if self._storage is None:
+                from utility.adapters.host_storage import HostStorage
+
+                self._storage = HostStorage(self)
+            return self._storage
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -240,6 +255,20 @@ class LibvirtHost:
     def is_test(self) -> bool:
         """True for libvirt's test driver: no real guest runs, readiness is immediate."""
         return self.uri.startswith("test:")
+
+    @property
+    def is_local(self) -> bool:
+        """True when libvirtd runs on this machine (no host in the URI, no remote transport):
+        the guest channel and the console log may then be files the utility reads directly."""
+        parsed = urlparse(self.uri)
+        return not parsed.netloc and parsed.scheme in ("qemu", "qemu+unix")
+
+    @property
+    def channel_over_stream(self) -> bool:
+        """Whether the guest channel is a pty reached through a libvirt stream: always on a
+        remote host; locally only with $COLLECTIVE_GUEST_CHANNEL=stream (measured as fast as
+        the Unix socket, `scripts/bench "guest channel"`; the socket stays the local default)."""
+        return not self.is_local or os.environ.get("COLLECTIVE_GUEST_CHANNEL") == "stream"
 
     def domain_type(self) -> str:
         """`kvm` only when the capabilities offer it and $COLLECTIVE_KVM=1, else `qemu` (TCG).
@@ -369,6 +398,18 @@ class LibvirtHost:
         self.destroy_domain(name)
         return "forced"
 
+    def open_serial(self, name: str, device: str) -> StreamTransport:
+        """A byte stream to serial `device` (e.g. "serial1", a pty on the host) of domain `name`
+        through `virDomainOpenConsole` over this host's connection (qemu+ssh included)."""
+
+        def open_console(c: libvirt.virConnect) -> StreamTransport:
+            dom = c.lookupByName(name)
+            stream = c.newStream(0)
+            dom.openConsole(device, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            return StreamTransport(stream, f"{device} of {name} on host {self.name}")
+
+        return self._call(f"open {device} of domain {name}", open_console)
+
     # -- networks -------------------------------------------------------------------------------
 
     def ensure_network(self, name: str, xml: str) -> bool:
@@ -438,6 +479,44 @@ class LibvirtHost:
         if self._ports is None:
             self._ports = vxlan_ports.for_uri(self.name, self.uri, self.bridges)
         return self._ports
+
+
+class StreamTransport:
+    """A libvirt stream as the guest channel's byte transport (`guest_channel.Transport`).
+
+    The reads block in the channel's reader thread; sends come from the caller's thread (the
+    stream moves data while either call is in progress, event loop or not).
+    """
+
+    def __init__(self, stream: libvirt.virStream, label: str) -> None:
+        self._stream = stream
+        self.label = label
+
+    def recv(self, size: int) -> bytes:
+        try:
+            chunk = self._stream.recv(size)
+        except libvirt.libvirtError as exc:
+            raise OSError(exc.get_error_message()) from None
+        if isinstance(chunk, int):  # -2: would block; a blocking stream never says so
+            return b"" if chunk == -1 else self.recv(size)
+        return bytes(chunk)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                sent = self._stream.send(bytes(view))
+                if sent < 0:
+                    raise GuestChannelError(f"{self.label}: the stream refused data")
+                view = view[sent:]
+        except libvirt.libvirtError as exc:
+            raise OSError(exc.get_error_message()) from None
+
+    def close(self) -> None:
+        try:
+            self._stream.abort()
+        except libvirt.libvirtError:
+            pass
 
 
 class HostPool:

@@ -3,12 +3,16 @@
 Defaults live in the classes; `from_vm` maps a desired `Vm` onto them. The guest channel is
 serial port 1 backed by a Unix socket the utility binds to (`<source mode='bind'>` is libvirt
 binding it; the host side connects). Port 0 logs the console to `console.log` in the VM's
-directory. Metadata records the owning VAP so reconciliation can tell our domains from others.
+directory. On a remote host (`Placement.remote`) neither path exists: the channel is a pty the
+utility reaches through a libvirt stream, the console goes to libvirt's log directory there,
+and the disks are the host paths of volumes in the utility's pool. Metadata records the
+owning VAP so reconciliation can tell our domains from others.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +89,16 @@ class UnixSerial:
 
 
 @dataclass(frozen=True)
+class PtySerial:
+    """A serial port on a host pty (the guest channel on a remote host, reached via libvirt)."""
+
+    port: int = 1
+
+    def element(self) -> ET.Element:
+        return el("serial", {"type": "pty"}, [el("target", {"port": self.port})])
+
+
+@dataclass(frozen=True)
 class FileSerial:
     """A serial port written to a file (the console log)."""
 
@@ -155,7 +169,7 @@ class DomainXml:
     owner: OwnerMetadata
     disks: tuple[DiskDevice, ...] = ()
     interfaces: tuple[InterfaceDevice, ...] = ()
-    serials: tuple[UnixSerial | FileSerial, ...] = field(default_factory=tuple)
+    serials: tuple[UnixSerial | PtySerial | FileSerial, ...] = field(default_factory=tuple)
     acpi: bool = False
 
     def element(self) -> ET.Element:
@@ -184,8 +198,34 @@ class DomainXml:
         return render(self.element())
 
 
-def from_vm(vm: Vm, vap_id: int, domain_type: str) -> DomainXml:
+REMOTE_CONSOLE_DIR = "/var/log/libvirt/qemu"
+"""Where a remote host's console log goes (libvirt's own log directory there)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM's files are on its host: `disks` maps a disk target to the host path of its
+    volume (targets not named keep the desired path); `remote` says the host's files are out
+    of the utility's reach (guest channel over a pty, console in libvirt's log directory)."""
+
+    disks: Mapping[str, str] = field(default_factory=dict)
+    remote: bool = False
+    pty_channel: bool = False
+    """The guest channel on a pty even on a local host (`COLLECTIVE_GUEST_CHANNEL=stream`)."""
+
+
+def from_vm(vm: Vm, vap_id: int, domain_type: str, placement: Placement | None = None) -> DomainXml:
     """The domain XML of a desired VM on a host whose domain type is `domain_type`."""
+    where = placement or Placement()
+    console = (
+        f"{REMOTE_CONSOLE_DIR}/{vm.domain}.console"
+        if where.remote
+        else str(Path(vm.vm_dir) / "console.log")
+    )
+    serials: tuple[UnixSerial | PtySerial | FileSerial, ...] = (
+        FileSerial(path=console),
+        PtySerial() if where.remote or where.pty_channel else UnixSerial(path=vm.guest_socket),
+    )
     return DomainXml(
         name=vm.domain,
         memory_kib=max(vm.memory // 1024, 1),
@@ -199,14 +239,13 @@ def from_vm(vm: Vm, vap_id: int, domain_type: str) -> DomainXml:
         ),
         acpi=vm.os.get("acpi") == "on",
         owner=OwnerMetadata(vap_id=vap_id, path=vm.path),
-        disks=tuple(DiskDevice(path=d.path, target=d.target) for d in vm.disks),
+        disks=tuple(
+            DiskDevice(path=where.disks.get(d.target, d.path), target=d.target) for d in vm.disks
+        ),
         interfaces=tuple(
             InterfaceDevice(mac=i.mac, network=i.network, mtu=i.mtu) for i in vm.interfaces
         ),
-        serials=(
-            FileSerial(path=str(Path(vm.vm_dir) / "console.log")),
-            UnixSerial(path=vm.guest_socket),
-        ),
+        serials=serials,
     )
 
 

@@ -44,7 +44,10 @@ class Hosts:
             if self.default_uri
             else probe_default_uri()
         )
-        memory = self.pool.get(EMBEDDED_HOST, uri).memory()
+        host = self.pool.get(EMBEDDED_HOST, uri)
+        memory = host.memory()
+        if not host.is_test:
+            host.storage.ensure_pool()  # the disks of its VMs are volumes there
         try:
             self.store.add_host(HostRow(EMBEDDED_HOST, uri, memory, EMBEDDED_MAX_VMS, True))
         except UtilityError:
@@ -61,7 +64,8 @@ class Hosts:
     ) -> HostRow:
         """Register a host; its libvirt connection is checked first, and with an underlay
         address, that the host holds it and can make VXLAN ports from it (over the same
-        credentials: `utility.adapters.vxlan_ports`). Nothing is stored when a check fails."""
+        credentials: `utility.adapters.vxlan_ports`); the utility's storage pool is made there
+        (idempotent: an existing one is kept). Nothing is stored when a check fails."""
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise UtilityError(f"host name {name!r}: use letters, digits, '-' and '_'")
         if memory <= 0 or max_vms <= 0:
@@ -70,6 +74,8 @@ class Hosts:
         host.connection()
         if underlay is not None:
             host.ports.probe(underlay.address)
+        if not host.is_test:
+            host.storage.ensure_pool()
         row = HostRow(name, uri, memory, max_vms, underlay=underlay.address if underlay else None)
         self.store.add_host(row)
         return row
