@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 
 from utility.adapters import disks
-from utility.adapters.executor import Executor, Outcome, Timeouts
+from utility.adapters.executor import (
+    CPU_WEIGHT_DEFAULT,
+    CPU_WEIGHT_HELD,
+    Executor,
+    Outcome,
+    Timeouts,
+)
 from utility.core.desired_state import VapState, Vm
 from utility.core.planner import diff
 from utility.errors import UtilityError
@@ -141,6 +147,10 @@ class FakeHost:
         self.destroy_domain(name)
         return "clean"
 
+    def set_cpu_weight(self, name: str, shares: int) -> bool:
+        self.log.add(f"weight-{shares}", name.rsplit("-", 1)[-1])
+        return True
+
 
 def vm(root: Path, path: str, needs: tuple[str, ...] = (), version: str = "1") -> Vm:
     return Vm(
@@ -238,6 +248,25 @@ def test_the_reports_bracket_what_the_guests_saw(root: Path, order: str) -> None
         assert log.at("ready", v.path) < log.at("report-done", v.path)
         for need in v.needs:
             assert log.at("report-done", need) < log.at("report-configure", v.path)
+
+
+def test_a_held_vm_boots_at_a_low_cpu_weight_until_it_is_let_go(root: Path) -> None:
+    """Overlapped order: a VM that waits for others boots at a low weight (the VMs the chain
+    waits for keep the CPU) and gets the default weight back before its PARAMS; VMs that wait
+    for nothing, and every VM in strict order, are never reweighted."""
+    state = chain(root, 3)
+    outcome, log = run(root, state, "overlapped")
+    assert outcome.ok
+    low, normal = f"weight-{CPU_WEIGHT_HELD}", f"weight-{CPU_WEIGHT_DEFAULT}"
+    for path in ("v1", "v2"):
+        assert log.at("create", path) < log.at(low, path) < log.at("ready", f"v{int(path[1]) - 1}")
+        assert (
+            log.at("ready", f"v{int(path[1]) - 1}") < log.at(normal, path) < log.at("params", path)
+        )
+    for path in ("v0", "x"):
+        assert not log.has(low, path) and not log.has(normal, path)
+    _, strict = run(root, chain(root, 3), "strict")
+    assert not [e for _, e, _ in strict.events if e.startswith("weight-")]
 
 
 def test_a_chain_longer_than_the_pool_still_finishes_in_order(root: Path) -> None:

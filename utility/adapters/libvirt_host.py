@@ -370,6 +370,26 @@ class LibvirtHost:
             self._save_simulated()
         return gone
 
+    def set_cpu_weight(self, name: str, shares: int) -> bool:
+        """Give running domain `name` this relative CPU weight (cgroup `cpu.shares`, live only;
+        1024 is every domain's default). A hint: False where the host cannot (no cgroup CPU
+        controller, a domain already gone), never an error."""
+
+        def weigh(c: libvirt.virConnect) -> bool:
+            try:
+                dom = c.lookupByName(name)
+                dom.setSchedulerParametersFlags(
+                    {"cpu_shares": shares}, libvirt.VIR_DOMAIN_AFFECT_LIVE
+                )
+            except libvirt.libvirtError:
+                return False
+            return True
+
+        try:
+            return self._call(f"weigh domain {name}", weigh)
+        except UtilityError:
+            return False
+
     def shutdown_domain(self, name: str, timeout: float, poll: float = 0.2) -> str:
         """Ask the guest to shut down; force it off after `timeout` seconds.
 
