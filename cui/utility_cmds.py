@@ -962,6 +962,20 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
             )
             if c.get("restored"):
                 click.echo(f"    restored after its host failed; data: {c['restored']['source']}")
+            if "backups" in c:
+                click.echo(f"    {_backups_line(c['backups'], time.time())}")
+
+
+def _backups_line(latest: dict[str, float], now: float) -> str:
+    """`latest backup: vdb 2026-12-02 01:55:00 UTC (312 s ago)`, or that there is none."""
+    if not latest:
+        return "latest backup: none yet"
+    parts = [
+        f"{target} {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken))} "
+        f"({max(0.0, now - taken):.0f} s ago)"
+        for target, taken in sorted(latest.items())
+    ]
+    return "latest backup: " + ", ".join(parts)
 
 
 @click.command("status")

@@ -7,11 +7,13 @@ path of a failed host puts the latest backup in place and says which one and how
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +41,24 @@ def workdir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _hmp_write(dom: object, offset: int) -> None:
+    """Write 64 KiB of 0x5a into the running VM's data disk through qemu's HMP `qemu-io`."""
+    import libvirt_qemu
+
+    xml = ET.fromstring(dom.XMLDesc(0))  # type: ignore[attr-defined]
+    alias = next(
+        d.find("alias").get("name")  # type: ignore[union-attr]
+        for d in xml.iter("disk")
+        if d.find("target").get("dev") == "vdb"  # type: ignore[union-attr]
+    )
+    said = libvirt_qemu.qemuMonitorCommand(
+        dom,
+        f'qemu-io -d /machine/peripheral/{alias}/virtio-backend "write -P 0x5a {offset} 64k"',
+        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+    )
+    assert said.strip() == "", said
 
 
 def _raw(backup: Path, out: Path) -> bytes:
@@ -92,9 +112,25 @@ def test_a_running_vms_data_disk_is_backed_up_pruned_and_restored(workdir: Path)
         ).stdout
         assert '"backing-filename"' not in info
 
-        for _ in range(3):
+        # a write into the running disk (its last 64 KiB: free ext2 blocks), as the guest would
+        size = json.loads(info)["virtual-size"]
+        _hmp_write(conn.lookupByName(vm.domain), size - (64 << 10))
+        second = manager.backups.back_up(vap.id, "test")[0]
+        assert "(test, incremental)" in second, second
+        wire = int(second.split("): ")[1].split(" bytes")[0])
+        assert wire < first[1].stat().st_size // 4  # only the changed clusters crossed
+        inc = backups.latest(data)
+        assert inc is not None and inc[1] != first[1]
+        assert b"collective-data" in _raw(inc[1], workdir / "inc.raw")  # folded onto the first
+        read = subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-r", "-c", f"read -P 0x5a {size - (64 << 10)} 64k",
+             str(inc[1])],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert read.returncode == 0 and "Pattern verification failed" not in read.stdout, read
+        for _ in range(2):
             time.sleep(0.01)
-            assert "failed" not in manager.backups.back_up(vap.id, "test")[0]
+            assert "incremental" in manager.backups.back_up(vap.id, "test")[0]
         names = sorted(p.name for p in backups.backup_dir(data).iterdir())
         assert len(names) == 3 and first[1].name not in names  # the oldest pruned
         newest = backups.latest(data)

@@ -142,3 +142,55 @@ def test_with_only_a_backup_the_disk_comes_from_it(tmp_path: Path) -> None:
     vm = dataclasses.replace(_vm(disk))
     assert restore_data_disks(vm, time.time()).startswith(f"vdb: backup {only.name}")
     assert Path(disk.path).read_bytes() == only.read_bytes()
+
+
+def test_a_failed_hosts_vm_restarts_with_its_latest_backup_and_status_shows_it(
+    tmp_path: Path,
+) -> None:
+    """The control plane on test-driver hosts: the failover path restores from the newest valid
+    backup (a newer truncated one is skipped), says which and how old, and `cui status NAME`
+    data carries each data disk's latest backup time."""
+    from tests.unit.test_utility_watchdog import make_rig
+
+    rig = make_rig(tmp_path)
+    try:
+        cvl = rig.start("acme")["vap"]
+        victim = rig.component(cvl, "d")
+        assert victim["backups"] == {}  # data disks, none backed up yet (test hosts: skipped)
+        vap = rig.manager.store.vaps(("running",))[0]
+        assert rig.manager.backups.back_up(vap.id, "test") == []  # no backup job on test:
+        assert vap.state is not None
+        vm = next(v for v in vap.state.vms if v.path == "d")
+        disk = next(d for d in vm.disks if d.role == "data")
+        now = time.time()
+        good = _qcow2(backups.backup_dir(disk) / plan.backup_name(now))
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 4k", str(good)],
+            check=True,
+            capture_output=True,
+        )
+        torn = backups.backup_dir(disk) / plan.backup_name(now + 1)
+        torn.write_bytes(good.read_bytes()[:700])
+        assert rig.component(cvl, "d")["backups"] == {disk.target: plan.parse_name(good.name).taken}  # type: ignore[union-attr]
+
+        rig.cut.add(victim["host"])
+        rig.manager.check()
+        rig.now[0] += 31
+        assert rig.manager.check()["moved"] == [f"{cvl}:d"]
+        after = rig.component(cvl, "d")
+        assert after["host"] != victim["host"]
+        assert f"{disk.target}: backup {good.name} (" in after["restored"]["source"]
+        assert Path(disk.path).read_bytes() == good.read_bytes()
+    finally:
+        rig.manager.close()
+
+
+def test_the_status_line_names_each_disks_latest_backup() -> None:
+    from cui.utility_cmds import _backups_line
+
+    assert _backups_line({}, T0) == "latest backup: none yet"
+    line = _backups_line({"vdc": T0 + 5, "vdb": T0}, T0 + 65)
+    assert line == (
+        "latest backup: vdb 2025-12-02 01:46:40 UTC (65 s ago), "
+        "vdc 2025-12-02 01:46:45 UTC (60 s ago)"
+    )

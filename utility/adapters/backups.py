@@ -3,21 +3,23 @@
 Each data disk's backups live beside it in its VM directory:
 `<state>/vaps/<id>/<component>/backups/<target>/<UTC time>.qcow2` (names and pruning:
 `utility.core.backups`). A backup is taken by `HostStorage.backup` (libvirt's backup API, push
-mode: a point-in-time copy of the running disk, as consistent as a power cut at that instant),
-streamed into a hidden temporary file, synced, checked by our own qcow2 parser
-(`reposerver.qcow2`: version 3, no backing file, no external data file, tables inside the file),
-and only then renamed to its name: a torn or corrupt backup never counts. Older generations
-beyond `keep`, and any file that fails the check, are deleted afterwards.
+mode: a point-in-time copy of the running disk, as consistent as a power cut at that instant;
+incremental when it can, see `take`), streamed into a hidden temporary file, synced, checked by
+our own qcow2 parser (`reposerver.qcow2`: version 3, no backing file, no external data file,
+tables inside the file), and only then renamed to its name: a torn or corrupt backup never
+counts. Older generations beyond `keep`, and any file that fails the check, are deleted
+afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from utility.adapters.host_storage import HostStorage
+from utility.adapters.host_storage import HostStorage, checkpoint_name
 from utility.core import backups as plan
 from utility.core.desired_state import Disk, Vm
 from utility.errors import DiskError
@@ -27,12 +29,14 @@ BACKUPS_DIR = "backups"
 
 @dataclass(frozen=True)
 class Taken:
-    """One backup taken: its file, when, how long it took and its bytes."""
+    """One backup taken: its file, when, how long it took, its bytes, and what it cost."""
 
     path: Path
     taken: float
     seconds: float
-    bytes: int
+    bytes: int  # the generation's file
+    wire_bytes: int  # what came from the host (only the changed clusters when incremental)
+    incremental: bool
 
 
 def backup_dir(disk: Disk) -> Path:
@@ -81,6 +85,11 @@ def take(
     """Back up data disk `disk` of the running `vm` into the utility's storage (module
     docstring); prune older generations.
 
+    Incremental when the domain still has the checkpoint the latest valid backup made: only
+    the clusters written since cross the wire, and the utility folds them onto that backup
+    (`qemu-img rebase -u` then `convert`, every format named), so each generation on disk is
+    a whole standalone image that restores and prunes on its own.
+
     Raises:
         DiskError: the backup failed its check or could not be written (nothing is left).
         UtilityError: libvirt refused or the job failed (from `HostStorage.backup`).
@@ -89,13 +98,20 @@ def take(
     directory = backup_dir(disk)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = directory / plan.backup_name(taken)
+    previous = latest(disk)
+    since = checkpoint_name(disk, previous[1].name) if previous else None
     tmp = directory / f".{final.name}.{os.getpid()}.part"
+    whole = directory / f".{final.name}.{os.getpid()}.whole.part"
     began = time.monotonic()
     try:
         with tmp.open("wb") as f:
-            storage.backup(vm, disk, f.write)
+            job = storage.backup(vm, disk, f.write, checkpoint_name(disk, final.name), since)
             f.flush()
             os.fsync(f.fileno())
+        wire = tmp.stat().st_size
+        if job.since is not None and previous is not None:
+            _fold(tmp, previous[1], whole)
+            os.replace(whole, tmp)
         if not is_valid(tmp):
             raise DiskError(
                 f"{vm.path}: the backup of data disk {disk.target} is not a whole standalone "
@@ -108,8 +124,30 @@ def take(
         raise DiskError(f"{vm.path}: backup of data disk {disk.target}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+        whole.unlink(missing_ok=True)
     prune(disk, keep)
-    return Taken(final, taken, time.monotonic() - began, size)
+    return Taken(final, taken, time.monotonic() - began, size, wire, job.since is not None)
+
+
+def _fold(increment: Path, base: Path, out: Path) -> None:
+    """Write to `out` the whole image: `base` with `increment`'s allocated clusters over it."""
+    try:
+        subprocess.run(
+            ["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", str(base.resolve()),
+             "-F", "qcow2", str(increment)],
+            check=True, capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", "-o", "compat=1.1",
+             str(increment), str(out)],
+            check=True, capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+        with out.open("rb+") as f:
+            os.fsync(f.fileno())
+    except subprocess.CalledProcessError as exc:
+        raise DiskError(
+            f"folding an incremental backup onto {base.name}: {exc.stderr.strip()}"
+        ) from None
 
 
 def restore(disk: Disk, source: Path) -> None:

@@ -75,8 +75,9 @@ class Backups:
             self.store.add_history(vap.name, "backup", [], {}, text)
             return text
         text = (
-            f"{where}: backup {taken.path.name} ({trigger}), {taken.bytes} bytes "
-            f"in {taken.seconds:.1f} s"
+            f"{where}: backup {taken.path.name} ({trigger}, "
+            f"{'incremental' if taken.incremental else 'full'}): {taken.wire_bytes} bytes "
+            f"from the host in {taken.seconds:.1f} s"
         )
         self.store.event(vap.id, "backup", text)
         return text
