@@ -93,7 +93,8 @@ def _write(dom: object, round_: int) -> None:
     assert alias is not None
     step = FILLED // (CHANGED // (64 << 10))
     for offset in range(0, FILLED, step):
-        command = f'qemu-io -d /machine/peripheral/{alias.get("name")}/virtio-backend "write -P {0x40 + round_} {offset} 64k"'
+        device = f"/machine/peripheral/{alias.get('name')}/virtio-backend"
+        command = f'qemu-io -d {device} "write -P {0x40 + round_} {offset} 64k"'
         said = libvirt_qemu.qemuMonitorCommand(
             dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
         )
