@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utility.adapters import backups
@@ -39,6 +39,7 @@ def test_other_files_are_not_backups(name: str) -> None:
     assert plan.generations([name]) == []
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 10**6), unique=True, max_size=12), st.integers(1, 5))
 def test_pruning_keeps_the_newest_valid_generations(offsets: list[int], keep: int) -> None:
     names = [plan.backup_name(T0 + o) for o in offsets]

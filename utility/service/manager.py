@@ -23,7 +23,7 @@ from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
 from utility.adapters.migration import LibvirtMigrator, Migrator
-from utility.adapters.store import HostRow, Store, short_name
+from utility.adapters.store import HostRow, Store, VapRow, short_name
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
 from utility.core import overlay
@@ -308,7 +308,8 @@ class ClusterManager:
             restarts = self.watchdog.restarts_by_vap()
             health, restores = self.store.host_health(), self.store.restores()
             out = self.parts.status.statuses(vaps)
-            for status in out:
+            for vap_row, status in zip(vaps, out, strict=True):
+                self._backups(vap_row, status)
                 self._decorate(
                     status, policies.get(status["id"], "always"), restarts, health, restores
                 )
@@ -324,7 +325,7 @@ class ClusterManager:
         from."""
         status = self.parts.status.vap_status(vap_id)
         restarts = {vap_id: self.watchdog.restarts(vap_id)}
-        self._backups(vap_id, status)
+        self._backups(self.store.vap(vap_id), status)
         return self._decorate(
             status,
             self.store.restart_policy(vap_id),
@@ -333,11 +334,11 @@ class ClusterManager:
             self.store.restores(vap_id),
         )
 
-    def _backups(self, vap_id: int, status: dict[str, Any]) -> None:
-        """Add to each component of one VAP's status the time of the latest valid backup of
-        each of its data disks (`backups`: target -> Unix seconds)."""
-        vap = next((v for v in self.store.vaps() if v.id == vap_id), None)
-        if vap is None or vap.state is None:
+    def _backups(self, vap: VapRow, status: dict[str, Any]) -> None:
+        """Add to each component of a VAP's status the time of the latest valid backup of each
+        of its data disks (`backups`: target -> Unix seconds; read from the backup files, no
+        query)."""
+        if vap.state is None:
             return
         for component in status["components"]:
             vm = vap.state.vm(component["path"])
