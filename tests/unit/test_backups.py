@@ -195,3 +195,28 @@ def test_the_status_line_names_each_disks_latest_backup() -> None:
         "latest backup: vdb 2025-12-02 01:46:40 UTC (65 s ago), "
         "vdc 2025-12-02 01:46:45 UTC (60 s ago)"
     )
+
+
+def test_an_applied_update_backs_up_its_vap_and_an_empty_one_does_not(tmp_path: Path) -> None:
+    from tests.unit.test_utility_update import ADMIN, office, write_apps
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.service.manager import ClusterManager
+
+    write_apps(tmp_path / "vap")
+    cvl = tmp_path / "vap" / "Office.cvl"
+    cvl.write_text(office())
+    manager = ClusterManager(tmp_path / "state")
+    try:
+        manager.add_host(ADMIN, "h1", simulated_host_uri(tmp_path, "h1"), 2 << 30, 16)
+        manager.add_vlans(ADMIN, "100-101")
+        manager.add_public_ips(ADMIN, "192.0.2.1-192.0.2.4")
+        manager.start(ADMIN, str(cvl))
+        calls: list[int] = []
+        manager.updating.after_update = calls.append
+        assert manager.update(ADMIN, cvl)["applied"] is False
+        assert calls == []
+        cvl.write_text(office(motd="welcome"))
+        assert manager.update(ADMIN, cvl)["error"] is None
+        assert calls == [manager.store.vaps()[0].id]
+    finally:
+        manager.close()
