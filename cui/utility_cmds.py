@@ -220,6 +220,22 @@ def utility_group() -> None:
     "0 turns the automatic rebalance off (cui rebalance still works).",
 )
 @click.option(
+    "--backup-interval",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Back up every running VM's data disks through libvirt this often (seconds; also "
+    "after every applied update); a VM restarted after its host failed gets the latest. "
+    "0 turns the periodic backups off.",
+)
+@click.option(
+    "--backup-keep",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Backup generations kept per data disk.",
+)
+@click.option(
     "--reinitialise",
     is_flag=True,
     help="Move a missing, corrupt or unreadable state database aside and start empty "
@@ -244,6 +260,8 @@ def serve_command(
     boot_order: str,
     host_grace: float = 30.0,
     rebalance_interval: float = 0.0,
+    backup_interval: float = 600.0,
+    backup_keep: int = 3,
 ) -> None:
     """Run the cluster manager until SIGTERM."""
     from utility.adapters.event_guard import EventRules
@@ -271,6 +289,7 @@ def serve_command(
             default_host,
             boot_order=boot_order,
             host_grace=host_grace,
+            backup_keep=backup_keep,
         ),
         events_secret=secret.encode() if secret else None,
         poll_interval=poll_interval,
@@ -279,6 +298,7 @@ def serve_command(
         event_rules=EventRules(window=event_window),
         check_interval=check_interval,
         rebalance_interval=rebalance_interval,
+        backup_interval=backup_interval,
     )
 
 
@@ -942,6 +962,20 @@ def _render_status(vaps: list[dict[str, Any]]) -> None:
             )
             if c.get("restored"):
                 click.echo(f"    restored after its host failed; data: {c['restored']['source']}")
+            if "backups" in c:
+                click.echo(f"    {_backups_line(c['backups'], time.time())}")
+
+
+def _backups_line(latest: dict[str, float], now: float) -> str:
+    """`latest backup: vdb 2026-12-02 01:55:00 UTC (312 s ago)`, or that there is none."""
+    if not latest:
+        return "latest backup: none yet"
+    parts = [
+        f"{target} {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken))} "
+        f"({max(0.0, now - taken):.0f} s ago)"
+        for target, taken in sorted(latest.items())
+    ]
+    return "latest backup: " + ", ".join(parts)
 
 
 @click.command("status")

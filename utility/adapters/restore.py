@@ -1,15 +1,16 @@
 """Where a VM restarted on another host after its host failed gets its data disks from.
 
-`restore_data_disks` is the one place that decides it, so that backups through libvirt (a later
-step: the backup API or an external snapshot and a volume download, kept in generations) only
-replace this function. What it does today, honestly:
+`restore_data_disks` is the one place that decides it. For each data disk, the newest of:
 
-- the data disk files live in the CVL file's directory on the cluster manager's file system
-  (the layout every host shares now), so the copy the utility holds is the very file the VM
-  wrote until its host failed: crash-consistent, as of the failure (said with its age);
-- if only the copy kept before an update (`*.pre-update`) is there, that copy is put back;
-- with neither, the VM gets a fresh empty data disk, which the appliance initialises at its
-  first boot (its data is lost, and status says so).
+- its latest valid backup (`utility.adapters.backups`: taken through libvirt while the VM ran,
+  at every update and every `--backup-interval`; a corrupt or truncated one is skipped for the
+  next older), copied into place as the disk's file in the VM directory, and
+- the copy the utility already holds in the VM directory (written when the VM last stopped, or
+  put back before an update: `*.pre-update`).
+
+The data written on the failed host since then is lost; status says which backup (or copy)
+the disk came from and how old it was. With neither, the VM gets a fresh empty data disk, which
+the appliance initialises at its first boot (its data is lost, and status says so).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from utility.adapters import disks
+from utility.adapters import backups, disks
 from utility.core.desired_state import Vm
 
 
@@ -29,13 +30,19 @@ def restore_data_disks(vm: Vm, now: float) -> str:
             continue
         path = Path(disk.path)
         kept = Path(disk.path + disks.BACKUP_SUFFIX)
-        if path.exists():
-            age = max(0.0, now - path.stat().st_mtime)
-            said.append(f"{disk.target}: the utility's copy, last written {age:.0f} s before")
-        elif kept.exists():
+        copy = "the utility's copy, last written {age:.0f} s before"
+        if not path.exists() and kept.exists():
             os.replace(kept, path)
-            age = max(0.0, now - path.stat().st_mtime)
-            said.append(f"{disk.target}: the copy kept before the last update ({age:.0f} s old)")
+            copy = "the copy kept before the last update ({age:.0f} s old)"
+        backup = backups.latest(disk)
+        copy_time = path.stat().st_mtime if path.exists() else None
+        if backup is not None and (copy_time is None or backup[0].taken >= copy_time):
+            backups.restore(disk, backup[1])
+            age = max(0.0, now - backup[0].taken)
+            said.append(f"{disk.target}: backup {backup[1].name} ({age:.0f} s old)")
+        elif copy_time is not None:
+            age = max(0.0, now - copy_time)
+            said.append(f"{disk.target}: " + copy.format(age=age))
         else:
-            said.append(f"{disk.target}: a fresh empty disk (no copy held; its data is lost)")
+            said.append(f"{disk.target}: a fresh empty disk (no backup or copy held; data lost)")
     return "; ".join(said) or "no data disks"

@@ -23,11 +23,12 @@ from utility.adapters.event_guard import EventRules, accept_event
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import Fault, HostPool, LibvirtHost, never_cut_off
 from utility.adapters.migration import LibvirtMigrator, Migrator
-from utility.adapters.store import HostRow, Store, short_name
+from utility.adapters.store import HostRow, Store, VapRow, short_name
 from utility.adapters.subscriptions import Subscriptions
 from utility.adapters.trust_policy import TrustPolicy
 from utility.core import overlay
 from utility.core.addresses import parse_range
+from utility.core.backups import DEFAULT_KEEP
 from utility.core.bundle import Bundle, check_vap_name, default_name
 from utility.core.desired_state import VapState
 from utility.core.moves import DEFAULT_GRACE
@@ -36,6 +37,7 @@ from utility.errors import NotFound
 from utility.service.administration import Administration
 from utility.service.allocator import Allocator
 from utility.service.apply import Applier
+from utility.service.backing_up import Backups
 from utility.service.desired import Settings
 from utility.service.failover import HostMonitor
 from utility.service.hosts import EMBEDDED_HOST, Hosts
@@ -93,6 +95,7 @@ class ClusterManager:
         backoff: Backoff | None = None,
         host_grace: float = DEFAULT_GRACE,
         migrator: Migrator | None = None,
+        backup_keep: int = DEFAULT_KEEP,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
         cache_dir, run_dir = state_dir / "cache", state_dir / "run"
@@ -134,6 +137,8 @@ class ClusterManager:
         self.monitor = HostMonitor(self.parts, host_grace, clock)
         self.watchdog.monitor = self.monitor
         self.mover = Mover(self.parts, migrator or LibvirtMigrator())
+        self.backups = Backups(self.parts, backup_keep)
+        self.updating.after_update = lambda vap_id: self.backups.back_up(vap_id, "update")
         self.unowned: list[dict[str, str]] = []
 
     def close(self) -> None:
@@ -303,7 +308,8 @@ class ClusterManager:
             restarts = self.watchdog.restarts_by_vap()
             health, restores = self.store.host_health(), self.store.restores()
             out = self.parts.status.statuses(vaps)
-            for status in out:
+            for vap_row, status in zip(vaps, out, strict=True):
+                self._backups(vap_row, status)
                 self._decorate(
                     status, policies.get(status["id"], "always"), restarts, health, restores
                 )
@@ -319,6 +325,7 @@ class ClusterManager:
         from."""
         status = self.parts.status.vap_status(vap_id)
         restarts = {vap_id: self.watchdog.restarts(vap_id)}
+        self._backups(self.store.vap(vap_id), status)
         return self._decorate(
             status,
             self.store.restart_policy(vap_id),
@@ -326,6 +333,17 @@ class ClusterManager:
             self.store.host_health(),
             self.store.restores(vap_id),
         )
+
+    def _backups(self, vap: VapRow, status: dict[str, Any]) -> None:
+        """Add to each component of a VAP's status the time of the latest valid backup of each
+        of its data disks (`backups`: target -> Unix seconds; read from the backup files, no
+        query)."""
+        if vap.state is None:
+            return
+        for component in status["components"]:
+            vm = vap.state.vm(component["path"])
+            if vm is not None and any(d.role == "data" for d in vm.disks):
+                component["backups"] = self.backups.latest(vm)
 
     @staticmethod
     def _decorate(

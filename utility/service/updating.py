@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from utility.adapters import disks
@@ -35,6 +35,8 @@ class Updating:
         self.parts = parts
         self.store = parts.store
         self.lifecycle = lifecycle
+        self.after_update: Callable[[int], object] | None = None
+        """Called with the VAP id after an update applied without error (its backups)."""
 
     def update(
         self,
@@ -207,6 +209,8 @@ class Updating:
             self.store.mark_failed(name, str(origin.get("url")), str(origin.get("version")))
         result = f"failed: {outcome.error}" if outcome.error else "applied"
         self.record_history(name, trigger, plan, result)
+        if outcome.error is None and self.after_update is not None:
+            self.after_update(vap_id)
         return {
             "plan": plan.to_json(),
             "lines": plan.lines(),

@@ -27,6 +27,7 @@ from utility.adapters.db_check import check_database, migrate
 from utility.adapters.event_guard import EventRules
 from utility.adapters.libvirt_host import start_event_loop
 from utility.adapters.tls import check_listen, split_listen
+from utility.core.backups import DEFAULT_INTERVAL as DEFAULT_BACKUP_INTERVAL
 from utility.service.manager import STATE_DIR_MODE, ClusterManager
 from utility.web.api import EVENTS_PATH, SOCKET_NAME, create_app
 
@@ -102,6 +103,7 @@ def serve(
     event_rules: EventRules | None = None,
     check_interval: float = DEFAULT_CHECK_INTERVAL,
     rebalance_interval: float = 0.0,
+    backup_interval: float = DEFAULT_BACKUP_INTERVAL,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT (see the module docstring).
 
@@ -111,6 +113,7 @@ def serve(
         tls: (certificate, key) PEM files for https; required unless `listen` is loopback.
         check_interval: seconds between the watchdog's checks of every VM (libvirt lifecycle
             events wake it sooner); 0 turns the watchdog off.
+        backup_interval: seconds between backups of every running VM's data disks; 0: off.
     """
     state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
     os.chmod(state_dir, STATE_DIR_MODE)
@@ -143,6 +146,13 @@ def serve(
                 args=(check_interval, live["stopping"]),
                 daemon=True,
                 name="watchdog",
+            ).start()
+        if backup_interval > 0:
+            threading.Thread(
+                target=manager.backups.run_forever,
+                args=(backup_interval, live["stopping"]),
+                daemon=True,
+                name="backups",
             ).start()
         if rebalance_interval > 0:
             threading.Thread(
