@@ -43,6 +43,7 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
                 made = multihost_lab.up(count)
                 try:
                     times[count].append(_ready(made.hosts))
+                    print(f"{count} lab host(s): {times[count][-1]:.1f} s", file=sys.stderr)
                 finally:
                     multihost_lab.down()
     return [
