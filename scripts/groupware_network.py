@@ -471,14 +471,15 @@ class GroupwareLab:
             inside = self.plug("in", van_bridge, _host_250(van_ip))
             outside = self.plug("out", public_bridge, _host_250(public_ip))
             return inside, outside
-        # the VAN probe on a host without DNS (its queries cross VXLAN); the public probe where
+        # the VAN probe on a host carrying VMs of the VAN (it has the VAN's bridge there) but
+        # neither DNS nor, where possible, LDAP: its queries cross VXLAN; the public probe where
         # the firewall runs (the public segment is per host)
-        dns_host = str(status["d"]["host"])
-        others = [h for h in self.lab_hosts if h.name != dns_host] or self.lab_hosts
-        van_host = others[0]
+        used = {str(r["host"]) for r in status.values()}
+        rank = {str(status["d"]["host"]): 2, str(status["l"]["host"]): 1}
+        van_host = min(
+            (h for h in self.lab_hosts if h.name in used), key=lambda h: rank.get(h.name, 0)
+        )
         on_van = [r for r in status.values() if str(r["host"]) == van_host.name]
-        if not on_van:
-            raise LabError(f"no VM of the VAN on {van_host.name}: no VAN bridge to plug into")
         van_bridge = _bridge_of(on_van[0], "ethernet0", van_host.uri)
         fw_host = self.lab_host(str(status["f"]["host"]))
         public_bridge = _bridge_of(status["f"], "ethernet1", fw_host.uri)
