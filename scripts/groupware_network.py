@@ -9,6 +9,13 @@ the DNS repository, and starts AcmeGroupware with `cui start`. Host-side probes 
 go only through two network namespaces it creates itself, each with a veth plugged into a bridge
 the utility made for this VAP: "inside" on the VAN, "outside" on the public segment in front of
 the firewall. Everything it made (domains, networks, namespaces, servers) is removed by `close()`.
+
+On the multi-host lab (`lab_hosts`: hosts of `scripts/multihost_lab.py`), every lab host is
+registered with `cui host add NAME --uri qemu+ssh://… --underlay IP` instead of the local host,
+the VAN is stretched over the hosts by VXLAN, and each probe's veth is plugged into a bridge inside
+the namespace of the lab host named: "inside" on the VAN's bridge of a host other than DNS's (so
+its queries cross the VXLAN), "outside" on the public bridge of the firewall's host (the public
+segment `col-x<id>` is per host, not stretched).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -94,6 +102,7 @@ class Namespace:
     name: str
     host_end: str
     address: str
+    host_netns: str | None = None  # the lab host's namespace holding `host_end`, if any
 
     def run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -146,6 +155,7 @@ class GroupwareLab:
     stack: ExitStack = field(default_factory=ExitStack)
     timings: dict[str, float] = field(default_factory=dict)
     daemon: subprocess.Popen[bytes] | None = None  # the `cui utility serve` process
+    lab_hosts: list[Any] = field(default_factory=list)  # multihost_lab.LabHost, when on the lab
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -254,7 +264,16 @@ class GroupwareLab:
         self._spawn_daemon(state, port)
         vlan = 3000 + secrets.randbelow(900)
         third = 1 + secrets.randbelow(250)
-        self.cui("host", "add", "local", "--uri", self.host_uri, "--memory", "4G", "--max-vms", "8")
+        if self.lab_hosts:
+            for host in self.lab_hosts:
+                self.cui(
+                    *("host", "add", host.name, "--uri", host.uri, "--memory", "4G"),
+                    *("--max-vms", "8", "--underlay", host.ip),
+                )
+        else:
+            self.cui(
+                "host", "add", "local", "--uri", self.host_uri, "--memory", "4G", "--max-vms", "8"
+            )
         self.cui("vlan", "add", f"{vlan}-{vlan + 1}")
         self.cui("publicip", "add", f"{PUBLIC_NET}.{third}-{PUBLIC_NET}.{third + 1}")
         (self.work / "publisher.signer").write_text(
@@ -385,11 +404,27 @@ class GroupwareLab:
         ids = {}
         for path, row in self.status().items():
             if self.host_uri.startswith("qemu"):
-                out = run(["virsh", "-c", self.host_uri, "domid", str(row["domain"])]).stdout
+                uri = self.uri_of(str(row["host"]))
+                out = run(["virsh", "-c", uri, "domid", str(row["domain"])]).stdout
                 ids[path] = int(out.strip())
             else:
                 ids[path] = int(float(str(row["started"])) * 1000)
         return ids
+
+    def lab_host(self, name: str) -> Any:
+        """The lab host called `name` (a multihost_lab.LabHost)."""
+        for host in self.lab_hosts:
+            if host.name == name:
+                return host
+        raise LabError(f"{name} is not a lab host of this run")
+
+    def uri_of(self, host: str) -> str:
+        """The libvirt URI of the utility's host `host`."""
+        return self.lab_host(host).uri if self.lab_hosts else self.host_uri
+
+    def hosts_of(self) -> dict[str, str]:
+        """Component path -> the host it was placed on."""
+        return {path: str(row["host"]) for path, row in self.status().items()}
 
     def _stop_quietly(self) -> None:
         if self.cvl is not None:
@@ -397,21 +432,29 @@ class GroupwareLab:
 
     # -- where the host may talk to the appliances --------------------------------------------
 
-    def plug(self, label: str, bridge: str, address: str) -> Namespace:
-        """A namespace with a veth into `bridge`, holding `address` (/24)."""
+    def plug(
+        self, label: str, bridge: str, address: str, host_netns: str | None = None
+    ) -> Namespace:
+        """A namespace with a veth into `bridge`, holding `address` (/24); the bridge is in the
+        network namespace `host_netns` (a lab host's) when given, else on this machine. The veth
+        takes the bridge's MTU (1450 on a VXLAN-stretched segment)."""
         tag = secrets.token_hex(2)
-        ns = Namespace(f"{self.prefix}{label}{tag}", f"{self.prefix}{label[0]}h{tag}", address)
+        ns = Namespace(
+            f"{self.prefix}{label}{tag}", f"{self.prefix}{label[0]}h{tag}", address, host_netns
+        )
         inner = f"{self.prefix}{label[0]}n{tag}"
         self.stack.callback(_unplug, ns)
+        outer = ["ip", "-n", host_netns] if host_netns else ["ip"]
+        mtu = str(json.loads(run([*outer, "-j", "link", "show", bridge]).stdout)[0]["mtu"])
         for step in (
             ["ip", "netns", "add", ns.name],
-            ["ip", "link", "add", ns.host_end, "type", "veth", "peer", "name", inner],
-            ["ip", "link", "set", inner, "netns", ns.name],
+            [*outer, "link", "add", ns.host_end, "mtu", mtu, "type", "veth", "peer", "name", inner],
+            [*outer, "link", "set", inner, "netns", ns.name],
             ["ip", "-n", ns.name, "addr", "add", f"{address}/24", "dev", inner],
-            ["ip", "-n", ns.name, "link", "set", inner, "up"],
+            ["ip", "-n", ns.name, "link", "set", inner, "mtu", mtu, "up"],
             ["ip", "-n", ns.name, "link", "set", "lo", "up"],
-            ["ip", "link", "set", ns.host_end, "master", bridge],
-            ["ip", "link", "set", ns.host_end, "up"],
+            [*outer, "link", "set", ns.host_end, "master", bridge],
+            [*outer, "link", "set", ns.host_end, "up"],
         ):
             run(step)
         self.namespaces[label] = ns
@@ -422,10 +465,26 @@ class GroupwareLab:
         status = self.status()
         van_ip = self.param("d", "ethernet0.ip")
         public_ip = self.param("f", "ethernet1.ip")
-        van_bridge = _bridge_of(status["d"], "ethernet0")
-        public_bridge = _bridge_of(status["f"], "ethernet1")
-        inside = self.plug("in", van_bridge, _host_250(van_ip))
-        outside = self.plug("out", public_bridge, _host_250(public_ip))
+        if not self.lab_hosts:
+            van_bridge = _bridge_of(status["d"], "ethernet0", self.host_uri)
+            public_bridge = _bridge_of(status["f"], "ethernet1", self.host_uri)
+            inside = self.plug("in", van_bridge, _host_250(van_ip))
+            outside = self.plug("out", public_bridge, _host_250(public_ip))
+            return inside, outside
+        # the VAN probe on a host carrying VMs of the VAN (it has the VAN's bridge there) but
+        # neither DNS nor, where possible, LDAP: its queries cross VXLAN; the public probe where
+        # the firewall runs (the public segment is per host)
+        used = {str(r["host"]) for r in status.values()}
+        rank = {str(status["d"]["host"]): 2, str(status["l"]["host"]): 1}
+        van_host = min(
+            (h for h in self.lab_hosts if h.name in used), key=lambda h: rank.get(h.name, 0)
+        )
+        on_van = [r for r in status.values() if str(r["host"]) == van_host.name]
+        van_bridge = _bridge_of(on_van[0], "ethernet0", van_host.uri)
+        fw_host = self.lab_host(str(status["f"]["host"]))
+        public_bridge = _bridge_of(status["f"], "ethernet1", fw_host.uri)
+        inside = self.plug("in", van_bridge, _host_250(van_ip), van_host.netns)
+        outside = self.plug("out", public_bridge, _host_250(public_ip), fw_host.netns)
         return inside, outside
 
     # -- mail and certificates, as a user outside the firewall sees them ----------------------
@@ -567,6 +626,8 @@ class GroupwareLab:
         try:
             self.stack.close()
         finally:
+            for host in self.lab_hosts:
+                sweep(self.prefix, host.uri)
             sweep(self.prefix, self.host_uri)
 
 
@@ -583,21 +644,28 @@ def _host_250(ip: str) -> str:
     return str(ipaddress.IPv4Network(f"{ip}/24", strict=False).network_address + 250)
 
 
-def _bridge_of(component: object, iface: str) -> str:
-    """The bridge a component's interface is on, from its libvirt domain XML."""
+def _bridge_of(component: object, iface: str, uri: str) -> str:
+    """The bridge a component's interface is on, from its libvirt domain XML on host `uri`
+    (through its libvirt network when the NIC names one)."""
     import xml.etree.ElementTree as ET
 
     domain = str(component["domain"])  # type: ignore[index]
-    xml = run(["virsh", "-c", "qemu:///system", "dumpxml", domain]).stdout
+    xml = run(["virsh", "-c", uri, "dumpxml", domain]).stdout
     index = int(iface.removeprefix("ethernet"))
     nic = ET.fromstring(xml).findall("devices/interface")[index]
     source = nic.find("source")
     assert source is not None
-    return str(source.get("bridge"))
+    if source.get("bridge"):
+        return str(source.get("bridge"))
+    net = run(["virsh", "-c", uri, "net-dumpxml", str(source.get("network"))]).stdout
+    bridge = ET.fromstring(net).find("bridge")
+    assert bridge is not None
+    return str(bridge.get("name"))
 
 
 def _unplug(ns: Namespace) -> None:
-    subprocess.run(["ip", "link", "del", ns.host_end], capture_output=True)
+    outer = ["ip", "-n", ns.host_netns] if ns.host_netns else ["ip"]
+    subprocess.run([*outer, "link", "del", ns.host_end], capture_output=True)
     subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
 
 
@@ -647,12 +715,13 @@ def lab(
     host_uri: str = "qemu:///system",
     say: Callable[[str], None] = lambda _m: None,
     keep: Path | None = None,
+    lab_hosts: list[Any] | None = None,
 ) -> Iterator[GroupwareLab]:
     """A GroupwareLab in a fresh world-traversable directory (qemu must reach its disks),
     closed and removed afterwards (its consoles copied to `keep` first, when given)."""
     work = Path(tempfile.mkdtemp(prefix="gw-", dir="/var/tmp"))
     work.chmod(0o755)
-    made = GroupwareLab(work, host_uri=host_uri, say=say)
+    made = GroupwareLab(work, host_uri=host_uri, say=say, lab_hosts=list(lab_hosts or []))
     try:
         yield made
     finally:
@@ -679,8 +748,29 @@ def _show(text: str) -> None:
     print("    " + text.rstrip().replace("\n", "\n    "), flush=True)
 
 
-def demo(host_uri: str) -> None:
-    """The Groupware story with progress output; on `test:` hosts, without guests to probe."""
+def demo_on_lab(count: int) -> None:
+    """The Groupware story on a multi-host lab of `count` hosts (`scripts/demo --hosts N`):
+    the lab is brought up first (holding its machine-wide lock) and down afterwards."""
+    import multihost_lab
+
+    with multihost_lab.lab_lock():
+        _step(f"the multi-host lab: {count} hosts (namespaces with libvirtd and sshd)")
+        made = multihost_lab.up(count)
+        os.environ["COLLECTIVE_LAB_LOCKED"] = "1"  # held here for the whole story
+        try:
+            for host in made.hosts:
+                _show(f"{host.name}: {host.uri} (underlay {host.ip})")
+            demo(made.hosts[0].uri, made.hosts)
+        finally:
+            _step("scripts/lab down")
+            multihost_lab.down()
+            left = multihost_lab.leftovers()
+            _show("the lab left nothing behind" if not any(left.values()) else f"left: {left}")
+
+
+def demo(host_uri: str, lab_hosts: list[Any] | None = None) -> None:
+    """The Groupware story with progress output; on `test:` hosts, without guests to probe;
+    on `lab_hosts` (multihost_lab.LabHost), split over them."""
     if host_uri == "test":
         from utility.adapters.simulation import simulated_host_uri
 
@@ -692,7 +782,7 @@ def demo(host_uri: str) -> None:
         return
     real = host_uri.startswith("qemu")
     began = time.monotonic()
-    with lab(host_uri=host_uri) as g:
+    with lab(host_uri=host_uri, lab_hosts=lab_hosts) as g:
         _step("building the appliance images from Debian packages (cached)")
         g.build()
         sizes = {
@@ -712,7 +802,8 @@ def demo(host_uri: str) -> None:
             _show(run([*CUI, "versions", f"{g.server.url}/{name}"]).stdout.strip())
         _step("the Collective Utility: cui utility serve (require-signed, subscribed to DNS)")
         g.start_utility()
-        _show(f"daemon at {g.env['COLLECTIVE_UTILITY']}, host {host_uri}, prefix {g.prefix}")
+        where = ", ".join(h.name for h in g.lab_hosts) if g.lab_hosts else host_uri
+        _show(f"daemon at {g.env['COLLECTIVE_UTILITY']}, hosts {where}, prefix {g.prefix}")
         cvl = g.write_user_files()
         _step(
             f"cui start {cvl.name}: six VMs in dependency order"
@@ -725,6 +816,14 @@ def demo(host_uri: str) -> None:
         _show(g.cui("status", str(cvl)))
         if real:
             inside, outside = g.plug_both()
+            if g.lab_hosts:
+                placed = g.hosts_of()
+                _show(
+                    "placed (spread): "
+                    + ", ".join(f"{p} on {h}" for p, h in sorted(placed.items()))
+                    + f"; probe {inside.name} on the VAN's bridge of a host without DNS, "
+                    f"{outside.name} on the public bridge of the firewall's host {placed['f']}"
+                )
             dns, ldap = g.param("d", "ethernet0.ip"), g.param("l", "ethernet0.ip")
             public = g.param("f", "ethernet1.ip")
             _step(f"from namespace {inside.name} on the VAN's bridge: dig @{dns} l.acme.org")
@@ -807,10 +906,20 @@ def demo(host_uri: str) -> None:
         _step("cui status")
         _show(g.cui("status", str(cvl)))
         _step("stopping everything: cui stop, namespaces, daemon, repository server")
-    leftovers = sweep(g.prefix, host_uri)
+    leftovers = [x for h in g.lab_hosts for x in sweep(g.prefix, h.uri)] + sweep(g.prefix, host_uri)
     _show("nothing left running" if not leftovers else f"swept {leftovers}")
     _step(f"demo done in {time.monotonic() - began:.0f} s")
 
 
 if __name__ == "__main__":
-    demo(sys.argv[1] if len(sys.argv) > 1 else "qemu:///system")
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    parser = argparse.ArgumentParser(description="the Groupware demo story")
+    parser.add_argument("host", nargs="?", default="qemu:///system", help="libvirt URI or 'test'")
+    parser.add_argument("--hosts", type=int, default=0, help="run on a multi-host lab of N hosts")
+    args = parser.parse_args()
+    if args.hosts:
+        demo_on_lab(args.hosts)
+    else:
+        demo(args.host)

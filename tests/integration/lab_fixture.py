@@ -69,17 +69,19 @@ class _LabSession:
     def __init__(self) -> None:
         self.up_seconds: list[float] = []
 
-    def ensure(self) -> Lab:
+    def ensure(self, count: int = LAB_HOSTS) -> Lab:
+        """A running lab of `count` hosts (brought down and up again when it has another size)."""
         try:
             lab = Lab.load()
-            if len(lab.hosts) == LAB_HOSTS and all(
+            if len(lab.hosts) == count and all(
                 Path(f"/proc/{pid}").exists() for h in lab.hosts for pid in h.pids.values()
             ):
                 return lab
         except Exception:  # noqa: BLE001 - no state or stale state: make a fresh lab
             pass
         started = time.monotonic()
-        proc = lab_cli("up", str(LAB_HOSTS))
+        lab_cli("down")  # a lab of another size, or a stale one
+        proc = lab_cli("up", str(count))
         assert proc.returncode == 0, f"scripts/lab up failed:\n{proc.stderr}"
         self.up_seconds.append(time.monotonic() - started)
         return Lab.load()
