@@ -375,3 +375,26 @@ def test_bad_parameters_fail_before_any_waiting(sock_path: Path) -> None:
         with pytest.raises(GuestChannelError, match="is not a string"):
             ch.deliver({"a": [None]}, timeout=30)  # type: ignore[list-item]
         assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("pending_for", [0.0, 2.0])
+def test_a_held_vm_gets_its_whole_timeout_after_its_requirements_are_up(
+    sock_path: Path, pending_for: float
+) -> None:
+    """The HELLO clock of a held VM (booting at a low CPU weight) does not run out while its
+    requirements are still coming up; once they are, it gets its whole timeout again."""
+
+    def guest(conn: socket.socket, g: FakeGuest) -> None:
+        time.sleep(1.5)  # a slow boot: longer than the timeout below
+        g.hello_until_params(conn)
+        conn.sendall(b"COLLECTIVE READY\n")
+        time.sleep(0.3)
+
+    FakeGuest(sock_path, guest)
+    until = time.monotonic() + pending_for
+    with GuestChannel(sock_path, connect_timeout=5) as ch:
+        if pending_for:
+            ch.deliver({"a": ["1"]}, timeout=0.8, pending=lambda: time.monotonic() < until)
+        else:
+            with pytest.raises(GuestChannelError, match="no HELLO"):
+                ch.deliver({"a": ["1"]}, timeout=0.8)

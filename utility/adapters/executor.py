@@ -105,6 +105,11 @@ class _Gates:
             self._aborted = self._aborted or (not ok and not self._keep_going)
             self._cond.notify_all()
 
+    def settled(self, keys: tuple[str, ...]) -> bool:
+        """Whether all `keys` finished (well or not) or the run stopped: nothing to wait for."""
+        with self._cond:
+            return self._aborted or all(k in self._finished for k in keys)
+
     def wait(self, keys: tuple[str, ...], path: str) -> None:
         """Return once all `keys` finished well (or at all, with keep_going); else Cancelled."""
         with self._cond:
@@ -319,7 +324,12 @@ class Executor:
                 return
             transport = host.open_serial(vm.domain, "serial1") if host.channel_over_stream else None
             guest_channel.deliver(
-                vm.guest_socket, vm.param_map(), self.timeouts.ready, hold, transport
+                vm.guest_socket,
+                vm.param_map(),
+                self.timeouts.ready,
+                hold,
+                transport,
+                pending=(lambda: not gates.settled(waits_for)) if waits_for else None,
             )
         except Cancelled:
             host.destroy_domain(vm.domain)

@@ -153,6 +153,10 @@ class SocketTransport:
         self._sock.close()
 
 
+class _TimedOut(GuestChannelError):
+    """Nothing arrived before the deadline (as opposed to a closed channel)."""
+
+
 class GuestChannel:
     """One VM's serial-port channel: connect, deliver parameters, wait for readiness.
 
@@ -245,7 +249,7 @@ class GuestChannel:
             )
         except queue.Empty:
             seen = "; ".join(self._recent) or "nothing"
-            raise GuestChannelError(
+            raise _TimedOut(
                 f"no {waiting_for} from the guest on {self.socket_path} in time; last seen: {seen}"
             ) from None
         if msg is _CLOSED:
@@ -256,6 +260,22 @@ class GuestChannel:
                 f"(did the VM stop?); last seen: {seen}"
             )
         return msg
+
+    def _await_hello(self, timeout: float, pending: Callable[[], bool] | None) -> float:
+        """Wait for HELLO; return the deadline it had (the rest of it is READY's)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if pending is not None and pending():
+                deadline = max(deadline, now + timeout)
+            try:  # wake at least every second to look at `pending` again
+                msg = self._next(min(deadline, now + 1.0) if pending else deadline, "HELLO")
+            except _TimedOut:
+                if time.monotonic() < deadline or (pending is not None and pending()):
+                    continue
+                raise
+            if msg.kind == "HELLO":
+                return deadline
 
     def _await_ready(
         self, params: Mapping[str, Sequence[str]], sent_at: float, deadline: float
@@ -276,19 +296,21 @@ class GuestChannel:
         params: Mapping[str, Sequence[str]],
         timeout: float,
         hold: Callable[[], None] | None = None,
+        pending: Callable[[], bool] | None = None,
     ) -> None:
         """Wait for the guest's HELLO, send PARAMS, wait for READY, each within `timeout` seconds.
 
         `hold`, when given, runs between HELLO and PARAMS (the executor waits there until the
         appliances this VM requires are READY; the agent repeats HELLO meanwhile, and those
         repeats predate PARAMS so they never count as a restart). It may raise to give up.
+        `pending`, when given, says whether those appliances are still coming up: while it is
+        true the HELLO clock does not run out (a held VM boots at a low CPU weight, on what the
+        others leave), so its `timeout` counts from when they are done at the latest.
         Raises GuestChannelError with the guest's reason on FAILED, or on timeout or a closed
         channel with the last lines seen.
         """
-        deadline = time.monotonic() + timeout
         encode_params(params)  # a bad parameter set is an error before any waiting
-        while self._next(deadline, "HELLO").kind != "HELLO":
-            pass
+        deadline = self._await_hello(timeout, pending)
         if hold is not None:
             hold()
             deadline = time.monotonic() + timeout  # the wait was for others, not this guest
@@ -329,11 +351,12 @@ def deliver(
     timeout: float,
     hold: Callable[[], None] | None = None,
     transport: Transport | None = None,
+    pending: Callable[[], bool] | None = None,
 ) -> None:
     """Wait for the guest's HELLO, run `hold`, send PARAMS, wait for READY (GuestChannelError
     otherwise); over `transport` when given, else the Unix socket at `socket_path`."""
     with GuestChannel(Path(socket_path), transport=transport) as channel:
-        channel.deliver(params, timeout, hold)
+        channel.deliver(params, timeout, hold, pending)
 
 
 def resend(
