@@ -35,6 +35,8 @@ HOME = {
 }  # fmt: skip
 """Where each top-level command lives, so `cui status` imports the client and not the CVL
 language or the repository server; a command missing here is still found (every area loads)."""
+ALSO = {"host": ("move_cmds",)}
+"""Areas that add subcommands to another area's group (`cui host drain|undrain`)."""
 
 
 class CuiGroup(click.Group):
@@ -45,7 +47,7 @@ class CuiGroup(click.Group):
         found = super().get_command(ctx, cmd_name)
         if found is None:
             home = HOME.get(cmd_name)
-            _register(*((home,) if home else AREAS))
+            _register(*((home, *ALSO.get(cmd_name, ())) if home else AREAS))
             found = super().get_command(ctx, cmd_name)
             if found is None and home:
                 _register(*AREAS)

@@ -302,7 +302,7 @@ def test_kill_9_then_restart_keeps_allocations_and_untouched_components(
         if statuses in (["starting"], ["updating"]):
             assert "reconciled per component" in second.output()
         other = run.root / "other" / "AcmeGroupware.cvl"
-        second.cui("start", str(other))
+        second.cui("start", str(other), "--name", "other")
         again = _check_allocations(run)
         assert set(again) - set(live) and set(live) <= set(again), (live, again)
 
