@@ -140,7 +140,9 @@ def test_vm_on_a_lab_host_gets_its_disks_through_the_pool_and_updates_by_delta(
             status = manager.status(ADMIN, str(cvl))[0]["components"][0]
             assert status["version"] == "2" and status["state"] == "running"
             # the data disk came back to the VM directory at the halt and went up again
-            assert (user / "root" / "data-vdb.qcow2").is_file()
+            assert (
+                tmp_path / "state" / "vaps" / str(result["id"]) / "root" / "data-vdb.qcow2"
+            ).is_file()
 
             # garbage collection keeps what a running VM needs, its delta's parent included
             storage.grace = 0.0
@@ -155,7 +157,9 @@ def test_vm_on_a_lab_host_gets_its_disks_through_the_pool_and_updates_by_delta(
             assert storage.objects() == []
             left = in_host(host, ["find", f"{POOL_ROOT}/objects", "-type", "f"])
             assert left.returncode == 0 and left.stdout.split() == []
-            assert (user / "root" / "data-vdb.qcow2").is_file()  # the data disk is kept here
+            assert (
+                tmp_path / "state" / "vaps" / str(result["id"]) / "root" / "data-vdb.qcow2"
+            ).is_file()  # the data disk is kept here
             record("lab_boot_with_upload_s", round(boot_s, 1))
             record("lab_update_uploaded_bytes", delta_bytes)
             record("lab_update_whole_image_bytes", whole)
