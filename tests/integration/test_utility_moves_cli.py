@@ -19,7 +19,7 @@ from utility.adapters.simulation import paper_tree, simulated_host_uri
 PAPER = REPO_ROOT / "examples" / "paper"
 
 
-def hosts_of(daemon: UtilityDaemon, cvl: Path) -> dict[str, tuple[str, str]]:
+def hosts_of(daemon: UtilityDaemon, cvl: Path | str) -> dict[str, tuple[str, str]]:
     status = json.loads(daemon.cui("status", str(cvl), "--json"))[0]
     return {c["path"]: (c["host"], c["state"]) for c in status["components"]}
 
@@ -43,14 +43,14 @@ def test_drain_with_failing_migrations_keeps_vms_and_closes_the_host(tmp_path: P
         assert drain.returncode == 1, drain.stdout + drain.stderr
         assert "host h2 drained" in drain.stdout
         for path in on_h2:
-            assert f"{acme}:{path}" in drain.stderr and "still runs on h2" in drain.stderr
+            assert f"local/AcmeGroupware:{path}" in drain.stderr and "still runs on h2" in drain.stderr
         assert hosts_of(daemon, acme) == before  # every VM where it was, running
         listing = daemon.cui("host", "list")
         assert any(line.startswith("h2") and "drained" in line for line in listing.splitlines())
 
         second = paper_tree(PAPER, tmp_path / "second")
-        daemon.cui("start", str(second))
-        assert {h for h, _ in hosts_of(daemon, second).values()} == {"h1"}
+        daemon.cui("start", str(second), "--name", "second")
+        assert {h for h, _ in hosts_of(daemon, "second").values()} == {"h1"}
 
         move = run_cui("move", str(acme), on_h2[0], "--to", "h1", env=daemon.env)
         assert move.returncode != 0 and "still runs on h2" in move.stderr
