@@ -43,7 +43,9 @@ def test_drain_with_failing_migrations_keeps_vms_and_closes_the_host(tmp_path: P
         assert drain.returncode == 1, drain.stdout + drain.stderr
         assert "host h2 drained" in drain.stdout
         for path in on_h2:
-            assert f"local/AcmeGroupware:{path}" in drain.stderr and "still runs on h2" in drain.stderr
+            assert (
+                f"local/AcmeGroupware:{path}" in drain.stderr and "still runs on h2" in drain.stderr
+            )
         assert hosts_of(daemon, acme) == before  # every VM where it was, running
         listing = daemon.cui("host", "list")
         assert any(line.startswith("h2") and "drained" in line for line in listing.splitlines())
