@@ -220,3 +220,23 @@ def test_an_applied_update_backs_up_its_vap_and_an_empty_one_does_not(tmp_path: 
         assert calls == [manager.store.vaps()[0].id]
     finally:
         manager.close()
+
+
+def test_a_backup_file_is_parsed_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cui status` asks for every data disk's latest backup: the qcow2 parse runs once per
+    version of a file, and again when the file is replaced (a new verdict)."""
+    image = tmp_path / "20260101T000000Z.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1", str(image), "1M"],
+        check=True,
+    )
+    calls: list[Path] = []
+    real = backups._parse_valid
+    monkeypatch.setattr(backups, "_parse_valid", lambda p: calls.append(p) or real(p))
+    assert backups.is_valid(image) and backups.is_valid(image)
+    assert calls == [image]
+    image.write_bytes(image.read_bytes()[:512])  # torn: a new size and mtime
+    assert not backups.is_valid(image)
+    assert calls == [image, image]

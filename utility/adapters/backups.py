@@ -44,8 +44,29 @@ def backup_dir(disk: Disk) -> Path:
     return Path(disk.path).parent / BACKUPS_DIR / disk.target
 
 
+_CHECKED: dict[tuple[str, int, int], bool] = {}
+"""Verdicts of `is_valid` by (path, mtime in ns, size): `cui status` asks for every data disk
+of every VAP, and a backup file changes only by being replaced (a new mtime)."""
+
+
 def is_valid(path: Path) -> bool:
-    """True when `path` is a whole, standalone qcow2 image by our own parser."""
+    """True when `path` is a whole, standalone qcow2 image by our own parser (parsed once per
+    version of the file)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    key = (str(path), info.st_mtime_ns, info.st_size)
+    verdict = _CHECKED.get(key)
+    if verdict is None:
+        verdict = _parse_valid(path)
+        if len(_CHECKED) >= 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = verdict
+    return verdict
+
+
+def _parse_valid(path: Path) -> bool:
     from reposerver import qcow2
     from reposerver.errors import IntegrityError
 
