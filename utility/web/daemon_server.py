@@ -140,27 +140,16 @@ def serve(
             event_rules=event_rules,
         )
         live.update(manager=manager, app=app, stopping=threading.Event())
-        if check_interval > 0:
-            threading.Thread(
-                target=manager.watchdog.run_forever,
-                args=(check_interval, live["stopping"]),
-                daemon=True,
-                name="watchdog",
-            ).start()
-        if backup_interval > 0:
-            threading.Thread(
-                target=manager.backups.run_forever,
-                args=(backup_interval, live["stopping"]),
-                daemon=True,
-                name="backups",
-            ).start()
-        if rebalance_interval > 0:
-            threading.Thread(
-                target=manager.mover.rebalance_forever,
-                args=(rebalance_interval, live["stopping"]),
-                daemon=True,
-                name="rebalance",
-            ).start()
+        periodic = (
+            ("watchdog", check_interval, manager.watchdog.run_forever),
+            ("backups", backup_interval, manager.backups.run_forever),
+            ("rebalance", rebalance_interval, manager.mover.rebalance_forever),
+        )
+        for name, interval, run_forever in periodic:  # each off at 0
+            if interval > 0:
+                threading.Thread(
+                    target=run_forever, args=(interval, live["stopping"]), daemon=True, name=name
+                ).start()
         if poll_interval:
             threading.Thread(
                 target=app.config["AUTO_UPDATER"].poll_forever,
