@@ -250,19 +250,24 @@ def test_the_reports_bracket_what_the_guests_saw(root: Path, order: str) -> None
             assert log.at("report-done", need) < log.at("report-configure", v.path)
 
 
-def test_a_held_vm_boots_at_a_low_cpu_weight_until_it_is_let_go(root: Path) -> None:
+def test_a_held_vm_boots_at_a_low_cpu_weight_until_what_it_waits_for_configures(
+    root: Path,
+) -> None:
     """Overlapped order: a VM that waits for others boots at a low weight (the VMs the chain
-    waits for keep the CPU) and gets the default weight back before its PARAMS; VMs that wait
-    for nothing, and every VM in strict order, are never reweighted."""
+    waits for keep the CPU) and gets the default weight back once every VM it waits for was let
+    go (their PARAMS sent), before their READY and its own PARAMS: just in time, so v2 (two
+    steps down) stays low while v0 configures and v1 finishes booting. VMs that wait for
+    nothing, and every VM in strict order, are never reweighted."""
     state = chain(root, 3)
     outcome, log = run(root, state, "overlapped")
     assert outcome.ok
     low, normal = f"weight-{CPU_WEIGHT_HELD}", f"weight-{CPU_WEIGHT_DEFAULT}"
     for path in ("v1", "v2"):
-        assert log.at("create", path) < log.at(low, path) < log.at("ready", f"v{int(path[1]) - 1}")
-        assert (
-            log.at("ready", f"v{int(path[1]) - 1}") < log.at(normal, path) < log.at("params", path)
-        )
+        before = f"v{int(path[1]) - 1}"
+        assert log.at("create", path) < log.at(low, path) < log.at("report-configure", before)
+        assert log.at("report-configure", before) < log.at(normal, path) < log.at("ready", before)
+        assert log.at(normal, path) < log.at("params", path)
+    assert log.at(normal, "v2") > log.at("ready", "v0")  # not promoted with v1
     for path in ("v0", "x"):
         assert not log.has(low, path) and not log.has(normal, path)
     _, strict = run(root, chain(root, 3), "strict")

@@ -72,13 +72,16 @@ class Outcome:
 
 
 Reporter = Callable[[Action, str], None]
+"""Called with (action, "begin" | "configure" | "done") from worker threads."""
 
 CPU_WEIGHT_DEFAULT = 1024
 """libvirt's (cgroup v1 `cpu.shares`) default weight of a domain."""
 CPU_WEIGHT_HELD = 64
-"""The weight of a VM booting ahead of its requirements (overlapped order) until it is let go:
-1/16 of a configuring VM's, so it uses idle CPU rather than the critical path's."""
-"""Called with (action, "begin" | "done") from worker threads."""
+"""The weight of a VM booting ahead of its requirements (overlapped order) until every VM it
+waits for has been let go (given its parameters): 1/16 of a normal VM's, so its early boot uses
+CPU the VMs further up the chain leave idle. Once they configure, it gets the default weight and
+finishes booting while they do, so it is up when they are READY (just in time: a VM two steps
+down the chain does not take CPU from the first step's boots)."""
 
 
 class RolledBack(UtilityError):
@@ -95,6 +98,7 @@ class _Gates:
     def __init__(self, keep_going: bool) -> None:
         self._cond = threading.Condition()
         self._finished: dict[str, bool] = {}
+        self._let_go: set[str] = set()
         self._aborted = False
         self._keep_going = keep_going
 
@@ -104,6 +108,20 @@ class _Gates:
             self._finished[key] = ok
             self._aborted = self._aborted or (not ok and not self._keep_going)
             self._cond.notify_all()
+
+    def let_go(self, key: str) -> None:
+        """Record that `key` was given its parameters (it configures now)."""
+        with self._cond:
+            self._let_go.add(key)
+            self._cond.notify_all()
+
+    def wait_let_go(self, keys: tuple[str, ...]) -> bool:
+        """Wait until every one of `keys` was let go or finished; False if the run stopped."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._aborted or all(k in self._let_go or k in self._finished for k in keys)
+            )
+            return not self._aborted
 
     def settled(self, keys: tuple[str, ...]) -> bool:
         """Whether all `keys` finished (well or not) or the run stopped: nothing to wait for."""
@@ -156,6 +174,7 @@ class Executor:
         self.boot_order = boot_order
         self._gates = _Gates(False)
         self._holds: dict[str, tuple[str, ...]] = {}
+        self._keys: dict[str, str] = {}
 
     def _held_needs(self, plan: Plan) -> dict[str, tuple[str, ...]]:
         """Per START/UPDATE key, the VM actions whose READY its configuration waits for
@@ -177,6 +196,7 @@ class Executor:
         held = self._held_needs(plan)
         self._gates = _Gates(keep_going)
         self._holds = {a.vm.path: held[a.key] for a in plan.actions if a.vm and held.get(a.key)}
+        self._keys = {a.vm.path: a.key for a in plan.actions if a.vm}
         finished: set[str] = set()
         submitted: set[str] = set()
         running: dict[Future[None], Action] = {}
@@ -303,6 +323,7 @@ class Executor:
         Path(vm.guest_socket).unlink(missing_ok=True)
         xml = domain_xml.from_vm(vm, self.vap_id, host.domain_type(), placement).to_xml()
         waits_for = self._holds.pop(vm.path, ())  # once: a rollback boot of the old VM never waits
+        key = self._keys.get(vm.path, vm.path)
         gates = self._gates
         # CPU weights only where measured and tested: the local host (a lab run of the
         # Groupware on remote hosts failed with them, cause not yet found).
@@ -314,6 +335,12 @@ class Executor:
                 host.set_cpu_weight(vm.domain, CPU_WEIGHT_DEFAULT)  # on the critical path now
             if configured is not None:
                 configured()
+            gates.let_go(key)
+
+        def promote() -> None:
+            """The default weight once everything this VM waits for configures (above)."""
+            if gates.wait_let_go(waits_for):
+                host.set_cpu_weight(vm.domain, CPU_WEIGHT_DEFAULT)
 
         host.create_domain(xml)
         killpoint.step(f"{vm.path or 'root'} domain-created")
@@ -321,6 +348,7 @@ class Executor:
             # Held until what it requires is READY: its boot takes what CPU the VMs that the
             # chain waits for leave, so overlapped boots do not slow the critical path.
             host.set_cpu_weight(vm.domain, CPU_WEIGHT_HELD)
+            threading.Thread(target=promote, name=f"promote {vm.path}", daemon=True).start()
         try:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are
