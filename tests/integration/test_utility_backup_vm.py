@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_utility_restart_vm import _dns_cvl
 
+from tests.real_vms import dns_cvl, system_qemu, vm_workdir
 from utility.adapters import backups
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import start_event_loop
@@ -37,10 +35,8 @@ ADMIN = Caller("root", "admin")
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """Short and world-traversable: qemu must reach disks and the guest socket path."""
-    path = Path(tempfile.mkdtemp(prefix="cb-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with vm_workdir("cb") as path:
+        yield path
 
 
 def _hmp_write(dom: object, offset: int) -> None:
@@ -71,11 +67,8 @@ def _raw(backup: Path, out: Path) -> bytes:
 
 
 def test_a_running_vms_data_disk_is_backed_up_pruned_and_restored(workdir: Path) -> None:
-    try:
-        libvirt.open("qemu:///system").close()
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"qemu:///system is not usable here: {exc}")
-    cvl = _dns_cvl(workdir)
+    system_qemu().close()
+    cvl = dns_cvl(workdir)
     assert start_event_loop()
     prefix = "b" + secrets.token_hex(2)
     manager = ClusterManager(

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.real_vms import dns_cvl, system_qemu, vm_workdir
 from utility.adapters.executor import Timeouts
 from utility.service.desired import Settings
 from utility.service.manager import Caller, ClusterManager
@@ -23,49 +21,19 @@ libvirt = pytest.importorskip("libvirt")
 
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN = Caller("root", "admin")
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """Short and world-traversable: qemu must reach disks and the guest socket path."""
-    path = Path(tempfile.mkdtemp(prefix="cu-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with vm_workdir("cu") as path:
+        yield path
 
 
 def test_dns_appliance_boots_gets_its_parameters_and_stops_cleanly(workdir: Path) -> None:
-    try:
-        libvirt.open("qemu:///system").close()
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"qemu:///system is not usable here: {exc}")
-    built = subprocess.run(
-        [
-            str(ROOT / "scripts" / "build-appliances"),
-            str(workdir / "img"),
-            "--json",
-            "--only",
-            "DNS",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert built.returncode == 0, built.stderr
-    image_dir = Path(json.loads(built.stdout.splitlines()[0])["dir"])
-    apps = workdir / "apps"
-    apps.mkdir()
-    apps.chmod(0o755)
-    cvl = apps / "MyDNS.cvl"
-    cvl.write_text(
-        f'import {{ url => "file:{image_dir}", cvl => "DNS.cvl" }} DNS;\n'
-        "MyDNS extends DNS {\n"
-        '  domain = "acme.org";\n'
-        "  dnshosts = { name => name, ip => ethernet0.ip };\n"
-        "}\n"
-    )
+    system_qemu().close()
+    cvl = dns_cvl(workdir)
     prefix = "g" + secrets.token_hex(2)
     manager = ClusterManager(
         workdir / "state", Settings(prefix=prefix), Timeouts(ready=240, stop=60)
@@ -80,7 +48,7 @@ def test_dns_appliance_boots_gets_its_parameters_and_stops_cleanly(workdir: Path
         assert result["status"] == "running" and vm["state"] == "running"
         assert vm["domain"] in [d.name() for d in conn.listAllDomains()]
         vm_dir = workdir / "state" / "vaps" / str(result["id"]) / "root"  # the utility's storage
-        assert not (apps / "root").exists()  # nothing next to the user's file
+        assert not (cvl.parent / "root").exists()  # nothing next to the user's file
         console = (vm_dir / "console.log").read_text(errors="replace")
         assert "collective-agent" in console, console[-2000:]
         assert "198.51.100.210" in json.dumps(vm["params"]["dnshosts"]).replace("%2E", ".")

@@ -5,11 +5,8 @@ only the event can), which marks it crashed and boots it again until the guest i
 
 from __future__ import annotations
 
-import json
 import secrets
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_vms import dns_cvl, system_qemu, vm_workdir
 from utility.adapters.executor import Timeouts
 from utility.adapters.libvirt_host import start_event_loop
 from utility.service.desired import Settings
@@ -26,52 +24,19 @@ libvirt = pytest.importorskip("libvirt")
 
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN = Caller("root", "admin")
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """Short and world-traversable: qemu must reach disks and the guest socket path."""
-    path = Path(tempfile.mkdtemp(prefix="cr-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _dns_cvl(workdir: Path) -> Path:
-    built = subprocess.run(
-        [
-            str(ROOT / "scripts" / "build-appliances"),
-            str(workdir / "img"),
-            "--json",
-            "--only",
-            "DNS",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert built.returncode == 0, built.stderr
-    image_dir = Path(json.loads(built.stdout.splitlines()[0])["dir"])
-    apps = workdir / "apps"
-    apps.mkdir()
-    apps.chmod(0o755)
-    cvl = apps / "MyDNS.cvl"
-    cvl.write_text(
-        f'import {{ url => "file:{image_dir}", cvl => "DNS.cvl" }} DNS;\n'
-        'MyDNS extends DNS {\n  domain = "acme.org";\n'
-        "  dnshosts = { name => name, ip => ethernet0.ip };\n}\n"
-    )
-    return cvl
+    with vm_workdir("cr") as path:
+        yield path
 
 
 def test_a_real_vm_destroyed_with_virsh_is_restarted(workdir: Path) -> None:
-    try:
-        libvirt.open("qemu:///system").close()
-    except libvirt.libvirtError as exc:
-        pytest.skip(f"qemu:///system is not usable here: {exc}")
-    cvl = _dns_cvl(workdir)
+    system_qemu().close()
+    cvl = dns_cvl(workdir)
     assert start_event_loop()
     prefix = "r" + secrets.token_hex(2)
     manager = ClusterManager(
