@@ -24,6 +24,7 @@ from utility.adapters import disks
 from utility.adapters.executor import (
     CPU_WEIGHT_DEFAULT,
     CPU_WEIGHT_HELD,
+    CPU_WEIGHT_LEAF,
     Executor,
     Outcome,
     Timeouts,
@@ -253,23 +254,29 @@ def test_the_reports_bracket_what_the_guests_saw(root: Path, order: str) -> None
 def test_a_held_vm_boots_at_a_low_cpu_weight_until_what_it_waits_for_configures(
     root: Path,
 ) -> None:
-    """Overlapped order: a VM that waits for others boots at a low weight (the VMs the chain
-    waits for keep the CPU) and gets the default weight back once every VM it waits for was let
-    go (their PARAMS sent), before their READY and its own PARAMS: just in time, so v2 (two
-    steps down) stays low while v0 configures and v1 finishes booting. VMs that wait for
-    nothing, and every VM in strict order, are never reweighted."""
+    """Overlapped order: a VM that waits for others boots at a reduced weight (the VMs the chain
+    waits for keep the CPU): one step down the chain (v1, waiting for v0 which waits for
+    nothing) at the leaf weight, two or more steps down (v2) at the held weight. Each gets the
+    default weight back once every VM it waits for was let go (their PARAMS sent), before their
+    READY and its own PARAMS: just in time, so v2 stays low while v0 configures and v1 finishes
+    booting. `x`, which waits for nothing and nothing waits for, boots at the leaf weight until
+    it is READY; v0, which the chain starts with, and every VM in strict order, are never
+    reweighted."""
     state = chain(root, 3)
     outcome, log = run(root, state, "overlapped")
     assert outcome.ok
-    low, normal = f"weight-{CPU_WEIGHT_HELD}", f"weight-{CPU_WEIGHT_DEFAULT}"
-    for path in ("v1", "v2"):
+    low, leaf = f"weight-{CPU_WEIGHT_HELD}", f"weight-{CPU_WEIGHT_LEAF}"
+    normal = f"weight-{CPU_WEIGHT_DEFAULT}"
+    for path, first in (("v1", leaf), ("v2", low)):
         before = f"v{int(path[1]) - 1}"
-        assert log.at("create", path) < log.at(low, path) < log.at("report-configure", before)
+        assert log.at("create", path) < log.at(first, path) < log.at("report-configure", before)
         assert log.at("report-configure", before) < log.at(normal, path) < log.at("ready", before)
         assert log.at(normal, path) < log.at("params", path)
+    assert not log.has(low, "v1") and not log.has(leaf, "v2")
     assert log.at(normal, "v2") > log.at("ready", "v0")  # not promoted with v1
-    for path in ("v0", "x"):
-        assert not log.has(low, path) and not log.has(normal, path)
+    assert log.at("create", "x") < log.at(leaf, "x") < log.at("ready", "x") < log.at(normal, "x")
+    assert not log.has(low, "x")
+    assert not log.has(low, "v0") and not log.has(normal, "v0") and not log.has(leaf, "v0")
     _, strict = run(root, chain(root, 3), "strict")
     assert not [e for _, e, _ in strict.events if e.startswith("weight-")]
 

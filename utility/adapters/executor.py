@@ -82,6 +82,10 @@ waits for has been let go (given its parameters): 1/16 of a normal VM's, so its 
 CPU the VMs further up the chain leave idle. Once they configure, it gets the default weight and
 finishes booting while they do, so it is up when they are READY (just in time: a VM two steps
 down the chain does not take CPU from the first step's boots)."""
+CPU_WEIGHT_LEAF = 256
+"""The weight, until it is READY, of a VM of an overlapped start that waits for nothing and that
+nothing in the start waits for (the Groupware's Firewall), when other VMs of the start do wait:
+off the critical path, so the VMs the chain starts with boot with more of the CPU."""
 
 
 class RolledBack(UtilityError):
@@ -175,6 +179,8 @@ class Executor:
         self._gates = _Gates(False)
         self._holds: dict[str, tuple[str, ...]] = {}
         self._keys: dict[str, str] = {}
+        self._leaves: set[str] = set()
+        self._deep: set[str] = set()
 
     def _held_needs(self, plan: Plan) -> dict[str, tuple[str, ...]]:
         """Per START/UPDATE key, the VM actions whose READY its configuration waits for
@@ -197,6 +203,18 @@ class Executor:
         self._gates = _Gates(keep_going)
         self._holds = {a.vm.path: held[a.key] for a in plan.actions if a.vm and held.get(a.key)}
         self._keys = {a.vm.path: a.key for a in plan.actions if a.vm}
+        waited = {n for needs in held.values() for n in needs}
+        # Held VMs that wait for a held VM (two or more steps down the chain) boot lowest.
+        self._deep = {
+            a.vm.path
+            for a in plan.actions
+            if a.vm and any(held.get(n) for n in held.get(a.key, ()))
+        }
+        self._leaves = {
+            a.vm.path
+            for a in plan.actions
+            if a.vm and a.key in held and not held[a.key] and a.key not in waited and waited
+        }
         finished: set[str] = set()
         submitted: set[str] = set()
         running: dict[Future[None], Action] = {}
@@ -327,7 +345,10 @@ class Executor:
         gates = self._gates
         # CPU weights only where measured and tested: the local host (a lab run of the
         # Groupware on remote hosts failed with them, cause not yet found).
-        weigh = bool(waits_for) and host.is_local and not host.is_test
+        weighable = host.is_local and not host.is_test
+        weigh = bool(waits_for) and weighable
+        leaf = vm.path in self._leaves and weighable
+        self._leaves.discard(vm.path)
 
         def hold() -> None:
             gates.wait(waits_for, vm.path)
@@ -347,8 +368,11 @@ class Executor:
         if weigh:
             # Held until what it requires is READY: its boot takes what CPU the VMs that the
             # chain waits for leave, so overlapped boots do not slow the critical path.
-            host.set_cpu_weight(vm.domain, CPU_WEIGHT_HELD)
+            deep = vm.path in self._deep
+            host.set_cpu_weight(vm.domain, CPU_WEIGHT_HELD if deep else CPU_WEIGHT_LEAF)
             threading.Thread(target=promote, name=f"promote {vm.path}", daemon=True).start()
+        elif leaf:
+            host.set_cpu_weight(vm.domain, CPU_WEIGHT_LEAF)
         try:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are
@@ -362,6 +386,8 @@ class Executor:
                 transport,
                 pending=(lambda: not gates.settled(waits_for)) if waits_for else None,
             )
+            if leaf:
+                host.set_cpu_weight(vm.domain, CPU_WEIGHT_DEFAULT)
         except Cancelled:
             host.destroy_domain(vm.domain)
             Path(vm.guest_socket).unlink(missing_ok=True)
