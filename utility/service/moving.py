@@ -2,7 +2,9 @@
 
 A move is a live migration (`utility.adapters.migration`) of a running VM to another host,
 under the VAP's lock: the segment networks the VM needs are brought up on the target first
-(through the one executor), the VM migrates keeping its domain name, MACs and addresses, and
+(through the one executor), the VM migrates keeping its domain name, MACs and addresses (its
+disks' top images copied into the target's pool, the chain sent by content address only where
+missing), and
 only then is the new host recorded (VM row and VAP state in one transaction) and networks no
 VM uses any more on the source are taken down. A failed migration changes no record: the VM
 runs where it was, and networks made for it on the target are removed again.
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from utility.adapters.migration import Migrator
+from utility.adapters.migration import Migrated, Migrator
 from utility.adapters.store import ACTIVE, VapRow, short_name
 from utility.core.desired_state import VapState
 from utility.core.moves import Move, Resident, rebalance, relocate
@@ -101,7 +103,7 @@ class Mover:
             raise UtilityError(f"move of {component} to {target}: {up.error}; nothing moved")
         source, dest = p.hosts.host(vm.host), p.hosts.host(target)
         try:
-            result = self.migrator.migrate(source, dest, vm.domain)
+            result = self.migrator.migrate(source, dest, vm.domain, vm)
         except UtilityError as exc:
             self._networks_down(vap.id, new_nets)
             text = f"move of {component} from {vm.host} to {target} failed: {exc}"
@@ -115,6 +117,7 @@ class Mover:
             f"{who} moved {component} from {vm.host} to {target} ({result.mode} live migration, "
             f"{seconds:.1f} s"
             + (f", downtime {result.downtime_ms} ms" if result.downtime_ms is not None else "")
+            + _copied(result)
             + ")"
         )
         self.store.event(vap.id, "move", text)
@@ -128,6 +131,9 @@ class Mover:
             "seconds": round(seconds, 3),
             "downtime_ms": result.downtime_ms,
             "bytes_copied": result.bytes_copied,
+            "memory_bytes": result.memory_bytes,
+            "disk_bytes": result.disk_bytes,
+            "disks_copied": result.disks,
             "notes": result.notes,
         }
 
@@ -230,6 +236,18 @@ class Mover:
         with self.parts.allocator.session() as db:
             rooms = [r for r in self.parts.allocations.rooms(db) if r.name in up]
         return rebalance(residents, rooms, self.parts.settings.placement)
+
+
+def _copied(result: Migrated) -> str:
+    """The bytes a migration moved, for the history line (libvirt's job statistics)."""
+    if result.bytes_copied is None:
+        return ""
+    parts = [f"memory {result.memory_bytes}"] if result.memory_bytes is not None else []
+    if result.disks:
+        disks = "+".join(result.disks)
+        parts.append(f"disks {disks} {result.disk_bytes if result.disk_bytes is not None else '?'}")
+    detail = f": {', '.join(parts)}" if parts else ""
+    return f", {result.bytes_copied} bytes copied{detail}"
 
 
 def _networks_added(before: VapState, after: VapState) -> list[Any]:
