@@ -24,9 +24,10 @@ domain XML for the target (`VIR_MIGRATE_PARAM_DEST_XML`) names them. After succe
 volumes are deleted (its chain objects are left to the pool's garbage collection); after a
 failure with the domain still on the source, the volumes made on the target are deleted again.
 
-Bytes moved and the pause are libvirt's own job statistics: the completed job's `downtime`,
-`memory_processed` and `disk_processed` (the source's statistics are polled while the job
-runs, for when the target's completed record lacks a number).
+Bytes moved and the pause are libvirt's own job statistics: the completed job's `downtime`
+(the target's record, handed over in the migration cookie) and `memory_processed`; the disk
+copy's `disk_processed` is in the source's statistics only (the target's completed record
+says 0 here, libvirt 9.0), so those are polled while the job runs and the larger count kept.
 
 libvirt's test driver cannot migrate; the control-plane tests use a stand-in at this boundary.
 """
@@ -95,7 +96,7 @@ class LibvirtMigrator:
     """
 
     def __init__(
-        self, shared_storage: bool = False, bandwidth_mib: int = 0, poll: float = 0.25
+        self, shared_storage: bool = False, bandwidth_mib: int = 0, poll: float = 0.05
     ) -> None:
         self.shared_storage = shared_storage
         self.bandwidth_mib = bandwidth_mib
@@ -242,12 +243,12 @@ class LibvirtMigrator:
                 mode = "client-driven"
         stats = _completed(target, domain)
         downtime = _number(stats, "downtime")
-        memory = _number(stats, "memory_processed")
-        disk = _number(stats, "disk_processed")
-        if memory is None:
-            memory = _number(watch.last, "memory_processed")
-        if disk is None:
-            disk = _number(watch.last, "disk_processed")
+        memory = _larger(
+            _number(stats, "memory_processed"), _number(watch.last, "memory_processed")
+        )
+        disk = _larger(_number(stats, "disk_processed"), _number(watch.last, "disk_processed"))
+        # a completed job copied all of `disk_total` (the last poll may predate the mirror's end)
+        disk = _larger(disk, _number(watch.last, "disk_total"))
         total = _number(stats, "data_processed")
         if memory is not None or disk is not None:
             total = max(total or 0, (memory or 0) + (disk or 0))
@@ -345,6 +346,11 @@ def _completed(target: LibvirtHost, domain: str) -> dict[str, Any]:
         return dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
     except (libvirt.libvirtError, UtilityError):
         return {}
+
+
+def _larger(a: int | None, b: int | None) -> int | None:
+    """The larger of two counts of one thing, either possibly unknown."""
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _number(stats: dict[str, Any], *keys: str) -> int | None:
