@@ -17,6 +17,7 @@ run, carries the plan out move by move; `rebalance_forever` is its automatic var
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from utility.adapters.store import ACTIVE, VapRow, short_name
 from utility.core.desired_state import VapState
 from utility.core.moves import Move, Resident, rebalance, relocate
 from utility.core.placement import VmDemand, place
-from utility.core.planner import Action, Op, Plan, net_key
+from utility.core.planner import Plan, diff
 from utility.errors import Conflict, NotFound, UtilityError
 from utility.service.lifecycle import Parts
 
@@ -94,24 +95,25 @@ class Mover:
         if row.state != "running":
             raise Conflict(f"{component} is {row.state}, not running: only a running VM moves")
         self._check_target(vm.memory, vm.host, target)
-        moved = relocate(state, {component: target})
-        new_nets = _networks_added(state, moved)
+        underlays = {h.name: h.underlay for h in self.store.hosts()}
+        moved = relocate(state, {component: target}, underlays)
+        during = _both(state, moved)  # the segment on source and target while the VM moves
         began = self.clock()
-        up = p.applier.run(vap.id, Plan(tuple(_net(Op.NETWORK_UP, n) for n in new_nets)))
+        up = p.applier.run(vap.id, _network_plan(state, during))
         if not up.ok:
-            self._networks_down(vap.id, new_nets)
+            self._networks(vap.id, during, state)
             raise UtilityError(f"move of {component} to {target}: {up.error}; nothing moved")
         source, dest = p.hosts.host(vm.host), p.hosts.host(target)
         try:
             result = self.migrator.migrate(source, dest, vm.domain, vm)
         except UtilityError as exc:
-            self._networks_down(vap.id, new_nets)
+            self._networks(vap.id, during, state)
             text = f"move of {component} from {vm.host} to {target} failed: {exc}"
             self.store.event(vap.id, "move", text)
             self.store.add_history(vap.name, "move", [], {}, text)
             raise
         self.store.move_vm(vap.id, component, target, moved)
-        self._networks_down(vap.id, _networks_added(moved, state))
+        self._networks(vap.id, during, moved)
         seconds = self.clock() - began
         text = (
             f"{who} moved {component} from {vm.host} to {target} ({result.mode} live migration, "
@@ -137,11 +139,12 @@ class Mover:
             "notes": result.notes,
         }
 
-    def _networks_down(self, vap_id: int, networks: list[Any]) -> None:
-        if networks:
-            self.parts.applier.run(
-                vap_id, Plan(tuple(_net(Op.NETWORK_DOWN, n) for n in networks)), keep_going=True
-            )
+    def _networks(self, vap_id: int, before: VapState, after: VapState) -> None:
+        """Take the VAP's networks from `before` to `after` (flood lists relinked on every
+        host, unused networks down), going on past failures."""
+        plan = _network_plan(before, after)
+        if plan.actions:
+            self.parts.applier.run(vap_id, plan, keep_going=True)
 
     # -- drain ----------------------------------------------------------------------------------
 
@@ -185,7 +188,8 @@ class Mover:
     def _rehome(self, vap: VapRow, path: str, target: str) -> None:
         """Record a crashed VM on another host (no domain to migrate: it boots there)."""
         assert vap.state is not None
-        self.store.move_vm(vap.id, path, target, relocate(vap.state, {path: target}))
+        underlays = {h.name: h.underlay for h in self.store.hosts()}
+        self.store.move_vm(vap.id, path, target, relocate(vap.state, {path: target}, underlays))
         self.store.event(vap.id, "move", f"crashed {path} re-homed to {target}")
 
     # -- rebalance ------------------------------------------------------------------------------
@@ -250,11 +254,15 @@ def _copied(result: Migrated) -> str:
     return f", {result.bytes_copied} bytes copied{detail}"
 
 
-def _networks_added(before: VapState, after: VapState) -> list[Any]:
-    """Networks of `after` that `before` does not have (by name and host)."""
-    have = {(n.host, n.name) for n in before.networks}
-    return [n for n in after.networks if (n.host, n.name) not in have]
+def _both(before: VapState, after: VapState) -> VapState:
+    """`after` with the networks of both states: while a VM migrates, its segments are on the
+    source and the target, and every other host floods to both."""
+    nets = {(n.host, n.name): n for n in (*before.networks, *after.networks)}
+    return dataclasses.replace(after, networks=tuple(nets[k] for k in sorted(nets)))
 
 
-def _net(op: Op, network: Any) -> Action:
-    return Action(op=op, key=net_key(network), network=network)
+def _network_plan(before: VapState, after: VapState) -> Plan:
+    """The network actions from `before` to `after` and nothing else: new networks up with
+    their VXLAN flood lists, the flood lists of kept ones relinked (`NETWORK_LINK`), networks
+    no VM uses down; the planner's own diff over the two states without their VMs."""
+    return diff(dataclasses.replace(before, vms=()), dataclasses.replace(after, vms=()))
