@@ -80,11 +80,13 @@ def link_kinds(host: LabHost) -> dict[str, str]:
     }
 
 
-def flood_targets(host: LabHost) -> set[str]:
+def vxlan_fdb(host: LabHost) -> list[dict[str, object]]:
+    """A host's FDB entries that point at a remote underlay address: the flood entries the
+    utility writes (MAC 00:00:00:00:00:00) and the MACs the VXLAN port learned."""
     done = subprocess.run(
         ["bridge", "-n", host.netns, "-j", "fdb", "show"], capture_output=True, text=True
     )
-    return {str(e["dst"]) for e in json.loads(done.stdout or "[]") if "dst" in e}
+    return [e for e in json.loads(done.stdout or "[]") if "dst" in e]
 
 
 def has_alice(g: GroupwareLab) -> bool:
@@ -197,9 +199,15 @@ def test_drain_of_the_dns_host_keeps_dns_answering_and_every_vm_its_data(
     assert not [d for d in domains(drained_host) if d.startswith(g.prefix)]
     assert volumes(drained_host) == []
     assert "vxlan" not in link_kinds(drained_host).values()
+    moved_macs = {mac for path in on_drained for mac in before_macs[path]}
     for other in three.hosts:
-        if other.name != drained:
-            assert drained_host.ip not in flood_targets(other), other.name
+        if other.name == drained:
+            continue
+        entries = vxlan_fdb(other)
+        floods = {e["dst"] for e in entries if e["mac"] == "00:00:00:00:00:00"}
+        assert drained_host.ip not in floods, (other.name, entries)  # the utility's flood list
+        stale = [e for e in entries if e["mac"] in moved_macs and e["dst"] == drained_host.ip]
+        assert stale == [], (other.name, stale)  # learned again where the VMs are now
     text = " ".join(str(r.get("result", "")) for r in g.history())
     assert "bytes copied" in text and "downtime" in text, text[-2000:]
 
