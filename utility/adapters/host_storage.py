@@ -23,6 +23,11 @@ parser (`reposerver.disks.check_fetched_chain` / `reposerver.qcow2`) before any 
 overlays are made by the host's libvirtd (`virStorageVolCreateXML`) with the backing format
 named, so qemu never probes a format.
 
+A live migration to another host (`utility.adapters.migration`) first has the target
+`receive` the VM: its chains made present there the same way, an empty overlay over each chain
+top and an empty data volume of the source's format and capacity, into which qemu copies the
+top images; the source's volumes are then `release`d without keeping data.
+
 Data disks live in the pool while their VM runs; when it stops they are downloaded back into
 the VM's directory on the utility's machine (atomically) and the volume is deleted, so the
 record of a stopped VAP is the same file as before and a stopped VAP leaves no volume on any

@@ -25,7 +25,8 @@ from typing import Any
 
 from utility.adapters.migration import Migrated, Migrator
 from utility.adapters.store import ACTIVE, VapRow, short_name
-from utility.core.desired_state import VapState
+from utility.core import overlay
+from utility.core.desired_state import VapState, Vm
 from utility.core.moves import Move, Resident, rebalance, relocate
 from utility.core.placement import VmDemand, place
 from utility.core.planner import Plan, diff
@@ -114,6 +115,7 @@ class Mover:
             raise
         self.store.move_vm(vap.id, component, target, moved)
         self._networks(vap.id, during, moved)
+        self._forget(moved, vm)
         seconds = self.clock() - began
         text = (
             f"{who} moved {component} from {vm.host} to {target} ({result.mode} live migration, "
@@ -145,6 +147,21 @@ class Mover:
         plan = _network_plan(before, after)
         if plan.actions:
             self.parts.applier.run(vap_id, plan, keep_going=True)
+
+    def _forget(self, state: VapState, vm: Vm) -> None:
+        """On every host carrying a segment of the moved `vm`, drop what VXLAN learned about
+        its MACs: a guest need not announce itself after a migration (Linux sends no
+        gratuitous ARP unless `arp_notify` is set, and then qemu sends no RARP either), and
+        until it sends, frames to it would go to the host it left. Best effort: they age out
+        anyway (300 s)."""
+        for net in state.networks:
+            macs = [i.mac for i in vm.interfaces if i.network == net.name]
+            if not macs or not overlay.stretchable(net):
+                continue
+            try:
+                self.parts.hosts.host(net.host).ports.forget(overlay.port_name(net.bridge), macs)
+            except UtilityError as exc:
+                self.store.event(None, "move", f"{vm.path}: learned MACs kept on {net.host}: {exc}")
 
     # -- drain ----------------------------------------------------------------------------------
 
