@@ -64,6 +64,7 @@ class Migrated:
     memory_bytes: int | None = None
     disk_bytes: int | None = None
     disks: list[str] = field(default_factory=list)  # the disk targets whose top images were copied
+    chain_bytes: int = 0  # chain objects the target lacked, uploaded by content address first
 
 
 class Migrator(Protocol):
@@ -162,6 +163,7 @@ class LibvirtMigrator:
                 f"{domain} on {source.name}: its disks do not match its record ({exc}); "
                 "nothing was moved"
             ) from None
+        uploaded = target.storage.uploads.object_bytes
         try:
             paths = target.storage.receive(vm, data)
         except UtilityError as exc:
@@ -198,6 +200,7 @@ class LibvirtMigrator:
             done.memory_bytes,
             done.disk_bytes,
             sorted(paths),
+            target.storage.uploads.object_bytes - uploaded,
         )
 
     @staticmethod

@@ -138,6 +138,7 @@ class Mover:
             "memory_bytes": result.memory_bytes,
             "disk_bytes": result.disk_bytes,
             "disks_copied": result.disks,
+            "chain_bytes": result.chain_bytes,
             "notes": result.notes,
         }
 
@@ -267,6 +268,8 @@ def _copied(result: Migrated) -> str:
     if result.disks:
         disks = "+".join(result.disks)
         parts.append(f"disks {disks} {result.disk_bytes if result.disk_bytes is not None else '?'}")
+    if result.chain_bytes:
+        parts.append(f"chain objects uploaded first {result.chain_bytes}")
     detail = f": {', '.join(parts)}" if parts else ""
     return f", {result.bytes_copied} bytes copied{detail}"
 
