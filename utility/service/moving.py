@@ -1,13 +1,14 @@
 """Planned moves: one VM (`cui move`), every VM of a host (`cui host drain`), rebalance.
 
 A move is a live migration (`utility.adapters.migration`) of a running VM to another host,
-under the VAP's lock: the segment networks the VM needs are brought up on the target first
-(through the one executor), the VM migrates keeping its domain name, MACs and addresses (its
-disks' top images copied into the target's pool, the chain sent by content address only where
-missing), and
-only then is the new host recorded (VM row and VAP state in one transaction) and networks no
-VM uses any more on the source are taken down. A failed migration changes no record: the VM
-runs where it was, and networks made for it on the target are removed again.
+under the VAP's lock. The segment networks the VM needs are brought up on the target first
+(through the one executor, the planner's diff of the networks alone: while the VM moves every
+host's VXLAN flood list holds both source and target); the VM migrates keeping its domain name,
+MACs and addresses, its disks' top images copied into the target's pool (the chain sent by
+content address only where missing); only then is the new host recorded (VM row and VAP state
+in one transaction), the source leaves the flood lists, networks no VM uses any more on it are
+taken down, and every host of its segments forgets what VXLAN learned about the VM's MACs. A
+failed migration changes no record: the VM runs where it was, and the networks are as before.
 
 `drain` closes a host to new placements and moves each VM off it to a host the placement policy
 chooses (crashed VMs there are only re-homed: the watchdog boots them on the new host);
