@@ -17,9 +17,13 @@ from utility.client.daemon_client import UtilityClient
 
 def _moved_line(m: dict[str, Any]) -> str:
     pause = f", downtime {m['downtime_ms']} ms" if m.get("downtime_ms") is not None else ""
+    copied = m.get("bytes_copied")
+    size = f", {copied / 2**20:.1f} MiB copied" if copied is not None else ""
+    if copied is not None and m.get("disk_bytes") is not None:
+        size += f" ({m['disk_bytes'] / 2**20:.1f} MiB of disks)"
     return (
         f"moved {m['vap']}:{m['path']} {m['from']} → {m['to']} "
-        f"({m['mode']}, {m['seconds']:.1f} s{pause})"
+        f"({m['mode']}, {m['seconds']:.1f} s{pause}{size})"
     )
 
 

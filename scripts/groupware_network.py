@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -735,6 +736,60 @@ def lab(
             pass
         made.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def started_on_lab(lab_hosts: list[Any], keep: Path | None = None) -> Iterator[GroupwareLab]:
+    """The Groupware VAN started on `lab_hosts` (placement spread, VXLAN) with its probes
+    plugged in (`plug_both`): the set-up the lab drain test and bench share."""
+    with lab(keep=keep, lab_hosts=lab_hosts) as g:
+        g.ready_timeout = 300.0  # per VM: TCG on two cores shared with the lab hosts
+        g.build()
+        g.serve()
+        g.publish_all()
+        g.start_utility()
+        g.write_user_files()
+        g.start()
+        g.plug_both()
+        yield g
+
+
+class DnsProbe:
+    """Queries DNS from a namespace once a second in a thread (`dig +time=1 +tries=1`, so a
+    query is lost, not retried, when no answer comes within a second); `lost` lists the
+    seconds (from the start) of the queries that got no right answer."""
+
+    def __init__(self, ns: Namespace, server: str, name: str, expect: list[str]) -> None:
+        self.ns, self.server, self.name, self.expect = ns, server, name, expect
+        self.sent: list[float] = []
+        self.lost: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._began = 0.0
+
+    def __enter__(self) -> DnsProbe:
+        self._began = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        query = ["dig", f"@{self.server}", self.name, "+short", "+time=1", "+tries=1"]
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            at = time.monotonic() - self._began
+            try:
+                answer = self.ns.run(query, timeout=5).stdout.split()
+            except subprocess.TimeoutExpired:
+                answer = []
+            self.sent.append(at)
+            if answer != self.expect:
+                self.lost.append(at)
+            next_at += 1.0
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 # -- the README demo (`scripts/demo` runs this after setting up) -------------------------------

@@ -37,7 +37,9 @@ class CopyMigrator:
         self.fail = False
         self.calls: list[tuple[str, str, str]] = []
 
-    def migrate(self, source: LibvirtHost, target: LibvirtHost, domain: str) -> Migrated:
+    def migrate(
+        self, source: LibvirtHost, target: LibvirtHost, domain: str, vm: Vm | None = None
+    ) -> Migrated:
         self.calls.append((source.name, target.name, domain))
         if self.fail:
             raise MigrationFailed(f"migration of {domain} failed; it still runs on {source.name}")
@@ -406,7 +408,7 @@ def test_migration_flags_follow_the_domain_and_the_storage() -> None:
     persist = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     assert LibvirtMigrator().flags(persistent=False) == base
     assert LibvirtMigrator().flags(persistent=True) == base | persist
-    copying = LibvirtMigrator(shared_storage=False).flags(persistent=False)
+    copying = LibvirtMigrator().flags(persistent=False, copy_disks=True)
     assert copying == base | libvirt.VIR_MIGRATE_NON_SHARED_INC
 
 

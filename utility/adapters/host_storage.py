@@ -23,6 +23,11 @@ parser (`reposerver.disks.check_fetched_chain` / `reposerver.qcow2`) before any 
 overlays are made by the host's libvirtd (`virStorageVolCreateXML`) with the backing format
 named, so qemu never probes a format.
 
+A live migration to another host (`utility.adapters.migration`) first has the target
+`receive` the VM: its chains made present there the same way, an empty overlay over each chain
+top and an empty data volume of the source's format and capacity, into which qemu copies the
+top images; the source's volumes are then `release`d without keeping data.
+
 Data disks live in the pool while their VM runs; when it stops they are downloaded back into
 the VM's directory on the utility's machine (atomically) and the volume is deleted, so the
 record of a stopped VAP is the same file as before and a stopped VAP leaves no volume on any
@@ -42,7 +47,7 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -564,6 +569,42 @@ class HostStorage:
             return str(vol.path())
 
         return self.host._call(f"bring data disk {name}", bring)
+
+    def receive(self, vm: Vm, data_disks: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+        """Make the host ready to take `vm` by a storage-copying live migration; target -> path.
+
+        Each program disk's chain is made present (uploaded by content address where missing,
+        read back and hashed, as at boot) with an empty overlay over its top; each data disk
+        gets an empty volume of the format and capacity in `data_disks` (target -> (format,
+        bytes), the source's). qemu then copies only the top images into these volumes. A
+        volume of the same name left over here (no domain uses it: the caller checked) is
+        replaced.
+        """
+        with self.in_use():
+            self.ensure_pool()
+            paths: dict[str, str] = {}
+            for disk in vm.disks:
+                name = overlay_name(vm, disk)
+                if disk.role == "program":
+                    chain = local_chain(Path(disk.base))
+                    backing = ""
+                    for link in chain:
+                        backing = self.ensure_object(link)
+                    top = chain[-1]
+                    paths[disk.target] = self._overlay(name, backing, top.format, top.virtual_size)
+                else:
+                    fmt, capacity = data_disks[disk.target]
+                    paths[disk.target] = self._empty(name, fmt, capacity)
+            return paths
+
+    def _empty(self, name: str, fmt: str, capacity: int) -> str:
+        def make(c: libvirt.virConnect) -> str:
+            pool = self._volume_pool(c)
+            self._delete_in(pool, name)
+            vol = pool.createXML(_volume_xml(name, capacity, fmt, None, False), 0)
+            return str(vol.path())
+
+        return self.host._call(f"make volume {name}", make)
 
     def release(self, vm: Vm, keep_data: bool = True) -> None:
         """After the VM stopped: data disks back into its directory (unless not `keep_data`),

@@ -13,8 +13,10 @@ with VXLAN, which `cui host add --underlay` checks (`probe`).
 The script reconciles rather than replays: `ensure` makes the port exist with the right VNI,
 local address and MTU, enslaved to the bridge and up, and its all-zeros flood entries exactly
 the peers given, whatever was there before; `remove` deletes the port (and so all its entries),
-and only if it is a VXLAN port. Every value it is given was checked first (names, numbers, IPv4
-addresses), and over ssh every word is shell-quoted as well.
+and only if it is a VXLAN port; `forget` deletes what the port and its bridge learned about
+some MACs (a VM that moved to another host: until it sends again, frames to it flood to every
+peer instead of going to its old host). Every value it is given was checked first (names,
+numbers, IPv4 and MAC addresses), and over ssh every word is shell-quoted as well.
 """
 
 from __future__ import annotations
@@ -72,6 +74,15 @@ remove)
   is_vxlan "$port" || { echo "$port is not a VXLAN port; left alone" >&2; exit 3; }
   ip link del dev "$port"
   echo removed
+  ;;
+forget)
+  port=$1; shift
+  if ! is_vxlan "$port"; then echo absent; exit 0; fi
+  for m in "$@"; do
+    bridge fdb del "$m" dev "$port" self 2>/dev/null || true
+    bridge fdb del "$m" dev "$port" master 2>/dev/null || true
+  done
+  echo forgotten
   ;;
 probe)
   local=$1 name=$2 vni=$3 dstport=$4
@@ -131,6 +142,15 @@ def _name(value: str, what: str) -> str:
     return value
 
 
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def _mac(value: str) -> str:
+    if not _MAC.fullmatch(value.lower()):
+        raise UtilityError(f"{value!r} is not a MAC address")
+    return value.lower()
+
+
 def _ipv4(value: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
@@ -147,6 +167,11 @@ class VxlanPorts:
 
     def remove(self, port: str) -> bool:
         """Delete a VXLAN port and its entries; False if there was none."""
+        raise NotImplementedError
+
+    def forget(self, port: str, macs: Sequence[str]) -> bool:
+        """Delete the learned entries of `macs` on a VXLAN port and on its bridge's side of
+        it; False if there is no such port."""
         raise NotImplementedError
 
     def probe(self, local: str) -> None:
@@ -200,6 +225,10 @@ class ShellPorts(VxlanPorts):
         out = self._run(["remove", _name(port, "port")], f"remove VXLAN port {port}")
         return out.strip() == "removed"
 
+    def forget(self, port: str, macs: Sequence[str]) -> bool:
+        words = ["forget", _name(port, "port"), *(_mac(m) for m in macs)]
+        return self._run(words, f"forget learned MACs on {port}").strip() == "forgotten"
+
     def probe(self, local: str) -> None:
         name = f"cvxp{secrets.token_hex(4)}"[:15]
         vni = 0xF00000 + secrets.randbelow(0xFFFFF)  # outside the VLAN pool's 1..4094
@@ -246,6 +275,12 @@ class SimulatedPorts(VxlanPorts):
     def remove(self, port: str) -> bool:
         with self._lock:
             return self.ports.pop(_name(port, "port"), None) is not None
+
+    def forget(self, port: str, macs: Sequence[str]) -> bool:
+        for mac in macs:
+            _mac(mac)
+        with self._lock:
+            return _name(port, "port") in self.ports  # a simulated host learns nothing
 
     def probe(self, local: str) -> None:
         _ipv4(local)

@@ -45,10 +45,16 @@ def next_health(previous: str, answers: bool, silent_for: float, grace: float) -
     return "failed" if silent_for >= grace else "suspect"
 
 
-def relocate(state: VapState, moves: Mapping[str, str]) -> VapState:
+def relocate(
+    state: VapState,
+    moves: Mapping[str, str],
+    underlays: Mapping[str, str | None] | None = None,
+) -> VapState:
     """`state` with the VM at each path of `moves` on its new host; networks follow the VMs.
 
     Everything that names the VM (domain, MACs, addresses, disks) stays: only `host` changes.
+    With `underlays` (host -> its underlay address), a segment's network on a host gets that
+    host's address (its VXLAN port's local end); without, it keeps the template's.
     """
     vms = tuple(
         dataclasses.replace(vm, host=moves[vm.path]) if vm.path in moves else vm for vm in state.vms
@@ -60,7 +66,12 @@ def relocate(state: VapState, moves: Mapping[str, str]) -> VapState:
             template = templates.get(iface.network)
             if template is None:
                 continue
-            wanted.setdefault((vm.host, template.name), dataclasses.replace(template, host=vm.host))
+            if (vm.host, template.name) in wanted:
+                continue
+            made = dataclasses.replace(template, host=vm.host)
+            if underlays is not None and template.vlan is not None:
+                made = dataclasses.replace(made, underlay=underlays.get(vm.host))
+            wanted[(vm.host, template.name)] = made
     return dataclasses.replace(
         state, vms=vms, networks=tuple(sorted(wanted.values(), key=lambda n: (n.host, n.name)))
     )

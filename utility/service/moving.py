@@ -1,11 +1,14 @@
 """Planned moves: one VM (`cui move`), every VM of a host (`cui host drain`), rebalance.
 
 A move is a live migration (`utility.adapters.migration`) of a running VM to another host,
-under the VAP's lock: the segment networks the VM needs are brought up on the target first
-(through the one executor), the VM migrates keeping its domain name, MACs and addresses, and
-only then is the new host recorded (VM row and VAP state in one transaction) and networks no
-VM uses any more on the source are taken down. A failed migration changes no record: the VM
-runs where it was, and networks made for it on the target are removed again.
+under the VAP's lock. The segment networks the VM needs are brought up on the target first
+(through the one executor, the planner's diff of the networks alone: while the VM moves every
+host's VXLAN flood list holds both source and target); the VM migrates keeping its domain name,
+MACs and addresses, its disks' top images copied into the target's pool (the chain sent by
+content address only where missing); only then is the new host recorded (VM row and VAP state
+in one transaction), the source leaves the flood lists, networks no VM uses any more on it are
+taken down, and every host of its segments forgets what VXLAN learned about the VM's MACs. A
+failed migration changes no record: the VM runs where it was, and the networks are as before.
 
 `drain` closes a host to new placements and moves each VM off it to a host the placement policy
 chooses (crashed VMs there are only re-homed: the watchdog boots them on the new host);
@@ -15,17 +18,19 @@ run, carries the plan out move by move; `rebalance_forever` is its automatic var
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from utility.adapters.migration import Migrator
+from utility.adapters.migration import Migrated, Migrator
 from utility.adapters.store import ACTIVE, VapRow, short_name
-from utility.core.desired_state import VapState
+from utility.core import overlay
+from utility.core.desired_state import VapState, Vm
 from utility.core.moves import Move, Resident, rebalance, relocate
 from utility.core.placement import VmDemand, place
-from utility.core.planner import Action, Op, Plan, net_key
+from utility.core.planner import Plan, diff
 from utility.errors import Conflict, NotFound, UtilityError
 from utility.service.lifecycle import Parts
 
@@ -92,29 +97,32 @@ class Mover:
         if row.state != "running":
             raise Conflict(f"{component} is {row.state}, not running: only a running VM moves")
         self._check_target(vm.memory, vm.host, target)
-        moved = relocate(state, {component: target})
-        new_nets = _networks_added(state, moved)
+        underlays = {h.name: h.underlay for h in self.store.hosts()}
+        moved = relocate(state, {component: target}, underlays)
+        during = _both(state, moved)  # the segment on source and target while the VM moves
         began = self.clock()
-        up = p.applier.run(vap.id, Plan(tuple(_net(Op.NETWORK_UP, n) for n in new_nets)))
+        up = p.applier.run(vap.id, _network_plan(state, during))
         if not up.ok:
-            self._networks_down(vap.id, new_nets)
+            self._networks(vap.id, during, state)
             raise UtilityError(f"move of {component} to {target}: {up.error}; nothing moved")
         source, dest = p.hosts.host(vm.host), p.hosts.host(target)
         try:
-            result = self.migrator.migrate(source, dest, vm.domain)
+            result = self.migrator.migrate(source, dest, vm.domain, vm)
         except UtilityError as exc:
-            self._networks_down(vap.id, new_nets)
+            self._networks(vap.id, during, state)
             text = f"move of {component} from {vm.host} to {target} failed: {exc}"
             self.store.event(vap.id, "move", text)
             self.store.add_history(vap.name, "move", [], {}, text)
             raise
         self.store.move_vm(vap.id, component, target, moved)
-        self._networks_down(vap.id, _networks_added(moved, state))
+        self._networks(vap.id, during, moved)
+        self._forget(moved, vm)
         seconds = self.clock() - began
         text = (
             f"{who} moved {component} from {vm.host} to {target} ({result.mode} live migration, "
             f"{seconds:.1f} s"
             + (f", downtime {result.downtime_ms} ms" if result.downtime_ms is not None else "")
+            + _copied(result)
             + ")"
         )
         self.store.event(vap.id, "move", text)
@@ -128,14 +136,34 @@ class Mover:
             "seconds": round(seconds, 3),
             "downtime_ms": result.downtime_ms,
             "bytes_copied": result.bytes_copied,
+            "memory_bytes": result.memory_bytes,
+            "disk_bytes": result.disk_bytes,
+            "disks_copied": result.disks,
+            "chain_bytes": result.chain_bytes,
             "notes": result.notes,
         }
 
-    def _networks_down(self, vap_id: int, networks: list[Any]) -> None:
-        if networks:
-            self.parts.applier.run(
-                vap_id, Plan(tuple(_net(Op.NETWORK_DOWN, n) for n in networks)), keep_going=True
-            )
+    def _networks(self, vap_id: int, before: VapState, after: VapState) -> None:
+        """Take the VAP's networks from `before` to `after` (flood lists relinked on every
+        host, unused networks down), going on past failures."""
+        plan = _network_plan(before, after)
+        if plan.actions:
+            self.parts.applier.run(vap_id, plan, keep_going=True)
+
+    def _forget(self, state: VapState, vm: Vm) -> None:
+        """On every host carrying a segment of the moved `vm`, drop what VXLAN learned about
+        its MACs: a guest need not announce itself after a migration (Linux sends no
+        gratuitous ARP unless `arp_notify` is set, and then qemu sends no RARP either), and
+        until it sends, frames to it would go to the host it left. Best effort: they age out
+        anyway (300 s)."""
+        for net in state.networks:
+            macs = [i.mac for i in vm.interfaces if i.network == net.name]
+            if not macs or not overlay.stretchable(net):
+                continue
+            try:
+                self.parts.hosts.host(net.host).ports.forget(overlay.port_name(net.bridge), macs)
+            except UtilityError as exc:
+                self.store.event(None, "move", f"{vm.path}: learned MACs kept on {net.host}: {exc}")
 
     # -- drain ----------------------------------------------------------------------------------
 
@@ -179,7 +207,8 @@ class Mover:
     def _rehome(self, vap: VapRow, path: str, target: str) -> None:
         """Record a crashed VM on another host (no domain to migrate: it boots there)."""
         assert vap.state is not None
-        self.store.move_vm(vap.id, path, target, relocate(vap.state, {path: target}))
+        underlays = {h.name: h.underlay for h in self.store.hosts()}
+        self.store.move_vm(vap.id, path, target, relocate(vap.state, {path: target}, underlays))
         self.store.event(vap.id, "move", f"crashed {path} re-homed to {target}")
 
     # -- rebalance ------------------------------------------------------------------------------
@@ -232,11 +261,29 @@ class Mover:
         return rebalance(residents, rooms, self.parts.settings.placement)
 
 
-def _networks_added(before: VapState, after: VapState) -> list[Any]:
-    """Networks of `after` that `before` does not have (by name and host)."""
-    have = {(n.host, n.name) for n in before.networks}
-    return [n for n in after.networks if (n.host, n.name) not in have]
+def _copied(result: Migrated) -> str:
+    """The bytes a migration moved, for the history line (libvirt's job statistics)."""
+    if result.bytes_copied is None:
+        return ""
+    parts = [f"memory {result.memory_bytes}"] if result.memory_bytes is not None else []
+    if result.disks:
+        disks = "+".join(result.disks)
+        parts.append(f"disks {disks} {result.disk_bytes if result.disk_bytes is not None else '?'}")
+    if result.chain_bytes:
+        parts.append(f"chain objects uploaded first {result.chain_bytes}")
+    detail = f": {', '.join(parts)}" if parts else ""
+    return f", {result.bytes_copied} bytes copied{detail}"
 
 
-def _net(op: Op, network: Any) -> Action:
-    return Action(op=op, key=net_key(network), network=network)
+def _both(before: VapState, after: VapState) -> VapState:
+    """`after` with the networks of both states: while a VM migrates, its segments are on the
+    source and the target, and every other host floods to both."""
+    nets = {(n.host, n.name): n for n in (*before.networks, *after.networks)}
+    return dataclasses.replace(after, networks=tuple(nets[k] for k in sorted(nets)))
+
+
+def _network_plan(before: VapState, after: VapState) -> Plan:
+    """The network actions from `before` to `after` and nothing else: new networks up with
+    their VXLAN flood lists, the flood lists of kept ones relinked (`NETWORK_LINK`), networks
+    no VM uses down; the planner's own diff over the two states without their VMs."""
+    return diff(dataclasses.replace(before, vms=()), dataclasses.replace(after, vms=()))
