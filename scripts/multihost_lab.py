@@ -187,6 +187,8 @@ def _make(count: int) -> Lab:
     _write_atomic(known_hosts, "\n".join(lines) + "\n")
     _write_ssh_drop_in(keyfile, known_hosts)
     for host in hosts:
+        _share_client_files(host, keyfile, known_hosts)
+    for host in hosts:
         _wait_for_ssh(host)
     return Lab(
         bridge=BRIDGE,
@@ -361,6 +363,21 @@ def _start_daemons(host: LabHost) -> None:
 def _local_virsh_ok(host: LabHost) -> bool:
     cmd = [*host.nsenter(), "virsh", "-c", "qemu:///system", "hostname"]
     return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+
+def _share_client_files(host: LabHost, keyfile: Path, known_hosts: Path) -> None:
+    """The lab's client key and known_hosts, at the same paths inside `host` (its /run is its
+    own), so its libvirtd reaches the other hosts with the drop-in's settings: peer-to-peer
+    migration, where the source's libvirtd connects to the target's over qemu+ssh."""
+    try:
+        inside = LAB_DIR.relative_to("/run")
+    except ValueError:
+        return  # LAB_DIR outside /run is the same directory inside every host
+    target = Path(host.directory) / "run" / inside
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for source in (keyfile, known_hosts):
+        shutil.copy2(source, target / source.name)
+        (target / source.name).chmod(0o600)
 
 
 def _write_ssh_drop_in(keyfile: Path, known_hosts: Path) -> None:

@@ -53,6 +53,9 @@ def test_a_plain_vm_migrates_live_between_lab_hosts_and_a_failed_one_stays(lab: 
         assert running(two) and one.domain(NAME) is None
         info = two.domain(NAME)
         assert info is not None and MAC in info.xml  # same MAC on the target
+        # the source's libvirtd reached the target's itself (the lab's hosts share its ssh key
+        # and known_hosts), not through the client-driven fallback
+        assert done.mode == "peer-to-peer", done.notes
         print(
             f"lab migration: {done.mode}, {seconds:.2f} s, downtime {done.downtime_ms} ms, "
             f"{done.bytes_copied} bytes; {done.notes}",
