@@ -8,9 +8,10 @@ silent host) and steps its health with `utility.core.moves.next_health`:
   is `failed`: the VMs recorded on it become `lost` (they may still run behind a partition,
   so they keep their addresses and are never shown as running); recorded in events and in each
   VAP's history. No new VM is placed on a host that is not `up` (`Allocations.rooms`).
-- the lost VMs of a running VAP (restart policy `always`, no sensitive values held only in
-  memory) are restarted on good hosts: placement picks the hosts, `relocate` moves them in the
-  VAP's state (same domain names, MACs, addresses; networks follow), and the one executor boots
+- the lost VMs of a running VAP (restart policy `always`; sensitive parameters, if any, still
+  held in the daemon's memory: `HeldSecrets.unmask`) are restarted on good hosts: placement
+  picks the hosts, `relocate` moves them in the VAP's state (same domain names, MACs,
+  addresses; networks follow), and the one executor boots
   them in dependency order with their data disks from `restore.restore_data_disks` (status says
   from what). If no host has room they stay lost and each round tries again.
 - a failed host that answers again is `fencing`: every domain on it that the records place
@@ -186,7 +187,14 @@ class HostMonitor:
         if self.store.restart_policy(vap.id) != "always":
             return self._refuse(vap, "the VAP's restart policy is never", paths)
         if self.store.secret_keys(vap.id):
-            return self._refuse(vap, "its sensitive values are not stored to boot it with", paths)
+            full = p.secrets.unmask_state(vap.id, state, set(paths))
+            if full is None:
+                return self._refuse(
+                    vap,
+                    "its sensitive values were held only in memory (the daemon restarted since)",
+                    paths,
+                )
+            state = full
         vms = [vm for vm in state.vms if vm.path in paths]
         try:
             with p.allocator.session() as db:
