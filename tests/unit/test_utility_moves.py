@@ -488,3 +488,68 @@ def test_the_pages_show_a_failed_host_and_where_restored_data_came_from(rig: Rig
     vap = rig.api.get(f"/ui/vaps/{vap_id}", headers={"Accept": "text/html"})
     assert vap.status_code == 200, vap.data[:300]
     assert "restored after its host failed; data: hdb: the utility" in vap.get_data(as_text=True)
+
+
+def test_a_vm_with_sensitive_values_is_restarted_elsewhere_only_while_the_daemon_holds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
+    from utility.service.manager import ClusterManager
+
+    admin = Caller("root", "admin")
+    app = tmp_path / "vap" / "Secret"
+    app.mkdir(parents=True)
+    base_image(app / "system.qcow2")
+    (app / "x.vmx").write_text(publisher_domain_xml("s", 64))
+    (app / "Secret.cvl").write_text(
+        'Secret extends VMAppliance { var "required" "sensitive" pw; vm = "x.vmx"; }\n'
+    )
+    cvl = tmp_path / "vap" / "Mine.cvl"
+    cvl.write_text(
+        'import { url => "file:Secret", cvl => "Secret.cvl" } Secret;\nMine extends Secret { }\n'
+    )
+    now, cut = [1000.0], set[str]()
+    state = tmp_path / "state"
+
+    def manager() -> ClusterManager:
+        return ClusterManager(state, host_fault=lambda name: name in cut, clock=lambda: now[0])
+
+    first = manager()
+    for name in ("h1", "h2", "h3"):
+        first.add_host(admin, name, simulated_host_uri(tmp_path, name), 1 << 30, 4)
+    first.add_vlans(admin, "100-101")
+    first.add_public_ips(admin, "192.0.2.1-192.0.2.2")
+    first.start(admin, str(cvl), {"pw": "hunter2"})
+    booted: list[Any] = []
+    apply = first.parts.applier.apply
+
+    def spy(vap_id: int, current: Any, target: Any, **kwargs: Any) -> Any:
+        booted.append(target)
+        return apply(vap_id, current, target, **kwargs)
+
+    monkeypatch.setattr(first.parts.applier, "apply", spy)
+    (vap,) = first.status(admin)
+    (vm,) = vap["components"]
+    cut.add(vm["host"])
+    first.check()
+    now[0] += 31
+    report = first.check()
+    assert len(report["moved"]) == 1, report
+    (moved,) = first.status(admin)[0]["components"]
+    assert moved["state"] == "running" and moved["host"] != vm["host"]
+    assert dict(booted[-1].vms[0].params)["pw"] == ("hunter2",)  # booted with the real value
+    assert moved["params"]["pw"] != ["hunter2"]  # and shown masked, as before
+    first.close()
+
+    again = manager()  # the daemon restarted: the value is gone, the VM stays lost
+    cut.add(moved["host"])
+    again.check()
+    now[0] += 31
+    report = again.check()
+    assert not report.get("moved"), report
+    (after,) = again.status(admin)[0]["components"]
+    assert after["state"] == "lost" and after["host"] == moved["host"]
+    assert "held only in memory" in again.history(admin)[-1]["result"]
+    again.close()
+    for path in tmp_path.rglob("*"):  # the value never reached a file
+        assert not path.is_file() or b"hunter2" not in path.read_bytes(), path
