@@ -131,7 +131,7 @@ def all_ready_elsewhere(g: GroupwareLab, dead: str) -> dict[str, dict[str, objec
 
 
 def test_a_dead_host_s_vms_run_again_elsewhere_and_it_is_fenced_on_return(
-    groupware: GroupwareLab, three: Lab
+    groupware: GroupwareLab, three: Lab, before: dict[str, dict[str, str]]
 ) -> None:
     g = groupware
     placed = g.hosts_of()
@@ -213,6 +213,8 @@ def test_a_dead_host_s_vms_run_again_elsewhere_and_it_is_fenced_on_return(
     wait_for(f"{victim.name} up again", lambda: host_health(g)[victim.name] == "up", 120)
     fenced = time.time() - back
     assert running_domains(victim, g.prefix) == []
+    assert links(victim) == before[victim.name]  # its bridges and VXLAN ports of the VAP gone
+    assert vxlan_fdb(victim) == []
     events = [str(e["text"]) for e in _events(g)]
     assert f"host {victim.name}: failed -> fencing" in events, events[-20:]
     assert any(t.startswith(f"host {victim.name} fenced:") for t in events), events[-20:]

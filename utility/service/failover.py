@@ -31,6 +31,7 @@ from typing import Any
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.restore import restore_data_disks
 from utility.adapters.store import ACTIVE, VapRow
+from utility.core import overlay
 from utility.core.desired_state import VapState
 from utility.core.moves import DEFAULT_GRACE, evacuation, next_health, relocate
 from utility.core.placement import VmDemand
@@ -212,7 +213,7 @@ class HostMonitor:
         except PlacementError as exc:
             return self._refuse(vap, str(exc), paths)
         sources = {vm.path: restore_data_disks(vm, self.wall()) for vm in vms}
-        current = _without(relocate(state, placement), set(paths))
+        current = _as_left(state, set(paths), placement)
         outcome = p.applier.apply(vap.id, current, target, keep_going=True).outcome
         done = {k.removeprefix("vm:") for k in outcome.done}
         restarted = []
@@ -268,7 +269,8 @@ class HostMonitor:
         return True
 
     def _drop_stale_networks(self, host: str) -> None:
-        """Remove the utility's networks on `host` that no active VAP's state places there."""
+        """Remove the utility's networks on `host` that no active VAP's state places there, each
+        with its VXLAN port (the port would flood to hosts that no longer expect it)."""
         prefix = self.parts.settings.prefix + "-"
         wanted = {
             n.name
@@ -278,8 +280,11 @@ class HostMonitor:
             if n.host == host
         }
         wrapper = self.parts.hosts.host(host)
+        underlay = next((h.underlay for h in self.store.hosts() if h.name == host), None)
         for name in wrapper.networks():
             if name.startswith(prefix) and name not in wanted:
+                if underlay is not None and overlay.is_segment_bridge(name):
+                    wrapper.ports.remove(overlay.port_name(name))  # and its flood entries
                 wrapper.remove_network(name)
 
     def describe(self) -> list[dict[str, Any]]:
@@ -287,7 +292,15 @@ class HostMonitor:
         return [dataclasses.asdict(h) for h in self.store.host_health().values()]
 
 
-def _without(state: VapState, paths: set[str]) -> VapState:
-    """`state` minus the VMs at `paths` (exactly those), networks following the rest."""
+def _as_left(state: VapState, paths: set[str], placement: dict[str, str]) -> VapState:
+    """What runs of `state` once its VMs at `paths` are lost: the other VMs, where they are,
+    and every network of `state` still standing, also those on the failed hosts. The VXLAN
+    ports of the good hosts still flood to the failed ones: the plan from here to the relocated
+    state sets their flood lists (`~net`) without the failed hosts, and tries to take the
+    failed hosts' networks down (`-net`, last; it fails while such a host does not answer, and
+    fencing removes them when it does)."""
     kept = dataclasses.replace(state, vms=tuple(vm for vm in state.vms if vm.path not in paths))
-    return relocate(kept, {})
+    standing = {(n.host, n.name) for n in relocate(kept, {}).networks}
+    failed = {vm.host for vm in state.vms if vm.path in paths and vm.host != placement[vm.path]}
+    networks = tuple(n for n in state.networks if (n.host, n.name) in standing or n.host in failed)
+    return dataclasses.replace(kept, networks=networks)
