@@ -21,6 +21,7 @@ import pytest
 from tests.unit.test_utility_watchdog import Rig, live_allocations_are_unique_and_held, make_rig
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.migration import Migrated, MigrationFailed
+from utility.core import overlay
 from utility.core.desired_state import Interface, Network, VapState, Vm
 from utility.core.moves import Resident, next_health, rebalance, relocate
 from utility.core.placement import HostRoom, VmDemand, place
@@ -134,6 +135,29 @@ def test_relocate_keeps_names_and_addresses_and_networks_follow() -> None:
     assert [(n.host, n.name) for n in moved.networks] == [("h1", "col-v100"), ("h2", "col-v100")]
     both = relocate(state, {"a": "h2", "bb": "h2"})
     assert [(n.host, n.name) for n in both.networks] == [("h2", "col-v100")]
+
+
+def test_a_relocated_network_takes_its_new_host_s_underlay() -> None:
+    """A segment's network made on the host a VM moves to carries that host's underlay, not the
+    old host's: otherwise every peer floods to the old host (a failed one) and the VM is cut off."""
+    state = VapState(
+        "/x.cvl",
+        "A",
+        {"s": 100},
+        (_vm("a", "h1", "col-v100"), _vm("bb", "h2", "col-v100")),
+        (
+            Network("col-v100", "col-v100", "h1", "s", 100, "192.0.2.1"),
+            Network("col-v100", "col-v100", "h2", "s", 100, "192.0.2.2"),
+        ),
+    )
+    moved = relocate(state, {"a": "h3"}, {"h3": "192.0.2.3"})
+    assert {(n.host, n.underlay) for n in moved.networks} == {
+        ("h2", "192.0.2.2"),
+        ("h3", "192.0.2.3"),
+    }
+    assert overlay.peers(moved.networks)[("h2", "col-v100")] == ("192.0.2.3",)
+    back = relocate(moved, {"a": "h2"})  # a host the state knows keeps its own underlay
+    assert {(n.host, n.underlay) for n in back.networks} == {("h2", "192.0.2.2")}
 
 
 def test_placement_never_uses_an_unavailable_host_and_says_so() -> None:

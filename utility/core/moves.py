@@ -45,22 +45,33 @@ def next_health(previous: str, answers: bool, silent_for: float, grace: float) -
     return "failed" if silent_for >= grace else "suspect"
 
 
-def relocate(state: VapState, moves: Mapping[str, str]) -> VapState:
+def relocate(
+    state: VapState,
+    moves: Mapping[str, str],
+    underlays: Mapping[str, str | None] | None = None,
+) -> VapState:
     """`state` with the VM at each path of `moves` on its new host; networks follow the VMs.
 
-    Everything that names the VM (domain, MACs, addresses, disks) stays: only `host` changes.
+    Everything that names the VM (domain, MACs, addresses, disks) stays: only `host` changes. A
+    network made on a host takes that host's underlay address (VXLAN's local end and what its
+    peers flood to): from `underlays` (host -> address), else from a network `state` already
+    has on that host, else the template's.
     """
     vms = tuple(
         dataclasses.replace(vm, host=moves[vm.path]) if vm.path in moves else vm for vm in state.vms
     )
     templates = {n.name: n for n in state.networks}
+    known = {n.host: n.underlay for n in state.networks}
+    known.update(underlays or {})
     wanted: dict[tuple[str, str], Network] = {}
     for vm in vms:
         for iface in vm.interfaces:
             template = templates.get(iface.network)
             if template is None:
                 continue
-            wanted.setdefault((vm.host, template.name), dataclasses.replace(template, host=vm.host))
+            underlay = known.get(vm.host, template.underlay)
+            made = dataclasses.replace(template, host=vm.host, underlay=underlay)
+            wanted.setdefault((vm.host, template.name), made)
     return dataclasses.replace(
         state, vms=vms, networks=tuple(sorted(wanted.values(), key=lambda n: (n.host, n.name)))
     )

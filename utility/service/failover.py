@@ -197,13 +197,14 @@ class HostMonitor:
                 )
             state = full
         vms = [vm for vm in state.vms if vm.path in paths]
+        underlays = {h.name: h.underlay for h in self.store.hosts()}
         try:
             with p.allocator.session() as db:
                 rooms = p.allocations.rooms(db)
                 placement = evacuation(
                     [VmDemand(vm.path, vm.memory) for vm in vms], rooms, p.settings.placement
                 )
-                target = relocate(state, placement)
+                target = relocate(state, placement, underlays)
                 for path, host in placement.items():
                     db.execute(
                         "UPDATE vms SET host=?, state='pending' WHERE vap_id=? AND path=?",
