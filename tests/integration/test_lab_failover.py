@@ -217,6 +217,7 @@ def test_a_dead_host_s_vms_run_again_elsewhere_and_it_is_fenced_on_return(
     left = {k: v for k, v in links(victim).items() if k not in probes}
     assert left == before[victim.name]  # the VAP's bridges and VXLAN ports there are gone
     assert vxlan_fdb(victim) == []
+    assert volumes(victim) == []  # the stale VMs' overlays and data disks deleted from its pool
     events = [str(e["text"]) for e in _events(g)]
     assert f"host {victim.name}: failed -> fencing" in events, events[-20:]
     assert any(t.startswith(f"host {victim.name} fenced:") for t in events), events[-20:]

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from utility.adapters.host_storage import overlay_name
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.restore import restore_data_disks
 from utility.adapters.store import ACTIVE, VapRow
@@ -256,6 +257,7 @@ class HostMonitor:
             for row in rows.values():
                 if row.host == host and row.state == LOST:
                     self.store.set_vm(row.vap_id, row.path, "crashed")
+            self._drop_stale_volumes(host, vaps, rows)
             self._drop_stale_networks(host)
         except UtilityError as exc:
             self.store.event(None, "host", f"host {host}: fencing failed, tried again: {exc}")
@@ -268,6 +270,22 @@ class HostMonitor:
         for vap in (vaps[i] for i in sorted(touched)):
             self.store.add_history(vap.name, "fenced", [f"✗ {d}" for d in destroyed], {}, text)
         return True
+
+    def _drop_stale_volumes(self, host: str, vaps: dict[int, VapRow], rows: dict[str, Any]) -> None:
+        """Delete the pool volumes on `host` of VMs that now run elsewhere (their overlays and
+        data disks as the host had them when it failed: what was written there since the last
+        backup is given up, README "What is lost"). VMs still placed on `host` keep theirs."""
+        wrapper = self.parts.hosts.host(host)
+        if wrapper.is_test:
+            return
+        present = set(wrapper.storage.volumes())
+        for row in rows.values():
+            state = vaps[row.vap_id].state
+            vm = state.vm(row.path) if state is not None else None
+            if row.host == host or vm is None:
+                continue
+            if any(overlay_name(vm, disk) in present for disk in vm.disks):
+                wrapper.storage.release(vm, keep_data=False)
 
     def _drop_stale_networks(self, host: str) -> None:
         """Remove the utility's networks on `host` that no active VAP's state places there, each
