@@ -514,24 +514,32 @@ def test_the_pages_show_a_failed_host_and_where_restored_data_came_from(rig: Rig
     assert "restored after its host failed; data: hdb: the utility" in vap.get_data(as_text=True)
 
 
-def test_a_vm_with_sensitive_values_is_restarted_elsewhere_only_while_the_daemon_holds_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from utility.adapters.simulation import base_image, publisher_domain_xml, simulated_host_uri
-    from utility.service.manager import ClusterManager
+def secret_appliance(tmp: Path) -> Path:
+    """A one-VM appliance with a required sensitive parameter `pw`; the user's CVL file."""
+    from utility.adapters.simulation import base_image, publisher_domain_xml
 
-    admin = Caller("root", "admin")
-    app = tmp_path / "vap" / "Secret"
+    app = tmp / "vap" / "Secret"
     app.mkdir(parents=True)
     base_image(app / "system.qcow2")
     (app / "x.vmx").write_text(publisher_domain_xml("s", 64))
     (app / "Secret.cvl").write_text(
         'Secret extends VMAppliance { var "required" "sensitive" pw; vm = "x.vmx"; }\n'
     )
-    cvl = tmp_path / "vap" / "Mine.cvl"
+    cvl = tmp / "vap" / "Mine.cvl"
     cvl.write_text(
         'import { url => "file:Secret", cvl => "Secret.cvl" } Secret;\nMine extends Secret { }\n'
     )
+    return cvl
+
+
+def test_a_vm_with_sensitive_values_is_restarted_elsewhere_only_while_the_daemon_holds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.service.manager import ClusterManager
+
+    admin = Caller("root", "admin")
+    cvl = secret_appliance(tmp_path)
     now, cut = [1000.0], set[str]()
     state = tmp_path / "state"
 
@@ -577,3 +585,42 @@ def test_a_vm_with_sensitive_values_is_restarted_elsewhere_only_while_the_daemon
     again.close()
     for path in tmp_path.rglob("*"):  # the value never reached a file
         assert not path.is_file() or b"hunter2" not in path.read_bytes(), path
+
+
+def test_a_crashed_vm_with_sensitive_values_is_restarted_with_them_until_the_daemon_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.service.manager import ClusterManager
+
+    admin = Caller("root", "admin")
+    cvl = secret_appliance(tmp_path)
+    now = [1000.0]
+    state = tmp_path / "state"
+    first = ClusterManager(state, clock=lambda: now[0])
+    first.add_host(admin, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)
+    first.add_vlans(admin, "100-101")
+    first.add_public_ips(admin, "192.0.2.1-192.0.2.2")
+    first.start(admin, str(cvl), {"pw": "hunter2"})
+    restarted: list[Any] = []
+    restart = first.parts.applier.restart
+
+    def spy(vap_id: int, vm: Any) -> Any:
+        restarted.append(vm)
+        return restart(vap_id, vm)
+
+    monkeypatch.setattr(first.parts.applier, "restart", spy)
+    (vm,) = first.status(admin)[0]["components"]
+    first.host("h1").connection().lookupByName(vm["domain"]).destroy()
+    report = first.check()
+    assert report["restarted"] and dict(restarted[-1].params)["pw"] == ("hunter2",), report
+    assert first.status(admin)[0]["components"][0]["state"] == "running"
+    first.close()
+
+    again = ClusterManager(state, clock=lambda: now[0])  # the value is gone with the daemon
+    # (and the domain with the test driver's in-memory host: it is seen crashed at once)
+    report = again.check()
+    assert report["crashed"] and report["gave_up"], report
+    assert again.status(admin)[0]["components"][0]["state"] == "crashed"
+    assert "held only in memory" in again.history(admin)[-1]["result"]
+    again.close()
