@@ -178,7 +178,9 @@ def test_a_dead_host_s_vms_run_again_elsewhere_and_it_is_fenced_on_return(
     # the others did not move; the moved ones kept their names and addresses
     assert {p: h for p, h in g.hosts_of().items() if p in staying} == staying
     assert identities(g) == before_ids
-    # dependency order: a moved component got its parameters only once what it requires was READY
+    # dependency order: a moved component got its parameters only once what it requires was
+    # READY (vacuous when the dead host held no provider with its dependent: spread has put DNS
+    # beside the firewall in every run so far)
     boots = boots_since(g, died)
     assert set(boots) == set(moving), boots
     for path in moving:
