@@ -157,6 +157,7 @@ class GroupwareLab:
     timings: dict[str, float] = field(default_factory=dict)
     daemon: subprocess.Popen[bytes] | None = None  # the `cui utility serve` process
     lab_hosts: list[Any] = field(default_factory=list)  # multihost_lab.LabHost, when on the lab
+    serve_args: list[str] = field(default_factory=list)  # more `cui utility serve` options
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -310,6 +311,7 @@ class GroupwareLab:
                     "60",
                     "--boot-order",
                     self.boot_order,
+                    *self.serve_args,
                 ],
                 cwd=ROOT,
                 stdout=out,
@@ -739,18 +741,26 @@ def lab(
 
 
 @contextmanager
-def started_on_lab(lab_hosts: list[Any], keep: Path | None = None) -> Iterator[GroupwareLab]:
-    """The Groupware VAN started on `lab_hosts` (placement spread, VXLAN) with its probes
-    plugged in (`plug_both`): the set-up the lab drain test and bench share."""
+def started_on_lab(
+    lab_hosts: list[Any],
+    keep: Path | None = None,
+    serve_args: tuple[str, ...] = (),
+    plug: bool = True,
+) -> Iterator[GroupwareLab]:
+    """AcmeGroupware started on `lab_hosts` (multihost_lab.LabHost) and every appliance READY,
+    the probes plugged in when `plug`: the set-up the lab tests and benchmarks share. `serve_args`
+    are more `cui utility serve` options (e.g. `--backup-interval 20`)."""
     with lab(keep=keep, lab_hosts=lab_hosts) as g:
         g.ready_timeout = 300.0  # per VM: TCG on two cores shared with the lab hosts
+        g.serve_args = list(serve_args)
         g.build()
         g.serve()
         g.publish_all()
         g.start_utility()
         g.write_user_files()
         g.start()
-        g.plug_both()
+        if plug:
+            g.plug_both()
         yield g
 
 

@@ -524,6 +524,48 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass
 
 
+# --- a host dies and comes back (failure tests) -------------------------------------------------
+
+
+def kill_host(host: LabHost) -> list[int]:
+    """The host dies as far as libvirt goes: every qemu process inside it is SIGKILLed, then
+    its libvirtd (no clean-up by either); sshd, virtlogd and the host's links stay. Returns the
+    qemu pids killed."""
+    pids = [int(p) for p in run(["ip", "netns", "pids", host.netns], check=False).split()]
+    guests = [p for p in pids if _comm(p).startswith("qemu")]
+    for pid in [*guests, host.pids["libvirtd"]]:
+        _signal(pid, signal.SIGKILL)
+    _wait(
+        lambda: not any(is_running(p) for p in [*guests, host.pids["libvirtd"]]),
+        20,
+        f"the processes of {host.name} did not die",
+    )
+    Path(host.directory, "run", "libvirtd.pid").unlink(missing_ok=True)
+    return guests
+
+
+def revive_libvirtd(host: LabHost) -> None:
+    """Start the host's libvirtd again (after `kill_host`) and record its new pid in the lab's
+    state, so that the lab counts as running."""
+    pidfile = Path(host.directory, "run", "libvirtd.pid")
+    run([*host.nsenter(), "/usr/sbin/libvirtd", "-d"])
+    _wait(lambda: _local_virsh_ok(host), 60, f"libvirtd on {host.name} did not answer")
+    _wait(pidfile.exists, 20, f"libvirtd on {host.name} wrote no pid")
+    host.pids["libvirtd"] = int(pidfile.read_text().split()[0])
+    lab = Lab.load()
+    for each in lab.hosts:
+        if each.name == host.name:
+            each.pids["libvirtd"] = host.pids["libvirtd"]
+    _write_atomic(STATE, json.dumps(asdict(lab), indent=2) + "\n")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 # --- status --------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ reaches hosts only through `host.uri`.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,10 @@ __all__ = [
     "lab_lock",
     "in_host",
     "in_netns",
+    "links",
+    "vxlan_fdb",
+    "volumes",
+    "three_fixture",
 ]
 
 
@@ -103,3 +108,39 @@ def lab_fixture(lab_session: _LabSession) -> Iterator[Lab]:
     """A running lab of LAB_HOSTS hosts, this test's alone while it runs."""
     with lab_lock():
         yield lab_session.ensure()
+
+
+@pytest.fixture(scope="module", name="three")
+def three_fixture(lab_session: _LabSession) -> Iterator[Lab]:
+    """A lab of three hosts, held (the machine-wide lock) for the whole module."""
+    with lab_lock():
+        yield lab_session.ensure(3)
+
+
+def links(host: LabHost) -> dict[str, str]:
+    """Link name -> kind (bridge, vxlan, veth, …) inside a lab host's network namespace."""
+    done = subprocess.run(
+        ["ip", "-n", host.netns, "-d", "-j", "link", "show"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return {
+        link["ifname"]: link.get("linkinfo", {}).get("info_kind", "")
+        for link in json.loads(done.stdout)
+    }
+
+
+def vxlan_fdb(host: LabHost) -> list[dict[str, object]]:
+    """The FDB entries of a host that point at a remote underlay address (VXLAN's)."""
+    done = subprocess.run(
+        ["bridge", "-n", host.netns, "-j", "fdb", "show"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return [e for e in json.loads(done.stdout or "[]") if "dst" in e]
+
+
+def volumes(host: LabHost) -> list[str]:
+    """The volumes in a lab host's `collective` pool (file names)."""
+    from utility.adapters.host_storage import POOL_ROOT
+
+    done = in_host(host, ["sh", "-c", f"ls -A {POOL_ROOT}/volumes 2>/dev/null || true"])
+    return done.stdout.split()

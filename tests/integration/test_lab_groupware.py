@@ -12,7 +12,6 @@ own namespace: no bridge, VXLAN port, FDB entry or volume of the VAP is left.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,18 +20,18 @@ from pathlib import Path
 import pytest
 from lab_fixture import (  # the fixtures are used by name
     Lab,
-    LabHost,
     in_host,
-    lab_lock,
     lab_session_fixture,  # noqa: F401
+    links,
+    three_fixture,  # noqa: F401
+    volumes,
+    vxlan_fdb,
 )
 
 pytest.importorskip("libvirt")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-from groupware_network import ROOT_PASSWORD, GroupwareLab, lab  # noqa: E402
-
-from utility.adapters.host_storage import POOL_ROOT  # noqa: E402
+from groupware_network import ROOT_PASSWORD, GroupwareLab, started_on_lab  # noqa: E402
 
 pytestmark = [
     pytest.mark.lab,
@@ -41,39 +40,6 @@ pytestmark = [
     pytest.mark.timeout(2400),  # the module's setup boots six VMs under TCG over three hosts
 ]
 HOSTS = 3
-
-
-def links(host: LabHost) -> dict[str, str]:
-    """Link name -> kind (bridge, vxlan, veth, …) inside a lab host's network namespace."""
-    done = subprocess.run(
-        ["ip", "-n", host.netns, "-d", "-j", "link", "show"], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return {
-        link["ifname"]: link.get("linkinfo", {}).get("info_kind", "")
-        for link in json.loads(done.stdout)
-    }
-
-
-def vxlan_fdb(host: LabHost) -> list[dict[str, object]]:
-    """The FDB entries of a host that point at a remote underlay address (VXLAN's)."""
-    done = subprocess.run(
-        ["bridge", "-n", host.netns, "-j", "fdb", "show"], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return [e for e in json.loads(done.stdout or "[]") if "dst" in e]
-
-
-def volumes(host: LabHost) -> list[str]:
-    done = in_host(host, ["sh", "-c", f"ls -A {POOL_ROOT}/volumes 2>/dev/null || true"])
-    return done.stdout.split()
-
-
-@pytest.fixture(scope="module")
-def three(lab_session: object) -> Iterator[Lab]:
-    """A lab of three hosts, held (the machine-wide lock) for this module."""
-    with lab_lock():
-        yield lab_session.ensure(HOSTS)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +52,7 @@ def before(three: Lab) -> dict[str, dict[str, str]]:
 def groupware(
     three: Lab, before: dict[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GroupwareLab]:
-    keep = ROOT / "artifacts" / "lab-groupware"
-    with lab(keep=keep, lab_hosts=three.hosts) as g:
-        g.ready_timeout = 300.0  # per VM: TCG on two cores shared with three lab hosts
-        g.build()
-        g.serve()
-        g.publish_all()
-        g.start_utility()
-        g.write_user_files()
-        g.start()
-        g.plug_both()
+    with started_on_lab(three.hosts, keep=ROOT / "artifacts" / "lab-groupware") as g:
         yield g
 
 

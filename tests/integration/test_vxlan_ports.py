@@ -9,6 +9,7 @@ an address the host does not hold. Nothing leaves the namespace; it is deleted a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -93,6 +94,41 @@ def test_ensure_reconciles_the_port_and_its_flood_list(ns: str) -> None:
     assert ports.remove("col-vx100") is True
     assert "col-vx100" not in ip(ns, "-o", "link")
     assert ports.remove("col-vx100") is False
+
+
+def learned(ns: str, port: str) -> set[tuple[str, str]]:
+    """(MAC, dst) the VXLAN port knows besides its flood list."""
+    done = subprocess.run(
+        ["bridge", "-n", ns, "-j", "fdb", "show", "dev", port],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {
+        (e["mac"], e["dst"])
+        for e in json.loads(done.stdout)
+        if "dst" in e and e["mac"] != "00:00:00:00:00:00"
+    }
+
+
+def test_a_dropped_peer_takes_the_macs_learned_behind_it_along(ns: str) -> None:
+    """A VM that ran behind a failed host runs elsewhere now: the MAC learned behind the old
+    peer must not swallow unicast for 300 s; MACs behind peers that stay are kept when no peer
+    is dropped."""
+    ports = ShellPorts("t", ["ip", "netns", "exec", ns], remote=False)
+    both = PortSpec("col-vx100", "col-v100", 100, LOCAL, 1450, ("198.51.100.2", "198.51.100.3"))
+    ports.ensure(both)
+    for mac, dst in (("52:54:00:00:00:02", "198.51.100.2"), ("52:54:00:00:00:03", "198.51.100.3")):
+        subprocess.run(
+            ["bridge", "-n", ns, "fdb", "add", mac, "dev", "col-vx100", "dst", dst, "dynamic"],
+            check=True,
+        )  # as the kernel learns them from VXLAN packets
+    ports.ensure(both)  # nothing dropped: nothing forgotten
+    assert learned(ns, "col-vx100") == {
+        ("52:54:00:00:00:02", "198.51.100.2"),
+        ("52:54:00:00:00:03", "198.51.100.3"),
+    }
+    assert ports.ensure(dataclasses.replace(both, peers=("198.51.100.2",))) == ("198.51.100.2",)
+    assert learned(ns, "col-vx100") == set()  # relearned from the next packets
+    assert flood(ns, "col-vx100") == {"198.51.100.2"}
 
 
 def test_the_script_refuses_what_it_must_not_touch(ns: str) -> None:

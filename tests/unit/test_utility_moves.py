@@ -21,6 +21,7 @@ import pytest
 from tests.unit.test_utility_watchdog import Rig, live_allocations_are_unique_and_held, make_rig
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.migration import Migrated, MigrationFailed
+from utility.core import overlay
 from utility.core.desired_state import Interface, Network, VapState, Vm
 from utility.core.moves import Resident, next_health, rebalance, relocate
 from utility.core.placement import HostRoom, VmDemand, place
@@ -136,6 +137,29 @@ def test_relocate_keeps_names_and_addresses_and_networks_follow() -> None:
     assert [(n.host, n.name) for n in moved.networks] == [("h1", "col-v100"), ("h2", "col-v100")]
     both = relocate(state, {"a": "h2", "bb": "h2"})
     assert [(n.host, n.name) for n in both.networks] == [("h2", "col-v100")]
+
+
+def test_a_relocated_network_takes_its_new_host_s_underlay() -> None:
+    """A segment's network made on the host a VM moves to carries that host's underlay, not the
+    old host's: otherwise every peer floods to the old host (a failed one) and the VM is cut off."""
+    state = VapState(
+        "/x.cvl",
+        "A",
+        {"s": 100},
+        (_vm("a", "h1", "col-v100"), _vm("bb", "h2", "col-v100")),
+        (
+            Network("col-v100", "col-v100", "h1", "s", 100, "192.0.2.1"),
+            Network("col-v100", "col-v100", "h2", "s", 100, "192.0.2.2"),
+        ),
+    )
+    moved = relocate(state, {"a": "h3"}, {"h3": "192.0.2.3"})
+    assert {(n.host, n.underlay) for n in moved.networks} == {
+        ("h2", "192.0.2.2"),
+        ("h3", "192.0.2.3"),
+    }
+    assert overlay.peers(moved.networks)[("h2", "col-v100")] == ("192.0.2.3",)
+    back = relocate(moved, {"a": "h2"})  # a host the state knows keeps its own underlay
+    assert {(n.host, n.underlay) for n in back.networks} == {("h2", "192.0.2.2")}
 
 
 def test_placement_never_uses_an_unavailable_host_and_says_so() -> None:
@@ -490,3 +514,115 @@ def test_the_pages_show_a_failed_host_and_where_restored_data_came_from(rig: Rig
     vap = rig.api.get(f"/ui/vaps/{vap_id}", headers={"Accept": "text/html"})
     assert vap.status_code == 200, vap.data[:300]
     assert "restored after its host failed; data: hdb: the utility" in vap.get_data(as_text=True)
+
+
+def secret_appliance(tmp: Path) -> Path:
+    """A one-VM appliance with a required sensitive parameter `pw`; the user's CVL file."""
+    from utility.adapters.simulation import base_image, publisher_domain_xml
+
+    app = tmp / "vap" / "Secret"
+    app.mkdir(parents=True)
+    base_image(app / "system.qcow2")
+    (app / "x.vmx").write_text(publisher_domain_xml("s", 64))
+    (app / "Secret.cvl").write_text(
+        'Secret extends VMAppliance { var "required" "sensitive" pw; vm = "x.vmx"; }\n'
+    )
+    cvl = tmp / "vap" / "Mine.cvl"
+    cvl.write_text(
+        'import { url => "file:Secret", cvl => "Secret.cvl" } Secret;\nMine extends Secret { }\n'
+    )
+    return cvl
+
+
+def test_a_vm_with_sensitive_values_is_restarted_elsewhere_only_while_the_daemon_holds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.service.manager import ClusterManager
+
+    admin = Caller("root", "admin")
+    cvl = secret_appliance(tmp_path)
+    now, cut = [1000.0], set[str]()
+    state = tmp_path / "state"
+
+    def manager() -> ClusterManager:
+        return ClusterManager(state, host_fault=lambda name: name in cut, clock=lambda: now[0])
+
+    first = manager()
+    for name in ("h1", "h2", "h3"):
+        first.add_host(admin, name, simulated_host_uri(tmp_path, name), 1 << 30, 4)
+    first.add_vlans(admin, "100-101")
+    first.add_public_ips(admin, "192.0.2.1-192.0.2.2")
+    first.start(admin, str(cvl), {"pw": "hunter2"})
+    booted: list[Any] = []
+    apply = first.parts.applier.apply
+
+    def spy(vap_id: int, current: Any, target: Any, **kwargs: Any) -> Any:
+        booted.append(target)
+        return apply(vap_id, current, target, **kwargs)
+
+    monkeypatch.setattr(first.parts.applier, "apply", spy)
+    (vap,) = first.status(admin)
+    (vm,) = vap["components"]
+    cut.add(vm["host"])
+    first.check()
+    now[0] += 31
+    report = first.check()
+    assert len(report["moved"]) == 1, report
+    (moved,) = first.status(admin)[0]["components"]
+    assert moved["state"] == "running" and moved["host"] != vm["host"]
+    assert dict(booted[-1].vms[0].params)["pw"] == ("hunter2",)  # booted with the real value
+    assert moved["params"]["pw"] != ["hunter2"]  # and shown masked, as before
+    first.close()
+
+    again = manager()  # the daemon restarted: the value is gone, the VM stays lost
+    cut.add(moved["host"])
+    again.check()
+    now[0] += 31
+    report = again.check()
+    assert not report.get("moved"), report
+    (after,) = again.status(admin)[0]["components"]
+    assert after["state"] == "lost" and after["host"] == moved["host"]
+    assert "held only in memory" in again.history(admin)[-1]["result"]
+    again.close()
+    for path in tmp_path.rglob("*"):  # the value never reached a file
+        assert not path.is_file() or b"hunter2" not in path.read_bytes(), path
+
+
+def test_a_crashed_vm_with_sensitive_values_is_restarted_with_them_until_the_daemon_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from utility.adapters.simulation import simulated_host_uri
+    from utility.service.manager import ClusterManager
+
+    admin = Caller("root", "admin")
+    cvl = secret_appliance(tmp_path)
+    now = [1000.0]
+    state = tmp_path / "state"
+    first = ClusterManager(state, clock=lambda: now[0])
+    first.add_host(admin, "h1", simulated_host_uri(tmp_path, "h1"), 1 << 30, 4)
+    first.add_vlans(admin, "100-101")
+    first.add_public_ips(admin, "192.0.2.1-192.0.2.2")
+    first.start(admin, str(cvl), {"pw": "hunter2"})
+    restarted: list[Any] = []
+    restart = first.parts.applier.restart
+
+    def spy(vap_id: int, vm: Any) -> Any:
+        restarted.append(vm)
+        return restart(vap_id, vm)
+
+    monkeypatch.setattr(first.parts.applier, "restart", spy)
+    (vm,) = first.status(admin)[0]["components"]
+    first.host("h1").connection().lookupByName(vm["domain"]).destroy()
+    report = first.check()
+    assert report["restarted"] and dict(restarted[-1].params)["pw"] == ("hunter2",), report
+    assert first.status(admin)[0]["components"][0]["state"] == "running"
+    first.close()
+
+    again = ClusterManager(state, clock=lambda: now[0])  # the value is gone with the daemon
+    # (and the domain with the test driver's in-memory host: it is seen crashed at once)
+    report = again.check()
+    assert report["crashed"] and report["gave_up"], report
+    assert again.status(admin)[0]["components"][0]["state"] == "crashed"
+    assert "held only in memory" in again.history(admin)[-1]["result"]
+    again.close()

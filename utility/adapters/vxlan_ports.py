@@ -58,13 +58,22 @@ ensure)
   ip link show dev "$port" >/dev/null 2>&1 ||
     ip link add "$port" type vxlan id "$vni" dstport "$dstport" local "$local"
   ip link set dev "$port" mtu "$mtu" master "$br" up
-  have=" $(flood "$port" | tr '\n' ' ') "
+  have=" $(flood "$port" | tr '\n' ' ') " dropped=""
   for d in $have; do
-    case " $* " in *" $d "*) ;; *) bridge fdb del 00:00:00:00:00:00 dev "$port" dst "$d" ;; esac
+    case " $* " in *" $d "*) ;; *)
+      bridge fdb del 00:00:00:00:00:00 dev "$port" dst "$d"; dropped=1 ;; esac
   done
   for p in "$@"; do
     case "$have" in *" $p "*) ;; *) bridge fdb append 00:00:00:00:00:00 dev "$port" dst "$p" ;; esac
   done
+  if [ -n "$dropped" ]; then
+    # MACs learned behind a dropped peer (its VMs moved, or it failed) would swallow unicast
+    # until they age out (300 s): forget what the port and the bridge learned on it
+    bridge fdb show dev "$port" |
+      awk '$1 != "00:00:00:00:00:00" && $2 == "dst" && !/permanent/ {print $1, $3}' |
+      while read -r mac d; do bridge fdb del "$mac" dev "$port" dst "$d" 2>/dev/null || :; done
+    ip link set dev "$port" type bridge_slave fdb_flush 2>/dev/null || :
+  fi
   echo "flood:"
   flood "$port"
   ;;

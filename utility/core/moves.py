@@ -52,26 +52,26 @@ def relocate(
 ) -> VapState:
     """`state` with the VM at each path of `moves` on its new host; networks follow the VMs.
 
-    Everything that names the VM (domain, MACs, addresses, disks) stays: only `host` changes.
-    With `underlays` (host -> its underlay address), a segment's network on a host gets that
-    host's address (its VXLAN port's local end); without, it keeps the template's.
+    Everything that names the VM (domain, MACs, addresses, disks) stays: only `host` changes. A
+    network made on a host takes that host's underlay address (VXLAN's local end and what its
+    peers flood to): from `underlays` (host -> address), else from a network `state` already
+    has on that host, else the template's.
     """
     vms = tuple(
         dataclasses.replace(vm, host=moves[vm.path]) if vm.path in moves else vm for vm in state.vms
     )
     templates = {n.name: n for n in state.networks}
+    known = {n.host: n.underlay for n in state.networks}
+    known.update(underlays or {})
     wanted: dict[tuple[str, str], Network] = {}
     for vm in vms:
         for iface in vm.interfaces:
             template = templates.get(iface.network)
             if template is None:
                 continue
-            if (vm.host, template.name) in wanted:
-                continue
-            made = dataclasses.replace(template, host=vm.host)
-            if underlays is not None and template.vlan is not None:
-                made = dataclasses.replace(made, underlay=underlays.get(vm.host))
-            wanted[(vm.host, template.name)] = made
+            underlay = known.get(vm.host, template.underlay)
+            made = dataclasses.replace(template, host=vm.host, underlay=underlay)
+            wanted.setdefault((vm.host, template.name), made)
     return dataclasses.replace(
         state, vms=vms, networks=tuple(sorted(wanted.values(), key=lambda n: (n.host, n.name)))
     )

@@ -8,9 +8,10 @@ silent host) and steps its health with `utility.core.moves.next_health`:
   is `failed`: the VMs recorded on it become `lost` (they may still run behind a partition,
   so they keep their addresses and are never shown as running); recorded in events and in each
   VAP's history. No new VM is placed on a host that is not `up` (`Allocations.rooms`).
-- the lost VMs of a running VAP (restart policy `always`, no sensitive values held only in
-  memory) are restarted on good hosts: placement picks the hosts, `relocate` moves them in the
-  VAP's state (same domain names, MACs, addresses; networks follow), and the one executor boots
+- the lost VMs of a running VAP (restart policy `always`; sensitive parameters, if any, still
+  held in the daemon's memory: `HeldSecrets.unmask`) are restarted on good hosts: placement
+  picks the hosts, `relocate` moves them in the VAP's state (same domain names, MACs,
+  addresses; networks follow), and the one executor boots
   them in dependency order with their data disks from `restore.restore_data_disks` (status says
   from what). If no host has room they stay lost and each round tries again.
 - a failed host that answers again is `fencing`: every domain on it that the records place
@@ -27,9 +28,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from utility.adapters.host_storage import overlay_name
 from utility.adapters.libvirt_host import LibvirtHost
 from utility.adapters.restore import restore_data_disks
 from utility.adapters.store import ACTIVE, VapRow
+from utility.core import overlay
 from utility.core.desired_state import VapState
 from utility.core.moves import DEFAULT_GRACE, evacuation, next_health, relocate
 from utility.core.placement import VmDemand
@@ -186,15 +189,23 @@ class HostMonitor:
         if self.store.restart_policy(vap.id) != "always":
             return self._refuse(vap, "the VAP's restart policy is never", paths)
         if self.store.secret_keys(vap.id):
-            return self._refuse(vap, "its sensitive values are not stored to boot it with", paths)
+            full = p.secrets.unmask_state(vap.id, state, set(paths))
+            if full is None:
+                return self._refuse(
+                    vap,
+                    "its sensitive values were held only in memory (the daemon restarted since)",
+                    paths,
+                )
+            state = full
         vms = [vm for vm in state.vms if vm.path in paths]
+        underlays = {h.name: h.underlay for h in self.store.hosts()}
         try:
             with p.allocator.session() as db:
                 rooms = p.allocations.rooms(db)
                 placement = evacuation(
                     [VmDemand(vm.path, vm.memory) for vm in vms], rooms, p.settings.placement
                 )
-                target = relocate(state, placement)
+                target = relocate(state, placement, underlays)
                 for path, host in placement.items():
                     db.execute(
                         "UPDATE vms SET host=?, state='pending' WHERE vap_id=? AND path=?",
@@ -204,7 +215,7 @@ class HostMonitor:
         except PlacementError as exc:
             return self._refuse(vap, str(exc), paths)
         sources = {vm.path: restore_data_disks(vm, self.wall()) for vm in vms}
-        current = _without(relocate(state, placement), set(paths))
+        current = _as_left(state, set(paths), placement)
         outcome = p.applier.apply(vap.id, current, target, keep_going=True).outcome
         done = {k.removeprefix("vm:") for k in outcome.done}
         restarted = []
@@ -246,6 +257,7 @@ class HostMonitor:
             for row in rows.values():
                 if row.host == host and row.state == LOST:
                     self.store.set_vm(row.vap_id, row.path, "crashed")
+            self._drop_stale_volumes(host, vaps, rows)
             self._drop_stale_networks(host)
         except UtilityError as exc:
             self.store.event(None, "host", f"host {host}: fencing failed, tried again: {exc}")
@@ -259,8 +271,25 @@ class HostMonitor:
             self.store.add_history(vap.name, "fenced", [f"✗ {d}" for d in destroyed], {}, text)
         return True
 
+    def _drop_stale_volumes(self, host: str, vaps: dict[int, VapRow], rows: dict[str, Any]) -> None:
+        """Delete the pool volumes on `host` of VMs that now run elsewhere (their overlays and
+        data disks as the host had them when it failed: what was written there since the last
+        backup is given up, README "What is lost"). VMs still placed on `host` keep theirs."""
+        wrapper = self.parts.hosts.host(host)
+        if wrapper.is_test:
+            return
+        present = set(wrapper.storage.volumes())
+        for row in rows.values():
+            state = vaps[row.vap_id].state
+            vm = state.vm(row.path) if state is not None else None
+            if row.host == host or vm is None:
+                continue
+            if any(overlay_name(vm, disk) in present for disk in vm.disks):
+                wrapper.storage.release(vm, keep_data=False)
+
     def _drop_stale_networks(self, host: str) -> None:
-        """Remove the utility's networks on `host` that no active VAP's state places there."""
+        """Remove the utility's networks on `host` that no active VAP's state places there, each
+        with its VXLAN port (the port would flood to hosts that no longer expect it)."""
         prefix = self.parts.settings.prefix + "-"
         wanted = {
             n.name
@@ -270,8 +299,11 @@ class HostMonitor:
             if n.host == host
         }
         wrapper = self.parts.hosts.host(host)
+        underlay = next((h.underlay for h in self.store.hosts() if h.name == host), None)
         for name in wrapper.networks():
             if name.startswith(prefix) and name not in wanted:
+                if underlay is not None and overlay.is_segment_bridge(name):
+                    wrapper.ports.remove(overlay.port_name(name))  # and its flood entries
                 wrapper.remove_network(name)
 
     def describe(self) -> list[dict[str, Any]]:
@@ -279,7 +311,15 @@ class HostMonitor:
         return [dataclasses.asdict(h) for h in self.store.host_health().values()]
 
 
-def _without(state: VapState, paths: set[str]) -> VapState:
-    """`state` minus the VMs at `paths` (exactly those), networks following the rest."""
+def _as_left(state: VapState, paths: set[str], placement: dict[str, str]) -> VapState:
+    """What runs of `state` once its VMs at `paths` are lost: the other VMs, where they are,
+    and every network of `state` still standing, also those on the failed hosts. The VXLAN
+    ports of the good hosts still flood to the failed ones: the plan from here to the relocated
+    state sets their flood lists (`~net`) without the failed hosts, and tries to take the
+    failed hosts' networks down (`-net`, last; it fails while such a host does not answer, and
+    fencing removes them when it does)."""
     kept = dataclasses.replace(state, vms=tuple(vm for vm in state.vms if vm.path not in paths))
-    return relocate(kept, {})
+    standing = {(n.host, n.name) for n in relocate(kept, {}).networks}
+    failed = {vm.host for vm in state.vms if vm.path in paths and vm.host != placement[vm.path]}
+    networks = tuple(n for n in state.networks if (n.host, n.name) in standing or n.host in failed)
+    return dataclasses.replace(kept, networks=networks)

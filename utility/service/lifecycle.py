@@ -136,6 +136,7 @@ class Lifecycle:
                     vap_id, checked, proposal.addressing, proposal.placement, bases, secrets
                 )
                 self.store.set_vap(vap_id, state=state)
+                p.secrets.hold(vap_id, state)
                 outcome = p.applier.apply(vap_id, None, state).outcome
                 if not outcome.ok:
                     raise UtilityError(outcome.error or "start failed")

@@ -200,6 +200,7 @@ class Updating:
             if a.op is Op.REMOVE and a.vm is not None and a.key in outcome.done
         }
         self._settle(vap_id, after, {vm.path for vm in checked.model.vms()}, removed)
+        self.parts.secrets.hold(vap_id, after)
         self.store.set_vap(vap_id, status="running", state=after, error=outcome.error)
         if outcome.error is None:
             self.store.add_vap_bundle(vap_id, checked.source.bundle.digest)

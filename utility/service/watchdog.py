@@ -152,9 +152,17 @@ class Watchdog:
             if row.state != "crashed" or vm is None or key in self.gave_up:
                 continue
             if self.store.secret_keys(vap.id):
-                self._give_up(vap, row.path, "its sensitive values are not stored to boot it with")
-                report["gave_up"].append(f"{vap.name}:{row.path}")
-                continue
+                full = self.parts.secrets.unmask(vap.id, vm)
+                if full is None:
+                    self._give_up(
+                        vap,
+                        row.path,
+                        "its sensitive values were held only in memory (the "
+                        "daemon restarted since)",
+                    )
+                    report["gave_up"].append(f"{vap.name}:{row.path}")
+                    continue
+                vm = full
             now = self.clock()
             due = self.backoff.due(key, now)
             if due is None:
