@@ -256,3 +256,66 @@ def test_a_migration_the_target_refuses_leaves_the_vm_running_on_its_source(
     assert [v for v in volumes(g.lab_host(source)) if v.startswith(domain)]
     records = g.history()
     assert len(records) == history + 1 and "failed" in str(records[-1]["result"])
+
+
+def memory_by_host(g: GroupwareLab, hosts: list[str]) -> dict[str, int]:
+    """MiB of running VMs per lab host, from `cui status`."""
+    used = dict.fromkeys(hosts, 0)
+    for row in g.status().values():
+        used[str(row["host"])] += int(str(row["memory"]))
+    return used
+
+
+def test_a_rebalance_plan_is_shown_then_carried_out_by_live_migration(
+    groupware: GroupwareLab, three: Lab
+) -> None:
+    """Every VM crowded onto one host with `cui move`; `cui rebalance --dry-run` prints the
+    migrations that even memory out and moves nothing; `cui rebalance` carries out exactly
+    those, live (same domains, MACs and parameters, DNS and LDAP answering with their data);
+    afterwards the plan is empty (a balanced cluster is a fixed point)."""
+    g = groupware
+    assert g.cvl is not None
+    names = [h.name for h in three.hosts]
+    crowded = max(names, key=lambda n: (memory_by_host(g, names)[n], n))
+    for path, host in sorted(g.hosts_of().items()):
+        if host != crowded:
+            g.cui("move", str(g.cvl), path, "--to", crowded)
+    assert set(g.hosts_of().values()) == {crowded}
+    before, ids, macs_before = g.status(), g.domain_ids(), macs(g)
+    used_before = memory_by_host(g, names)
+
+    dry = json.loads(g.cui("rebalance", "--dry-run", "--json"))
+    print(f"rebalance plan: {dry['lines']}", file=sys.stderr)
+    assert dry["moves"] and not dry["applied"] and dry["moved"] == []
+    assert all(m["source"] == crowded and m["target"] != crowded for m in dry["moves"])
+    assert set(g.hosts_of().values()) == {crowded} and g.domain_ids() == ids  # nothing moved
+    shown = run([*CUI, "rebalance", "--dry-run"], env=g.env).stdout
+    assert all(line in shown for line in dry["lines"]), shown
+
+    began = time.monotonic()
+    done = json.loads(g.cui("rebalance", "--json"))
+    print(
+        f"rebalance: {len(done['moved'])} migrations in {time.monotonic() - began:.1f} s: "
+        f"{[(m['path'], m['to'], m['downtime_ms']) for m in done['moved']]}",
+        file=sys.stderr,
+    )
+    assert done["applied"] and done["failed"] == []
+    planned = {(m["key"].rpartition(":")[2], m["target"]) for m in dry["moves"]}
+    assert {(m["path"], m["to"]) for m in done["moved"]} == planned
+    placed = g.hosts_of()
+    assert {(p, placed[p]) for p, _ in planned} == planned
+    used_after = memory_by_host(g, names)
+    assert max(used_after.values()) < max(used_before.values())
+    assert min(used_after.values()) > 0  # every host carries VMs again
+    assert json.loads(g.cui("rebalance", "--dry-run", "--json"))["moves"] == []
+
+    after = g.status()
+    assert all(r["state"] == "running" for r in after.values()), after
+    assert {p: r["domain"] for p, r in after.items()} == {p: r["domain"] for p, r in before.items()}
+    assert {p: r["params"] for p, r in after.items()} == {p: r["params"] for p, r in before.items()}
+    assert macs(g) == macs_before
+    inside = g.namespaces["in"]
+    dns = g.param("d", "ethernet0.ip")
+    assert inside.dig(dns, "kept.acme.org") == ["192.0.2.7"]
+    assert inside.dig(dns, "l.acme.org") == [g.param("l", "ethernet0.ip")]
+    assert has_alice(g)
