@@ -520,17 +520,19 @@ class HostStorage:
         paths: dict[str, str] = {}
         for disk in vm.disks:
             if disk.role == "program":
-                chain = local_chain(Path(disk.base))
-                backing = ""
-                for link in chain:
-                    backing = self.ensure_object(link)
-                top = chain[-1]
-                paths[disk.target] = self._overlay(
-                    overlay_name(vm, disk), backing, top.format, top.virtual_size
-                )
+                paths[disk.target] = self._program_overlay(overlay_name(vm, disk), disk)
             else:
                 paths[disk.target] = self._data_disk(overlay_name(vm, disk), disk)
         return paths
+
+    def _program_overlay(self, name: str, disk: Disk) -> str:
+        """The chain objects uploaded where missing, and a fresh overlay `name` on its top."""
+        chain = local_chain(Path(disk.base))
+        backing = ""
+        for link in chain:
+            backing = self.ensure_object(link)
+        top = chain[-1]
+        return self._overlay(name, backing, top.format, top.virtual_size)
 
     def _overlay(self, name: str, backing: str, fmt: str, capacity: int) -> str:
         def make(c: libvirt.virConnect) -> str:
@@ -586,12 +588,7 @@ class HostStorage:
             for disk in vm.disks:
                 name = overlay_name(vm, disk)
                 if disk.role == "program":
-                    chain = local_chain(Path(disk.base))
-                    backing = ""
-                    for link in chain:
-                        backing = self.ensure_object(link)
-                    top = chain[-1]
-                    paths[disk.target] = self._overlay(name, backing, top.format, top.virtual_size)
+                    paths[disk.target] = self._program_overlay(name, disk)
                 else:
                     fmt, capacity = data_disks[disk.target]
                     paths[disk.target] = self._empty(name, fmt, capacity)
