@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from cui.utility_cmds import client_options, emit, host_group
+from cui.utility_cmds import DiskProgress, client_options, emit, host_group
 from utility.client.daemon_client import UtilityClient
 
 
@@ -44,7 +44,11 @@ def host_drain(name: str, as_json: bool, client: UtilityClient) -> None:
         for line in r["failed"]:
             click.echo(f"not moved: {line}", err=True)
 
-    result = client.drain(name)
+    if as_json:
+        result = client.drain(name)
+    else:
+        with DiskProgress("migrating") as progress:
+            result = client.drain(name, progress)
     emit(result, as_json, render)
     if result["failed"]:
         raise SystemExit(1)
@@ -71,7 +75,11 @@ def move_command(vap: str, component: str, host: str, as_json: bool, client: Uti
     it was)."""
     from cui.utility_cmds import vap_ref
 
-    result = client.move(vap_ref(vap), component, host)
+    if as_json:
+        result = client.move(vap_ref(vap), component, host)
+    else:
+        with DiskProgress("migrating") as progress:
+            result = client.move(vap_ref(vap), component, host, progress)
     emit(result, as_json, lambda m: click.echo(_moved_line(m)))
 
 
@@ -81,8 +89,13 @@ def move_command(vap: str, component: str, host: str, as_json: bool, client: Uti
 @client_options
 def rebalance_command(dry_run: bool, as_json: bool, client: UtilityClient) -> None:
     """Even out memory use across hosts with live migrations (spread policy; pack keeps hosts
-    uneven on purpose). The plan is printed first: → VAP:COMPONENT FROM → TO (memory)."""
-    result = client.rebalance(dry_run)
+    uneven on purpose). The plan is printed as → VAP:COMPONENT FROM → TO (memory), with each
+    migration's figures; while they run, their progress is shown on stderr."""
+    if as_json or dry_run:
+        result = client.rebalance(dry_run)
+    else:
+        with DiskProgress("migrating") as progress:
+            result = client.rebalance(dry_run, progress)
 
     def render(r: dict[str, Any]) -> None:
         if not r["lines"]:

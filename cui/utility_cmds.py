@@ -690,12 +690,14 @@ def _ask(param: str) -> str:
 
 
 class DiskProgress:
-    """Shows disk downloads on stderr while the daemon fetches them: rich progress bars on a
-    terminal, otherwise one line per quarter of each download (logs stay short)."""
+    """Shows disk downloads (or, with `verb="migrating"`, live migrations) on stderr while the
+    daemon works: rich progress bars on a terminal, otherwise one line per quarter of each
+    (logs stay short)."""
 
-    def __init__(self) -> None:
+    def __init__(self, verb: str = "fetching") -> None:
         from rich.console import Console
 
+        self.verb = verb
         self.console = Console(stderr=True)
         self.bars: Any = None
         self.tasks: dict[str, Any] = {}
@@ -712,7 +714,7 @@ class DiskProgress:
             )
 
             self.bars = Progress(
-                TextColumn("fetching {task.description}"),
+                TextColumn(f"{self.verb} {{task.description}}"),
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
@@ -733,7 +735,7 @@ class DiskProgress:
         if self.quarters.get(label) != quarter:
             self.quarters[label] = quarter
             self.console.print(
-                f"fetching {label}: {quarter * 25}% of {format_size(total)}",
+                f"{self.verb} {label}: {quarter * 25}% of {format_size(total)}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -44,3 +44,49 @@ def test_the_target_xml_names_the_target_paths_and_leaves_the_rest() -> None:
 def test_the_larger_of_two_counts_either_unknown() -> None:
     assert _larger(None, None) is None
     assert _larger(3, None) == 3 and _larger(None, 4) == 4 and _larger(5, 2) == 5
+
+
+def test_job_progress_counts_memory_and_disks_and_falls_back_to_data_totals() -> None:
+    from utility.adapters.migration import job_progress
+
+    both = {"memory_processed": 30, "memory_total": 100, "disk_processed": 5, "disk_total": 20}
+    assert job_progress(both) == (35, 120)
+    assert job_progress({"data_processed": 7, "data_total": 9}) == (7, 9)
+    # memory's total can lag what was sent (dirtied pages are sent again): never below done
+    assert job_progress({"memory_processed": 150, "memory_total": 100}) == (150, 150)
+    assert job_progress({}) == (0, 0)
+
+
+def test_the_job_watch_reports_progress_while_a_job_runs_and_nothing_without_one() -> None:
+    import threading
+
+    import libvirt
+
+    from utility.adapters.migration import _JobWatch
+
+    class Dom:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def jobStats(self, _flags: int) -> dict[str, int]:  # noqa: N802 - libvirt's name
+            self.calls += 1
+            if self.calls < 3:
+                return {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+            return {
+                "type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+                "memory_processed": self.calls,
+                "memory_total": 10,
+            }
+
+    seen: list[tuple[int, int]] = []
+    enough = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        if len(seen) >= 2:
+            enough.set()
+
+    dom = Dom()
+    with _JobWatch(dom, 0.01, progress):
+        assert enough.wait(5)
+    assert seen[0] == (3, 10) and seen[1] == (4, 10)  # none while no job ran

@@ -11,8 +11,9 @@ target from the source's XML, destroy it on the source); the real one runs in th
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,19 @@ class CopyMigrator:
         self.calls: list[tuple[str, str, str]] = []
 
     def migrate(
-        self, source: LibvirtHost, target: LibvirtHost, domain: str, vm: Vm | None = None
+        self,
+        source: LibvirtHost,
+        target: LibvirtHost,
+        domain: str,
+        vm: Vm | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Migrated:
         self.calls.append((source.name, target.name, domain))
         if self.fail:
             raise MigrationFailed(f"migration of {domain} failed; it still runs on {source.name}")
+        if progress is not None:  # as the job-statistics poller reports a live migration
+            progress(40 * MiB, 100 * MiB)
+            progress(100 * MiB, 100 * MiB)
         dom = source.connection().lookupByName(domain)
         target.connection().createXML(dom.XMLDesc(0), 0)
         dom.destroy()
@@ -362,6 +371,25 @@ def test_drain_moves_every_vm_off_and_takes_no_new_ones_until_undrained(rig: Rig
     third = rig.start("third")["vap"]
     assert host in {c["host"] for c in rig.status(third)["components"]}  # emptiest again
     live_allocations_are_unique_and_held(rig)
+
+
+def test_a_streamed_drain_reports_each_migrations_progress_then_the_result(rig: Rig) -> None:
+    """`Accept: application/x-ndjson` (what `cui host drain` asks for): one progress line per
+    statistics sample of each migration, labelled VAP:COMPONENT FROM → TO, in bytes; then the
+    same result as the plain answer."""
+    cvl = rig.start("acme")["vap"]
+    host = rig.component(cvl, "d")["host"]
+    answer = rig.api.post(f"/v1/hosts/{host}/drain", headers={"Accept": "application/x-ndjson"})
+    assert answer.status_code == 200 and answer.mimetype == "application/x-ndjson"
+    lines = [json.loads(line) for line in answer.get_data(as_text=True).splitlines() if line]
+    progress = [line["progress"] for line in lines if "progress" in line]
+    target = next(c["host"] for c in rig.status(cvl)["components"] if c["path"] == "d")
+    label = f"{cvl}:d {host} → {target}"
+    assert progress == [
+        {"label": label, "done": 40 * MiB, "total": 100 * MiB},
+        {"label": label, "done": 100 * MiB, "total": 100 * MiB},
+    ]
+    assert "result" in lines[-1] and [m["path"] for m in lines[-1]["result"]["moved"]] == ["d"]
 
 
 def _one_loaded_host_then_two_empty(tmp_path: Path) -> tuple[Rig, str]:

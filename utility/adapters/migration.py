@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -67,14 +68,24 @@ class Migrated:
     chain_bytes: int = 0  # chain objects the target lacked, uploaded by content address first
 
 
+Progress = Callable[[int, int], None]
+"""Called with (bytes copied so far, bytes to copy in all: memory + disks) during a migration."""
+
+
 class Migrator(Protocol):
     """Moves a running domain from one host to another, or leaves it where it was."""
 
     def migrate(
-        self, source: LibvirtHost, target: LibvirtHost, domain: str, vm: Vm | None = None
+        self,
+        source: LibvirtHost,
+        target: LibvirtHost,
+        domain: str,
+        vm: Vm | None = None,
+        progress: Progress | None = None,
     ) -> Migrated:
-        """Migrate `domain` live (with the disks of `vm` when given); MigrationFailed (domain
-        still on `source`) otherwise."""
+        """Migrate `domain` live (with the disks of `vm` when given), calling `progress(bytes
+        done, bytes in all)` while it runs; MigrationFailed (domain still on `source`)
+        otherwise."""
         ...
 
 
@@ -113,9 +124,15 @@ class LibvirtMigrator:
         return flags
 
     def migrate(
-        self, source: LibvirtHost, target: LibvirtHost, domain: str, vm: Vm | None = None
+        self,
+        source: LibvirtHost,
+        target: LibvirtHost,
+        domain: str,
+        vm: Vm | None = None,
+        progress: Progress | None = None,
     ) -> Migrated:
-        """Migrate `domain` from `source` to `target`, copying `vm`'s disks (module docstring)."""
+        """Migrate `domain` from `source` to `target`, copying `vm`'s disks (module docstring);
+        `progress` is called from the statistics poller while the job runs."""
         try:
             dom = source.connection().lookupByName(domain)
             persistent = bool(dom.isPersistent())
@@ -130,8 +147,10 @@ class LibvirtMigrator:
         if self.bandwidth_mib:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib
         if vm is None or not vm.disks or self.shared_storage:
-            return self._run(source, target, dom, domain, params, self.flags(persistent))
-        return self._with_disks(source, target, dom, vm, params, self.flags(persistent, True))
+            return self._run(source, target, dom, domain, params, self.flags(persistent), progress)
+        return self._with_disks(
+            source, target, dom, vm, params, self.flags(persistent, True), progress
+        )
 
     def _with_disks(
         self,
@@ -141,6 +160,7 @@ class LibvirtMigrator:
         vm: Vm,
         params: dict[str, Any],
         flags: int,
+        progress: Progress | None = None,
     ) -> Migrated:
         """Volumes made on the target, the migration copying the top images, the source's
         volumes deleted after success or the target's after failure."""
@@ -178,7 +198,7 @@ class LibvirtMigrator:
                 dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), paths
             )
         try:
-            done = self._run(source, target, dom, domain, params, flags)
+            done = self._run(source, target, dom, domain, params, flags, progress)
         except MigrationFailed as exc:
             if _still_on(source, domain) and not _still_on(target, domain):
                 removed = self._remove_made(target, vm)
@@ -221,10 +241,11 @@ class LibvirtMigrator:
         domain: str,
         params: dict[str, Any],
         flags: int,
+        progress: Progress | None = None,
     ) -> Migrated:
         """Peer-to-peer, else client-driven; the job's numbers."""
         notes: list[str] = []
-        with _JobWatch(dom, self.poll) as watch:
+        with _JobWatch(dom, self.poll, progress) as watch:
             try:
                 dom.migrateToURI3(target.uri, params, flags)
                 mode = "peer-to-peer"
@@ -273,9 +294,10 @@ class _JobWatch:
     `last` is the last non-empty answer (the source's view, kept for when the target's
     completed record lacks a number)."""
 
-    def __init__(self, dom: Any, interval: float) -> None:
+    def __init__(self, dom: Any, interval: float, progress: Progress | None = None) -> None:
         self.dom = dom
         self.interval = interval
+        self.progress = progress
         self.last: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="migration-stats", daemon=True)
@@ -296,6 +318,19 @@ class _JobWatch:
                 continue
             if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE:
                 self.last = dict(stats)
+                if self.progress is not None:
+                    self.progress(*job_progress(self.last))
+
+
+def job_progress(stats: dict[str, Any]) -> tuple[int, int]:
+    """(bytes done, bytes in all) of a running migration job's statistics: memory and disks
+    (a disk copy's total is known from the start, memory's grows while pages are dirtied)."""
+    done = (_number(stats, "memory_processed") or 0) + (_number(stats, "disk_processed") or 0)
+    total = (_number(stats, "memory_total") or 0) + (_number(stats, "disk_total") or 0)
+    if not total:
+        done = _number(stats, "data_processed") or 0
+        total = _number(stats, "data_total") or 0
+    return done, max(total, done)
 
 
 def _source_disks(xml: str) -> dict[str, _SourceDisk]:

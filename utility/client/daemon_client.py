@@ -210,18 +210,32 @@ class UtilityClient:
     def host_dead(self, name: str) -> Any:
         return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/dead")
 
-    def drain(self, name: str) -> Any:
-        return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/drain")
+    def drain(self, name: str, progress: Callable[[str, int, int], None] | None = None) -> Any:
+        path = f"/v1/hosts/{quote(name, safe='')}/drain"
+        if progress is not None:
+            return self.streamed(path, {}, progress)
+        return self.request("POST", path)
 
     def undrain(self, name: str) -> Any:
         return self.request("POST", f"/v1/hosts/{quote(name, safe='')}/undrain")
 
-    def move(self, name: str, component: str, host: str) -> Any:
-        return self.request(
-            "POST", "/v1/vaps/move", {"name": name, "component": component, "host": host}
-        )
+    def move(
+        self,
+        name: str,
+        component: str,
+        host: str,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Any:
+        body = {"name": name, "component": component, "host": host}
+        if progress is not None:
+            return self.streamed("/v1/vaps/move", body, progress)
+        return self.request("POST", "/v1/vaps/move", body)
 
-    def rebalance(self, dry_run: bool) -> Any:
+    def rebalance(
+        self, dry_run: bool, progress: Callable[[str, int, int], None] | None = None
+    ) -> Any:
+        if progress is not None:
+            return self.streamed("/v1/rebalance", {"dry_run": dry_run}, progress)
         return self.request("POST", "/v1/rebalance", {"dry_run": dry_run})
 
     def add_vlans(self, spec: str) -> Any:

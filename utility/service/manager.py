@@ -440,11 +440,14 @@ class ClusterManager:
                 row.update(health=h.health, since=h.since, drained=h.drained, note=h.note)
         return rows
 
-    def drain(self, caller: Caller, name: str) -> dict[str, Any]:
-        """Close host `name` to new VMs and live-migrate every VM off it."""
+    def drain(
+        self, caller: Caller, name: str, progress: FetchReport | None = None
+    ) -> dict[str, Any]:
+        """Close host `name` to new VMs and live-migrate every VM off it (`progress(label,
+        bytes done, bytes in all)` per migration while it copies)."""
         self.policy.require_admin(caller, "drain hosts")
         self.hosts_service.host(name)  # NotFound for an unknown host
-        return self.mover.drain(name, caller.name)
+        return self.mover.drain(name, caller.name, progress)
 
     def undrain(self, caller: Caller, name: str) -> dict[str, Any]:
         """Reopen a drained host to placements."""
@@ -452,16 +455,25 @@ class ClusterManager:
         self.hosts_service.host(name)
         return self.mover.undrain(name, caller.name)
 
-    def move(self, caller: Caller, ref: str, component: str, host: str) -> dict[str, Any]:
+    def move(
+        self,
+        caller: Caller,
+        ref: str,
+        component: str,
+        host: str,
+        progress: FetchReport | None = None,
+    ) -> dict[str, Any]:
         """Live-migrate one component VM of a running VAP (`NAME`, `OWNER/NAME` or a CVL file)
         to `host` (administrators: it overrides placement)."""
         self.policy.require_admin(caller, "move VMs between hosts")
-        return self.mover.move(self.vap_name(caller, ref), component, host, caller.name)
+        return self.mover.move(self.vap_name(caller, ref), component, host, caller.name, progress)
 
-    def rebalance(self, caller: Caller, dry_run: bool) -> dict[str, Any]:
+    def rebalance(
+        self, caller: Caller, dry_run: bool, progress: FetchReport | None = None
+    ) -> dict[str, Any]:
         """Plan (and unless `dry_run`, carry out) moves that even out memory use."""
         self.policy.require_admin(caller, "rebalance hosts")
-        return self.mover.rebalance(caller.name, dry_run)
+        return self.mover.rebalance(caller.name, dry_run, progress)
 
     def add_vlans(self, caller: Caller, spec: str) -> int:
         """Add a VLAN range such as "100-163"."""

@@ -33,6 +33,7 @@ from utility.core.placement import VmDemand, place
 from utility.core.planner import Plan, diff
 from utility.errors import Conflict, NotFound, UtilityError
 from utility.service.lifecycle import Parts
+from utility.service.pipeline import FetchReport as Report
 
 
 class Mover:
@@ -54,11 +55,14 @@ class Mover:
 
     # -- one VM ---------------------------------------------------------------------------------
 
-    def move(self, name: str, component: str, target: str, who: str) -> dict[str, Any]:
-        """Live-migrate `component` of VAP `name` (`owner/short name`) to host `target`."""
+    def move(
+        self, name: str, component: str, target: str, who: str, progress: Report | None = None
+    ) -> dict[str, Any]:
+        """Live-migrate `component` of VAP `name` (`owner/short name`) to host `target`;
+        `progress(label, bytes done, bytes in all)` while it copies."""
         with self.parts.locks.for_path(name):
             vap = self._running(name)
-            return self._move(vap, component, target, who)
+            return self._move(vap, component, target, who, progress)
 
     def _running(self, name: str) -> VapRow:
         vap = self.store.vap_by_name(name)
@@ -86,7 +90,14 @@ class Mover:
                 f"{room.max_vms - room.used_vms} VM slot(s)"
             )
 
-    def _move(self, vap: VapRow, component: str, target: str, who: str) -> dict[str, Any]:
+    def _move(
+        self,
+        vap: VapRow,
+        component: str,
+        target: str,
+        who: str,
+        progress: Report | None = None,
+    ) -> dict[str, Any]:
         p = self.parts
         state = vap.state
         assert state is not None
@@ -107,7 +118,9 @@ class Mover:
             raise UtilityError(f"move of {component} to {target}: {up.error}; nothing moved")
         source, dest = p.hosts.host(vm.host), p.hosts.host(target)
         try:
-            result = self.migrator.migrate(source, dest, vm.domain, vm)
+            label = f"{vap.name}:{component} {vm.host} → {target}"
+            copying = (lambda done, total: progress(label, done, total)) if progress else None
+            result = self.migrator.migrate(source, dest, vm.domain, vm, copying)
         except UtilityError as exc:
             self._networks(vap.id, during, state)
             text = f"move of {component} from {vm.host} to {target} failed: {exc}"
@@ -167,8 +180,9 @@ class Mover:
 
     # -- drain ----------------------------------------------------------------------------------
 
-    def drain(self, host: str, who: str) -> dict[str, Any]:
-        """Close `host` to new VMs and move every VM off it (failures listed, VM left there)."""
+    def drain(self, host: str, who: str, progress: Report | None = None) -> dict[str, Any]:
+        """Close `host` to new VMs and move every VM off it (failures listed, VM left there);
+        `progress` as for `move`, per VM."""
         self.store.set_drained(host, True)
         self.store.event(None, "host", f"{who} drained host {host}")
         moved: list[dict[str, Any]] = []
@@ -187,7 +201,7 @@ class Mover:
                             self._rehome(current, row.path, target)
                             rehomed.append(f"{key} → {target}")
                             continue
-                        moved.append(self._move(current, row.path, target, who))
+                        moved.append(self._move(current, row.path, target, who, progress))
                 except UtilityError as exc:
                     failed.append(f"{key}: {exc}")
         return {"host": host, "moved": moved, "rehomed": rehomed, "failed": failed}
@@ -213,8 +227,9 @@ class Mover:
 
     # -- rebalance ------------------------------------------------------------------------------
 
-    def rebalance(self, who: str, dry_run: bool) -> dict[str, Any]:
-        """Plan moves that even out memory use; carry them out unless `dry_run`."""
+    def rebalance(self, who: str, dry_run: bool, progress: Report | None = None) -> dict[str, Any]:
+        """Plan moves that even out memory use; carry them out unless `dry_run` (`progress` as
+        for `move`)."""
         plan = self.plan()
         result: dict[str, Any] = {
             "lines": [m.describe() for m in plan],
@@ -228,7 +243,7 @@ class Mover:
         for move in plan:
             cvl, _, path = move.key.rpartition(":")
             try:
-                result["moved"].append(self.move(cvl, path, move.target, who))
+                result["moved"].append(self.move(cvl, path, move.target, who, progress))
             except UtilityError as exc:
                 result["failed"].append(f"{move.key}: {exc}")
         return result

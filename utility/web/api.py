@@ -12,10 +12,12 @@ every request needs a valid token. Tokens are looked up on every request, so a r
 refused from the next request on; no token may be named `local` (the socket's caller) or
 `auto-update` (`utility.service.policy.RESERVED_NAMES`).
 
-Progress: `POST /v1/vaps/start` and `/v1/vaps/update` with `Accept: application/x-ndjson`
-answer a stream of JSON lines instead: `{"progress": {"label", "done", "total"}}` while disk
-objects download, then `{"result": ...}` or `{"error", "kind", "status", "problems"?}` (the
-HTTP status is already 200 by then, so the error's status travels in the line).
+Progress: `POST /v1/vaps/start`, `/v1/vaps/update`, `/v1/vaps/move`, `/v1/rebalance` and
+`/v1/hosts/NAME/drain` with `Accept: application/x-ndjson` answer a stream of JSON lines instead:
+`{"progress": {"label", "done", "total"}}` while disk objects download or a live migration
+copies (bytes of memory and disks), then `{"result": ...}` or `{"error", "kind", "status",
+"problems"?}` (the HTTP status is already 200 by then, so the error's status travels in the
+line).
 """
 
 from __future__ import annotations
@@ -209,7 +211,10 @@ def create_app(
 
     @app.post("/v1/hosts/<name>/drain")
     def drain_host(name: str) -> Any:
-        return jsonify(manager.drain(caller(), valid.clean_text(name, "name")))
+        who, host = caller(), valid.clean_text(name, "name")
+        if wants_stream():
+            return streamed(lambda report: manager.drain(who, host, report))
+        return jsonify(manager.drain(who, host))
 
     @app.post("/v1/hosts/<name>/undrain")
     def undrain_host(name: str) -> Any:
@@ -219,11 +224,17 @@ def create_app(
     def move() -> Any:
         data = body()
         name, component, host = field(data, "name"), field(data, "component"), field(data, "host")
-        return jsonify(manager.move(caller(), name, component, valid.clean_text(host, "host")))
+        who, target = caller(), valid.clean_text(host, "host")
+        if wants_stream():
+            return streamed(lambda report: manager.move(who, name, component, target, report))
+        return jsonify(manager.move(who, name, component, target))
 
     @app.post("/v1/rebalance")
     def rebalance() -> Any:
-        return jsonify(manager.rebalance(caller(), valid.boolean(body(), "dry_run")))
+        who, dry_run = caller(), valid.boolean(body(), "dry_run")
+        if wants_stream():
+            return streamed(lambda report: manager.rebalance(who, dry_run, report))
+        return jsonify(manager.rebalance(who, dry_run))
 
     @app.post("/v1/vlans")
     def add_vlans() -> Any:
