@@ -349,6 +349,34 @@ def test_a_guest_that_restarts_gets_the_parameters_again(
     assert got == [PARAMS, PARAMS]
 
 
+def test_a_guest_that_never_reads_params_times_out_saying_how_often_they_were_sent(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure seen once on a lab host: the guest says HELLO on and on, never READY, though
+    PARAMS went out again after every grace period: the error says so, with the line's size."""
+    monkeypatch.setattr(channel_mod, "REHELLO_GRACE", 0.1)
+
+    def guest(conn: socket.socket, g: FakeGuest) -> None:
+        conn.settimeout(0.05)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:  # deaf: HELLO forever, whatever arrives is dropped
+            conn.sendall(b"COLLECTIVE HELLO 1\n")
+            try:
+                conn.recv(65536)
+            except TimeoutError:
+                pass
+
+    FakeGuest(sock_path, guest)
+    size = len(channel_mod.params_line(PARAMS))
+    with GuestChannel(sock_path, connect_timeout=5) as ch:
+        with pytest.raises(
+            GuestChannelError,
+            match=rf"no READY .*HELLO 1.*PARAMS sent \d+ times, {size} bytes each; the guest kept",
+        ):
+            ch.deliver(PARAMS, timeout=0.8)
+        assert ch.params_sent > 1
+
+
 def test_the_transcript_never_holds_parameter_values(sock_path: Path) -> None:
     def guest(conn: socket.socket, g: FakeGuest) -> None:
         g.hello_until_params(conn)

@@ -182,6 +182,7 @@ class GuestChannel:
         self._messages: queue.Queue[Message] = queue.Queue()
         self._recent: deque[str] = deque(maxlen=5)
         self._send_lock = threading.Lock()
+        self.params_sent = 0
         self._closed = threading.Event()
         self._eof = threading.Event()
         self._reader = threading.Thread(
@@ -235,6 +236,7 @@ class GuestChannel:
                 raise GuestChannelError(
                     f"cannot send parameters to {self.socket_path}: {exc}"
                 ) from exc
+        self.params_sent += 1
         self.transcript.append((time.monotonic(), f"> PARAMS ({len(line)} bytes)"))
 
     # -- protocol
@@ -281,7 +283,15 @@ class GuestChannel:
         self, params: Mapping[str, Sequence[str]], sent_at: float, deadline: float
     ) -> None:
         while True:
-            msg = self._next(deadline, "READY")
+            try:
+                msg = self._next(deadline, "READY")
+            except _TimedOut as exc:
+                if self.params_sent > 1:  # the guest kept asking: it never read a whole line
+                    raise _TimedOut(
+                        f"{exc} (PARAMS sent {self.params_sent} times, "
+                        f"{len(params_line(params))} bytes each; the guest kept saying HELLO)"
+                    ) from None
+                raise
             if msg.kind == "READY":
                 return
             if msg.kind == "FAILED":
