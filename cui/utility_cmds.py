@@ -95,6 +95,13 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], object]) -> None:
 # -- daemon ---------------------------------------------------------------------------------------
 
 
+def _seconds(name: str, default: float, text: str) -> Any:
+    """A `cui utility serve` option of seconds (0 or more, default shown)."""
+    return click.option(
+        name, type=click.FloatRange(min=0), default=default, show_default=True, help=text
+    )
+
+
 @click.group("utility")
 def utility_group() -> None:
     """The cluster manager daemon and its tokens."""
@@ -195,36 +202,28 @@ def utility_group() -> None:
     "parameters until the appliances it requires are READY; strict: boot a VM only after "
     "they are READY.",
 )
-@click.option(
+@_seconds(
     "--check-interval",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Check every VM this often (seconds; libvirt lifecycle events wake the check sooner); "
+    10.0,
+    "Check every VM this often (seconds; libvirt lifecycle events wake the check sooner); "
     "a VM that stopped on its own is marked crashed and restarted. 0 turns the check off.",
 )
-@click.option(
+@_seconds(
     "--host-grace",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds a host's libvirt connection may fail (keepalive, the periodic check) before "
+    30.0,
+    "Seconds a host's libvirt connection may fail (keepalive, the periodic check) before "
     "the host is failed and its VMs are restarted elsewhere; it is suspect meanwhile.",
 )
-@click.option(
+@_seconds(
     "--rebalance-interval",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Rebalance memory use across hosts with live migrations this often (seconds); "
+    0.0,
+    "Rebalance memory use across hosts with live migrations this often (seconds); "
     "0 turns the automatic rebalance off (cui rebalance still works).",
 )
-@click.option(
+@_seconds(
     "--backup-interval",
-    type=click.FloatRange(min=0),
-    default=600.0,
-    show_default=True,
-    help="Back up every running VM's data disks through libvirt this often (seconds; also "
+    600.0,
+    "Back up every running VM's data disks through libvirt this often (seconds; also "
     "after every applied update); a VM restarted after its host failed gets the latest. "
     "0 turns the periodic backups off.",
 )
