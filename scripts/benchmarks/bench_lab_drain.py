@@ -53,6 +53,7 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
     full_seconds: list[float] = []
     full_bytes: list[float] = []
     downtimes: list[float] = []
+    modes: set[str] = set()
     with multihost_lab.lab_lock():
         made = multihost_lab.up(3)
         try:
@@ -75,6 +76,7 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
                     moved.append(sum(m["bytes_copied"] + m["chain_bytes"] for m in result["moved"]))
                     disks.append(sum(m["disk_bytes"] + m["chain_bytes"] for m in result["moved"]))
                     downtimes += [m["downtime_ms"] / 1000 for m in result["moved"]]
+                    modes |= {str(m["mode"]) for m in result["moved"]}
                     print(
                         f"drain {n + 1}: {seconds[-1]:.1f} s, {moved[-1]} bytes; full copy "
                         f"{took:.1f} s, {size} bytes; "
@@ -96,7 +98,7 @@ def rows(only: Callable[[str], bool]) -> Iterable[Row]:
             statistics.median(full_seconds),
             "full copy of the 3 VMs' disks (chain + overlay + data) as volume uploads, same run",
             note=f"{runs} ({_fmt(seconds)} s); 3 live migrations one after another, "
-            "client-driven (the lab's libvirtds hold no ssh trust for each other); TCG",
+            f"{'/'.join(sorted(modes))}; TCG",
         ),
         Row(
             BYTES,
