@@ -77,15 +77,33 @@ Reporter = Callable[[Action, str], None]
 CPU_WEIGHT_DEFAULT = 1024
 """libvirt's (cgroup v1 `cpu.shares`) default weight of a domain."""
 CPU_WEIGHT_HELD = 64
-"""The weight of a VM booting ahead of its requirements (overlapped order) until every VM it
-waits for has been let go (given its parameters): 1/16 of a normal VM's, so its early boot uses
-CPU the VMs further up the chain leave idle. Once they configure, it gets the default weight and
+"""The weight of a VM booting two or more steps down the chain ahead of its requirements
+(overlapped order; one step down it boots at CPU_WEIGHT_LEAF) until every VM it waits for has
+been let go (given its parameters): 1/16 of a normal VM's, so its early boot uses CPU the VMs
+further up the chain leave idle. Once they configure, it gets the default weight and
 finishes booting while they do, so it is up when they are READY (just in time: a VM two steps
 down the chain does not take CPU from the first step's boots)."""
 CPU_WEIGHT_LEAF = 256
 """The weight, until it is READY, of a VM of an overlapped start that waits for nothing and that
 nothing in the start waits for (the Groupware's Firewall), when other VMs of the start do wait:
 off the critical path, so the VMs the chain starts with boot with more of the CPU."""
+
+
+def _boot_weights(plan: Plan, held: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """VM path -> the CPU weight it boots at in an overlapped run (absent: the default): held
+    one step down the chain, or waiting for nothing while nothing waits for it when others do
+    wait, CPU_WEIGHT_LEAF; held two or more steps down, CPU_WEIGHT_HELD."""
+    waited = {n for needs in held.values() for n in needs}
+    weights = {}
+    for a in plan.actions:
+        if a.vm is None or a.key not in held:
+            continue
+        needs = held[a.key]
+        if any(held.get(n) for n in needs):
+            weights[a.vm.path] = CPU_WEIGHT_HELD
+        elif needs or (waited and a.key not in waited):
+            weights[a.vm.path] = CPU_WEIGHT_LEAF
+    return weights
 
 
 class RolledBack(UtilityError):
@@ -179,8 +197,7 @@ class Executor:
         self._gates = _Gates(False)
         self._holds: dict[str, tuple[str, ...]] = {}
         self._keys: dict[str, str] = {}
-        self._leaves: set[str] = set()
-        self._deep: set[str] = set()
+        self._weights: dict[str, int] = {}
 
     def _held_needs(self, plan: Plan) -> dict[str, tuple[str, ...]]:
         """Per START/UPDATE key, the VM actions whose READY its configuration waits for
@@ -203,18 +220,7 @@ class Executor:
         self._gates = _Gates(keep_going)
         self._holds = {a.vm.path: held[a.key] for a in plan.actions if a.vm and held.get(a.key)}
         self._keys = {a.vm.path: a.key for a in plan.actions if a.vm}
-        waited = {n for needs in held.values() for n in needs}
-        # Held VMs that wait for a held VM (two or more steps down the chain) boot lowest.
-        self._deep = {
-            a.vm.path
-            for a in plan.actions
-            if a.vm and any(held.get(n) for n in held.get(a.key, ()))
-        }
-        self._leaves = {
-            a.vm.path
-            for a in plan.actions
-            if a.vm and a.key in held and not held[a.key] and a.key not in waited and waited
-        }
+        self._weights = _boot_weights(plan, held)
         finished: set[str] = set()
         submitted: set[str] = set()
         running: dict[Future[None], Action] = {}
@@ -345,10 +351,9 @@ class Executor:
         gates = self._gates
         # CPU weights only where measured and tested: the local host (a lab run of the
         # Groupware on remote hosts failed with them, cause not yet found).
-        weighable = host.is_local and not host.is_test
-        weigh = bool(waits_for) and weighable
-        leaf = vm.path in self._leaves and weighable
-        self._leaves.discard(vm.path)
+        weight = self._weights.pop(vm.path, None) if host.is_local and not host.is_test else None
+        weigh = bool(waits_for) and weight is not None
+        leaf = not waits_for and weight is not None
 
         def hold() -> None:
             gates.wait(waits_for, vm.path)
@@ -365,14 +370,12 @@ class Executor:
 
         host.create_domain(xml)
         killpoint.step(f"{vm.path or 'root'} domain-created")
+        if weight is not None:
+            # Off the critical path for now: its boot takes what CPU the VMs the chain waits
+            # for leave, so overlapped boots do not slow them.
+            host.set_cpu_weight(vm.domain, weight)
         if weigh:
-            # Held until what it requires is READY: its boot takes what CPU the VMs that the
-            # chain waits for leave, so overlapped boots do not slow the critical path.
-            deep = vm.path in self._deep
-            host.set_cpu_weight(vm.domain, CPU_WEIGHT_HELD if deep else CPU_WEIGHT_LEAF)
             threading.Thread(target=promote, name=f"promote {vm.path}", daemon=True).start()
-        elif leaf:
-            host.set_cpu_weight(vm.domain, CPU_WEIGHT_LEAF)
         try:
             if host.is_test:
                 hold()  # simulated host: no guest, ready once its requirements are
